@@ -1,0 +1,394 @@
+/*
+ * sg_cycle.c: building, switching and destroying configuration cycles
+ * (see sg_cycle.h).
+ */
+#include "sg_core.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+sg_cycle_t  *sg_cycle;
+
+static int
+sg_cycle_copy_names(sg_cycle_t *cycle, sg_cycle_t *old)
+{
+    cycle->conf_file = old->conf_file;
+    cycle->conf_prefix = old->conf_prefix;
+    cycle->prefix = old->prefix;
+    cycle->conf_param = old->conf_param;
+    cycle->hostname = old->hostname;
+    return SG_OK;
+}
+
+static int
+sg_cycle_create_confs(sg_cycle_t *cycle)
+{
+    const sg_core_module_ctx_t  *ctx;
+    size_t                       i;
+
+    cycle->conf_ctx = sg_pcalloc(cycle->pool, sg_modules_n * sizeof(void *));
+    if (cycle->conf_ctx == NULL) {
+        return SG_ERROR;
+    }
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->type != SG_CORE_MODULE) {
+            continue;
+        }
+        ctx = sg_modules[i]->ctx;
+        if (ctx && ctx->create_conf) {
+            cycle->conf_ctx[i] = ctx->create_conf(cycle);
+            if (cycle->conf_ctx[i] == NULL) {
+                return SG_ERROR;
+            }
+        }
+    }
+    return SG_OK;
+}
+
+static char *
+sg_cycle_init_confs(sg_cycle_t *cycle)
+{
+    const sg_core_module_ctx_t  *ctx;
+    size_t                       i;
+    char                        *rv;
+
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->type != SG_CORE_MODULE) {
+            continue;
+        }
+        ctx = sg_modules[i]->ctx;
+        if (ctx && ctx->init_conf) {
+            rv = ctx->init_conf(cycle, cycle->conf_ctx[i]);
+            if (rv != SG_CONF_OK) {
+                return rv;
+            }
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static sg_open_file_t *
+sg_cycle_open_log(sg_cycle_t *cycle, const sg_str_t *name, char *errbuf,
+    size_t errlen)
+{
+    sg_open_file_t  *f;
+    int              fd;
+
+    f = sg_array_push(&cycle->open_files);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->name = *name;
+    if (sg_str_eq(name, "stderr")) {
+        f->fd = STDERR_FILENO;
+        return f;
+    }
+    fd = open((const char *) name->data,
+              O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd == -1) {
+        snprintf(errbuf, errlen, "open() \"%.*s\" failed (%d: %s): check "
+                 "the \"error_log\" directive and that the directory exists",
+                 SG_STR_ARG(name), errno, strerror(errno));
+        cycle->open_files.nelts--;
+        return NULL;
+    }
+    f->fd = fd;
+    return f;
+}
+
+static int
+sg_cycle_parse(sg_cycle_t *cycle, sg_log_t *log, char *errbuf, size_t errlen)
+{
+    sg_conf_t   cf;
+    char       *rv;
+
+    memset(&cf, 0, sizeof(cf));
+    cf.cycle = cycle;
+    cf.pool = cycle->pool;
+    cf.log = log;
+    cf.ctx = cycle->conf_ctx;
+    cf.module_type = SG_CORE_MODULE;
+    cf.cmd_type = SG_MAIN_CONF;
+    cf.args = sg_array_create(cycle->pool, 10, sizeof(sg_str_t));
+    if (cf.args == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        return SG_ERROR;
+    }
+    rv = SG_CONF_OK;
+    if (cycle->conf_param.len) {
+        rv = sg_conf_param(&cf, &cycle->conf_param);
+    }
+    if (rv == SG_CONF_OK) {
+        rv = sg_conf_parse(&cf, &cycle->conf_file);
+    }
+    if (rv == SG_CONF_OK) {
+        rv = sg_cycle_init_confs(cycle);
+        if (rv != SG_CONF_OK && rv != SG_CONF_ERROR) {
+            snprintf(errbuf, errlen, "%.*s: %s", SG_STR_ARG(&cycle->conf_file),
+                     rv);
+            return SG_ERROR;
+        }
+    }
+    if (rv != SG_CONF_OK) {
+        snprintf(errbuf, errlen, "%s",
+                 cf.failed ? cf.errstr : "configuration failed");
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+static int
+sg_cycle_init_modules(sg_cycle_t *cycle, char *errbuf, size_t errlen)
+{
+    size_t  i;
+
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->init_module
+            && sg_modules[i]->init_module(cycle) != SG_OK)
+        {
+            snprintf(errbuf, errlen, "module \"%s\" failed to initialise",
+                     sg_modules[i]->name);
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
+/* Undo what a half-built cycle took: sockets it opened itself. */
+static void
+sg_cycle_abort(sg_cycle_t *cycle)
+{
+    sg_listening_t  *ls = cycle->listening.elts;
+    sg_open_file_t  *f = cycle->open_files.elts;
+    size_t           i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].fd != -1 && !ls[i].inherited) {
+            close(ls[i].fd);
+        }
+    }
+    for (i = 0; i < cycle->open_files.nelts; i++) {
+        if (f[i].fd > STDERR_FILENO) {
+            close(f[i].fd);
+        }
+    }
+    sg_pool_destroy(cycle->pool);
+}
+
+/* The new cycle took some of the old one's sockets: the old one must
+ * not close those. */
+static void
+sg_cycle_commit_listening(sg_cycle_t *cycle)
+{
+    sg_listening_t  *ls = cycle->listening.elts, *old;
+    size_t           i, j;
+
+    if (cycle->old_cycle == NULL) {
+        return;
+    }
+    old = cycle->old_cycle->listening.elts;
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (!ls[i].inherited) {
+            continue;
+        }
+        for (j = 0; j < cycle->old_cycle->listening.nelts; j++) {
+            if (old[j].fd == ls[i].fd) {
+                old[j].fd = -1;
+            }
+        }
+    }
+}
+
+sg_cycle_t *
+sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
+{
+    sg_cycle_t      *cycle;
+    sg_pool_t       *pool;
+    sg_core_conf_t  *ccf;
+    sg_open_file_t  *log_file;
+
+    errbuf[0] = '\0';
+    pool = sg_pool_create(16384, old->log);
+    if (pool == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    cycle = sg_pcalloc(pool, sizeof(sg_cycle_t));
+    if (cycle == NULL
+        || sg_array_init(&cycle->listening, pool, 8, sizeof(sg_listening_t))
+        || sg_array_init(&cycle->open_files, pool, 4, sizeof(sg_open_file_t))
+        || sg_array_init(&cycle->conf_files, pool, 4, sizeof(sg_conf_file_t)))
+    {
+        sg_pool_destroy(pool);
+        snprintf(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    cycle->pool = pool;
+    cycle->log = old->log;
+    cycle->old_cycle = old;
+    cycle->worker = -1;
+    sg_cycle_copy_names(cycle, old);
+
+    if (sg_cycle_create_confs(cycle) != SG_OK
+        || sg_cycle_parse(cycle, old->log, errbuf, errlen) != SG_OK)
+    {
+        goto failed;
+    }
+    ccf = sg_core_conf(cycle);
+    cycle->connection_n = (size_t) ccf->worker_connections;
+    if (sg_clone_listening(cycle, ccf->worker_processes) != SG_OK) {
+        snprintf(errbuf, errlen, "out of memory");
+        goto failed;
+    }
+
+    if (!test_only) {
+        log_file = sg_cycle_open_log(cycle, &ccf->error_log, errbuf, errlen);
+        if (log_file == NULL) {
+            goto failed;
+        }
+        cycle->new_log.file = log_file;
+        cycle->new_log.level = ccf->error_log_level;
+        if (sg_open_listening_sockets(cycle) != SG_OK) {
+            snprintf(errbuf, errlen, "could not open the listening sockets; "
+                     "the reason is logged above");
+            goto failed;
+        }
+    }
+    if (sg_cycle_init_modules(cycle, errbuf, errlen) != SG_OK) {
+        goto failed;
+    }
+    if (!test_only) {
+        sg_cycle_commit_listening(cycle);
+        cycle->log = &cycle->new_log;
+        pool->log = cycle->log;
+    }
+    cycle->old_cycle = NULL;
+    return cycle;
+
+failed:
+    sg_cycle_abort(cycle);
+    return NULL;
+}
+
+void
+sg_destroy_cycle(sg_cycle_t *cycle)
+{
+    sg_open_file_t  *f = cycle->open_files.elts;
+    size_t           i;
+
+    sg_close_listening_sockets(cycle);
+    for (i = 0; i < cycle->open_files.nelts; i++) {
+        if (f[i].fd > STDERR_FILENO) {
+            close(f[i].fd);
+        }
+    }
+    sg_pool_destroy(cycle->pool);
+}
+
+void
+sg_reopen_files(sg_cycle_t *cycle, uid_t user)
+{
+    sg_open_file_t  *f = cycle->open_files.elts;
+    size_t           i;
+    int              fd;
+
+    for (i = 0; i < cycle->open_files.nelts; i++) {
+        if (f[i].fd <= STDERR_FILENO) {
+            continue;
+        }
+        fd = open((const char *) f[i].name.data,
+                  O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd == -1) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                         "reopen \"%.*s\" failed, keeping the old file",
+                         SG_STR_ARG(&f[i].name));
+            continue;
+        }
+        if (user != (uid_t) -1 && geteuid() == 0
+            && fchown(fd, user, (gid_t) -1) == -1)
+        {
+            sg_log_error(SG_LOG_WARN, cycle->log, errno,
+                         "chown \"%.*s\" failed", SG_STR_ARG(&f[i].name));
+        }
+        /* dup2 keeps the descriptor number every log already points at */
+        if (dup2(fd, f[i].fd) == -1) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno, "dup2() failed");
+        }
+        close(fd);
+    }
+}
+
+int
+sg_create_pidfile(sg_cycle_t *cycle, sg_log_t *log)
+{
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+    char             buf[32];
+    int              fd, n;
+
+    fd = open((const char *) ccf->pid.data,
+              O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd == -1) {
+        sg_log_error(SG_LOG_EMERG, log, errno, "open() \"%.*s\" failed: "
+                     "check the \"pid\" directive", SG_STR_ARG(&ccf->pid));
+        return SG_ERROR;
+    }
+    n = snprintf(buf, sizeof(buf), "%d\n", (int) getpid());
+    if (write(fd, buf, (size_t) n) != n) {
+        sg_log_error(SG_LOG_EMERG, log, errno, "write() \"%.*s\" failed",
+                     SG_STR_ARG(&ccf->pid));
+        close(fd);
+        return SG_ERROR;
+    }
+    close(fd);
+    return SG_OK;
+}
+
+void
+sg_delete_pidfile(sg_cycle_t *cycle)
+{
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+
+    (void) unlink((const char *) ccf->pid.data);
+}
+
+int
+sg_signal_process(sg_cycle_t *cycle, const char *name)
+{
+    static const struct { const char *name; int signo; } sigs[] = {
+        { "stop", SIGTERM }, { "quit", SIGQUIT }, { "reload", SIGHUP },
+        { "reopen", SIGUSR1 },
+    };
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+    char             buf[32];
+    ssize_t          n;
+    long             pid;
+    size_t           i;
+    int              fd;
+
+    fd = open((const char *) ccf->pid.data, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        sg_log_stderr(errno, "[error] open() \"%.*s\" failed; is smtpgate "
+                      "running?", SG_STR_ARG(&ccf->pid));
+        return 1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    pid = strtol(buf, NULL, 10);
+    if (pid <= 1) {
+        sg_log_stderr(0, "[error] invalid PID number \"%s\" in \"%.*s\"", buf,
+                      SG_STR_ARG(&ccf->pid));
+        return 1;
+    }
+    for (i = 0; i < sg_nelems(sigs); i++) {
+        if (strcmp(name, sigs[i].name) == 0) {
+            if (kill((pid_t) pid, sigs[i].signo) == -1) {
+                sg_log_stderr(errno, "[error] kill(%ld, %d) failed", pid,
+                              sigs[i].signo);
+                return 1;
+            }
+            return 0;
+        }
+    }
+    return 1;
+}

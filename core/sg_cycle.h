@@ -1,0 +1,75 @@
+/*
+ * sg_cycle.h: one loaded configuration and everything that hangs on it:
+ * its pool, the modules' configuration, the listening sockets, the open
+ * log files.  A reload builds a new cycle beside the old one and only
+ * switches when the new one is complete; on any error the old one stays.
+ */
+#ifndef SG_CYCLE_H
+#define SG_CYCLE_H
+
+typedef struct {
+    int          daemon;
+    int          worker_processes;
+    sg_msec_t    shutdown_timeout;
+    sg_str_t     pid;
+    sg_str_t     user_name;
+    sg_str_t     group_name;
+    uid_t        user;
+    gid_t        group;
+    int64_t      worker_connections;
+    int64_t      worker_rlimit_nofile;
+    int64_t      thread_pool_threads;
+    int64_t      thread_pool_max_queue;
+    sg_str_t     error_log;
+    int          error_log_level;
+} sg_core_conf_t;
+
+struct sg_cycle_s {
+    void              **conf_ctx;        /* by module index (core) */
+    sg_pool_t          *pool;
+    sg_log_t           *log;
+    sg_log_t            new_log;
+
+    sg_array_t          listening;       /* sg_listening_t */
+    sg_array_t          open_files;      /* sg_open_file_t */
+    sg_array_t          conf_files;      /* sg_conf_file_t, for -T */
+
+    sg_connection_t    *connections;
+    sg_event_t         *read_events;
+    sg_event_t         *write_events;
+    size_t              connection_n;
+
+    sg_str_t            conf_file;       /* absolute */
+    sg_str_t            conf_prefix;     /* its directory, with '/' */
+    sg_str_t            prefix;          /* with '/' */
+    sg_str_t            conf_param;      /* -g */
+    sg_str_t            hostname;
+
+    int                 worker;          /* worker number, -1 master */
+    sg_cycle_t         *old_cycle;
+};
+
+#define sg_core_conf(cycle)                                                  \
+    ((sg_core_conf_t *) (cycle)->conf_ctx[sg_core_module.index])
+
+extern sg_module_t      sg_core_module;
+extern sg_cycle_t      *sg_cycle;
+
+/*
+ * Build a cycle from old's file names.  With test_only the listening
+ * sockets are not opened.  Returns NULL on failure; the message is in
+ * errbuf (one "FILE:LINE: text" line, or a system error).
+ */
+sg_cycle_t *sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf,
+    size_t errlen);
+void sg_destroy_cycle(sg_cycle_t *cycle);
+
+/* Reopen every log file (SIGUSR1); files are chowned to user when root. */
+void sg_reopen_files(sg_cycle_t *cycle, uid_t user);
+
+int sg_create_pidfile(sg_cycle_t *cycle, sg_log_t *log);
+void sg_delete_pidfile(sg_cycle_t *cycle);
+/* For -s: read the pid from the configured pid file and signal it. */
+int sg_signal_process(sg_cycle_t *cycle, const char *name);
+
+#endif /* SG_CYCLE_H */

@@ -1,0 +1,220 @@
+/*
+ * sg_inet.c: address parsing, resolution at configuration time, and
+ * printing (see sg_inet.h).  getaddrinfo() is only ever called while a
+ * configuration is loaded, in the master; workers never resolve.
+ */
+#include "sg_core.h"
+#include <netdb.h>
+
+size_t
+sg_sock_ntop(const struct sockaddr *sa, u_char *text, size_t len, bool port)
+{
+    char     addr[INET6_ADDRSTRLEN];
+    u_char  *p = text;
+    int      prt;
+
+    switch (sa->sa_family) {
+    case AF_INET:
+        inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr,
+                  addr, sizeof(addr));
+        prt = ntohs(((const struct sockaddr_in *) sa)->sin_port);
+        p = port ? sg_slprintf(text, text + len, "%s:%d", addr, prt)
+                 : sg_slprintf(text, text + len, "%s", addr);
+        break;
+    case AF_INET6:
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr,
+                  addr, sizeof(addr));
+        prt = ntohs(((const struct sockaddr_in6 *) sa)->sin6_port);
+        p = port ? sg_slprintf(text, text + len, "[%s]:%d", addr, prt)
+                 : sg_slprintf(text, text + len, "%s", addr);
+        break;
+    case AF_UNIX:
+        p = sg_slprintf(text, text + len, "unix:");
+        break;
+    default:
+        p = sg_slprintf(text, text + len, "unknown");
+    }
+    return (size_t) (p - text);
+}
+
+int
+sg_sockaddr_port(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        return ntohs(((const struct sockaddr_in *) sa)->sin_port);
+    }
+    if (sa->sa_family == AF_INET6) {
+        return ntohs(((const struct sockaddr_in6 *) sa)->sin6_port);
+    }
+    return 0;
+}
+
+bool
+sg_sockaddr_eq(const struct sockaddr *a, socklen_t alen,
+    const struct sockaddr *b, socklen_t blen)
+{
+    return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+static int
+sg_url_split(sg_url_t *u)
+{
+    u_char  *p = u->url.data, *end = u->url.data + u->url.len, *colon;
+    sg_str_t port;
+    int64_t  n;
+
+    if (u->url.len == 0) {
+        u->err = "empty address";
+        return SG_ERROR;
+    }
+    if (*p == '[') {
+        colon = memchr(p, ']', u->url.len);
+        if (colon == NULL) {
+            u->err = "invalid IPv6 address";
+            return SG_ERROR;
+        }
+        u->host.data = p + 1;
+        u->host.len = (size_t) (colon - p - 1);
+        p = colon + 1;
+        if (p < end && *p != ':') {
+            u->err = "invalid address";
+            return SG_ERROR;
+        }
+        colon = p < end ? p : NULL;
+    } else {
+        colon = memrchr(p, ':', u->url.len);
+        if (colon && memchr(p, ':', (size_t) (colon - p))) {
+            u->err = "IPv6 addresses must be written in brackets";
+            return SG_ERROR;
+        }
+        u->host.data = p;
+        u->host.len = colon ? (size_t) (colon - p) : u->url.len;
+    }
+
+    u->port = -1;
+    if (colon) {
+        port.data = colon + 1;
+        port.len = (size_t) (end - port.data);
+        if (sg_parse_int(&port, &n) != SG_OK || n < 1 || n > 65535) {
+            u->err = "invalid port";
+            return SG_ERROR;
+        }
+        u->port = (int) n;
+    } else if (u->listen && sg_parse_int(&u->host, &n) == SG_OK) {
+        if (n < 1 || n > 65535) {
+            u->err = "invalid port";
+            return SG_ERROR;
+        }
+        u->port = (int) n;            /* "listen 587;" */
+        u->host.len = 0;
+    }
+
+    if (u->port < 0) {
+        if (u->default_port == 0) {
+            u->err = "no port";
+            return SG_ERROR;
+        }
+        u->port = u->default_port;
+    }
+    if (u->host.len == 0 || (u->host.len == 1 && u->host.data[0] == '*')) {
+        if (!u->listen) {
+            u->err = "no host";
+            return SG_ERROR;
+        }
+        u->wildcard = 1;
+        u->host.len = 0;
+    }
+    return SG_OK;
+}
+
+static int
+sg_url_add(sg_pool_t *pool, sg_url_t *u, const struct sockaddr *sa,
+    socklen_t len)
+{
+    sg_addr_t  *a;
+    u_char      text[SG_SOCKADDR_STRLEN];
+    size_t      i, n;
+
+    for (i = 0; i < u->naddrs; i++) {
+        if (sg_sockaddr_eq((struct sockaddr *) &u->addrs[i].sa,
+                           u->addrs[i].socklen, sa, len))
+        {
+            return SG_OK;                  /* getaddrinfo repeats itself */
+        }
+    }
+    a = &u->addrs[u->naddrs];
+    memset(a, 0, sizeof(*a));
+    memcpy(&a->sa, sa, len);
+    a->socklen = len;
+    n = sg_sock_ntop(sa, text, sizeof(text), true);
+    a->name.data = sg_pnalloc(pool, n + 1);
+    if (a->name.data == NULL) {
+        return SG_ERROR;
+    }
+    memcpy(a->name.data, text, n);
+    a->name.data[n] = '\0';
+    a->name.len = n;
+    u->naddrs++;
+    return SG_OK;
+}
+
+int
+sg_parse_url(sg_pool_t *pool, sg_url_t *u)
+{
+    struct addrinfo   hints, *res, *ai;
+    struct sockaddr_in  sin;
+    char              host[256];
+    size_t            n;
+    int               rc;
+
+    if (sg_url_split(u) != SG_OK) {
+        return SG_ERROR;
+    }
+    u->addrs = sg_pcalloc(pool, 16 * sizeof(sg_addr_t));
+    if (u->addrs == NULL) {
+        return SG_ERROR;
+    }
+    if (u->wildcard) {
+        memset(&sin, 0, sizeof(sin));
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons((uint16_t) u->port);
+        return sg_url_add(pool, u, (struct sockaddr *) &sin, sizeof(sin));
+    }
+    if (u->host.len >= sizeof(host)) {
+        u->err = "host name too long";
+        return SG_ERROR;
+    }
+    memcpy(host, u->host.data, u->host.len);
+    host[u->host.len] = '\0';
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (u->no_resolve ? AI_NUMERICHOST : 0);
+    rc = getaddrinfo(host, "1", &hints, &res);
+    if (rc != 0) {
+        u->err = u->no_resolve ? "invalid address" : "host not found";
+        return SG_ERROR;
+    }
+    for (ai = res, n = 0; ai && u->naddrs < 16; ai = ai->ai_next, n++) {
+        if (ai->ai_family == AF_INET) {
+            ((struct sockaddr_in *) ai->ai_addr)->sin_port =
+                htons((uint16_t) u->port);
+        } else if (ai->ai_family == AF_INET6) {
+            ((struct sockaddr_in6 *) ai->ai_addr)->sin6_port =
+                htons((uint16_t) u->port);
+        } else {
+            continue;
+        }
+        if (sg_url_add(pool, u, ai->ai_addr, ai->ai_addrlen) != SG_OK) {
+            freeaddrinfo(res);
+            return SG_ERROR;
+        }
+    }
+    freeaddrinfo(res);
+    if (u->naddrs == 0) {
+        u->err = "host not found";
+        return SG_ERROR;
+    }
+    return SG_OK;
+}

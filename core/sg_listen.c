@@ -1,0 +1,369 @@
+/*
+ * sg_listen.c: listening sockets and accepting.
+ *
+ * The master opens every listening socket (as root, before dropping
+ * privileges) and keeps it across reloads when the new configuration
+ * still listens on the same address, so a reload never refuses a
+ * connection.  With "reuseport" the master opens one socket per worker
+ * and the kernel spreads connections; otherwise all workers share one
+ * socket and epoll's EPOLLEXCLUSIVE wakes one of them.
+ */
+#include "sg_core.h"
+
+#define SG_ACCEPT_BATCH      64
+#define SG_ACCEPT_PAUSE_MS   500
+
+sg_listening_t *
+sg_create_listening(sg_conf_t *cf, const sg_addr_t *addr)
+{
+    sg_listening_t  *ls;
+
+    ls = sg_array_push(&cf->cycle->listening);
+    if (ls == NULL) {
+        return NULL;
+    }
+    ls->fd = -1;
+    ls->addr = *addr;
+    ls->backlog = 511;
+    ls->worker = -1;
+    ls->pool_size = 1024;
+    return ls;
+}
+
+/*
+ * With reuseport every worker gets a socket of its own: the entry from
+ * the configuration becomes worker 0's and copies are added for the
+ * others.  Called once the configuration (and worker_processes) is known.
+ */
+int
+sg_clone_listening(sg_cycle_t *cycle, int workers)
+{
+    sg_listening_t  *ls, *clone;
+    size_t           i, n = cycle->listening.nelts;
+    int              w;
+
+    for (i = 0; i < n; i++) {
+        ls = sg_array_elt(&cycle->listening, sg_listening_t, i);
+        if (!ls->reuseport) {
+            continue;
+        }
+        ls->worker = 0;
+        for (w = 1; w < workers; w++) {
+            clone = sg_array_push(&cycle->listening);
+            if (clone == NULL) {
+                return SG_ERROR;
+            }
+            /* push may have moved the array */
+            ls = sg_array_elt(&cycle->listening, sg_listening_t, i);
+            *clone = *ls;
+            clone->worker = w;
+        }
+    }
+    return SG_OK;
+}
+
+static int
+sg_open_one(sg_cycle_t *cycle, sg_listening_t *ls)
+{
+    int  fd, on = 1;
+
+    fd = socket(ls->addr.sa.ss_family,
+                SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno,
+                     "socket() for %.*s failed", SG_STR_ARG(&ls->addr.name));
+        return SG_ERROR;
+    }
+    (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+#if (SG_HAVE_REUSEPORT)
+    if (ls->reuseport
+        && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) == -1)
+    {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno,
+                     "setsockopt(SO_REUSEPORT) for %.*s failed",
+                     SG_STR_ARG(&ls->addr.name));
+        close(fd);
+        return SG_ERROR;
+    }
+#endif
+    if (ls->addr.sa.ss_family == AF_INET6) {
+        /* "[::]:587" means IPv6 only; list 0.0.0.0 separately, as in
+         * nginx, so that the two never collide. */
+        (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+    }
+    if (bind(fd, (struct sockaddr *) &ls->addr.sa, ls->addr.socklen) == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno,
+                     "bind() to %.*s failed", SG_STR_ARG(&ls->addr.name));
+        close(fd);
+        return SG_ERROR;
+    }
+    if (listen(fd, ls->backlog) == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno,
+                     "listen() to %.*s failed", SG_STR_ARG(&ls->addr.name));
+        close(fd);
+        return SG_ERROR;
+    }
+    ls->fd = fd;
+    ls->open = 1;
+    return SG_OK;
+}
+
+static bool
+sg_fd_taken(sg_cycle_t *cycle, int fd)
+{
+    sg_listening_t  *ls = cycle->listening.elts;
+    size_t           i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].fd == fd) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Take over the old cycle's socket for the same address and worker.  The
+ * old cycle gives it up only when the new one is committed. */
+static void
+sg_inherit(sg_cycle_t *cycle, sg_listening_t *ls)
+{
+    sg_listening_t  *old;
+    size_t           i;
+
+    if (cycle->old_cycle == NULL) {
+        return;
+    }
+    old = cycle->old_cycle->listening.elts;
+    for (i = 0; i < cycle->old_cycle->listening.nelts; i++) {
+        if (old[i].fd == -1
+            || old[i].reuseport != ls->reuseport
+            || old[i].worker != ls->worker
+            || !sg_sockaddr_eq((struct sockaddr *) &old[i].addr.sa,
+                               old[i].addr.socklen,
+                               (struct sockaddr *) &ls->addr.sa,
+                               ls->addr.socklen)
+            || sg_fd_taken(cycle, old[i].fd))
+        {
+            continue;
+        }
+        ls->fd = old[i].fd;
+        ls->open = 1;
+        ls->inherited = 1;
+        if (ls->backlog != old[i].backlog) {
+            (void) listen(ls->fd, ls->backlog);
+        }
+        return;
+    }
+}
+
+int
+sg_open_listening_sockets(sg_cycle_t *cycle)
+{
+    sg_listening_t  *ls = cycle->listening.elts;
+    size_t           i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        sg_inherit(cycle, &ls[i]);
+    }
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].fd == -1 && sg_open_one(cycle, &ls[i]) != SG_OK) {
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
+/* Close the sockets this cycle owns; those a newer cycle took over were
+ * set to -1 when it was committed. */
+void
+sg_close_listening_sockets(sg_cycle_t *cycle)
+{
+    sg_listening_t  *ls = cycle->listening.elts;
+    size_t           i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].fd != -1) {
+            close(ls[i].fd);
+        }
+        ls[i].fd = -1;
+    }
+}
+
+static void
+sg_accept_resume(sg_event_t *ev)
+{
+    (void) ev;
+    if (!sg_exiting) {
+        (void) sg_enable_accept(sg_cycle);
+    }
+}
+
+static sg_event_t  sg_accept_timer = { .handler = sg_accept_resume };
+
+static void
+sg_accept_pause(sg_listening_t *ls, int err)
+{
+    sg_log_error(SG_LOG_CRIT, sg_cycle->log, err,
+                 "accept4() on %.*s failed, pausing accepts for %d ms; "
+                 "check worker_rlimit_nofile and worker_connections",
+                 SG_STR_ARG(&ls->addr.name), SG_ACCEPT_PAUSE_MS);
+    sg_disable_accept(sg_cycle);
+    sg_accept_timer.log = sg_cycle->log;
+    sg_event_add_timer(&sg_accept_timer, SG_ACCEPT_PAUSE_MS);
+}
+
+static void
+sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
+    socklen_t len)
+{
+    sg_connection_t  *c = NULL;
+    sg_pool_t        *pool;
+    sg_log_t         *log;
+    u_char            text[SG_INET_ADDRSTRLEN + 1];
+    size_t            n;
+
+    pool = sg_pool_create(ls->pool_size, sg_cycle->log);
+    if (pool == NULL) {
+        close(fd);
+        return;
+    }
+    log = sg_palloc(pool, sizeof(sg_log_t));
+    if (log == NULL) {
+        goto fail;
+    }
+    *log = *sg_cycle->log;
+    c = sg_get_connection(fd, log);
+    if (c == NULL) {
+        goto fail;
+    }
+    c->pool = pool;
+    pool->log = log;
+    c->listening = ls;
+    memcpy(&c->sockaddr, sa, len);
+    c->socklen = len;
+    c->local_socklen = sizeof(c->local_sockaddr);
+    if (getsockname(fd, (struct sockaddr *) &c->local_sockaddr,
+                    &c->local_socklen) == -1)
+    {
+        c->local_sockaddr = ls->addr.sa;
+        c->local_socklen = ls->addr.socklen;
+    }
+    n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);
+    c->addr_text.data = sg_pnalloc(pool, n);
+    if (c->addr_text.data == NULL) {
+        goto fail_conn;
+    }
+    memcpy(c->addr_text.data, text, n);
+    c->addr_text.len = n;
+    c->number = sg_next_session_number();
+    log->session = c->number;
+    c->write->ready = 1;
+    if (sg_event_add_conn(c) != SG_OK) {
+        goto fail_conn;
+    }
+    ls->handler(c);
+    return;
+
+fail_conn:
+    sg_close_connection(c);
+    sg_pool_destroy(pool);
+    return;
+
+fail:
+    close(fd);
+    sg_pool_destroy(pool);
+}
+
+static void
+sg_event_accept(sg_event_t *ev)
+{
+    sg_connection_t         *lc = ev->data;
+    sg_listening_t          *ls = lc->listening;
+    struct sockaddr_storage  sa;
+    socklen_t                len;
+    int                      fd, i;
+
+    for (i = 0; i < SG_ACCEPT_BATCH; i++) {
+        len = sizeof(sa);
+        fd = accept4(lc->fd, (struct sockaddr *) &sa, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return;
+            }
+            if (errno == EINTR || errno == ECONNABORTED) {
+                continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
+                || errno == ENOMEM)
+            {
+                sg_accept_pause(ls, errno);
+                return;
+            }
+            sg_log_error(SG_LOG_ERR, sg_cycle->log, errno,
+                         "accept4() on %.*s failed",
+                         SG_STR_ARG(&ls->addr.name));
+            return;
+        }
+        if (sg_exiting) {
+            close(fd);
+            return;
+        }
+        sg_accept_one(ls, fd, &sa, len);
+    }
+}
+
+int
+sg_enable_accept(sg_cycle_t *cycle)
+{
+    sg_listening_t   *ls = cycle->listening.elts;
+    sg_connection_t  *c;
+    size_t            i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].fd == -1 || ls[i].connection != NULL) {
+            continue;
+        }
+        if (ls[i].worker != -1 && ls[i].worker != sg_worker) {
+            continue;
+        }
+        c = sg_get_connection(ls[i].fd, cycle->log);
+        if (c == NULL) {
+            return SG_ERROR;
+        }
+        c->is_listening = 1;
+        c->listening = &ls[i];
+        c->read->handler = sg_event_accept;
+        c->read->accept = 1;
+        ls[i].connection = c;
+        if (sg_event_add_listening(&ls[i]) != SG_OK) {
+            ls[i].connection = NULL;
+            sg_free_connection(c);
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
+/* Stop accepting: remove the listeners from this worker's epoll.  A
+ * draining worker also closes its copies, so that a port the new
+ * configuration dropped is really closed once the master closes it. */
+void
+sg_disable_accept(sg_cycle_t *cycle)
+{
+    sg_listening_t  *ls = cycle->listening.elts;
+    size_t           i;
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].connection == NULL) {
+            continue;
+        }
+        (void) sg_event_del_listening(&ls[i]);
+        sg_free_connection(ls[i].connection);
+        ls[i].connection = NULL;
+        if (sg_exiting) {
+            close(ls[i].fd);
+            ls[i].fd = -1;
+        }
+    }
+}

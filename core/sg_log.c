@@ -1,0 +1,109 @@
+/*
+ * sg_log.c: the error log (see sg_log.h).
+ *
+ * Each line is built in a stack buffer and written with one write(2) to
+ * a file opened O_APPEND, so lines from several workers never interleave.
+ * A line longer than SG_LOG_LINE_MAX is cut, never split.
+ */
+#include "sg_core.h"
+
+const char *sg_log_levels[] = {
+    "", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug"
+};
+
+pid_t  sg_pid;
+
+static sg_open_file_t  sg_stderr_file = { STDERR_FILENO, sg_string("stderr") };
+static sg_log_t        sg_stderr_log;
+
+sg_log_t *
+sg_log_init(void)
+{
+    sg_stderr_log.level = SG_LOG_NOTICE;
+    sg_stderr_log.file = &sg_stderr_file;
+    sg_pid = getpid();
+    return &sg_stderr_log;
+}
+
+int
+sg_log_level_by_name(const sg_str_t *name)
+{
+    int  i;
+
+    for (i = 1; i < (int) sg_nelems(sg_log_levels); i++) {
+        if (sg_str_eq(name, sg_log_levels[i])) {
+            return i;
+        }
+    }
+    if (sg_str_eq(name, "warning")) {
+        return SG_LOG_WARN;
+    }
+    return -1;
+}
+
+static u_char *
+sg_log_errno(u_char *p, u_char *last, int err)
+{
+    char  buf[128];
+
+    return sg_slprintf(p, last, " (%d: %s)", err,
+                       strerror_r(err, buf, sizeof(buf)));
+}
+
+void
+sg_log_error_core(int level, sg_log_t *log, int err, const char *fmt, ...)
+{
+    u_char    line[SG_LOG_LINE_MAX];
+    u_char   *p, *last;
+    va_list   args;
+    ssize_t   n;
+
+    if (sg_log_time[0] == '\0') {
+        sg_time_update();
+    }
+    last = line + sizeof(line) - 1;           /* room for the LF */
+    p = sg_slprintf(line, last, "%s [%s] %d#%d: ", sg_log_time,
+                    sg_log_levels[level], (int) sg_pid, (int) sg_pid);
+    if (log->session) {
+        p = sg_slprintf(p, last, "*%llu ",
+                        (unsigned long long) log->session);
+    }
+    va_start(args, fmt);
+    p = sg_vslprintf(p, last, fmt, args);
+    va_end(args);
+    if (err) {
+        p = sg_log_errno(p, last, err);
+    }
+    if (log->action) {
+        p = sg_slprintf(p, last, " while %s", log->action);
+    }
+    if (log->handler) {
+        p = log->handler(log, p, last);
+    }
+    *p++ = '\n';
+
+    n = write(log->file ? log->file->fd : STDERR_FILENO, line,
+              (size_t) (p - line));
+    (void) n;   /* nowhere left to report a failing log */
+}
+
+void
+sg_log_stderr(int err, const char *fmt, ...)
+{
+    u_char    line[SG_LOG_LINE_MAX];
+    u_char   *p, *last;
+    va_list   args;
+    ssize_t   n;
+
+    last = line + sizeof(line) - 1;
+    p = sg_slprintf(line, last, "smtpgate: ");
+    va_start(args, fmt);
+    p = sg_vslprintf(p, last, fmt, args);
+    va_end(args);
+    if (err) {
+        p = sg_log_errno(p, last, err);
+    }
+    *p++ = '\n';
+    n = write(STDERR_FILENO, line, (size_t) (p - line));
+    (void) n;
+}

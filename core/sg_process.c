@@ -1,0 +1,445 @@
+/*
+ * sg_process.c: the master and worker processes (see sg_process.h).
+ *
+ * Signal handlers only set flags.  The master sleeps in sigsuspend()
+ * with every handled signal blocked outside of it; workers sleep in
+ * epoll_pwait() the same way.  So no signal is lost between checking
+ * the flags and going to sleep.
+ */
+#include "sg_core.h"
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define SG_MAX_PROCESSES    1024
+#define SG_TERM_GRACE_MS    5000
+
+volatile sig_atomic_t  sg_quit;
+volatile sig_atomic_t  sg_terminate;
+volatile sig_atomic_t  sg_reconfigure;
+volatile sig_atomic_t  sg_reopen;
+volatile sig_atomic_t  sg_reap;
+static volatile sig_atomic_t  sg_sigalrm;
+bool                   sg_exiting;
+int                    sg_worker = -1;
+
+typedef struct {
+    pid_t     pid;
+    int       worker;        /* worker number within its generation */
+    unsigned  generation;
+    bool      exiting;       /* told to stop: do not respawn */
+} sg_process_t;
+
+static sg_process_t  sg_processes[SG_MAX_PROCESSES];
+static size_t        sg_nprocesses;
+static unsigned      sg_generation;
+
+static void
+sg_signal_handler(int signo)
+{
+    int  saved = errno;
+
+    switch (signo) {
+    case SIGQUIT: sg_quit = 1; break;
+    case SIGTERM:
+    case SIGINT:  sg_terminate = 1; break;
+    case SIGHUP:  sg_reconfigure = 1; break;
+    case SIGUSR1: sg_reopen = 1; break;
+    case SIGCHLD: sg_reap = 1; break;
+    case SIGALRM: sg_sigalrm = 1; break;
+    }
+    errno = saved;
+}
+
+int
+sg_init_signals(sg_log_t *log)
+{
+    static const int   sigs[] = { SIGQUIT, SIGTERM, SIGINT, SIGHUP, SIGUSR1,
+                                  SIGCHLD, SIGALRM };
+    struct sigaction   sa;
+    size_t             i;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = sg_signal_handler;
+    sigemptyset(&sa.sa_mask);
+    for (i = 0; i < sg_nelems(sigs); i++) {
+        if (sigaction(sigs[i], &sa, NULL) == -1) {
+            sg_log_error(SG_LOG_EMERG, log, errno, "sigaction(%d) failed",
+                         sigs[i]);
+            return SG_ERROR;
+        }
+    }
+    sa.sa_handler = SIG_IGN;
+    (void) sigaction(SIGPIPE, &sa, NULL);
+    (void) sigaction(SIGUSR2, &sa, NULL);
+    return SG_OK;
+}
+
+int
+sg_daemon(sg_log_t *log)
+{
+    int  fd;
+
+    switch (fork()) {
+    case -1:
+        sg_log_error(SG_LOG_EMERG, log, errno, "fork() failed");
+        return SG_ERROR;
+    case 0:
+        break;
+    default:
+        _exit(0);
+    }
+    sg_pid = getpid();
+    if (setsid() == -1) {
+        sg_log_error(SG_LOG_EMERG, log, errno, "setsid() failed");
+        return SG_ERROR;
+    }
+    umask(0);
+    fd = open("/dev/null", O_RDWR);
+    if (fd == -1) {
+        sg_log_error(SG_LOG_EMERG, log, errno, "open(\"/dev/null\") failed");
+        return SG_ERROR;
+    }
+    (void) dup2(fd, STDIN_FILENO);
+    (void) dup2(fd, STDOUT_FILENO);
+    if (fd > STDERR_FILENO) {
+        close(fd);
+    }
+    return SG_OK;
+}
+
+size_t
+sg_worker_busy(void)
+{
+    return 0;
+}
+
+static void
+sg_call_exit_process(sg_cycle_t *cycle)
+{
+    size_t  i;
+
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->exit_process) {
+            sg_modules[i]->exit_process(cycle);
+        }
+    }
+}
+
+static void
+sg_worker_shutdown_expired(sg_event_t *ev)
+{
+    sg_log_error(SG_LOG_NOTICE, ev->log, 0, "worker_shutdown_timeout "
+                 "expired, closing %zu connections", sg_connections_in_use());
+    sg_call_exit_process(sg_cycle);
+    exit(0);
+}
+
+static sg_event_t  sg_shutdown_event = {
+    .handler = sg_worker_shutdown_expired
+};
+
+static int
+sg_worker_set_user(sg_cycle_t *cycle)
+{
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+
+    if (geteuid() != 0 || ccf->user == (uid_t) -1) {
+        return SG_OK;
+    }
+    if (setgid(ccf->group) == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno, "setgid(%d) failed",
+                     (int) ccf->group);
+        return SG_ERROR;
+    }
+    if (initgroups((const char *) ccf->user_name.data, ccf->group) == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno,
+                     "initgroups(%.*s) failed", SG_STR_ARG(&ccf->user_name));
+        return SG_ERROR;
+    }
+    if (setuid(ccf->user) == -1) {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno, "setuid(%d) failed",
+                     (int) ccf->user);
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+static int
+sg_worker_init(sg_cycle_t *cycle)
+{
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+    struct rlimit    rl;
+    size_t           i;
+
+    if (ccf->worker_rlimit_nofile > 0) {
+        rl.rlim_cur = (rlim_t) ccf->worker_rlimit_nofile;
+        rl.rlim_max = (rlim_t) ccf->worker_rlimit_nofile;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                         "setrlimit(RLIMIT_NOFILE, %lld) failed",
+                         (long long) ccf->worker_rlimit_nofile);
+        }
+    }
+    if (sg_worker_set_user(cycle) != SG_OK
+        || sg_connections_init(cycle) != SG_OK
+        || sg_event_init(cycle) != SG_OK)
+    {
+        return SG_ERROR;
+    }
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->init_process
+            && sg_modules[i]->init_process(cycle) != SG_OK)
+        {
+            return SG_ERROR;
+        }
+    }
+    return sg_enable_accept(cycle);
+}
+
+static void
+sg_worker_drain(sg_cycle_t *cycle)
+{
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+
+    if (sg_exiting) {
+        return;
+    }
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "gracefully shutting down, "
+                 "%zu connections open", sg_connections_in_use());
+    sg_exiting = true;
+    sg_disable_accept(cycle);
+    if (ccf->shutdown_timeout > 0) {
+        sg_shutdown_event.log = cycle->log;
+        sg_event_add_timer(&sg_shutdown_event, ccf->shutdown_timeout);
+    }
+}
+
+static void __attribute__((noreturn))
+sg_worker_process_cycle(sg_cycle_t *cycle, int worker)
+{
+    sg_worker = worker;
+    sg_pid = getpid();
+    cycle->worker = worker;
+    sigemptyset(&sg_event_wait_sigmask);
+
+    if (sg_worker_init(cycle) != SG_OK) {
+        exit(2);                     /* the master does not respawn on 2 */
+    }
+    for ( ;; ) {
+        if (sg_exiting && sg_connections_in_use() == 0
+            && sg_worker_busy() == 0)
+        {
+            sg_call_exit_process(cycle);
+            sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "exiting");
+            exit(0);
+        }
+        sg_event_process(cycle);
+        if (sg_terminate) {
+            sg_call_exit_process(cycle);
+            sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "exiting");
+            exit(0);
+        }
+        if (sg_quit) {
+            sg_quit = 0;
+            sg_worker_drain(cycle);
+        }
+        if (sg_reopen) {
+            sg_reopen = 0;
+            sg_reopen_files(cycle, (uid_t) -1);
+        }
+        sg_reconfigure = 0;          /* the master's business */
+    }
+}
+
+static void
+sg_spawn_worker(sg_cycle_t *cycle, int worker)
+{
+    sg_process_t  *p;
+    pid_t          pid;
+
+    if (sg_nprocesses == SG_MAX_PROCESSES) {
+        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "too many processes");
+        return;
+    }
+    pid = fork();
+    if (pid == -1) {
+        sg_log_error(SG_LOG_ALERT, cycle->log, errno, "fork() failed");
+        return;
+    }
+    if (pid == 0) {
+        sg_worker_process_cycle(cycle, worker);
+    }
+    p = &sg_processes[sg_nprocesses++];
+    p->pid = pid;
+    p->worker = worker;
+    p->generation = sg_generation;
+    p->exiting = false;
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "start worker process %d",
+                 (int) pid);
+}
+
+static void
+sg_start_workers(sg_cycle_t *cycle)
+{
+    int  i;
+
+    for (i = 0; i < sg_core_conf(cycle)->worker_processes; i++) {
+        sg_spawn_worker(cycle, i);
+    }
+}
+
+static void
+sg_signal_workers(sg_cycle_t *cycle, int signo, bool old_only)
+{
+    size_t  i;
+
+    for (i = 0; i < sg_nprocesses; i++) {
+        if (old_only && sg_processes[i].generation == sg_generation) {
+            continue;
+        }
+        if (signo == SIGQUIT || signo == SIGTERM) {
+            sg_processes[i].exiting = true;
+        }
+        if (kill(sg_processes[i].pid, signo) == -1 && errno != ESRCH) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno, "kill(%d, %d) "
+                         "failed", (int) sg_processes[i].pid, signo);
+        }
+    }
+}
+
+static void
+sg_log_exit(sg_cycle_t *cycle, pid_t pid, int status)
+{
+    if (WIFSIGNALED(status)) {
+        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d exited "
+                     "on signal %d%s", (int) pid, WTERMSIG(status),
+                     WCOREDUMP(status) ? " (core dumped)" : "");
+    } else if (WEXITSTATUS(status) != 0) {
+        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d exited "
+                     "with code %d", (int) pid, WEXITSTATUS(status));
+    } else {
+        sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "worker process %d exited "
+                     "with code 0", (int) pid);
+    }
+}
+
+static void
+sg_reap_children(sg_cycle_t *cycle)
+{
+    sg_process_t  p;
+    pid_t         pid;
+    size_t        i;
+    int           status;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        sg_log_exit(cycle, pid, status);
+        for (i = 0; i < sg_nprocesses; i++) {
+            if (sg_processes[i].pid == pid) {
+                break;
+            }
+        }
+        if (i == sg_nprocesses) {
+            continue;
+        }
+        p = sg_processes[i];
+        sg_processes[i] = sg_processes[--sg_nprocesses];
+        if (p.exiting || p.generation != sg_generation || sg_quit
+            || sg_terminate)
+        {
+            continue;
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d "
+                         "could not start; not respawning it", (int) pid);
+            continue;
+        }
+        sg_spawn_worker(cycle, p.worker);
+    }
+}
+
+static sg_cycle_t *
+sg_master_reload(sg_cycle_t *cycle)
+{
+    sg_cycle_t  *new;
+    char         err[2048];
+
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "reconfiguring");
+    new = sg_init_cycle(cycle, false, err, sizeof(err));
+    if (new == NULL) {
+        sg_log_error(SG_LOG_ERR, cycle->log, 0, "reload failed, keeping the "
+                     "old configuration: %s", err);
+        return cycle;
+    }
+    sg_cycle = new;
+    sg_generation++;
+    sg_start_workers(new);
+    sg_signal_workers(new, SIGQUIT, true);
+    sg_destroy_cycle(cycle);
+    sg_log_error(SG_LOG_NOTICE, new->log, 0, "configuration reloaded, "
+                 "old workers are finishing their sessions");
+    return new;
+}
+
+void
+sg_master_process_cycle(sg_cycle_t *cycle)
+{
+    sigset_t  set, empty;
+    bool      term_sent = false, quit_sent = false;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGALRM);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    sigemptyset(&empty);
+
+    sg_start_workers(cycle);
+    for ( ;; ) {
+        sigsuspend(&empty);
+        sg_time_update();
+        if (sg_reap) {
+            sg_reap = 0;
+            sg_reap_children(cycle);
+        }
+        if ((sg_terminate || sg_quit) && sg_nprocesses == 0) {
+            sg_delete_pidfile(cycle);
+            sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "exit");
+            exit(0);
+        }
+        if (sg_terminate) {
+            if (!term_sent) {
+                term_sent = true;
+                sg_signal_workers(cycle, SIGTERM, false);
+                alarm(SG_TERM_GRACE_MS / 1000);
+            } else if (sg_sigalrm) {
+                sg_signal_workers(cycle, SIGKILL, false);
+            }
+            sg_sigalrm = 0;
+            continue;
+        }
+        if (sg_quit && !quit_sent) {
+            quit_sent = true;
+            sg_signal_workers(cycle, SIGQUIT, false);
+            sg_close_listening_sockets(cycle);
+            continue;
+        }
+        if (sg_reconfigure && !sg_quit) {
+            sg_reconfigure = 0;
+            cycle = sg_master_reload(cycle);
+        }
+        if (sg_reopen) {
+            sg_reopen = 0;
+            sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "reopening logs");
+            sg_reopen_files(cycle, sg_core_conf(cycle)->user);
+            sg_signal_workers(cycle, SIGUSR1, false);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+/*
+ * sg_process.h: the master and worker processes.
+ *
+ * The master owns the configuration and the listening sockets, starts
+ * worker_processes workers, restarts one that dies, and turns signals
+ * into actions: HUP reload, QUIT graceful stop, TERM/INT fast stop, USR1
+ * reopen logs.  Workers run the event loop; on QUIT they stop accepting
+ * and exit once their sessions have ended.
+ */
+#ifndef SG_PROCESS_H
+#define SG_PROCESS_H
+
+extern volatile sig_atomic_t  sg_quit;        /* graceful */
+extern volatile sig_atomic_t  sg_terminate;   /* fast */
+extern volatile sig_atomic_t  sg_reconfigure;
+extern volatile sig_atomic_t  sg_reopen;
+extern volatile sig_atomic_t  sg_reap;
+extern bool                   sg_exiting;     /* worker is draining */
+extern int                    sg_worker;      /* -1 in the master */
+
+int sg_init_signals(sg_log_t *log);
+void sg_master_process_cycle(sg_cycle_t *cycle);
+int sg_daemon(sg_log_t *log);
+
+/* Modules that keep a worker busy outside of connections (none yet)
+ * could hook here; a draining worker exits when this reaches 0. */
+size_t sg_worker_busy(void);
+
+#endif /* SG_PROCESS_H */

@@ -1,0 +1,474 @@
+/*
+ * sg_auth_file.c: the local users file authentication backend.
+ *
+ * "auth_file PATH;" names a file of "user:hash[:route]" lines.  The file
+ * is read and checked when the configuration loads (so a reload re-reads
+ * it and a bad line is a FILE:LINE error that keeps the old
+ * configuration), and looked up in memory afterwards.  Hashes are
+ * verified with crypt(3) on the worker's thread pool, so a slow hash
+ * never stalls other sessions.  Refuses hash formats libcrypt does not
+ * verify, and clear-text passwords unless written as "{PLAIN}secret".
+ * An unknown user costs the same hash work as a known one, so timing
+ * does not tell which users exist.
+ */
+#include "sg_smtp.h"
+#include <crypt.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <openssl/crypto.h>
+
+#define SG_AUTH_FILE_MAX      (64 * 1024 * 1024)
+#define SG_AUTH_FILE_USER_MAX 255
+
+typedef struct {
+    sg_str_t   user;
+    sg_str_t   hash;       /* NUL-terminated; "{PLAIN}..." kept as is */
+    sg_str_t   route;      /* optional third column */
+} sg_auth_user_t;
+
+typedef struct {
+    sg_str_t         path;
+    sg_auth_user_t  *users;      /* open-addressing table */
+    size_t           nslots;
+    size_t           nusers;
+} sg_auth_file_conf_t;
+
+typedef struct {
+    sg_task_t           task;
+    sg_auth_request_t  *r;
+    const sg_auth_user_t *entry;   /* NULL: unknown user */
+    char                *pass;     /* copy, wiped in destroy */
+    size_t               pass_len;
+    bool                 ok;
+} sg_auth_file_task_t;
+
+static char *sg_auth_file(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static void *sg_auth_file_create_conf(sg_conf_t *cf);
+static char *sg_auth_file_merge_conf(sg_conf_t *cf, void *prev, void *conf);
+static int sg_auth_file_start(sg_auth_request_t *r, void *conf);
+static void sg_auth_file_cancel(sg_auth_request_t *r, void *conf);
+
+static const sg_command_t  sg_auth_file_commands[] = {
+    { "auth_file", SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF | SG_CONF_TAKE1,
+      sg_auth_file, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_auth_file_module_ctx = {
+    NULL, NULL, sg_auth_file_create_conf, sg_auth_file_merge_conf, NULL
+};
+
+sg_module_t  sg_auth_file_module = {
+    .name = "auth_file",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_auth_file_module_ctx,
+    .commands = sg_auth_file_commands,
+};
+
+static const sg_smtp_auth_backend_t  sg_auth_file_backend = {
+    "auth_file", sg_auth_file_start, sg_auth_file_cancel
+};
+
+/* A valid yescrypt hash of a random string: unknown users are checked
+ * against it so that they take as long as known ones. */
+static const char  sg_auth_file_dummy[] =
+    "$y$j9T$hLGqNZKXI37DDCgWLo90A1$5bUaM2hM.x0FG.I311C/kSVy8NGfHg1Egs/DE3jzoz.";
+
+static uint64_t
+sg_auth_file_hash(const u_char *p, size_t n)
+{
+    uint64_t  h = 1469598103934665603ULL;
+
+    while (n--) {
+        h = (h ^ *p++) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static const sg_auth_user_t *
+sg_auth_file_find(const sg_auth_file_conf_t *conf, const sg_str_t *user)
+{
+    size_t  i;
+
+    if (conf->nslots == 0) {
+        return NULL;
+    }
+    i = sg_auth_file_hash(user->data, user->len) & (conf->nslots - 1);
+    while (conf->users[i].user.data) {
+        if (conf->users[i].user.len == user->len
+            && memcmp(conf->users[i].user.data, user->data, user->len) == 0)
+        {
+            return &conf->users[i];
+        }
+        i = (i + 1) & (conf->nslots - 1);
+    }
+    return NULL;
+}
+
+static void *
+sg_auth_file_create_conf(sg_conf_t *cf)
+{
+    return sg_pcalloc(cf->pool, sizeof(sg_auth_file_conf_t));
+}
+
+static char *
+sg_auth_file_merge_conf(sg_conf_t *cf, void *parent, void *child)
+{
+    sg_auth_file_conf_t  *prev = parent, *conf = child;
+    sg_smtp_srv_conf_t   *sscf;
+
+    if (conf->path.data == NULL && prev->path.data) {
+        *conf = *prev;
+    }
+    if (conf->path.data == NULL) {
+        return SG_CONF_OK;
+    }
+    sscf = sg_smtp_conf_current(cf);
+    if (sscf->auth && sscf->auth != &sg_auth_file_backend) {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "more than one "
+                                "authentication backend for this server");
+    }
+    sscf->auth = &sg_auth_file_backend;
+    sscf->auth_conf = conf;
+    return SG_CONF_OK;
+}
+
+/* Loading. */
+
+static char *
+sg_auth_file_read(sg_conf_t *cf, const sg_str_t *path, u_char **data,
+    size_t *size)
+{
+    struct stat  st;
+    ssize_t      n;
+    size_t       got = 0;
+    int          fd;
+
+    fd = open((const char *) path->data, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return sg_conf_error(cf, errno, "open() \"%.*s\" failed",
+                             SG_STR_ARG(path));
+    }
+    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
+        || st.st_size > SG_AUTH_FILE_MAX)
+    {
+        close(fd);
+        return sg_conf_error(cf, 0, "\"%.*s\" is not a regular file of at "
+                             "most %d bytes", SG_STR_ARG(path),
+                             SG_AUTH_FILE_MAX);
+    }
+    *data = sg_pnalloc(cf->temp_pool ? cf->temp_pool : cf->pool,
+                       (size_t) st.st_size + 1);
+    if (*data == NULL) {
+        close(fd);
+        return SG_CONF_ERROR;
+    }
+    while (got < (size_t) st.st_size) {
+        n = read(fd, *data + got, (size_t) st.st_size - got);
+        if (n <= 0) {
+            if (n == -1 && errno == EINTR) {
+                continue;
+            }
+            close(fd);
+            return sg_conf_error(cf, n ? errno : 0, "read() \"%.*s\" failed",
+                                 SG_STR_ARG(path));
+        }
+        got += (size_t) n;
+    }
+    close(fd);
+    *size = got;
+    return SG_CONF_OK;
+}
+
+static bool
+sg_auth_file_user_ok(const sg_str_t *u)
+{
+    size_t  i;
+
+    if (u->len == 0 || u->len > SG_AUTH_FILE_USER_MAX) {
+        return false;
+    }
+    for (i = 0; i < u->len; i++) {
+        if (u->data[i] <= 0x20 || u->data[i] == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* NULL when the hash is one we can verify, else why not. */
+static const char *
+sg_auth_file_hash_error(const sg_str_t *h)
+{
+    if (h->len > 7 && memcmp(h->data, "{PLAIN}", 7) == 0) {
+        return NULL;
+    }
+    if (h->len == 0) {
+        return "empty password hash";
+    }
+    if (!(h->len > 3 && (memcmp(h->data, "$y$", 3) == 0
+                         || memcmp(h->data, "$6$", 3) == 0
+                         || memcmp(h->data, "$5$", 3) == 0
+                         || memcmp(h->data, "$7$", 3) == 0))
+        && !(h->len > 4 && (memcmp(h->data, "$2b$", 4) == 0
+                            || memcmp(h->data, "$2y$", 4) == 0
+                            || memcmp(h->data, "$2a$", 4) == 0)))
+    {
+        return "unsupported password hash: use yescrypt ($y$), SHA-512 "
+               "($6$), bcrypt ($2b$) or {PLAIN}secret";
+    }
+    if (crypt_checksalt((const char *) h->data) != CRYPT_SALT_OK) {
+        return "malformed or disabled password hash";
+    }
+    return NULL;
+}
+
+static int
+sg_auth_file_insert(sg_auth_file_conf_t *conf, const sg_auth_user_t *u)
+{
+    size_t  i;
+
+    i = sg_auth_file_hash(u->user.data, u->user.len) & (conf->nslots - 1);
+    while (conf->users[i].user.data) {
+        if (conf->users[i].user.len == u->user.len
+            && memcmp(conf->users[i].user.data, u->user.data, u->user.len)
+               == 0)
+        {
+            return SG_DECLINED;
+        }
+        i = (i + 1) & (conf->nslots - 1);
+    }
+    conf->users[i] = *u;
+    conf->nusers++;
+    return SG_OK;
+}
+
+/* Split "user:hash[:route]" into u, copying into the cycle pool. */
+static const char *
+sg_auth_file_parse_line(sg_conf_t *cf, u_char *p, size_t len,
+    sg_auth_user_t *u)
+{
+    u_char  *c1, *c2;
+
+    c1 = memchr(p, ':', len);
+    if (c1 == NULL) {
+        return "expected \"user:hash\"";
+    }
+    u->user.data = p;
+    u->user.len = (size_t) (c1 - p);
+    c2 = memchr(c1 + 1, ':', (size_t) (p + len - c1 - 1));
+    u->hash.data = c1 + 1;
+    u->hash.len = (size_t) ((c2 ? c2 : p + len) - u->hash.data);
+    u->route.len = 0;
+    u->route.data = NULL;
+    if (c2) {
+        u->route.data = c2 + 1;
+        u->route.len = (size_t) (p + len - u->route.data);
+    }
+    if (!sg_auth_file_user_ok(&u->user)) {
+        return "invalid user name";
+    }
+    if (memchr(p, '\0', len)) {
+        return "NUL byte in line";
+    }
+    u->user.data = sg_pstrdup(cf->pool, &u->user);
+    u->hash.data = sg_pstrdup(cf->pool, &u->hash);
+    if (u->user.data == NULL || u->hash.data == NULL) {
+        return "out of memory";
+    }
+    if (u->route.len) {
+        u->route.data = sg_pstrdup(cf->pool, &u->route);
+        if (u->route.data == NULL) {
+            return "out of memory";
+        }
+    }
+    return sg_auth_file_hash_error(&u->hash);
+}
+
+static size_t
+sg_auth_file_count_lines(const u_char *p, size_t n)
+{
+    size_t  lines = 1;
+
+    while (n--) {
+        lines += *p++ == '\n';
+    }
+    return lines;
+}
+
+static char *
+sg_auth_file_load(sg_conf_t *cf, sg_auth_file_conf_t *conf)
+{
+    sg_auth_user_t  u;
+    u_char         *data = NULL, *p, *end, *eol, *e;
+    const char     *err;
+    size_t          size = 0, lineno = 0, slots = 16;
+    char           *rv;
+
+    rv = sg_auth_file_read(cf, &conf->path, &data, &size);
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    while (slots < 2 * sg_auth_file_count_lines(data, size)) {
+        slots *= 2;
+    }
+    conf->nslots = slots;
+    conf->users = sg_pcalloc(cf->pool, slots * sizeof(sg_auth_user_t));
+    if (conf->users == NULL) {
+        return SG_CONF_ERROR;
+    }
+    for (p = data, end = data + size; p < end; p = eol + 1) {
+        lineno++;
+        eol = memchr(p, '\n', (size_t) (end - p));
+        if (eol == NULL) {
+            eol = end;
+        }
+        e = eol;
+        while (e > p && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) {
+            e--;
+        }
+        while (p < e && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+        if (p == e || *p == '#') {
+            continue;
+        }
+        err = sg_auth_file_parse_line(cf, p, (size_t) (e - p), &u);
+        if (err == NULL && sg_auth_file_insert(conf, &u) == SG_DECLINED) {
+            err = "duplicate user";
+        }
+        if (err) {
+            return sg_conf_error_at(cf, &conf->path, lineno, "%s", err);
+        }
+    }
+    sg_wipe(data, size);
+    return SG_CONF_OK;
+}
+
+static char *
+sg_auth_file(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_auth_file_conf_t  *afc = conf;
+    sg_str_t             *value = cf->args->elts;
+
+    (void) cmd;
+    if (afc->path.data) {
+        return sg_conf_duplicate(cf);
+    }
+    afc->path = value[1];
+    if (sg_conf_full_name(cf, &afc->path, true) != SG_OK) {
+        return SG_CONF_ERROR;
+    }
+    return sg_auth_file_load(cf, afc);
+}
+
+/* Verification, on a pool thread. */
+
+static void
+sg_auth_file_work(sg_task_t *t)
+{
+    sg_auth_file_task_t  *at = t->data;
+    struct crypt_data    *cd;
+    const char           *hash, *out;
+    size_t                hlen;
+
+    if (at->entry && at->entry->hash.len > 7
+        && memcmp(at->entry->hash.data, "{PLAIN}", 7) == 0)
+    {
+        hlen = at->entry->hash.len - 7;
+        at->ok = hlen == at->pass_len
+                 && CRYPTO_memcmp(at->entry->hash.data + 7, at->pass,
+                                  hlen) == 0;
+        return;
+    }
+    hash = at->entry ? (const char *) at->entry->hash.data
+                     : sg_auth_file_dummy;
+    cd = calloc(1, sizeof(struct crypt_data));
+    if (cd == NULL) {
+        at->ok = false;
+        return;
+    }
+    out = crypt_rn(at->pass, hash, cd, sizeof(struct crypt_data));
+    at->ok = at->entry != NULL && out != NULL && out[0] != '*'
+             && strlen(out) == strlen(hash)
+             && CRYPTO_memcmp(out, hash, strlen(hash)) == 0;
+    sg_wipe(cd, sizeof(struct crypt_data));
+    free(cd);
+}
+
+static void
+sg_auth_file_done(sg_task_t *t)
+{
+    sg_auth_file_task_t  *at = t->data;
+    sg_auth_request_t    *r = at->r;
+
+    r->backend_data = NULL;
+    if (at->ok) {
+        r->status = SG_AUTH_OK;
+        if (at->entry->route.len) {
+            r->route = at->entry->route;
+        }
+    } else {
+        r->status = SG_AUTH_FAIL;
+        r->reason = at->entry ? "password mismatch" : "unknown user";
+    }
+    r->done(r);
+}
+
+static void
+sg_auth_file_destroy(sg_task_t *t)
+{
+    sg_auth_file_task_t  *at = t->data;
+
+    sg_wipe(at->pass, at->pass_len);
+    free(at->pass);
+    free(at);
+}
+
+static int
+sg_auth_file_start(sg_auth_request_t *r, void *conf)
+{
+    sg_auth_file_conf_t  *afc = conf;
+    sg_auth_file_task_t  *at;
+
+    at = calloc(1, sizeof(sg_auth_file_task_t));
+    if (at == NULL) {
+        return SG_ERROR;
+    }
+    at->pass = malloc(r->pass.len + 1);
+    if (at->pass == NULL) {
+        free(at);
+        return SG_ERROR;
+    }
+    memcpy(at->pass, r->pass.data, r->pass.len);
+    at->pass[r->pass.len] = '\0';
+    at->pass_len = r->pass.len;
+    at->r = r;
+    at->entry = sg_auth_file_find(afc, &r->user);
+    if (at->entry == NULL || memchr(r->pass.data, '\0', r->pass.len)) {
+        at->entry = NULL;           /* a NUL would cut the password */
+    }
+    at->task.work = sg_auth_file_work;
+    at->task.done = sg_auth_file_done;
+    at->task.destroy = sg_auth_file_destroy;
+    at->task.data = at;
+    if (sg_task_post(&at->task, r->log) != SG_OK) {
+        sg_auth_file_destroy(&at->task);
+        return SG_ERROR;
+    }
+    r->backend_data = at;
+    return SG_OK;
+}
+
+static void
+sg_auth_file_cancel(sg_auth_request_t *r, void *conf)
+{
+    sg_auth_file_task_t  *at = r->backend_data;
+
+    (void) conf;
+    if (at) {
+        sg_task_cancel(&at->task);
+        r->backend_data = NULL;
+    }
+}

@@ -1,0 +1,199 @@
+/*
+ * sg_smtp.h: the mail {} block, the SMTP front end, and the seams other
+ * modules plug into.
+ *
+ * Seams:
+ *   - auth backends (auth_file, auth_http, ...) register an
+ *     sg_smtp_auth_backend_t on a server's conf; the session builds one
+ *     sg_auth_request_t and gets the answer back asynchronously;
+ *   - relays (proxy, spool, ...) register an sg_smtp_relay_t; after a
+ *     successful AUTH the session hands itself to the relay, which either
+ *     takes the session over (sg_smtp_relay_ready) or gives up
+ *     (sg_smtp_relay_failed).
+ * The session never names a particular backend or relay module.
+ */
+#ifndef SG_SMTP_H
+#define SG_SMTP_H
+
+#include "sg_core.h"
+#include "sg_smtp_parse.h"
+
+typedef struct {
+    void  **main_conf;
+    void  **srv_conf;
+} sg_mail_conf_ctx_t;
+
+#define SG_MAIL_MAIN_CONF_OFFSET  offsetof(sg_mail_conf_ctx_t, main_conf)
+#define SG_MAIL_SRV_CONF_OFFSET   offsetof(sg_mail_conf_ctx_t, srv_conf)
+
+typedef struct {
+    void   *(*create_main_conf)(sg_conf_t *cf);
+    char   *(*init_main_conf)(sg_conf_t *cf, void *conf);
+    void   *(*create_srv_conf)(sg_conf_t *cf);
+    /* cf->ctx is the server's sg_mail_conf_ctx_t during the call. */
+    char   *(*merge_srv_conf)(sg_conf_t *cf, void *prev, void *conf);
+    /* After every server is merged: cross-module checks. */
+    char   *(*postconfiguration)(sg_conf_t *cf, void *srv_conf);
+} sg_mail_module_ctx_t;
+
+extern sg_module_t  sg_mail_module;    /* core: the mail {} block */
+extern sg_module_t  sg_smtp_module;    /* mail: server {}, SMTP */
+
+#define sg_mail_conf_srv(ctx, module)  ((ctx)->srv_conf[(module).ctx_index])
+#define sg_mail_conf_main(ctx, module) ((ctx)->main_conf[(module).ctx_index])
+
+typedef struct sg_smtp_session_s   sg_smtp_session_t;
+typedef struct sg_auth_request_s   sg_auth_request_t;
+
+/* SASL mechanisms (smtp_auth). */
+#define SG_SMTP_AUTH_PLAIN     0x0001
+#define SG_SMTP_AUTH_LOGIN     0x0002
+#define SG_SMTP_AUTH_NONE      0x0100
+
+typedef enum {
+    SG_AUTH_OK = 0,
+    SG_AUTH_FAIL,          /* wrong credentials: 535 */
+    SG_AUTH_TEMPFAIL       /* backend unavailable: 454 */
+} sg_auth_status_e;
+
+struct sg_auth_request_s {
+    sg_pool_t          *pool;          /* the session's */
+    sg_log_t           *log;
+    sg_connection_t    *connection;    /* client: address, TLS facts */
+    unsigned            mech;          /* SG_SMTP_AUTH_* */
+    sg_str_t            user;
+    sg_str_t            pass;          /* wiped by the session */
+    sg_str_t            authzid;
+    unsigned            attempt;       /* 1 for the first AUTH */
+
+    /* The answer, filled in by the backend before done(). */
+    sg_auth_status_e    status;
+    const char         *reason;        /* for the error log, never sent */
+    sg_str_t            route;         /* "host:port" or upstream name */
+    sg_addr_t          *route_addr;    /* resolved route, if any */
+
+    void              (*done)(sg_auth_request_t *r);
+    void               *data;          /* the session */
+    void               *backend_data;  /* the backend's own state */
+};
+
+typedef struct {
+    const char  *name;
+    /* Start the check.  The answer must come through r->done(r) later,
+     * never from inside start().  SG_ERROR: could not even start (the
+     * session answers 454). */
+    int        (*start)(sg_auth_request_t *r, void *conf);
+    /* The session is going away: drop r, never call done(). */
+    void       (*cancel)(sg_auth_request_t *r, void *conf);
+} sg_smtp_auth_backend_t;
+
+typedef struct {
+    const char  *name;
+    /* Take over an authenticated session: connect, hand-shake, then
+     * sg_smtp_relay_ready() or sg_smtp_relay_failed(). */
+    void       (*start)(sg_smtp_session_t *s, void *conf);
+} sg_smtp_relay_t;
+
+typedef struct {
+    sg_mail_conf_ctx_t            *ctx;
+    sg_str_t                       file;      /* where the block is */
+    size_t                         line;
+
+    sg_str_t                       server_name;
+    sg_msec_t                      timeout;
+    int64_t                        max_errors;
+    size_t                         client_buffer;
+    unsigned                       auth_methods;
+    int                            auth_require_tls;
+    sg_array_t                    *capabilities;   /* sg_str_t */
+
+    /* Prebuilt replies. */
+    sg_str_t                       greeting;
+    sg_str_t                       helo_reply;
+    sg_str_t                       ehlo_reply;        /* without AUTH */
+    sg_str_t                       ehlo_reply_auth;   /* with AUTH */
+
+    const sg_smtp_auth_backend_t  *auth;
+    void                          *auth_conf;
+    const sg_smtp_relay_t         *relay;
+    void                          *relay_conf;
+} sg_smtp_srv_conf_t;
+
+/* What a listening socket serves: the servers sharing its address. */
+typedef struct {
+    sg_smtp_srv_conf_t   *default_server;
+    sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
+    unsigned              explicit_default:1;
+} sg_smtp_addr_conf_t;
+
+typedef enum {
+    SG_SMTP_ST_COMMAND = 0,
+    SG_SMTP_ST_AUTH_PLAIN,        /* waiting for the PLAIN response */
+    SG_SMTP_ST_AUTH_LOGIN_USER,
+    SG_SMTP_ST_AUTH_LOGIN_PASS,
+    SG_SMTP_ST_AUTH_WAIT,         /* the auth backend is deciding */
+    SG_SMTP_ST_RELAY_START,       /* the relay is connecting */
+    SG_SMTP_ST_RELAY,             /* the relay owns the session */
+    SG_SMTP_ST_CLOSING
+} sg_smtp_state_e;
+
+struct sg_smtp_session_s {
+    sg_connection_t       *connection;
+    sg_smtp_srv_conf_t    *conf;
+    sg_pool_t             *pool;
+    sg_log_t              *log;
+
+    sg_buf_t               in;
+    sg_buf_t               out;
+
+    sg_smtp_state_e        state;
+    unsigned               errors;
+    unsigned               auth_attempts;
+
+    sg_str_t               helo;
+    sg_str_t               login;
+    u_char                *secret;       /* decoded SASL data, wiped */
+    size_t                 secret_size;
+    unsigned               auth_mech;
+    sg_auth_request_t     *auth;
+
+    void                  *relay_ctx;
+
+    unsigned               esmtp:1;
+    unsigned               skipping:1;   /* dropping an over-long line */
+    unsigned               quit:1;       /* close once out is flushed */
+    unsigned               tls:1;
+};
+
+void sg_smtp_init_session(sg_connection_t *c);
+
+/* Append a reply ("250 2.0.0 OK", no CRLF) to the client's output. */
+int sg_smtp_reply(sg_smtp_session_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The same for an error reply: counts towards max_errors, and after the
+ * last one allowed adds the 421 and ends the session. */
+int sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Keep processing the session after an asynchronous step. */
+void sg_smtp_run(sg_smtp_session_t *s);
+
+/* AUTH (sg_smtp_sasl.c). */
+int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);
+int sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line);
+void sg_smtp_auth_cleanup(sg_smtp_session_t *s);
+bool sg_smtp_auth_allowed(sg_smtp_session_t *s);
+
+/* Relay callbacks.  After relay_ready the relay owns the client
+ * connection's handlers; s->in holds bytes the client already sent past
+ * the AUTH exchange, s->out the replies not yet written. */
+void sg_smtp_relay_ready(sg_smtp_session_t *s);
+void sg_smtp_relay_failed(sg_smtp_session_t *s);
+
+void sg_smtp_close_session(sg_smtp_session_t *s);
+
+/* For auth and relay modules, from their merge_srv_conf: the server's
+ * SMTP conf, where they register themselves. */
+sg_smtp_srv_conf_t *sg_smtp_conf_of(void **srv_conf);
+sg_smtp_srv_conf_t *sg_smtp_conf_current(sg_conf_t *cf);
+
+#endif /* SG_SMTP_H */

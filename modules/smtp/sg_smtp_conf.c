@@ -1,0 +1,642 @@
+/*
+ * sg_smtp_conf.c: the mail {} and server {} blocks, "listen", and the
+ * SMTP front-end directives.
+ *
+ * Owns the mail configuration contexts (main and per-server arrays of
+ * every mail module's conf), merging server settings over mail-level
+ * ones, and turning listen directives into listening sockets.  Refuses a
+ * server without an authentication backend or a relay, so that -t
+ * catches what would otherwise fail at the first session.
+ */
+#include "sg_smtp.h"
+
+typedef struct {
+    sg_addr_t             addr;
+    int                   backlog;
+    unsigned              reuseport:1;
+    unsigned              default_server:1;
+    sg_smtp_srv_conf_t   *server;
+    sg_str_t              file;
+    size_t                line;
+} sg_smtp_listen_t;
+
+typedef struct {
+    sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
+    sg_array_t            listens;       /* sg_smtp_listen_t */
+} sg_smtp_main_conf_t;
+
+
+static char *sg_mail_block(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_capabilities(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static void *sg_smtp_create_main_conf(sg_conf_t *cf);
+static void *sg_smtp_create_srv_conf(sg_conf_t *cf);
+static char *sg_smtp_merge_srv_conf(sg_conf_t *cf, void *prev, void *conf);
+static char *sg_smtp_postconfiguration(sg_conf_t *cf, void *conf);
+
+static const sg_command_t  sg_mail_commands[] = {
+    { "mail", SG_MAIN_CONF | SG_CONF_BLOCK | SG_CONF_NOARGS,
+      sg_mail_block, 0, 0, NULL },
+    sg_null_command
+};
+
+sg_module_t  sg_mail_module = {
+    .name = "mail",
+    .type = SG_CORE_MODULE,
+    .commands = sg_mail_commands,
+};
+
+static const sg_conf_enum_t  sg_smtp_auth_methods[] = {
+    { "plain", SG_SMTP_AUTH_PLAIN },
+    { "login", SG_SMTP_AUTH_LOGIN },
+    { "none", SG_SMTP_AUTH_NONE },
+    { NULL, 0 }
+};
+
+static const sg_conf_bounds_t  sg_smtp_timeout_bounds = { 1, 86400000LL };
+static const sg_conf_bounds_t  sg_smtp_errors_bounds = { 1, 1000 };
+static const sg_conf_bounds_t  sg_smtp_buffer_bounds = { 1024, 1048576 };
+
+#define SG_SRV  (SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF)
+
+static const sg_command_t  sg_smtp_commands[] = {
+    { "server", SG_MAIL_MAIN_CONF | SG_CONF_BLOCK | SG_CONF_NOARGS,
+      sg_smtp_server_block, 0, 0, NULL },
+    { "listen", SG_MAIL_SRV_CONF | SG_CONF_1MORE,
+      sg_smtp_listen, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "protocol", SG_MAIL_SRV_CONF | SG_CONF_TAKE1,
+      sg_smtp_protocol, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "server_name", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, server_name),
+      NULL },
+    { "timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, timeout),
+      &sg_smtp_timeout_bounds },
+    { "max_errors", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, max_errors),
+      &sg_smtp_errors_bounds },
+    { "smtp_client_buffer", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, client_buffer),
+      &sg_smtp_buffer_bounds },
+    { "smtp_auth", SG_SRV | SG_CONF_1MORE, sg_conf_set_bitmask_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, auth_methods),
+      sg_smtp_auth_methods },
+    { "smtp_auth_require_tls", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_smtp_srv_conf_t, auth_require_tls), NULL },
+    { "smtp_capabilities", SG_SRV | SG_CONF_1MORE, sg_smtp_capabilities,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_smtp_module_ctx = {
+    sg_smtp_create_main_conf,
+    NULL,
+    sg_smtp_create_srv_conf,
+    sg_smtp_merge_srv_conf,
+    sg_smtp_postconfiguration
+};
+
+sg_module_t  sg_smtp_module = {
+    .name = "smtp",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_smtp_module_ctx,
+    .commands = sg_smtp_commands,
+};
+
+sg_smtp_srv_conf_t *
+sg_smtp_conf_of(void **srv_conf)
+{
+    return srv_conf[sg_smtp_module.ctx_index];
+}
+
+sg_smtp_srv_conf_t *
+sg_smtp_conf_current(sg_conf_t *cf)
+{
+    return sg_smtp_conf_of(((sg_mail_conf_ctx_t *) cf->ctx)->srv_conf);
+}
+
+/* Contexts. */
+
+static int
+sg_mail_create_confs(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx, bool main)
+{
+    const sg_mail_module_ctx_t  *mctx;
+    size_t                       i, n = sg_count_modules(SG_MAIL_MODULE);
+
+    if (main) {
+        ctx->main_conf = sg_pcalloc(cf->pool, n * sizeof(void *));
+        if (ctx->main_conf == NULL) {
+            return SG_ERROR;
+        }
+    }
+    ctx->srv_conf = sg_pcalloc(cf->pool, n * sizeof(void *));
+    if (ctx->srv_conf == NULL) {
+        return SG_ERROR;
+    }
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->type != SG_MAIL_MODULE) {
+            continue;
+        }
+        mctx = sg_modules[i]->ctx;
+        if (main && mctx->create_main_conf) {
+            ctx->main_conf[sg_modules[i]->ctx_index] =
+                mctx->create_main_conf(cf);
+            if (ctx->main_conf[sg_modules[i]->ctx_index] == NULL) {
+                return SG_ERROR;
+            }
+        }
+        if (mctx->create_srv_conf) {
+            ctx->srv_conf[sg_modules[i]->ctx_index] =
+                mctx->create_srv_conf(cf);
+            if (ctx->srv_conf[sg_modules[i]->ctx_index] == NULL) {
+                return SG_ERROR;
+            }
+        }
+    }
+    return SG_OK;
+}
+
+static char *
+sg_mail_parse_block(sg_conf_t *cf, void *ctx, unsigned cmd_type)
+{
+    void      *prev_ctx = cf->ctx;
+    unsigned   prev_module = cf->module_type, prev_cmd = cf->cmd_type;
+    char      *rv;
+
+    cf->ctx = ctx;
+    cf->module_type = SG_MAIL_MODULE;
+    cf->cmd_type = cmd_type;
+    rv = sg_conf_parse(cf, NULL);
+    cf->ctx = prev_ctx;
+    cf->module_type = prev_module;
+    cf->cmd_type = prev_cmd;
+    return rv;
+}
+
+static char *
+sg_mail_merge_servers(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx)
+{
+    const sg_mail_module_ctx_t  *mctx;
+    sg_smtp_main_conf_t         *mcf;
+    sg_smtp_srv_conf_t         **srv;
+    size_t                       i, s;
+    char                        *rv;
+
+    /* While merging, cf->ctx is the server's context, so that a module
+     * can reach the server's other confs (sg_smtp_conf_of). */
+    mcf = sg_mail_conf_main(ctx, sg_smtp_module);
+    srv = mcf->servers.elts;
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->type != SG_MAIL_MODULE) {
+            continue;
+        }
+        mctx = sg_modules[i]->ctx;
+        for (s = 0; s < mcf->servers.nelts; s++) {
+            if (mctx->merge_srv_conf == NULL) {
+                continue;
+            }
+            cf->ctx = srv[s]->ctx;
+            rv = mctx->merge_srv_conf(cf,
+                     ctx->srv_conf[sg_modules[i]->ctx_index],
+                     srv[s]->ctx->srv_conf[sg_modules[i]->ctx_index]);
+            if (rv != SG_CONF_OK) {
+                return rv;
+            }
+        }
+    }
+    for (i = 0; sg_modules[i]; i++) {
+        if (sg_modules[i]->type != SG_MAIL_MODULE) {
+            continue;
+        }
+        mctx = sg_modules[i]->ctx;
+        for (s = 0; s < mcf->servers.nelts; s++) {
+            if (mctx->postconfiguration == NULL) {
+                continue;
+            }
+            cf->ctx = srv[s]->ctx;
+            rv = mctx->postconfiguration(cf,
+                     srv[s]->ctx->srv_conf[sg_modules[i]->ctx_index]);
+            if (rv != SG_CONF_OK) {
+                return rv;
+            }
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static char *sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf);
+
+static char *
+sg_mail_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_mail_conf_ctx_t  *ctx;
+    sg_smtp_main_conf_t *mcf;
+    char                *rv;
+
+    (void) cmd;
+    if (*(void **) conf) {
+        return "is duplicate";
+    }
+    ctx = sg_pcalloc(cf->pool, sizeof(sg_mail_conf_ctx_t));
+    if (ctx == NULL || sg_mail_create_confs(cf, ctx, true) != SG_OK) {
+        return SG_CONF_ERROR;
+    }
+    *(void **) conf = ctx;
+    rv = sg_mail_parse_block(cf, ctx, SG_MAIL_MAIN_CONF);
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    rv = sg_mail_merge_servers(cf, ctx);
+    cf->ctx = cf->cycle->conf_ctx;
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    mcf = sg_mail_conf_main(ctx, sg_smtp_module);
+    return sg_smtp_add_listening(cf, mcf);
+}
+
+static char *
+sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_mail_conf_ctx_t    *parent = cf->ctx, *ctx;
+    sg_smtp_main_conf_t   *mcf;
+    sg_smtp_srv_conf_t    *sscf, **slot;
+
+    (void) cmd;
+    (void) conf;
+    ctx = sg_pcalloc(cf->pool, sizeof(sg_mail_conf_ctx_t));
+    if (ctx == NULL) {
+        return SG_CONF_ERROR;
+    }
+    ctx->main_conf = parent->main_conf;
+    if (sg_mail_create_confs(cf, ctx, false) != SG_OK) {
+        return SG_CONF_ERROR;
+    }
+    sscf = sg_mail_conf_srv(ctx, sg_smtp_module);
+    sscf->ctx = ctx;
+    sscf->file = cf->file->name;
+    sscf->line = sg_conf_line(cf);
+
+    mcf = sg_mail_conf_main(parent, sg_smtp_module);
+    slot = sg_array_push(&mcf->servers);
+    if (slot == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *slot = sscf;
+    return sg_mail_parse_block(cf, ctx, SG_MAIL_SRV_CONF);
+}
+
+/* Directives. */
+
+static char *
+sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_smtp_srv_conf_t   *sscf = conf;
+    sg_smtp_main_conf_t  *mcf;
+    sg_smtp_listen_t     *ls;
+    sg_str_t             *value = cf->args->elts;
+    sg_url_t              u;
+    sg_str_t              v;
+    int64_t               n;
+    size_t                i;
+
+    (void) cmd;
+    memset(&u, 0, sizeof(u));
+    u.url = value[1];
+    u.listen = 1;
+    if (sg_parse_url(cf->pool, &u) != SG_OK) {
+        return sg_conf_error(cf, 0, "%s in \"%.*s\" of the \"listen\" "
+                             "directive", u.err, SG_STR_ARG(&u.url));
+    }
+    mcf = sg_mail_conf_main(sscf->ctx, sg_smtp_module);
+    ls = mcf->listens.elts;
+    for (i = 0; i < mcf->listens.nelts; i++) {
+        if (ls[i].server == sscf
+            && sg_sockaddr_eq((struct sockaddr *) &ls[i].addr.sa,
+                              ls[i].addr.socklen,
+                              (struct sockaddr *) &u.addrs[0].sa,
+                              u.addrs[0].socklen))
+        {
+            return sg_conf_error(cf, 0, "duplicate listen %.*s",
+                                 SG_STR_ARG(&u.addrs[0].name));
+        }
+    }
+    ls = sg_array_push(&mcf->listens);
+    if (ls == NULL) {
+        return SG_CONF_ERROR;
+    }
+    ls->addr = u.addrs[0];
+    ls->backlog = 511;
+    ls->server = sscf;
+    ls->file = cf->file->name;
+    ls->line = sg_conf_line(cf);
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (value[i].len > 8 && memcmp(value[i].data, "backlog=", 8) == 0) {
+            v.data = value[i].data + 8;
+            v.len = value[i].len - 8;
+            if (sg_parse_int(&v, &n) != SG_OK || n < 1 || n > 65535) {
+                return sg_conf_invalid_value(cf, &value[i],
+                                             "backlog must be 1 to 65535");
+            }
+            ls->backlog = (int) n;
+        } else if (sg_str_eq(&value[i], "reuseport")) {
+#if (SG_HAVE_REUSEPORT)
+            ls->reuseport = 1;
+#else
+            return "reuseport is not supported on this platform";
+#endif
+        } else if (sg_str_eq(&value[i], "default_server")) {
+            ls->default_server = 1;
+        } else {
+            return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" in "
+                                 "\"listen\"", SG_STR_ARG(&value[i]));
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_str_t  *value = cf->args->elts;
+
+    (void) cmd;
+    (void) conf;
+    if (!sg_str_eq(&value[1], "smtp")) {
+        return sg_conf_invalid_value(cf, &value[1], "only \"smtp\" is "
+                                     "supported");
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_capabilities(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_smtp_srv_conf_t  *sscf = conf;
+    sg_str_t            *value = cf->args->elts, *c;
+    size_t               i, j;
+
+    (void) cmd;
+    if (sscf->capabilities != SG_CONF_UNSET_PTR) {
+        return sg_conf_duplicate(cf);
+    }
+    sscf->capabilities = sg_array_create(cf->pool, cf->args->nelts,
+                                         sizeof(sg_str_t));
+    if (sscf->capabilities == NULL) {
+        return SG_CONF_ERROR;
+    }
+    for (i = 1; i < cf->args->nelts; i++) {
+        for (j = 0; j < value[i].len; j++) {
+            if (value[i].data[j] < 0x20 || value[i].data[j] > 0x7e) {
+                return sg_conf_invalid_value(cf, &value[i], "capabilities "
+                                             "are printable ASCII");
+            }
+        }
+        if (value[i].len == 0 || value[i].len > 200) {
+            return sg_conf_invalid_value(cf, &value[i], NULL);
+        }
+        c = sg_array_push(sscf->capabilities);
+        if (c == NULL) {
+            return SG_CONF_ERROR;
+        }
+        *c = value[i];
+    }
+    return SG_CONF_OK;
+}
+
+/* Conf structures. */
+
+static void *
+sg_smtp_create_main_conf(sg_conf_t *cf)
+{
+    sg_smtp_main_conf_t  *mcf;
+
+    mcf = sg_pcalloc(cf->pool, sizeof(sg_smtp_main_conf_t));
+    if (mcf == NULL
+        || sg_array_init(&mcf->servers, cf->pool, 4,
+                         sizeof(sg_smtp_srv_conf_t *)) != SG_OK
+        || sg_array_init(&mcf->listens, cf->pool, 4,
+                         sizeof(sg_smtp_listen_t)) != SG_OK)
+    {
+        return NULL;
+    }
+    return mcf;
+}
+
+static void *
+sg_smtp_create_srv_conf(sg_conf_t *cf)
+{
+    sg_smtp_srv_conf_t  *sscf;
+
+    sscf = sg_pcalloc(cf->pool, sizeof(sg_smtp_srv_conf_t));
+    if (sscf == NULL) {
+        return NULL;
+    }
+    sscf->timeout = SG_CONF_UNSET_MSEC;
+    sscf->max_errors = SG_CONF_UNSET;
+    sscf->client_buffer = SG_CONF_UNSET_SIZE;
+    sscf->auth_require_tls = SG_CONF_UNSET;
+    sscf->capabilities = SG_CONF_UNSET_PTR;
+    return sscf;
+}
+
+static int
+sg_smtp_build(sg_pool_t *pool, sg_str_t *out, const u_char *buf, size_t len)
+{
+    out->data = sg_pnalloc(pool, len);
+    if (out->data == NULL) {
+        return SG_ERROR;
+    }
+    memcpy(out->data, buf, len);
+    out->len = len;
+    return SG_OK;
+}
+
+static bool
+sg_smtp_builtin_cap(const sg_str_t *cap)
+{
+    return sg_str_caseeq(cap, "PIPELINING")
+           || sg_str_caseeq(cap, "ENHANCEDSTATUSCODES");
+}
+
+/* "250-name\r\n250-PIPELINING\r\n...\r\n250 LAST\r\n", with or without
+ * the AUTH line. */
+static int
+sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool auth,
+    sg_str_t *out)
+{
+    u_char     buf[8192], *p = buf, *last = buf + sizeof(buf);
+    sg_str_t   lines[64], *caps;
+    size_t     n = 0, i;
+
+    sg_str_set(&lines[n], "PIPELINING"); n++;
+    sg_str_set(&lines[n], "ENHANCEDSTATUSCODES"); n++;
+    if (sscf->capabilities != SG_CONF_UNSET_PTR && sscf->capabilities) {
+        caps = sscf->capabilities->elts;
+        for (i = 0; i < sscf->capabilities->nelts && n < 60; i++) {
+            if (!sg_smtp_builtin_cap(&caps[i])) {
+                lines[n++] = caps[i];
+            }
+        }
+    }
+    if (auth) {
+        lines[n].data = (u_char *) (
+            (sscf->auth_methods & SG_SMTP_AUTH_PLAIN)
+            ? ((sscf->auth_methods & SG_SMTP_AUTH_LOGIN) ? "AUTH PLAIN LOGIN"
+                                                         : "AUTH PLAIN")
+            : "AUTH LOGIN");
+        lines[n].len = strlen((char *) lines[n].data);
+        n++;
+    }
+    p = sg_slprintf(p, last, "250-%.*s\r\n", SG_STR_ARG(&sscf->server_name));
+    for (i = 0; i < n; i++) {
+        p = sg_slprintf(p, last, "250%c%.*s\r\n", i + 1 == n ? ' ' : '-',
+                        SG_STR_ARG(&lines[i]));
+    }
+    return sg_smtp_build(pool, out, buf, (size_t) (p - buf));
+}
+
+static char *
+sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
+{
+    sg_smtp_srv_conf_t  *prev = parent, *conf = child;
+    u_char               buf[1024], *p;
+    bool                 auth;
+
+    if (conf->server_name.data == NULL) {
+        conf->server_name = prev->server_name.data ? prev->server_name
+                                                   : cf->cycle->hostname;
+    }
+    sg_conf_merge_msec(conf->timeout, prev->timeout, 60000);
+    sg_conf_merge_value(conf->max_errors, prev->max_errors, 5);
+    sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
+    sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
+    if (conf->auth_methods == 0) {
+        conf->auth_methods = prev->auth_methods
+                             ? prev->auth_methods
+                             : SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN;
+    }
+    sg_conf_merge_ptr(conf->capabilities, prev->capabilities, NULL);
+
+    if (conf->auth_methods & SG_SMTP_AUTH_NONE) {
+        return sg_conf_error_at(cf, &conf->file, conf->line, "\"smtp_auth "
+            "none\" is not supported yet in this build: list mechanisms");
+    }
+
+    p = sg_slprintf(buf, buf + sizeof(buf), "220 %.*s ESMTP ready\r\n",
+                    SG_STR_ARG(&conf->server_name));
+    if (sg_smtp_build(cf->pool, &conf->greeting, buf, (size_t) (p - buf)))
+    {
+        return SG_CONF_ERROR;
+    }
+    p = sg_slprintf(buf, buf + sizeof(buf), "250 %.*s\r\n",
+                    SG_STR_ARG(&conf->server_name));
+    if (sg_smtp_build(cf->pool, &conf->helo_reply, buf, (size_t) (p - buf)))
+    {
+        return SG_CONF_ERROR;
+    }
+    auth = conf->auth_methods & (SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN);
+    if (sg_smtp_build_ehlo(cf->pool, conf, false, &conf->ehlo_reply)
+        || sg_smtp_build_ehlo(cf->pool, conf, auth, &conf->ehlo_reply_auth))
+    {
+        return SG_CONF_ERROR;
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
+{
+    sg_smtp_srv_conf_t  *sscf = conf;
+
+    if (sscf->auth == NULL) {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
+            "authentication backend for this server: set \"auth_file\"");
+    }
+    if (sscf->relay == NULL) {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "no relay "
+            "for this server: set \"proxy_pass\"");
+    }
+    return SG_CONF_OK;
+}
+
+/* Listening sockets: one per distinct address, shared by the servers
+ * that list it; the default server answers clients that name none. */
+static sg_smtp_addr_conf_t *
+sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
+{
+    sg_listening_t       *ls = cf->cycle->listening.elts;
+    sg_smtp_addr_conf_t  *ac;
+    size_t                i;
+
+    for (i = 0; i < cf->cycle->listening.nelts; i++) {
+        if (sg_sockaddr_eq((struct sockaddr *) &ls[i].addr.sa,
+                           ls[i].addr.socklen,
+                           (struct sockaddr *) &l->addr.sa, l->addr.socklen))
+        {
+            if (l->reuseport) {
+                ls[i].reuseport = 1;
+            }
+            if (l->backlog != 511) {
+                ls[i].backlog = l->backlog;
+            }
+            return ls[i].servers;
+        }
+    }
+    ls = sg_create_listening(cf, &l->addr);
+    ac = sg_pcalloc(cf->pool, sizeof(sg_smtp_addr_conf_t));
+    if (ls == NULL || ac == NULL
+        || sg_array_init(&ac->servers, cf->pool, 2,
+                         sizeof(sg_smtp_srv_conf_t *)) != SG_OK)
+    {
+        return NULL;
+    }
+    ls->backlog = l->backlog;
+    ls->reuseport = l->reuseport;
+    ls->handler = sg_smtp_init_session;
+    ls->servers = ac;
+    ls->pool_size = 2048;
+    return ac;
+}
+
+static char *
+sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
+{
+    sg_smtp_listen_t     *l = mcf->listens.elts;
+    sg_smtp_addr_conf_t  *ac;
+    sg_smtp_srv_conf_t  **slot;
+    size_t                i;
+
+    for (i = 0; i < mcf->listens.nelts; i++) {
+        ac = sg_smtp_find_addr(cf, &l[i]);
+        if (ac == NULL) {
+            return SG_CONF_ERROR;
+        }
+        if (l[i].default_server) {
+            if (ac->explicit_default) {
+                return sg_conf_error_at(cf, &l[i].file, l[i].line,
+                    "a duplicate default server for %.*s",
+                    SG_STR_ARG(&l[i].addr.name));
+            }
+            ac->explicit_default = 1;
+            ac->default_server = l[i].server;
+        } else if (ac->default_server == NULL) {
+            ac->default_server = l[i].server;
+        }
+        slot = sg_array_push(&ac->servers);
+        if (slot == NULL) {
+            return SG_CONF_ERROR;
+        }
+        *slot = l[i].server;
+    }
+    return SG_CONF_OK;
+}

@@ -1,0 +1,480 @@
+/*
+ * sg_smtp_parse.c: the pure SMTP wire parsers declared in
+ * sg_smtp_parse.h.
+ *
+ * Owns nothing: every result is a view into the caller's bytes, and no
+ * function allocates, does I/O or keeps state between calls, so a
+ * session resumes a parse simply by calling again with more bytes.
+ * Refuses what RFC 5321 does not allow on the wire (NUL, a CR outside
+ * CRLF, lines over the limit, reply codes that are malformed or change
+ * within a reply) and SASL PLAIN messages of the wrong shape.  Which
+ * verb is allowed when is policy, and is left to the session.
+ */
+#include "sg_core.h"
+#include "sg_smtp_parse.h"
+
+typedef struct {
+    const char *name; /* canonical, upper case */
+    size_t      len;
+} sg_smtp_verb_entry_t;
+
+#define SG_SMTP_VERB(v) [SG_SMTP_##v] = { #v, sizeof(#v) - 1 }
+
+/* Indexed by sg_smtp_verb_e, so the name of a verb is one lookup. */
+static const sg_smtp_verb_entry_t sg_smtp_verbs[SG_SMTP_VERB_COUNT] = {
+    [SG_SMTP_UNKNOWN] = { "", 0 },
+    SG_SMTP_VERB(HELO),
+    SG_SMTP_VERB(EHLO),
+    SG_SMTP_VERB(AUTH),
+    SG_SMTP_VERB(MAIL),
+    SG_SMTP_VERB(RCPT),
+    SG_SMTP_VERB(DATA),
+    SG_SMTP_VERB(BDAT),
+    SG_SMTP_VERB(RSET),
+    SG_SMTP_VERB(NOOP),
+    SG_SMTP_VERB(QUIT),
+    SG_SMTP_VERB(HELP),
+    SG_SMTP_VERB(VRFY),
+    SG_SMTP_VERB(EXPN),
+    SG_SMTP_VERB(STARTTLS),
+    SG_SMTP_VERB(ETRN),
+    SG_SMTP_VERB(TURN),
+    SG_SMTP_VERB(ATRN),
+    SG_SMTP_VERB(XCLIENT),
+    SG_SMTP_VERB(XFORWARD),
+};
+
+#undef SG_SMTP_VERB
+
+static bool
+sg_smtp_is_alnum(u_char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z')
+           || (c >= 'a' && c <= 'z');
+}
+
+static u_char
+sg_smtp_upper(u_char c)
+{
+    return (c >= 'a' && c <= 'z') ? (u_char) (c - 'a' + 'A') : c;
+}
+
+/*
+ * Classify the line whose LF is at lf, reporting its worst fault.  A NUL
+ * comes first because it is the fault most likely to be an attack (it
+ * ends C strings further down); a stray CR next because it can smuggle
+ * a line break past a backend that accepts bare CR.
+ */
+static sg_smtp_line_e
+sg_smtp_line_classify(const u_char *p, const u_char *lf, sg_smtp_line_t *out)
+{
+    size_t len;
+    bool   crlf;
+
+    len = (size_t) (lf - p);
+    crlf = len > 0 && lf[-1] == '\r';
+    if (crlf) {
+        len--;
+    }
+
+    out->line.data = (u_char *) p;
+    out->line.len = len;
+    out->consumed = (size_t) (lf - p) + 1;
+
+    if (len == 0) {
+        return crlf ? SG_SMTP_LINE_OK : SG_SMTP_LINE_BARE_LF;
+    }
+    if (memchr(p, '\0', len) != NULL) {
+        return SG_SMTP_LINE_NUL;
+    }
+    if (memchr(p, '\r', len) != NULL) {
+        return SG_SMTP_LINE_BARE_CR;
+    }
+    return crlf ? SG_SMTP_LINE_OK : SG_SMTP_LINE_BARE_LF;
+}
+
+sg_smtp_line_e
+sg_smtp_read_line(const u_char *p, const u_char *last, size_t limit,
+                  sg_smtp_line_t *out)
+{
+    const u_char *lf;
+    size_t        avail, n;
+
+    avail = (size_t) (last - p);
+    n = avail < limit ? avail : limit;
+
+    /* Only the first limit bytes are searched: a longer line is refused
+     * whatever follows, and the search stays bounded on a full buffer. */
+    lf = (n > 0) ? memchr(p, '\n', n) : NULL;
+    if (lf != NULL) {
+        return sg_smtp_line_classify(p, lf, out);
+    }
+
+    out->line.data = (u_char *) p;
+    if (avail < limit) {
+        /* A CR, NUL or partial verb so far is not yet a verdict: only
+         * the LF tells where the line ends and what to drop. */
+        out->line.len = 0;
+        out->consumed = 0;
+        return SG_SMTP_LINE_AGAIN;
+    }
+
+    out->line.len = n;
+    out->consumed = n;
+    return SG_SMTP_LINE_TOO_LONG;
+}
+
+bool
+sg_smtp_skip_line(const u_char *p, const u_char *last, size_t *consumed)
+{
+    const u_char *lf;
+    size_t        avail;
+
+    avail = (size_t) (last - p);
+    lf = (avail > 0) ? memchr(p, '\n', avail) : NULL;
+    if (lf == NULL) {
+        *consumed = avail;
+        return false;
+    }
+    *consumed = (size_t) (lf - p) + 1;
+    return true;
+}
+
+/*
+ * The table is small and the length and first letter rule out nearly
+ * every entry before any byte-wise comparison.  Every known verb has
+ * 4, 7 or 8 letters, which settles most unknown words at once.
+ */
+static sg_smtp_verb_e
+sg_smtp_verb_lookup(const u_char *name, size_t len)
+{
+    const sg_smtp_verb_entry_t *v;
+    int                         i;
+    u_char                      c;
+
+    if (len != 4 && len != 7 && len != 8) {
+        return SG_SMTP_UNKNOWN;
+    }
+
+    c = sg_smtp_upper(name[0]);
+    for (i = SG_SMTP_UNKNOWN + 1; i < SG_SMTP_VERB_COUNT; i++) {
+        v = &sg_smtp_verbs[i];
+        if (v->len == len && (u_char) v->name[0] == c
+            && sg_strncasecmp(name, (const u_char *) v->name, len) == 0) {
+            return (sg_smtp_verb_e) i;
+        }
+    }
+    return SG_SMTP_UNKNOWN;
+}
+
+int
+sg_smtp_parse_command(const sg_str_t *line, sg_smtp_cmd_t *cmd)
+{
+    u_char *p, *q, *end;
+
+    p = line->data;
+    cmd->verb = SG_SMTP_UNKNOWN;
+    cmd->name.data = p;
+    cmd->name.len = 0;
+    cmd->args.data = p;
+    cmd->args.len = 0;
+
+    if (line->len == 0) {
+        return SG_ERROR;
+    }
+    end = p + line->len;
+
+    for (q = p; q < end && *q != ' '; q++) {
+        if (!sg_smtp_is_alnum(*q)) {
+            return SG_ERROR;
+        }
+    }
+    if (q == p) {
+        return SG_ERROR;
+    }
+
+    cmd->name.len = (size_t) (q - p);
+    cmd->verb = sg_smtp_verb_lookup(p, cmd->name.len);
+
+    if (q < end) {
+        q++;
+    }
+    /* Clients pad lines with blanks often enough that refusing them
+     * would only break mail; leading blanks are the caller's to judge. */
+    while (end > q && (end[-1] == ' ' || end[-1] == '\t')) {
+        end--;
+    }
+    cmd->args.data = q;
+    cmd->args.len = (size_t) (end - q);
+    return SG_OK;
+}
+
+const char *
+sg_smtp_verb_name(sg_smtp_verb_e verb)
+{
+    if ((int) verb < 0 || verb >= SG_SMTP_VERB_COUNT) {
+        return "";
+    }
+    return sg_smtp_verbs[verb].name;
+}
+
+/*
+ * The text of one reply line of len bytes (with its ending, if any):
+ * what follows the code and its '-' or ' ', without the CRLF or LF.
+ */
+static void
+sg_smtp_line_text(const u_char *p, size_t len, sg_str_t *text)
+{
+    size_t start, end;
+
+    if (len > 3 && (p[3] == '-' || p[3] == ' ')) {
+        start = 4;
+    } else {
+        start = len < 3 ? len : 3;
+    }
+
+    end = len;
+    if (end > start && p[end - 1] == '\n') {
+        end--;
+    }
+    if (end > start && p[end - 1] == '\r') {
+        end--;
+    }
+
+    text->data = (u_char *) p + start;
+    text->len = end - start;
+}
+
+/*
+ * Check the line at p, of which avail bytes have arrived.  first is the
+ * reply's first line, or NULL if this is it: later lines must repeat its
+ * code.  Faults are reported as soon as the bytes show them, so a
+ * hostile backend cannot make the caller wait for a line it will refuse.
+ * SG_OK sets *len (the line with its ending) and *more (a '-' line).
+ */
+static int
+sg_smtp_reply_line(const u_char *p, size_t avail, const u_char *first,
+                   size_t *len, bool *more)
+{
+    size_t i, n;
+
+    for (i = 0; i < 3 && i < avail; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return SG_ERROR;
+        }
+        if (first != NULL ? p[i] != first[i]
+                          : i == 0 && (p[0] < '2' || p[0] > '5')) {
+            return SG_ERROR;
+        }
+    }
+    if (avail <= 3) {
+        return SG_AGAIN;
+    }
+
+    switch (p[3]) {
+    case '-':
+    case ' ':
+        *more = (p[3] == '-');
+        i = 4;
+        break;
+    case '\r':
+    case '\n':
+        *more = false;
+        i = 3;
+        break;
+    default:
+        return SG_ERROR;
+    }
+
+    n = avail < SG_SMTP_REPLY_LINE_MAX ? avail : SG_SMTP_REPLY_LINE_MAX;
+    for (/* void */; i < n; i++) {
+        if (p[i] == '\n') {
+            *len = i + 1;
+            return SG_OK;
+        }
+        if (p[i] == '\0') {
+            return SG_ERROR;
+        }
+        if (p[i] == '\r' && i + 1 < n && p[i + 1] != '\n') {
+            return SG_ERROR;
+        }
+    }
+
+    /* No LF within the first SG_SMTP_REPLY_LINE_MAX bytes: too long. */
+    return avail >= SG_SMTP_REPLY_LINE_MAX ? SG_ERROR : SG_AGAIN;
+}
+
+int
+sg_smtp_parse_reply(const u_char *p, const u_char *last, size_t limit,
+                    sg_smtp_reply_t *out)
+{
+    size_t   avail, win, off, len;
+    unsigned lines;
+    bool     more;
+    int      rc;
+
+    avail = (size_t) (last - p);
+    win = avail < limit ? avail : limit;
+    if (win == 0) {
+        return avail >= limit ? SG_ERROR : SG_AGAIN;
+    }
+
+    off = 0;
+    len = 0;
+    lines = 0;
+    do {
+        rc = sg_smtp_reply_line(p + off, win - off, lines ? p : NULL, &len,
+                                &more);
+        if (rc != SG_OK) {
+            /* Waiting is pointless once the window is the whole limit:
+             * whatever comes next would make the reply too long. */
+            return (rc == SG_AGAIN && avail >= limit) ? SG_ERROR : rc;
+        }
+        off += len;
+        lines++;
+    } while (more);
+
+    out->start = p;
+    out->len = off;
+    out->code = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    out->lines = lines;
+    sg_smtp_line_text(p + off - len, len, &out->text);
+    return SG_OK;
+}
+
+bool
+sg_smtp_reply_next_line(const sg_smtp_reply_t *r, size_t *cursor,
+                        sg_str_t *line)
+{
+    const u_char *p, *lf;
+    size_t        rest, len;
+
+    if (*cursor >= r->len) {
+        return false;
+    }
+
+    p = r->start + *cursor;
+    rest = r->len - *cursor;
+    lf = memchr(p, '\n', rest);
+    len = (lf != NULL) ? (size_t) (lf - p) + 1 : rest;
+
+    sg_smtp_line_text(p, len, line);
+    *cursor += len;
+    return true;
+}
+
+bool
+sg_smtp_ehlo_has(const sg_smtp_reply_t *r, const char *keyword,
+                 sg_str_t *params)
+{
+    sg_str_t line;
+    size_t   cursor, klen;
+
+    if (params != NULL) {
+        params->data = NULL;
+        params->len = 0;
+    }
+
+    klen = strlen(keyword);
+    cursor = 0;
+
+    /* A refusal can be multi-line too; its lines advertise nothing. */
+    if (r->code != 250 || klen == 0
+        || !sg_smtp_reply_next_line(r, &cursor, &line)) {
+        return false;
+    }
+
+    while (sg_smtp_reply_next_line(r, &cursor, &line)) {
+        if (line.len < klen || (line.len > klen && line.data[klen] != ' ')
+            || sg_strncasecmp(line.data, (const u_char *) keyword, klen)) {
+            continue;
+        }
+        if (params != NULL) {
+            params->data = line.data + klen;
+            params->len = line.len - klen;
+            if (params->len > 0) {
+                params->data++;
+                params->len--;
+            }
+        }
+        return true;
+    }
+    return false;
+}
+
+/*
+ * Cut the part of msg that starts at *pos and ends before the next NUL
+ * (want_nul) or at the end.  Returns false if that NUL is missing, or
+ * present when none is wanted, or the part is over 255 octets.
+ */
+static bool
+sg_sasl_plain_part(u_char **pos, u_char *end, bool want_nul, sg_str_t *part)
+{
+    u_char *p, *nul;
+
+    p = *pos;
+    nul = (p < end) ? memchr(p, '\0', (size_t) (end - p)) : NULL;
+    if ((nul != NULL) != want_nul) {
+        return false;
+    }
+    if (nul == NULL) {
+        nul = end;
+    }
+
+    part->data = p;
+    part->len = (size_t) (nul - p);
+    *pos = want_nul ? nul + 1 : end;
+
+    /* RFC 4616 2 bounds each part at 255 octets, and so do we: no
+     * client can make the auth service receive more. */
+    return part->len <= 255;
+}
+
+int
+sg_sasl_plain_split(const sg_str_t *msg, sg_str_t *authzid, sg_str_t *authcid,
+                    sg_str_t *passwd)
+{
+    u_char *pos, *end;
+
+    pos = msg->data;
+    end = (msg->len > 0) ? pos + msg->len : pos;
+
+    if (msg->len > 0 && sg_sasl_plain_part(&pos, end, true, authzid)
+        && sg_sasl_plain_part(&pos, end, true, authcid)
+        && sg_sasl_plain_part(&pos, end, false, passwd) && authcid->len > 0
+        && passwd->len > 0) {
+        return SG_OK;
+    }
+
+    /* Leave no half-split views of credentials behind. */
+    authzid->data = authcid->data = passwd->data = NULL;
+    authzid->len = authcid->len = passwd->len = 0;
+    return SG_ERROR;
+}
+
+size_t
+sg_smtp_xtext_encode(u_char *dst, const sg_str_t *src)
+{
+    static const u_char hex[] = "0123456789ABCDEF";
+    size_t              i, n;
+    u_char              c;
+
+    n = 0;
+    for (i = 0; i < src->len; i++) {
+        c = src->data[i];
+        if (c >= '!' && c <= '~' && c != '+' && c != '=') {
+            if (dst != NULL) {
+                dst[n] = c;
+            }
+            n++;
+            continue;
+        }
+        if (dst != NULL) {
+            dst[n] = '+';
+            dst[n + 1] = hex[c >> 4];
+            dst[n + 2] = hex[c & 0x0f];
+        }
+        n += 3;
+    }
+    return n;
+}

@@ -1,0 +1,484 @@
+/*
+ * sg_smtp_session.c: the client side of an SMTP session before relay.
+ *
+ * Owns the session: its input and output buffers, the command loop, the
+ * timeouts, the error count, and closing.  Commands are read a line at a
+ * time from a bounded buffer and dispatched through a verb table;
+ * replies to pipelined commands are collected and written together.
+ * Refuses to read past a line it cannot hold: an over-long line is
+ * answered once and skipped to its LF so that the session stays in step.
+ */
+#include "sg_smtp.h"
+
+#define SG_SMTP_OUT_MIN     4096
+#define SG_SMTP_OUT_SLACK   1024    /* flush before room drops below */
+#define SG_SMTP_HELO_MAX    255
+
+typedef int (*sg_smtp_handler_pt)(sg_smtp_session_t *s,
+    const sg_smtp_cmd_t *cmd);
+
+static void sg_smtp_read_handler(sg_event_t *ev);
+static void sg_smtp_write_handler(sg_event_t *ev);
+
+static u_char *
+sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
+{
+    sg_smtp_session_t  *s = log->data;
+    sg_connection_t    *c = s->connection;
+
+    p = sg_slprintf(p, last, ", client: %.*s, server: %.*s",
+                    SG_STR_ARG(&c->addr_text),
+                    SG_STR_ARG(&c->listening->addr.name));
+    if (s->login.len) {
+        p = sg_slprintf(p, last, ", login: \"%.*s\"", SG_STR_ARG(&s->login));
+    }
+    return p;
+}
+
+void
+sg_smtp_init_session(sg_connection_t *c)
+{
+    sg_smtp_addr_conf_t  *ac = c->listening->servers;
+    sg_smtp_session_t    *s;
+    size_t                out;
+
+    s = sg_pcalloc(c->pool, sizeof(sg_smtp_session_t));
+    if (s == NULL) {
+        goto fail;
+    }
+    s->connection = c;
+    s->conf = ac->default_server;
+    s->pool = c->pool;
+    s->log = c->log;
+    c->data = s;
+    c->log->handler = sg_smtp_log_handler;
+    c->log->data = s;
+
+    out = sg_max(SG_SMTP_OUT_MIN,
+                 s->conf->ehlo_reply_auth.len + SG_SMTP_OUT_SLACK);
+    if (sg_buf_init(s->pool, &s->in, s->conf->client_buffer) != SG_OK
+        || sg_buf_init(s->pool, &s->out, out) != SG_OK)
+    {
+        goto fail;
+    }
+    sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
+    (void) sg_tcp_nodelay(c);
+
+    c->read->handler = sg_smtp_read_handler;
+    c->write->handler = sg_smtp_write_handler;
+    (void) sg_buf_append(&s->out, s->conf->greeting.data,
+                         s->conf->greeting.len);
+    sg_smtp_run(s);
+    return;
+
+fail:
+    sg_close_connection(c);
+    sg_pool_destroy(c->pool);
+}
+
+void
+sg_smtp_close_session(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    sg_pool_t        *pool = s->pool;
+
+    sg_smtp_auth_cleanup(s);
+    sg_log_error(SG_LOG_INFO, s->log, 0, "session closed, %llu bytes in, "
+                 "%llu bytes out", (unsigned long long) c->received,
+                 (unsigned long long) c->sent);
+    sg_close_connection(c);
+    sg_pool_destroy(pool);          /* runs the relay's cleanups too */
+}
+
+/* Replies. */
+
+static int
+sg_smtp_vreply(sg_smtp_session_t *s, const char *fmt, va_list args)
+{
+    u_char  line[1024], *p, *last = line + sizeof(line) - 2;
+
+    p = sg_vslprintf(line, last, fmt, args);
+    *p++ = '\r';
+    *p++ = '\n';
+    if (sg_buf_append(&s->out, line, (size_t) (p - line)) != SG_OK) {
+        /* Cannot happen while the loop flushes before the slack runs
+         * out; refuse rather than truncate a reply. */
+        sg_log_error(SG_LOG_ALERT, s->log, 0, "reply buffer full");
+        s->quit = 1;
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+int
+sg_smtp_reply(sg_smtp_session_t *s, const char *fmt, ...)
+{
+    va_list  args;
+    int      rc;
+
+    va_start(args, fmt);
+    rc = sg_smtp_vreply(s, fmt, args);
+    va_end(args);
+    return rc;
+}
+
+int
+sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
+{
+    va_list  args;
+    int      rc;
+
+    va_start(args, fmt);
+    rc = sg_smtp_vreply(s, fmt, args);
+    va_end(args);
+    if (++s->errors >= (unsigned) s->conf->max_errors) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client made %u errors, "
+                     "closing (max_errors)", s->errors);
+        (void) sg_smtp_reply(s, "421 4.7.0 Too many errors, closing "
+                             "connection");
+        s->quit = 1;
+    }
+    return rc;
+}
+
+/* Command handlers. */
+
+static int
+sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    size_t  i;
+
+    if (cmd->args.len == 0 || cmd->args.len > SG_SMTP_HELO_MAX) {
+        return sg_smtp_error(s, "501 5.5.4 Syntax: %s hostname",
+                             cmd->verb == SG_SMTP_EHLO ? "EHLO" : "HELO");
+    }
+    for (i = 0; i < cmd->args.len; i++) {
+        if (cmd->args.data[i] <= 0x20 || cmd->args.data[i] >= 0x7f) {
+            return sg_smtp_error(s, "501 5.5.4 Invalid domain name");
+        }
+    }
+    if (s->helo.data == NULL) {
+        s->helo.data = sg_pnalloc(s->pool, SG_SMTP_HELO_MAX);
+        if (s->helo.data == NULL) {
+            return SG_ERROR;
+        }
+    }
+    memcpy(s->helo.data, cmd->args.data, cmd->args.len);
+    s->helo.len = cmd->args.len;
+    s->esmtp = cmd->verb == SG_SMTP_EHLO;
+
+    if (!s->esmtp) {
+        return sg_buf_append(&s->out, s->conf->helo_reply.data,
+                             s->conf->helo_reply.len);
+    }
+    if (sg_smtp_auth_allowed(s)) {
+        return sg_buf_append(&s->out, s->conf->ehlo_reply_auth.data,
+                             s->conf->ehlo_reply_auth.len);
+    }
+    return sg_buf_append(&s->out, s->conf->ehlo_reply.data,
+                         s->conf->ehlo_reply.len);
+}
+
+static int
+sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    return sg_smtp_error(s, "530 5.7.0 Authentication required");
+}
+
+static int
+sg_smtp_ok(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    return sg_smtp_reply(s, "250 2.0.0 OK");
+}
+
+static int
+sg_smtp_quit(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    s->quit = 1;
+    return sg_smtp_reply(s, "221 2.0.0 Bye");
+}
+
+static int
+sg_smtp_help(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    return sg_smtp_reply(s, "214 2.0.0 Commands: EHLO HELO AUTH MAIL RCPT "
+                         "DATA RSET NOOP QUIT HELP");
+}
+
+static int
+sg_smtp_not_implemented(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    return sg_smtp_error(s, "502 5.5.2 Command not implemented");
+}
+
+static int
+sg_smtp_unknown(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    (void) cmd;
+    return sg_smtp_error(s, "500 5.5.1 Command unrecognized");
+}
+
+static const sg_smtp_handler_pt  sg_smtp_handlers[SG_SMTP_VERB_COUNT] = {
+    [SG_SMTP_UNKNOWN]  = sg_smtp_unknown,
+    [SG_SMTP_HELO]     = sg_smtp_helo,
+    [SG_SMTP_EHLO]     = sg_smtp_helo,
+    [SG_SMTP_AUTH]     = sg_smtp_auth,
+    [SG_SMTP_MAIL]     = sg_smtp_need_auth,
+    [SG_SMTP_RCPT]     = sg_smtp_need_auth,
+    [SG_SMTP_DATA]     = sg_smtp_need_auth,
+    [SG_SMTP_BDAT]     = sg_smtp_need_auth,
+    [SG_SMTP_RSET]     = sg_smtp_ok,
+    [SG_SMTP_NOOP]     = sg_smtp_ok,
+    [SG_SMTP_QUIT]     = sg_smtp_quit,
+    [SG_SMTP_HELP]     = sg_smtp_help,
+    [SG_SMTP_VRFY]     = sg_smtp_not_implemented,
+    [SG_SMTP_EXPN]     = sg_smtp_not_implemented,
+    [SG_SMTP_STARTTLS] = sg_smtp_not_implemented,
+    [SG_SMTP_ETRN]     = sg_smtp_not_implemented,
+    [SG_SMTP_TURN]     = sg_smtp_not_implemented,
+    [SG_SMTP_ATRN]     = sg_smtp_not_implemented,
+    [SG_SMTP_XCLIENT]  = sg_smtp_not_implemented,
+    [SG_SMTP_XFORWARD] = sg_smtp_not_implemented,
+};
+
+static int
+sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
+{
+    sg_smtp_cmd_t  cmd;
+
+    if (sg_smtp_parse_command(line, &cmd) != SG_OK) {
+        return sg_smtp_error(s, "500 5.5.1 Command unrecognized");
+    }
+    if (cmd.verb == SG_SMTP_AUTH) {
+        sg_log_debug(s->log, "client command: AUTH");
+    } else {
+        sg_log_debug(s->log, "client command: %.*s", SG_STR_ARG(line));
+    }
+    if (cmd.verb != SG_SMTP_AUTH && line->len + 2 > SG_SMTP_CMD_LINE_MAX) {
+        return sg_smtp_error(s, "500 5.5.6 Line too long");
+    }
+    return sg_smtp_handlers[cmd.verb](s, &cmd);
+}
+
+/* Input. */
+
+static int
+sg_smtp_bad_line(sg_smtp_session_t *s, sg_smtp_line_e r)
+{
+    if (s->state != SG_SMTP_ST_COMMAND) {
+        sg_smtp_auth_cleanup(s);
+        s->state = SG_SMTP_ST_COMMAND;
+    }
+    switch (r) {
+    case SG_SMTP_LINE_TOO_LONG:
+        s->skipping = 1;
+        return sg_smtp_error(s, "500 5.5.6 Line too long");
+    case SG_SMTP_LINE_NUL:
+        return sg_smtp_error(s, "500 5.5.2 NUL character not allowed");
+    case SG_SMTP_LINE_BARE_LF:
+        return sg_smtp_error(s, "500 5.5.2 Bare LF not allowed, use CRLF");
+    default:
+        return sg_smtp_error(s, "500 5.5.2 Bare CR not allowed");
+    }
+}
+
+/* Handle one complete line from the input: SG_OK, or SG_AGAIN when no
+ * complete line is buffered. */
+static int
+sg_smtp_next_line(sg_smtp_session_t *s)
+{
+    sg_smtp_line_t  line;
+    sg_smtp_line_e  r;
+    size_t          consumed;
+
+    if (s->skipping) {
+        bool found = sg_smtp_skip_line(s->in.pos, s->in.last, &consumed);
+
+        s->in.pos += consumed;
+        if (!found) {
+            return SG_AGAIN;
+        }
+        s->skipping = 0;
+    }
+    r = sg_smtp_read_line(s->in.pos, s->in.last, sg_buf_cap(&s->in), &line);
+    if (r == SG_SMTP_LINE_AGAIN) {
+        return SG_AGAIN;
+    }
+    s->in.pos += line.consumed;
+    if (r != SG_SMTP_LINE_OK) {
+        return sg_smtp_bad_line(s, r) == SG_ERROR ? SG_ERROR : SG_OK;
+    }
+    if (s->state == SG_SMTP_ST_COMMAND) {
+        return sg_smtp_command(s, &line.line) == SG_ERROR ? SG_ERROR : SG_OK;
+    }
+    return sg_smtp_auth_response(s, &line.line) == SG_ERROR ? SG_ERROR
+                                                           : SG_OK;
+}
+
+/* Read what the socket has into the input buffer. */
+static int
+sg_smtp_read(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    ssize_t           n;
+
+    if (s->in.pos == s->in.last) {
+        sg_buf_reset(&s->in);
+    } else if (sg_buf_free(&s->in) == 0) {
+        sg_buf_compact(&s->in);
+    }
+    if (sg_buf_free(&s->in) == 0) {
+        return SG_OK;          /* a full line is waiting to be handled */
+    }
+    if (!c->read->ready) {
+        return SG_AGAIN;
+    }
+    n = c->recv(c, s->in.last, sg_buf_free(&s->in));
+    if (n > 0) {
+        s->in.last += n;
+        return SG_OK;
+    }
+    if (n == 0) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection");
+        return SG_DONE;
+    }
+    return n == SG_AGAIN ? SG_AGAIN : SG_ERROR;
+}
+
+static int
+sg_smtp_flush(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    ssize_t           n;
+
+    while (sg_buf_size(&s->out)) {
+        n = c->send(c, s->out.pos, sg_buf_size(&s->out));
+        if (n == SG_AGAIN) {
+            sg_event_add_timer(c->write, s->conf->timeout);
+            return SG_AGAIN;
+        }
+        if (n < 0) {
+            return SG_ERROR;
+        }
+        s->out.pos += n;
+    }
+    sg_buf_reset(&s->out);
+    sg_event_del_timer(c->write);
+    return SG_OK;
+}
+
+static bool
+sg_smtp_waiting(sg_smtp_session_t *s)
+{
+    return s->state == SG_SMTP_ST_AUTH_WAIT
+           || s->state == SG_SMTP_ST_RELAY_START;
+}
+
+void
+sg_smtp_run(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    int               rc;
+
+    for ( ;; ) {
+        if (!s->quit && !sg_smtp_waiting(s)) {
+            rc = sg_smtp_next_line(s);
+            if (rc == SG_ERROR) {
+                goto close;
+            }
+            if (rc == SG_OK) {
+                if (sg_buf_free(&s->out) < SG_SMTP_OUT_SLACK) {
+                    sg_buf_compact(&s->out);
+                }
+                if (sg_buf_free(&s->out) >= SG_SMTP_OUT_SLACK) {
+                    continue;
+                }
+            }
+        }
+        rc = sg_smtp_flush(s);
+        if (rc == SG_ERROR) {
+            goto close;
+        }
+        if (rc == SG_AGAIN) {
+            return;                  /* the write handler resumes */
+        }
+        if (s->quit) {
+            goto close;
+        }
+        if (sg_smtp_waiting(s)) {
+            sg_event_del_timer(c->read);
+            return;
+        }
+        rc = sg_smtp_read(s);
+        if (rc == SG_AGAIN) {
+            sg_event_add_timer(c->read, s->conf->timeout);
+            return;
+        }
+        if (rc != SG_OK) {
+            goto close;
+        }
+    }
+
+close:
+    sg_smtp_close_session(s);
+}
+
+static void
+sg_smtp_read_handler(sg_event_t *ev)
+{
+    sg_connection_t    *c = ev->data;
+    sg_smtp_session_t  *s = c->data;
+
+    if (ev->timedout) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out");
+        s->quit = 1;
+        sg_buf_compact(&s->out);
+        (void) sg_smtp_reply(s, "421 4.4.2 %.*s Error: timeout exceeded",
+                             SG_STR_ARG(&s->conf->server_name));
+    }
+    sg_smtp_run(s);
+}
+
+static void
+sg_smtp_write_handler(sg_event_t *ev)
+{
+    sg_connection_t    *c = ev->data;
+    sg_smtp_session_t  *s = c->data;
+
+    if (ev->timedout) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out while we "
+                     "were sending replies");
+        sg_smtp_close_session(s);
+        return;
+    }
+    if (sg_buf_size(&s->out) == 0 && !s->quit) {
+        return;                      /* nothing pending: spurious */
+    }
+    sg_smtp_run(s);
+}
+
+void
+sg_smtp_relay_ready(sg_smtp_session_t *s)
+{
+    sg_log_error(SG_LOG_INFO, s->log, 0, "relaying");
+    sg_event_del_timer(s->connection->read);
+    s->state = SG_SMTP_ST_RELAY;
+    sg_buf_compact(&s->out);
+    (void) sg_smtp_reply(s, "235 2.7.0 Authentication successful");
+}
+
+void
+sg_smtp_relay_failed(sg_smtp_session_t *s)
+{
+    s->state = SG_SMTP_ST_COMMAND;
+    s->quit = 1;
+    sg_buf_compact(&s->out);
+    (void) sg_smtp_reply(s, "451 4.4.1 No backend available, try again "
+                         "later");
+    sg_smtp_run(s);
+}

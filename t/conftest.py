@@ -1,0 +1,160 @@
+"""Fixtures for the smtpgate integration tests.
+
+    smtpgate(conf_text, ...)  start the binary on a generated config; the
+                              test fails at teardown if the logs show an
+                              [alert], [emerg], crash or sanitizer report
+    gate                      smtpgate in front of `backend`, defaults
+    backend                   aiosmtpd on 127.0.0.1 recording envelopes
+    sink                      Postfix smtp-sink recording messages to files
+    scripted(behaviour)       a misbehaving backend (see lib/backends.py)
+    users                     hashes and the users file text
+
+Every test phase runs under an alarm (default 120 s, more with
+@pytest.mark.time_limit(N)), so a hung socket cannot hang the suite.
+"""
+
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from lib import backends, gate as gatelib, users as userlib  # noqa: E402
+
+DEFAULT_TIME_LIMIT = 120
+TEARDOWN_TIME_LIMIT = 150
+
+
+class PhaseTimeout(Exception):
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "time_limit(seconds): per-phase time limit for a test")
+
+
+def _limit_for(item, phase):
+    if phase == "teardown":
+        return TEARDOWN_TIME_LIMIT
+    m = item.get_closest_marker("time_limit")
+    return int(m.args[0]) if m else DEFAULT_TIME_LIMIT
+
+
+def _alarm(seconds, what):
+    def handler(signum, frame):
+        raise PhaseTimeout(f"{what} exceeded its time limit of {seconds}s")
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    return old
+
+
+def _phase(item, phase):
+    seconds = _limit_for(item, phase)
+    old = _alarm(seconds, f"{phase} of {item.nodeid}")
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _phase(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _phase(item, "call")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield from _phase(item, "teardown")
+
+
+# --------------------------------------------------------------------------
+# users
+
+
+@pytest.fixture(scope="session")
+def users():
+    """(hashes, users_file_text); hashes maps user name -> hash."""
+    return userlib.generate()
+
+
+# --------------------------------------------------------------------------
+# backends
+
+
+@pytest.fixture
+def backend():
+    b = backends.AiosmtpdBackend().start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def xclient_backend():
+    b = backends.AiosmtpdBackend(xclient=True).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def sink():
+    b = backends.SinkBackend().start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def scripted():
+    started = []
+
+    def make(behaviour, host="127.0.0.1"):
+        b = backends.ScriptedBackend(behaviour, host=host).start()
+        started.append(b)
+        return b
+    yield make
+    for b in started:
+        b.stop()
+
+
+# --------------------------------------------------------------------------
+# the binary
+
+
+@pytest.fixture
+def smtpgate(tmp_path, users):
+    """Factory: smtpgate(conf_text, users_text=<default>, files=None,
+    args=(), start=True) -> lib.gate.Smtpgate."""
+    started = []
+
+    def make(conf_text, *, users_text=users[1], files=None, args=(),
+             start=True):
+        g = gatelib.Smtpgate(tmp_path / f"gate{len(started)}", conf_text,
+                             users_text=users_text, files=files, args=args)
+        started.append(g)
+        if start:
+            g.start()
+        return g
+
+    yield make
+
+    issues = []
+    for g in started:
+        for issue in g.shutdown():
+            issues.append(f"[{g.root}] {issue}")
+    if issues:
+        pytest.fail("smtpgate teardown found problems:\n" + "\n".join(issues),
+                    pytrace=False)
+
+
+@pytest.fixture
+def gate(smtpgate, backend):
+    """smtpgate with the default configuration, relaying to `backend`."""
+    return smtpgate(gatelib.conf(backend=backend))

@@ -1,0 +1,71 @@
+"""Loopback addresses and free ports.
+
+A port is found by binding port 0 and closing the socket again; another
+process could take it in between, which on a test machine is rare enough
+that a clear failure beats a retry loop that hides a real bind error.
+"""
+
+import socket
+import time
+
+IPV4 = "127.0.0.1"
+IPV6 = "::1"
+
+
+def free_port(host=IPV4):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ipv6_available():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind((IPV6, 0))
+        return True
+    except OSError:
+        return False
+
+
+def hostport(host, port):
+    """The form used in configs and command lines: 1.2.3.4:25, [::1]:25."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hostport(text):
+    """'127.0.0.1:25' or '[::1]:25' -> (host, port)."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def connect(host, port, timeout=30.0):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll predicate() until it returns a true value; return that value.
+
+    Raises AssertionError naming `what` when the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    delay = interval
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

@@ -1,0 +1,92 @@
+"""What the client sees, and what the log says, when the backend is down
+or misbehaves: at AUTH time a 451 and a closed connection; in the relay,
+a closed connection."""
+
+import re
+
+import pytest
+
+from lib import gate as gatelib
+from lib import net
+from lib.smtp import plain_token
+from lib.users import password
+
+NO_BACKEND = b"451 4.4.1 No backend available, try again later\r\n"
+
+
+def _auth_gets_451(g):
+    with g.session(timeout=90) as c:
+        c.ehlo()
+        c.send(b"AUTH PLAIN "
+               + plain_token("alice", password("alice")).encode() + b"\r\n")
+        rest = c.read_until_closed()
+    assert [r.raw for r in rest] == [NO_BACKEND], rest
+
+
+def test_backend_connection_refused(smtpgate):
+    port = net.free_port()          # nothing listens there
+    g = smtpgate(gatelib.conf(proxy_pass=f"127.0.0.1:{port}"))
+    mark = g.log_mark()
+    _auth_gets_451(g)
+    g.wait_log(rf"127\.0\.0\.1:{port}", since=mark)
+    log = g.log_since(mark)
+    assert re.search(rf"(?m)^.*127\.0\.0\.1:{port}.*Connection refused"
+                     rf"|^.*Connection refused.*127\.0\.0\.1:{port}", log), log
+
+
+@pytest.mark.time_limit(120)
+def test_backend_never_greets(smtpgate, scripted):
+    b = scripted("silent")
+    g = smtpgate(gatelib.conf(backend=b, proxy_timeout="3s",
+                              proxy_connect_timeout="3s"))
+    mark = g.log_mark()
+    _auth_gets_451(g)
+    assert b.connections == 1
+    g.wait_log(re.escape(b.address), since=mark)
+    assert re.search(r"(?i)timed? ?out", g.log_since(mark)), \
+        g.log_since(mark)
+
+
+@pytest.mark.parametrize("behaviour", ["greet_close", "garbage",
+                                       "refuse_greeting"])
+def test_backend_bad_handshake(smtpgate, scripted, behaviour):
+    b = scripted(behaviour)
+    g = smtpgate(gatelib.conf(backend=b, proxy_timeout="5s",
+                              proxy_connect_timeout="5s"))
+    mark = g.log_mark()
+    _auth_gets_451(g)
+    assert b.connections == 1
+    g.wait_log(re.escape(b.address), since=mark)
+
+
+def test_backend_unresolvable_hostname_is_a_config_error(tmp_path, users):
+    g = gatelib.Smtpgate(tmp_path, gatelib.conf(
+        proxy_pass="no-such-host.invalid:25"), users_text=users[1])
+    r = g.ctl("-t")
+    assert r.returncode == 1, r.stderr
+    assert "no-such-host.invalid" in r.stderr
+
+
+def test_backend_closes_mid_session(smtpgate, scripted):
+    b = scripted("close_after_mail")
+    g = smtpgate(gatelib.conf(backend=b))
+    mark = g.log_mark()
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.send(b"MAIL FROM:<a@example.org>\r\n")
+        rest = c.read_until_closed()
+        # Nothing the backend did not say: at most a 4xx from smtpgate.
+        assert all(400 <= r.code < 500 for r in rest), rest
+    assert b"MAIL FROM:<a@example.org>" in b.received[0]
+    g.wait_log(r"\[(info|notice|warn|error)\] .*(?i:closed|close|backend|"
+               r"upstream)", since=mark)
+
+
+def test_backend_down_does_not_affect_other_sessions(smtpgate, backend):
+    """One failing backend session leaves the worker serving."""
+    port = net.free_port()
+    g = smtpgate(gatelib.conf(proxy_pass=f"127.0.0.1:{port}"))
+    _auth_gets_451(g)
+    with g.session() as c:
+        assert c.expect("NOOP", 250)

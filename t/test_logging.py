@@ -1,0 +1,129 @@
+"""The error log: line format, one session id per session, and never a
+credential, even at debug level."""
+
+import os
+import re
+
+from lib import gate as gatelib
+from lib.smtp import b64, plain_token
+from lib.users import USERS, password
+
+LINE = re.compile(
+    r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) "
+    r"\[(debug|info|notice|warn|error|crit|alert|emerg)\] "
+    r"(\d+)#(\d+): (?:\*(\d+) )?(.*)$")
+
+
+def parse(text):
+    out = []
+    for line in text.splitlines():
+        m = LINE.match(line)
+        assert m, f"log line in an unexpected format: {line!r}"
+        out.append(m)
+    return out
+
+
+def test_log_line_format(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    with g.session() as c:
+        c.ehlo()
+        c.auth_plain("alice", "wrong")
+        c.cmd("QUIT")
+    g.stop()
+    lines = parse(g.error_log())
+    assert lines, "empty error log"
+    assert any(m.group(2) == "notice" and m.group(5) is None
+               and "start worker process" in m.group(6) for m in lines)
+
+
+def test_session_id_on_every_line_of_a_session(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    mark = g.log_mark()
+    with g.session() as c:
+        c.ehlo("client.test")
+        assert c.auth_plain("alice", "wrong-password").code == 535
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    # Let the worker finish logging the session's end.
+    g.stop()
+    lines = parse(g.log_since(mark))
+    session = [m for m in lines if m.group(5) is not None]
+    assert session, "no session lines logged for a failed AUTH"
+    ids = {m.group(5) for m in session}
+    assert len(ids) == 1, f"several session ids in one session: {ids}"
+    # Session lines carry the client and the listening address.
+    tail = f", client: 127.0.0.1, server: 127.0.0.1:{g.port}"
+    for m in session:
+        if m.group(2) != "debug":
+            assert m.group(6).endswith(tail), m.group(0)
+    # Lines without a session id are not about this client.
+    for m in lines:
+        if m.group(5) is None:
+            assert "client: 127.0.0.1" not in m.group(6), m.group(0)
+
+
+def test_sessions_get_distinct_ids(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    mark = g.log_mark()
+    for _ in range(3):
+        with g.session() as c:
+            c.ehlo()
+            c.auth_plain("alice", "wrong-password")
+            c.cmd("QUIT")
+            c.expect_closed()
+    g.stop()
+    ids = {m.group(5) for m in parse(g.log_since(mark)) if m.group(5)}
+    assert len(ids) == 3, ids
+
+
+def _secret_forms(user, pw):
+    return {
+        pw,
+        b64(pw),
+        plain_token(user, pw),
+        plain_token(user, pw, authzid=user),
+        b64(pw)[:-2] if b64(pw).endswith("==") else b64(pw),
+    }
+
+
+def test_passwords_never_logged(smtpgate, backend, users):
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    wrong = "Wr0ng-Passw0rd-Never-Logged"
+    secrets = set()
+    for user in ("alice", "bob", "dave"):
+        pw = password(user)
+        secrets |= _secret_forms(user, pw) | _secret_forms(user, wrong)
+        with g.session() as c:
+            c.ehlo()
+            assert c.auth_plain(user, wrong).code == 535
+            assert c.auth_login(user, wrong).code == 535
+            assert c.cmd("AUTH PLAIN").code == 334
+            assert c.cmd(plain_token(user, wrong)).code == 535
+        with g.session() as c:
+            c.ehlo()
+            assert c.auth_login(user, pw).code == 235
+            assert c.mail("a@example.org", ["b@example.org"],
+                          b"Subject: x\r\n\r\nx\r\n").code == 250
+        with g.session() as c:
+            c.ehlo()
+            assert c.auth_plain(user, pw).code == 235
+    # The stored hashes are secrets too.
+    hashes, _ = users
+    secrets |= {hashes[u] for u in ("alice", "bob")}
+    g.stop()
+    texts = {p: open(p, "rb").read() for p in g._scan_files()
+             if os.path.exists(p)}
+    assert texts[g.error_log_path], "nothing logged at debug level"
+    for path, data in texts.items():
+        for s in secrets:
+            assert s.encode() not in data, f"{s!r} found in {path}"
+
+
+def test_failed_auth_is_logged_with_user(smtpgate, backend):
+    """An operator can see who failed to log in (without the password)."""
+    g = smtpgate(gatelib.conf(backend=backend, level="info"))
+    mark = g.log_mark()
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", "wrong-password").code == 535
+    g.wait_log(r"\*\d+ .*alice", since=mark)

@@ -1,0 +1,214 @@
+"""Messages relayed through smtpgate reach the backend byte for byte, with
+real clients (smtplib, swaks, curl, msmtp) and real servers (aiosmtpd,
+Postfix's smtp-sink)."""
+
+import os
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+from lib import gate as gatelib
+from lib import net, smtp
+from lib.checks import assert_same_bytes, backend_view
+from lib.messages import make_message
+from lib.users import password
+
+
+@pytest.fixture(params=["aiosmtpd", "smtp-sink"])
+def any_backend(request):
+    return request.getfixturevalue(
+        {"aiosmtpd": "backend", "smtp-sink": "sink"}[request.param])
+
+
+@pytest.mark.time_limit(300)
+@pytest.mark.parametrize("size", [1024, 20 * 1024 * 1024], ids=["1k", "20M"])
+def test_message_arrives_byte_exact(smtpgate, any_backend, size):
+    g = smtpgate(gatelib.conf(backend=any_backend))
+    msg = make_message(size, seed=size)
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=180) as c:
+        c.ehlo("client.test")
+        c.login("alice", password("alice"))
+        refused = c.sendmail("sender@example.org",
+                             ["rcpt1@example.org", "rcpt2@example.org"], msg)
+        assert refused == {}
+    (m,) = any_backend.wait_messages(1, timeout=120)
+    assert_same_bytes(m.content, backend_view(any_backend, msg))
+    if any_backend.name == "aiosmtpd":
+        assert m.mail_from == "sender@example.org"
+        assert m.rcpt_tos == ["rcpt1@example.org", "rcpt2@example.org"]
+    else:
+        assert m.mail_from.split()[0] == "<sender@example.org>"
+        assert m.rcpt_tos == ["<rcpt1@example.org>", "<rcpt2@example.org>"]
+    assert m.helo, "smtpgate did not EHLO/HELO the backend"
+
+
+def test_several_messages_in_one_session(gate, backend):
+    msgs = [make_message(3000, seed=i, subject=f"message {i}")
+            for i in range(3)]
+    with gate.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        for i, msg in enumerate(msgs):
+            r = c.mail(f"s{i}@example.org", [f"r{i}@example.org"], msg)
+            assert r.code == 250, r
+            assert c.cmd("RSET").code == 250
+        r = c.cmd("QUIT")
+        assert r.code == 221
+        c.expect_closed()
+    got = backend.wait_messages(3)
+    for i, (m, msg) in enumerate(zip(got, msgs)):
+        assert m.mail_from == f"s{i}@example.org"
+        assert_same_bytes(m.content, msg, f"message {i}")
+
+
+def test_backend_replies_are_relayed_verbatim(gate, backend):
+    with gate.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        # These texts come from the aiosmtpd backend, not from smtpgate.
+        assert c.expect("MAIL FROM:<a@example.org>", 250).last == \
+            "2.1.0 Sender OK"
+        assert c.expect("RCPT TO:<b@example.org>", 250).last == \
+            "2.1.5 Recipient OK"
+        assert c.expect("DATA", 354).code == 354
+        c.send(b"Subject: v\r\n\r\nbody\r\n.\r\n")
+        assert c.reply().last == "2.0.0 Message accepted by backend"
+
+
+@pytest.mark.skipif(not net.ipv6_available(), reason="no IPv6 loopback")
+def test_ipv6_listen_and_backend(smtpgate):
+    from lib.backends import AiosmtpdBackend
+    b = AiosmtpdBackend(host=net.IPV6).start()
+    try:
+        g = smtpgate(gatelib.conf(backend=b, listen=("[::1]:@PORT6@",)))
+        assert b.address.startswith("[::1]:")
+        msg = make_message(2048)
+        with smtp.RawSmtp("::1", g.ports["PORT6"]) as c:
+            assert c.greeting().code == 220
+            c.ehlo()
+            assert c.auth_plain("bob", password("bob")).code == 235
+            assert c.mail("a@example.org", ["b@example.org"], msg).code == 250
+        (m,) = b.wait_messages(1)
+        assert_same_bytes(m.content, msg)
+        assert m.peer[0] == "::1"
+    finally:
+        b.stop()
+
+
+def test_ipv4_and_ipv6_listeners_together(smtpgate, backend):
+    if not net.ipv6_available():
+        pytest.skip("no IPv6 loopback")
+    g = smtpgate(gatelib.conf(backend=backend,
+                              listen=("127.0.0.1:@PORT@", "[::1]:@PORT6@")))
+    for host, port in ((net.IPV4, g.port), (net.IPV6, g.ports["PORT6"])):
+        with smtp.RawSmtp(host, port) as c:
+            assert c.greeting().last == "mx.test ESMTP ready"
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).code == 235
+            assert c.mail("a@example.org", [f"{port}@example.org"],
+                          b"Subject: x\r\n\r\nx\r\n").code == 250
+    got = backend.wait_messages(2)
+    assert sorted(m.rcpt_tos[0] for m in got) == sorted(
+        [f"{g.port}@example.org", f"{g.ports['PORT6']}@example.org"])
+
+
+# -- XCLIENT ----------------------------------------------------------------
+
+
+def test_xclient_sent_when_offered(smtpgate, xclient_backend):
+    b = xclient_backend
+    g = smtpgate(gatelib.conf(backend=b))
+    with g.session() as c:
+        c.ehlo("client.test")
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: x\r\n\r\nx\r\n").code == 250
+    (m,) = b.wait_messages(1)
+    assert m.xclient is not None, f"no XCLIENT; backend saw {b.commands}"
+    assert "ADDR=127.0.0.1" in m.xclient.split()
+    verbs = [v for v, _ in b.commands]
+    # XCLIENT resets the backend session: EHLO must come again after it.
+    assert verbs[:3] == ["EHLO", "XCLIENT", "EHLO"], b.commands
+    assert verbs[3:] == ["MAIL", "RCPT"], b.commands
+
+
+def test_xclient_off(smtpgate, xclient_backend):
+    b = xclient_backend
+    g = smtpgate(gatelib.conf(backend=b, mail="    xclient off;"))
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: x\r\n\r\nx\r\n").code == 250
+    b.wait_messages(1)
+    assert b.seen("XCLIENT") == []
+
+
+def test_no_xclient_when_backend_does_not_offer_it(gate, backend):
+    with gate.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: x\r\n\r\nx\r\n").code == 250
+    backend.wait_messages(1)
+    assert backend.seen("XCLIENT") == []
+
+
+# -- other clients ----------------------------------------------------------
+
+
+def _run(args, timeout=120, **kw):
+    p = subprocess.run(args, capture_output=True, timeout=timeout, **kw)
+    return p, (p.stdout + p.stderr).decode(errors="replace")
+
+
+@pytest.mark.skipif(not shutil.which("swaks"), reason="swaks not installed")
+def test_swaks_auth_plain(gate, backend):
+    p, out = _run(["swaks", "--server", f"127.0.0.1:{gate.port}",
+                   "--auth", "PLAIN", "--auth-user", "alice",
+                   "--auth-password", password("alice"),
+                   "--from", "a@example.org", "--to", "x@example.org",
+                   "--header", "Subject: swaks test",
+                   "--body", "sent by swaks\n.leading dot\n",
+                   "--timeout", "60"])
+    assert p.returncode == 0, out
+    assert "235 2.7.0 Authentication successful" in out
+    (m,) = backend.wait_messages(1)
+    assert m.mail_from == "a@example.org"
+    assert m.rcpt_tos == ["x@example.org"]
+    assert b"Subject: swaks test\r\n" in m.content
+    assert b"\r\n.leading dot\r\n" in m.content
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
+def test_curl_smtp(gate, backend, tmp_path):
+    msg = make_message(4096, seed=7)
+    path = tmp_path / "msg.eml"
+    path.write_bytes(msg)
+    p, out = _run(["curl", "-sS", "--max-time", "60",
+                   f"smtp://127.0.0.1:{gate.port}/client.test",
+                   "--user", f"carol:{password('carol')}",
+                   "--mail-from", "a@example.org",
+                   "--mail-rcpt", "x@example.org",
+                   "--upload-file", str(path)])
+    assert p.returncode == 0, out
+    (m,) = backend.wait_messages(1)
+    assert_same_bytes(m.content, msg)
+
+
+@pytest.mark.skipif(not shutil.which("msmtp"), reason="msmtp not installed")
+def test_msmtp_auth_login(gate, backend):
+    msg = make_message(4096, seed=8)
+    p, out = _run(["msmtp", "--host=127.0.0.1", f"--port={gate.port}",
+                   "--tls=off", "--auth=login", "--user=dave",
+                   f"--passwordeval=echo {password('dave')}",
+                   "--from=a@example.org", "--timeout=60", "x@example.org"],
+                  input=msg)
+    assert p.returncode == 0, out
+    (m,) = backend.wait_messages(1)
+    # msmtp adds a Date: header in front; the rest must be intact.
+    added = m.content[:len(m.content) - len(msg)]
+    assert all(l.startswith(b"Date: ") for l in added.splitlines()), added
+    assert_same_bytes(m.content[len(added):], msg)
