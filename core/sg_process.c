@@ -208,10 +208,10 @@ sg_worker_drain(sg_cycle_t *cycle)
     if (sg_exiting) {
         return;
     }
-    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "gracefully shutting down, "
-                 "%zu connections open", sg_connections_in_use());
     sg_exiting = true;
     sg_disable_accept(cycle);
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "gracefully shutting down, "
+                 "%zu connections open", sg_connections_in_use());
     if (ccf->shutdown_timeout > 0) {
         sg_shutdown_event.log = cycle->log;
         sg_event_add_timer(&sg_shutdown_event, ccf->shutdown_timeout);
@@ -376,6 +376,9 @@ sg_master_reload(sg_cycle_t *cycle)
     }
     sg_cycle = new;
     sg_generation++;
+    if (new->log->file && new->log->file->fd > STDERR_FILENO) {
+        (void) dup2(new->log->file->fd, STDERR_FILENO);
+    }
     sg_start_workers(new);
     sg_signal_workers(new, SIGQUIT, true);
     sg_destroy_cycle(cycle);

@@ -38,7 +38,7 @@ def test_log_line_format(smtpgate, backend):
 
 def test_session_id_on_every_line_of_a_session(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend, level="debug"))
-    mark = g.log_mark()
+    mark = g.quiet_log_mark()
     with g.session() as c:
         c.ehlo("client.test")
         assert c.auth_plain("alice", "wrong-password").code == 535
@@ -64,7 +64,7 @@ def test_session_id_on_every_line_of_a_session(smtpgate, backend):
 
 def test_sessions_get_distinct_ids(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend, level="debug"))
-    mark = g.log_mark()
+    mark = g.quiet_log_mark()
     for _ in range(3):
         with g.session() as c:
             c.ehlo()

@@ -73,13 +73,33 @@ sg_smtp_decode(sg_smtp_session_t *s, const sg_str_t *in, sg_str_t *out)
 
 static void sg_smtp_auth_done(sg_auth_request_t *r);
 
+/* User names go into log lines and backend commands: no control
+ * characters, whatever SASL itself would allow. */
+static bool
+sg_smtp_login_ok(const sg_str_t *user)
+{
+    size_t  i;
+
+    if (user->len == 0 || user->len > SG_SMTP_LOGIN_MAX) {
+        return false;
+    }
+    for (i = 0; i < user->len; i++) {
+        if (user->data[i] < 0x20 || user->data[i] == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int
 sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     const sg_str_t *pass, const sg_str_t *authzid)
 {
     sg_auth_request_t  *r = s->auth;
 
-    if (user->len > SG_SMTP_LOGIN_MAX) {
+    if (!sg_smtp_login_ok(user)) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "AUTH with an empty, over-long "
+                     "or non-printable user name refused");
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "535 5.7.8 Authentication credentials "
@@ -218,8 +238,9 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
         return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
     }
     if (s->state == SG_SMTP_ST_AUTH_LOGIN_USER) {
-        if (msg.len == 0 || msg.len > SG_SMTP_LOGIN_MAX) {
+        if (!sg_smtp_login_ok(&msg)) {
             s->state = SG_SMTP_ST_COMMAND;
+            sg_smtp_auth_cleanup(s);
             return sg_smtp_error(s, "501 5.5.2 Invalid user name");
         }
         memcpy(s->login.data, msg.data, msg.len);

@@ -246,6 +246,33 @@ static const sg_smtp_handler_pt  sg_smtp_handlers[SG_SMTP_VERB_COUNT] = {
     [SG_SMTP_XFORWARD] = sg_smtp_not_implemented,
 };
 
+/* Debug log of a command: never AUTH arguments, and control characters
+ * escaped so that a client cannot forge log lines. */
+static void
+sg_smtp_log_command(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd,
+    const sg_str_t *line)
+{
+    u_char  buf[SG_SMTP_CMD_LINE_MAX * 4 + 8], *p = buf;
+    size_t  i, n;
+
+    if (cmd->verb == SG_SMTP_AUTH) {
+        sg_log_debug(s->log, "client command: AUTH");
+        return;
+    }
+    n = sg_min(line->len, SG_SMTP_CMD_LINE_MAX);
+    for (i = 0; i < n; i++) {
+        u_char ch = line->data[i];
+
+        if (ch < 0x20 || ch >= 0x7f || ch == '\\') {
+            p = sg_slprintf(p, buf + sizeof(buf), "\\x%02x", ch);
+        } else {
+            *p++ = ch;
+        }
+    }
+    sg_log_debug(s->log, "client command: %.*s%s", (int) (p - buf),
+                 (char *) buf, n < line->len ? "..." : "");
+}
+
 static int
 sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
 {
@@ -254,10 +281,8 @@ sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
     if (sg_smtp_parse_command(line, &cmd) != SG_OK) {
         return sg_smtp_error(s, "500 5.5.1 Command unrecognized");
     }
-    if (cmd.verb == SG_SMTP_AUTH) {
-        sg_log_debug(s->log, "client command: AUTH");
-    } else {
-        sg_log_debug(s->log, "client command: %.*s", SG_STR_ARG(line));
+    if (s->log->level >= SG_LOG_DEBUG) {
+        sg_smtp_log_command(s, &cmd, line);
     }
     if (cmd.verb != SG_SMTP_AUTH && line->len + 2 > SG_SMTP_CMD_LINE_MAX) {
         return sg_smtp_error(s, "500 5.5.6 Line too long");

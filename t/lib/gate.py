@@ -372,6 +372,22 @@ class Smtpgate:
         except OSError:
             return 0
 
+    def quiet_log_mark(self, quiet=0.5, timeout=20.0):
+        """A log mark taken once the log has stopped growing for `quiet`
+        seconds, so that lines of earlier sessions (the start-up probe)
+        are behind it."""
+        state = {"size": -1, "since": time.monotonic()}
+
+        def settled():
+            size = self.log_mark()
+            now = time.monotonic()
+            if size != state["size"]:
+                state["size"], state["since"] = size, now
+                return False
+            return now - state["since"] >= quiet
+        net.wait_until(settled, timeout, what="the error log to settle")
+        return state["size"]
+
     def log_since(self, mark):
         try:
             with open(self.error_log_path, "rb") as f:

@@ -7,14 +7,14 @@ yescrypt and bcrypt, openssl for SHA-512 crypt.
 import shutil
 import subprocess
 
-# name -> (password, scheme); every password is unique so that a leak into
-# a log can be searched for without false positives.
+# name -> (password, scheme).  Every password is a distinct string that
+# appears nowhere else, so a leak into a log is found without false hits.
 USERS = {
-    "alice": ("alice-secret-7Qx", "yescrypt"),
-    "bob": ("bob-secret-Zr4", "sha512"),
-    "carol": ("carol-secret-Hn2", "bcrypt"),
-    "dave": ("dave-secret-Kp9", "plain"),
-    "erin": ("erin-secret-Wd5", "yescrypt-extra"),
+    "alice": ("alice-secret", "yescrypt"),
+    "bob": ("bob-secret", "sha512"),
+    "carol": ("carol-secret", "bcrypt"),
+    "dave": ("dave-secret", "plain"),
+    "erin": ("erin-secret", "yescrypt-extra"),
 }
 
 
