@@ -377,6 +377,7 @@ sg_conf_run(sg_conf_t *cf, bool block)
             return SG_CONF_ERROR;
         case SG_TOK_BLOCK_DONE:
             if (!block) {
+                sg_directive_line = cf->file->line;
                 return sg_conf_error(cf, 0, "unexpected \"}\"");
             }
             return SG_CONF_OK;

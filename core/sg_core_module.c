@@ -70,6 +70,8 @@ sg_module_t  sg_core_module = {
     .commands = sg_core_commands,
 };
 
+static char  sg_core_err[512];
+
 static void *
 sg_core_create_conf(sg_cycle_t *cycle)
 {
@@ -140,14 +142,20 @@ sg_core_init_conf(sg_cycle_t *cycle, void *conf)
     }
     pw = getpwnam((const char *) ccf->user_name.data);
     if (pw == NULL) {
-        return "user not found: check the \"user\" directive";
+        snprintf(sg_core_err, sizeof(sg_core_err), "user \"%s\" not found: "
+                 "workers run as this user when the master is root; set the "
+                 "\"user\" directive", (char *) ccf->user_name.data);
+        return sg_core_err;
     }
     ccf->user = pw->pw_uid;
     ccf->group = pw->pw_gid;
     if (ccf->group_name.data) {
         gr = getgrnam((const char *) ccf->group_name.data);
         if (gr == NULL) {
-            return "group not found: check the \"user\" directive";
+            snprintf(sg_core_err, sizeof(sg_core_err), "group \"%s\" not "
+                     "found: check the \"user\" directive",
+                     (char *) ccf->group_name.data);
+            return sg_core_err;
         }
         ccf->group = gr->gr_gid;
     }
@@ -259,13 +267,14 @@ sg_include(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     if (strpbrk((const char *) file.data, "*?[") == NULL) {
         return sg_conf_parse(cf, &file);
     }
-    rc = glob((const char *) file.data, GLOB_ERR, NULL, &gl);
+    rc = glob((const char *) file.data, 0, NULL, &gl);
     if (rc == GLOB_NOMATCH) {
         return SG_CONF_OK;              /* an empty conf.d/ is fine */
     }
     if (rc != 0) {
-        return sg_conf_error(cf, errno, "glob() \"%.*s\" failed",
-                             SG_STR_ARG(&file));
+        return sg_conf_error(cf, 0, "glob() \"%.*s\" failed%s",
+                             SG_STR_ARG(&file),
+                             rc == GLOB_NOSPACE ? ": out of memory" : "");
     }
     for (i = 0; i < gl.gl_pathc && rv == SG_CONF_OK; i++) {
         name.len = strlen(gl.gl_pathv[i]);

@@ -361,6 +361,21 @@ sg_reap_children(sg_cycle_t *cycle)
     }
 }
 
+/* A reload that moves the pid file writes the new one and removes the
+ * old, so that -s and init scripts find the master either way. */
+static void
+sg_reload_pidfile(sg_cycle_t *old, sg_cycle_t *new)
+{
+    sg_str_t  *op = &sg_core_conf(old)->pid, *np = &sg_core_conf(new)->pid;
+
+    if (op->len == np->len && memcmp(op->data, np->data, op->len) == 0) {
+        return;
+    }
+    if (sg_create_pidfile(new, new->log) == SG_OK) {
+        sg_delete_pidfile(old);
+    }
+}
+
 static sg_cycle_t *
 sg_master_reload(sg_cycle_t *cycle)
 {
@@ -379,9 +394,13 @@ sg_master_reload(sg_cycle_t *cycle)
     if (new->log->file && new->log->file->fd > STDERR_FILENO) {
         (void) dup2(new->log->file->fd, STDERR_FILENO);
     }
+    sg_reload_pidfile(cycle, new);
+    /* Close what the old configuration alone held (listeners it dropped,
+     * its log files) before forking, or the new workers would inherit
+     * them and keep a dropped port open. */
+    sg_destroy_cycle(cycle);
     sg_start_workers(new);
     sg_signal_workers(new, SIGQUIT, true);
-    sg_destroy_cycle(cycle);
     sg_log_error(SG_LOG_NOTICE, new->log, 0, "configuration reloaded, "
                  "old workers are finishing their sessions");
     return new;

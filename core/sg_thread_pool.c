@@ -102,11 +102,16 @@ sg_tp_start(sg_log_t *log)
     }
     sg_tp_conn = sg_get_connection(sg_tp_efd, sg_cycle->log);
     if (sg_tp_conn == NULL) {
+        close(sg_tp_efd);
+        sg_tp_efd = -1;
         return SG_ERROR;
     }
     sg_tp_conn->read->handler = sg_tp_complete;
     sg_tp_conn->write->handler = sg_tp_complete;
     if (sg_event_add_conn(sg_tp_conn) != SG_OK) {
+        sg_close_connection(sg_tp_conn);
+        sg_tp_conn = NULL;
+        sg_tp_efd = -1;
         return SG_ERROR;
     }
     for (i = 0; i < ccf->thread_pool_threads; i++) {

@@ -14,8 +14,10 @@ Every test phase runs under an alarm (default 120 s, more with
 """
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import pytest
 
@@ -76,6 +78,13 @@ def pytest_runtest_teardown(item):
     yield from _phase(item, "teardown")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 # --------------------------------------------------------------------------
 # users
 
@@ -129,15 +138,23 @@ def scripted():
 
 
 @pytest.fixture
-def smtpgate(tmp_path, users):
+def smtpgate(request, users):
     """Factory: smtpgate(conf_text, users_text=<default>, files=None,
-    args=(), start=True) -> lib.gate.Smtpgate."""
+    args=(), start=True) -> lib.gate.Smtpgate.
+
+    Run as root, smtpgate's workers drop privileges, and they reopen their
+    logs by path; pytest's own temporary directories are private to root,
+    so each test gets a world-traversable directory under /tmp instead.
+    It is removed when the test passes and kept for a look when not."""
+    base = tempfile.mkdtemp(prefix="smtpgate-test-", dir="/tmp")
+    os.chmod(base, 0o755)
     started = []
 
     def make(conf_text, *, users_text=users[1], files=None, args=(),
              start=True):
-        g = gatelib.Smtpgate(tmp_path / f"gate{len(started)}", conf_text,
-                             users_text=users_text, files=files, args=args)
+        g = gatelib.Smtpgate(os.path.join(base, f"gate{len(started)}"),
+                             conf_text, users_text=users_text, files=files,
+                             args=args)
         started.append(g)
         if start:
             g.start()
@@ -149,6 +166,10 @@ def smtpgate(tmp_path, users):
     for g in started:
         for issue in g.shutdown():
             issues.append(f"[{g.root}] {issue}")
+    failed = any(getattr(getattr(request.node, f"rep_{when}", None),
+                         "failed", False) for when in ("setup", "call"))
+    if not issues and not failed:
+        shutil.rmtree(base, ignore_errors=True)
     if issues:
         pytest.fail("smtpgate teardown found problems:\n" + "\n".join(issues),
                     pytrace=False)

@@ -217,3 +217,26 @@ def test_default_requires_tls_for_auth(smtpgate, backend):
         assert backend.commands == []
         r = c.cmd("MAIL FROM:<a@example.org>")
         assert (r.code, r.last) == (530, "5.7.0 Authentication required")
+
+
+def test_smtplib_login_only_mechanism_login(smtpgate, backend):
+    """smtplib sends AUTH LOGIN with the user name as initial response when
+    LOGIN is the only mechanism offered."""
+    g = smtpgate(gatelib.conf(backend=backend, mail="    smtp_auth login;"))
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=60) as c:
+        c.ehlo("client.test")
+        assert c.esmtp_features["auth"].strip().upper() == "LOGIN"
+        code, text = c.login("erin", password("erin"))
+        assert (code, text.decode()) == (235, OK)
+        assert c.sendmail("a@example.org", ["b@example.org"],
+                          b"Subject: login\r\n\r\nx\r\n") == {}
+    backend.wait_messages(1)
+
+
+def test_auth_login_with_initial_response(gate):
+    with gate.session() as c:
+        c.ehlo()
+        assert c.cmd("AUTH LOGIN " + b64("bob")).raw == \
+            b"334 UGFzc3dvcmQ6\r\n"
+        r = c.cmd(b64(password("bob")))
+        assert (r.code, r.last) == (235, OK)

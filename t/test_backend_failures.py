@@ -48,7 +48,7 @@ def test_backend_never_greets(smtpgate, scripted):
 
 
 @pytest.mark.parametrize("behaviour", ["greet_close", "garbage",
-                                       "refuse_greeting"])
+                                       "refuse_greeting", "ehlo_garbage"])
 def test_backend_bad_handshake(smtpgate, scripted, behaviour):
     b = scripted(behaviour)
     g = smtpgate(gatelib.conf(backend=b, proxy_timeout="5s",
@@ -90,3 +90,18 @@ def test_backend_down_does_not_affect_other_sessions(smtpgate, backend):
     _auth_gets_451(g)
     with g.session() as c:
         assert c.expect("NOOP", 250)
+
+
+def test_backend_with_fragmented_multiline_replies(smtpgate, scripted):
+    """A multi-line greeting and a long EHLO reply arriving a few bytes at
+    a time are still one greeting and one reply."""
+    b = scripted("fragmented")
+    g = smtpgate(gatelib.conf(backend=b))
+    with g.session(timeout=60) as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        msg = b"Subject: f\r\n\r\n.dot\r\nend\r\n"
+        r = c.mail("a@example.org", ["b@example.org"], msg)
+        assert r.last == "2.0.0 fragmented backend took it", r
+    net.wait_until(lambda: b.messages, 30, what="the message")
+    assert b.messages == [msg]

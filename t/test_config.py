@@ -7,6 +7,7 @@ import re
 import pytest
 
 from lib import gate as gatelib
+from lib import net
 from lib.users import password
 
 BASE = """\
@@ -326,3 +327,23 @@ def test_relative_paths(smtpgate, backend):
     with open(os.path.join(g.prefix, "logs", "smtpgate.pid")) as f:
         assert int(f.read().strip()) == g.pid
     assert os.listdir(g.cwd) == []
+
+
+def test_listen_options(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, workers=2,
+                              listen=("127.0.0.1:@PORT@ backlog=64 reuseport",)))
+    for _ in range(4):
+        with g.session() as c:
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).code == 235
+
+
+def test_error_log_to_stderr(smtpgate, backend):
+    text = gatelib.conf(backend=backend).replace(
+        "error_log logs/error.log info;", "error_log stderr info;")
+    g = smtpgate(text)
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", "wrong").code == 535
+    net.wait_until(lambda: "client: 127.0.0.1" in open(g.stderr_path).read(),
+                   30, what="session lines on stderr")

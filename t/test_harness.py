@@ -130,10 +130,12 @@ def test_log_scanner(tmp_path, backend):
         f.write("2024/01/01 00:00:00 [notice] 1#1: start worker process 2\n"
                 "2024/01/01 00:00:01 [alert] 1#1: worker process 2 exited "
                 "on signal 9\n")
-    with open(os.path.join(g.root, "sanitizer.123"), "w") as f:
+    report = os.path.join(g.root, "sanitizer", "report.123")
+    os.makedirs(os.path.dirname(report), exist_ok=True)
+    with open(report, "w") as f:
         f.write("==123==ERROR: AddressSanitizer: heap-use-after-free\n")
     problems = g.problems()
     assert len(problems) == 2, problems
     g.allow(r"worker process \d+ exited on signal 9")
-    os.unlink(os.path.join(g.root, "sanitizer.123"))
+    os.unlink(report)
     assert g.problems() == []

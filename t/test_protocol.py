@@ -317,3 +317,134 @@ def test_many_concurrent_sessions(gate, backend):
         for c in sessions:
             c.close()
     assert len(backend.wait_messages(50)) == 50
+
+
+def test_empty_command_line(gate):
+    with gate.session() as c:
+        r = c.cmd(b"")
+        assert r.code == 500 and r.last.startswith("5.5."), r
+        assert c.expect("NOOP", 250)
+
+
+def test_max_errors_counts_every_kind_of_error(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, mail="    max_errors 3;"))
+    with g.session() as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 530
+        assert c.cmd("VRFY alice").code == 502
+        c.send(b"XYZZY\r\n")
+        assert [r.code for r in c.read_until_closed()] == [500, 421]
+
+
+@pytest.mark.time_limit(90)
+def test_server_level_timeout_overrides_mail_level(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, timeout="60s",
+                              server="        timeout 2s;"))
+    with g.session(timeout=50) as c:
+        rest = c.read_until_closed()
+        assert [r.code for r in rest] == [421], rest
+
+
+@pytest.mark.time_limit(90)
+def test_client_timeout_does_not_apply_while_relaying(smtpgate, backend):
+    """After 235 the relay is governed by proxy_timeout, not timeout."""
+    g = smtpgate(gatelib.conf(backend=backend, timeout="2s",
+                              proxy_timeout="60s"))
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        time.sleep(5)       # longer than `timeout`, on purpose
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: slow\r\n\r\nx\r\n").code == 250
+    backend.wait_messages(1)
+
+
+@pytest.mark.time_limit(90)
+def test_proxy_timeout_closes_idle_relay(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend, proxy_timeout="2s"))
+    with g.session(timeout=60) as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        rest = c.read_until_closed()
+        assert all(400 <= r.code < 500 for r in rest), rest
+
+
+def test_client_disconnects_mid_data(gate, backend):
+    c = gate.session()
+    c.ehlo()
+    assert c.auth_plain("alice", password("alice")).code == 235
+    assert c.expect("MAIL FROM:<a@example.org>", 250)
+    assert c.expect("RCPT TO:<b@example.org>", 250)
+    assert c.expect("DATA", 354)
+    c.send(b"Subject: cut\r\n\r\n" + b"x" * 10000)
+    c.close()
+    # Nothing was delivered, and the gate serves the next client.
+    with gate.session() as c2:
+        c2.ehlo()
+        assert c2.auth_plain("bob", password("bob")).code == 235
+        assert c2.mail("a@example.org", ["b@example.org"],
+                       b"Subject: next\r\n\r\nx\r\n").code == 250
+    (m,) = backend.wait_messages(1)
+    assert b"Subject: next" in m.content
+
+
+def test_quit_right_after_auth_is_answered_by_backend(gate, backend):
+    with gate.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        r = c.cmd("QUIT")
+        assert r.code == 221 and r.last != "2.0.0 Bye", r
+        c.expect_closed()
+
+
+@pytest.mark.time_limit(180)
+def test_heavy_pipelining_with_backpressure(smtpgate, backend):
+    """5,000 NOOPs written without reading: smtpgate must stop reading
+    while its replies back up, and answer every one, in order."""
+    import threading
+    g = smtpgate(gatelib.conf(backend=backend, timeout="20s"))
+    n = 5000
+    with g.session(timeout=120) as c:
+        errors = []
+
+        def writer():
+            try:
+                c.send(b"NOOP\r\n" * n)
+            except OSError as e:
+                errors.append(e)
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        for i in range(n):
+            r = c.reply()
+            assert r.raw == b"250 2.0.0 OK\r\n", (i, r)
+        t.join(60)
+        assert not errors, errors
+        assert c.cmd("QUIT").code == 221
+
+
+def test_commands_pipelined_after_auth_are_replayed(gate, backend):
+    """Everything that arrived behind the AUTH line reaches the backend,
+    in order, however much it is."""
+    n = 200
+    with gate.session() as c:
+        c.ehlo()
+        c.send(b"AUTH PLAIN "
+               + plain_token("alice", password("alice")).encode() + b"\r\n"
+               + b"NOOP\r\n" * n
+               + b"MAIL FROM:<after-noops@example.org>\r\n")
+        rs = c.replies(n + 2)
+        assert rs[0].code == 235
+        # aiosmtpd's "250 OK", not smtpgate's "250 2.0.0 OK"
+        assert all(r.raw == b"250 OK\r\n" for r in rs[1:-1]), rs[1:-1]
+        assert rs[-1].last == "2.1.0 Sender OK"
+    assert backend.seen("MAIL") == ["after-noops@example.org"]
+
+
+def test_connection_flood(gate):
+    """Clients that connect and vanish leave the gate serving."""
+    from lib import net
+    for _ in range(200):
+        s = net.connect("127.0.0.1", gate.port, timeout=10)
+        s.close()
+    with gate.session() as c:
+        assert c.expect("NOOP", 250)

@@ -232,3 +232,26 @@ def test_pid_file_and_start_log(smtpgate, backend):
         assert int(f.read().strip()) == g.pid
     for w in g.workers():
         g.wait_log(rf"\[notice\] {g.pid}#\d+: start worker process {w}\b")
+
+
+def test_reload_moves_listener(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend))
+    old_port = g.port
+    g.reload(gatelib.conf(backend=backend, listen=("127.0.0.1:@PORT2@",)))
+    new_port = g.ports["PORT2"]
+
+    def greets(port):
+        try:
+            with g.connect(port=port, timeout=10) as c:
+                return c.greeting().code == 220
+        except (OSError, AssertionError):
+            return False
+    net.wait_until(lambda: greets(new_port), 60, what="the new listener")
+
+    def refused():
+        try:
+            net.connect("127.0.0.1", old_port, timeout=5).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    net.wait_until(refused, 60, what="the old listener to close")

@@ -40,6 +40,7 @@ typedef struct {
     char                *pass;     /* copy, wiped in destroy */
     size_t               pass_len;
     bool                 ok;
+    bool                 bad_pass; /* held a NUL: cannot match */
 } sg_auth_file_task_t;
 
 static char *sg_auth_file(sg_conf_t *cf, const sg_command_t *cmd,
@@ -209,14 +210,13 @@ sg_auth_file_hash_error(const sg_str_t *h)
     }
     if (!(h->len > 3 && (memcmp(h->data, "$y$", 3) == 0
                          || memcmp(h->data, "$6$", 3) == 0
-                         || memcmp(h->data, "$5$", 3) == 0
                          || memcmp(h->data, "$7$", 3) == 0))
         && !(h->len > 4 && (memcmp(h->data, "$2b$", 4) == 0
                             || memcmp(h->data, "$2y$", 4) == 0
                             || memcmp(h->data, "$2a$", 4) == 0)))
     {
         return "unsupported password hash: use yescrypt ($y$), SHA-512 "
-               "($6$), bcrypt ($2b$) or {PLAIN}secret";
+               "($6$), bcrypt ($2b$), scrypt ($7$) or {PLAIN}secret";
     }
     if (crypt_checksalt((const char *) h->data) != CRYPT_SALT_OK) {
         return "malformed or disabled password hash";
@@ -339,6 +339,7 @@ sg_auth_file_load(sg_conf_t *cf, sg_auth_file_conf_t *conf)
             err = "duplicate user";
         }
         if (err) {
+            sg_wipe(data, size);
             return sg_conf_error_at(cf, &conf->path, lineno, "%s", err);
         }
     }
@@ -411,7 +412,9 @@ sg_auth_file_done(sg_task_t *t)
         }
     } else {
         r->status = SG_AUTH_FAIL;
-        r->reason = at->entry ? "password mismatch" : "unknown user";
+        r->reason = at->entry ? "password mismatch"
+                    : at->bad_pass ? "password contains a NUL byte"
+                    : "unknown user";
     }
     r->done(r);
 }
@@ -446,8 +449,9 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
     at->pass_len = r->pass.len;
     at->r = r;
     at->entry = sg_auth_file_find(afc, &r->user);
-    if (at->entry == NULL || memchr(r->pass.data, '\0', r->pass.len)) {
-        at->entry = NULL;           /* a NUL would cut the password */
+    if (memchr(r->pass.data, '\0', r->pass.len)) {
+        at->bad_pass = at->entry != NULL;   /* a NUL would cut it short */
+        at->entry = NULL;
     }
     at->task.work = sg_auth_file_work;
     at->task.done = sg_auth_file_done;

@@ -166,6 +166,7 @@ sg_proxy_cleanup(void *data)
 }
 
 static void sg_proxy_connect(sg_proxy_ctx_t *ctx);
+static const char *sg_proxy_state_name(sg_proxy_state_e st);
 
 /* This attempt failed: try the next address, else give up with 451. */
 static void
@@ -188,6 +189,10 @@ sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
         sg_proxy_connect(ctx);
         return;
     }
+    sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available for "
+                 "\"%.*s\", answering 451: check that the backend server "
+                 "is running and reachable, and the \"proxy_pass\" "
+                 "directive", SG_STR_ARG(&ctx->conf->pass->url));
     sg_smtp_relay_failed(ctx->s);
 }
 
@@ -279,7 +284,12 @@ sg_proxy_line(sg_proxy_ctx_t *ctx, const char *fmt, ...)
     *p++ = '\r';
     *p++ = '\n';
     ctx->hbuf.last = p;
-    return sg_proxy_send(ctx);
+    if (sg_proxy_send(ctx) == SG_ERROR) {
+        sg_proxy_fail(ctx, 0, "send() failed during %s",
+                      sg_proxy_state_name(ctx->state));
+        return SG_ABORT;
+    }
+    return SG_OK;
 }
 
 static bool
@@ -340,6 +350,9 @@ sg_proxy_xclient(sg_proxy_ctx_t *ctx, const sg_str_t *attrs)
     if (sg_proxy_has_word(attrs, "PROTO")) {
         p = sg_slprintf(p, last, " PROTO=%s", s->esmtp ? "ESMTP" : "SMTP");
     }
+    if (p == line + sizeof("XCLIENT") - 1) {
+        return SG_DECLINED;           /* no attribute we could send */
+    }
     return sg_proxy_line(ctx, "%.*s", (int) (p - line), (char *) line);
 }
 
@@ -350,6 +363,7 @@ static int
 sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
 {
     sg_str_t  attrs;
+    int       rc;
 
     switch (ctx->state) {
     case SG_PROXY_GREETING:
@@ -366,7 +380,8 @@ sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
         if (ctx->conf->xclient) {
             if (sg_smtp_ehlo_has(r, "XCLIENT", &attrs)) {
                 ctx->state = SG_PROXY_XCLIENT;
-                return sg_proxy_xclient(ctx, &attrs);
+                rc = sg_proxy_xclient(ctx, &attrs);
+                return rc == SG_DECLINED ? SG_DONE : rc;
             }
             sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "backend %.*s does "
                          "not offer XCLIENT, relaying without it",
@@ -414,7 +429,7 @@ sg_proxy_read_replies(sg_proxy_ctx_t *ctx)
                          sg_proxy_state_name(ctx->state), r.code,
                          SG_STR_ARG(&r.text));
             rc = sg_proxy_on_reply(ctx, &r);
-            if (rc == SG_ERROR && ctx->state != SG_PROXY_CONNECT) {
+            if (rc == SG_ERROR) {
                 sg_proxy_fail(ctx, 0, "unexpected %s reply \"%d %.*s\"",
                               sg_proxy_state_name(ctx->state), r.code,
                               (int) sg_min(r.text.len, 200),

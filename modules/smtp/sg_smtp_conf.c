@@ -316,6 +316,12 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return sg_conf_error(cf, 0, "%s in \"%.*s\" of the \"listen\" "
                              "directive", u.err, SG_STR_ARG(&u.url));
     }
+    if (u.naddrs > 1) {
+        return sg_conf_error(cf, 0, "\"%.*s\" of the \"listen\" directive "
+                             "resolves to %zu addresses: listen on each "
+                             "address with its own directive",
+                             SG_STR_ARG(&u.url), u.naddrs);
+    }
     mcf = sg_mail_conf_main(sscf->ctx, sg_smtp_module);
     ls = mcf->listens.elts;
     for (i = 0; i < mcf->listens.nelts; i++) {
@@ -505,6 +511,22 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool auth,
     return sg_smtp_build(pool, out, buf, (size_t) (p - buf));
 }
 
+static bool
+sg_smtp_name_ok(const sg_str_t *name)
+{
+    size_t  i;
+
+    if (name->len == 0 || name->len > 255) {
+        return false;
+    }
+    for (i = 0; i < name->len; i++) {
+        if (name->data[i] <= 0x20 || name->data[i] >= 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static char *
 sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
 {
@@ -515,6 +537,12 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     if (conf->server_name.data == NULL) {
         conf->server_name = prev->server_name.data ? prev->server_name
                                                    : cf->cycle->hostname;
+    }
+    if (!sg_smtp_name_ok(&conf->server_name)) {
+        return sg_conf_error_at(cf, &conf->file, conf->line, "invalid "
+            "server_name \"%.*s\": it goes into the greeting, so it must "
+            "be 1 to 255 printable characters without spaces",
+            SG_STR_ARG(&conf->server_name));
     }
     sg_conf_merge_msec(conf->timeout, prev->timeout, 60000);
     sg_conf_merge_value(conf->max_errors, prev->max_errors, 5);

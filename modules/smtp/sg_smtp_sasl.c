@@ -148,6 +148,7 @@ sg_smtp_auth_plain(sg_smtp_session_t *s, const sg_str_t *b64)
 
     s->state = SG_SMTP_ST_COMMAND;
     if (sg_smtp_decode(s, b64, &msg) != SG_OK) {
+        sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
     }
     if (sg_sasl_plain_split(&msg, &authzid, &user, &pass) != SG_OK) {

@@ -408,15 +408,21 @@ void
 sg_smtp_run(sg_smtp_session_t *s)
 {
     sg_connection_t  *c = s->connection;
+    bool              buffered;
     int               rc;
 
     for ( ;; ) {
+        /* Handle buffered lines while the replies fit; flush when the
+         * output runs short of room, then go on with what is buffered
+         * before reading more. */
+        buffered = false;
         if (!s->quit && !sg_smtp_waiting(s)) {
             rc = sg_smtp_next_line(s);
             if (rc == SG_ERROR) {
                 goto close;
             }
             if (rc == SG_OK) {
+                buffered = true;
                 if (sg_buf_free(&s->out) < SG_SMTP_OUT_SLACK) {
                     sg_buf_compact(&s->out);
                 }
@@ -439,6 +445,9 @@ sg_smtp_run(sg_smtp_session_t *s)
             sg_event_del_timer(c->read);
             return;
         }
+        if (buffered) {
+            continue;
+        }
         rc = sg_smtp_read(s);
         if (rc == SG_AGAIN) {
             sg_event_add_timer(c->read, s->conf->timeout);
@@ -447,6 +456,9 @@ sg_smtp_run(sg_smtp_session_t *s)
         if (rc != SG_OK) {
             goto close;
         }
+        /* The client is talking: the idle timer starts again at the
+         * next wait for input. */
+        sg_event_del_timer(c->read);
     }
 
 close:

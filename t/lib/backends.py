@@ -296,6 +296,10 @@ class ScriptedBackend:
       garbage           send a line that is not an SMTP reply, then wait
       close_after_mail  a plain ESMTP server that closes when MAIL arrives
       refuse_greeting   send "554 go away", then wait
+      fragmented        a working ESMTP server whose multi-line greeting
+                        and 60-line EHLO reply trickle out a few bytes at a
+                        time; it records each message in .messages
+      ehlo_garbage      greets, then answers EHLO with a non-reply
     """
 
     def __init__(self, behaviour, host=net.IPV4):
@@ -303,6 +307,7 @@ class ScriptedBackend:
         self.host = host
         self.port = net.free_port(host)
         self.received = []          # bytes read on each connection
+        self.messages = []          # (fragmented) message bodies
         self.connections = 0
         self._stop = threading.Event()
         self._threads = []
@@ -403,6 +408,50 @@ class ScriptedBackend:
     def _do_refuse_greeting(self, conn, idx):
         conn.sendall(b"554 5.3.2 scripted.test go away\r\n")
         self._hold(conn, idx)
+
+    def _trickle(self, conn, data):
+        for i in range(0, len(data), 3):
+            conn.sendall(data[i:i + 3])
+            time.sleep(0.002)
+
+    def _do_ehlo_garbage(self, conn, idx):
+        conn.sendall(b"220 scripted.test ESMTP\r\n")
+        if self._readline(conn, idx) is not None:
+            conn.sendall(b"this is not a reply\r\n")
+            self._hold(conn, idx)
+
+    def _do_fragmented(self, conn, idx):
+        self._trickle(conn, b"220-scripted.test ESMTP\r\n"
+                            b"220-a multi-line greeting\r\n"
+                            b"220 that arrives in pieces\r\n")
+        caps = [b"250-scripted.test"] + [b"250-X-CAP%02d" % i
+                                         for i in range(58)]
+        caps.append(b"250 PIPELINING")
+        while True:
+            line = self._readline(conn, idx)
+            if line is None:
+                return
+            verb = line.split(b" ", 1)[0].strip().upper()
+            if verb in (b"EHLO", b"LHLO"):
+                self._trickle(conn, b"\r\n".join(caps) + b"\r\n")
+            elif verb == b"DATA":
+                self._trickle(conn, b"354 go ahead\r\n")
+                body = b""
+                while True:
+                    l = self._readline(conn, idx)
+                    if l is None:
+                        return
+                    if l == b".\r\n":
+                        break
+                    body += l[1:] if l.startswith(b".") else l
+                with self._lock:
+                    self.messages.append(body)
+                self._trickle(conn, b"250 2.0.0 fragmented backend took it\r\n")
+            elif verb == b"QUIT":
+                self._trickle(conn, b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                self._trickle(conn, b"250 2.0.0 OK\r\n")
 
     def _do_close_after_mail(self, conn, idx):
         conn.sendall(b"220 scripted.test ESMTP\r\n")

@@ -6,7 +6,7 @@ A Smtpgate object owns one temporary prefix:
     ROOT/prefix/logs/       error.log, smtpgate.pid (relative to the prefix)
     ROOT/prefix/conf/       smtpgate.conf, users, included files
                             (relative to the directory of the main config)
-    ROOT/stdout, ROOT/stderr, ROOT/sanitizer.PID
+    ROOT/stdout, ROOT/stderr, ROOT/sanitizer/report.PID
 
 The master runs in the foreground (`daemon off;`), so the Popen pid is the
 master pid and the workers are its children.  check() lists what must not
@@ -52,12 +52,17 @@ def binary():
 
 
 def sanitizer_env(log_dir):
+    """Sanitizer reports go to files in log_dir/sanitizer/, which workers
+    that dropped privileges can still write."""
+    report_dir = os.path.join(log_dir, "sanitizer")
+    os.makedirs(report_dir, exist_ok=True)
+    os.chmod(report_dir, 0o1777)
     env = dict(os.environ)
     ours = {
         "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:"
-                        f"log_path={log_dir}/sanitizer",
+                        f"log_path={report_dir}/report",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:"
-                         f"log_path={log_dir}/sanitizer",
+                         f"log_path={report_dir}/report",
     }
     for key, value in ours.items():
         # The caller's own options come last so that they win.
@@ -72,9 +77,17 @@ def run_binary(args, cwd, timeout=60):
     if not os.access(exe, os.X_OK):
         raise AssertionError(f"smtpgate binary not found at {exe} "
                              "(build it, or set SMTPGATE_BIN)")
-    return subprocess.run([exe] + list(args), cwd=cwd, capture_output=True,
-                          text=True, errors="replace", timeout=timeout,
-                          env=sanitizer_env(cwd), stdin=subprocess.DEVNULL)
+    env = sanitizer_env(cwd)
+    r = subprocess.run([exe] + list(args), cwd=cwd, capture_output=True,
+                       text=True, errors="replace", timeout=timeout,
+                       env=env, stdin=subprocess.DEVNULL)
+    reports = os.path.join(cwd, "sanitizer")
+    for name in sorted(os.listdir(reports)):
+        text = _read(os.path.join(reports, name))
+        if text.strip():
+            raise AssertionError(f"sanitizer report from smtpgate {args}:\n"
+                                 f"{text[:6000]}")
+    return r
 
 
 def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
@@ -417,23 +430,21 @@ class Smtpgate:
 
     def _scan_files(self):
         paths = [self.stderr_path, self.stdout_path]
-        for d in (self.logdir, self.root):
+        for d in (self.logdir, os.path.join(self.root, "sanitizer")):
             try:
                 names = sorted(os.listdir(d))
             except OSError:
                 continue
-            for n in names:
-                p = os.path.join(d, n)
-                if os.path.isfile(p) and (d == self.logdir
-                                          or n.startswith("sanitizer")):
-                    paths.append(p)
+            paths += [os.path.join(d, n) for n in names
+                      if os.path.isfile(os.path.join(d, n))]
         return paths
 
     def problems(self):
         out = []
         for path in self._scan_files():
             text = _read(path)
-            is_sanitizer = os.path.basename(path).startswith("sanitizer")
+            is_sanitizer = os.path.basename(os.path.dirname(path)) == \
+                "sanitizer"
             if is_sanitizer and text.strip():
                 out.append(f"sanitizer report {path}:\n{text[:6000]}")
                 continue
