@@ -55,6 +55,7 @@ struct sg_connection_s {
     uint64_t            received;
 
     sg_connection_t    *next_free;
+    void               *ssl;                  /* SSL *, owned by ssl */
 
     unsigned            instance:1;           /* detects stale events */
     unsigned            error:1;

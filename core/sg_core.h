@@ -80,6 +80,7 @@ typedef int64_t  sg_msec_t;         /* milliseconds */
 #include "sg_log.h"
 #include "sg_inet.h"
 #include "sg_base64.h"
+#include "sg_regex.h"
 #include "sg_event.h"
 #include "sg_thread_pool.h"
 #include "sg_connection.h"

@@ -45,6 +45,15 @@ extern sg_module_t  sg_smtp_module;    /* mail: server {}, SMTP */
 typedef struct sg_smtp_session_s   sg_smtp_session_t;
 typedef struct sg_auth_request_s   sg_auth_request_t;
 
+/* The longest reply the front end writes itself (the EHLO reply with
+ * every capability included). */
+#define SG_SMTP_REPLY_MAX      2048
+
+/* starttls on|only|off (the directive belongs to the ssl module). */
+#define SG_SMTP_STARTTLS_OFF   0
+#define SG_SMTP_STARTTLS_ON    1
+#define SG_SMTP_STARTTLS_ONLY  2
+
 /* SASL mechanisms (smtp_auth). */
 #define SG_SMTP_AUTH_PLAIN     0x0001
 #define SG_SMTP_AUTH_LOGIN     0x0002
@@ -94,12 +103,26 @@ typedef struct {
     void       (*start)(sg_smtp_session_t *s, void *conf);
 } sg_smtp_relay_t;
 
+/* One server_name: "mx.example.org", "*.example.org", ".example.org"
+ * or "~regex". */
+#define SG_SMTP_NAME_EXACT     0
+#define SG_SMTP_NAME_WILDCARD  1     /* "*.example.org" */
+#define SG_SMTP_NAME_DOMAIN    2     /* ".example.org": itself and below */
+#define SG_SMTP_NAME_REGEX     3
+
+typedef struct {
+    sg_str_t      name;                  /* without "*" / "~" */
+    sg_regex_t   *regex;
+    unsigned      kind;
+} sg_smtp_name_t;
+
 typedef struct {
     sg_mail_conf_ctx_t            *ctx;
     sg_str_t                       file;      /* where the block is */
     size_t                         line;
 
-    sg_str_t                       server_name;
+    sg_str_t                       server_name;   /* the greeting name */
+    sg_array_t                    *names;         /* sg_smtp_name_t */
     sg_msec_t                      timeout;
     int64_t                        max_errors;
     size_t                         client_buffer;
@@ -110,8 +133,9 @@ typedef struct {
     /* Prebuilt replies. */
     sg_str_t                       greeting;
     sg_str_t                       helo_reply;
-    sg_str_t                       ehlo_reply;        /* without AUTH */
-    sg_str_t                       ehlo_reply_auth;   /* with AUTH */
+    sg_str_t                       ehlo_reply;        /* plaintext */
+    sg_str_t                       ehlo_reply_tls;    /* after TLS */
+    unsigned                       starttls;          /* SG_SSL_STARTTLS_* */
 
     const sg_smtp_auth_backend_t  *auth;
     void                          *auth_conf;
@@ -124,6 +148,7 @@ typedef struct {
     sg_smtp_srv_conf_t   *default_server;
     sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
     unsigned              explicit_default:1;
+    unsigned              ssl:1;         /* implicit TLS */
 } sg_smtp_addr_conf_t;
 
 typedef enum {
@@ -163,6 +188,8 @@ struct sg_smtp_session_s {
     unsigned               skipping:1;   /* dropping an over-long line */
     unsigned               quit:1;       /* close once out is flushed */
     unsigned               tls:1;
+    unsigned               starttls:1;   /* 220 sent, handshake next */
+    unsigned               implicit_tls:1;
 };
 
 void sg_smtp_init_session(sg_connection_t *c);
@@ -195,5 +222,10 @@ void sg_smtp_close_session(sg_smtp_session_t *s);
  * SMTP conf, where they register themselves. */
 sg_smtp_srv_conf_t *sg_smtp_conf_of(void **srv_conf);
 sg_smtp_srv_conf_t *sg_smtp_conf_current(sg_conf_t *cf);
+
+/* SNI: pick the server for host among those sharing c's address and
+ * make it the session's.  NULL: no server has that name. */
+sg_smtp_srv_conf_t *sg_smtp_select_server(sg_connection_t *c,
+    const sg_str_t *host);
 
 #endif /* SG_SMTP_H */

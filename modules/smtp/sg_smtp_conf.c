@@ -9,12 +9,16 @@
  * catches what would otherwise fail at the first session.
  */
 #include "sg_smtp.h"
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#endif
 
 typedef struct {
     sg_addr_t             addr;
     int                   backlog;
     unsigned              reuseport:1;
     unsigned              default_server:1;
+    unsigned              ssl:1;
     sg_smtp_srv_conf_t   *server;
     sg_str_t              file;
     size_t                line;
@@ -35,6 +39,8 @@ static char *sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd,
 static char *sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_smtp_capabilities(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_server_name(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static void *sg_smtp_create_main_conf(sg_conf_t *cf);
 static void *sg_smtp_create_srv_conf(sg_conf_t *cf);
@@ -73,9 +79,8 @@ static const sg_command_t  sg_smtp_commands[] = {
       sg_smtp_listen, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "protocol", SG_MAIL_SRV_CONF | SG_CONF_TAKE1,
       sg_smtp_protocol, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
-    { "server_name", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
-      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, server_name),
-      NULL },
+    { "server_name", SG_SRV | SG_CONF_1MORE, sg_smtp_server_name,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, timeout),
       &sg_smtp_timeout_bounds },
@@ -362,6 +367,12 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 #endif
         } else if (sg_str_eq(&value[i], "default_server")) {
             ls->default_server = 1;
+        } else if (sg_str_eq(&value[i], "ssl")) {
+#if (SG_HAVE_SSL_MODULE)
+            ls->ssl = 1;
+#else
+            return "\"ssl\" needs the ssl module, left out of this build";
+#endif
         } else {
             return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" in "
                                  "\"listen\"", SG_STR_ARG(&value[i]));
@@ -382,6 +393,139 @@ sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                                      "supported");
     }
     return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_add_name(sg_conf_t *cf, sg_smtp_srv_conf_t *sscf, sg_str_t *v)
+{
+    sg_smtp_name_t  *n;
+    char             err[256];
+    size_t           i;
+
+    n = sg_array_push(sscf->names);
+    if (n == NULL) {
+        return SG_CONF_ERROR;
+    }
+    n->name = *v;
+    if (v->len > 1 && v->data[0] == '~') {
+        n->kind = SG_SMTP_NAME_REGEX;
+        n->name.data++;
+        n->name.len--;
+        n->regex = sg_regex_compile(cf->pool, &n->name, err, sizeof(err));
+        if (n->regex == NULL) {
+            return sg_conf_error(cf, 0, "invalid server_name regex "
+                                 "\"%.*s\": %s", SG_STR_ARG(v), err);
+        }
+        return SG_CONF_OK;
+    }
+    for (i = 0; i < v->len; i++) {
+        v->data[i] = sg_tolower(v->data[i]);
+    }
+    if (v->len > 2 && v->data[0] == '*' && v->data[1] == '.') {
+        n->kind = SG_SMTP_NAME_WILDCARD;
+        n->name.data++;                 /* keep the dot: ".example.org" */
+        n->name.len--;
+    } else if (v->len > 1 && v->data[0] == '.') {
+        n->kind = SG_SMTP_NAME_DOMAIN;
+    } else if (memchr(v->data, '*', v->len)) {
+        return sg_conf_invalid_value(cf, v, "a wildcard is only allowed as "
+                                     "\"*.\" at the start");
+    } else {
+        n->kind = SG_SMTP_NAME_EXACT;
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_server_name(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_smtp_srv_conf_t  *sscf = conf;
+    sg_str_t            *value = cf->args->elts;
+    size_t               i;
+    char                *rv;
+
+    (void) cmd;
+    if (sscf->names) {
+        return sg_conf_duplicate(cf);
+    }
+    sscf->names = sg_array_create(cf->pool, cf->args->nelts,
+                                  sizeof(sg_smtp_name_t));
+    if (sscf->names == NULL) {
+        return SG_CONF_ERROR;
+    }
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0) {
+            return sg_conf_invalid_value(cf, &value[i], NULL);
+        }
+        if (sscf->server_name.data == NULL && value[i].data[0] != '~') {
+            sscf->server_name = value[i];   /* greeting: as written */
+            sscf->server_name.data = sg_pstrdup(cf->pool, &value[i]);
+        }
+        rv = sg_smtp_add_name(cf, sscf, &value[i]);
+        if (rv != SG_CONF_OK) {
+            return rv;
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static bool
+sg_smtp_name_match(const sg_smtp_name_t *n, const sg_str_t *host,
+    unsigned kind)
+{
+    if (n->kind != kind) {
+        return false;
+    }
+    switch (kind) {
+    case SG_SMTP_NAME_EXACT:
+        return host->len == n->name.len
+               && sg_strncasecmp(host->data, n->name.data, host->len) == 0;
+    case SG_SMTP_NAME_WILDCARD:          /* ".example.org", one label+ */
+        return host->len > n->name.len
+               && sg_strncasecmp(host->data + host->len - n->name.len,
+                                 n->name.data, n->name.len) == 0;
+    case SG_SMTP_NAME_DOMAIN:
+        if (host->len + 1 == n->name.len) {
+            return sg_strncasecmp(host->data, n->name.data + 1,
+                                  host->len) == 0;
+        }
+        return host->len > n->name.len
+               && sg_strncasecmp(host->data + host->len - n->name.len,
+                                 n->name.data, n->name.len) == 0;
+    default:
+        return sg_regex_exec(n->regex, host, NULL, 0) > 0;
+    }
+}
+
+sg_smtp_srv_conf_t *
+sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
+{
+    sg_smtp_addr_conf_t  *ac = c->listening->servers;
+    sg_smtp_srv_conf_t  **srv = ac->servers.elts;
+    sg_smtp_session_t    *s = c->data;
+    sg_smtp_name_t       *n;
+    unsigned              kind;
+    size_t                i, j;
+
+    if (host->len == 0 || host->len > 255) {
+        return NULL;
+    }
+    /* Exact names first, then wildcards, then regexes, as in nginx. */
+    for (kind = SG_SMTP_NAME_EXACT; kind <= SG_SMTP_NAME_REGEX; kind++) {
+        for (i = 0; i < ac->servers.nelts; i++) {
+            if (srv[i]->names == NULL) {
+                continue;
+            }
+            n = srv[i]->names->elts;
+            for (j = 0; j < srv[i]->names->nelts; j++) {
+                if (sg_smtp_name_match(&n[j], host, kind)) {
+                    s->conf = srv[i];
+                    return srv[i];
+                }
+            }
+        }
+    }
+    return NULL;
 }
 
 static char *
@@ -475,10 +619,10 @@ sg_smtp_builtin_cap(const sg_str_t *cap)
 }
 
 /* "250-name\r\n250-PIPELINING\r\n...\r\n250 LAST\r\n", with or without
- * the AUTH line. */
+ * the STARTTLS and AUTH lines. */
 static int
-sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool auth,
-    sg_str_t *out)
+sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
+    bool auth, sg_str_t *out)
 {
     u_char     buf[8192], *p = buf, *last = buf + sizeof(buf);
     sg_str_t   lines[64], *caps;
@@ -494,6 +638,10 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool auth,
             }
         }
     }
+    if (starttls) {
+        sg_str_set(&lines[n], "STARTTLS");
+        n++;
+    }
     if (auth) {
         lines[n].data = (u_char *) (
             (sscf->auth_methods & SG_SMTP_AUTH_PLAIN)
@@ -507,6 +655,9 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool auth,
     for (i = 0; i < n; i++) {
         p = sg_slprintf(p, last, "250%c%.*s\r\n", i + 1 == n ? ' ' : '-',
                         SG_STR_ARG(&lines[i]));
+    }
+    if ((size_t) (p - buf) > SG_SMTP_REPLY_MAX - 16) {
+        return SG_DECLINED;
     }
     return sg_smtp_build(pool, out, buf, (size_t) (p - buf));
 }
@@ -532,11 +683,13 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
 {
     sg_smtp_srv_conf_t  *prev = parent, *conf = child;
     u_char               buf[1024], *p;
-    bool                 auth;
 
+    if (conf->names == NULL) {
+        conf->names = prev->names;
+        conf->server_name = prev->server_name;
+    }
     if (conf->server_name.data == NULL) {
-        conf->server_name = prev->server_name.data ? prev->server_name
-                                                   : cf->cycle->hostname;
+        conf->server_name = cf->cycle->hostname;
     }
     if (!sg_smtp_name_ok(&conf->server_name)) {
         return sg_conf_error_at(cf, &conf->file, conf->line, "invalid "
@@ -572,12 +725,6 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     {
         return SG_CONF_ERROR;
     }
-    auth = conf->auth_methods & (SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN);
-    if (sg_smtp_build_ehlo(cf->pool, conf, false, &conf->ehlo_reply)
-        || sg_smtp_build_ehlo(cf->pool, conf, auth, &conf->ehlo_reply_auth))
-    {
-        return SG_CONF_ERROR;
-    }
     return SG_CONF_OK;
 }
 
@@ -585,6 +732,23 @@ static char *
 sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
 {
     sg_smtp_srv_conf_t  *sscf = conf;
+    bool                 mechs, starttls = false;
+
+#if (SG_HAVE_SSL_MODULE)
+    sscf->starttls = sg_ssl_srv(sscf)->starttls;
+    starttls = sscf->starttls != SG_SSL_STARTTLS_OFF;
+#endif
+    mechs = sscf->auth_methods & (SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN);
+    if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
+                           mechs && !sscf->auth_require_tls,
+                           &sscf->ehlo_reply) != SG_OK
+        || sg_smtp_build_ehlo(cf->pool, sscf, false, mechs,
+                              &sscf->ehlo_reply_tls) != SG_OK)
+    {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "the EHLO "
+            "reply would exceed %d bytes: shorten \"smtp_capabilities\"",
+            SG_SMTP_REPLY_MAX - 16);
+    }
 
     if (sscf->auth == NULL) {
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
@@ -649,6 +813,19 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
         if (ac == NULL) {
             return SG_CONF_ERROR;
         }
+        if (ac->servers.nelts && ac->ssl != l[i].ssl) {
+            return sg_conf_error_at(cf, &l[i].file, l[i].line, "%.*s is "
+                "listed both with and without \"ssl\"",
+                SG_STR_ARG(&l[i].addr.name));
+        }
+#if (SG_HAVE_SSL_MODULE)
+        if (l[i].ssl && sg_ssl_srv(l[i].server)->ctx == NULL) {
+            return sg_conf_error_at(cf, &l[i].file, l[i].line,
+                "\"listen ... ssl\" needs \"ssl_certificate\" and "
+                "\"ssl_certificate_key\" in this server");
+        }
+#endif
+        ac->ssl = l[i].ssl;
         if (l[i].default_server) {
             if (ac->explicit_default) {
                 return sg_conf_error_at(cf, &l[i].file, l[i].line,

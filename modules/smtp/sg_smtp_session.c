@@ -9,9 +9,15 @@
  * answered once and skipped to its LF so that the session stays in step.
  */
 #include "sg_smtp.h"
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#endif
 
-#define SG_SMTP_OUT_MIN     4096
-#define SG_SMTP_OUT_SLACK   1024    /* flush before room drops below */
+/* Replies are at most SG_SMTP_REPLY_MAX bytes (the EHLO reply is
+ * checked against it when the configuration loads), so flushing once
+ * free room drops below that keeps every reply whole. */
+#define SG_SMTP_OUT_SIZE    (2 * SG_SMTP_REPLY_MAX)
+#define SG_SMTP_OUT_SLACK   SG_SMTP_REPLY_MAX
 #define SG_SMTP_HELO_MAX    255
 
 typedef int (*sg_smtp_handler_pt)(sg_smtp_session_t *s,
@@ -19,6 +25,7 @@ typedef int (*sg_smtp_handler_pt)(sg_smtp_session_t *s,
 
 static void sg_smtp_read_handler(sg_event_t *ev);
 static void sg_smtp_write_handler(sg_event_t *ev);
+static void sg_smtp_tls_start(sg_smtp_session_t *s);
 
 static u_char *
 sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
@@ -40,7 +47,6 @@ sg_smtp_init_session(sg_connection_t *c)
 {
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
     sg_smtp_session_t    *s;
-    size_t                out;
 
     s = sg_pcalloc(c->pool, sizeof(sg_smtp_session_t));
     if (s == NULL) {
@@ -54,10 +60,8 @@ sg_smtp_init_session(sg_connection_t *c)
     c->log->handler = sg_smtp_log_handler;
     c->log->data = s;
 
-    out = sg_max(SG_SMTP_OUT_MIN,
-                 s->conf->ehlo_reply_auth.len + SG_SMTP_OUT_SLACK);
     if (sg_buf_init(s->pool, &s->in, s->conf->client_buffer) != SG_OK
-        || sg_buf_init(s->pool, &s->out, out) != SG_OK)
+        || sg_buf_init(s->pool, &s->out, SG_SMTP_OUT_SIZE) != SG_OK)
     {
         goto fail;
     }
@@ -66,6 +70,11 @@ sg_smtp_init_session(sg_connection_t *c)
 
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
+    if (ac->ssl) {
+        s->implicit_tls = 1;        /* greet once TLS is up */
+        sg_smtp_tls_start(s);
+        return;
+    }
     (void) sg_buf_append(&s->out, s->conf->greeting.data,
                          s->conf->greeting.len);
     sg_smtp_run(s);
@@ -83,6 +92,9 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_pool_t        *pool = s->pool;
 
     sg_smtp_auth_cleanup(s);
+#if (SG_HAVE_SSL_MODULE)
+    sg_ssl_shutdown(c);
+#endif
     sg_log_error(SG_LOG_INFO, s->log, 0, "session closed, %llu bytes in, "
                  "%llu bytes out", (unsigned long long) c->received,
                  (unsigned long long) c->sent);
@@ -95,7 +107,7 @@ sg_smtp_close_session(sg_smtp_session_t *s)
 static int
 sg_smtp_vreply(sg_smtp_session_t *s, const char *fmt, va_list args)
 {
-    u_char  line[1024], *p, *last = line + sizeof(line) - 2;
+    u_char  line[SG_SMTP_REPLY_MAX], *p, *last = line + sizeof(line) - 2;
 
     p = sg_vslprintf(line, last, fmt, args);
     *p++ = '\r';
@@ -171,9 +183,9 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
                              s->conf->helo_reply.len);
     }
-    if (sg_smtp_auth_allowed(s)) {
-        return sg_buf_append(&s->out, s->conf->ehlo_reply_auth.data,
-                             s->conf->ehlo_reply_auth.len);
+    if (s->tls) {
+        return sg_buf_append(&s->out, s->conf->ehlo_reply_tls.data,
+                             s->conf->ehlo_reply_tls.len);
     }
     return sg_buf_append(&s->out, s->conf->ehlo_reply.data,
                          s->conf->ehlo_reply.len);
@@ -209,6 +221,30 @@ sg_smtp_help(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
                          "DATA RSET NOOP QUIT HELP");
 }
 
+/* RFC 3207.  The 220 goes out first; the handshake starts once it is
+ * written, and whatever the client sent after the command is dropped
+ * (sg_smtp_tls_start), so nothing injected in plaintext survives. */
+static int
+sg_smtp_starttls(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+#if (SG_HAVE_SSL_MODULE)
+    if (s->conf->starttls != SG_SSL_STARTTLS_OFF
+        && sg_ssl_srv(s->conf)->ctx != NULL)
+    {
+        if (s->tls) {
+            return sg_smtp_error(s, "503 5.5.1 TLS already active");
+        }
+        if (cmd->args.len) {
+            return sg_smtp_error(s, "501 5.5.4 Syntax: STARTTLS");
+        }
+        s->starttls = 1;
+        return sg_smtp_reply(s, "220 2.0.0 Ready to start TLS");
+    }
+#endif
+    (void) cmd;
+    return sg_smtp_error(s, "502 5.5.2 Command not implemented");
+}
+
 static int
 sg_smtp_not_implemented(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
@@ -238,13 +274,30 @@ static const sg_smtp_handler_pt  sg_smtp_handlers[SG_SMTP_VERB_COUNT] = {
     [SG_SMTP_HELP]     = sg_smtp_help,
     [SG_SMTP_VRFY]     = sg_smtp_not_implemented,
     [SG_SMTP_EXPN]     = sg_smtp_not_implemented,
-    [SG_SMTP_STARTTLS] = sg_smtp_not_implemented,
+    [SG_SMTP_STARTTLS] = sg_smtp_starttls,
     [SG_SMTP_ETRN]     = sg_smtp_not_implemented,
     [SG_SMTP_TURN]     = sg_smtp_not_implemented,
     [SG_SMTP_ATRN]     = sg_smtp_not_implemented,
     [SG_SMTP_XCLIENT]  = sg_smtp_not_implemented,
     [SG_SMTP_XFORWARD] = sg_smtp_not_implemented,
 };
+
+/* Under "starttls only", what a client may say before TLS. */
+static bool
+sg_smtp_allowed_before_tls(sg_smtp_verb_e verb)
+{
+    switch (verb) {
+    case SG_SMTP_EHLO:
+    case SG_SMTP_HELO:
+    case SG_SMTP_NOOP:
+    case SG_SMTP_RSET:
+    case SG_SMTP_QUIT:
+    case SG_SMTP_STARTTLS:
+        return true;
+    default:
+        return false;
+    }
+}
 
 /* Debug log of a command: never AUTH arguments, and control characters
  * escaped so that a client cannot forge log lines. */
@@ -286,6 +339,12 @@ sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
     }
     if (cmd.verb != SG_SMTP_AUTH && line->len + 2 > SG_SMTP_CMD_LINE_MAX) {
         return sg_smtp_error(s, "500 5.5.6 Line too long");
+    }
+    if (!s->tls && s->conf->starttls == SG_SMTP_STARTTLS_ONLY
+        && !sg_smtp_allowed_before_tls(cmd.verb))
+    {
+        return sg_smtp_error(s, "530 5.7.0 Must issue a STARTTLS command "
+                             "first");
     }
     return sg_smtp_handlers[cmd.verb](s, &cmd);
 }
@@ -401,7 +460,8 @@ static bool
 sg_smtp_waiting(sg_smtp_session_t *s)
 {
     return s->state == SG_SMTP_ST_AUTH_WAIT
-           || s->state == SG_SMTP_ST_RELAY_START;
+           || s->state == SG_SMTP_ST_RELAY_START
+           || s->starttls;
 }
 
 void
@@ -443,6 +503,9 @@ sg_smtp_run(sg_smtp_session_t *s)
         }
         if (sg_smtp_waiting(s)) {
             sg_event_del_timer(c->read);
+            if (s->starttls) {
+                sg_smtp_tls_start(s);
+            }
             return;
         }
         if (buffered) {
@@ -498,6 +561,86 @@ sg_smtp_write_handler(sg_event_t *ev)
     }
     sg_smtp_run(s);
 }
+
+/* TLS, implicit (at connect) or after STARTTLS. */
+
+static void sg_smtp_tls_handler(sg_event_t *ev);
+
+static void
+sg_smtp_tls_start(sg_smtp_session_t *s)
+{
+#if (SG_HAVE_SSL_MODULE)
+    sg_connection_t  *c = s->connection;
+
+    /* Drop whatever the client pipelined after STARTTLS. */
+    sg_buf_reset(&s->in);
+    s->skipping = 0;
+    if (sg_ssl_create_connection(c, s->conf) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
+    c->read->handler = sg_smtp_tls_handler;
+    c->write->handler = sg_smtp_tls_handler;
+    sg_event_del_timer(c->write);
+    sg_event_add_timer(c->read, sg_ssl_srv(s->conf)->handshake_timeout);
+    sg_smtp_tls_handler(c->read);
+#else
+    sg_smtp_close_session(s);
+#endif
+}
+
+#if (SG_HAVE_SSL_MODULE)
+
+static void
+sg_smtp_tls_handler(sg_event_t *ev)
+{
+    sg_connection_t    *c = ev->data;
+    sg_smtp_session_t  *s = c->data;
+    int                 rc;
+
+    if (ev->timedout) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "TLS handshake timed out "
+                     "(ssl_handshake_timeout)");
+        sg_smtp_close_session(s);
+        return;
+    }
+    rc = sg_ssl_handshake(c);
+    if (rc == SG_AGAIN) {
+        return;
+    }
+    if (rc == SG_ERROR) {
+        sg_smtp_close_session(s);
+        return;
+    }
+    sg_event_del_timer(c->read);
+    sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s",
+                 sg_ssl_protocol(c), sg_ssl_cipher(c));
+
+    /* RFC 3207 4.2: forget everything learnt before TLS. */
+    s->tls = 1;
+    s->starttls = 0;
+    s->helo.len = 0;
+    s->esmtp = 0;
+    s->login.len = 0;
+    s->state = SG_SMTP_ST_COMMAND;
+    c->read->handler = sg_smtp_read_handler;
+    c->write->handler = sg_smtp_write_handler;
+    if (s->implicit_tls) {
+        (void) sg_buf_append(&s->out, s->conf->greeting.data,
+                             s->conf->greeting.len);
+    }
+    sg_smtp_run(s);
+}
+
+#else
+
+static void
+sg_smtp_tls_handler(sg_event_t *ev)
+{
+    (void) ev;
+}
+
+#endif
 
 void
 sg_smtp_relay_ready(sg_smtp_session_t *s)

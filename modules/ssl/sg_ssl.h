@@ -1,0 +1,53 @@
+/*
+ * sg_ssl.h: TLS for the SMTP front end: per-server contexts built from
+ * the ssl_* directives, the TLS connection layer (handshake, reads and
+ * writes behind c->recv / c->send), SNI server selection and the facts
+ * a session reports about its TLS (protocol, cipher, client
+ * certificate).
+ */
+#ifndef SG_SSL_H
+#define SG_SSL_H
+
+#include "sg_smtp.h"
+#include <openssl/ssl.h>
+
+#define SG_SSL_STARTTLS_OFF   SG_SMTP_STARTTLS_OFF
+#define SG_SSL_STARTTLS_ON    SG_SMTP_STARTTLS_ON
+#define SG_SSL_STARTTLS_ONLY  SG_SMTP_STARTTLS_ONLY
+
+#define SG_SSL_VERIFY_OFF       0
+#define SG_SSL_VERIFY_ON        1
+#define SG_SSL_VERIFY_OPTIONAL  2
+
+extern sg_module_t  sg_ssl_module;
+
+/* What the SMTP front end needs of a server's TLS settings. */
+typedef struct {
+    SSL_CTX     *ctx;               /* NULL: no certificate configured */
+    unsigned     starttls;
+    unsigned     verify;
+    sg_msec_t    handshake_timeout;
+} sg_ssl_srv_t;
+
+sg_ssl_srv_t *sg_ssl_srv(sg_smtp_srv_conf_t *sscf);
+
+/*
+ * Start TLS on a connection as the server, with the context of sscf.
+ * Then call sg_ssl_handshake() from the connection's read and write
+ * handlers until it returns SG_OK (done) or SG_ERROR (failed, logged at
+ * info with the reason).  SG_AGAIN: wait for the next event.
+ */
+int sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
+int sg_ssl_handshake(sg_connection_t *c);
+/* Send close_notify without waiting for the peer's. */
+void sg_ssl_shutdown(sg_connection_t *c);
+
+const char *sg_ssl_protocol(sg_connection_t *c);
+const char *sg_ssl_cipher(sg_connection_t *c);
+/* The verified client certificate's subject as a one-line DN, and its
+ * identity for SASL EXTERNAL (the e-mail address, else the CN); false
+ * when there is no verified certificate. */
+bool sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
+    sg_str_t *identity);
+
+#endif /* SG_SSL_H */

@@ -1,0 +1,840 @@
+/*
+ * sg_ssl_conf.c: the ssl_* directives and starttls, and the per-server
+ * TLS contexts built from them.
+ *
+ * Every context is built when the configuration loads, in the master, so
+ * an unreadable certificate, a key that does not match it, a wrong
+ * passphrase or a bad cipher string is a configuration error that -t
+ * reports and a reload refuses, and workers inherit ready contexts.
+ * Session tickets are encrypted with keys derived from a secret the
+ * master draws once: every worker derives the same keys, they survive a
+ * reload, and they rotate every ssl_session_timeout without any state
+ * shared at run time.
+ */
+#include "sg_ssl.h"
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <openssl/core_names.h>
+#include <openssl/decoder.h>
+
+#define SG_SSL_PROTO_TLSv1    0x01
+#define SG_SSL_PROTO_TLSv1_1  0x02
+#define SG_SSL_PROTO_TLSv1_2  0x04
+#define SG_SSL_PROTO_TLSv1_3  0x08
+
+#define SG_SSL_CACHE_UNSET    -1
+#define SG_SSL_CACHE_OFF      0
+#define SG_SSL_CACHE_NONE     1
+#define SG_SSL_CACHE_BUILTIN  2
+
+typedef struct {
+    sg_ssl_srv_t   srv;                /* what the session reads */
+
+    sg_array_t    *certificates;       /* sg_str_t, paths */
+    sg_array_t    *certificate_keys;   /* sg_str_t, paths */
+    sg_str_t       password_file;
+    unsigned       protocols;
+    sg_str_t       ciphers;
+    int            prefer_server_ciphers;
+    sg_str_t       ecdh_curve;
+    sg_str_t       dhparam;
+    sg_array_t    *conf_commands;      /* sg_str_t pairs */
+    int            session_cache;
+    int64_t        session_cache_size;
+    sg_msec_t      session_timeout;
+    int            session_tickets;
+    sg_str_t       client_certificate;
+    int64_t        verify_depth;
+    sg_str_t       crl;
+
+    sg_str_t       file;               /* where the settings come from */
+    size_t         line;
+} sg_ssl_conf_t;
+
+static char *sg_ssl_append(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_session_cache(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static void *sg_ssl_create_conf(sg_conf_t *cf);
+static char *sg_ssl_merge_conf(sg_conf_t *cf, void *prev, void *conf);
+
+static const sg_conf_enum_t  sg_ssl_starttls_values[] = {
+    { "off", SG_SSL_STARTTLS_OFF },
+    { "on", SG_SSL_STARTTLS_ON },
+    { "only", SG_SSL_STARTTLS_ONLY },
+    { NULL, 0 }
+};
+
+static const sg_conf_enum_t  sg_ssl_verify_values[] = {
+    { "off", SG_SSL_VERIFY_OFF },
+    { "on", SG_SSL_VERIFY_ON },
+    { "optional", SG_SSL_VERIFY_OPTIONAL },
+    { NULL, 0 }
+};
+
+static const sg_conf_enum_t  sg_ssl_protocol_values[] = {
+    { "TLSv1", SG_SSL_PROTO_TLSv1 },
+    { "TLSv1.1", SG_SSL_PROTO_TLSv1_1 },
+    { "TLSv1.2", SG_SSL_PROTO_TLSv1_2 },
+    { "TLSv1.3", SG_SSL_PROTO_TLSv1_3 },
+    { NULL, 0 }
+};
+
+static const sg_conf_bounds_t  sg_ssl_timeout_bounds = { 1, 86400000LL * 7 };
+static const sg_conf_bounds_t  sg_ssl_depth_bounds = { 0, 100 };
+
+#define SG_SRV     (SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF)
+#define SG_OFF(f)  offsetof(sg_ssl_conf_t, f)
+
+static const sg_command_t  sg_ssl_commands[] = {
+    { "starttls", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(srv.starttls), sg_ssl_starttls_values },
+    { "ssl_certificate", SG_SRV | SG_CONF_TAKE1, sg_ssl_append,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(certificates), NULL },
+    { "ssl_certificate_key", SG_SRV | SG_CONF_TAKE1, sg_ssl_append,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(certificate_keys), NULL },
+    { "ssl_password_file", SG_SRV | SG_CONF_TAKE1, sg_conf_set_path_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(password_file), NULL },
+    { "ssl_protocols", SG_SRV | SG_CONF_1MORE, sg_conf_set_bitmask_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(protocols), sg_ssl_protocol_values },
+    { "ssl_ciphers", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(ciphers), NULL },
+    { "ssl_prefer_server_ciphers", SG_SRV | SG_CONF_FLAG,
+      sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
+      SG_OFF(prefer_server_ciphers), NULL },
+    { "ssl_ecdh_curve", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(ecdh_curve), NULL },
+    { "ssl_dhparam", SG_SRV | SG_CONF_TAKE1, sg_conf_set_path_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(dhparam), NULL },
+    { "ssl_conf_command", SG_SRV | SG_CONF_TAKE2, sg_ssl_conf_command,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "ssl_session_cache", SG_SRV | SG_CONF_TAKE1, sg_ssl_session_cache,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "ssl_session_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(session_timeout),
+      &sg_ssl_timeout_bounds },
+    { "ssl_session_tickets", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(session_tickets), NULL },
+    { "ssl_verify_client", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(srv.verify), sg_ssl_verify_values },
+    { "ssl_client_certificate", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      SG_OFF(client_certificate), NULL },
+    { "ssl_verify_depth", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(verify_depth), &sg_ssl_depth_bounds },
+    { "ssl_crl", SG_SRV | SG_CONF_TAKE1, sg_conf_set_path_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(crl), NULL },
+    { "ssl_handshake_timeout", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      SG_OFF(srv.handshake_timeout), &sg_ssl_timeout_bounds },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_ssl_module_ctx = {
+    NULL, NULL, sg_ssl_create_conf, sg_ssl_merge_conf, NULL
+};
+
+sg_module_t  sg_ssl_module = {
+    .name = "ssl",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_ssl_module_ctx,
+    .commands = sg_ssl_commands,
+};
+
+sg_ssl_srv_t *
+sg_ssl_srv(sg_smtp_srv_conf_t *sscf)
+{
+    return &((sg_ssl_conf_t *)
+             sscf->ctx->srv_conf[sg_ssl_module.ctx_index])->srv;
+}
+
+/* Directives. */
+
+static char *
+sg_ssl_append(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_array_t  **ap = (sg_array_t **) ((char *) conf + cmd->offset);
+    sg_str_t     *value = cf->args->elts, *p;
+    sg_ssl_conf_t *scf = conf;
+
+    if (*ap == SG_CONF_UNSET_PTR) {
+        *ap = sg_array_create(cf->pool, 2, sizeof(sg_str_t));
+        if (*ap == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    p = sg_array_push(*ap);
+    if (p == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *p = value[1];
+    if (scf->file.data == NULL) {
+        scf->file = cf->file->name;
+        scf->line = sg_conf_line(cf);
+    }
+    return sg_conf_full_name(cf, p, true) == SG_OK ? SG_CONF_OK
+                                                   : SG_CONF_ERROR;
+}
+
+static char *
+sg_ssl_session_cache(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t  *scf = conf;
+    sg_str_t       *value = cf->args->elts, n;
+    int64_t         size;
+
+    (void) cmd;
+    if (scf->session_cache != SG_SSL_CACHE_UNSET) {
+        return sg_conf_duplicate(cf);
+    }
+    if (sg_str_eq(&value[1], "off")) {
+        scf->session_cache = SG_SSL_CACHE_OFF;
+    } else if (sg_str_eq(&value[1], "none")) {
+        scf->session_cache = SG_SSL_CACHE_NONE;
+    } else if (sg_str_eq(&value[1], "builtin")) {
+        scf->session_cache = SG_SSL_CACHE_BUILTIN;
+        scf->session_cache_size = 20480;
+    } else if (value[1].len > 8 && memcmp(value[1].data, "builtin:", 8) == 0) {
+        n.data = value[1].data + 8;
+        n.len = value[1].len - 8;
+        if (sg_parse_int(&n, &size) != SG_OK || size < 1
+            || size > 10000000)
+        {
+            return sg_conf_invalid_value(cf, &value[1], "builtin:N takes "
+                                         "a number of sessions");
+        }
+        scf->session_cache = SG_SSL_CACHE_BUILTIN;
+        scf->session_cache_size = size;
+    } else {
+        return sg_conf_invalid_value(cf, &value[1], "it must be \"off\", "
+                                     "\"none\" or \"builtin[:N]\"");
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t  *scf = conf;
+    sg_str_t       *value = cf->args->elts, *p;
+
+    (void) cmd;
+    if (scf->conf_commands == SG_CONF_UNSET_PTR) {
+        scf->conf_commands = sg_array_create(cf->pool, 4, sizeof(sg_str_t));
+        if (scf->conf_commands == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    p = sg_array_push(scf->conf_commands);
+    if (p == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *p = value[1];
+    p = sg_array_push(scf->conf_commands);
+    if (p == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *p = value[2];
+    return SG_CONF_OK;
+}
+
+static void *
+sg_ssl_create_conf(sg_conf_t *cf)
+{
+    sg_ssl_conf_t  *scf;
+
+    scf = sg_pcalloc(cf->pool, sizeof(sg_ssl_conf_t));
+    if (scf == NULL) {
+        return NULL;
+    }
+    scf->srv.starttls = (unsigned) SG_CONF_UNSET;
+    scf->srv.verify = (unsigned) SG_CONF_UNSET;
+    scf->srv.handshake_timeout = SG_CONF_UNSET_MSEC;
+    scf->certificates = SG_CONF_UNSET_PTR;
+    scf->certificate_keys = SG_CONF_UNSET_PTR;
+    scf->conf_commands = SG_CONF_UNSET_PTR;
+    scf->prefer_server_ciphers = SG_CONF_UNSET;
+    scf->session_cache = SG_SSL_CACHE_UNSET;
+    scf->session_timeout = SG_CONF_UNSET_MSEC;
+    scf->session_tickets = SG_CONF_UNSET;
+    scf->verify_depth = SG_CONF_UNSET;
+    return scf;
+}
+
+/* Building a context. */
+
+static int            sg_ssl_conf_index = -1;
+static u_char         sg_ssl_ticket_secret[32];
+static bool           sg_ssl_ticket_secret_set;
+
+static const char *
+sg_ssl_errstr(char *buf, size_t len)
+{
+    unsigned long  e, last = 0;
+
+    while ((e = ERR_get_error()) != 0) {
+        last = e;                  /* the last one is the most specific */
+    }
+    if (last == 0) {
+        snprintf(buf, len, "unknown error");
+    } else {
+        ERR_error_string_n(last, buf, len);
+    }
+    return buf;
+}
+
+static char *
+sg_ssl_fail(sg_conf_t *cf, sg_ssl_conf_t *scf, const char *what,
+    const sg_str_t *path)
+{
+    char  e[256];
+
+    sg_ssl_errstr(e, sizeof(e));
+    if (path) {
+        return sg_conf_error_at(cf, &scf->file, scf->line, "%s \"%.*s\" "
+                                "failed: %s", what, SG_STR_ARG(path), e);
+    }
+    return sg_conf_error_at(cf, &scf->file, scf->line, "%s failed: %s",
+                            what, e);
+}
+
+static void
+sg_ssl_ctx_cleanup(void *data)
+{
+    SSL_CTX_free(data);
+}
+
+static int
+sg_ssl_password_cb(char *buf, int size, int rwflag, void *u)
+{
+    const sg_str_t  *pw = u;
+
+    (void) rwflag;
+    if (pw == NULL || pw->len > (size_t) size) {
+        return 0;
+    }
+    memcpy(buf, pw->data, pw->len);
+    return (int) pw->len;
+}
+
+/* Passphrases, one per line; the file is read once, at load time. */
+static sg_array_t *
+sg_ssl_read_passwords(sg_conf_t *cf, sg_ssl_conf_t *scf)
+{
+    sg_array_t  *a;
+    sg_str_t    *pw;
+    FILE        *f;
+    char         line[1024];
+    size_t       n;
+
+    a = sg_array_create(cf->pool, 4, sizeof(sg_str_t));
+    if (a == NULL) {
+        return NULL;
+    }
+    f = fopen((const char *) scf->password_file.data, "re");
+    if (f == NULL) {
+        sg_conf_error_at(cf, &scf->file, scf->line, "open() \"%.*s\" failed "
+                         "(%d: %s): check \"ssl_password_file\"",
+                         SG_STR_ARG(&scf->password_file), errno,
+                         strerror(errno));
+        return NULL;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        n = strcspn(line, "\r\n");
+        pw = sg_array_push(a);
+        if (pw == NULL) {
+            break;
+        }
+        pw->data = sg_pnalloc(cf->pool, n + 1);
+        if (pw->data) {
+            memcpy(pw->data, line, n);
+            pw->len = n;
+        }
+    }
+    sg_wipe(line, sizeof(line));
+    fclose(f);
+    return a;
+}
+
+static int
+sg_ssl_use_key(SSL_CTX *ctx, const sg_str_t *key, sg_array_t *passwords)
+{
+    sg_str_t  *pw;
+    size_t     i, n = passwords ? passwords->nelts : 0;
+
+    for (i = 0; i == 0 || i < n; i++) {
+        pw = n ? sg_array_elt(passwords, sg_str_t, i) : NULL;
+        SSL_CTX_set_default_passwd_cb(ctx, sg_ssl_password_cb);
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, pw);
+        if (SSL_CTX_use_PrivateKey_file(ctx, (const char *) key->data,
+                                        SSL_FILETYPE_PEM) == 1)
+        {
+            SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+            return SG_OK;
+        }
+        if (i + 1 < n) {
+            ERR_clear_error();     /* try the next passphrase */
+        }
+    }
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+    return SG_ERROR;
+}
+
+static char *
+sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
+{
+    sg_str_t    *cert = scf->certificates->elts;
+    sg_str_t    *key = scf->certificate_keys->elts;
+    sg_array_t  *passwords = NULL;
+    size_t       i;
+
+    if (scf->certificates->nelts != scf->certificate_keys->nelts) {
+        return sg_conf_error_at(cf, &scf->file, scf->line, "every "
+            "\"ssl_certificate\" needs its own \"ssl_certificate_key\", "
+            "in the same order");
+    }
+    if (scf->password_file.data) {
+        passwords = sg_ssl_read_passwords(cf, scf);
+        if (passwords == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    for (i = 0; i < scf->certificates->nelts; i++) {
+        if (SSL_CTX_use_certificate_chain_file(ctx,
+                (const char *) cert[i].data) != 1)
+        {
+            return sg_ssl_fail(cf, scf, "loading certificate", &cert[i]);
+        }
+        if (sg_ssl_use_key(ctx, &key[i], passwords) != SG_OK) {
+            return sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            return sg_ssl_fail(cf, scf, "matching the key to certificate",
+                               &cert[i]);
+        }
+    }
+    if (passwords) {
+        for (i = 0; i < passwords->nelts; i++) {
+            sg_str_t *pw = sg_array_elt(passwords, sg_str_t, i);
+
+            sg_wipe(pw->data, pw->len);
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static int
+sg_ssl_set_protocols(SSL_CTX *ctx, unsigned protocols)
+{
+    static const int  versions[] = { TLS1_VERSION, TLS1_1_VERSION,
+                                     TLS1_2_VERSION, TLS1_3_VERSION };
+    static const long no[] = { SSL_OP_NO_TLSv1, SSL_OP_NO_TLSv1_1,
+                               SSL_OP_NO_TLSv1_2, SSL_OP_NO_TLSv1_3 };
+    int               i, lo = -1, hi = -1;
+
+    for (i = 0; i < 4; i++) {
+        if (protocols & (1u << i)) {
+            if (lo < 0) {
+                lo = i;
+            }
+            hi = i;
+        }
+    }
+    if (lo < 0) {
+        return SG_ERROR;
+    }
+    for (i = lo; i <= hi; i++) {
+        if (!(protocols & (1u << i))) {
+            SSL_CTX_set_options(ctx, (uint64_t) no[i]);    /* a gap */
+        }
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, versions[lo])
+        || !SSL_CTX_set_max_proto_version(ctx, versions[hi]))
+    {
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+/* Session tickets: keys for period i are derived from the secret, so
+ * every worker (and the workers after a reload) agrees on them. */
+static int
+sg_ssl_derive(const char *label, uint64_t period, u_char *out, size_t len)
+{
+    u_char  msg[32], mac[EVP_MAX_MD_SIZE];
+    size_t  n = strlen(label), maclen = 0;
+    int     i;
+
+    memcpy(msg, label, n);
+    for (i = 0; i < 8; i++) {
+        msg[n + i] = (u_char) (period >> (56 - 8 * i));
+    }
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, sg_ssl_ticket_secret,
+                  sizeof(sg_ssl_ticket_secret), msg, n + 8, mac, sizeof(mac),
+                  &maclen) == NULL || maclen < len)
+    {
+        return SG_ERROR;
+    }
+    memcpy(out, mac, len);
+    sg_wipe(mac, sizeof(mac));
+    return SG_OK;
+}
+
+static int
+sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
+    EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+    sg_ssl_conf_t  *scf;
+    OSSL_PARAM      params[3];
+    u_char          aes[32], hmac[32], kname[16];
+    uint64_t        period, now = (uint64_t) time(NULL), p;
+    int             rc = 0, k;
+
+    scf = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sg_ssl_conf_index);
+    period = (uint64_t) sg_max(scf->session_timeout / 1000, 60);
+    for (k = 0; k < 2; k++) {
+        p = now / period - (uint64_t) k;
+        if (sg_ssl_derive("ticket-name", p, kname, 16) != SG_OK) {
+            return -1;
+        }
+        if (enc) {
+            memcpy(name, kname, 16);
+            if (RAND_bytes(iv, 16) != 1) {
+                return -1;
+            }
+        } else if (memcmp(name, kname, 16) != 0) {
+            continue;
+        }
+        if (sg_ssl_derive("ticket-aes", p, aes, 32) != SG_OK
+            || sg_ssl_derive("ticket-hmac", p, hmac, 32) != SG_OK)
+        {
+            return -1;
+        }
+        params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+                                                      hmac, 32);
+        params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     (char *) "SHA256", 0);
+        params[2] = OSSL_PARAM_construct_end();
+        if (EVP_CipherInit_ex(ectx, EVP_aes_256_cbc(), NULL, aes, iv, enc)
+                != 1
+            || EVP_MAC_CTX_set_params(hctx, params) != 1)
+        {
+            rc = -1;
+        } else {
+            rc = (!enc && k == 1) ? 2 : 1;    /* 2: renew an old ticket */
+        }
+        break;
+    }
+    sg_wipe(aes, sizeof(aes));
+    sg_wipe(hmac, sizeof(hmac));
+    return rc;
+}
+
+static char *
+sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
+    sg_smtp_srv_conf_t *sscf)
+{
+    (void) cf;
+    SSL_CTX_set_session_id_context(ctx, sscf->server_name.data,
+        (unsigned) sg_min(sscf->server_name.len, SSL_MAX_SID_CTX_LENGTH));
+    SSL_CTX_set_timeout(ctx, (long) (scf->session_timeout / 1000));
+    switch (scf->session_cache) {
+    case SG_SSL_CACHE_OFF:
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        break;
+    case SG_SSL_CACHE_NONE:
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER
+                                            | SSL_SESS_CACHE_NO_INTERNAL);
+        break;
+    default:
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        SSL_CTX_sess_set_cache_size(ctx, (long) scf->session_cache_size);
+    }
+    if (!scf->session_tickets) {
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        return SG_CONF_OK;
+    }
+    if (!sg_ssl_ticket_secret_set) {
+        if (RAND_bytes(sg_ssl_ticket_secret,
+                       sizeof(sg_ssl_ticket_secret)) != 1)
+        {
+            return sg_ssl_fail(cf, scf, "RAND_bytes()", NULL);
+        }
+        sg_ssl_ticket_secret_set = true;
+    }
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, sg_ssl_ticket_cb);
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_dh_and_curves(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
+{
+    EVP_PKEY  *dh;
+    BIO       *bio;
+
+    if (scf->ecdh_curve.data && !sg_str_eq(&scf->ecdh_curve, "auto")
+        && SSL_CTX_set1_groups_list(ctx, (const char *) scf->ecdh_curve.data)
+           != 1)
+    {
+        return sg_ssl_fail(cf, scf, "ssl_ecdh_curve", &scf->ecdh_curve);
+    }
+    if (scf->dhparam.data == NULL) {
+        SSL_CTX_set_dh_auto(ctx, 1);
+        return SG_CONF_OK;
+    }
+    bio = BIO_new_file((const char *) scf->dhparam.data, "r");
+    if (bio == NULL) {
+        return sg_ssl_fail(cf, scf, "opening ssl_dhparam", &scf->dhparam);
+    }
+    dh = PEM_read_bio_Parameters(bio, NULL);
+    BIO_free(bio);
+    if (dh == NULL || SSL_CTX_set0_tmp_dh_pkey(ctx, dh) != 1) {
+        EVP_PKEY_free(dh);
+        return sg_ssl_fail(cf, scf, "loading ssl_dhparam", &scf->dhparam);
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_commands_apply(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
+{
+    SSL_CONF_CTX  *cctx;
+    sg_str_t      *kv;
+    size_t         i;
+
+    if (scf->conf_commands == NULL) {
+        return SG_CONF_OK;
+    }
+    kv = scf->conf_commands->elts;
+    cctx = SSL_CONF_CTX_new();
+    if (cctx == NULL) {
+        return SG_CONF_ERROR;
+    }
+    SSL_CONF_CTX_set_flags(cctx, SSL_CONF_FLAG_FILE | SSL_CONF_FLAG_SERVER
+                                 | SSL_CONF_FLAG_CERTIFICATE
+                                 | SSL_CONF_FLAG_SHOW_ERRORS);
+    SSL_CONF_CTX_set_ssl_ctx(cctx, ctx);
+    for (i = 0; i + 1 < scf->conf_commands->nelts; i += 2) {
+        if (SSL_CONF_cmd(cctx, (const char *) kv[i].data,
+                         (const char *) kv[i + 1].data) <= 0)
+        {
+            SSL_CONF_CTX_free(cctx);
+            return sg_ssl_fail(cf, scf, "ssl_conf_command", &kv[i]);
+        }
+    }
+    if (SSL_CONF_CTX_finish(cctx) != 1) {
+        SSL_CONF_CTX_free(cctx);
+        return sg_ssl_fail(cf, scf, "ssl_conf_command", NULL);
+    }
+    SSL_CONF_CTX_free(cctx);
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_client_verify(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
+{
+    STACK_OF(X509_NAME)  *names;
+    X509_STORE           *store;
+    X509_LOOKUP          *lookup;
+
+    if (scf->srv.verify == SG_SSL_VERIFY_OFF) {
+        return SG_CONF_OK;
+    }
+    if (scf->client_certificate.data == NULL) {
+        return sg_conf_error_at(cf, &scf->file, scf->line, "\"ssl_verify_"
+            "client\" needs \"ssl_client_certificate\": the CAs that sign "
+            "client certificates");
+    }
+    if (SSL_CTX_load_verify_locations(ctx,
+            (const char *) scf->client_certificate.data, NULL) != 1)
+    {
+        return sg_ssl_fail(cf, scf, "loading ssl_client_certificate",
+                           &scf->client_certificate);
+    }
+    names = SSL_load_client_CA_file(
+                (const char *) scf->client_certificate.data);
+    if (names == NULL) {
+        return sg_ssl_fail(cf, scf, "reading CA names from",
+                           &scf->client_certificate);
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER
+                            | (scf->srv.verify == SG_SSL_VERIFY_ON
+                               ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                       NULL);
+    SSL_CTX_set_verify_depth(ctx, (int) scf->verify_depth);
+    if (scf->crl.data) {
+        store = SSL_CTX_get_cert_store(ctx);
+        lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+        if (lookup == NULL
+            || X509_load_crl_file(lookup, (const char *) scf->crl.data,
+                                  X509_FILETYPE_PEM) <= 0)
+        {
+            return sg_ssl_fail(cf, scf, "loading ssl_crl", &scf->crl);
+        }
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK
+                                    | X509_V_FLAG_CRL_CHECK_ALL);
+    }
+    return SG_CONF_OK;
+}
+
+/* SNI: the name the client asked for picks the server among those that
+ * share the address; its context then serves the handshake. */
+static int
+sg_ssl_servername(SSL *ssl, int *ad, void *arg)
+{
+    sg_connection_t     *c = SSL_get_app_data(ssl);
+    sg_smtp_srv_conf_t  *sscf;
+    sg_ssl_conf_t       *scf;
+    const char          *name;
+    sg_str_t             host;
+
+    (void) ad;
+    (void) arg;
+    name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name == NULL || c == NULL) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    host.data = (u_char *) name;
+    host.len = strlen(name);
+    sscf = sg_smtp_select_server(c, &host);
+    if (sscf == NULL) {
+        return SSL_TLSEXT_ERR_OK;      /* keep the default server */
+    }
+    scf = sscf->ctx->srv_conf[sg_ssl_module.ctx_index];
+    if (scf->srv.ctx && scf->srv.ctx != SSL_get_SSL_CTX(ssl)) {
+        SSL_set_SSL_CTX(ssl, scf->srv.ctx);
+        /* SSL_set_SSL_CTX swaps certificates only: take the verify
+         * settings and options of the chosen server too. */
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(scf->srv.ctx),
+                       SSL_CTX_get_verify_callback(scf->srv.ctx));
+        SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(scf->srv.ctx));
+        SSL_clear_options(ssl, SSL_get_options(ssl)
+                               ^ SSL_CTX_get_options(scf->srv.ctx));
+        SSL_set_options(ssl, SSL_CTX_get_options(scf->srv.ctx));
+    }
+    sg_log_debug(c->log, "TLS SNI \"%s\" selects server \"%.*s\"", name,
+                 SG_STR_ARG(&sscf->server_name));
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static char *
+sg_ssl_build_ctx(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
+{
+    SSL_CTX  *ctx;
+    char     *rv;
+
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        return sg_ssl_fail(cf, scf, "SSL_CTX_new()", NULL);
+    }
+    if (sg_pool_cleanup_add(cf->pool, sg_ssl_ctx_cleanup, ctx) != SG_OK) {
+        SSL_CTX_free(ctx);
+        return SG_CONF_ERROR;
+    }
+    if (sg_ssl_conf_index < 0) {
+        sg_ssl_conf_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL,
+                                                     NULL);
+    }
+    SSL_CTX_set_ex_data(ctx, sg_ssl_conf_index, scf);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
+                             | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (scf->prefer_server_ciphers) {
+        SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    }
+    /* Partial writes and moving buffers suit a non-blocking loop; idle
+     * connections give their read/write buffers back. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                          | SSL_MODE_RELEASE_BUFFERS);
+    if (sg_ssl_set_protocols(ctx, scf->protocols) != SG_OK) {
+        return sg_ssl_fail(cf, scf, "setting ssl_protocols", NULL);
+    }
+    if (SSL_CTX_set_cipher_list(ctx, (const char *) scf->ciphers.data) != 1)
+    {
+        return sg_ssl_fail(cf, scf, "ssl_ciphers", &scf->ciphers);
+    }
+    if ((rv = sg_ssl_certificates(cf, scf, ctx)) != SG_CONF_OK
+        || (rv = sg_ssl_dh_and_curves(cf, scf, ctx)) != SG_CONF_OK
+        || (rv = sg_ssl_sessions(cf, scf, ctx, sscf)) != SG_CONF_OK
+        || (rv = sg_ssl_client_verify(cf, scf, ctx)) != SG_CONF_OK
+        || (rv = sg_ssl_commands_apply(cf, scf, ctx)) != SG_CONF_OK)
+    {
+        return rv;
+    }
+    SSL_CTX_set_tlsext_servername_callback(ctx, sg_ssl_servername);
+    scf->srv.ctx = ctx;
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
+{
+    sg_ssl_conf_t       *prev = parent, *conf = child;
+    sg_smtp_srv_conf_t  *sscf = sg_smtp_conf_current(cf);
+
+    if (conf->srv.starttls == (unsigned) SG_CONF_UNSET) {
+        conf->srv.starttls = prev->srv.starttls == (unsigned) SG_CONF_UNSET
+                             ? SG_SSL_STARTTLS_OFF : prev->srv.starttls;
+    }
+    if (conf->srv.verify == (unsigned) SG_CONF_UNSET) {
+        conf->srv.verify = prev->srv.verify == (unsigned) SG_CONF_UNSET
+                           ? SG_SSL_VERIFY_OFF : prev->srv.verify;
+    }
+    sg_conf_merge_msec(conf->srv.handshake_timeout,
+                       prev->srv.handshake_timeout, 30000);
+    sg_conf_merge_ptr(conf->certificates, prev->certificates, NULL);
+    sg_conf_merge_ptr(conf->certificate_keys, prev->certificate_keys, NULL);
+    sg_conf_merge_ptr(conf->conf_commands, prev->conf_commands, NULL);
+    if (conf->password_file.data == NULL) {
+        conf->password_file = prev->password_file;
+    }
+    if (conf->protocols == 0) {
+        conf->protocols = prev->protocols ? prev->protocols
+                          : SG_SSL_PROTO_TLSv1_2 | SG_SSL_PROTO_TLSv1_3;
+    }
+    sg_conf_merge_str(conf->ciphers, prev->ciphers, "HIGH:!aNULL:!MD5");
+    sg_conf_merge_value(conf->prefer_server_ciphers,
+                        prev->prefer_server_ciphers, 0);
+    sg_conf_merge_str(conf->ecdh_curve, prev->ecdh_curve, "auto");
+    if (conf->dhparam.data == NULL) {
+        conf->dhparam = prev->dhparam;
+    }
+    if (conf->session_cache == SG_SSL_CACHE_UNSET) {
+        conf->session_cache = prev->session_cache == SG_SSL_CACHE_UNSET
+                              ? SG_SSL_CACHE_NONE : prev->session_cache;
+        conf->session_cache_size = prev->session_cache_size;
+    }
+    sg_conf_merge_msec(conf->session_timeout, prev->session_timeout, 300000);
+    sg_conf_merge_value(conf->session_tickets, prev->session_tickets, 1);
+    if (conf->client_certificate.data == NULL) {
+        conf->client_certificate = prev->client_certificate;
+    }
+    sg_conf_merge_value(conf->verify_depth, prev->verify_depth, 1);
+    if (conf->crl.data == NULL) {
+        conf->crl = prev->crl;
+    }
+    if (conf->file.data == NULL) {
+        conf->file = prev->file.data ? prev->file : sscf->file;
+        conf->line = prev->file.data ? prev->line : sscf->line;
+    }
+
+    if (conf->certificates == NULL) {
+        if (conf->srv.starttls != SG_SSL_STARTTLS_OFF) {
+            return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"starttls"
+                "\" needs \"ssl_certificate\" and \"ssl_certificate_key\"");
+        }
+        return SG_CONF_OK;
+    }
+    if (conf->certificate_keys == NULL) {
+        return sg_conf_error_at(cf, &conf->file, conf->line, "no "
+            "\"ssl_certificate_key\" for \"ssl_certificate\"");
+    }
+    return sg_ssl_build_ctx(cf, conf, sscf);
+}

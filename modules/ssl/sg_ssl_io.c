@@ -1,0 +1,235 @@
+/*
+ * sg_ssl_io.c: TLS on a connection: the server handshake, reads and
+ * writes in place of the plain ones, and shutdown.
+ *
+ * The event loop is edge-triggered, so a TLS read that stops short of
+ * SSL_ERROR_WANT_READ leaves the read event ready: bytes OpenSSL has
+ * already decrypted are never stranded waiting for an event that will
+ * not come.  The SSL object belongs to the connection's pool and is
+ * freed with it.
+ */
+#include "sg_ssl.h"
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+static ssize_t sg_ssl_recv(sg_connection_t *c, u_char *buf, size_t size);
+static ssize_t sg_ssl_send(sg_connection_t *c, const u_char *buf,
+    size_t size);
+
+static void
+sg_ssl_free(void *data)
+{
+    SSL_free(data);
+}
+
+int
+sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
+{
+    sg_ssl_srv_t  *srv = sg_ssl_srv(sscf);
+    SSL           *ssl;
+
+    ssl = SSL_new(srv->ctx);
+    if (ssl == NULL) {
+        sg_log_error(SG_LOG_ERR, c->log, 0, "SSL_new() failed");
+        return SG_ERROR;
+    }
+    if (SSL_set_fd(ssl, c->fd) != 1
+        || sg_pool_cleanup_add(c->pool, sg_ssl_free, ssl) != SG_OK)
+    {
+        SSL_free(ssl);
+        sg_log_error(SG_LOG_ERR, c->log, 0, "SSL_set_fd() failed");
+        return SG_ERROR;
+    }
+    SSL_set_app_data(ssl, c);
+    SSL_set_accept_state(ssl);
+    c->ssl = ssl;
+    return SG_OK;
+}
+
+/* Why a TLS call failed, for the log: the library's reason, else the
+ * system error, else "the peer closed the connection". */
+static void
+sg_ssl_log_failure(sg_connection_t *c, int sslerr, int err,
+    const char *what)
+{
+    unsigned long  e = ERR_peek_last_error();
+    char           buf[256];
+
+    if (e) {
+        ERR_error_string_n(e, buf, sizeof(buf));
+        ERR_clear_error();
+        sg_log_error(SG_LOG_INFO, c->log, 0, "%s failed: %s", what, buf);
+    } else if (sslerr == SSL_ERROR_SYSCALL && err) {
+        sg_log_error(SG_LOG_INFO, c->log, err, "%s failed", what);
+    } else {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "%s failed: the client closed "
+                     "the connection", what);
+    }
+}
+
+int
+sg_ssl_handshake(sg_connection_t *c)
+{
+    int  n, sslerr;
+
+    ERR_clear_error();
+    n = SSL_do_handshake(c->ssl);
+    if (n == 1) {
+        c->recv = sg_ssl_recv;
+        c->send = sg_ssl_send;
+        sg_log_debug(c->log, "TLS handshake done: %s, %s",
+                     SSL_get_version(c->ssl),
+                     SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
+        return SG_OK;
+    }
+    sslerr = SSL_get_error(c->ssl, n);
+    if (sslerr == SSL_ERROR_WANT_READ) {
+        c->read->ready = 0;
+        return SG_AGAIN;
+    }
+    if (sslerr == SSL_ERROR_WANT_WRITE) {
+        c->write->ready = 0;
+        return SG_AGAIN;
+    }
+    c->error = 1;
+    sg_ssl_log_failure(c, sslerr, errno, "TLS handshake");
+    return SG_ERROR;
+}
+
+static ssize_t
+sg_ssl_recv(sg_connection_t *c, u_char *buf, size_t size)
+{
+    int  n, sslerr;
+
+    ERR_clear_error();
+    n = SSL_read(c->ssl, buf, (int) sg_min(size, INT_MAX));
+    if (n > 0) {
+        c->received += (uint64_t) n;
+        return n;
+    }
+    sslerr = SSL_get_error(c->ssl, n);
+    switch (sslerr) {
+    case SSL_ERROR_WANT_READ:
+        c->read->ready = 0;
+        return SG_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        c->write->ready = 0;
+        return SG_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        c->read->ready = 0;
+        c->read->eof = 1;
+        return 0;
+    }
+    c->read->ready = 0;
+    c->read->error = 1;
+    c->error = 1;
+    sg_ssl_log_failure(c, sslerr, errno, "TLS read");
+    return SG_ERROR;
+}
+
+static ssize_t
+sg_ssl_send(sg_connection_t *c, const u_char *buf, size_t size)
+{
+    int  n, sslerr;
+
+    ERR_clear_error();
+    n = SSL_write(c->ssl, buf, (int) sg_min(size, INT_MAX));
+    if (n > 0) {
+        c->sent += (uint64_t) n;
+        return n;
+    }
+    sslerr = SSL_get_error(c->ssl, n);
+    if (sslerr == SSL_ERROR_WANT_WRITE) {
+        c->write->ready = 0;
+        return SG_AGAIN;
+    }
+    if (sslerr == SSL_ERROR_WANT_READ) {
+        c->read->ready = 0;
+        return SG_AGAIN;
+    }
+    c->write->error = 1;
+    c->error = 1;
+    sg_ssl_log_failure(c, sslerr, errno, "TLS write");
+    return SG_ERROR;
+}
+
+void
+sg_ssl_shutdown(sg_connection_t *c)
+{
+    if (c->ssl == NULL) {
+        return;
+    }
+    if (!c->error && SSL_is_init_finished(c->ssl)) {
+        ERR_clear_error();
+        (void) SSL_shutdown(c->ssl);      /* one try, never wait */
+        ERR_clear_error();
+    }
+}
+
+const char *
+sg_ssl_protocol(sg_connection_t *c)
+{
+    return c->ssl ? SSL_get_version(c->ssl) : "";
+}
+
+const char *
+sg_ssl_cipher(sg_connection_t *c)
+{
+    return c->ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl))
+                  : "";
+}
+
+bool
+sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
+    sg_str_t *identity)
+{
+    X509                       *cert;
+    STACK_OF(GENERAL_NAME)     *sans;
+    X509_NAME                  *subj;
+    const GENERAL_NAME         *gn;
+    char                        buf[256];
+    int                         i, n = -1;
+
+    if (c->ssl == NULL || SSL_get_verify_result(c->ssl) != X509_V_OK) {
+        return false;
+    }
+    cert = SSL_get1_peer_certificate(c->ssl);
+    if (cert == NULL) {
+        return false;
+    }
+    buf[0] = '\0';
+    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+        gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type == GEN_EMAIL) {
+            n = ASN1_STRING_length(gn->d.rfc822Name);
+            if (n > 0 && (size_t) n < sizeof(buf)) {
+                memcpy(buf, ASN1_STRING_get0_data(gn->d.rfc822Name),
+                       (size_t) n);
+                buf[n] = '\0';
+                break;
+            }
+        }
+    }
+    GENERAL_NAMES_free(sans);
+    subj = X509_get_subject_name(cert);
+    if (buf[0] == '\0') {
+        n = X509_NAME_get_text_by_NID(subj, NID_pkcs9_emailAddress, buf,
+                                      sizeof(buf));
+    }
+    if (n <= 0) {
+        n = X509_NAME_get_text_by_NID(subj, NID_commonName, buf,
+                                      sizeof(buf));
+    }
+    X509_free(cert);
+    if (n <= 0) {
+        return false;
+    }
+    identity->len = strlen(buf);
+    identity->data = sg_pnalloc(pool, identity->len);
+    if (identity->data == NULL) {
+        return false;
+    }
+    memcpy(identity->data, buf, identity->len);
+    return true;
+}
