@@ -125,6 +125,10 @@ typedef struct {
     sg_array_t                    *names;         /* sg_smtp_name_t */
     sg_msec_t                      timeout;
     int64_t                        max_errors;
+    sg_msec_t                      greeting_delay;
+    int64_t                        auth_attempts;
+    sg_msec_t                      auth_fail_delay;
+    sg_msec_t                      auth_timeout;
     size_t                         client_buffer;
     unsigned                       auth_methods;
     int                            auth_require_tls;
@@ -157,6 +161,8 @@ typedef enum {
     SG_SMTP_ST_AUTH_LOGIN_USER,
     SG_SMTP_ST_AUTH_LOGIN_PASS,
     SG_SMTP_ST_AUTH_WAIT,         /* the auth backend is deciding */
+    SG_SMTP_ST_AUTH_DELAY,        /* holding a failure reply back */
+    SG_SMTP_ST_GREETING_DELAY,    /* smtp_greeting_delay running */
     SG_SMTP_ST_RELAY_START,       /* the relay is connecting */
     SG_SMTP_ST_RELAY,             /* the relay owns the session */
     SG_SMTP_ST_CLOSING
@@ -183,6 +189,8 @@ struct sg_smtp_session_s {
     sg_auth_request_t     *auth;
 
     void                  *relay_ctx;
+    sg_event_t             timer;        /* delays and the auth timeout */
+    unsigned               auth_failures;
 
     unsigned               esmtp:1;
     unsigned               skipping:1;   /* dropping an over-long line */
@@ -203,6 +211,9 @@ int sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Keep processing the session after an asynchronous step. */
 void sg_smtp_run(sg_smtp_session_t *s);
+
+void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
+    sg_msec_t ms);
 
 /* AUTH (sg_smtp_sasl.c). */
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);

@@ -67,6 +67,8 @@ static const sg_conf_enum_t  sg_smtp_auth_methods[] = {
 };
 
 static const sg_conf_bounds_t  sg_smtp_timeout_bounds = { 1, 86400000LL };
+static const sg_conf_bounds_t  sg_smtp_delay_bounds = { 0, 3600000LL };
+static const sg_conf_bounds_t  sg_smtp_attempts_bounds = { 1, 100 };
 static const sg_conf_bounds_t  sg_smtp_errors_bounds = { 1, 1000 };
 static const sg_conf_bounds_t  sg_smtp_buffer_bounds = { 1024, 1048576 };
 
@@ -87,6 +89,18 @@ static const sg_command_t  sg_smtp_commands[] = {
     { "max_errors", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, max_errors),
       &sg_smtp_errors_bounds },
+    { "smtp_greeting_delay", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_smtp_srv_conf_t, greeting_delay), &sg_smtp_delay_bounds },
+    { "smtp_auth_attempts", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, auth_attempts),
+      &sg_smtp_attempts_bounds },
+    { "smtp_auth_fail_delay", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_smtp_srv_conf_t, auth_fail_delay), &sg_smtp_delay_bounds },
+    { "smtp_auth_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, auth_timeout),
+      &sg_smtp_timeout_bounds },
     { "smtp_client_buffer", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, client_buffer),
       &sg_smtp_buffer_bounds },
@@ -593,6 +607,10 @@ sg_smtp_create_srv_conf(sg_conf_t *cf)
     }
     sscf->timeout = SG_CONF_UNSET_MSEC;
     sscf->max_errors = SG_CONF_UNSET;
+    sscf->greeting_delay = SG_CONF_UNSET_MSEC;
+    sscf->auth_attempts = SG_CONF_UNSET;
+    sscf->auth_fail_delay = SG_CONF_UNSET_MSEC;
+    sscf->auth_timeout = SG_CONF_UNSET_MSEC;
     sscf->client_buffer = SG_CONF_UNSET_SIZE;
     sscf->auth_require_tls = SG_CONF_UNSET;
     sscf->capabilities = SG_CONF_UNSET_PTR;
@@ -699,6 +717,10 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_msec(conf->timeout, prev->timeout, 60000);
     sg_conf_merge_value(conf->max_errors, prev->max_errors, 5);
+    sg_conf_merge_msec(conf->greeting_delay, prev->greeting_delay, 0);
+    sg_conf_merge_value(conf->auth_attempts, prev->auth_attempts, 3);
+    sg_conf_merge_msec(conf->auth_fail_delay, prev->auth_fail_delay, 1000);
+    sg_conf_merge_msec(conf->auth_timeout, prev->auth_timeout, 30000);
     sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
     sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
     if (conf->auth_methods == 0) {

@@ -73,6 +73,42 @@ sg_smtp_decode(sg_smtp_session_t *s, const sg_str_t *in, sg_str_t *out)
 
 static void sg_smtp_auth_done(sg_auth_request_t *r);
 
+/* smtp_auth_timeout: the backend is too slow; the client hears 454. */
+static void
+sg_smtp_auth_timeout(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
+                 "gave no answer for \"%.*s\" within smtp_auth_timeout",
+                 s->conf->auth->name, SG_STR_ARG(&s->login));
+    sg_smtp_auth_cleanup(s);            /* cancels the request */
+    s->state = SG_SMTP_ST_COMMAND;
+    s->login.len = 0;
+    (void) sg_smtp_error(s, "454 4.7.0 Temporary authentication failure");
+    sg_smtp_run(s);
+}
+
+/* The 535 for a failed attempt goes out after smtp_auth_fail_delay
+ * times the number of failures so far; after smtp_auth_attempts
+ * failures the session ends. */
+static void
+sg_smtp_auth_fail_reply(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    s->state = SG_SMTP_ST_COMMAND;
+    (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials invalid");
+    if (s->auth_failures >= (unsigned) s->conf->auth_attempts && !s->quit) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "%u failed AUTH attempts, "
+                     "closing (smtp_auth_attempts)", s->auth_failures);
+        (void) sg_smtp_reply(s, "421 4.7.0 Too many failed authentication "
+                             "attempts, closing connection");
+        s->quit = 1;
+    }
+    sg_smtp_run(s);
+}
+
 /* User names go into log lines and backend commands: no control
  * characters, whatever SASL itself would allow. */
 static bool
@@ -125,10 +161,12 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     r->data = s;
 
     s->state = SG_SMTP_ST_AUTH_WAIT;
+    sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     sg_log_debug(s->log, "AUTH %s for \"%.*s\" sent to the %s backend",
                  sg_smtp_mech_name(s->auth_mech), SG_STR_ARG(&s->login),
                  s->conf->auth->name);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
+        sg_event_del_timer(&s->timer);
         r->status = SG_AUTH_TEMPFAIL;
         r->reason = "the authentication backend could not start";
         s->state = SG_SMTP_ST_COMMAND;
@@ -265,6 +303,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     }
     r->pass.len = 0;
     r->pass.data = NULL;
+    sg_event_del_timer(&s->timer);
 
     switch (r->status) {
     case SG_AUTH_OK:
@@ -276,11 +315,17 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     case SG_AUTH_FAIL:
         sg_log_error(SG_LOG_INFO, s->log, 0, "authentication failed for "
                      "\"%.*s\": %s", SG_STR_ARG(&s->login), reason);
-        s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;
-        (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials "
-                             "invalid");
-        break;
+        s->auth_failures++;
+        if (s->conf->auth_fail_delay > 0) {
+            s->state = SG_SMTP_ST_AUTH_DELAY;
+            sg_smtp_set_timer(s, sg_smtp_auth_fail_reply,
+                              s->conf->auth_fail_delay * s->auth_failures);
+            sg_smtp_run(s);
+            return;
+        }
+        sg_smtp_auth_fail_reply(&s->timer);
+        return;
     default:
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend "
                      "unavailable for \"%.*s\": %s", SG_STR_ARG(&s->login),

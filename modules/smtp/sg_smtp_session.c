@@ -26,6 +26,7 @@ typedef int (*sg_smtp_handler_pt)(sg_smtp_session_t *s,
 static void sg_smtp_read_handler(sg_event_t *ev);
 static void sg_smtp_write_handler(sg_event_t *ev);
 static void sg_smtp_tls_start(sg_smtp_session_t *s);
+static void sg_smtp_greet(sg_smtp_session_t *s);
 
 static u_char *
 sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
@@ -68,6 +69,8 @@ sg_smtp_init_session(sg_connection_t *c)
     sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
     (void) sg_tcp_nodelay(c);
 
+    s->timer.data = s;
+    s->timer.log = s->log;
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
     if (ac->ssl) {
@@ -75,9 +78,7 @@ sg_smtp_init_session(sg_connection_t *c)
         sg_smtp_tls_start(s);
         return;
     }
-    (void) sg_buf_append(&s->out, s->conf->greeting.data,
-                         s->conf->greeting.len);
-    sg_smtp_run(s);
+    sg_smtp_greet(s);
     return;
 
 fail:
@@ -92,6 +93,7 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_pool_t        *pool = s->pool;
 
     sg_smtp_auth_cleanup(s);
+    sg_event_del_timer(&s->timer);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
 #endif
@@ -460,8 +462,73 @@ static bool
 sg_smtp_waiting(sg_smtp_session_t *s)
 {
     return s->state == SG_SMTP_ST_AUTH_WAIT
+           || s->state == SG_SMTP_ST_AUTH_DELAY
+           || s->state == SG_SMTP_ST_GREETING_DELAY
            || s->state == SG_SMTP_ST_RELAY_START
            || s->starttls;
+}
+
+void
+sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h, sg_msec_t ms)
+{
+    s->timer.handler = h;
+    sg_event_add_timer(&s->timer, ms);
+}
+
+/* smtp_greeting_delay: a client that talks before the greeting is
+ * almost always a spam engine that does not wait for replies. */
+static void
+sg_smtp_greeting_timer(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    s->state = SG_SMTP_ST_COMMAND;
+    (void) sg_buf_append(&s->out, s->conf->greeting.data,
+                         s->conf->greeting.len);
+    sg_smtp_run(s);
+}
+
+static void
+sg_smtp_greet(sg_smtp_session_t *s)
+{
+    if (s->conf->greeting_delay > 0) {
+        s->state = SG_SMTP_ST_GREETING_DELAY;
+        sg_smtp_set_timer(s, sg_smtp_greeting_timer,
+                          s->conf->greeting_delay);
+        sg_smtp_run(s);
+        return;
+    }
+    (void) sg_buf_append(&s->out, s->conf->greeting.data,
+                         s->conf->greeting.len);
+    sg_smtp_run(s);
+}
+
+/* While the greeting is held back, any byte from the client ends the
+ * session. */
+static bool
+sg_smtp_early_talker(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    u_char            byte[64];
+    ssize_t           n;
+
+    if (s->state != SG_SMTP_ST_GREETING_DELAY || !c->read->ready) {
+        return false;
+    }
+    n = c->recv(c, byte, sizeof(byte));
+    if (n == SG_AGAIN) {
+        return false;
+    }
+    if (n > 0) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client talked before the "
+                     "greeting (smtp_greeting_delay), closing");
+        (void) sg_smtp_reply(s, "503 5.5.0 Talking before the greeting is "
+                             "not allowed");
+    }
+    sg_event_del_timer(&s->timer);
+    s->state = SG_SMTP_ST_COMMAND;
+    s->quit = 1;
+    return true;
 }
 
 void
@@ -533,6 +600,11 @@ sg_smtp_read_handler(sg_event_t *ev)
 {
     sg_connection_t    *c = ev->data;
     sg_smtp_session_t  *s = c->data;
+
+    if (!ev->timedout && sg_smtp_early_talker(s)) {
+        sg_smtp_run(s);
+        return;
+    }
 
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out");
@@ -626,8 +698,8 @@ sg_smtp_tls_handler(sg_event_t *ev)
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
     if (s->implicit_tls) {
-        (void) sg_buf_append(&s->out, s->conf->greeting.data,
-                             s->conf->greeting.len);
+        sg_smtp_greet(s);
+        return;
     }
     sg_smtp_run(s);
 }
