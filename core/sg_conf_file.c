@@ -135,6 +135,9 @@ sg_conf_ends_word(u_char ch)
     return sg_conf_is_space(ch) || ch == ';' || ch == '{' || ch == '}';
 }
 
+/* As in nginx: \" \' \\ \n \r \t are escapes; any other backslash is
+ * kept, so that regexes such as ~^mx\d+ read as written.  Returns 0 for
+ * "not an escape". */
 static u_char
 sg_conf_unescape(u_char ch)
 {
@@ -142,8 +145,9 @@ sg_conf_unescape(u_char ch)
     case 'n': return '\n';
     case 't': return '\t';
     case 'r': return '\r';
+    case '"': case '\'': case '\\': return ch;
     }
-    return ch;
+    return 0;
 }
 
 static int
@@ -205,7 +209,7 @@ sg_conf_read_word(sg_conf_t *cf)
         if (ch == '\n') {
             f->line++;
         }
-        if (ch == '\\' && f->pos < f->end) {
+        if (ch == '\\' && f->pos < f->end && sg_conf_unescape(*f->pos)) {
             ch = sg_conf_unescape(*f->pos++);
         }
         if (ch == '\0') {

@@ -172,6 +172,7 @@ sg_cycle_abort(sg_cycle_t *cycle)
             close(f[i].fd);
         }
     }
+    sg_shm_cycle_release(cycle, cycle->old_cycle);
     sg_pool_destroy(cycle->pool);
 }
 
@@ -217,7 +218,8 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
     if (cycle == NULL
         || sg_array_init(&cycle->listening, pool, 8, sizeof(sg_listening_t))
         || sg_array_init(&cycle->open_files, pool, 4, sizeof(sg_open_file_t))
-        || sg_array_init(&cycle->conf_files, pool, 4, sizeof(sg_conf_file_t)))
+        || sg_array_init(&cycle->conf_files, pool, 4, sizeof(sg_conf_file_t))
+        || sg_array_init(&cycle->shm_zones, pool, 4, sizeof(sg_shm_zone_t *)))
     {
         sg_pool_destroy(pool);
         snprintf(errbuf, errlen, "out of memory");
@@ -253,6 +255,9 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
                      "the reason is logged above");
             goto failed;
         }
+        if (sg_shm_cycle_init(cycle, errbuf, errlen) != SG_OK) {
+            goto failed;
+        }
     }
     if (sg_cycle_init_modules(cycle, errbuf, errlen) != SG_OK) {
         goto failed;
@@ -271,12 +276,13 @@ failed:
 }
 
 void
-sg_destroy_cycle(sg_cycle_t *cycle)
+sg_destroy_cycle(sg_cycle_t *cycle, sg_cycle_t *next)
 {
     sg_open_file_t  *f = cycle->open_files.elts;
     size_t           i;
 
     sg_close_listening_sockets(cycle);
+    sg_shm_cycle_release(cycle, next);
     for (i = 0; i < cycle->open_files.nelts; i++) {
         if (f[i].fd > STDERR_FILENO) {
             close(f[i].fd);

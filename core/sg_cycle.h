@@ -33,6 +33,7 @@ struct sg_cycle_s {
     sg_array_t          listening;       /* sg_listening_t */
     sg_array_t          open_files;      /* sg_open_file_t */
     sg_array_t          conf_files;      /* sg_conf_file_t, for -T */
+    sg_array_t          shm_zones;       /* sg_shm_zone_t * */
 
     sg_connection_t    *connections;
     sg_event_t         *read_events;
@@ -62,7 +63,7 @@ extern sg_cycle_t      *sg_cycle;
  */
 sg_cycle_t *sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf,
     size_t errlen);
-void sg_destroy_cycle(sg_cycle_t *cycle);
+void sg_destroy_cycle(sg_cycle_t *cycle, sg_cycle_t *next);
 
 /* Reopen every log file (SIGUSR1); files are chowned to user when root. */
 void sg_reopen_files(sg_cycle_t *cycle, uid_t user);

@@ -398,7 +398,7 @@ sg_master_reload(sg_cycle_t *cycle)
     /* Close what the old configuration alone held (listeners it dropped,
      * its log files) before forking, or the new workers would inherit
      * them and keep a dropped port open. */
-    sg_destroy_cycle(cycle);
+    sg_destroy_cycle(cycle, new);
     sg_start_workers(new);
     sg_signal_workers(new, SIGQUIT, true);
     sg_log_error(SG_LOG_NOTICE, new->log, 0, "configuration reloaded, "

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #define SG_AUTH_FILE_MAX      (64 * 1024 * 1024)
 #define SG_AUTH_FILE_USER_MAX 255
@@ -36,6 +37,9 @@ typedef struct {
 typedef struct {
     sg_task_t           task;
     sg_auth_request_t  *r;
+    unsigned            mech;
+    u_char              salt[256];
+    size_t              salt_len;
     const sg_auth_user_t *entry;   /* NULL: unknown user */
     char                *pass;     /* copy, wiped in destroy */
     size_t               pass_len;
@@ -67,8 +71,12 @@ sg_module_t  sg_auth_file_module = {
     .commands = sg_auth_file_commands,
 };
 
+/* Tokens (XOAUTH2, OAUTHBEARER) need a service that can check them. */
 static const sg_smtp_auth_backend_t  sg_auth_file_backend = {
-    "auth_file", sg_auth_file_start, sg_auth_file_cancel
+    "auth_file",
+    SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN | SG_SMTP_AUTH_CRAM_MD5
+    | SG_SMTP_AUTH_EXTERNAL,
+    sg_auth_file_start, sg_auth_file_cancel
 };
 
 /* A valid yescrypt hash of a random string: unknown users are checked
@@ -366,6 +374,34 @@ sg_auth_file(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 
 /* Verification, on a pool thread. */
 
+/* CRAM-MD5 (RFC 2195): the client proves it knows the clear secret by
+ * HMAC-MD5 over our challenge; only {PLAIN} entries can take part. */
+static bool
+sg_auth_file_cram_md5(const sg_auth_file_task_t *at)
+{
+    static const char  hex[] = "0123456789abcdef";
+    u_char             mac[EVP_MAX_MD_SIZE], want[32];
+    size_t             maclen = 0, i;
+
+    if (at->entry == NULL || at->entry->hash.len < 7 || at->pass_len != 32
+        || memcmp(at->entry->hash.data, "{PLAIN}", 7) != 0)
+    {
+        return false;
+    }
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "MD5", NULL,
+                  at->entry->hash.data + 7, at->entry->hash.len - 7,
+                  at->salt, at->salt_len, mac, sizeof(mac), &maclen) == NULL
+        || maclen != 16)
+    {
+        return false;
+    }
+    for (i = 0; i < 16; i++) {
+        want[2 * i] = (u_char) hex[mac[i] >> 4];
+        want[2 * i + 1] = (u_char) hex[mac[i] & 0x0f];
+    }
+    return CRYPTO_memcmp(want, at->pass, 32) == 0;
+}
+
 static void
 sg_auth_file_work(sg_task_t *t)
 {
@@ -374,6 +410,14 @@ sg_auth_file_work(sg_task_t *t)
     const char           *hash, *out;
     size_t                hlen;
 
+    if (at->mech == SG_SMTP_AUTH_CRAM_MD5) {
+        at->ok = sg_auth_file_cram_md5(at);
+        return;
+    }
+    if (at->mech == SG_SMTP_AUTH_EXTERNAL) {
+        at->ok = at->entry != NULL;     /* the certificate was the proof */
+        return;
+    }
     if (at->entry && at->entry->hash.len > 7
         && memcmp(at->entry->hash.data, "{PLAIN}", 7) == 0)
     {
@@ -448,6 +492,13 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
     at->pass[r->pass.len] = '\0';
     at->pass_len = r->pass.len;
     at->r = r;
+    at->mech = r->mech;
+    if (r->salt.len > sizeof(at->salt)) {
+        sg_auth_file_destroy(&at->task);
+        return SG_ERROR;
+    }
+    memcpy(at->salt, r->salt.data, r->salt.len);
+    at->salt_len = r->salt.len;
     at->entry = sg_auth_file_find(afc, &r->user);
     if (memchr(r->pass.data, '\0', r->pass.len)) {
         at->bad_pass = at->entry != NULL;   /* a NUL would cut it short */

@@ -55,9 +55,17 @@ typedef struct sg_auth_request_s   sg_auth_request_t;
 #define SG_SMTP_STARTTLS_ONLY  2
 
 /* SASL mechanisms (smtp_auth). */
-#define SG_SMTP_AUTH_PLAIN     0x0001
-#define SG_SMTP_AUTH_LOGIN     0x0002
-#define SG_SMTP_AUTH_NONE      0x0100
+#define SG_SMTP_AUTH_PLAIN       0x0001
+#define SG_SMTP_AUTH_LOGIN       0x0002
+#define SG_SMTP_AUTH_CRAM_MD5    0x0004
+#define SG_SMTP_AUTH_XOAUTH2     0x0008
+#define SG_SMTP_AUTH_OAUTHBEARER 0x0010
+#define SG_SMTP_AUTH_EXTERNAL    0x0020
+#define SG_SMTP_AUTH_MECHS       0x003f
+#define SG_SMTP_AUTH_NONE        0x0100
+
+/* The mechanisms' names, for EHLO and logs. */
+const char *sg_smtp_mech_name(unsigned mech);
 
 typedef enum {
     SG_AUTH_OK = 0,
@@ -71,8 +79,10 @@ struct sg_auth_request_s {
     sg_connection_t    *connection;    /* client: address, TLS facts */
     unsigned            mech;          /* SG_SMTP_AUTH_* */
     sg_str_t            user;
-    sg_str_t            pass;          /* wiped by the session */
+    sg_str_t            pass;          /* password, CRAM-MD5 digest (hex)
+                                          or OAuth token; wiped */
     sg_str_t            authzid;
+    sg_str_t            salt;          /* the CRAM-MD5 challenge */
     unsigned            attempt;       /* 1 for the first AUTH */
 
     /* The answer, filled in by the backend before done(). */
@@ -88,6 +98,7 @@ struct sg_auth_request_s {
 
 typedef struct {
     const char  *name;
+    unsigned     mechs;         /* SG_SMTP_AUTH_* it can verify */
     /* Start the check.  The answer must come through r->done(r) later,
      * never from inside start().  SG_ERROR: could not even start (the
      * session answers 454). */
@@ -157,9 +168,8 @@ typedef struct {
 
 typedef enum {
     SG_SMTP_ST_COMMAND = 0,
-    SG_SMTP_ST_AUTH_PLAIN,        /* waiting for the PLAIN response */
-    SG_SMTP_ST_AUTH_LOGIN_USER,
-    SG_SMTP_ST_AUTH_LOGIN_PASS,
+    SG_SMTP_ST_AUTH_STEP,         /* waiting for a SASL response */
+    SG_SMTP_ST_AUTH_OAUTH_ERROR,  /* OAuth error sent, awaiting the ack */
     SG_SMTP_ST_AUTH_WAIT,         /* the auth backend is deciding */
     SG_SMTP_ST_AUTH_DELAY,        /* holding a failure reply back */
     SG_SMTP_ST_GREETING_DELAY,    /* smtp_greeting_delay running */
@@ -186,6 +196,8 @@ struct sg_smtp_session_s {
     u_char                *secret;       /* decoded SASL data, wiped */
     size_t                 secret_size;
     unsigned               auth_mech;
+    unsigned               auth_step;
+    sg_str_t               salt;         /* CRAM-MD5 challenge */
     sg_auth_request_t     *auth;
 
     void                  *relay_ctx;

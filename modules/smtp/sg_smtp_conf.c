@@ -62,6 +62,10 @@ sg_module_t  sg_mail_module = {
 static const sg_conf_enum_t  sg_smtp_auth_methods[] = {
     { "plain", SG_SMTP_AUTH_PLAIN },
     { "login", SG_SMTP_AUTH_LOGIN },
+    { "cram-md5", SG_SMTP_AUTH_CRAM_MD5 },
+    { "xoauth2", SG_SMTP_AUTH_XOAUTH2 },
+    { "oauthbearer", SG_SMTP_AUTH_OAUTHBEARER },
+    { "external", SG_SMTP_AUTH_EXTERNAL },
     { "none", SG_SMTP_AUTH_NONE },
     { NULL, 0 }
 };
@@ -643,6 +647,7 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
     bool auth, sg_str_t *out)
 {
     u_char     buf[8192], *p = buf, *last = buf + sizeof(buf);
+    u_char     authline[128];
     sg_str_t   lines[64], *caps;
     size_t     n = 0, i;
 
@@ -661,12 +666,17 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
         n++;
     }
     if (auth) {
-        lines[n].data = (u_char *) (
-            (sscf->auth_methods & SG_SMTP_AUTH_PLAIN)
-            ? ((sscf->auth_methods & SG_SMTP_AUTH_LOGIN) ? "AUTH PLAIN LOGIN"
-                                                         : "AUTH PLAIN")
-            : "AUTH LOGIN");
-        lines[n].len = strlen((char *) lines[n].data);
+        u_char    *a = authline, *alast = authline + sizeof(authline);
+        unsigned   bit;
+
+        a = sg_slprintf(a, alast, "AUTH");
+        for (bit = 1; bit <= SG_SMTP_AUTH_EXTERNAL; bit <<= 1) {
+            if (sscf->auth_methods & bit) {
+                a = sg_slprintf(a, alast, " %s", sg_smtp_mech_name(bit));
+            }
+        }
+        lines[n].data = authline;
+        lines[n].len = (size_t) (a - authline);
         n++;
     }
     p = sg_slprintf(p, last, "250-%.*s\r\n", SG_STR_ARG(&sscf->server_name));
@@ -760,7 +770,7 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
     sscf->starttls = sg_ssl_srv(sscf)->starttls;
     starttls = sscf->starttls != SG_SSL_STARTTLS_OFF;
 #endif
-    mechs = sscf->auth_methods & (SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN);
+    mechs = sscf->auth_methods & SG_SMTP_AUTH_MECHS;
     if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
                            mechs && !sscf->auth_require_tls,
                            &sscf->ehlo_reply) != SG_OK
@@ -775,6 +785,16 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
     if (sscf->auth == NULL) {
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
             "authentication backend for this server: set \"auth_file\"");
+    }
+    if (sscf->auth_methods & SG_SMTP_AUTH_MECHS & ~sscf->auth->mechs) {
+        unsigned  bit = sscf->auth_methods & SG_SMTP_AUTH_MECHS
+                        & ~sscf->auth->mechs;
+
+        bit &= -bit;                          /* the first one */
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"smtp_auth "
+            "%s\" cannot be verified by %s: it checks passwords, not "
+            "tokens; remove it or use an HTTP authentication service",
+            sg_smtp_mech_name(bit), sscf->auth->name);
     }
     if (sscf->relay == NULL) {
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no relay "

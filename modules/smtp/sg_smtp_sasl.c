@@ -1,6 +1,7 @@
 /*
- * sg_smtp_sasl.c: the AUTH command (RFC 4954) with the PLAIN and LOGIN
- * mechanisms, and the hand-off to the authentication backend.
+ * sg_smtp_sasl.c: the AUTH command (RFC 4954) with the PLAIN, LOGIN,
+ * CRAM-MD5, XOAUTH2, OAUTHBEARER and EXTERNAL mechanisms, and the
+ * hand-off to the authentication backend.
  *
  * Owns the decoded credentials: they live in one per-session buffer that
  * is wiped as soon as the backend has answered, and they never reach a
@@ -8,6 +9,10 @@
  * configuration allows it, and for mechanisms not configured.
  */
 #include "sg_smtp.h"
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#endif
+#include <openssl/rand.h>
 
 #define SG_SMTP_LOGIN_MAX  255
 
@@ -20,10 +25,18 @@ sg_smtp_auth_allowed(sg_smtp_session_t *s)
     return s->tls || !s->conf->auth_require_tls;
 }
 
-static const char *
+const char *
 sg_smtp_mech_name(unsigned mech)
 {
-    return mech == SG_SMTP_AUTH_PLAIN ? "PLAIN" : "LOGIN";
+    switch (mech) {
+    case SG_SMTP_AUTH_PLAIN:       return "PLAIN";
+    case SG_SMTP_AUTH_LOGIN:       return "LOGIN";
+    case SG_SMTP_AUTH_CRAM_MD5:    return "CRAM-MD5";
+    case SG_SMTP_AUTH_XOAUTH2:     return "XOAUTH2";
+    case SG_SMTP_AUTH_OAUTHBEARER: return "OAUTHBEARER";
+    case SG_SMTP_AUTH_EXTERNAL:    return "EXTERNAL";
+    }
+    return "NONE";
 }
 
 /* Wipe what the client sent; keep the buffers for the next attempt. */
@@ -128,18 +141,24 @@ sg_smtp_login_ok(const sg_str_t *user)
 }
 
 static int
+sg_smtp_auth_refuse(sg_smtp_session_t *s, const char *why)
+{
+    sg_log_error(SG_LOG_INFO, s->log, 0, "AUTH %s refused: %s",
+                 sg_smtp_mech_name(s->auth_mech), why);
+    s->state = SG_SMTP_ST_COMMAND;
+    sg_smtp_auth_cleanup(s);
+    return sg_smtp_error(s, "535 5.7.8 Authentication credentials invalid");
+}
+
+static int
 sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     const sg_str_t *pass, const sg_str_t *authzid)
 {
     sg_auth_request_t  *r = s->auth;
 
     if (!sg_smtp_login_ok(user)) {
-        sg_log_error(SG_LOG_INFO, s->log, 0, "AUTH with an empty, over-long "
-                     "or non-printable user name refused");
-        s->state = SG_SMTP_ST_COMMAND;
-        sg_smtp_auth_cleanup(s);
-        return sg_smtp_error(s, "535 5.7.8 Authentication credentials "
-                             "invalid");
+        return sg_smtp_auth_refuse(s, "empty, over-long or non-printable "
+                                   "user name");
     }
     if (user->data != s->login.data) {
         memcpy(s->login.data, user->data, user->len);
@@ -156,6 +175,7 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     if (authzid) {
         r->authzid = *authzid;
     }
+    r->salt = s->salt;
     r->attempt = ++s->auth_attempts;
     r->done = sg_smtp_auth_done;
     r->data = s;
@@ -167,41 +187,259 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
                  s->conf->auth->name);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
         sg_event_del_timer(&s->timer);
-        r->status = SG_AUTH_TEMPFAIL;
-        r->reason = "the authentication backend could not start";
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
-        sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend "
-                     "unavailable: %s", r->reason);
+        sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
+                     "could not take the request for \"%.*s\"",
+                     s->conf->auth->name, SG_STR_ARG(&s->login));
+        s->login.len = 0;
         return sg_smtp_error(s, "454 4.7.0 Temporary authentication "
                              "failure");
     }
     return SG_OK;
 }
 
-static int
-sg_smtp_auth_plain(sg_smtp_session_t *s, const sg_str_t *b64)
-{
-    sg_str_t  msg, authzid, user, pass;
+/* Mechanisms.  Each sees the decoded client data of one step and
+ * either answers with a challenge or starts the backend. */
 
-    s->state = SG_SMTP_ST_COMMAND;
-    if (sg_smtp_decode(s, b64, &msg) != SG_OK) {
-        sg_smtp_auth_cleanup(s);
-        return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
-    }
-    if (sg_sasl_plain_split(&msg, &authzid, &user, &pass) != SG_OK) {
+typedef struct {
+    const char  *name;
+    unsigned     bit;
+    bool         initial_response;   /* may come with AUTH */
+    int        (*step)(sg_smtp_session_t *s, sg_str_t *msg);
+} sg_smtp_mech_t;
+
+static int
+sg_smtp_challenge(sg_smtp_session_t *s, const char *text)
+{
+    s->state = SG_SMTP_ST_AUTH_STEP;
+    s->auth_step++;
+    return sg_smtp_reply(s, "334 %s", text);
+}
+
+static int
+sg_smtp_plain(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    sg_str_t  authzid, user, pass;
+
+    if (sg_sasl_plain_split(msg, &authzid, &user, &pass) != SG_OK) {
+        s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "501 5.5.2 Invalid PLAIN authentication "
                              "data");
     }
+    if (authzid.len && (authzid.len != user.len
+                        || memcmp(authzid.data, user.data, user.len) != 0))
+    {
+        return sg_smtp_auth_refuse(s, "acting for another user (authzid) "
+                                   "is not supported");
+    }
     return sg_smtp_auth_start(s, &user, &pass, &authzid);
+}
+
+static int
+sg_smtp_login(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    if (s->auth_step == 1) {            /* the user name */
+        if (!sg_smtp_login_ok(msg)) {
+            s->state = SG_SMTP_ST_COMMAND;
+            sg_smtp_auth_cleanup(s);
+            return sg_smtp_error(s, "501 5.5.2 Invalid user name");
+        }
+        memcpy(s->login.data, msg->data, msg->len);
+        s->login.len = msg->len;
+        sg_wipe(msg->data, msg->len);
+        return sg_smtp_challenge(s, sg_smtp_password_challenge + 4);
+    }
+    return sg_smtp_auth_start(s, &s->login, msg, NULL);
+}
+
+/* RFC 2195: "user SP 32 lowercase hex digits" answering our challenge. */
+static int
+sg_smtp_cram_md5(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    sg_str_t  user, digest;
+    u_char   *sp;
+    size_t    i;
+
+    sp = memrchr(msg->data, ' ', msg->len);
+    if (sp == NULL || msg->data + msg->len - sp - 1 != 32) {
+        s->state = SG_SMTP_ST_COMMAND;
+        sg_smtp_auth_cleanup(s);
+        return sg_smtp_error(s, "501 5.5.2 Invalid CRAM-MD5 response");
+    }
+    user.data = msg->data;
+    user.len = (size_t) (sp - msg->data);
+    digest.data = sp + 1;
+    digest.len = 32;
+    for (i = 0; i < 32; i++) {
+        digest.data[i] = sg_tolower(digest.data[i]);
+    }
+    return sg_smtp_auth_start(s, &user, &digest, NULL);
+}
+
+/* Find "key=value" in a ^A-separated list (XOAUTH2, OAUTHBEARER). */
+static bool
+sg_smtp_kv(const sg_str_t *msg, const char *key, sg_str_t *value)
+{
+    u_char  *p = msg->data, *end = msg->data + msg->len, *e;
+    size_t   n = strlen(key);
+
+    while (p < end) {
+        e = memchr(p, 0x01, (size_t) (end - p));
+        if (e == NULL) {
+            e = end;
+        }
+        if ((size_t) (e - p) > n && memcmp(p, key, n) == 0) {
+            value->data = p + n;
+            value->len = (size_t) (e - p) - n;
+            return true;
+        }
+        p = e + 1;
+    }
+    return false;
+}
+
+static int
+sg_smtp_bearer(sg_smtp_session_t *s, const sg_str_t *msg, sg_str_t *user)
+{
+    sg_str_t  auth;
+
+    if (!sg_smtp_kv(msg, "auth=", &auth) || auth.len <= 7
+        || sg_strncasecmp(auth.data, (u_char *) "Bearer ", 7) != 0)
+    {
+        s->state = SG_SMTP_ST_COMMAND;
+        sg_smtp_auth_cleanup(s);
+        return sg_smtp_error(s, "501 5.5.2 Invalid %s authentication data",
+                             sg_smtp_mech_name(s->auth_mech));
+    }
+    auth.data += 7;
+    auth.len -= 7;
+    return sg_smtp_auth_start(s, user, &auth, NULL);
+}
+
+/* XOAUTH2: "user=U ^A auth=Bearer T ^A ^A". */
+static int
+sg_smtp_xoauth2(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    sg_str_t  user;
+
+    if (!sg_smtp_kv(msg, "user=", &user)) {
+        user.len = 0;
+        user.data = msg->data;
+    }
+    return sg_smtp_bearer(s, msg, &user);
+}
+
+/* OAUTHBEARER (RFC 7628): "n,a=U, ^A auth=Bearer T ^A ^A". */
+static int
+sg_smtp_oauthbearer(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    sg_str_t  user = { 0, msg->data };
+    u_char   *p, *comma;
+
+    if (msg->len > 4 && (msg->data[0] == 'n' || msg->data[0] == 'y')
+        && msg->data[1] == ',' && msg->data[2] == 'a' && msg->data[3] == '=')
+    {
+        p = msg->data + 4;
+        comma = memchr(p, ',', msg->len - 4);
+        if (comma) {
+            user.data = p;
+            user.len = (size_t) (comma - p);
+        }
+    }
+    return sg_smtp_bearer(s, msg, &user);
+}
+
+/* EXTERNAL (RFC 4422 appendix A): the verified client certificate is
+ * the credential; the message is an optional authorization identity,
+ * which must then name the certificate's own identity. */
+static int
+sg_smtp_external(sg_smtp_session_t *s, sg_str_t *msg)
+{
+    sg_str_t  id, none = { 0, NULL };
+
+#if (SG_HAVE_SSL_MODULE)
+    if (!sg_ssl_client_identity(s->connection, s->pool, &id)) {
+        return sg_smtp_auth_refuse(s, "no verified client certificate");
+    }
+#else
+    (void) id;
+    return sg_smtp_auth_refuse(s, "no TLS in this build");
+#endif
+    if (msg->len && (msg->len != id.len
+                     || memcmp(msg->data, id.data, id.len) != 0))
+    {
+        return sg_smtp_auth_refuse(s, "the authorization identity is not "
+                                   "the certificate's");
+    }
+    return sg_smtp_auth_start(s, &id, &none, NULL);
+}
+
+static const sg_smtp_mech_t  sg_smtp_mechs[] = {
+    { "PLAIN", SG_SMTP_AUTH_PLAIN, true, sg_smtp_plain },
+    { "LOGIN", SG_SMTP_AUTH_LOGIN, true, sg_smtp_login },
+    { "CRAM-MD5", SG_SMTP_AUTH_CRAM_MD5, false, sg_smtp_cram_md5 },
+    { "XOAUTH2", SG_SMTP_AUTH_XOAUTH2, true, sg_smtp_xoauth2 },
+    { "OAUTHBEARER", SG_SMTP_AUTH_OAUTHBEARER, true, sg_smtp_oauthbearer },
+    { "EXTERNAL", SG_SMTP_AUTH_EXTERNAL, true, sg_smtp_external },
+};
+
+static const sg_smtp_mech_t *
+sg_smtp_find_mech(unsigned bit)
+{
+    size_t  i;
+
+    for (i = 0; i < sg_nelems(sg_smtp_mechs); i++) {
+        if (sg_smtp_mechs[i].bit == bit) {
+            return &sg_smtp_mechs[i];
+        }
+    }
+    return NULL;
+}
+
+/* The first challenge, when AUTH came without an initial response. */
+static int
+sg_smtp_first_challenge(sg_smtp_session_t *s)
+{
+    u_char    raw[256], b64[sg_base64_encoded_len(256) + 1];
+    sg_str_t  src, dst;
+    uint64_t  rnd = 0;
+
+    switch (s->auth_mech) {
+    case SG_SMTP_AUTH_LOGIN:
+        return sg_smtp_challenge(s, sg_smtp_username_challenge + 4);
+    case SG_SMTP_AUTH_CRAM_MD5:
+        (void) RAND_bytes((u_char *) &rnd, sizeof(rnd));
+        src.data = raw;
+        src.len = (size_t) (sg_slprintf(raw, raw + sizeof(raw),
+                                        "<%llu.%lld@%.*s>",
+                                        (unsigned long long) rnd,
+                                        (long long) sg_current_time,
+                                        SG_STR_ARG(&s->conf->server_name))
+                            - raw);
+        s->salt.data = sg_pnalloc(s->pool, src.len);
+        if (s->salt.data == NULL) {
+            return SG_ERROR;
+        }
+        memcpy(s->salt.data, raw, src.len);
+        s->salt.len = src.len;
+        dst.data = b64;
+        sg_base64_encode(&dst, &src);
+        b64[dst.len] = '\0';
+        return sg_smtp_challenge(s, (const char *) b64);
+    default:
+        return sg_smtp_challenge(s, "");
+    }
 }
 
 int
 sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
-    sg_str_t   mech, ir;
-    u_char    *sp;
+    const sg_smtp_mech_t  *m = NULL;
+    sg_str_t               name, ir, msg;
+    u_char                *sp;
+    size_t                 i;
 
     if (s->helo.len == 0) {
         return sg_smtp_error(s, "503 5.5.1 Send HELO/EHLO first");
@@ -212,84 +450,97 @@ sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         return sg_smtp_error(s, "538 5.7.11 Encryption required for "
                              "requested authentication mechanism");
     }
-    mech = cmd->args;
+    name = cmd->args;
     ir.len = 0;
     ir.data = NULL;
-    sp = memchr(mech.data, ' ', mech.len);
+    sp = memchr(name.data, ' ', name.len);
     if (sp) {
         ir.data = sp + 1;
-        ir.len = (size_t) (mech.data + mech.len - ir.data);
-        mech.len = (size_t) (sp - mech.data);
+        ir.len = (size_t) (name.data + name.len - ir.data);
+        name.len = (size_t) (sp - name.data);
         if (ir.len == 0 || memchr(ir.data, ' ', ir.len)) {
             return sg_smtp_error(s, "501 5.5.4 Syntax: AUTH mechanism "
                                  "[initial-response]");
         }
     }
-    if (sg_str_caseeq(&mech, "PLAIN")
-        && (s->conf->auth_methods & SG_SMTP_AUTH_PLAIN))
-    {
-        s->auth_mech = SG_SMTP_AUTH_PLAIN;
-    } else if (sg_str_caseeq(&mech, "LOGIN")
-               && (s->conf->auth_methods & SG_SMTP_AUTH_LOGIN))
-    {
-        s->auth_mech = SG_SMTP_AUTH_LOGIN;
-    } else {
+    for (i = 0; i < sg_nelems(sg_smtp_mechs); i++) {
+        if ((s->conf->auth_methods & sg_smtp_mechs[i].bit)
+            && sg_str_caseeq(&name, sg_smtp_mechs[i].name))
+        {
+            m = &sg_smtp_mechs[i];
+            break;
+        }
+    }
+    if (m == NULL) {
         return sg_smtp_error(s, "504 5.5.4 Unrecognized authentication "
                              "mechanism");
+    }
+    if (ir.len && !m->initial_response) {
+        return sg_smtp_error(s, "501 5.5.4 %s takes no initial response",
+                             m->name);
     }
     if (sg_smtp_auth_buffers(s) != SG_OK) {
         return SG_ERROR;
     }
-    if (s->auth_mech == SG_SMTP_AUTH_PLAIN) {
-        if (ir.len == 0) {
-            s->state = SG_SMTP_ST_AUTH_PLAIN;
-            return sg_smtp_reply(s, "334 ");
-        }
-        if (ir.len == 1 && ir.data[0] == '=') {
-            ir.len = 0;                 /* RFC 4954: "=" is empty */
-        }
-        return sg_smtp_auth_plain(s, &ir);
-    }
+    s->auth_mech = m->bit;
+    s->auth_step = 0;
+    s->salt.len = 0;
     if (ir.len == 0) {
-        s->state = SG_SMTP_ST_AUTH_LOGIN_USER;
-        return sg_smtp_reply(s, "%s", sg_smtp_username_challenge);
+        return sg_smtp_first_challenge(s);
     }
-    s->state = SG_SMTP_ST_AUTH_LOGIN_USER;
-    return sg_smtp_auth_response(s, &ir);
+    s->auth_step = 1;
+    if (ir.len == 1 && ir.data[0] == '=') {
+        ir.len = 0;                     /* RFC 4954: "=" is empty */
+    }
+    if (sg_smtp_decode(s, &ir, &msg) != SG_OK) {
+        s->state = SG_SMTP_ST_COMMAND;
+        sg_smtp_auth_cleanup(s);
+        return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
+    }
+    return m->step(s, &msg);
 }
 
 int
 sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
 {
-    sg_str_t  msg;
+    const sg_smtp_mech_t  *m = sg_smtp_find_mech(s->auth_mech);
+    sg_str_t               msg;
 
+    if (s->state == SG_SMTP_ST_AUTH_OAUTH_ERROR) {
+        /* RFC 7628 3.2.3: the client acknowledges the error, then the
+         * exchange fails; count it like any other failure. */
+        s->state = SG_SMTP_ST_COMMAND;
+        return sg_smtp_error(s, "535 5.7.8 Authentication credentials "
+                             "invalid");
+    }
     if (line->len == 1 && line->data[0] == '*') {
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_reply(s, "501 5.7.0 Authentication cancelled");
     }
-    if (s->state == SG_SMTP_ST_AUTH_PLAIN) {
-        return sg_smtp_auth_plain(s, line);
-    }
-    if (sg_smtp_decode(s, line, &msg) != SG_OK) {
+    if (m == NULL || sg_smtp_decode(s, line, &msg) != SG_OK) {
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
     }
-    if (s->state == SG_SMTP_ST_AUTH_LOGIN_USER) {
-        if (!sg_smtp_login_ok(&msg)) {
-            s->state = SG_SMTP_ST_COMMAND;
-            sg_smtp_auth_cleanup(s);
-            return sg_smtp_error(s, "501 5.5.2 Invalid user name");
-        }
-        memcpy(s->login.data, msg.data, msg.len);
-        s->login.len = msg.len;
-        sg_wipe(msg.data, msg.len);
-        s->state = SG_SMTP_ST_AUTH_LOGIN_PASS;
-        return sg_smtp_reply(s, "%s", sg_smtp_password_challenge);
+    return m->step(s, &msg);
+}
+
+/* XOAUTH2 and OAUTHBEARER report a failure as a 334 carrying a JSON
+ * error, which the client acknowledges before the 535. */
+static bool
+sg_smtp_oauth_error(sg_smtp_session_t *s)
+{
+    if (s->auth_mech != SG_SMTP_AUTH_XOAUTH2
+        && s->auth_mech != SG_SMTP_AUTH_OAUTHBEARER)
+    {
+        return false;
     }
-    /* LOGIN password */
-    return sg_smtp_auth_start(s, &s->login, &msg, NULL);
+    s->state = SG_SMTP_ST_AUTH_OAUTH_ERROR;
+    /* {"status":"invalid_token","schemes":"bearer","scope":""} */
+    (void) sg_smtp_reply(s, "334 eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIiwic2No"
+                         "ZW1lcyI6ImJlYXJlciIsInNjb3BlIjoiIn0=");
+    return true;
 }
 
 static void
@@ -314,9 +565,13 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         return;
     case SG_AUTH_FAIL:
         sg_log_error(SG_LOG_INFO, s->log, 0, "authentication failed for "
-                     "\"%.*s\": %s", SG_STR_ARG(&s->login), reason);
+                     "\"%.*s\" with %s: %s", SG_STR_ARG(&s->login),
+                     sg_smtp_mech_name(s->auth_mech), reason);
         s->login.len = 0;
         s->auth_failures++;
+        if (sg_smtp_oauth_error(s)) {
+            break;
+        }
         if (s->conf->auth_fail_delay > 0) {
             s->state = SG_SMTP_ST_AUTH_DELAY;
             sg_smtp_set_timer(s, sg_smtp_auth_fail_reply,

@@ -549,6 +549,9 @@ sg_smtp_run(sg_smtp_session_t *s)
                 goto close;
             }
             if (rc == SG_OK) {
+                /* A whole command arrived in time: the deadline for
+                 * the next one starts when we wait for it. */
+                sg_event_del_timer(c->read);
                 buffered = true;
                 if (sg_buf_free(&s->out) < SG_SMTP_OUT_SLACK) {
                     sg_buf_compact(&s->out);
@@ -580,15 +583,17 @@ sg_smtp_run(sg_smtp_session_t *s)
         }
         rc = sg_smtp_read(s);
         if (rc == SG_AGAIN) {
-            sg_event_add_timer(c->read, s->conf->timeout);
+            /* "timeout" is a deadline for a whole command line, not for
+             * each byte: a client trickling bytes cannot hold the
+             * session open. */
+            if (!sg_event_timer_set(c->read)) {
+                sg_event_add_timer(c->read, s->conf->timeout);
+            }
             return;
         }
         if (rc != SG_OK) {
             goto close;
         }
-        /* The client is talking: the idle timer starts again at the
-         * next wait for input. */
-        sg_event_del_timer(c->read);
     }
 
 close:

@@ -42,6 +42,11 @@ int sg_ssl_handshake(sg_connection_t *c);
 /* Send close_notify without waiting for the peer's. */
 void sg_ssl_shutdown(sg_connection_t *c);
 
+/* The shared session cache (sg_ssl_cache.c). */
+sg_shm_zone_t *sg_ssl_cache_zone(sg_conf_t *cf, const sg_str_t *name,
+    size_t size);
+void sg_ssl_cache_attach(SSL_CTX *ctx, sg_shm_zone_t *zone);
+
 const char *sg_ssl_protocol(sg_connection_t *c);
 const char *sg_ssl_cipher(sg_connection_t *c);
 /* The verified client certificate's subject as a one-line DN, and its

@@ -44,6 +44,7 @@ typedef struct {
     sg_array_t    *conf_commands;      /* sg_str_t pairs */
     int            session_cache;
     int64_t        session_cache_size;
+    sg_shm_zone_t *session_zone;       /* shared:NAME:SIZE */
     sg_msec_t      session_timeout;
     int            session_tickets;
     sg_str_t       client_certificate;
@@ -113,7 +114,7 @@ static const sg_command_t  sg_ssl_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(dhparam), NULL },
     { "ssl_conf_command", SG_SRV | SG_CONF_TAKE2, sg_ssl_conf_command,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
-    { "ssl_session_cache", SG_SRV | SG_CONF_TAKE1, sg_ssl_session_cache,
+    { "ssl_session_cache", SG_SRV | SG_CONF_TAKE12, sg_ssl_session_cache,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "ssl_session_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(session_timeout),
@@ -181,38 +182,76 @@ sg_ssl_append(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                                                    : SG_CONF_ERROR;
 }
 
+/* shared:NAME:SIZE */
+static char *
+sg_ssl_shared_cache(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_str_t *v)
+{
+    sg_str_t   name, size;
+    u_char    *colon;
+    int64_t    n;
+
+    name.data = v->data + 7;
+    colon = memchr(name.data, ':', v->len - 7);
+    if (colon == NULL || colon == name.data) {
+        return sg_conf_invalid_value(cf, v, "it must be shared:NAME:SIZE");
+    }
+    name.len = (size_t) (colon - name.data);
+    size.data = colon + 1;
+    size.len = (size_t) (v->data + v->len - size.data);
+    if (sg_parse_size(&size, &n) != SG_OK || n > 1024LL * 1024 * 1024) {
+        return sg_conf_invalid_value(cf, v, "SIZE is a size such as 10m");
+    }
+    scf->session_zone = sg_ssl_cache_zone(cf, &name, (size_t) n);
+    return scf->session_zone ? SG_CONF_OK : SG_CONF_ERROR;
+}
+
 static char *
 sg_ssl_session_cache(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_ssl_conf_t  *scf = conf;
     sg_str_t       *value = cf->args->elts, n;
     int64_t         size;
+    size_t          i;
 
     (void) cmd;
     if (scf->session_cache != SG_SSL_CACHE_UNSET) {
         return sg_conf_duplicate(cf);
     }
-    if (sg_str_eq(&value[1], "off")) {
-        scf->session_cache = SG_SSL_CACHE_OFF;
-    } else if (sg_str_eq(&value[1], "none")) {
-        scf->session_cache = SG_SSL_CACHE_NONE;
-    } else if (sg_str_eq(&value[1], "builtin")) {
-        scf->session_cache = SG_SSL_CACHE_BUILTIN;
-        scf->session_cache_size = 20480;
-    } else if (value[1].len > 8 && memcmp(value[1].data, "builtin:", 8) == 0) {
-        n.data = value[1].data + 8;
-        n.len = value[1].len - 8;
-        if (sg_parse_int(&n, &size) != SG_OK || size < 1
-            || size > 10000000)
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (cf->args->nelts == 2 && sg_str_eq(&value[i], "off")) {
+            scf->session_cache = SG_SSL_CACHE_OFF;
+        } else if (cf->args->nelts == 2 && sg_str_eq(&value[i], "none")) {
+            scf->session_cache = SG_SSL_CACHE_NONE;
+        } else if (sg_str_eq(&value[i], "builtin")) {
+            scf->session_cache = SG_SSL_CACHE_BUILTIN;
+            scf->session_cache_size = 20480;
+        } else if (value[i].len > 8
+                   && memcmp(value[i].data, "builtin:", 8) == 0)
         {
-            return sg_conf_invalid_value(cf, &value[1], "builtin:N takes "
-                                         "a number of sessions");
+            n.data = value[i].data + 8;
+            n.len = value[i].len - 8;
+            if (sg_parse_int(&n, &size) != SG_OK || size < 1
+                || size > 10000000)
+            {
+                return sg_conf_invalid_value(cf, &value[i], "builtin:N "
+                                             "takes a number of sessions");
+            }
+            scf->session_cache = SG_SSL_CACHE_BUILTIN;
+            scf->session_cache_size = size;
+        } else if (value[i].len > 7
+                   && memcmp(value[i].data, "shared:", 7) == 0)
+        {
+            if (sg_ssl_shared_cache(cf, scf, &value[i]) != SG_CONF_OK) {
+                return SG_CONF_ERROR;
+            }
+            if (scf->session_cache == SG_SSL_CACHE_UNSET) {
+                scf->session_cache = SG_SSL_CACHE_NONE;   /* shared only */
+            }
+        } else {
+            return sg_conf_invalid_value(cf, &value[i], "it must be \"off\", "
+                                         "\"none\", \"builtin[:N]\" or "
+                                         "\"shared:NAME:SIZE\"");
         }
-        scf->session_cache = SG_SSL_CACHE_BUILTIN;
-        scf->session_cache_size = size;
-    } else {
-        return sg_conf_invalid_value(cf, &value[1], "it must be \"off\", "
-                                     "\"none\" or \"builtin[:N]\"");
     }
     return SG_CONF_OK;
 }
@@ -555,9 +594,19 @@ sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
         SSL_CTX_sess_set_cache_size(ctx, (long) scf->session_cache_size);
     }
+    if (scf->session_zone && scf->session_cache != SG_SSL_CACHE_OFF) {
+        sg_ssl_cache_attach(ctx, scf->session_zone);
+    }
     if (!scf->session_tickets) {
+        /* TLS 1.3 then issues stateful tickets that name a cached
+         * session; with nowhere to cache, issue none at all. */
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-        SSL_CTX_set_num_tickets(ctx, 0);
+        if (scf->session_cache == SG_SSL_CACHE_OFF
+            || (scf->session_cache == SG_SSL_CACHE_NONE
+                && scf->session_zone == NULL))
+        {
+            SSL_CTX_set_num_tickets(ctx, 0);
+        }
         return SG_CONF_OK;
     }
     if (!sg_ssl_ticket_secret_set) {
@@ -810,6 +859,7 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
         conf->session_cache = prev->session_cache == SG_SSL_CACHE_UNSET
                               ? SG_SSL_CACHE_NONE : prev->session_cache;
         conf->session_cache_size = prev->session_cache_size;
+        conf->session_zone = prev->session_zone;
     }
     sg_conf_merge_msec(conf->session_timeout, prev->session_timeout, 300000);
     sg_conf_merge_value(conf->session_tickets, prev->session_tickets, 1);
