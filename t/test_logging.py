@@ -6,7 +6,7 @@ import re
 
 from lib import gate as gatelib
 from lib.smtp import b64, plain_token
-from lib.users import USERS, password
+from lib.users import password
 
 LINE = re.compile(
     r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) "
@@ -129,3 +129,47 @@ def test_failed_auth_is_logged_with_user(smtpgate, backend):
         c.ehlo()
         assert c.auth_plain("alice", "wrong-password").code == 535
     g.wait_log(r"\*\d+ .*alice", since=mark)
+
+
+def test_no_log_injection(smtpgate, backend):
+    """Control characters from the client (in a user name, in a command)
+    never start a new log line or reach the log raw."""
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    mark = g.quiet_log_mark()
+    evil_user = "eve\n2024/01/01 00:00:00 [emerg] 1#1: FORGED\r"
+    with g.session() as c:
+        c.ehlo("client.test")
+        r = c.cmd("AUTH PLAIN " + plain_token(evil_user, "x"))
+        assert 500 <= r.code < 600, r
+        r = c.auth_login(evil_user, "x")
+        assert 500 <= r.code < 600, r
+        c.send(b"NOOP \x1b[31mred\x1b[0m \x07\r\n")
+        assert c.reply().code in (250, 500, 501)
+        c.cmd("QUIT")
+    g.stop()
+    text = g.log_since(mark)
+    parse(text)                     # every line is a well-formed log line
+    assert not any(l.startswith("2024/01/01") for l in text.splitlines()), \
+        text
+    assert "\x1b" not in text and "\x07" not in text, text
+
+
+def test_start_fails_when_port_in_use(smtpgate, backend):
+    import socket
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        g = smtpgate(gatelib.conf(backend=backend,
+                                  listen=(f"127.0.0.1:{port}",)), start=False)
+        g.allow(r"\[emerg\]")      # start-up failure is the point here
+        g.expected_returncodes = {1}
+        g.start(wait=False)
+        assert g.wait_exit(60) == 1
+        out = open(g.stderr_path).read() + g.error_log()
+        assert "Address already in use" in out, out
+        assert f"127.0.0.1:{port}" in out, out
+    finally:
+        holder.close()

@@ -2,7 +2,6 @@
 real clients (smtplib, swaks, curl, msmtp) and real servers (aiosmtpd,
 Postfix's smtp-sink)."""
 
-import os
 import shutil
 import smtplib
 import subprocess

@@ -85,10 +85,10 @@ def test_reload_changes_backend(smtpgate, backend):
     b2 = AiosmtpdBackend().start()
     try:
         g = smtpgate(gatelib.conf(backend=backend))
+        old = g.workers()
         g.reload(gatelib.conf(backend=b2, server_name="mx2.test"))
-        net.wait_until(
-            lambda: _greeting_of_new_connection(g) == "mx2.test ESMTP ready",
-            60, what="reload")
+        g.wait_old_workers_gone(old)
+        assert _greeting_of_new_connection(g) == "mx2.test ESMTP ready"
         with _authed_session(g) as c:
             assert c.mail("a@example.org", ["b@example.org"],
                           b"Subject: 2\r\n\r\nx\r\n").code == 250
@@ -104,10 +104,10 @@ def test_reload_reads_users_file_again(smtpgate, backend, users):
         c.ehlo()
         assert c.auth_plain("zed", "zed-secret-Qq1").code == 535
     g.write_file("users", users[1] + "zed:{PLAIN}zed-secret-Qq1\n")
+    old = g.workers()
     g.reload(gatelib.conf(backend=backend, server_name="mx2.test"))
-    net.wait_until(
-        lambda: _greeting_of_new_connection(g) == "mx2.test ESMTP ready",
-        60, what="reload")
+    g.wait_old_workers_gone(old)
+    assert _greeting_of_new_connection(g) == "mx2.test ESMTP ready"
     with g.session() as c:
         c.ehlo()
         assert c.auth_plain("zed", "zed-secret-Qq1").code == 235

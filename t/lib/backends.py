@@ -8,10 +8,8 @@
 - ScriptedBackend: a raw socket server that misbehaves on purpose.
 """
 
-import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -248,7 +246,7 @@ class SinkBackend:
             fields.setdefault(key.decode(), []).append(value.decode())
         else:
             raise AssertionError(f"no Received header in dump: {data[:500]!r}")
-        assert body.endswith(b"\n"), f"dump does not end in an empty line"
+        assert body.endswith(b"\n"), "dump does not end in an empty line"
         body = body[:-1]
         return Message(
             mail_from=fields.get("X-Mail-Args", [""])[0],

@@ -18,6 +18,7 @@ import atexit
 import os
 import re
 import signal as _signal
+import ssl
 import subprocess
 import time
 
@@ -42,6 +43,7 @@ BAD_PATTERNS = [
 
 PLACEHOLDER = re.compile(r"@(PORT\w*|PREFIX|CONFDIR)@")
 LISTEN = re.compile(r"^\s*listen\s+(\S+?)(?:;|\s)", re.M)
+LISTEN_PARAMS = re.compile(r"^\s*listen\s+([^;\s]+)([^;]*);", re.M)
 WORKERS = re.compile(r"^\s*worker_processes\s+(\d+)\s*;", re.M)
 
 _live = set()
@@ -90,14 +92,37 @@ def run_binary(args, cwd, timeout=60):
     return r
 
 
+def tls_probe(host, port, timeout=5.0):
+    """True once an implicit-TLS listener answers a handshake, whether
+    or not it accepts this client (one that wants a client certificate
+    answers with an alert)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        s = net.connect(host, port, timeout)
+    except OSError:
+        return False
+    try:
+        with ctx.wrap_socket(s) as t:
+            return t.recv(512).startswith(b"220")
+    except ssl.SSLError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
          workers=1, level="info", mail="", server="",
          listen=("127.0.0.1:@PORT@",), require_tls=False,
          auth_file="users", top="", timeout="60s",
-         proxy_connect_timeout="10s", proxy_timeout=None):
+         proxy_connect_timeout="10s", proxy_timeout=None, servers=()):
     """A complete configuration for the common case; the keyword arguments
-    add or change directives.  Placeholders (@PORT@ ...) are filled in by
-    Smtpgate."""
+    add or change directives.  Each text in `servers` is the body of one
+    more server{} block after the first.  Placeholders (@PORT@ ...) are
+    filled in by Smtpgate."""
     if proxy_pass is None:
         proxy_pass = backend.address
     lines = ["daemon off;"]
@@ -135,6 +160,10 @@ def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
         "        protocol smtp;",
         server,
         "    }",
+    ]
+    for body in servers:
+        lines += ["    server {", body, "    }"]
+    lines += [
         "}",
     ]
     return "\n".join(l for l in lines if l) + "\n"
@@ -247,6 +276,12 @@ class Smtpgate:
     def listen_addresses(self):
         return [net.parse_hostport(a) for a in LISTEN.findall(self.conf_text)]
 
+    def tls_listen_addresses(self):
+        """The listen addresses with the `ssl` parameter (implicit TLS)."""
+        return [net.parse_hostport(a)
+                for a, params in LISTEN_PARAMS.findall(self.conf_text)
+                if "ssl" in params.split()]
+
     # -- process ----------------------------------------------------------
 
     @property
@@ -287,6 +322,7 @@ class Smtpgate:
         number of workers runs."""
         addresses = self.listen_addresses()
         pending = list(addresses)
+        tls = set(self.tls_listen_addresses())
 
         def ready():
             if self.proc.poll() is not None:
@@ -294,6 +330,11 @@ class Smtpgate:
                                      + self.describe())
             while pending:
                 host, port = pending[0]
+                if (host, port) in tls:
+                    if not tls_probe(host, port):
+                        return False
+                    pending.pop(0)
+                    continue
                 try:
                     with RawSmtp(host, port, timeout=5) as c:
                         r = c.greeting()
@@ -340,6 +381,13 @@ class Smtpgate:
             self.workers()
             self.write_conf(conf_text)
         self.signal(_signal.SIGHUP)
+
+    def wait_old_workers_gone(self, old, timeout=START_TIMEOUT):
+        """After a reload: wait until none of the `old` workers runs, so
+        that every new connection meets the new configuration."""
+        old = set(old)
+        net.wait_until(lambda: not set(self.workers()) & old, timeout,
+                       what=f"old workers {sorted(old)} to exit")
 
     def ctl(self, *args, timeout=60):
         """Run `smtpgate -p PREFIX/ -c CONF ARGS` (for -s, -t ...)."""

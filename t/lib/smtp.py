@@ -7,7 +7,6 @@ socket timeout, and a reply line that does not end in CRLF is an error.
 
 import base64
 import re
-import socket
 
 from . import net
 
