@@ -75,7 +75,7 @@ sg_module_t  sg_auth_file_module = {
 static const sg_smtp_auth_backend_t  sg_auth_file_backend = {
     "auth_file",
     SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN | SG_SMTP_AUTH_CRAM_MD5
-    | SG_SMTP_AUTH_EXTERNAL,
+    | SG_SMTP_AUTH_EXTERNAL | SG_SMTP_AUTH_NONE,
     sg_auth_file_start, sg_auth_file_cancel
 };
 
@@ -418,6 +418,12 @@ sg_auth_file_work(sg_task_t *t)
         at->ok = at->entry != NULL;     /* the certificate was the proof */
         return;
     }
+    if (at->mech == SG_SMTP_AUTH_NONE) {
+        /* "smtp_auth none": the operator lets unauthenticated sessions
+         * through to the backend, which applies its own policy. */
+        at->ok = true;
+        return;
+    }
     if (at->entry && at->entry->hash.len > 7
         && memcmp(at->entry->hash.data, "{PLAIN}", 7) == 0)
     {
@@ -451,7 +457,7 @@ sg_auth_file_done(sg_task_t *t)
     r->backend_data = NULL;
     if (at->ok) {
         r->status = SG_AUTH_OK;
-        if (at->entry->route.len) {
+        if (at->entry && at->entry->route.len) {
             r->route = at->entry->route;
         }
     } else {

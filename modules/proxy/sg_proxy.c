@@ -21,6 +21,7 @@ typedef enum {
     SG_PROXY_EHLO,
     SG_PROXY_XCLIENT,
     SG_PROXY_XCLIENT_EHLO,
+    SG_PROXY_MAIL,
     SG_PROXY_RELAY
 } sg_proxy_state_e;
 
@@ -43,6 +44,7 @@ typedef struct {
     sg_buf_t            hbuf;       /* handshake commands to backend */
     unsigned            up_eof:1;
     unsigned            down_eof:1;
+    unsigned            replay_rcpt:1;  /* smtp_auth none: RCPT next */
 } sg_proxy_ctx_t;
 
 static char *sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd,
@@ -358,6 +360,18 @@ sg_proxy_xclient(sg_proxy_ctx_t *ctx, const sg_str_t *attrs)
 
 static void sg_proxy_relay_start(sg_proxy_ctx_t *ctx);
 
+/* The backend is ready for the client; an anonymous session (smtp_auth
+ * none) first replays the MAIL the client already sent us. */
+static int
+sg_proxy_handshake_done(sg_proxy_ctx_t *ctx)
+{
+    if (ctx->s->mail_line.len == 0) {
+        return SG_DONE;
+    }
+    ctx->state = SG_PROXY_MAIL;
+    return sg_proxy_line(ctx, "%.*s", SG_STR_ARG(&ctx->s->mail_line));
+}
+
 /* One complete reply from the backend during the handshake. */
 static int
 sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
@@ -381,13 +395,13 @@ sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
             if (sg_smtp_ehlo_has(r, "XCLIENT", &attrs)) {
                 ctx->state = SG_PROXY_XCLIENT;
                 rc = sg_proxy_xclient(ctx, &attrs);
-                return rc == SG_DECLINED ? SG_DONE : rc;
+                return rc == SG_DECLINED ? sg_proxy_handshake_done(ctx) : rc;
             }
             sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "backend %.*s does "
                          "not offer XCLIENT, relaying without it",
                          SG_STR_ARG(&ctx->peer->name));
         }
-        return SG_DONE;
+        return sg_proxy_handshake_done(ctx);
     case SG_PROXY_XCLIENT:
         if (r->code / 100 != 2) {
             return SG_ERROR;
@@ -396,7 +410,16 @@ sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
         return sg_proxy_line(ctx, "%s %.*s", ctx->s->esmtp ? "EHLO" : "HELO",
                              SG_STR_ARG(&ctx->s->helo));
     case SG_PROXY_XCLIENT_EHLO:
-        return r->code == 250 ? SG_DONE : SG_ERROR;
+        return r->code == 250 ? sg_proxy_handshake_done(ctx) : SG_ERROR;
+    case SG_PROXY_MAIL:
+        /* The client already heard 250 for its MAIL: a refusal now is
+         * its answer to RCPT, and the RCPT is not sent. */
+        if (r->code / 100 == 2) {
+            ctx->replay_rcpt = 1;
+        } else if (sg_buf_append(&ctx->s->out, r->start, r->len) != SG_OK) {
+            return SG_ERROR;
+        }
+        return SG_DONE;
     default:
         return SG_ERROR;
     }
@@ -406,7 +429,7 @@ static const char *
 sg_proxy_state_name(sg_proxy_state_e st)
 {
     static const char *names[] = { "connect", "greeting", "EHLO", "XCLIENT",
-                                   "EHLO after XCLIENT", "relay" };
+                                   "EHLO after XCLIENT", "MAIL", "relay" };
 
     return names[st];
 }
@@ -508,6 +531,23 @@ sg_proxy_handshake_handler(sg_event_t *ev)
 
 /* The relay. */
 
+static int
+sg_proxy_prepend(sg_buf_t *b, const sg_str_t *line)
+{
+    size_t  pending = sg_buf_size(b), n = line->len + 2;
+
+    if (pending + n > sg_buf_cap(b)) {
+        return SG_ERROR;
+    }
+    memmove(b->start + n, b->pos, pending);
+    memcpy(b->start, line->data, line->len);
+    b->start[line->len] = '\r';
+    b->start[line->len + 1] = '\n';
+    b->pos = b->start;
+    b->last = b->start + n + pending;
+    return SG_OK;
+}
+
 static void
 sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
 {
@@ -530,6 +570,17 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     }
     sg_buf_reset(&s->out);
     (void) sg_tcp_nodelay(ctx->up);
+
+    /* The replayed RCPT goes ahead of whatever the client pipelined
+     * after it. */
+    if (ctx->replay_rcpt
+        && sg_proxy_prepend(&s->in, &s->rcpt_line) != SG_OK)
+    {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "no room to replay RCPT: raise "
+                     "\"smtp_client_buffer\"");
+        sg_smtp_close_session(s);
+        return;
+    }
 
     /* From here both connections' data is the relay context. */
     c->data = ctx;

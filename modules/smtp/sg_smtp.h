@@ -83,6 +83,9 @@ struct sg_auth_request_s {
                                           or OAuth token; wiped */
     sg_str_t            authzid;
     sg_str_t            salt;          /* the CRAM-MD5 challenge */
+    sg_str_t            helo;
+    sg_str_t            mail_from;     /* smtp_auth none: the envelope */
+    sg_str_t            rcpt_to;
     unsigned            attempt;       /* 1 for the first AUTH */
 
     /* The answer, filled in by the backend before done(). */
@@ -144,6 +147,7 @@ typedef struct {
     unsigned                       auth_methods;
     int                            auth_require_tls;
     sg_array_t                    *capabilities;   /* sg_str_t */
+    int64_t                        size_limit;     /* "SIZE n", 0: none */
 
     /* Prebuilt replies. */
     sg_str_t                       greeting;
@@ -198,6 +202,8 @@ struct sg_smtp_session_s {
     unsigned               auth_mech;
     unsigned               auth_step;
     sg_str_t               salt;         /* CRAM-MD5 challenge */
+    sg_str_t               mail_line;    /* smtp_auth none: replayed */
+    sg_str_t               rcpt_line;
     sg_auth_request_t     *auth;
 
     void                  *relay_ctx;
@@ -230,6 +236,7 @@ void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
 /* AUTH (sg_smtp_sasl.c). */
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);
 int sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line);
+int sg_smtp_auth_none(sg_smtp_session_t *s);
 void sg_smtp_auth_cleanup(sg_smtp_session_t *s);
 bool sg_smtp_auth_allowed(sg_smtp_session_t *s);
 

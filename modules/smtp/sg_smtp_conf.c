@@ -740,10 +740,6 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_ptr(conf->capabilities, prev->capabilities, NULL);
 
-    if (conf->auth_methods & SG_SMTP_AUTH_NONE) {
-        return sg_conf_error_at(cf, &conf->file, conf->line, "\"smtp_auth "
-            "none\" is not supported yet in this build: list mechanisms");
-    }
 
     p = sg_slprintf(buf, buf + sizeof(buf), "220 %.*s ESMTP ready\r\n",
                     SG_STR_ARG(&conf->server_name));
@@ -771,6 +767,25 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
     starttls = sscf->starttls != SG_SSL_STARTTLS_OFF;
 #endif
     mechs = sscf->auth_methods & SG_SMTP_AUTH_MECHS;
+    sscf->size_limit = 0;
+    if (sscf->capabilities) {
+        sg_str_t  *cap = sscf->capabilities->elts, n;
+        size_t     i;
+
+        for (i = 0; i < sscf->capabilities->nelts; i++) {
+            if (cap[i].len > 5
+                && sg_strncasecmp(cap[i].data, (u_char *) "SIZE ", 5) == 0)
+            {
+                n.data = cap[i].data + 5;
+                n.len = cap[i].len - 5;
+                if (sg_parse_int(&n, &sscf->size_limit) != SG_OK) {
+                    return sg_conf_error_at(cf, &sscf->file, sscf->line,
+                        "invalid \"%.*s\" in \"smtp_capabilities\"",
+                        SG_STR_ARG(&cap[i]));
+                }
+            }
+        }
+    }
     if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
                            mechs && !sscf->auth_require_tls,
                            &sscf->ehlo_reply) != SG_OK
@@ -786,9 +801,8 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
             "authentication backend for this server: set \"auth_file\"");
     }
-    if (sscf->auth_methods & SG_SMTP_AUTH_MECHS & ~sscf->auth->mechs) {
-        unsigned  bit = sscf->auth_methods & SG_SMTP_AUTH_MECHS
-                        & ~sscf->auth->mechs;
+    if (sscf->auth_methods & ~sscf->auth->mechs) {
+        unsigned  bit = sscf->auth_methods & ~sscf->auth->mechs;
 
         bit &= -bit;                          /* the first one */
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"smtp_auth "

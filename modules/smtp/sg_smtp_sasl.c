@@ -558,12 +558,25 @@ sg_smtp_auth_done(sg_auth_request_t *r)
 
     switch (r->status) {
     case SG_AUTH_OK:
-        sg_log_error(SG_LOG_INFO, s->log, 0, "client logged in with %s",
-                     sg_smtp_mech_name(s->auth_mech));
+        if (s->auth_mech == SG_SMTP_AUTH_NONE) {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "anonymous session "
+                         "accepted (smtp_auth none)");
+        } else {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "client logged in with %s",
+                         sg_smtp_mech_name(s->auth_mech));
+        }
         s->state = SG_SMTP_ST_RELAY_START;
         s->conf->relay->start(s, s->conf->relay_conf);
         return;
     case SG_AUTH_FAIL:
+        if (s->auth_mech == SG_SMTP_AUTH_NONE) {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "anonymous session "
+                         "refused by the auth backend: %s", reason);
+            s->state = SG_SMTP_ST_COMMAND;
+            s->rcpt_line.len = 0;
+            (void) sg_smtp_error(s, "550 5.7.1 Access denied");
+            break;
+        }
         sg_log_error(SG_LOG_INFO, s->log, 0, "authentication failed for "
                      "\"%.*s\" with %s: %s", SG_STR_ARG(&s->login),
                      sg_smtp_mech_name(s->auth_mech), reason);
@@ -587,9 +600,46 @@ sg_smtp_auth_done(sg_auth_request_t *r)
                      reason);
         s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;
+        s->rcpt_line.len = 0;
         (void) sg_smtp_error(s, "454 4.7.0 Temporary authentication "
                              "failure");
         break;
     }
     sg_smtp_run(s);
+}
+
+/* smtp_auth none: the first RCPT asks the backend about an anonymous
+ * session, with the envelope so far. */
+int
+sg_smtp_auth_none(sg_smtp_session_t *s)
+{
+    sg_auth_request_t  *r;
+
+    if (sg_smtp_auth_buffers(s) != SG_OK) {
+        return SG_ERROR;
+    }
+    r = s->auth;
+    memset(r, 0, sizeof(*r));
+    r->pool = s->pool;
+    r->log = s->log;
+    r->connection = s->connection;
+    r->mech = SG_SMTP_AUTH_NONE;
+    r->helo = s->helo;
+    r->mail_from = s->mail_line;
+    r->rcpt_to = s->rcpt_line;
+    r->done = sg_smtp_auth_done;
+    r->data = s;
+    s->auth_mech = SG_SMTP_AUTH_NONE;
+    s->state = SG_SMTP_ST_AUTH_WAIT;
+    sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
+    if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
+        sg_event_del_timer(&s->timer);
+        s->state = SG_SMTP_ST_COMMAND;
+        sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
+                     "could not take an anonymous request",
+                     s->conf->auth->name);
+        return sg_smtp_error(s, "451 4.7.0 Temporary failure, try again "
+                             "later");
+    }
+    return SG_OK;
 }

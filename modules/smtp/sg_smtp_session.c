@@ -180,6 +180,8 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     memcpy(s->helo.data, cmd->args.data, cmd->args.len);
     s->helo.len = cmd->args.len;
     s->esmtp = cmd->verb == SG_SMTP_EHLO;
+    s->mail_line.len = 0;             /* EHLO resets a transaction */
+    s->rcpt_line.len = 0;
 
     if (!s->esmtp) {
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
@@ -193,11 +195,131 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
                          s->conf->ehlo_reply.len);
 }
 
+/* Copy a command line for replay to the backend (smtp_auth none). */
+static int
+sg_smtp_keep_line(sg_smtp_session_t *s, sg_str_t *dst, const char *verb,
+    const sg_str_t *args)
+{
+    size_t  n = strlen(verb) + 1 + args->len;
+
+    if (dst->data == NULL) {
+        dst->data = sg_pnalloc(s->pool, SG_SMTP_CMD_LINE_MAX);
+        if (dst->data == NULL) {
+            return SG_ERROR;
+        }
+    }
+    if (n > SG_SMTP_CMD_LINE_MAX - 2) {
+        return SG_DECLINED;
+    }
+    dst->len = (size_t) (sg_slprintf(dst->data, dst->data
+                                     + SG_SMTP_CMD_LINE_MAX, "%s %.*s", verb,
+                                     SG_STR_ARG(args)) - dst->data);
+    return SG_OK;
+}
+
+/* "FROM:<path> params" / "TO:<path> params": prefix, then a path in
+ * angle brackets. */
+static bool
+sg_smtp_path_ok(const sg_str_t *args, const char *prefix)
+{
+    size_t    n = strlen(prefix);
+    u_char   *p, *end = args->data + args->len;
+
+    if (args->len <= n || sg_strncasecmp(args->data, (u_char *) prefix, n))
+    {
+        return false;
+    }
+    p = args->data + n;
+    while (p < end && *p == ' ') {
+        p++;
+    }
+    return p < end && *p == '<' && memchr(p, '>', (size_t) (end - p));
+}
+
+/* SIZE=n (RFC 1870) against the advertised limit. */
+static bool
+sg_smtp_size_ok(sg_smtp_session_t *s, const sg_str_t *args)
+{
+    u_char    *p, *end = args->data + args->len;
+    sg_str_t   v;
+    int64_t    n;
+
+    if (s->conf->size_limit == 0) {
+        return true;
+    }
+    for (p = args->data; p + 6 <= end; p++) {
+        if (p[0] == ' ' && sg_strncasecmp(p + 1, (u_char *) "SIZE=", 5) == 0)
+        {
+            v.data = p + 6;
+            v.len = 0;
+            while (v.data + v.len < end && v.data[v.len] != ' ') {
+                v.len++;
+            }
+            return sg_parse_int(&v, &n) != SG_OK || n <= s->conf->size_limit;
+        }
+    }
+    return true;
+}
+
+/*
+ * Before AUTH a transaction is refused, unless "smtp_auth none" lets
+ * unauthenticated clients through: then MAIL is checked and kept, and
+ * the first RCPT asks the auth backend (which sees sender and
+ * recipient); the relay replays both to the backend.
+ */
 static int
 sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
+    if (!(s->conf->auth_methods & SG_SMTP_AUTH_NONE)) {
+        return sg_smtp_error(s, "530 5.7.0 Authentication required");
+    }
+    if (s->helo.len == 0) {
+        return sg_smtp_error(s, "503 5.5.1 Send HELO/EHLO first");
+    }
+    switch (cmd->verb) {
+    case SG_SMTP_MAIL:
+        if (s->mail_line.len) {
+            return sg_smtp_error(s, "503 5.5.1 Sender already specified");
+        }
+        if (!sg_smtp_path_ok(&cmd->args, "FROM:")) {
+            return sg_smtp_error(s, "501 5.5.4 Syntax: MAIL FROM:<address>");
+        }
+        if (!sg_smtp_size_ok(s, &cmd->args)) {
+            return sg_smtp_error(s, "552 5.3.4 Message size exceeds fixed "
+                                 "maximum message size");
+        }
+        if (sg_smtp_keep_line(s, &s->mail_line, "MAIL", &cmd->args)
+            != SG_OK)
+        {
+            return sg_smtp_error(s, "500 5.5.6 Line too long");
+        }
+        return sg_smtp_reply(s, "250 2.1.0 OK");
+    case SG_SMTP_RCPT:
+        if (s->mail_line.len == 0) {
+            return sg_smtp_error(s, "503 5.5.1 Need MAIL command first");
+        }
+        if (!sg_smtp_path_ok(&cmd->args, "TO:")) {
+            return sg_smtp_error(s, "501 5.5.4 Syntax: RCPT TO:<address>");
+        }
+        if (sg_smtp_keep_line(s, &s->rcpt_line, "RCPT", &cmd->args)
+            != SG_OK)
+        {
+            return sg_smtp_error(s, "500 5.5.6 Line too long");
+        }
+        return sg_smtp_auth_none(s);
+    default:
+        return sg_smtp_error(s, "503 5.5.1 Need %s command first",
+                             s->mail_line.len ? "RCPT" : "MAIL");
+    }
+}
+
+static int
+sg_smtp_rset(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
     (void) cmd;
-    return sg_smtp_error(s, "530 5.7.0 Authentication required");
+    s->mail_line.len = 0;
+    s->rcpt_line.len = 0;
+    return sg_smtp_reply(s, "250 2.0.0 OK");
 }
 
 static int
@@ -270,7 +392,7 @@ static const sg_smtp_handler_pt  sg_smtp_handlers[SG_SMTP_VERB_COUNT] = {
     [SG_SMTP_RCPT]     = sg_smtp_need_auth,
     [SG_SMTP_DATA]     = sg_smtp_need_auth,
     [SG_SMTP_BDAT]     = sg_smtp_need_auth,
-    [SG_SMTP_RSET]     = sg_smtp_ok,
+    [SG_SMTP_RSET]     = sg_smtp_rset,
     [SG_SMTP_NOOP]     = sg_smtp_ok,
     [SG_SMTP_QUIT]     = sg_smtp_quit,
     [SG_SMTP_HELP]     = sg_smtp_help,
@@ -699,6 +821,8 @@ sg_smtp_tls_handler(sg_event_t *ev)
     s->helo.len = 0;
     s->esmtp = 0;
     s->login.len = 0;
+    s->mail_line.len = 0;
+    s->rcpt_line.len = 0;
     s->state = SG_SMTP_ST_COMMAND;
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
@@ -726,7 +850,10 @@ sg_smtp_relay_ready(sg_smtp_session_t *s)
     sg_event_del_timer(s->connection->read);
     s->state = SG_SMTP_ST_RELAY;
     sg_buf_compact(&s->out);
-    (void) sg_smtp_reply(s, "235 2.7.0 Authentication successful");
+    if (s->auth_mech != SG_SMTP_AUTH_NONE) {
+        /* anonymous (smtp_auth none): the backend answers the RCPT */
+        (void) sg_smtp_reply(s, "235 2.7.0 Authentication successful");
+    }
 }
 
 void
