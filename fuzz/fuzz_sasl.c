@@ -176,6 +176,31 @@ sg_fuzz_xtext(const uint8_t *data, size_t size)
     free(src.data);
 }
 
+/* CRAM-MD5 and OAuth payloads: views stay inside the message. */
+static void
+sg_fuzz_tokens(const uint8_t *data, size_t size)
+{
+    sg_str_t  m, u, t;
+    u_char   *end;
+
+    m.data = sg_fuzz_alloc(data, size);
+    m.len = size;
+    end = m.data + size;
+    if (sg_sasl_xoauth2_split(&m, &u, &t) == SG_OK) {
+        SG_FUZZ_ASSERT(u.len > 0 && t.len > 0 && u.data >= m.data
+                       && u.data + u.len <= end && t.data + t.len <= end);
+    }
+    if (sg_sasl_oauthbearer_split(&m, &u, &t) == SG_OK) {
+        SG_FUZZ_ASSERT(t.len > 0 && u.data + u.len <= end
+                       && t.data >= m.data && t.data + t.len <= end);
+    }
+    if (sg_sasl_cram_md5_split(&m, &u, &t) == SG_OK) {
+        SG_FUZZ_ASSERT(u.len > 0 && t.len == 32
+                       && t.data + t.len == end);
+    }
+    free(m.data);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -184,6 +209,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sg_fuzz_base64(data, size);
     sg_fuzz_plain(data, size);
     sg_fuzz_xtext(data, size);
+    sg_fuzz_tokens(data, size);
 
     /* And what a client's base64 answer decodes to, as AUTH sees it. */
     src.data = sg_fuzz_alloc(data, size);

@@ -126,15 +126,14 @@ def test_auth_offered_before_tls_when_not_required(smtpgate, backend, pki):
 def test_starttls_reply_and_handshake(smtpgate, backend, pki):
     """STARTTLS answers the exact 220 and the handshake verifies mx.test."""
     g = smtpgate(tls_conf(pki, backend))
-    with g.session() as c:
+    with TlsSmtp("127.0.0.1", g.port) as c:
+        assert c.greeting().raw == b"220 mx.test ESMTP ready\r\n"
         c.ehlo()
         c.send(b"STARTTLS\r\n")
         assert c.reply().raw == READY
-        t = pki.client_context().wrap_socket(c.sock, server_hostname="mx.test")
-        assert t.getpeercert(binary_form=True) == der(pki.cert("mx.test"))
-        t.sendall(b"NOOP\r\n")
-        assert t.recv(100) == OK
-        t.close()
+        c.wrap(pki.client_context(), "mx.test")
+        assert peer_der(c) == der(pki.cert("mx.test"))
+        assert c.cmd("NOOP").raw == OK
 
 
 def test_starttls_with_argument(smtpgate, backend, pki):
@@ -194,8 +193,7 @@ def test_session_is_reset_after_starttls(smtpgate, backend, pki):
 
 
 def test_starttls_pipelined_noop_is_discarded(smtpgate, backend, pki):
-    """A NOOP sent in plaintext behind STARTTLS is never answered, before or
-    after the handshake (the CVE-2011-0411 class)."""
+    """NOOP pipelined behind STARTTLS in plaintext is never answered."""
     g = smtpgate(tls_conf(pki, backend))
     with TlsSmtp("127.0.0.1", g.port) as c:
         assert c.greeting().code == 220
@@ -214,8 +212,7 @@ def test_starttls_pipelined_noop_is_discarded(smtpgate, backend, pki):
 
 
 def test_starttls_pipelined_auth_is_not_executed(smtpgate, backend, pki):
-    """AUTH and MAIL injected in plaintext behind STARTTLS do not
-    authenticate the TLS session nor reach the backend."""
+    """AUTH and MAIL pipelined behind STARTTLS are discarded, not run."""
     g = smtpgate(tls_conf(pki, backend, require_tls=False))
     with TlsSmtp("127.0.0.1", g.port) as c:
         assert c.greeting().code == 220
@@ -268,15 +265,14 @@ def test_auth_over_tls_relays_byte_exact(smtpgate, backend, pki, mode):
     assert m.mail_from == "a@example.org"
 
 
-# -- starttls only ------------------------------------------------------------
+# -- starttls only ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("line", [
     "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA",
     "BDAT 10 LAST", "AUTH PLAIN", "AUTH LOGIN", "VRFY alice", "HELP"])
 def test_starttls_only_refuses_before_tls(smtpgate, backend, pki, line):
-    """starttls only: every command but EHLO/HELO/NOOP/RSET/QUIT/STARTTLS
-    gets 530 before TLS."""
+    """starttls only: other commands get 530 before TLS."""
     g = smtpgate(tls_conf(pki, backend, starttls="only"))
     with g.session() as c:
         c.ehlo()
@@ -387,8 +383,7 @@ def test_ten_thousand_pipelined_noops_over_tls(smtpgate, backend, pki):
 
 @pytest.mark.time_limit(120)
 def test_slow_client_over_tls_times_out(smtpgate, backend, pki):
-    """A client trickling one byte a second gets 421 or is closed once
-    `timeout` (3s) has passed, not served forever."""
+    """One byte a second over TLS: 421 or closed after timeout 3s."""
     g = smtpgate(tls_conf(pki, backend, timeout="3s"))
     limit = 40
     with starttls_session(g, pki) as c:
@@ -451,8 +446,7 @@ def _wait_closed(sock, timeout):
 @pytest.mark.time_limit(120)
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
 def test_abandoned_handshake_is_closed(smtpgate, backend, pki, mode):
-    """Half a ClientHello and then silence: ssl_handshake_timeout (2s)
-    closes the connection, and the log says so with the client address."""
+    """Half a ClientHello: closed after ssl_handshake_timeout, logged."""
     g = smtpgate(tls_conf(pki, backend, timeout="300s",
                           extra="ssl_handshake_timeout 2s;"))
     mark = g.quiet_log_mark()
@@ -469,8 +463,7 @@ def test_abandoned_handshake_is_closed(smtpgate, backend, pki, mode):
 
 
 def test_garbage_instead_of_handshake(smtpgate, backend, pki):
-    """Plain SMTP sent to an ssl listener fails the handshake: closed, and
-    'TLS handshake failed' with the client address in the log."""
+    """Plaintext on an ssl listener: closed, 'TLS handshake failed'."""
     g = smtpgate(tls_conf(pki, backend))
     mark = g.quiet_log_mark()
     with net.connect("127.0.0.1", g.ports["PORTS"], 30) as s:
@@ -509,8 +502,7 @@ def _s_client_tls11(g, pki, mode):
 
 
 def test_tls11_accepted_when_enabled(smtpgate, backend, pki):
-    """The TLSv1.1 client above does work once ssl_protocols allows it
-    (so the refusal is the gate's doing)."""
+    """Control: the same TLSv1.1 client works once ssl_protocols allows."""
     g = smtpgate(tls_conf(pki, backend, extra="""
         ssl_protocols TLSv1.1 TLSv1.2;
         ssl_ciphers DEFAULT@SECLEVEL=0;"""))
@@ -542,8 +534,7 @@ def test_ssl_protocols(smtpgate, backend, pki, protocols, version, ok):
 
 
 def test_ssl_prefer_server_ciphers(smtpgate, backend, pki):
-    """TLSv1.2 cipher choice follows the client, or with
-    ssl_prefer_server_ciphers on the server's ssl_ciphers order."""
+    """TLSv1.2 cipher: the client's order, or the server's when preferred."""
     server_order = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
     client_order = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
     for prefer, expected in (("off", "ECDHE-RSA-AES128-GCM-SHA256"),
@@ -634,8 +625,7 @@ def test_rsa_and_ecdsa_side_by_side(smtpgate, backend, pki):
                          ids=["first-line", "second-line"])
 def test_encrypted_key_with_password_file(smtpgate, backend, pki,
                                           password_file):
-    """An encrypted key loads with ssl_password_file (passphrase on the
-    first line, or on a later line after a wrong one)."""
+    """An encrypted key loads with ssl_password_file (any line)."""
     g = smtpgate(tls_conf(pki, backend, certs=(), extra=f"""
         ssl_certificate {pki.cert("mx.test")};
         ssl_certificate_key {pki.encrypted_key};
@@ -658,8 +648,7 @@ def test_encrypted_key_without_password_file(tmp_path, backend, pki):
 
 
 def test_relative_certificate_paths(smtpgate, backend, pki):
-    """Relative ssl_certificate paths are relative to the config's
-    directory (the binary runs elsewhere)."""
+    """Relative certificate paths are relative to the config directory."""
     files = {}
     for name, src in (("tls/mx.pem", pki.cert("mx.test")),
                       ("tls/mx.key", pki.key("mx.test"))):
@@ -730,8 +719,7 @@ SNI_CASES = [
                          ids=[c[0] for c in SNI_CASES])
 def test_sni_starttls_picks_certificate(smtpgate, backend, pki, sni, cert,
                                         greeting):
-    """s_client -starttls smtp -servername picks the certificate, and the
-    EHLO after TLS names that server."""
+    """s_client -starttls smtp -servername: certificate and EHLO name."""
     g = smtpgate(sni_conf(pki, backend))
     rc, out = s_client("-connect", f"127.0.0.1:{g.port}", "-starttls", "smtp",
                        "-servername", sni, "-CAfile", pki.ca,
@@ -766,8 +754,7 @@ def test_no_sni_gets_first_server(smtpgate, backend, pki):
 
 
 def test_default_server_answers_without_sni(smtpgate, backend, pki):
-    """default_server on alt.test: no SNI and unknown names get alt.test,
-    mx.test by name still gets mx.test."""
+    """default_server answers no SNI and unknown names; others by name."""
     g = smtpgate(sni_conf(pki, backend, default="alt.test"))
     ctx = pki.client_context(check_hostname=False)
     for sni, name in ((None, "alt.test"), ("unknown.test", "alt.test"),
@@ -781,8 +768,7 @@ def test_default_server_answers_without_sni(smtpgate, backend, pki):
 
 
 def test_sni_server_settings_apply(smtpgate, backend, pki):
-    """The server SNI picks brings its settings: alt.test wants a client
-    certificate, mx.test does not."""
+    """The SNI-chosen server's ssl_verify_client applies."""
     g = smtpgate(sni_conf(pki, backend, alt_extra=f"""
         ssl_verify_client on;
         ssl_client_certificate {pki.ca};"""))
@@ -801,8 +787,7 @@ def test_sni_server_settings_apply(smtpgate, backend, pki):
 
 
 def test_sni_regex_name_as_in_nginx(smtpgate, backend, pki):
-    """A regex server_name written as in nginx, ~^re\\d+\\.test$ unquoted,
-    matches re42.test."""
+    """A regex server_name written as in nginx (\\d, \\.) matches."""
     body = indent(f"""
         listen {pkilib.IMPLICIT_LISTEN};
         protocol smtp;
@@ -816,7 +801,7 @@ def test_sni_regex_name_as_in_nginx(smtpgate, backend, pki):
         assert peer_der(c) == der(pki.cert("re.test"))
 
 
-# -- client certificates ------------------------------------------------------
+# -- client certificates ----------------------------------------------------
 
 
 CLIENT_CERT_CASES = [
@@ -836,8 +821,7 @@ CLIENT_CERT_CASES = [
                               for v, c, _ in CLIENT_CERT_CASES])
 def test_client_certificates(smtpgate, backend, pki, verify, cert, expected,
                              mode):
-    """ssl_verify_client on/optional/off with no certificate, one from the
-    test CA, and one from an unknown CA."""
+    """ssl_verify_client on/optional/off against none/known/unknown CA."""
     g = smtpgate(tls_conf(pki, backend, extra=f"""
         ssl_verify_client {verify};
         ssl_client_certificate {pki.ca};"""))
@@ -849,8 +833,7 @@ def test_client_certificates(smtpgate, backend, pki, verify, cert, expected,
 
 
 def test_unknown_ca_client_certificate_is_logged(smtpgate, backend, pki):
-    """A refused client certificate leaves 'TLS handshake failed' with the
-    client address in the log; the gate asks for the test CA's names."""
+    """A refused client certificate is logged; CA names are sent."""
     g = smtpgate(tls_conf(pki, backend, extra=f"""
         ssl_verify_client on;
         ssl_client_certificate {pki.ca};"""))
@@ -880,7 +863,7 @@ def test_revoked_client_certificate(smtpgate, backend, pki):
         assert outcome == expected, (cert, what)
 
 
-# -- session resumption ------------------------------------------------------
+# -- session resumption -----------------------------------------------------
 
 
 RESUMPTION_CASES = [
@@ -907,8 +890,7 @@ RESUMPTION_CASES = [
                          ids=[c[0] for c in RESUMPTION_CASES])
 def test_session_resumption(smtpgate, backend, pki, tmp_path, extra, version,
                             reused, mode):
-    """s_client -sess_out then -sess_in: 'Reused' with tickets, or with a
-    session cache and tickets off; 'New' with neither."""
+    """s_client -sess_out/-sess_in: Reused with tickets or cache, else New."""
     g = smtpgate(tls_conf(pki, backend, extra=extra.replace("; ", ";\n")))
     sess = str(tmp_path / "session.pem")
     if mode == "starttls":
@@ -931,8 +913,7 @@ def test_session_resumption(smtpgate, backend, pki, tmp_path, extra, version,
 
 
 def test_session_resumption_python(smtpgate, backend, pki):
-    """A TLSv1.3 session from one connection resumes on the next, STARTTLS
-    and implicit alike, and the resumed session works."""
+    """A TLSv1.3 ticket from one connection resumes the next."""
     g = smtpgate(tls_conf(pki, backend))
     ctx = pki.client_context()
     with implicit_session(g, pki, context=ctx) as c:
@@ -951,9 +932,7 @@ def test_session_resumption_python(smtpgate, backend, pki):
 
 @pytest.mark.parametrize("mode", ["tickets", "shared-cache"])
 def test_resumption_across_workers(smtpgate, backend, pki, mode):
-    """With two workers, a session from one connection resumes on each of
-    the next ten, whichever worker takes them (tickets, or a shared cache
-    with tickets off)."""
+    """With two workers every later connection resumes the session."""
     extra = "" if mode == "tickets" else \
         "ssl_session_cache shared:TLS:1m;\nssl_session_tickets off;"
     g = smtpgate(tls_conf(pki, backend, workers=2, extra=extra))
@@ -983,13 +962,12 @@ def test_listen_parameters_with_ssl(smtpgate, backend, pki):
         assert c.ehlo().lines[0] == "mx.test"
 
 
-# -- reload -------------------------------------------------------------------
+# -- reload -----------------------------------------------------------------
 
 
 @pytest.mark.time_limit(180)
 def test_reload_swaps_certificate(smtpgate, backend, pki):
-    """A reload to another certificate: new connections get it while a TLS
-    session opened before goes on and delivers."""
+    """Reload: new connections get the new cert, an old session delivers."""
     g = smtpgate(tls_conf(pki, backend))
     old = g.workers()
     c = authed_starttls(g, pki)
@@ -1014,8 +992,7 @@ def test_reload_swaps_certificate(smtpgate, backend, pki):
 
 
 def test_reload_with_missing_certificate_keeps_old(smtpgate, backend, pki):
-    """A reload naming a missing certificate is refused with an error that
-    names the file; the old certificate is still served."""
+    """Reload with a missing certificate: error, old cert still served."""
     g = smtpgate(tls_conf(pki, backend))
     mark = g.log_mark()
     missing = pki.path("no-such-cert.pem")

@@ -39,14 +39,13 @@ def _run(args, timeout=120, **kw):
     return p, (p.stdout + p.stderr).decode(errors="replace")
 
 
-# -- smtplib --------------------------------------------------------------------
+# -- smtplib ----------------------------------------------------------------
 
 
 @pytest.mark.time_limit(240)
 @pytest.mark.parametrize("size", [1024, 5 * 1024 * 1024], ids=["1k", "5M"])
 def test_smtplib_starttls_login_sendmail(tls_gate, backend, pki, size):
-    """smtplib starttls() + login() + sendmail(): the message arrives
-    byte-exact."""
+    """smtplib starttls() + login() + sendmail(): byte-exact delivery."""
     msg = make_message(size, seed=size + 1)
     with smtplib.SMTP("127.0.0.1", tls_gate.port, local_hostname="client.test",
                       timeout=120) as c:
@@ -93,8 +92,7 @@ def test_smtplib_smtp_ssl(tls_gate, backend, pki):
 
 
 def test_smtplib_rejects_unknown_ca(tls_gate, backend, pki):
-    """A client that trusts only another CA refuses the gate's
-    certificate (the certificate really is the test CA's)."""
+    """A client trusting only another CA rejects the gate's certificate."""
     ctx = ssl.create_default_context(cafile=pki.other_ca)
     with smtplib.SMTP("127.0.0.1", tls_gate.port, timeout=60) as c:
         c.ehlo()
@@ -102,7 +100,7 @@ def test_smtplib_rejects_unknown_ca(tls_gate, backend, pki):
             c.starttls(context=ctx)
 
 
-# -- swaks --------------------------------------------------------------------
+# -- swaks ------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not shutil.which("swaks"), reason="swaks not installed")
@@ -130,7 +128,7 @@ def test_swaks(tls_gate, backend, pki, mode, auth):
     assert b"\r\n.leading dot\r\n" in m.content
 
 
-# -- curl ------------------------------------------------------------------------
+# -- curl -------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
@@ -174,7 +172,7 @@ def test_curl_ssl_reqd_fails_without_starttls(smtpgate, backend, pki,
     assert backend.messages == []
 
 
-# -- msmtp with a client certificate -----------------------------------------
+# -- msmtp with a client certificate ----------------------------------------
 
 
 def _msmtprc(tmp_path, pki, port, auth, user=None):
@@ -218,8 +216,7 @@ def _msmtp(rc, msg):
 @pytest.mark.skipif(not shutil.which("msmtp"), reason="msmtp not installed")
 def test_msmtp_client_certificate_auth_plain(smtpgate, backend, pki,
                                              tmp_path):
-    """msmtp (GnuTLS) with tls_cert_file/tls_key_file/tls_trust_file sends
-    through STARTTLS with ssl_verify_client on and AUTH PLAIN."""
+    """msmtp with a client certificate: STARTTLS and AUTH PLAIN."""
     g = smtpgate(_client_cert_conf(pki, backend))
     msg = make_message(4096, seed=14)
     p, out = _msmtp(_msmtprc(tmp_path, pki, g.port, "plain", "erin"), msg)
@@ -232,8 +229,7 @@ def test_msmtp_client_certificate_auth_plain(smtpgate, backend, pki,
 
 @pytest.mark.skipif(not shutil.which("msmtp"), reason="msmtp not installed")
 def test_msmtp_auth_external(smtpgate, backend, pki, tmp_path):
-    """msmtp auth external with alice's verified client certificate, if the
-    gate offers AUTH EXTERNAL after TLS."""
+    """msmtp auth external with a client certificate, if EXTERNAL offered."""
     g = smtpgate(_client_cert_conf(pki, backend))
     with starttls_session(g, pki, cert="alice") as c:
         r = c.ehlo()

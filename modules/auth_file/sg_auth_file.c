@@ -494,7 +494,9 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
         free(at);
         return SG_ERROR;
     }
-    memcpy(at->pass, r->pass.data, r->pass.len);
+    if (r->pass.len) {
+        memcpy(at->pass, r->pass.data, r->pass.len);
+    }
     at->pass[r->pass.len] = '\0';
     at->pass_len = r->pass.len;
     at->r = r;
@@ -503,10 +505,12 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
         sg_auth_file_destroy(&at->task);
         return SG_ERROR;
     }
-    memcpy(at->salt, r->salt.data, r->salt.len);
+    if (r->salt.len) {
+        memcpy(at->salt, r->salt.data, r->salt.len);
+    }
     at->salt_len = r->salt.len;
     at->entry = sg_auth_file_find(afc, &r->user);
-    if (memchr(r->pass.data, '\0', r->pass.len)) {
+    if (r->pass.len && memchr(r->pass.data, '\0', r->pass.len)) {
         at->bad_pass = at->entry != NULL;   /* a NUL would cut it short */
         at->entry = NULL;
     }

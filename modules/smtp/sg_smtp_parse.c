@@ -452,6 +452,115 @@ sg_sasl_plain_split(const sg_str_t *msg, sg_str_t *authzid, sg_str_t *authcid,
     return SG_ERROR;
 }
 
+int
+sg_sasl_cram_md5_split(sg_str_t *msg, sg_str_t *user, sg_str_t *digest)
+{
+    u_char  *sp, c;
+    size_t   i;
+
+    sp = msg->len ? memrchr(msg->data, ' ', msg->len) : NULL;
+    if (sp == NULL || sp == msg->data
+        || (size_t) (msg->data + msg->len - sp - 1) != 32)
+    {
+        return SG_ERROR;
+    }
+    for (i = 0; i < 32; i++) {
+        c = sg_tolower(sp[1 + i]);
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return SG_ERROR;
+        }
+        sp[1 + i] = c;
+    }
+    user->data = msg->data;
+    user->len = (size_t) (sp - msg->data);
+    digest->data = sp + 1;
+    digest->len = 32;
+    return SG_OK;
+}
+
+/* The value of "key=" among ^A-separated pairs. */
+static bool
+sg_sasl_kv(const u_char *p, const u_char *end, const char *key,
+    sg_str_t *value)
+{
+    const u_char  *e;
+    size_t         n = strlen(key);
+
+    while (p < end) {
+        e = memchr(p, 0x01, (size_t) (end - p));
+        if (e == NULL) {
+            e = end;
+        }
+        if ((size_t) (e - p) > n && memcmp(p, key, n) == 0) {
+            value->data = (u_char *) p + n;
+            value->len = (size_t) (e - p) - n;
+            return true;
+        }
+        p = e + 1;
+    }
+    return false;
+}
+
+/* "auth=Bearer T" among the pairs; the message must end in ^A ^A. */
+static int
+sg_sasl_bearer(const u_char *p, const u_char *end, sg_str_t *token)
+{
+    sg_str_t  auth;
+
+    if (end - p < 2 || end[-1] != 0x01 || end[-2] != 0x01
+        || !sg_sasl_kv(p, end, "auth=", &auth) || auth.len <= 7
+        || sg_strncasecmp(auth.data, (const u_char *) "Bearer ", 7) != 0)
+    {
+        return SG_ERROR;
+    }
+    token->data = auth.data + 7;
+    token->len = auth.len - 7;
+    return SG_OK;
+}
+
+int
+sg_sasl_xoauth2_split(const sg_str_t *msg, sg_str_t *user, sg_str_t *token)
+{
+    const u_char  *end = msg->data + msg->len;
+
+    if (msg->len == 0 || !sg_sasl_kv(msg->data, end, "user=", user)
+        || user->len == 0)
+    {
+        return SG_ERROR;
+    }
+    return sg_sasl_bearer(msg->data, end, token);
+}
+
+int
+sg_sasl_oauthbearer_split(const sg_str_t *msg, sg_str_t *user,
+    sg_str_t *token)
+{
+    const u_char  *p = msg->data, *end = msg->data + msg->len, *comma;
+
+    user->data = msg->data;
+    user->len = 0;
+    /* gs2-header: ("n" | "y" | "p=...") "," ["a=" authzid] "," */
+    if (msg->len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',') {
+        return SG_ERROR;
+    }
+    p += 2;
+    comma = memchr(p, ',', (size_t) (end - p));
+    if (comma == NULL) {
+        return SG_ERROR;
+    }
+    if (comma - p > 2 && p[0] == 'a' && p[1] == '=') {
+        user->data = (u_char *) p + 2;
+        user->len = (size_t) (comma - p - 2);
+    } else if (comma != p) {
+        return SG_ERROR;
+    }
+    p = comma + 1;
+    if (p >= end || *p != 0x01) {
+        return SG_ERROR;
+    }
+    return sg_sasl_bearer(p + 1, end, token);
+}
+
 size_t
 sg_smtp_xtext_encode(u_char *dst, const sg_str_t *src)
 {

@@ -156,6 +156,25 @@ int sg_sasl_plain_split(const sg_str_t *msg, sg_str_t *authzid,
     sg_str_t *authcid, sg_str_t *passwd);
 
 /*
+ * CRAM-MD5 response (RFC 2195): "user SP digest", the digest 32 hex
+ * digits (folded to lower case in place).  SG_ERROR unless the user is
+ * non-empty and the digest well-formed.
+ */
+int sg_sasl_cram_md5_split(sg_str_t *msg, sg_str_t *user, sg_str_t *digest);
+
+/*
+ * XOAUTH2: "user=" U ^A "auth=Bearer " T ^A ^A.
+ * OAUTHBEARER (RFC 7628): gs2 header "n,a=U," (or "y,", or no a=) then
+ * ^A-separated key=value pairs with "auth=Bearer T", ending ^A ^A.
+ * Both set *user (may be empty for OAUTHBEARER without a=) and *token
+ * (non-empty), pointing into msg; SG_ERROR when malformed.
+ */
+int sg_sasl_xoauth2_split(const sg_str_t *msg, sg_str_t *user,
+    sg_str_t *token);
+int sg_sasl_oauthbearer_split(const sg_str_t *msg, sg_str_t *user,
+    sg_str_t *token);
+
+/*
  * xtext (RFC 3461 4): '+' and characters outside '!'..'~' and '=' are
  * written as "+XX".  Returns the encoded length; with dst == NULL only
  * computes it.  dst must hold the computed length.

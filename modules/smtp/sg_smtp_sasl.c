@@ -259,96 +259,31 @@ static int
 sg_smtp_cram_md5(sg_smtp_session_t *s, sg_str_t *msg)
 {
     sg_str_t  user, digest;
-    u_char   *sp;
-    size_t    i;
 
-    sp = memrchr(msg->data, ' ', msg->len);
-    if (sp == NULL || msg->data + msg->len - sp - 1 != 32) {
+    if (sg_sasl_cram_md5_split(msg, &user, &digest) != SG_OK) {
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "501 5.5.2 Invalid CRAM-MD5 response");
     }
-    user.data = msg->data;
-    user.len = (size_t) (sp - msg->data);
-    digest.data = sp + 1;
-    digest.len = 32;
-    for (i = 0; i < 32; i++) {
-        digest.data[i] = sg_tolower(digest.data[i]);
-    }
     return sg_smtp_auth_start(s, &user, &digest, NULL);
 }
 
-/* Find "key=value" in a ^A-separated list (XOAUTH2, OAUTHBEARER). */
-static bool
-sg_smtp_kv(const sg_str_t *msg, const char *key, sg_str_t *value)
-{
-    u_char  *p = msg->data, *end = msg->data + msg->len, *e;
-    size_t   n = strlen(key);
-
-    while (p < end) {
-        e = memchr(p, 0x01, (size_t) (end - p));
-        if (e == NULL) {
-            e = end;
-        }
-        if ((size_t) (e - p) > n && memcmp(p, key, n) == 0) {
-            value->data = p + n;
-            value->len = (size_t) (e - p) - n;
-            return true;
-        }
-        p = e + 1;
-    }
-    return false;
-}
-
 static int
-sg_smtp_bearer(sg_smtp_session_t *s, const sg_str_t *msg, sg_str_t *user)
+sg_smtp_oauth(sg_smtp_session_t *s, sg_str_t *msg)
 {
-    sg_str_t  auth;
+    sg_str_t  user, token;
+    int       rc;
 
-    if (!sg_smtp_kv(msg, "auth=", &auth) || auth.len <= 7
-        || sg_strncasecmp(auth.data, (u_char *) "Bearer ", 7) != 0)
-    {
+    rc = s->auth_mech == SG_SMTP_AUTH_XOAUTH2
+         ? sg_sasl_xoauth2_split(msg, &user, &token)
+         : sg_sasl_oauthbearer_split(msg, &user, &token);
+    if (rc != SG_OK) {
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_error(s, "501 5.5.2 Invalid %s authentication data",
                              sg_smtp_mech_name(s->auth_mech));
     }
-    auth.data += 7;
-    auth.len -= 7;
-    return sg_smtp_auth_start(s, user, &auth, NULL);
-}
-
-/* XOAUTH2: "user=U ^A auth=Bearer T ^A ^A". */
-static int
-sg_smtp_xoauth2(sg_smtp_session_t *s, sg_str_t *msg)
-{
-    sg_str_t  user;
-
-    if (!sg_smtp_kv(msg, "user=", &user)) {
-        user.len = 0;
-        user.data = msg->data;
-    }
-    return sg_smtp_bearer(s, msg, &user);
-}
-
-/* OAUTHBEARER (RFC 7628): "n,a=U, ^A auth=Bearer T ^A ^A". */
-static int
-sg_smtp_oauthbearer(sg_smtp_session_t *s, sg_str_t *msg)
-{
-    sg_str_t  user = { 0, msg->data };
-    u_char   *p, *comma;
-
-    if (msg->len > 4 && (msg->data[0] == 'n' || msg->data[0] == 'y')
-        && msg->data[1] == ',' && msg->data[2] == 'a' && msg->data[3] == '=')
-    {
-        p = msg->data + 4;
-        comma = memchr(p, ',', msg->len - 4);
-        if (comma) {
-            user.data = p;
-            user.len = (size_t) (comma - p);
-        }
-    }
-    return sg_smtp_bearer(s, msg, &user);
+    return sg_smtp_auth_start(s, &user, &token, NULL);
 }
 
 /* EXTERNAL (RFC 4422 appendix A): the verified client certificate is
@@ -380,8 +315,8 @@ static const sg_smtp_mech_t  sg_smtp_mechs[] = {
     { "PLAIN", SG_SMTP_AUTH_PLAIN, true, sg_smtp_plain },
     { "LOGIN", SG_SMTP_AUTH_LOGIN, true, sg_smtp_login },
     { "CRAM-MD5", SG_SMTP_AUTH_CRAM_MD5, false, sg_smtp_cram_md5 },
-    { "XOAUTH2", SG_SMTP_AUTH_XOAUTH2, true, sg_smtp_xoauth2 },
-    { "OAUTHBEARER", SG_SMTP_AUTH_OAUTHBEARER, true, sg_smtp_oauthbearer },
+    { "XOAUTH2", SG_SMTP_AUTH_XOAUTH2, true, sg_smtp_oauth },
+    { "OAUTHBEARER", SG_SMTP_AUTH_OAUTHBEARER, true, sg_smtp_oauth },
     { "EXTERNAL", SG_SMTP_AUTH_EXTERNAL, true, sg_smtp_external },
 };
 

@@ -19,7 +19,9 @@ Pki(directory) writes:
     crl.pem                   the test CA's CRL revoking bob
     dh.pem                    ffdhe2048 parameters for ssl_dhparam
 
-Every key file is readable by all: the gate's workers drop privileges.
+add_client(name, subject, san) makes one more client certificate on
+first use.  Every key file is readable by all: the gate's workers drop
+privileges.
 shared() makes one Pki per test run, in a directory under /tmp.
 
 TlsSmtp is lib.smtp.RawSmtp that can also run STARTTLS or start in TLS;
@@ -183,6 +185,17 @@ class Pki:
     def _client(self, name, subject, san="", ca="ca"):
         self._sign(name, subject, CLIENT_EXT.format(san=san), ca=ca)
 
+    def add_client(self, name, subject, san=None, ca="ca"):
+        """One more client certificate, made on first use: `subject` as
+        for openssl req -subj, `san` e.g. 'email:x@example.org' or None
+        for no subjectAltName.  Returns the certificate path."""
+        if not os.path.exists(self.cert(name)):
+            self._client(name, subject,
+                         f"subjectAltName = {san}" if san else "", ca=ca)
+            for path in (self.cert(name), self.key(name)):
+                os.chmod(path, 0o644)
+        return self.cert(name)
+
     def _encrypted_key(self):
         with open(self.password_file, "w") as f:
             f.write(PASSPHRASE + "\n")
@@ -247,7 +260,11 @@ class TlsSmtp(RawSmtp):
                  timeout=30.0):
         """Connect and handshake at once (an `ssl` listener)."""
         c = cls(host, port, timeout)
-        c.wrap(context, server_hostname)
+        try:
+            c.wrap(context, server_hostname)
+        except BaseException:
+            c.close()
+            raise
         return c
 
     def wrap(self, context, server_hostname=None):
@@ -279,8 +296,9 @@ def handshake_outcome(host, port, context, server_hostname=None,
                       starttls=False, timeout=30.0):
     """Try a TLS session and say how it went: ('ok', greeting-or-EHLO
     reply) when the server talks SMTP over TLS, ('refused', what) when the
-    handshake fails or the server drops the connection during or right
-    after it (as TLS 1.3 does for a rejected client certificate)."""
+    handshake fails, the server drops the connection during or right
+    after it (as TLS 1.3 does for a rejected client certificate), or it
+    greets with something other than 220."""
     c = TlsSmtp(host, port, timeout)
     try:
         try:
@@ -291,7 +309,8 @@ def handshake_outcome(host, port, context, server_hostname=None,
                 c.starttls(context, server_hostname)
                 return "ok", c.ehlo()
             c.wrap(context, server_hostname)
-            return "ok", c.greeting()
+            r = c.greeting()
+            return ("ok" if r.code == 220 else "refused"), r
         except (ssl.SSLError, ServerClosed, ConnectionResetError,
                 BrokenPipeError) as e:
             return "refused", repr(e)

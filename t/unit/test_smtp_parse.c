@@ -872,6 +872,113 @@ test_xtext(void)
     CHECK_UINT(sg_smtp_xtext_encode(NULL, &src), 92 + 164 * 3);
 }
 
+/* CRAM-MD5 and OAuth payloads. */
+
+static sg_str_t
+msgof(const char *s, size_t n)
+{
+    sg_str_t  m;
+
+    m.data = sg_test_bytes(s, n);
+    m.len = n;
+    return m;
+}
+
+static void
+test_cram_md5(void)
+{
+    sg_str_t  m, u, d;
+
+    m = msgof(LIT("tim B913A602C7EDA7A495B4E6E7334D3890"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_OK);
+    CHECK_STR(u, "tim");
+    CHECK_STR(d, "b913a602c7eda7a495b4e6e7334d3890");
+
+    m = msgof(LIT("a b c 0123456789abcdef0123456789abcdef"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_OK);
+    CHECK_STR(u, "a b c");           /* the last space splits */
+
+    m = msgof(LIT(" 0123456789abcdef0123456789abcdef"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);   /* no user */
+    m = msgof(LIT("tim 0123456789abcdef0123456789abcde"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);   /* 31 */
+    m = msgof(LIT("tim 0123456789abcdef0123456789abcdef0"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);   /* 33 */
+    m = msgof(LIT("tim 0123456789abcdef0123456789abcdeg"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);   /* not hex */
+    m = msgof(LIT("tim0123456789abcdef0123456789abcdef"));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);   /* no space */
+    m = msgof(LIT(""));
+    CHECK_INT(sg_sasl_cram_md5_split(&m, &u, &d), SG_ERROR);
+}
+
+static void
+test_xoauth2(void)
+{
+    sg_str_t  m, u, t;
+
+    m = msgof(LIT("user=someuser@example.com\x01"
+                  "auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29t"
+                  "CgE\x01\x01"));
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_OK);
+    CHECK_STR(u, "someuser@example.com");
+    CHECK_STR(t, "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCgE");
+
+    m = msgof(LIT("user=u\x01" "auth=bearer tok\x01\x01"));
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_OK);   /* case */
+    CHECK_STR(t, "tok");
+
+    m = msgof(LIT("user=u\x01" "auth=Bearer tok\x01"));     /* one ^A */
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("user=\x01" "auth=Bearer tok\x01\x01"));  /* no user */
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("user=u\x01" "auth=Bearer \x01\x01"));    /* no token */
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("user=u\x01" "auth=Basic dXNlcg==\x01\x01"));
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("auth=Bearer tok\x01\x01"));
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT(""));
+    CHECK_INT(sg_sasl_xoauth2_split(&m, &u, &t), SG_ERROR);
+}
+
+static void
+test_oauthbearer(void)
+{
+    sg_str_t  m, u, t;
+
+    /* RFC 7628 section 4.1 */
+    m = msgof(LIT("n,a=user@example.com,\x01host=server.example.com\x01"
+                  "port=143\x01" "auth=Bearer vF9dft4qmTc2Nvb3RlckBhdHRhdm"
+                  "lzdGEuY29tCg==\x01\x01"));
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_OK);
+    CHECK_STR(u, "user@example.com");
+    CHECK_STR(t, "vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==");
+
+    m = msgof(LIT("n,,\x01" "auth=Bearer tok\x01\x01"));   /* no a= */
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_OK);
+    CHECK_UINT(u.len, 0);
+    CHECK_STR(t, "tok");
+
+    m = msgof(LIT("y,a=u,\x01" "auth=Bearer tok\x01\x01"));
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_OK);
+
+    m = msgof(LIT("p=tls-unique,a=u,\x01" "auth=Bearer t\x01\x01"));
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("n,x=u,\x01" "auth=Bearer tok\x01\x01"));
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("n,a=u\x01" "auth=Bearer tok\x01\x01"));  /* no comma */
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("n,a=u,auth=Bearer tok\x01\x01"));        /* no ^A */
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("n,a=u,\x01" "auth=Bearer tok"));         /* no end */
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("\x01"));                                 /* the ack */
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+    m = msgof(LIT("n,"));
+    CHECK_INT(sg_sasl_oauthbearer_split(&m, &u, &t), SG_ERROR);
+}
+
 int
 main(void)
 {
@@ -907,6 +1014,10 @@ main(void)
     RUN(test_plain_sizes);
 
     RUN(test_xtext);
+
+    RUN(test_cram_md5);
+    RUN(test_xoauth2);
+    RUN(test_oauthbearer);
 
     return sg_test_finish();
 }
