@@ -410,8 +410,14 @@ sg_conf_run(sg_conf_t *cf, bool block)
     }
 }
 
-static int
-sg_conf_read_file(sg_conf_t *cf, const sg_str_t *name, sg_conf_file_t *f)
+/*
+ * Read a whole regular file of at most max bytes into the cycle pool,
+ * NUL-terminated.  Configuration files, users files and the like are
+ * read this way, in the master while a configuration loads.
+ */
+char *
+sg_conf_read_whole(sg_conf_t *cf, const sg_str_t *name, size_t max,
+    u_char **data, size_t *size)
 {
     struct stat  st;
     ssize_t      n;
@@ -420,42 +426,51 @@ sg_conf_read_file(sg_conf_t *cf, const sg_str_t *name, sg_conf_file_t *f)
 
     fd = open((const char *) name->data, O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
-        sg_conf_error(cf, errno, "open() \"%.*s\" failed", SG_STR_ARG(name));
-        return SG_ERROR;
+        return sg_conf_error(cf, errno, "open() \"%.*s\" failed",
+                             SG_STR_ARG(name));
     }
     if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
-        || st.st_size > SG_CONF_FILE_MAX)
+        || (size_t) st.st_size > max)
     {
-        sg_conf_error(cf, 0, "\"%.*s\" is not a regular file of at most "
-                      "%d bytes", SG_STR_ARG(name), SG_CONF_FILE_MAX);
         close(fd);
-        return SG_ERROR;
+        return sg_conf_error(cf, 0, "\"%.*s\" is not a regular file of at "
+                             "most %zu bytes", SG_STR_ARG(name), max);
     }
-    f->content = sg_pnalloc(cf->pool, (size_t) st.st_size + 1);
-    if (f->content == NULL) {
+    *data = sg_pnalloc(cf->pool, (size_t) st.st_size + 1);
+    if (*data == NULL) {
         close(fd);
-        return SG_ERROR;
+        return SG_CONF_ERROR;
     }
     while (got < (size_t) st.st_size) {
-        n = read(fd, f->content + got, (size_t) st.st_size - got);
+        n = read(fd, *data + got, (size_t) st.st_size - got);
         if (n <= 0) {
             if (n == -1 && errno == EINTR) {
                 continue;
             }
-            sg_conf_error(cf, n ? errno : 0, "read() \"%.*s\" failed",
-                          SG_STR_ARG(name));
             close(fd);
-            return SG_ERROR;
+            return sg_conf_error(cf, n ? errno : 0, "read() \"%.*s\" failed",
+                                 SG_STR_ARG(name));
         }
         got += (size_t) n;
     }
     close(fd);
-    f->content[got] = '\0';
-    f->size = got;
+    (*data)[got] = '\0';
+    *size = got;
+    return SG_CONF_OK;
+}
+
+static int
+sg_conf_read_file(sg_conf_t *cf, const sg_str_t *name, sg_conf_file_t *f)
+{
+    if (sg_conf_read_whole(cf, name, SG_CONF_FILE_MAX, &f->content,
+                           &f->size) != SG_CONF_OK)
+    {
+        return SG_ERROR;
+    }
     f->name = *name;
     f->line = 1;
     f->pos = f->content;
-    f->end = f->content + got;
+    f->end = f->content + f->size;
     return SG_OK;
 }
 

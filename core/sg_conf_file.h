@@ -154,6 +154,10 @@ void sg_conf_warn(sg_conf_t *cf, const char *fmt, ...)
  * the prefix (for files smtpgate writes). NUL-terminated result. */
 int sg_conf_full_name(sg_conf_t *cf, sg_str_t *name, bool conf_prefix);
 
+/* Read a whole regular file (at most max bytes) into the cycle pool. */
+char *sg_conf_read_whole(sg_conf_t *cf, const sg_str_t *name, size_t max,
+    u_char **data, size_t *size);
+
 /* The contents of every file parsed, for -T. */
 void sg_conf_dump(sg_cycle_t *cycle, FILE *out);
 

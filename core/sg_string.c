@@ -208,6 +208,17 @@ sg_parse_time(const sg_str_t *s, int64_t *out_ms)
     return SG_OK;
 }
 
+uint32_t
+sg_hash(const u_char *p, size_t n)
+{
+    uint32_t  h = 2166136261u;
+
+    while (n--) {
+        h = (h ^ *p++) * 16777619u;
+    }
+    return h;
+}
+
 void
 sg_wipe(void *p, size_t n)
 {

@@ -51,6 +51,10 @@ int sg_parse_int(const sg_str_t *s, int64_t *out);
 int sg_parse_size(const sg_str_t *s, int64_t *out);
 int sg_parse_time(const sg_str_t *s, int64_t *out_ms);
 
+/* FNV-1a: for in-memory tables keyed by names and ids, not for
+ * anything an attacker could aim collisions at across a trust line. */
+uint32_t sg_hash(const u_char *p, size_t n);
+
 /* Wipe a secret so that the compiler cannot drop the store. */
 void sg_wipe(void *p, size_t n);
 

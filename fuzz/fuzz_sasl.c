@@ -12,15 +12,8 @@
  */
 #include "sg_core.h"
 #include "sg_smtp_parse.h"
+#include "sg_fuzz.h"
 
-#define SG_FUZZ_ASSERT(cond)                                                   \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                          \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 static u_char *
 sg_fuzz_alloc(const void *data, size_t n)

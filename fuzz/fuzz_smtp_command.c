@@ -13,6 +13,7 @@
  */
 #include "sg_core.h"
 #include "sg_smtp_parse.h"
+#include "sg_fuzz.h"
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
@@ -26,14 +27,6 @@
 #define SG_FUZZ_UNPOISON(p, n) ((void) (p), (void) (n))
 #endif
 
-#define SG_FUZZ_ASSERT(cond)                                                   \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                          \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* A session buffer holds at least one whole line at the largest limit
  * used here, as the real one must, or AGAIN could never be answered. */

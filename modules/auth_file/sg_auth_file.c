@@ -13,8 +13,6 @@
  */
 #include "sg_smtp.h"
 #include <crypt.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -84,17 +82,6 @@ static const sg_smtp_auth_backend_t  sg_auth_file_backend = {
 static const char  sg_auth_file_dummy[] =
     "$y$j9T$hLGqNZKXI37DDCgWLo90A1$5bUaM2hM.x0FG.I311C/kSVy8NGfHg1Egs/DE3jzoz.";
 
-static uint64_t
-sg_auth_file_hash(const u_char *p, size_t n)
-{
-    uint64_t  h = 1469598103934665603ULL;
-
-    while (n--) {
-        h = (h ^ *p++) * 1099511628211ULL;
-    }
-    return h;
-}
-
 static const sg_auth_user_t *
 sg_auth_file_find(const sg_auth_file_conf_t *conf, const sg_str_t *user)
 {
@@ -103,7 +90,7 @@ sg_auth_file_find(const sg_auth_file_conf_t *conf, const sg_str_t *user)
     if (conf->nslots == 0) {
         return NULL;
     }
-    i = sg_auth_file_hash(user->data, user->len) & (conf->nslots - 1);
+    i = sg_hash(user->data, user->len) & (conf->nslots - 1);
     while (conf->users[i].user.data) {
         if (conf->users[i].user.len == user->len
             && memcmp(conf->users[i].user.data, user->data, user->len) == 0)
@@ -144,51 +131,6 @@ sg_auth_file_merge_conf(sg_conf_t *cf, void *parent, void *child)
 }
 
 /* Loading. */
-
-static char *
-sg_auth_file_read(sg_conf_t *cf, const sg_str_t *path, u_char **data,
-    size_t *size)
-{
-    struct stat  st;
-    ssize_t      n;
-    size_t       got = 0;
-    int          fd;
-
-    fd = open((const char *) path->data, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        return sg_conf_error(cf, errno, "open() \"%.*s\" failed",
-                             SG_STR_ARG(path));
-    }
-    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
-        || st.st_size > SG_AUTH_FILE_MAX)
-    {
-        close(fd);
-        return sg_conf_error(cf, 0, "\"%.*s\" is not a regular file of at "
-                             "most %d bytes", SG_STR_ARG(path),
-                             SG_AUTH_FILE_MAX);
-    }
-    *data = sg_pnalloc(cf->temp_pool ? cf->temp_pool : cf->pool,
-                       (size_t) st.st_size + 1);
-    if (*data == NULL) {
-        close(fd);
-        return SG_CONF_ERROR;
-    }
-    while (got < (size_t) st.st_size) {
-        n = read(fd, *data + got, (size_t) st.st_size - got);
-        if (n <= 0) {
-            if (n == -1 && errno == EINTR) {
-                continue;
-            }
-            close(fd);
-            return sg_conf_error(cf, n ? errno : 0, "read() \"%.*s\" failed",
-                                 SG_STR_ARG(path));
-        }
-        got += (size_t) n;
-    }
-    close(fd);
-    *size = got;
-    return SG_CONF_OK;
-}
 
 static bool
 sg_auth_file_user_ok(const sg_str_t *u)
@@ -237,7 +179,7 @@ sg_auth_file_insert(sg_auth_file_conf_t *conf, const sg_auth_user_t *u)
 {
     size_t  i;
 
-    i = sg_auth_file_hash(u->user.data, u->user.len) & (conf->nslots - 1);
+    i = sg_hash(u->user.data, u->user.len) & (conf->nslots - 1);
     while (conf->users[i].user.data) {
         if (conf->users[i].user.len == u->user.len
             && memcmp(conf->users[i].user.data, u->user.data, u->user.len)
@@ -314,7 +256,7 @@ sg_auth_file_load(sg_conf_t *cf, sg_auth_file_conf_t *conf)
     size_t          size = 0, lineno = 0, slots = 16;
     char           *rv;
 
-    rv = sg_auth_file_read(cf, &conf->path, &data, &size);
+    rv = sg_conf_read_whole(cf, &conf->path, SG_AUTH_FILE_MAX, &data, &size);
     if (rv != SG_CONF_OK) {
         return rv;
     }

@@ -77,23 +77,12 @@ sg_ssl_slot(sg_ssl_cache_t *cache, uint32_t i)
                               + (size_t) i * cache->slot_size);
 }
 
-static uint32_t
-sg_ssl_hash(const u_char *id, size_t len)
-{
-    uint32_t  h = 2166136261u;
-
-    while (len--) {
-        h = (h ^ *id++) * 16777619u;
-    }
-    return h;
-}
-
 /* The slot holding id, or the best place for it (store == true). */
 static sg_ssl_slot_t *
 sg_ssl_find(sg_ssl_cache_t *cache, const u_char *id, size_t len, bool store)
 {
     sg_ssl_slot_t  *slot, *victim = NULL;
-    uint32_t        h = sg_ssl_hash(id, len), i;
+    uint32_t        h = sg_hash(id, len), i;
     int64_t         now = (int64_t) time(NULL);
 
     for (i = 0; i < SG_SSL_CACHE_PROBE && i < cache->nslots; i++) {
