@@ -31,6 +31,7 @@ typedef struct {
     sg_msec_t     timeout;
     int           xclient;
     size_t        buffer_size;
+    unsigned      seen_caps;    /* this worker's last backend EHLO */
 } sg_proxy_conf_t;
 
 typedef struct {
@@ -88,7 +89,31 @@ sg_module_t  sg_proxy_module = {
     .commands = sg_proxy_commands,
 };
 
-static const sg_smtp_relay_t  sg_proxy_relay = { "proxy", sg_proxy_start };
+static unsigned
+sg_proxy_caps(void *conf)
+{
+    return ((sg_proxy_conf_t *) conf)->seen_caps;
+}
+
+static const sg_smtp_relay_t  sg_proxy_relay = {
+    "proxy", sg_proxy_start, sg_proxy_caps
+};
+
+/* What the backend's EHLO promised of the extensions the front end only
+ * advertises when the backend keeps them. */
+static void
+sg_proxy_learn_caps(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
+{
+    unsigned  caps = 0;
+
+    if (sg_smtp_ehlo_has(r, "CHUNKING", NULL)) {
+        caps |= SG_SMTP_CAP_CHUNKING;
+    }
+    if (sg_smtp_ehlo_has(r, "DSN", NULL)) {
+        caps |= SG_SMTP_CAP_DSN;
+    }
+    ctx->conf->seen_caps = caps;
+}
 
 /* Configuration. */
 
@@ -391,6 +416,7 @@ sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
         if (r->code != 250) {
             return SG_ERROR;
         }
+        sg_proxy_learn_caps(ctx, r);
         if (ctx->conf->xclient) {
             if (sg_smtp_ehlo_has(r, "XCLIENT", &attrs)) {
                 ctx->state = SG_PROXY_XCLIENT;
@@ -410,7 +436,11 @@ sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
         return sg_proxy_line(ctx, "%s %.*s", ctx->s->esmtp ? "EHLO" : "HELO",
                              SG_STR_ARG(&ctx->s->helo));
     case SG_PROXY_XCLIENT_EHLO:
-        return r->code == 250 ? sg_proxy_handshake_done(ctx) : SG_ERROR;
+        if (r->code != 250) {
+            return SG_ERROR;
+        }
+        sg_proxy_learn_caps(ctx, r);
+        return sg_proxy_handshake_done(ctx);
     case SG_PROXY_MAIL:
         /* The client already heard 250 for its MAIL: a refusal now is
          * its answer to RCPT, and the RCPT is not sent. */

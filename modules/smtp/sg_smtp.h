@@ -110,11 +110,19 @@ typedef struct {
     void       (*cancel)(sg_auth_request_t *r, void *conf);
 } sg_smtp_auth_backend_t;
 
+/* Extensions the front end may advertise only when the backends keep
+ * them (smtp_capabilities lists them; the relay says what it has seen). */
+#define SG_SMTP_CAP_CHUNKING   0x01
+#define SG_SMTP_CAP_DSN        0x02
+#define SG_SMTP_CAP_GATED      4          /* variants: every subset */
+
 typedef struct {
     const char  *name;
     /* Take over an authenticated session: connect, hand-shake, then
      * sg_smtp_relay_ready() or sg_smtp_relay_failed(). */
     void       (*start)(sg_smtp_session_t *s, void *conf);
+    /* Which SG_SMTP_CAP_* the backends were last seen to support. */
+    unsigned   (*caps)(void *conf);
 } sg_smtp_relay_t;
 
 /* One server_name: "mx.example.org", "*.example.org", ".example.org"
@@ -152,8 +160,9 @@ typedef struct {
     /* Prebuilt replies. */
     sg_str_t                       greeting;
     sg_str_t                       helo_reply;
-    sg_str_t                       ehlo_reply;        /* plaintext */
-    sg_str_t                       ehlo_reply_tls;    /* after TLS */
+    /* EHLO replies by the subset of SG_SMTP_CAP_* the backends keep. */
+    sg_str_t                       ehlo_reply[SG_SMTP_CAP_GATED];
+    sg_str_t                       ehlo_reply_tls[SG_SMTP_CAP_GATED];
     unsigned                       starttls;          /* SG_SSL_STARTTLS_* */
 
     const sg_smtp_auth_backend_t  *auth;

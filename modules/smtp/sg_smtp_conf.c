@@ -642,10 +642,31 @@ sg_smtp_builtin_cap(const sg_str_t *cap)
 
 /* "250-name\r\n250-PIPELINING\r\n...\r\n250 LAST\r\n", with or without
  * the STARTTLS and AUTH lines. */
+/* CHUNKING and DSN promise what only the backend can keep. */
+static unsigned
+sg_smtp_gated_cap(const sg_str_t *cap)
+{
+    sg_str_t  word = *cap;
+    u_char   *sp = memchr(cap->data, ' ', cap->len);
+
+    if (sp) {
+        word.len = (size_t) (sp - cap->data);
+    }
+    if (sg_str_caseeq(&word, "CHUNKING")) {
+        return SG_SMTP_CAP_CHUNKING;
+    }
+    if (sg_str_caseeq(&word, "DSN")) {
+        return SG_SMTP_CAP_DSN;
+    }
+    return 0;
+}
+
 static int
 sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
-    bool auth, sg_str_t *out)
+    bool auth, unsigned allowed, sg_str_t *out)
 {
+    unsigned   gated;
+
     u_char     buf[8192], *p = buf, *last = buf + sizeof(buf);
     u_char     authline[128];
     sg_str_t   lines[64], *caps;
@@ -656,7 +677,10 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
     if (sscf->capabilities != SG_CONF_UNSET_PTR && sscf->capabilities) {
         caps = sscf->capabilities->elts;
         for (i = 0; i < sscf->capabilities->nelts && n < 60; i++) {
-            if (!sg_smtp_builtin_cap(&caps[i])) {
+            gated = sg_smtp_gated_cap(&caps[i]);
+            if (!sg_smtp_builtin_cap(&caps[i])
+                && (gated == 0 || (gated & allowed)))
+            {
                 lines[n++] = caps[i];
             }
         }
@@ -761,6 +785,7 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
 {
     sg_smtp_srv_conf_t  *sscf = conf;
     bool                 mechs, starttls = false;
+    unsigned             gated;
 
 #if (SG_HAVE_SSL_MODULE)
     sscf->starttls = sg_ssl_srv(sscf)->starttls;
@@ -786,15 +811,17 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
             }
         }
     }
-    if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
-                           mechs && !sscf->auth_require_tls,
-                           &sscf->ehlo_reply) != SG_OK
-        || sg_smtp_build_ehlo(cf->pool, sscf, false, mechs,
-                              &sscf->ehlo_reply_tls) != SG_OK)
-    {
-        return sg_conf_error_at(cf, &sscf->file, sscf->line, "the EHLO "
-            "reply would exceed %d bytes: shorten \"smtp_capabilities\"",
-            SG_SMTP_REPLY_MAX - 16);
+    for (gated = 0; gated < SG_SMTP_CAP_GATED; gated++) {
+        if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
+                               mechs && !sscf->auth_require_tls, gated,
+                               &sscf->ehlo_reply[gated]) != SG_OK
+            || sg_smtp_build_ehlo(cf->pool, sscf, false, mechs, gated,
+                                  &sscf->ehlo_reply_tls[gated]) != SG_OK)
+        {
+            return sg_conf_error_at(cf, &sscf->file, sscf->line, "the EHLO "
+                "reply would exceed %d bytes: shorten "
+                "\"smtp_capabilities\"", SG_SMTP_REPLY_MAX - 16);
+        }
     }
 
     if (sscf->auth == NULL) {

@@ -160,7 +160,9 @@ sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
 static int
 sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
-    size_t  i;
+    const sg_str_t  *reply;
+    unsigned         caps;
+    size_t           i;
 
     if (cmd->args.len == 0 || cmd->args.len > SG_SMTP_HELO_MAX) {
         return sg_smtp_error(s, "501 5.5.4 Syntax: %s hostname",
@@ -187,12 +189,13 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
                              s->conf->helo_reply.len);
     }
-    if (s->tls) {
-        return sg_buf_append(&s->out, s->conf->ehlo_reply_tls.data,
-                             s->conf->ehlo_reply_tls.len);
-    }
-    return sg_buf_append(&s->out, s->conf->ehlo_reply.data,
-                         s->conf->ehlo_reply.len);
+    /* CHUNKING and DSN only once the backends were seen to keep them. */
+    caps = s->conf->relay->caps
+           ? s->conf->relay->caps(s->conf->relay_conf) & (SG_SMTP_CAP_GATED - 1)
+           : 0;
+    reply = s->tls ? &s->conf->ehlo_reply_tls[caps]
+                   : &s->conf->ehlo_reply[caps];
+    return sg_buf_append(&s->out, reply->data, reply->len);
 }
 
 /* Copy a command line for replay to the backend (smtp_auth none). */
