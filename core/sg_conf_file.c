@@ -209,8 +209,22 @@ sg_conf_read_word(sg_conf_t *cf)
         if (ch == '\n') {
             f->line++;
         }
-        if (ch == '\\' && f->pos < f->end && sg_conf_unescape(*f->pos)) {
-            ch = sg_conf_unescape(*f->pos++);
+        if (ch == '\\' && f->pos < f->end) {
+            if (sg_conf_unescape(*f->pos)) {
+                ch = sg_conf_unescape(*f->pos++);
+            } else if (!quote && sg_conf_ends_word(*f->pos)) {
+                /* "\;" keeps both and does not end the word, as nginx */
+                if (len + 2 > sizeof(buf)) {
+                    return sg_conf_token_error(cf, "too long parameter, "
+                                               "the limit is %d bytes",
+                                               SG_CONF_MAX_WORD);
+                }
+                buf[len++] = '\\';
+                ch = *f->pos++;
+                if (ch == '\n') {
+                    f->line++;
+                }
+            }
         }
         if (ch == '\0') {
             return sg_conf_token_error(cf, "unexpected NUL byte");

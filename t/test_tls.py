@@ -1004,3 +1004,58 @@ def test_reload_with_missing_certificate_keeps_old(smtpgate, backend, pki):
     with implicit_session(g, pki) as c:
         assert peer_der(c) == der(pki.cert("mx.test"))
         assert c.greeting_reply.raw == b"220 mx.test ESMTP ready\r\n"
+
+
+# -- sessions do not cross servers --------------------------------------------
+
+
+CROSS_CASES = [
+    ("tickets-1.3", "", "-tls1_3"),
+    ("tickets-1.2", "", "-tls1_2"),
+    ("shared-1.2", "ssl_session_cache shared:X:1m; ssl_session_tickets off;",
+     "-tls1_2"),
+    ("shared-1.3", "ssl_session_cache shared:X:1m; ssl_session_tickets off;",
+     "-tls1_3"),
+]
+
+
+@pytest.mark.parametrize("extra,version", [c[1:] for c in CROSS_CASES],
+                         ids=[c[0] for c in CROSS_CASES])
+def test_session_from_open_server_cannot_skip_client_certificate(
+        smtpgate, backend, pki, tmp_path, extra, version):
+    """Two servers share the implicit-TLS address; alt.test requires a
+    client certificate.  A session made with mx.test (no certificate) and
+    offered under SNI alt.test must never get alt.test's greeting."""
+    conf = sni_conf(pki, backend, alt_extra=f"""
+        ssl_verify_client on;
+        ssl_client_certificate {pki.ca};""")
+    conf = conf.replace("mail {\n", "mail {\n" + indent(extra) + "\n", 1)
+    g = smtpgate(conf)
+    sess = str(tmp_path / "session.pem")
+    common = ["-connect", f"127.0.0.1:{g.ports['PORTS']}", version,
+              "-CAfile", pki.ca]
+    rc, out = s_client(*common, "-servername", "mx.test", "-sess_out", sess)
+    assert "220 mx.test ESMTP ready" in out, out
+    if not os.path.exists(sess):
+        return
+    rc, out = s_client(*common, "-servername", "alt.test", "-sess_in", sess)
+    assert "220 alt.test" not in out, out
+
+
+def test_session_resumes_on_its_own_sni_server(smtpgate, backend, pki,
+                                               tmp_path):
+    """No false alarm: a session made under alt.test with a client
+    certificate resumes under alt.test."""
+    conf = sni_conf(pki, backend, alt_extra=f"""
+        ssl_verify_client on;
+        ssl_client_certificate {pki.ca};""")
+    g = smtpgate(conf)
+    sess = str(tmp_path / "session.pem")
+    common = ["-connect", f"127.0.0.1:{g.ports['PORTS']}", "-tls1_3",
+              "-CAfile", pki.ca, "-servername", "alt.test",
+              "-cert", pki.path("alice.pem"), "-key", pki.path("alice.key")]
+    rc, out = s_client(*common, "-sess_out", sess)
+    assert "220 alt.test ESMTP ready" in out, out
+    rc, out = s_client(*common, "-sess_in", sess)
+    assert session_line(out).startswith("Reused, "), out
+    assert "220 alt.test ESMTP ready" in out, out

@@ -266,5 +266,10 @@ sg_smtp_srv_conf_t *sg_smtp_conf_current(sg_conf_t *cf);
  * make it the session's.  NULL: no server has that name. */
 sg_smtp_srv_conf_t *sg_smtp_select_server(sg_connection_t *c,
     const sg_str_t *host);
+/* The same lookup without changing the session: NULL when no name
+ * matches (the default server then serves). */
+sg_smtp_srv_conf_t *sg_smtp_find_server(sg_connection_t *c,
+    const sg_str_t *host);
+sg_smtp_srv_conf_t *sg_smtp_default_server(sg_connection_t *c);
 
 #endif /* SG_SMTP_H */

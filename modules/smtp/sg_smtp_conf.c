@@ -475,7 +475,9 @@ sg_smtp_server_name(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         if (value[i].len == 0) {
             return sg_conf_invalid_value(cf, &value[i], NULL);
         }
-        if (sscf->server_name.data == NULL && value[i].data[0] != '~') {
+        if (sscf->server_name.data == NULL && value[i].data[0] != '~'
+            && value[i].data[0] != '*' && value[i].data[0] != '.')
+        {
             sscf->server_name = value[i];   /* greeting: as written */
             sscf->server_name.data = sg_pstrdup(cf->pool, &value[i]);
         }
@@ -516,11 +518,29 @@ sg_smtp_name_match(const sg_smtp_name_t *n, const sg_str_t *host,
 }
 
 sg_smtp_srv_conf_t *
+sg_smtp_default_server(sg_connection_t *c)
+{
+    return ((sg_smtp_addr_conf_t *) c->listening->servers)->default_server;
+}
+
+sg_smtp_srv_conf_t *
 sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
+{
+    sg_smtp_session_t    *s = c->data;
+    sg_smtp_srv_conf_t   *found;
+
+    found = sg_smtp_find_server(c, host);
+    if (found) {
+        s->conf = found;
+    }
+    return found;
+}
+
+sg_smtp_srv_conf_t *
+sg_smtp_find_server(sg_connection_t *c, const sg_str_t *host)
 {
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
     sg_smtp_srv_conf_t  **srv = ac->servers.elts;
-    sg_smtp_session_t    *s = c->data;
     sg_smtp_name_t       *n;
     unsigned              kind;
     size_t                i, j;
@@ -537,7 +557,6 @@ sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
             n = srv[i]->names->elts;
             for (j = 0; j < srv[i]->names->nelts; j++) {
                 if (sg_smtp_name_match(&n[j], host, kind)) {
-                    s->conf = srv[i];
                     return srv[i];
                 }
             }
@@ -813,7 +832,9 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
     }
     for (gated = 0; gated < SG_SMTP_CAP_GATED; gated++) {
         if (sg_smtp_build_ehlo(cf->pool, sscf, starttls,
-                               mechs && !sscf->auth_require_tls, gated,
+                               mechs && !sscf->auth_require_tls
+                               && sscf->starttls != SG_SMTP_STARTTLS_ONLY,
+                               gated,
                                &sscf->ehlo_reply[gated]) != SG_OK
             || sg_smtp_build_ehlo(cf->pool, sscf, false, mechs, gated,
                                   &sscf->ehlo_reply_tls[gated]) != SG_OK)

@@ -85,6 +85,7 @@ sg_smtp_decode(sg_smtp_session_t *s, const sg_str_t *in, sg_str_t *out)
 }
 
 static void sg_smtp_auth_done(sg_auth_request_t *r);
+static int sg_smtp_auth_failed(sg_smtp_session_t *s);
 
 /* smtp_auth_timeout: the backend is too slow; the client hears 454. */
 static void
@@ -106,10 +107,8 @@ sg_smtp_auth_timeout(sg_event_t *ev)
  * times the number of failures so far; after smtp_auth_attempts
  * failures the session ends. */
 static void
-sg_smtp_auth_fail_reply(sg_event_t *ev)
+sg_smtp_auth_fail_reply_now(sg_smtp_session_t *s)
 {
-    sg_smtp_session_t  *s = ev->data;
-
     s->state = SG_SMTP_ST_COMMAND;
     (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials invalid");
     if (s->auth_failures >= (unsigned) s->conf->auth_attempts && !s->quit) {
@@ -119,6 +118,14 @@ sg_smtp_auth_fail_reply(sg_event_t *ev)
                              "attempts, closing connection");
         s->quit = 1;
     }
+}
+
+static void
+sg_smtp_auth_fail_reply(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    sg_smtp_auth_fail_reply_now(s);
     sg_smtp_run(s);
 }
 
@@ -337,7 +344,7 @@ sg_smtp_find_mech(unsigned bit)
 static int
 sg_smtp_first_challenge(sg_smtp_session_t *s)
 {
-    u_char    raw[256], b64[sg_base64_encoded_len(256) + 1];
+    u_char    raw[320], b64[sg_base64_encoded_len(320) + 1];
     sg_str_t  src, dst;
     uint64_t  rnd = 0;
 
@@ -443,15 +450,20 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
 
     if (s->state == SG_SMTP_ST_AUTH_OAUTH_ERROR) {
         /* RFC 7628 3.2.3: the client acknowledges the error, then the
-         * exchange fails; count it like any other failure. */
-        s->state = SG_SMTP_ST_COMMAND;
-        return sg_smtp_error(s, "535 5.7.8 Authentication credentials "
-                             "invalid");
+         * exchange fails, delayed and counted like any other failure. */
+        return sg_smtp_auth_failed(s);
     }
     if (line->len == 1 && line->data[0] == '*') {
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         return sg_smtp_reply(s, "501 5.7.0 Authentication cancelled");
+    }
+    if (line->len == 1 && line->data[0] == '=') {
+        /* RFC 4954 uses "=" for an empty initial response; some clients
+         * send it as an empty continuation too. */
+        msg.data = s->secret;
+        msg.len = 0;
+        return m ? m->step(s, &msg) : SG_ERROR;
     }
     if (m == NULL || sg_smtp_decode(s, line, &msg) != SG_OK) {
         s->state = SG_SMTP_ST_COMMAND;
@@ -459,6 +471,22 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
         return sg_smtp_error(s, "501 5.5.2 Invalid base64 data");
     }
     return m->step(s, &msg);
+}
+
+/* A failed attempt: the 535 after smtp_auth_fail_delay times the
+ * failures so far (the count was made when the backend answered). */
+static int
+sg_smtp_auth_failed(sg_smtp_session_t *s)
+{
+    if (s->conf->auth_fail_delay > 0) {
+        s->state = SG_SMTP_ST_AUTH_DELAY;
+        sg_smtp_set_timer(s, sg_smtp_auth_fail_reply,
+                          s->conf->auth_fail_delay * s->auth_failures);
+        return SG_OK;
+    }
+    s->state = SG_SMTP_ST_COMMAND;
+    sg_smtp_auth_fail_reply_now(s);
+    return SG_OK;
 }
 
 /* XOAUTH2 and OAUTHBEARER report a failure as a 334 carrying a JSON
@@ -517,18 +545,10 @@ sg_smtp_auth_done(sg_auth_request_t *r)
                      sg_smtp_mech_name(s->auth_mech), reason);
         s->login.len = 0;
         s->auth_failures++;
-        if (sg_smtp_oauth_error(s)) {
-            break;
+        if (!sg_smtp_oauth_error(s)) {
+            (void) sg_smtp_auth_failed(s);
         }
-        if (s->conf->auth_fail_delay > 0) {
-            s->state = SG_SMTP_ST_AUTH_DELAY;
-            sg_smtp_set_timer(s, sg_smtp_auth_fail_reply,
-                              s->conf->auth_fail_delay * s->auth_failures);
-            sg_smtp_run(s);
-            return;
-        }
-        sg_smtp_auth_fail_reply(&s->timer);
-        return;
+        break;
     default:
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend "
                      "unavailable for \"%.*s\": %s", SG_STR_ARG(&s->login),

@@ -766,7 +766,9 @@ sg_smtp_write_handler(sg_event_t *ev)
 
 /* TLS, implicit (at connect) or after STARTTLS. */
 
+#if (SG_HAVE_SSL_MODULE)
 static void sg_smtp_tls_handler(sg_event_t *ev);
+#endif
 
 static void
 sg_smtp_tls_start(sg_smtp_session_t *s)
@@ -798,6 +800,7 @@ sg_smtp_tls_handler(sg_event_t *ev)
 {
     sg_connection_t    *c = ev->data;
     sg_smtp_session_t  *s = c->data;
+    sg_str_t            name;
     int                 rc;
 
     if (ev->timedout) {
@@ -815,6 +818,18 @@ sg_smtp_tls_handler(sg_event_t *ev)
         return;
     }
     sg_event_del_timer(c->read);
+    /* The server by the name asked for in this handshake, even when a
+     * resumed session skipped the SNI callback; then its TLS policy. */
+    name.data = (u_char *) SSL_get_servername(c->ssl,
+                                               TLSEXT_NAMETYPE_host_name);
+    if (name.data) {
+        name.len = strlen((char *) name.data);
+        (void) sg_smtp_select_server(c, &name);
+    }
+    if (sg_ssl_check_session(c, s->conf) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
     sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s",
                  sg_ssl_protocol(c), sg_ssl_cipher(c));
 
@@ -834,14 +849,6 @@ sg_smtp_tls_handler(sg_event_t *ev)
         return;
     }
     sg_smtp_run(s);
-}
-
-#else
-
-static void
-sg_smtp_tls_handler(sg_event_t *ev)
-{
-    (void) ev;
 }
 
 #endif

@@ -39,6 +39,9 @@ sg_ssl_srv_t *sg_ssl_srv(sg_smtp_srv_conf_t *sscf);
  */
 int sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
 int sg_ssl_handshake(sg_connection_t *c);
+/* After the handshake: the session belongs to sscf and meets its client
+ * certificate policy (SG_OK), or the connection must close (logged). */
+int sg_ssl_check_session(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
 /* Send close_notify without waiting for the peer's. */
 void sg_ssl_shutdown(sg_connection_t *c);
 
@@ -49,9 +52,9 @@ void sg_ssl_cache_attach(SSL_CTX *ctx, sg_shm_zone_t *zone);
 
 const char *sg_ssl_protocol(sg_connection_t *c);
 const char *sg_ssl_cipher(sg_connection_t *c);
-/* The verified client certificate's subject as a one-line DN, and its
- * identity for SASL EXTERNAL (the e-mail address, else the CN); false
- * when there is no verified certificate. */
+/* The verified client certificate's identity for SASL EXTERNAL: its
+ * e-mail SAN, else emailAddress, else CN; false when there is no
+ * verified certificate or the name holds a NUL byte. */
 bool sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
     sg_str_t *identity);
 

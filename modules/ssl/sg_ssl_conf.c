@@ -53,6 +53,11 @@ typedef struct {
 
     sg_str_t       file;               /* where the settings come from */
     size_t         line;
+
+    /* Sessions (cached or in tickets) resume only on the server, and
+     * under the certificate policy, that made them. */
+    u_char         sid_ctx[SSL_MAX_SID_CTX_LENGTH];
+    unsigned       sid_ctx_len;
 } sg_ssl_conf_t;
 
 static char *sg_ssl_append(sg_conf_t *cf, const sg_command_t *cmd,
@@ -311,18 +316,24 @@ static int            sg_ssl_conf_index = -1;
 static u_char         sg_ssl_ticket_secret[32];
 static bool           sg_ssl_ticket_secret_set;
 
+/* Every reason OpenSSL queued, outermost last: the first is often the
+ * system error ("No such file or directory"), the last the context. */
 static const char *
 sg_ssl_errstr(char *buf, size_t len)
 {
-    unsigned long  e, last = 0;
+    unsigned long  e;
+    size_t         n = 0;
+    const char    *r;
 
-    while ((e = ERR_get_error()) != 0) {
-        last = e;                  /* the last one is the most specific */
+    buf[0] = '\0';
+    while ((e = ERR_get_error()) != 0 && n + 4 < len) {
+        r = ERR_reason_error_string(e);
+        n += (size_t) snprintf(buf + n, len - n, "%s%s", n ? "; " : "",
+                               r ? r : "unknown");
     }
-    if (last == 0) {
+    ERR_clear_error();
+    if (n == 0) {
         snprintf(buf, len, "unknown error");
-    } else {
-        ERR_error_string_n(last, buf, len);
     }
     return buf;
 }
@@ -331,7 +342,7 @@ static char *
 sg_ssl_fail(sg_conf_t *cf, sg_ssl_conf_t *scf, const char *what,
     const sg_str_t *path)
 {
-    char  e[256];
+    char  e[512];
 
     sg_ssl_errstr(e, sizeof(e));
     if (path) {
@@ -431,6 +442,7 @@ sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
     sg_str_t    *key = scf->certificate_keys->elts;
     sg_array_t  *passwords = NULL;
     size_t       i;
+    char        *rv;
 
     if (scf->certificates->nelts != scf->certificate_keys->nelts) {
         return sg_conf_error_at(cf, &scf->file, scf->line, "every "
@@ -443,28 +455,22 @@ sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
             return SG_CONF_ERROR;
         }
     }
-    for (i = 0; i < scf->certificates->nelts; i++) {
+    rv = SG_CONF_OK;
+    for (i = 0; i < scf->certificates->nelts && rv == SG_CONF_OK; i++) {
         if (SSL_CTX_use_certificate_chain_file(ctx,
                 (const char *) cert[i].data) != 1)
         {
-            return sg_ssl_fail(cf, scf, "loading certificate", &cert[i]);
-        }
-        if (sg_ssl_use_key(ctx, &key[i], passwords) != SG_OK) {
-            return sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
-        }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-            return sg_ssl_fail(cf, scf, "matching the key to certificate",
-                               &cert[i]);
+            rv = sg_ssl_fail(cf, scf, "loading certificate", &cert[i]);
+        } else if (sg_ssl_use_key(ctx, &key[i], passwords) != SG_OK) {
+            rv = sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
         }
     }
-    if (passwords) {
-        for (i = 0; i < passwords->nelts; i++) {
-            sg_str_t *pw = sg_array_elt(passwords, sg_str_t, i);
+    for (i = 0; passwords && i < passwords->nelts; i++) {
+        sg_str_t  *pw = sg_array_elt(passwords, sg_str_t, i);
 
-            sg_wipe(pw->data, pw->len);
-        }
+        sg_wipe(pw->data, pw->len);     /* on every path */
     }
-    return SG_CONF_OK;
+    return rv;
 }
 
 static int
@@ -503,12 +509,17 @@ sg_ssl_set_protocols(SSL_CTX *ctx, unsigned protocols)
 /* Session tickets: keys for period i are derived from the secret, so
  * every worker (and the workers after a reload) agrees on them. */
 static int
-sg_ssl_derive(const char *label, uint64_t period, u_char *out, size_t len)
+sg_ssl_derive(const sg_ssl_conf_t *scf, const char *label, uint64_t period,
+    u_char *out, size_t len)
 {
-    u_char  msg[32], mac[EVP_MAX_MD_SIZE];
+    u_char  msg[32 + SSL_MAX_SID_CTX_LENGTH], mac[EVP_MAX_MD_SIZE];
     size_t  n = strlen(label), maclen = 0;
     int     i;
 
+    /* One key set for every server: OpenSSL may open a ticket before
+     * SNI has picked the server.  A session carries its server's id
+     * context, and sg_ssl_check_session() refuses it anywhere else. */
+    (void) scf;
     memcpy(msg, label, n);
     for (i = 0; i < 8; i++) {
         msg[n + i] = (u_char) (period >> (56 - 8 * i));
@@ -538,7 +549,7 @@ sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
     period = (uint64_t) sg_max(scf->session_timeout / 1000, 60);
     for (k = 0; k < 2; k++) {
         p = now / period - (uint64_t) k;
-        if (sg_ssl_derive("ticket-name", p, kname, 16) != SG_OK) {
+        if (sg_ssl_derive(scf, "ticket-name", p, kname, 16) != SG_OK) {
             return -1;
         }
         if (enc) {
@@ -549,8 +560,8 @@ sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
         } else if (memcmp(name, kname, 16) != 0) {
             continue;
         }
-        if (sg_ssl_derive("ticket-aes", p, aes, 32) != SG_OK
-            || sg_ssl_derive("ticket-hmac", p, hmac, 32) != SG_OK)
+        if (sg_ssl_derive(scf, "ticket-aes", p, aes, 32) != SG_OK
+            || sg_ssl_derive(scf, "ticket-hmac", p, hmac, 32) != SG_OK)
         {
             return -1;
         }
@@ -574,13 +585,52 @@ sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
     return rc;
 }
 
+/* SHA-256 over what makes a session trustworthy on this server: its
+ * identity (name and place in the configuration) and its client
+ * certificate policy. */
+static int
+sg_ssl_sid_ctx(sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
+{
+    EVP_MD_CTX  *md;
+    unsigned     len = 0;
+    u_char       out[EVP_MAX_MD_SIZE];
+    char         policy[96];
+    int          rc = SG_ERROR;
+
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        return SG_ERROR;
+    }
+    snprintf(policy, sizeof(policy), "|%zu|%u|%lld|", sscf->line,
+             scf->srv.verify, (long long) scf->verify_depth);
+    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1
+        && EVP_DigestUpdate(md, sscf->server_name.data,
+                            sscf->server_name.len) == 1
+        && EVP_DigestUpdate(md, sscf->file.data, sscf->file.len) == 1
+        && EVP_DigestUpdate(md, policy, strlen(policy)) == 1
+        && EVP_DigestUpdate(md, scf->client_certificate.data,
+                            scf->client_certificate.len) == 1
+        && EVP_DigestUpdate(md, scf->crl.data, scf->crl.len) == 1
+        && EVP_DigestFinal_ex(md, out, &len) == 1)
+    {
+        scf->sid_ctx_len = sg_min(len, SSL_MAX_SID_CTX_LENGTH);
+        memcpy(scf->sid_ctx, out, scf->sid_ctx_len);
+        rc = SG_OK;
+    }
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
 static char *
 sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
     sg_smtp_srv_conf_t *sscf)
 {
-    (void) cf;
-    SSL_CTX_set_session_id_context(ctx, sscf->server_name.data,
-        (unsigned) sg_min(sscf->server_name.len, SSL_MAX_SID_CTX_LENGTH));
+    if (sg_ssl_sid_ctx(scf, sscf) != SG_OK
+        || SSL_CTX_set_session_id_context(ctx, scf->sid_ctx,
+                                          scf->sid_ctx_len) != 1)
+    {
+        return sg_ssl_fail(cf, scf, "setting the session id context", NULL);
+    }
     SSL_CTX_set_timeout(ctx, (long) (scf->session_timeout / 1000));
     switch (scf->session_cache) {
     case SG_SSL_CACHE_OFF:
@@ -767,6 +817,7 @@ sg_ssl_servername(SSL *ssl, int *ad, void *arg)
         SSL_clear_options(ssl, SSL_get_options(ssl)
                                ^ SSL_CTX_get_options(scf->srv.ctx));
         SSL_set_options(ssl, SSL_CTX_get_options(scf->srv.ctx));
+        SSL_set_session_id_context(ssl, scf->sid_ctx, scf->sid_ctx_len);
     }
     sg_log_debug(c->log, "TLS SNI \"%s\" selects server \"%.*s\"", name,
                  SG_STR_ARG(&sscf->server_name));
@@ -875,6 +926,10 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
         conf->line = prev->file.data ? prev->line : sscf->line;
     }
 
+    if (conf->certificates == NULL && conf->certificate_keys != NULL) {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"ssl_"
+            "certificate_key\" without \"ssl_certificate\"");
+    }
     if (conf->certificates == NULL) {
         if (conf->srv.starttls != SG_SSL_STARTTLS_OFF) {
             return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"starttls"
@@ -887,4 +942,59 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
             "\"ssl_certificate_key\" for \"ssl_certificate\"");
     }
     return sg_ssl_build_ctx(cf, conf, sscf);
+}
+
+/*
+ * After the handshake, on the server the session ended up with: a
+ * resumed session must have been made by this server, and this server's
+ * client certificate policy must hold, however the handshake went (a
+ * session resumed under another name carries that server's checks, not
+ * this one's).
+ */
+int
+sg_ssl_check_session(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
+{
+    sg_ssl_conf_t        *scf = sscf->ctx->srv_conf[sg_ssl_module.ctx_index];
+    sg_smtp_srv_conf_t   *made_by;
+    const char           *host;
+    sg_str_t              name;
+    X509                 *peer;
+    long                  verify;
+
+    /* A session remembers the name it was made under; the server of
+     * that name made it, and only that server may take it back. */
+    if (SSL_session_reused(c->ssl)) {
+        host = SSL_SESSION_get0_hostname(SSL_get_session(c->ssl));
+        made_by = NULL;
+        if (host) {
+            name.data = (u_char *) host;
+            name.len = strlen(host);
+            made_by = sg_smtp_find_server(c, &name);
+        }
+        if (made_by == NULL) {
+            made_by = sg_smtp_default_server(c);
+        }
+        if (made_by != sscf) {
+            sg_log_error(SG_LOG_INFO, c->log, 0, "TLS session of server "
+                         "\"%.*s\" resumed under \"%.*s\", closing",
+                         SG_STR_ARG(&made_by->server_name),
+                         SG_STR_ARG(&sscf->server_name));
+            return SG_ERROR;
+        }
+    }
+    if (scf->srv.verify == SG_SSL_VERIFY_OFF) {
+        return SG_OK;
+    }
+    peer = SSL_get0_peer_certificate(c->ssl);
+    verify = SSL_get_verify_result(c->ssl);
+    if ((peer == NULL && scf->srv.verify == SG_SSL_VERIFY_ON)
+        || (peer != NULL && verify != X509_V_OK))
+    {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "client certificate %s "
+                     "(ssl_verify_client %s), closing",
+                     peer ? X509_verify_cert_error_string(verify) : "missing",
+                     scf->srv.verify == SG_SSL_VERIFY_ON ? "on" : "optional");
+        return SG_ERROR;
+    }
+    return SG_OK;
 }

@@ -179,16 +179,55 @@ sg_ssl_cipher(sg_connection_t *c)
                   : "";
 }
 
+/* The certificate's first e-mail SAN, else its emailAddress, else its
+ * CN.  A name with an embedded NUL is refused outright: a CA-signed
+ * "victim\0@evil" must never read as "victim". */
+static int
+sg_ssl_identity_of(X509 *cert, char *buf, size_t len)
+{
+    STACK_OF(GENERAL_NAME)  *sans;
+    const GENERAL_NAME      *gn;
+    X509_NAME               *subj;
+    int                      i, n = 0;
+
+    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+        gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type != GEN_EMAIL) {
+            continue;
+        }
+        n = ASN1_STRING_length(gn->d.rfc822Name);
+        if (n <= 0 || (size_t) n >= len) {
+            n = -1;
+            break;
+        }
+        memcpy(buf, ASN1_STRING_get0_data(gn->d.rfc822Name), (size_t) n);
+        buf[n] = '\0';
+        break;
+    }
+    GENERAL_NAMES_free(sans);
+    if (n == 0) {
+        subj = X509_get_subject_name(cert);
+        n = X509_NAME_get_text_by_NID(subj, NID_pkcs9_emailAddress, buf,
+                                      (int) len);
+        if (n <= 0) {
+            n = X509_NAME_get_text_by_NID(subj, NID_commonName, buf,
+                                          (int) len);
+        }
+    }
+    if (n <= 0 || strlen(buf) != (size_t) n) {
+        return SG_ERROR;
+    }
+    return n;
+}
+
 bool
 sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
     sg_str_t *identity)
 {
-    X509                       *cert;
-    STACK_OF(GENERAL_NAME)     *sans;
-    X509_NAME                  *subj;
-    const GENERAL_NAME         *gn;
-    char                        buf[256];
-    int                         i, n = -1;
+    X509  *cert;
+    char   buf[256];
+    int    n;
 
     if (c->ssl == NULL || SSL_get_verify_result(c->ssl) != X509_V_OK) {
         return false;
@@ -197,35 +236,14 @@ sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
     if (cert == NULL) {
         return false;
     }
-    buf[0] = '\0';
-    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    for (i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
-        gn = sk_GENERAL_NAME_value(sans, i);
-        if (gn->type == GEN_EMAIL) {
-            n = ASN1_STRING_length(gn->d.rfc822Name);
-            if (n > 0 && (size_t) n < sizeof(buf)) {
-                memcpy(buf, ASN1_STRING_get0_data(gn->d.rfc822Name),
-                       (size_t) n);
-                buf[n] = '\0';
-                break;
-            }
-        }
-    }
-    GENERAL_NAMES_free(sans);
-    subj = X509_get_subject_name(cert);
-    if (buf[0] == '\0') {
-        n = X509_NAME_get_text_by_NID(subj, NID_pkcs9_emailAddress, buf,
-                                      sizeof(buf));
-    }
-    if (n <= 0) {
-        n = X509_NAME_get_text_by_NID(subj, NID_commonName, buf,
-                                      sizeof(buf));
-    }
+    n = sg_ssl_identity_of(cert, buf, sizeof(buf));
     X509_free(cert);
     if (n <= 0) {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "the client certificate has no "
+                     "usable identity (e-mail or CN, without NUL bytes)");
         return false;
     }
-    identity->len = strlen(buf);
+    identity->len = (size_t) n;
     identity->data = sg_pnalloc(pool, identity->len);
     if (identity->data == NULL) {
         return false;
