@@ -155,6 +155,17 @@ install: all
 	        install -m 644 "$$f" "$$d" || exit 1; \
 	    fi; \
 	done
+	@# The default configuration names a demo certificate; make one for
+	@# the installed tree if it has none, never copying a private key.
+	@if [ ! -s '$(DESTDIR)$(CONF_DIR)demo/cert.pem' ]; then \
+	    install -d -m 755 '$(DESTDIR)$(CONF_DIR)demo' && \
+	    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+	        -nodes -days 3650 -subj /CN=localhost \
+	        -keyout '$(DESTDIR)$(CONF_DIR)demo/key.pem' \
+	        -out '$(DESTDIR)$(CONF_DIR)demo/cert.pem' 2>/dev/null && \
+	    chmod 600 '$(DESTDIR)$(CONF_DIR)demo/key.pem' && \
+	    echo "created the demo certificate $(CONF_DIR)demo/cert.pem"; \
+	fi
 
 # Keeps what configure wrote: make -f $(B)/Makefile works again at once.
 clean:
