@@ -74,6 +74,7 @@ static const sg_smtp_auth_backend_t  sg_auth_file_backend = {
     "auth_file",
     SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN | SG_SMTP_AUTH_CRAM_MD5
     | SG_SMTP_AUTH_EXTERNAL | SG_SMTP_AUTH_NONE,
+    false,
     sg_auth_file_start, sg_auth_file_cancel
 };
 
@@ -398,10 +399,9 @@ sg_auth_file_done(sg_task_t *t)
 
     r->backend_data = NULL;
     if (at->ok) {
+        /* The third column names an upstream group; it is kept for
+         * when this build has upstream groups, and not acted on yet. */
         r->status = SG_AUTH_OK;
-        if (at->entry && at->entry->route.len) {
-            r->route = at->entry->route;
-        }
     } else {
         r->status = SG_AUTH_FAIL;
         r->reason = at->entry ? "password mismatch"

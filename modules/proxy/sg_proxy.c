@@ -39,6 +39,8 @@ typedef struct {
     sg_proxy_conf_t    *conf;
     sg_connection_t    *up;
     const sg_addr_t    *peer;
+    const sg_addr_t    *addrs;      /* the route, or proxy_pass's */
+    size_t              naddrs;
     size_t              addr_index;
     sg_proxy_state_e    state;
     sg_buf_t            ubuf;       /* backend -> client */
@@ -95,8 +97,14 @@ sg_proxy_caps(void *conf)
     return ((sg_proxy_conf_t *) conf)->seen_caps;
 }
 
+static bool
+sg_proxy_routed(void *conf)
+{
+    return ((sg_proxy_conf_t *) conf)->pass != NULL;
+}
+
 static const sg_smtp_relay_t  sg_proxy_relay = {
-    "proxy", sg_proxy_start, sg_proxy_caps
+    "proxy", sg_proxy_start, sg_proxy_caps, sg_proxy_routed
 };
 
 /* What the backend's EHLO promised of the extensions the front end only
@@ -170,9 +178,8 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_msec(conf->timeout, prev->timeout, 600000);
     sg_conf_merge_value(conf->xclient, prev->xclient, 1);
     sg_conf_merge_size(conf->buffer_size, prev->buffer_size, 16384);
-    if (conf->pass == NULL) {
-        return SG_CONF_OK;
-    }
+    /* Registered even without proxy_pass: an authentication service may
+     * name the backend for each session (Auth-Server, Auth-Port). */
     sscf = sg_smtp_conf_current(cf);
     sscf->relay = &sg_proxy_relay;
     sscf->relay_conf = conf;
@@ -212,14 +219,21 @@ sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
     sg_log_error(SG_LOG_ERR, ctx->s->log, err, "backend %.*s: %s",
                  SG_STR_ARG(&ctx->peer->name), msg);
     sg_proxy_cleanup(ctx);
-    if (++ctx->addr_index < ctx->conf->pass->naddrs) {
+    if (++ctx->addr_index < ctx->naddrs) {
         sg_proxy_connect(ctx);
         return;
     }
-    sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available for "
-                 "\"%.*s\", answering 451: check that the backend server "
-                 "is running and reachable, and the \"proxy_pass\" "
-                 "directive", SG_STR_ARG(&ctx->conf->pass->url));
+    if (ctx->conf->pass == NULL || ctx->addrs != ctx->conf->pass->addrs) {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
+                     "at %.*s (named by the authentication service), "
+                     "answering 451", SG_STR_ARG(&ctx->addrs->name));
+    } else {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
+                     "for \"%.*s\", answering 451: check that the backend "
+                     "server is running and reachable, and the "
+                     "\"proxy_pass\" directive",
+                     SG_STR_ARG(&ctx->conf->pass->url));
+    }
     sg_smtp_relay_failed(ctx->s);
 }
 
@@ -229,7 +243,7 @@ sg_proxy_connect(sg_proxy_ctx_t *ctx)
     sg_connection_t  *up;
     int               rc;
 
-    ctx->peer = &ctx->conf->pass->addrs[ctx->addr_index];
+    ctx->peer = &ctx->addrs[ctx->addr_index];
     ctx->state = SG_PROXY_CONNECT;
     sg_buf_reset(&ctx->ubuf);
     sg_buf_reset(&ctx->hbuf);
@@ -270,6 +284,27 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
     ctx->s = s;
     ctx->conf = conf;
     s->relay_ctx = ctx;
+    if (s->auth && s->auth->route.len) {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "the authentication service "
+                     "named the upstream group \"%.*s\" (Auth-Upstream), "
+                     "but this build has no upstream groups",
+                     SG_STR_ARG(&s->auth->route));
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    if (s->auth && s->auth->route_addr) {
+        ctx->addrs = s->auth->route_addr;     /* Auth-Server, Auth-Port */
+        ctx->naddrs = 1;
+    } else if (ctx->conf->pass) {
+        ctx->addrs = ctx->conf->pass->addrs;
+        ctx->naddrs = ctx->conf->pass->naddrs;
+    } else {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "no backend for this session: "
+                     "the authentication service named none (Auth-Server) "
+                     "and \"proxy_pass\" is not set");
+        sg_smtp_relay_failed(s);
+        return;
+    }
     sg_proxy_connect(ctx);
 }
 

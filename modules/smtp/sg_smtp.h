@@ -91,8 +91,15 @@ struct sg_auth_request_s {
     /* The answer, filled in by the backend before done(). */
     sg_auth_status_e    status;
     const char         *reason;        /* for the error log, never sent */
-    sg_str_t            route;         /* "host:port" or upstream name */
-    sg_addr_t          *route_addr;    /* resolved route, if any */
+    sg_str_t            reply;         /* the reply to send on failure
+                                          ("535 5.7.8 text"), if the
+                                          backend chose one */
+    sg_msec_t           wait;          /* hold a failure reply this long
+                                          (Auth-Wait); 0: the default */
+    sg_str_t            route;         /* an upstream group's name */
+    sg_addr_t          *route_addr;    /* the backend to relay to */
+    sg_str_t            backend_user;  /* credentials for the backend */
+    sg_str_t            backend_pass;
 
     void              (*done)(sg_auth_request_t *r);
     void               *data;          /* the session */
@@ -102,6 +109,7 @@ struct sg_auth_request_s {
 typedef struct {
     const char  *name;
     unsigned     mechs;         /* SG_SMTP_AUTH_* it can verify */
+    bool         routes;        /* answers may name the backend */
     /* Start the check.  The answer must come through r->done(r) later,
      * never from inside start().  SG_ERROR: could not even start (the
      * session answers 454). */
@@ -123,6 +131,9 @@ typedef struct {
     void       (*start)(sg_smtp_session_t *s, void *conf);
     /* Which SG_SMTP_CAP_* the backends were last seen to support. */
     unsigned   (*caps)(void *conf);
+    /* Whether the relay has a backend of its own (false: it needs the
+     * auth backend's answer to name one). */
+    bool       (*routed)(void *conf);
 } sg_smtp_relay_t;
 
 /* One server_name: "mx.example.org", "*.example.org", ".example.org"

@@ -858,9 +858,13 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
             "tokens; remove it or use an HTTP authentication service",
             sg_smtp_mech_name(bit), sscf->auth->name);
     }
-    if (sscf->relay == NULL) {
-        return sg_conf_error_at(cf, &sscf->file, sscf->line, "no relay "
-            "for this server: set \"proxy_pass\"");
+    if (sscf->relay == NULL
+        || (sscf->relay->routed && !sscf->relay->routed(sscf->relay_conf)
+            && !sscf->auth->routes))
+    {
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "no backend "
+            "for this server: set \"proxy_pass\" (or use an "
+            "authentication service that names the backend)");
     }
     return SG_CONF_OK;
 }

@@ -110,7 +110,12 @@ static void
 sg_smtp_auth_fail_reply_now(sg_smtp_session_t *s)
 {
     s->state = SG_SMTP_ST_COMMAND;
-    (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials invalid");
+    if (s->auth && s->auth->reply.len) {
+        (void) sg_smtp_error(s, "%.*s", SG_STR_ARG(&s->auth->reply));
+    } else {
+        (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials "
+                             "invalid");
+    }
     if (s->auth_failures >= (unsigned) s->conf->auth_attempts && !s->quit) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "%u failed AUTH attempts, "
                      "closing (smtp_auth_attempts)", s->auth_failures);
@@ -183,6 +188,7 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
         r->authzid = *authzid;
     }
     r->salt = s->salt;
+    r->helo = s->helo;
     r->attempt = ++s->auth_attempts;
     r->done = sg_smtp_auth_done;
     r->data = s;
@@ -478,10 +484,14 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
 static int
 sg_smtp_auth_failed(sg_smtp_session_t *s)
 {
-    if (s->conf->auth_fail_delay > 0) {
+    sg_msec_t  delay = s->conf->auth_fail_delay * s->auth_failures;
+
+    if (s->auth && s->auth->wait > 0) {
+        delay = s->auth->wait;              /* the backend's Auth-Wait */
+    }
+    if (delay > 0) {
         s->state = SG_SMTP_ST_AUTH_DELAY;
-        sg_smtp_set_timer(s, sg_smtp_auth_fail_reply,
-                          s->conf->auth_fail_delay * s->auth_failures);
+        sg_smtp_set_timer(s, sg_smtp_auth_fail_reply, delay);
         return SG_OK;
     }
     s->state = SG_SMTP_ST_COMMAND;
@@ -556,8 +566,12 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;
         s->rcpt_line.len = 0;
-        (void) sg_smtp_error(s, "454 4.7.0 Temporary authentication "
-                             "failure");
+        if (r->reply.len) {
+            (void) sg_smtp_error(s, "%.*s", SG_STR_ARG(&r->reply));
+        } else {
+            (void) sg_smtp_error(s, "454 4.7.0 Temporary authentication "
+                                 "failure");
+        }
         break;
     }
     sg_smtp_run(s);

@@ -50,6 +50,17 @@ sg_shm_zone_t *sg_ssl_cache_zone(sg_conf_t *cf, const sg_str_t *name,
     size_t size);
 void sg_ssl_cache_attach(SSL_CTX *ctx, sg_shm_zone_t *zone);
 
+typedef struct {
+    sg_str_t  verify;        /* SUCCESS, FAILED:reason, NONE */
+    sg_str_t  subject;
+    sg_str_t  issuer;
+    sg_str_t  serial;
+    sg_str_t  fingerprint;
+} sg_ssl_facts_t;
+
+void sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool,
+    sg_ssl_facts_t *f);
+
 const char *sg_ssl_protocol(sg_connection_t *c);
 const char *sg_ssl_cipher(sg_connection_t *c);
 /* The verified client certificate's identity for SASL EXTERNAL: its

@@ -251,3 +251,87 @@ sg_ssl_client_identity(sg_connection_t *c, sg_pool_t *pool,
     memcpy(identity->data, buf, identity->len);
     return true;
 }
+
+/* What an HTTP auth service is told of the client certificate, in
+ * nginx's forms: "SUCCESS" / "FAILED:reason" / "NONE", one-line DNs,
+ * the serial in hex and the SHA-1 fingerprint in hex.  Strings come
+ * from pool; absent ones stay empty. */
+void
+sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool, sg_ssl_facts_t *f)
+{
+    X509           *cert;
+    BIO            *bio;
+    u_char          md[EVP_MAX_MD_SIZE];
+    unsigned        mdlen = 0, i;
+    char           *p;
+    long            n;
+    const char     *v;
+    ASN1_INTEGER   *serial;
+    BIGNUM         *bn;
+
+    memset(f, 0, sizeof(*f));
+    if (c->ssl == NULL) {
+        return;
+    }
+    cert = SSL_get1_peer_certificate(c->ssl);
+    if (cert == NULL) {
+        sg_str_set(&f->verify, "NONE");
+        return;
+    }
+    n = SSL_get_verify_result(c->ssl);
+    if (n == X509_V_OK) {
+        sg_str_set(&f->verify, "SUCCESS");
+    } else {
+        v = X509_verify_cert_error_string(n);
+        f->verify.data = sg_pnalloc(pool, strlen(v) + 8);
+        if (f->verify.data) {
+            f->verify.len = (size_t) sprintf((char *) f->verify.data,
+                                             "FAILED:%s", v);
+        }
+    }
+    bio = BIO_new(BIO_s_mem());
+    if (bio) {
+        X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0,
+                           XN_FLAG_RFC2253);
+        n = BIO_get_mem_data(bio, &p);
+        f->subject.data = sg_pnalloc(pool, (size_t) n);
+        if (f->subject.data && n > 0) {
+            memcpy(f->subject.data, p, (size_t) n);
+            f->subject.len = (size_t) n;
+        }
+        (void) BIO_reset(bio);
+        X509_NAME_print_ex(bio, X509_get_issuer_name(cert), 0,
+                           XN_FLAG_RFC2253);
+        n = BIO_get_mem_data(bio, &p);
+        f->issuer.data = sg_pnalloc(pool, (size_t) n);
+        if (f->issuer.data && n > 0) {
+            memcpy(f->issuer.data, p, (size_t) n);
+            f->issuer.len = (size_t) n;
+        }
+        BIO_free(bio);
+    }
+    serial = X509_get_serialNumber(cert);
+    bn = serial ? ASN1_INTEGER_to_BN(serial, NULL) : NULL;
+    if (bn) {
+        p = BN_bn2hex(bn);
+        if (p) {
+            f->serial.len = strlen(p);
+            f->serial.data = sg_pnalloc(pool, f->serial.len);
+            if (f->serial.data) {
+                memcpy(f->serial.data, p, f->serial.len);
+            } else {
+                f->serial.len = 0;
+            }
+            OPENSSL_free(p);
+        }
+        BN_free(bn);
+    }
+    if (X509_digest(cert, EVP_sha1(), md, &mdlen) == 1) {
+        f->fingerprint.data = sg_pnalloc(pool, 2 * mdlen + 1);
+        for (i = 0; f->fingerprint.data && i < mdlen; i++) {
+            sprintf((char *) f->fingerprint.data + 2 * i, "%02x", md[i]);
+        }
+        f->fingerprint.len = f->fingerprint.data ? 2 * mdlen : 0;
+    }
+    X509_free(cert);
+}
