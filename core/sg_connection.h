@@ -62,6 +62,9 @@ struct sg_connection_s {
     unsigned            close:1;
     unsigned            tcp_nodelay:1;
     unsigned            is_listening:1;
+    unsigned            idle:1;               /* kept for reuse: closed
+                                                 (close set, read handler
+                                                 run) when draining */
 };
 
 /* The next session number, unique across the workers of one master. */

@@ -200,6 +200,22 @@ sg_worker_init(sg_cycle_t *cycle)
     return sg_enable_accept(cycle);
 }
 
+/* Connections kept only for reuse (keep-alive to an auth service) would
+ * hold a draining worker forever: their owners close them. */
+static void
+sg_close_idle_connections(sg_cycle_t *cycle)
+{
+    sg_connection_t  *c = cycle->connections;
+    size_t            i;
+
+    for (i = 0; i < cycle->connection_n; i++) {
+        if (c[i].fd != -1 && c[i].idle) {
+            c[i].close = 1;
+            c[i].read->handler(c[i].read);
+        }
+    }
+}
+
 static void
 sg_worker_drain(sg_cycle_t *cycle)
 {
@@ -210,6 +226,7 @@ sg_worker_drain(sg_cycle_t *cycle)
     }
     sg_exiting = true;
     sg_disable_accept(cycle);
+    sg_close_idle_connections(cycle);
     sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "gracefully shutting down, "
                  "%zu connections open", sg_connections_in_use());
     if (ccf->shutdown_timeout > 0) {
