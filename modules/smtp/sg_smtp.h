@@ -162,6 +162,10 @@ typedef struct {
     int64_t                        auth_attempts;
     sg_msec_t                      auth_fail_delay;
     sg_msec_t                      auth_timeout;
+    sg_shm_zone_t                 *fail_limit;     /* auth_fail_limit */
+    int64_t                        fail_limit_address;
+    int64_t                        fail_limit_user;
+    sg_msec_t                      fail_limit_window;
     size_t                         client_buffer;
     unsigned                       auth_methods;
     int                            auth_require_tls;
@@ -257,6 +261,12 @@ void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);
 int sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line);
 int sg_smtp_auth_none(sg_smtp_session_t *s);
+
+/* auth_fail_limit (sg_smtp_limit.c). */
+char *sg_smtp_auth_fail_limit(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+bool sg_smtp_limit_refused(sg_smtp_session_t *s);
+void sg_smtp_limit_account(sg_smtp_session_t *s, bool failed);
 void sg_smtp_auth_cleanup(sg_smtp_session_t *s);
 bool sg_smtp_auth_allowed(sg_smtp_session_t *s);
 

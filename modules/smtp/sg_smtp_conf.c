@@ -105,6 +105,8 @@ static const sg_command_t  sg_smtp_commands[] = {
     { "smtp_auth_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, auth_timeout),
       &sg_smtp_timeout_bounds },
+    { "auth_fail_limit", SG_SRV | SG_CONF_1MORE, sg_smtp_auth_fail_limit,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "smtp_client_buffer", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, client_buffer),
       &sg_smtp_buffer_bounds },
@@ -634,6 +636,7 @@ sg_smtp_create_srv_conf(sg_conf_t *cf)
     sscf->auth_attempts = SG_CONF_UNSET;
     sscf->auth_fail_delay = SG_CONF_UNSET_MSEC;
     sscf->auth_timeout = SG_CONF_UNSET_MSEC;
+    sscf->fail_limit = SG_CONF_UNSET_PTR;
     sscf->client_buffer = SG_CONF_UNSET_SIZE;
     sscf->auth_require_tls = SG_CONF_UNSET;
     sscf->capabilities = SG_CONF_UNSET_PTR;
@@ -774,6 +777,13 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->auth_attempts, prev->auth_attempts, 3);
     sg_conf_merge_msec(conf->auth_fail_delay, prev->auth_fail_delay, 1000);
     sg_conf_merge_msec(conf->auth_timeout, prev->auth_timeout, 30000);
+    if (conf->fail_limit == SG_CONF_UNSET_PTR) {
+        conf->fail_limit = prev->fail_limit == SG_CONF_UNSET_PTR
+                           ? NULL : prev->fail_limit;
+        conf->fail_limit_address = prev->fail_limit_address;
+        conf->fail_limit_user = prev->fail_limit_user;
+        conf->fail_limit_window = prev->fail_limit_window;
+    }
     sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
     sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
     if (conf->auth_methods == 0) {

@@ -134,6 +134,19 @@ sg_smtp_auth_fail_reply(sg_event_t *ev)
     sg_smtp_run(s);
 }
 
+static void
+sg_smtp_limit_reply(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    s->state = SG_SMTP_ST_COMMAND;
+    s->login.len = 0;
+    sg_smtp_auth_cleanup(s);
+    (void) sg_smtp_error(s, "454 4.7.0 Too many failed authentication "
+                         "attempts, try again later");
+    sg_smtp_run(s);
+}
+
 /* User names go into log lines and backend commands: no control
  * characters, whatever SASL itself would allow. */
 static bool
@@ -193,6 +206,14 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     r->done = sg_smtp_auth_done;
     r->data = s;
 
+    if (sg_smtp_limit_refused(s)) {
+        /* auth_fail_limit: answered after the usual delay, without
+         * asking the backend */
+        s->state = SG_SMTP_ST_AUTH_DELAY;
+        sg_smtp_set_timer(s, sg_smtp_limit_reply,
+                          sg_max(s->conf->auth_fail_delay, 1000));
+        return SG_OK;
+    }
     s->state = SG_SMTP_ST_AUTH_WAIT;
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     sg_log_debug(s->log, "AUTH %s for \"%.*s\" sent to the %s backend",
@@ -531,6 +552,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
 
     switch (r->status) {
     case SG_AUTH_OK:
+        sg_smtp_limit_account(s, false);
         if (s->auth_mech == SG_SMTP_AUTH_NONE) {
             sg_log_error(SG_LOG_INFO, s->log, 0, "anonymous session "
                          "accepted (smtp_auth none)");
@@ -553,6 +575,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         sg_log_error(SG_LOG_INFO, s->log, 0, "authentication failed for "
                      "\"%.*s\" with %s: %s", SG_STR_ARG(&s->login),
                      sg_smtp_mech_name(s->auth_mech), reason);
+        sg_smtp_limit_account(s, true);
         s->login.len = 0;
         s->auth_failures++;
         if (!sg_smtp_oauth_error(s)) {
