@@ -103,6 +103,7 @@ struct sg_auth_request_s {
 
     void              (*done)(sg_auth_request_t *r);
     void               *data;          /* the session */
+    unsigned            from_cache:1;
     void               *backend_data;  /* the backend's own state */
 };
 
@@ -162,6 +163,9 @@ typedef struct {
     int64_t                        auth_attempts;
     sg_msec_t                      auth_fail_delay;
     sg_msec_t                      auth_timeout;
+    sg_shm_zone_t                 *auth_cache;     /* auth_cache */
+    sg_msec_t                      cache_ttl;
+    sg_msec_t                      cache_negative_ttl;
     sg_shm_zone_t                 *fail_limit;     /* auth_fail_limit */
     int64_t                        fail_limit_address;
     int64_t                        fail_limit_user;
@@ -261,6 +265,11 @@ void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);
 int sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line);
 int sg_smtp_auth_none(sg_smtp_session_t *s);
+
+/* auth_cache (sg_smtp_cache.c). */
+char *sg_smtp_auth_cache(sg_conf_t *cf, const sg_command_t *cmd, void *conf);
+int sg_smtp_cache_lookup(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r);
+void sg_smtp_cache_store(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r);
 
 /* auth_fail_limit (sg_smtp_limit.c). */
 char *sg_smtp_auth_fail_limit(sg_conf_t *cf, const sg_command_t *cmd,

@@ -107,6 +107,8 @@ static const sg_command_t  sg_smtp_commands[] = {
       &sg_smtp_timeout_bounds },
     { "auth_fail_limit", SG_SRV | SG_CONF_1MORE, sg_smtp_auth_fail_limit,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "auth_cache", SG_SRV | SG_CONF_1MORE, sg_smtp_auth_cache,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "smtp_client_buffer", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_smtp_srv_conf_t, client_buffer),
       &sg_smtp_buffer_bounds },
@@ -637,6 +639,7 @@ sg_smtp_create_srv_conf(sg_conf_t *cf)
     sscf->auth_fail_delay = SG_CONF_UNSET_MSEC;
     sscf->auth_timeout = SG_CONF_UNSET_MSEC;
     sscf->fail_limit = SG_CONF_UNSET_PTR;
+    sscf->auth_cache = SG_CONF_UNSET_PTR;
     sscf->client_buffer = SG_CONF_UNSET_SIZE;
     sscf->auth_require_tls = SG_CONF_UNSET;
     sscf->capabilities = SG_CONF_UNSET_PTR;
@@ -777,6 +780,12 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->auth_attempts, prev->auth_attempts, 3);
     sg_conf_merge_msec(conf->auth_fail_delay, prev->auth_fail_delay, 1000);
     sg_conf_merge_msec(conf->auth_timeout, prev->auth_timeout, 30000);
+    if (conf->auth_cache == SG_CONF_UNSET_PTR) {
+        conf->auth_cache = prev->auth_cache == SG_CONF_UNSET_PTR
+                           ? NULL : prev->auth_cache;
+        conf->cache_ttl = prev->cache_ttl;
+        conf->cache_negative_ttl = prev->cache_negative_ttl;
+    }
     if (conf->fail_limit == SG_CONF_UNSET_PTR) {
         conf->fail_limit = prev->fail_limit == SG_CONF_UNSET_PTR
                            ? NULL : prev->fail_limit;

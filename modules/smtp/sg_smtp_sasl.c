@@ -135,6 +135,14 @@ sg_smtp_auth_fail_reply(sg_event_t *ev)
 }
 
 static void
+sg_smtp_auth_cached(sg_event_t *ev)
+{
+    sg_smtp_session_t  *s = ev->data;
+
+    s->auth->done(s->auth);
+}
+
+static void
 sg_smtp_limit_reply(sg_event_t *ev)
 {
     sg_smtp_session_t  *s = ev->data;
@@ -215,6 +223,15 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
         return SG_OK;
     }
     s->state = SG_SMTP_ST_AUTH_WAIT;
+    if (sg_smtp_cache_lookup(s->conf, r) == SG_OK) {
+        /* answered from auth_cache; done() runs from the loop */
+        sg_log_debug(s->log, "AUTH %s for \"%.*s\" answered from "
+                     "auth_cache", sg_smtp_mech_name(s->auth_mech),
+                     SG_STR_ARG(&s->login));
+        r->from_cache = 1;
+        sg_smtp_set_timer(s, sg_smtp_auth_cached, 0);
+        return SG_OK;
+    }
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     sg_log_debug(s->log, "AUTH %s for \"%.*s\" sent to the %s backend",
                  sg_smtp_mech_name(s->auth_mech), SG_STR_ARG(&s->login),
@@ -543,8 +560,11 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     sg_smtp_session_t  *s = r->data;
     const char         *reason = r->reason ? r->reason : "";
 
+    if (!r->from_cache) {
+        sg_smtp_cache_store(s->conf, r);     /* while the pass is here */
+    }
     if (s->secret) {
-        sg_wipe(s->secret, s->secret_size);
+        sg_wipe(s->secret, s->secret_size);  /* the pass lives in it */
     }
     r->pass.len = 0;
     r->pass.data = NULL;

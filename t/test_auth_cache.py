@@ -1,0 +1,76 @@
+"""auth_cache: answers of the authentication backend kept in shared
+memory, so a client logging in again does not reach the backend; the
+key never holds the password; emptied on reload."""
+import time
+
+from lib import gate as gatelib
+from lib.smtp import plain_token
+from lib.users import password
+
+
+def cache_conf(backend, cache, workers=2):
+    return gatelib.conf(backend=backend, workers=workers, level="debug",
+                        mail=f"    auth_cache {cache};\n"
+                             "    smtp_auth_fail_delay 0;\n")
+
+
+def login(g, user, secret):
+    with g.session() as c:
+        c.ehlo()
+        r = c.cmd(f"AUTH PLAIN {plain_token(user, secret)}")
+        if r.code == 235:
+            c.cmd("QUIT")
+        return r.code
+
+
+def test_second_login_is_answered_from_the_cache(smtpgate, backend):
+    """The users file is the backend here: the second login of alice is
+    answered from the cache, then relayed as usual."""
+    g = smtpgate(cache_conf(backend, "zone=ac:1m ttl=60s"))
+    assert login(g, "alice", password("alice")) == 235
+    for _ in range(4):
+        assert login(g, "alice", password("alice")) == 235
+    log = g.error_log()
+    assert log.count("sent to the auth_file backend") == 1, log
+    assert log.count("answered from auth_cache") == 4, log
+    assert password("alice") not in log
+
+
+def test_wrong_password_is_not_a_hit_for_the_right_one(smtpgate, backend):
+    g = smtpgate(cache_conf(backend, "zone=ac:1m ttl=60s negative_ttl=60s"))
+    assert login(g, "alice", "wrong") == 535
+    assert login(g, "alice", "wrong") == 535            # cached refusal
+    assert login(g, "alice", password("alice")) == 235  # a different key
+    log = g.error_log()
+    assert log.count("answered from auth_cache") == 1, log
+
+
+def test_negative_ttl_expires(smtpgate, backend):
+    g = smtpgate(cache_conf(backend, "zone=ac:1m negative_ttl=1s"))
+    assert login(g, "alice", "wrong") == 535
+    time.sleep(2.2)
+    assert login(g, "alice", "wrong") == 535
+    assert g.error_log().count("sent to the auth_file backend") == 2
+
+
+def test_reload_empties_the_cache_and_logs_the_counts(smtpgate, backend):
+    conf = cache_conf(backend, "zone=ac:1m ttl=60s")
+    g = smtpgate(conf)
+    assert login(g, "alice", password("alice")) == 235
+    assert login(g, "alice", password("alice")) == 235
+    g.reload(conf + "\n# changed\n")
+    deadline = time.monotonic() + 30
+    while "auth_cache \"ac\": 1 hits" not in g.error_log():
+        assert time.monotonic() < deadline, g.error_log()
+        time.sleep(0.2)
+    assert login(g, "alice", password("alice")) == 235
+    assert g.error_log().count("sent to the auth_file backend") == 2
+
+
+def test_bad_auth_cache_is_a_config_error(smtpgate, backend):
+    for bad in ("ttl=1m", "zone=ac", "zone=ac:1k", "zone=ac:1m ttl=x",
+                "zone=ac:1m colour=red"):
+        g = smtpgate(cache_conf(backend, bad), start=False)
+        r = g.ctl("-t")
+        assert r.returncode == 1 and "auth_cache" in r.stderr, (bad,
+                                                                r.stderr)
