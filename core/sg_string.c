@@ -208,6 +208,33 @@ sg_parse_time(const sg_str_t *s, int64_t *out_ms)
     return SG_OK;
 }
 
+size_t
+sg_escape_hex(u_char *dst, const sg_str_t *src, u_char mark,
+    const uint32_t table[8])
+{
+    static const u_char  hex[] = "0123456789ABCDEF";
+    size_t               i, n = 0;
+    u_char               c;
+
+    for (i = 0; i < src->len; i++) {
+        c = src->data[i];
+        if (!(table[c >> 5] & (1u << (c & 31)))) {
+            if (dst != NULL) {
+                dst[n] = c;
+            }
+            n++;
+            continue;
+        }
+        if (dst != NULL) {
+            dst[n] = mark;
+            dst[n + 1] = hex[c >> 4];
+            dst[n + 2] = hex[c & 0x0f];
+        }
+        n += 3;
+    }
+    return n;
+}
+
 uint32_t
 sg_hash(const u_char *p, size_t n)
 {

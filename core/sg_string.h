@@ -51,6 +51,16 @@ int sg_parse_int(const sg_str_t *s, int64_t *out);
 int sg_parse_size(const sg_str_t *s, int64_t *out);
 int sg_parse_time(const sg_str_t *s, int64_t *out_ms);
 
+/*
+ * Escape bytes as MARK followed by two upper-case hex digits: a byte b
+ * is escaped when bit b of the 256-bit table is set (table[b >> 5] &
+ * (1 << (b & 31))).  Returns the escaped length; with dst == NULL only
+ * computes it.  xtext (RFC 3461) and nginx's auth_http escaping are two
+ * tables over this.
+ */
+size_t sg_escape_hex(u_char *dst, const sg_str_t *src, u_char mark,
+    const uint32_t table[8]);
+
 /* FNV-1a: for in-memory tables keyed by names and ids, not for
  * anything an attacker could aim collisions at across a trust line. */
 uint32_t sg_hash(const u_char *p, size_t n);

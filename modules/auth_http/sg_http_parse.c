@@ -48,28 +48,12 @@ static const sg_http_header_entry_t sg_http_headers[SG_HTTP_H_COUNT] = {
 size_t
 sg_http_auth_escape(u_char *dst, const sg_str_t *src)
 {
-    static const u_char hex[] = "0123456789ABCDEF";
-    size_t              i, n;
-    u_char              c;
+    /* as nginx's mail auth: 0x00-0x20 and '%', nothing else */
+    static const uint32_t  mail_auth[8] = {
+        0xffffffff, 0x00000021, 0, 0, 0, 0, 0, 0
+    };
 
-    n = 0;
-    for (i = 0; i < src->len; i++) {
-        c = src->data[i];
-        if (c > ' ' && c != '%') {
-            if (dst != NULL) {
-                dst[n] = c;
-            }
-            n++;
-            continue;
-        }
-        if (dst != NULL) {
-            dst[n] = '%';
-            dst[n + 1] = hex[c >> 4];
-            dst[n + 2] = hex[c & 0x0f];
-        }
-        n += 3;
-    }
-    return n;
+    return sg_escape_hex(dst, src, '%', mail_auth);
 }
 
 const char *

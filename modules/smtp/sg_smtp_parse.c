@@ -564,26 +564,11 @@ sg_sasl_oauthbearer_split(const sg_str_t *msg, sg_str_t *user,
 size_t
 sg_smtp_xtext_encode(u_char *dst, const sg_str_t *src)
 {
-    static const u_char hex[] = "0123456789ABCDEF";
-    size_t              i, n;
-    u_char              c;
+    /* RFC 3461 4: everything outside '!'..'~', and '+' and '=' */
+    static const uint32_t  xtext[8] = {
+        0xffffffff, 0x20000801, 0x00000000, 0x80000000,
+        0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff
+    };
 
-    n = 0;
-    for (i = 0; i < src->len; i++) {
-        c = src->data[i];
-        if (c >= '!' && c <= '~' && c != '+' && c != '=') {
-            if (dst != NULL) {
-                dst[n] = c;
-            }
-            n++;
-            continue;
-        }
-        if (dst != NULL) {
-            dst[n] = '+';
-            dst[n + 1] = hex[c >> 4];
-            dst[n + 2] = hex[c & 0x0f];
-        }
-        n += 3;
-    }
-    return n;
+    return sg_escape_hex(dst, src, '+', xtext);
 }
