@@ -29,7 +29,9 @@ typedef struct {
     sg_str_t               url;
     sg_addr_t              addr;
     sg_str_t               host;        /* the Host header */
+    sg_str_t               hostname;    /* without the port: TLS name */
     sg_str_t               uri;
+    unsigned               https:1;
     /* per worker, at run time */
     sg_msec_t              failed_until;
     sg_auth_http_conn_t   *idle;        /* kept-alive connections */
@@ -43,6 +45,9 @@ typedef struct {
     sg_msec_t              fail_timeout;
     int64_t                keepalive;
     int                    pass_client_cert;
+    int                    ssl_verify;
+    sg_str_t               ssl_trusted;
+    void                  *ssl_ctx;     /* SSL_CTX for https:// */
 } sg_auth_http_conf_t;
 
 /* One connection to a service, idle in its server's list or busy with
@@ -67,6 +72,7 @@ typedef struct {
     unsigned                reused:1;
     unsigned                retried:1;
     unsigned                connected:1;
+    unsigned                secured:1;  /* TLS up (or not needed) */
 } sg_auth_http_ctx_t;
 
 static char *sg_auth_http(sg_conf_t *cf, const sg_command_t *cmd,
@@ -99,6 +105,12 @@ static const sg_command_t  sg_auth_http_commands[] = {
     { "auth_http_keepalive", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, keepalive),
       &sg_auth_http_keepalive_bounds },
+    { "auth_http_ssl_verify", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, ssl_verify),
+      NULL },
+    { "auth_http_ssl_trusted_certificate", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_auth_http_conf_t, ssl_trusted), NULL },
     { "auth_http_pass_client_cert", SG_SRV | SG_CONF_FLAG,
       sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_auth_http_conf_t, pass_client_cert), NULL },
@@ -165,17 +177,21 @@ sg_auth_http_url(sg_conf_t *cf, sg_auth_http_server_t *srv, sg_str_t *v)
     }
     if (v->len > 8 && sg_strncasecmp(v->data, (u_char *) "https://", 8) == 0)
     {
-        return sg_conf_invalid_value(cf, v, "https:// is not supported in "
-                                     "this build; use http:// on a trusted "
-                                     "network or a unix: socket");
-    }
-    if (v->len <= 7 || sg_strncasecmp(v->data, (u_char *) "http://", 7)) {
-        return sg_conf_invalid_value(cf, v, "it must start with http:// or "
-                                     "unix:");
+#if (SG_HAVE_SSL_MODULE)
+        srv->https = 1;
+#else
+        return sg_conf_invalid_value(cf, v, "https:// needs the ssl module, "
+                                     "left out of this build");
+#endif
+    } else if (v->len <= 7
+               || sg_strncasecmp(v->data, (u_char *) "http://", 7))
+    {
+        return sg_conf_invalid_value(cf, v, "it must start with http://, "
+                                     "https:// or unix:");
     }
     memset(&u, 0, sizeof(u));
-    u.url.data = v->data + 7;
-    u.url.len = v->len - 7;
+    u.url.data = v->data + (srv->https ? 8 : 7);
+    u.url.len = v->len - (srv->https ? 8 : 7);
     slash = memchr(u.url.data, '/', u.url.len);
     if (slash) {
         srv->uri.data = slash;
@@ -183,12 +199,13 @@ sg_auth_http_url(sg_conf_t *cf, sg_auth_http_server_t *srv, sg_str_t *v)
         u.url.len = (size_t) (slash - u.url.data);
     }
     srv->host = u.url;
-    u.default_port = 80;
+    u.default_port = srv->https ? 443 : 80;
     if (sg_parse_url(cf->pool, &u) != SG_OK) {
         return sg_conf_error(cf, 0, "%s in \"%.*s\" of the \"auth_http\" "
                              "directive", u.err, SG_STR_ARG(v));
     }
     srv->addr = u.addrs[0];
+    srv->hostname = u.host;
     return SG_CONF_OK;
 }
 
@@ -261,6 +278,34 @@ sg_auth_http_header(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
+/* One client TLS context for the https:// services of this conf. */
+static char *
+sg_auth_http_tls(sg_conf_t *cf, sg_auth_http_conf_t *conf)
+{
+#if (SG_HAVE_SSL_MODULE)
+    sg_auth_http_server_t  *srv = conf->servers->elts;
+    sg_smtp_srv_conf_t     *sscf = sg_smtp_conf_current(cf);
+    char                    err[256];
+    size_t                  i;
+
+    for (i = 0; i < conf->servers->nelts; i++) {
+        if (srv[i].https && conf->ssl_ctx == NULL) {
+            conf->ssl_ctx = sg_ssl_client_ctx(cf->pool, conf->ssl_verify,
+                                              &conf->ssl_trusted, err,
+                                              sizeof(err));
+            if (conf->ssl_ctx == NULL) {
+                return sg_conf_error_at(cf, &sscf->file, sscf->line,
+                                        "auth_http: %s", err);
+            }
+        }
+    }
+#else
+    (void) cf;
+    (void) conf;
+#endif
+    return SG_CONF_OK;
+}
+
 static void *
 sg_auth_http_create_conf(sg_conf_t *cf)
 {
@@ -274,6 +319,7 @@ sg_auth_http_create_conf(sg_conf_t *cf)
     ahc->fail_timeout = SG_CONF_UNSET_MSEC;
     ahc->keepalive = SG_CONF_UNSET;
     ahc->pass_client_cert = SG_CONF_UNSET;
+    ahc->ssl_verify = SG_CONF_UNSET;
     return ahc;
 }
 
@@ -293,8 +339,15 @@ sg_auth_http_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_msec(conf->fail_timeout, prev->fail_timeout, 10000);
     sg_conf_merge_value(conf->keepalive, prev->keepalive, 8);
     sg_conf_merge_value(conf->pass_client_cert, prev->pass_client_cert, 0);
+    sg_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 1);
+    if (conf->ssl_trusted.data == NULL) {
+        conf->ssl_trusted = prev->ssl_trusted;
+    }
     if (conf->servers == NULL) {
         return SG_CONF_OK;
+    }
+    if (sg_auth_http_tls(cf, conf) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
     }
     sscf = sg_smtp_conf_current(cf);
     if (sscf->auth && sscf->auth != &sg_auth_http_backend) {
@@ -448,6 +501,9 @@ static void sg_auth_http_handler(sg_event_t *ev);
 static void
 sg_auth_http_close_conn(sg_auth_http_conn_t *hc)
 {
+#if (SG_HAVE_SSL_MODULE)
+    sg_ssl_free_connection(hc->c);
+#endif
     sg_close_connection(hc->c);
     free(hc);
 }
@@ -514,6 +570,7 @@ sg_auth_http_take(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
         hc->c->write->ready = 1;
         ctx->reused = 1;
         ctx->connected = 1;
+        ctx->secured = 1;
     } else {
         hc = calloc(1, sizeof(sg_auth_http_conn_t));
         if (hc == NULL) {
@@ -525,6 +582,7 @@ sg_auth_http_take(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
             return NULL;
         }
         ctx->connected = rc == SG_OK;
+        ctx->secured = !srv->https;
         hc->c = c;
         hc->server = srv;
         c->data = hc;
@@ -704,6 +762,31 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
                         "refused by the auth_http service");
 }
 
+/* https://: the TLS handshake with the service. */
+static int
+sg_auth_http_secure(sg_auth_http_ctx_t *ctx)
+{
+#if (SG_HAVE_SSL_MODULE)
+    sg_auth_http_conn_t  *hc = ctx->hc;
+    int                   rc;
+
+    if (hc->c->ssl == NULL
+        && sg_ssl_client_connection(hc->c, ctx->conf->ssl_ctx,
+                                    &hc->server->hostname) != SG_OK)
+    {
+        return SG_ERROR;
+    }
+    rc = sg_ssl_handshake(hc->c);
+    if (rc == SG_OK) {
+        ctx->secured = 1;
+    }
+    return rc;
+#else
+    (void) ctx;
+    return SG_ERROR;
+#endif
+}
+
 /* Send what is left of the request; SG_OK when all is out. */
 static int
 sg_auth_http_send(sg_auth_http_ctx_t *ctx)
@@ -787,6 +870,18 @@ sg_auth_http_handler(sg_event_t *ev)
             return;                     /* still connecting */
         }
         ctx->connected = 1;
+    }
+    if (!ctx->secured) {
+        rc = sg_auth_http_secure(ctx);
+        if (rc == SG_AGAIN) {
+            return;
+        }
+        if (rc == SG_ERROR) {
+            sg_auth_http_failed(ctx, 0, "the TLS handshake failed (the "
+                                "reason is logged above; check "
+                                "auth_http_ssl_trusted_certificate)");
+            return;
+        }
     }
     rc = sg_auth_http_send(ctx);
     if (rc == SG_ERROR) {

@@ -61,6 +61,13 @@ typedef struct {
 void sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool,
     sg_ssl_facts_t *f);
 
+/* TLS towards a service (sg_ssl_io.c). */
+SSL_CTX *sg_ssl_client_ctx(sg_pool_t *pool, bool verify,
+    const sg_str_t *trusted, char *err, size_t errlen);
+int sg_ssl_client_connection(sg_connection_t *c, SSL_CTX *ctx,
+    const sg_str_t *host);
+void sg_ssl_free_connection(sg_connection_t *c);
+
 const char *sg_ssl_protocol(sg_connection_t *c);
 const char *sg_ssl_cipher(sg_connection_t *c);
 /* The verified client certificate's identity for SASL EXTERNAL: its

@@ -22,6 +22,12 @@ sg_ssl_free(void *data)
     SSL_free(data);
 }
 
+static void
+sg_ssl_ctx_free(void *data)
+{
+    SSL_CTX_free(data);
+}
+
 int
 sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
 {
@@ -334,4 +340,97 @@ sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool, sg_ssl_facts_t *f)
         f->fingerprint.len = f->fingerprint.data ? 2 * mdlen : 0;
     }
     X509_free(cert);
+}
+
+/* TLS towards services (an HTTP auth service): a client context that
+ * verifies the peer against trusted (or the system's CAs) unless told
+ * not to.  NULL with a reason in err. */
+SSL_CTX *
+sg_ssl_client_ctx(sg_pool_t *pool, bool verify, const sg_str_t *trusted,
+    char *err, size_t errlen)
+{
+    SSL_CTX  *ctx;
+
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "SSL_CTX_new() failed");
+        return NULL;
+    }
+    if (sg_pool_cleanup_add(pool, sg_ssl_ctx_free, ctx) != SG_OK) {
+        SSL_CTX_free(ctx);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (!verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+        return ctx;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (trusted && trusted->data) {
+        if (SSL_CTX_load_verify_locations(ctx, (const char *) trusted->data,
+                                          NULL) != 1)
+        {
+            snprintf(err, errlen, "cannot load trusted certificates from "
+                     "\"%.*s\"", SG_STR_ARG(trusted));
+            ERR_clear_error();
+            return NULL;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(err, errlen, "cannot load the system's CA certificates");
+        ERR_clear_error();
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Start TLS as a client on c; the peer's certificate must name host (a
+ * DNS name or an IP address), which is also sent as SNI when it is a
+ * name.  Then sg_ssl_handshake() until done. */
+int
+sg_ssl_client_connection(sg_connection_t *c, SSL_CTX *ctx,
+    const sg_str_t *host)
+{
+    char   name[256];
+    SSL   *ssl;
+    struct in6_addr  a6;
+
+    if (host->len >= sizeof(name)) {
+        return SG_ERROR;
+    }
+    memcpy(name, host->data, host->len);
+    name[host->len] = '\0';
+    ssl = SSL_new(ctx);
+    if (ssl == NULL || SSL_set_fd(ssl, c->fd) != 1) {
+        SSL_free(ssl);
+        return SG_ERROR;
+    }
+    if (inet_pton(AF_INET, name, &a6) != 1
+        && inet_pton(AF_INET6, name, &a6) != 1)
+    {
+        (void) SSL_set_tlsext_host_name(ssl, name);
+    }
+    if (SSL_get_verify_mode(ssl) != SSL_VERIFY_NONE
+        && SSL_set1_host(ssl, name) != 1)
+    {
+        SSL_free(ssl);
+        return SG_ERROR;
+    }
+    SSL_set_app_data(ssl, c);
+    SSL_set_connect_state(ssl);
+    c->ssl = ssl;
+    return SG_OK;
+}
+
+/* For connections outside any pool: free the TLS state with the
+ * connection. */
+void
+sg_ssl_free_connection(sg_connection_t *c)
+{
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
 }
