@@ -366,8 +366,10 @@ static const char *
 sg_auth_http_method(unsigned mech)
 {
     switch (mech) {
+    /* As nginx: LOGIN is reported as "plain" (services written for
+     * nginx know no "login"), and both carry the same user and pass. */
     case SG_SMTP_AUTH_PLAIN:       return "plain";
-    case SG_SMTP_AUTH_LOGIN:       return "login";
+    case SG_SMTP_AUTH_LOGIN:       return "plain";
     case SG_SMTP_AUTH_CRAM_MD5:    return "cram-md5";
     case SG_SMTP_AUTH_XOAUTH2:     return "xoauth2";
     case SG_SMTP_AUTH_OAUTHBEARER: return "oauthbearer";
@@ -376,9 +378,20 @@ sg_auth_http_method(unsigned mech)
     return "none";
 }
 
-/* Append "Name: escaped-value\r\n". */
+/* Values nginx sends as they are (SMTP lines, DNs): only bytes that
+ * cannot stand in a header are escaped, and those never occur in what
+ * the parsers let through. */
+static const uint32_t  sg_auth_http_raw[8] = {
+    0xffffffff, 0, 0, 0x80000000, 0, 0, 0, 0
+};
+
+#define SG_ESC_NONE  0
+#define SG_ESC_AUTH  1          /* Auth-User, Auth-Pass: nginx's escaping */
+#define SG_ESC_RAW   2          /* control bytes only */
+
+/* Append "Name: value\r\n". */
 static u_char *
-sg_auth_http_put(u_char *p, const char *name, const sg_str_t *v, bool esc)
+sg_auth_http_put(u_char *p, const char *name, const sg_str_t *v, int esc)
 {
     size_t  n = strlen(name);
 
@@ -386,8 +399,10 @@ sg_auth_http_put(u_char *p, const char *name, const sg_str_t *v, bool esc)
     p += n;
     *p++ = ':';
     *p++ = ' ';
-    if (esc) {
+    if (esc == SG_ESC_AUTH) {
         p += sg_http_auth_escape(p, v);
+    } else if (esc == SG_ESC_RAW) {
+        p += sg_escape_hex(p, v, '%', sg_auth_http_raw);
     } else if (v->len) {
         memcpy(p, v->data, v->len);
         p += v->len;
@@ -442,46 +457,49 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
                     SG_STR_ARG(&srv->uri), SG_STR_ARG(&srv->host));
     v.data = (u_char *) sg_auth_http_method(r->mech);
     v.len = strlen((char *) v.data);
-    p = sg_auth_http_put(p, "Auth-Method", &v, false);
-    p = sg_auth_http_put(p, "Auth-User", &r->user, true);
-    p = sg_auth_http_put(p, "Auth-Pass", &r->pass, true);
+    p = sg_auth_http_put(p, "Auth-Method", &v, SG_ESC_NONE);
+    p = sg_auth_http_put(p, "Auth-User", &r->user, SG_ESC_AUTH);
+    p = sg_auth_http_put(p, "Auth-Pass", &r->pass, SG_ESC_AUTH);
     if (r->salt.len) {
-        p = sg_auth_http_put(p, "Auth-Salt", &r->salt, true);
+        p = sg_auth_http_put(p, "Auth-Salt", &r->salt, SG_ESC_RAW);
     }
     sg_str_set(&v, "smtp");
-    p = sg_auth_http_put(p, "Auth-Protocol", &v, false);
+    p = sg_auth_http_put(p, "Auth-Protocol", &v, SG_ESC_NONE);
     v.data = num;
     v.len = (size_t) (sg_slprintf(num, num + sizeof(num), "%u",
                                   r->attempt ? r->attempt : 1) - num);
-    p = sg_auth_http_put(p, "Auth-Login-Attempt", &v, false);
-    p = sg_auth_http_put(p, "Client-IP", &c->addr_text, false);
+    p = sg_auth_http_put(p, "Auth-Login-Attempt", &v, SG_ESC_NONE);
+    p = sg_auth_http_put(p, "Client-IP", &c->addr_text, SG_ESC_NONE);
     sg_str_set(&v, "[UNAVAILABLE]");
-    p = sg_auth_http_put(p, "Client-Host", &v, false);
+    p = sg_auth_http_put(p, "Client-Host", &v, SG_ESC_NONE);
 #if (SG_HAVE_SSL_MODULE)
     if (c->ssl) {
         sg_str_set(&v, "on");
-        p = sg_auth_http_put(p, "Auth-SSL", &v, false);
+        p = sg_auth_http_put(p, "Auth-SSL", &v, SG_ESC_NONE);
         v.data = (u_char *) sg_ssl_protocol(c);
         v.len = strlen((char *) v.data);
-        p = sg_auth_http_put(p, "Auth-SSL-Protocol", &v, false);
+        p = sg_auth_http_put(p, "Auth-SSL-Protocol", &v, SG_ESC_NONE);
         v.data = (u_char *) sg_ssl_cipher(c);
         v.len = strlen((char *) v.data);
-        p = sg_auth_http_put(p, "Auth-SSL-Cipher", &v, false);
+        p = sg_auth_http_put(p, "Auth-SSL-Cipher", &v, SG_ESC_NONE);
         if (f.verify.len) {
-            p = sg_auth_http_put(p, "Auth-SSL-Verify", &f.verify, false);
+            p = sg_auth_http_put(p, "Auth-SSL-Verify", &f.verify, SG_ESC_NONE);
         }
         if (f.subject.len) {
-            p = sg_auth_http_put(p, "Auth-SSL-Subject", &f.subject, true);
-            p = sg_auth_http_put(p, "Auth-SSL-Issuer", &f.issuer, true);
-            p = sg_auth_http_put(p, "Auth-SSL-Serial", &f.serial, false);
+            p = sg_auth_http_put(p, "Auth-SSL-Subject", &f.subject,
+                                 SG_ESC_RAW);
+            p = sg_auth_http_put(p, "Auth-SSL-Issuer", &f.issuer,
+                                 SG_ESC_RAW);
+            p = sg_auth_http_put(p, "Auth-SSL-Serial", &f.serial, SG_ESC_NONE);
             p = sg_auth_http_put(p, "Auth-SSL-Fingerprint", &f.fingerprint,
-                                 false);
+                                 SG_ESC_NONE);
         }
     }
 #endif
-    p = sg_auth_http_put(p, "Auth-SMTP-Helo", &r->helo, true);
-    p = sg_auth_http_put(p, "Auth-SMTP-From", &r->mail_from, true);
-    p = sg_auth_http_put(p, "Auth-SMTP-To", &r->rcpt_to, true);
+    p = sg_auth_http_put(p, "Auth-SMTP-Helo", &r->helo, SG_ESC_RAW);
+    p = sg_auth_http_put(p, "Auth-SMTP-From", &r->mail_from,
+                         SG_ESC_RAW);
+    p = sg_auth_http_put(p, "Auth-SMTP-To", &r->rcpt_to, SG_ESC_RAW);
     for (i = 0; ctx->conf->headers && i < ctx->conf->headers->nelts; i++) {
         h = sg_array_elt(ctx->conf->headers, sg_str_t, i);
         memcpy(p, h->data, h->len);
@@ -616,7 +634,20 @@ sg_auth_http_finish(sg_auth_http_ctx_t *ctx, sg_auth_status_e status,
 /* A service could not be used: note it, skip it for fail_timeout, and
  * go on with the next. */
 static void
+sg_auth_http_failed_race(sg_auth_http_ctx_t *ctx, int err, const char *why,
+    bool race);
+
+static void
 sg_auth_http_failed(sg_auth_http_ctx_t *ctx, int err, const char *why)
+{
+    sg_auth_http_failed_race(ctx, err, why, false);
+}
+
+/* race: a kept-alive connection closed before any byte of an answer,
+ * which a service may do at any time; worth one retry, not a failure. */
+static void
+sg_auth_http_failed_race(sg_auth_http_ctx_t *ctx, int err, const char *why,
+    bool race)
 {
     sg_auth_http_server_t  *srv = sg_array_elt(ctx->conf->servers,
                                                sg_auth_http_server_t,
@@ -626,7 +657,7 @@ sg_auth_http_failed(sg_auth_http_ctx_t *ctx, int err, const char *why)
         sg_auth_http_close_conn(ctx->hc);
         ctx->hc = NULL;
     }
-    if (ctx->reused && !ctx->retried && err != ETIMEDOUT) {
+    if (race && ctx->reused && !ctx->retried) {
         /* The service closed a kept-alive connection as we used it: a
          * race, not a failure; once more on a fresh connection. */
         ctx->retried = 1;
@@ -720,15 +751,14 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
     const char         *err;
     int64_t             n;
 
-    if (h->status != 200) {
-        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL,
-                            "the auth_http service answered with an HTTP "
-                            "status other than 200");
-        return;
-    }
+    /* As nginx, the answer is in the headers whatever the status line
+     * says (a location ending in "return 204;" works). */
     if (st->data == NULL) {
-        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "the auth_http service "
-                            "sent no Auth-Status header");
+        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, h->status == 200
+                            ? "the auth_http service sent no Auth-Status "
+                              "header"
+                            : "the auth_http service answered with an "
+                              "error status and no Auth-Status header");
         return;
     }
     if (sg_auth_http_copy(r->pool, &r->route, &h->h[SG_HTTP_H_AUTH_UPSTREAM])
@@ -885,18 +915,20 @@ sg_auth_http_handler(sg_event_t *ev)
     }
     rc = sg_auth_http_send(ctx);
     if (rc == SG_ERROR) {
-        sg_auth_http_failed(ctx, errno, "send() failed");
+        sg_auth_http_failed_race(ctx, errno, "send() failed", true);
         return;
     }
     if (rc == SG_AGAIN) {
         return;
     }
+    h.error = NULL;
     rc = sg_auth_http_read(ctx, &h, &why);
     if (rc == SG_AGAIN) {
         return;
     }
     if (rc == SG_ERROR) {
-        sg_auth_http_failed(ctx, 0, why);
+        sg_auth_http_failed_race(ctx, 0, why,
+                                 hc->in.last == hc->in.pos && h.error == NULL);
         return;
     }
     sg_log_debug(ctx->r->log, "auth_http answer: HTTP %d, Auth-Status "

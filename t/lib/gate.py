@@ -122,8 +122,10 @@ def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
     """A complete configuration for the common case; the keyword arguments
     add or change directives.  Each text in `servers` is the body of one
     more server{} block after the first.  Placeholders (@PORT@ ...) are
-    filled in by Smtpgate."""
-    if proxy_pass is None:
+    filled in by Smtpgate.  auth_file=None leaves auth_file out;
+    proxy_pass=False (or no backend and no proxy_pass) leaves proxy_pass
+    out."""
+    if proxy_pass is None and backend is not None:
         proxy_pass = backend.address
     lines = ["daemon off;"]
     if workers is not None:
@@ -143,9 +145,8 @@ def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
         lines.append(f"    auth_file {auth_file};")
     if not require_tls:
         lines.append("    smtp_auth_require_tls off;")
-    lines += [
-        f"    proxy_pass {proxy_pass};",
-    ]
+    if proxy_pass:
+        lines.append(f"    proxy_pass {proxy_pass};")
     for name, value in (("proxy_connect_timeout", proxy_connect_timeout),
                         ("proxy_timeout", proxy_timeout),
                         ("timeout", timeout)):
