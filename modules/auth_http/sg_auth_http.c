@@ -20,8 +20,12 @@
 #include "sg_ssl.h"
 #endif
 #include <sys/un.h>
+#include <jansson.h>
 
 #define SG_AUTH_HTTP_HEAD_MAX   8192
+
+#define SG_AUTH_HTTP_NGINX      0
+#define SG_AUTH_HTTP_JSON       1
 
 typedef struct sg_auth_http_conn_s  sg_auth_http_conn_t;
 
@@ -46,6 +50,7 @@ typedef struct {
     int64_t                keepalive;
     int                    pass_client_cert;
     int                    ssl_verify;
+    unsigned               format;      /* SG_AUTH_HTTP_NGINX / _JSON */
     sg_str_t               ssl_trusted;
     void                  *ssl_ctx;     /* SSL_CTX for https:// */
 } sg_auth_http_conf_t;
@@ -86,6 +91,11 @@ static void sg_auth_http_cancel(sg_auth_request_t *r, void *conf);
 static void sg_auth_http_next(sg_auth_http_ctx_t *ctx);
 
 static const sg_conf_bounds_t  sg_auth_http_timeout_bounds = { 1, 3600000 };
+static const sg_conf_enum_t    sg_auth_http_formats[] = {
+    { "nginx", SG_AUTH_HTTP_NGINX },
+    { "json", SG_AUTH_HTTP_JSON },
+    { NULL, 0 }
+};
 static const sg_conf_bounds_t  sg_auth_http_keepalive_bounds = { 0, 1024 };
 
 #define SG_SRV  (SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF)
@@ -105,6 +115,9 @@ static const sg_command_t  sg_auth_http_commands[] = {
     { "auth_http_keepalive", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, keepalive),
       &sg_auth_http_keepalive_bounds },
+    { "auth_http_format", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, format),
+      sg_auth_http_formats },
     { "auth_http_ssl_verify", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, ssl_verify),
       NULL },
@@ -320,6 +333,7 @@ sg_auth_http_create_conf(sg_conf_t *cf)
     ahc->keepalive = SG_CONF_UNSET;
     ahc->pass_client_cert = SG_CONF_UNSET;
     ahc->ssl_verify = SG_CONF_UNSET;
+    ahc->format = (unsigned) SG_CONF_UNSET;
     return ahc;
 }
 
@@ -340,6 +354,10 @@ sg_auth_http_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->keepalive, prev->keepalive, 8);
     sg_conf_merge_value(conf->pass_client_cert, prev->pass_client_cert, 0);
     sg_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 1);
+    if (conf->format == (unsigned) SG_CONF_UNSET) {
+        conf->format = prev->format == (unsigned) SG_CONF_UNSET
+                       ? SG_AUTH_HTTP_NGINX : prev->format;
+    }
     if (conf->ssl_trusted.data == NULL) {
         conf->ssl_trusted = prev->ssl_trusted;
     }
@@ -509,6 +527,122 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     *p++ = '\n';
     ctx->req.len = (size_t) (p - ctx->req.data);
     SG_BUG_ON(ctx->req.len > len);
+    return SG_OK;
+}
+
+/* auth_http_format json: the same facts as one JSON document. */
+
+static int
+sg_json_put(json_t *o, const char *key, const sg_str_t *v)
+{
+    json_t  *s;
+
+    s = json_stringn(v->len ? (const char *) v->data : "", v->len);
+    if (s == NULL) {
+        return SG_ERROR;                /* not valid UTF-8 */
+    }
+    return json_object_set_new(o, key, s) == 0 ? SG_OK : SG_ERROR;
+}
+
+static char *
+sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
+{
+    sg_auth_request_t  *r = ctx->r;
+    sg_connection_t    *c = r->connection;
+    sg_str_t            v;
+    json_t             *o;
+    char               *body = NULL;
+    int                 rc = SG_OK;
+
+    o = json_object();
+    if (o == NULL) {
+        return NULL;
+    }
+    v.data = (u_char *) sg_auth_http_method(r->mech);
+    v.len = strlen((char *) v.data);
+    rc |= sg_json_put(o, "method", &v);
+    rc |= sg_json_put(o, "user", &r->user);
+    rc |= sg_json_put(o, "pass", &r->pass);
+    rc |= sg_json_put(o, "salt", &r->salt);
+    sg_str_set(&v, "smtp");
+    rc |= sg_json_put(o, "protocol", &v);
+    rc |= json_object_set_new(o, "attempt",
+                              json_integer(r->attempt ? r->attempt : 1));
+    rc |= sg_json_put(o, "client_ip", &c->addr_text);
+    rc |= sg_json_put(o, "helo", &r->helo);
+    rc |= sg_json_put(o, "from", &r->mail_from);
+    rc |= sg_json_put(o, "to", &r->rcpt_to);
+#if (SG_HAVE_SSL_MODULE)
+    if (c->ssl) {
+        json_t          *t = json_object();
+        sg_ssl_facts_t   f;
+
+        sg_ssl_cert_facts(c, r->pool, &f);
+        rc |= t == NULL;
+        if (t) {
+            v.data = (u_char *) sg_ssl_protocol(c);
+            v.len = strlen((char *) v.data);
+            rc |= sg_json_put(t, "protocol", &v);
+            v.data = (u_char *) sg_ssl_cipher(c);
+            v.len = strlen((char *) v.data);
+            rc |= sg_json_put(t, "cipher", &v);
+            rc |= sg_json_put(t, "verify", &f.verify);
+            rc |= sg_json_put(t, "subject", &f.subject);
+            rc |= sg_json_put(t, "issuer", &f.issuer);
+            rc |= sg_json_put(t, "serial", &f.serial);
+            rc |= sg_json_put(t, "fingerprint", &f.fingerprint);
+            rc |= json_object_set_new(o, "ssl", t);
+        }
+    }
+#endif
+    if (rc == SG_OK) {
+        body = json_dumps(o, JSON_COMPACT);
+    }
+    json_decref(o);
+    return body;
+}
+
+/* The JSON request: POST with the document as its body. */
+static int
+sg_auth_http_build_json(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
+{
+    sg_str_t  *h;
+    char      *body;
+    size_t     len, blen, i;
+    u_char    *p;
+
+    body = sg_auth_http_json_body(ctx);
+    if (body == NULL) {
+        return SG_DECLINED;
+    }
+    blen = strlen(body);
+    len = 256 + srv->uri.len + srv->host.len + blen;
+    for (i = 0; ctx->conf->headers && i < ctx->conf->headers->nelts; i++) {
+        len += sg_array_elt(ctx->conf->headers, sg_str_t, i)->len;
+    }
+    p = sg_pnalloc(ctx->r->pool, len);
+    if (p == NULL) {
+        sg_wipe(body, blen);
+        free(body);
+        return SG_ERROR;
+    }
+    ctx->req.data = p;
+    p = sg_slprintf(p, p + len, "POST %.*s HTTP/1.1\r\nHost: %.*s\r\n"
+                    "Content-Type: application/json\r\n"
+                    "Content-Length: %zu\r\n", SG_STR_ARG(&srv->uri),
+                    SG_STR_ARG(&srv->host), blen);
+    for (i = 0; ctx->conf->headers && i < ctx->conf->headers->nelts; i++) {
+        h = sg_array_elt(ctx->conf->headers, sg_str_t, i);
+        memcpy(p, h->data, h->len);
+        p += h->len;
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, body, blen);
+    p += blen;
+    sg_wipe(body, blen);            /* it holds the password */
+    free(body);
+    ctx->req.len = (size_t) (p - ctx->req.data);
     return SG_OK;
 }
 
@@ -817,6 +951,116 @@ sg_auth_http_secure(sg_auth_http_ctx_t *ctx)
 #endif
 }
 
+/* A JSON answer read as the headers would be: {"status", "server",
+ * "port", "upstream", "wait", "error_code", "user", "pass"}. */
+static const char *
+sg_auth_http_json_fields(json_t *o, sg_http_auth_response_t *h,
+    u_char *num, size_t numlen)
+{
+    static const struct { const char *key; sg_http_header_e h; } map[] = {
+        { "status", SG_HTTP_H_AUTH_STATUS },
+        { "server", SG_HTTP_H_AUTH_SERVER },
+        { "port", SG_HTTP_H_AUTH_PORT },
+        { "upstream", SG_HTTP_H_AUTH_UPSTREAM },
+        { "wait", SG_HTTP_H_AUTH_WAIT },
+        { "error_code", SG_HTTP_H_AUTH_ERROR_CODE },
+        { "user", SG_HTTP_H_AUTH_USER },
+        { "pass", SG_HTTP_H_AUTH_PASS },
+    };
+    json_t  *v;
+    size_t   i;
+
+    if (!json_is_object(o)) {
+        return "the JSON answer is not an object";
+    }
+    for (i = 0; i < sg_nelems(map); i++) {
+        v = json_object_get(o, map[i].key);
+        if (v == NULL || json_is_null(v)) {
+            continue;
+        }
+        if (json_is_string(v)) {
+            h->h[map[i].h].data = (u_char *) json_string_value(v);
+            h->h[map[i].h].len = json_string_length(v);
+            if (memchr(h->h[map[i].h].data, '\0', h->h[map[i].h].len)
+                || memchr(h->h[map[i].h].data, '\r', h->h[map[i].h].len)
+                || memchr(h->h[map[i].h].data, '\n', h->h[map[i].h].len))
+            {
+                return "a JSON answer field holds a control character";
+            }
+        } else if (json_is_integer(v) && numlen >= 24) {
+            h->h[map[i].h].data = num;
+            h->h[map[i].h].len = (size_t) snprintf((char *) num, 24, "%lld",
+                (long long) json_integer_value(v));
+            num += 24;
+            numlen -= 24;
+        } else {
+            return "a JSON answer field is neither a string nor a number";
+        }
+    }
+    return NULL;
+}
+
+static void
+sg_auth_http_json_answer(sg_auth_http_ctx_t *ctx,
+    const sg_http_auth_response_t *head, const u_char *body)
+{
+    sg_http_auth_response_t   h;
+    json_error_t              jerr;
+    json_t                   *o;
+    u_char                    num[4 * 24];
+    const char               *why;
+
+    memset(&h, 0, sizeof(h));
+    h.status = head->status;
+    o = json_loadb((const char *) body, (size_t) head->content_length,
+                   JSON_REJECT_DUPLICATES, &jerr);
+    if (o == NULL) {
+        sg_log_error(SG_LOG_ERR, ctx->r->log, 0, "auth_http JSON answer "
+                     "rejected: %s at offset %d", jerr.text, jerr.position);
+        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "the auth_http service "
+                            "sent an invalid JSON answer");
+        return;
+    }
+    why = sg_auth_http_json_fields(o, &h, num, sizeof(num));
+    if (why) {
+        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, why);
+    } else {
+        sg_auth_http_answer(ctx, &h);
+    }
+    json_decref(o);
+}
+
+/* auth_http_format json: the body, Content-Length bytes after the head,
+ * must be in the buffer too.  SG_OK, SG_AGAIN or SG_ERROR (why). */
+static int
+sg_auth_http_read_body(sg_auth_http_ctx_t *ctx,
+    const sg_http_auth_response_t *h, const char **why)
+{
+    sg_auth_http_conn_t  *hc = ctx->hc;
+    ssize_t               n;
+
+    if (h->content_length < 0
+        || (size_t) h->content_length > sizeof(hc->data) - h->head_len)
+    {
+        *why = "the JSON answer has no Content-Length or is too large";
+        return SG_ERROR;
+    }
+    while ((size_t) (hc->in.last - hc->in.pos) - h->head_len
+           < (size_t) h->content_length)
+    {
+        n = hc->c->recv(hc->c, hc->in.last, sg_buf_free(&hc->in));
+        if (n == SG_AGAIN) {
+            return SG_AGAIN;
+        }
+        if (n <= 0) {
+            *why = "the connection closed in the middle of the answer";
+            return SG_ERROR;
+        }
+        hc->in.last += n;
+    }
+    return SG_OK;
+}
+
 /* Send what is left of the request; SG_OK when all is out. */
 static int
 sg_auth_http_send(sg_auth_http_ctx_t *ctx)
@@ -931,6 +1175,16 @@ sg_auth_http_handler(sg_event_t *ev)
                                  hc->in.last == hc->in.pos && h.error == NULL);
         return;
     }
+    if (ctx->conf->format == SG_AUTH_HTTP_JSON) {
+        rc = sg_auth_http_read_body(ctx, &h, &why);
+        if (rc == SG_AGAIN) {
+            return;
+        }
+        if (rc == SG_ERROR) {
+            sg_auth_http_failed(ctx, 0, why);
+            return;
+        }
+    }
     sg_log_debug(ctx->r->log, "auth_http answer: HTTP %d, Auth-Status "
                  "\"%.*s\"", h.status,
                  (int) sg_min(h.h[SG_HTTP_H_AUTH_STATUS].len, 100),
@@ -944,7 +1198,11 @@ sg_auth_http_handler(sg_event_t *ev)
     hc->ctx = NULL;
     /* The answer may end the session (and ctx with it); h points into
      * hc's buffer, which stays until the connection is released. */
-    sg_auth_http_answer(ctx, &h);
+    if (conf->format == SG_AUTH_HTTP_JSON) {
+        sg_auth_http_json_answer(ctx, &h, hc->in.pos + h.head_len);
+    } else {
+        sg_auth_http_answer(ctx, &h);
+    }
     sg_auth_http_release(hc, conf, h.keepalive && h.content_length >= 0
                                    && (size_t) h.content_length == body);
 }
@@ -956,6 +1214,7 @@ sg_auth_http_next(sg_auth_http_ctx_t *ctx)
 {
     sg_auth_http_server_t  *srv;
     size_t                  n = ctx->conf->servers->nelts;
+    int                     rc;
 
     for ( ; ctx->server < n; ctx->server++) {
         srv = sg_array_elt(ctx->conf->servers, sg_auth_http_server_t,
@@ -963,8 +1222,14 @@ sg_auth_http_next(sg_auth_http_ctx_t *ctx)
         if (srv->failed_until > sg_current_msec) {
             continue;                     /* failed recently: skip */
         }
-        if (sg_auth_http_build(ctx, srv) != SG_OK) {
-            sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "out of memory");
+        rc = ctx->conf->format == SG_AUTH_HTTP_JSON
+             ? sg_auth_http_build_json(ctx, srv)
+             : sg_auth_http_build(ctx, srv);
+        if (rc != SG_OK) {
+            sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, rc == SG_DECLINED
+                                ? "the credentials are not valid UTF-8, "
+                                  "which auth_http_format json cannot carry"
+                                : "out of memory");
             return;
         }
         ctx->sent = 0;
