@@ -291,8 +291,8 @@ def test_auth_none_refused_is_550(smtpgate, backend, svc):
     assert backend.commands == []
 
 
-def _tls_gate(smtpgate, pki, svc, backend, verify=None):
-    extra = cert_directives(pki, "mx.test")
+def _tls_gate(smtpgate, pki, svc, backend, verify=None, more=""):
+    extra = cert_directives(pki, "mx.test") + more
     if verify:
         extra += (f"\nssl_verify_client {verify};"
                   f"\nssl_client_certificate {pki.ca};")
@@ -379,6 +379,27 @@ def test_certificate_dn_sent_unescaped_like_nginx(smtpgate, backend, svc,
     _starttls_login(g, pki, cert="alice")
     facts = _cert_facts(pki, "alice")
     assert svc.last.header("Auth-SSL-Issuer") == facts["issuer"]
+
+
+def test_client_certificate_pem_when_asked(smtpgate, backend, svc, pki):
+    """auth_http_pass_client_cert on: Auth-SSL-Cert carries the PEM,
+    escaped as nginx escapes it (newlines as %0A); off: no header."""
+    import urllib.parse
+    g = _tls_gate(smtpgate, pki, svc, backend, verify="optional",
+                  more="\nauth_http_pass_client_cert on;")
+    _starttls_login(g, pki, cert="alice")
+    sent = svc.last.header("Auth-SSL-Cert")
+    assert sent and "\n" not in sent and "%0A" in sent, sent
+    with open(pki.path("alice.pem")) as f:
+        pem = f.read()
+    assert urllib.parse.unquote(sent).strip() == pem.strip()
+
+
+def test_client_certificate_pem_not_sent_by_default(smtpgate, backend, svc,
+                                                    pki):
+    g = _tls_gate(smtpgate, pki, svc, backend, verify="optional")
+    _starttls_login(g, pki, cert="alice")
+    assert svc.last.header("Auth-SSL-Cert") is None
 
 
 def test_ipv6_client_ip(smtpgate, backend, svc):

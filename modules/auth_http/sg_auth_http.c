@@ -444,10 +444,14 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     size_t              len, i;
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_facts_t      f;
+    sg_str_t            pem = sg_null_string;
 
     memset(&f, 0, sizeof(f));
     if (c->ssl) {
         sg_ssl_cert_facts(c, r->pool, &f);
+        if (ctx->conf->pass_client_cert) {
+            sg_ssl_cert_pem(c, r->pool, &pem);
+        }
     }
 #endif
 
@@ -461,7 +465,7 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
           + sg_auth_http_room("Auth-SMTP-To", &r->rcpt_to);
 #if (SG_HAVE_SSL_MODULE)
     len += f.verify.len + 3 * (f.subject.len + f.issuer.len) + f.serial.len
-           + f.fingerprint.len + 256;
+           + f.fingerprint.len + 256 + sg_http_auth_escape(NULL, &pem);
 #endif
     for (i = 0; ctx->conf->headers && i < ctx->conf->headers->nelts; i++) {
         len += sg_array_elt(ctx->conf->headers, sg_str_t, i)->len;
@@ -509,6 +513,10 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
             p = sg_auth_http_put(p, "Auth-SSL-Issuer", &f.issuer,
                                  SG_ESC_RAW);
             p = sg_auth_http_put(p, "Auth-SSL-Serial", &f.serial, SG_ESC_NONE);
+            if (pem.len) {
+                /* as nginx: the PEM, escaped (its newlines become %0A) */
+                p = sg_auth_http_put(p, "Auth-SSL-Cert", &pem, SG_ESC_AUTH);
+            }
             p = sg_auth_http_put(p, "Auth-SSL-Fingerprint", &f.fingerprint,
                                  SG_ESC_NONE);
         }

@@ -60,6 +60,8 @@ typedef struct {
 
 void sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool,
     sg_ssl_facts_t *f);
+/* The client certificate in PEM (empty when none). */
+void sg_ssl_cert_pem(sg_connection_t *c, sg_pool_t *pool, sg_str_t *pem);
 
 /* TLS towards a service (sg_ssl_io.c). */
 SSL_CTX *sg_ssl_client_ctx(sg_pool_t *pool, bool verify,

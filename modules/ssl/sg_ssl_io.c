@@ -11,6 +11,7 @@
 #include "sg_ssl.h"
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <openssl/pem.h>
 
 static ssize_t sg_ssl_recv(sg_connection_t *c, u_char *buf, size_t size);
 static ssize_t sg_ssl_send(sg_connection_t *c, const u_char *buf,
@@ -433,4 +434,31 @@ sg_ssl_free_connection(sg_connection_t *c)
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
+}
+
+void
+sg_ssl_cert_pem(sg_connection_t *c, sg_pool_t *pool, sg_str_t *pem)
+{
+    X509   *cert;
+    BIO    *bio;
+    char   *p;
+    long    n;
+
+    pem->len = 0;
+    pem->data = NULL;
+    cert = c->ssl ? SSL_get1_peer_certificate(c->ssl) : NULL;
+    if (cert == NULL) {
+        return;
+    }
+    bio = BIO_new(BIO_s_mem());
+    if (bio && PEM_write_bio_X509(bio, cert) == 1) {
+        n = BIO_get_mem_data(bio, &p);
+        pem->data = n > 0 ? sg_pnalloc(pool, (size_t) n) : NULL;
+        if (pem->data) {
+            memcpy(pem->data, p, (size_t) n);
+            pem->len = (size_t) n;
+        }
+    }
+    BIO_free(bio);
+    X509_free(cert);
 }
