@@ -622,12 +622,24 @@ def test_auth_server_ipv6(smtpgate, svc):
         b6.stop()
 
 
+def test_auth_server_host_name_is_resolved_off_the_loop(smtpgate, backend,
+                                                       svc):
+    """Auth-Server may be a host name (nginx takes addresses only): it is
+    resolved on the worker's thread pool and each address is tried."""
+    svc.default = ok("localhost", backend.port)
+    g = smtpgate(http_conf(svc.url))
+    r, c = auth_session(g, quit=False)
+    with c:
+        assert (r.code, r.last) == OK
+        send_message(c)
+    assert len(backend.wait_messages(1)) == 1
+
+
 @pytest.mark.parametrize("answer,why", [
-    (ok("localhost", 25), r"host names are not resolved"),
-    (ok("mx.example.org", 25), r"host names are not resolved"),
+    (ok("bad_host!", 25), r"neither an address and port nor a host name"),
     (ok("127.0.0.1"), r"Auth-Server without Auth-Port"),
-    (ok("127.0.0.1", "smtp"), r"not an IP address and port"),
-], ids=["localhost", "host-name", "no-port", "port-name"])
+    (ok("127.0.0.1", "smtp"), r"neither an address and port nor"),
+], ids=["bad-name", "no-port", "port-name"])
 def test_auth_server_unusable_is_454(smtpgate, backend, svc, answer, why):
     svc.default = answer
     g = smtpgate(http_conf(svc.url))
@@ -1144,3 +1156,18 @@ def test_quit_waits_for_a_session_in_auth(smtpgate, backend, svc):
     backend.wait_messages(1)
     assert g.wait_exit(20) == 0
     svc.wait_closed(10)
+
+
+def test_auth_cache_hit_never_reaches_the_service(smtpgate, backend, svc):
+    """With auth_cache, logging in again is answered by smtpgate itself
+    (any worker): the service sees the first login only, and the session
+    still goes to the backend the service named."""
+    g = smtpgate(http_conf(svc.url, backend=backend, workers=2,
+                           mail="    auth_cache zone=ahc:1m ttl=60s;"))
+    for _ in range(4):
+        r, c = auth_session(g, quit=False)
+        with c:
+            assert (r.code, r.last) == OK
+            send_message(c)
+    assert len(svc.requests) == 1
+    assert len(backend.wait_messages(4)) == 4

@@ -20,6 +20,7 @@
 #include "sg_ssl.h"
 #endif
 #include <sys/un.h>
+#include <netdb.h>
 #include <jansson.h>
 
 #define SG_AUTH_HTTP_HEAD_MAX   8192
@@ -74,6 +75,7 @@ typedef struct {
     sg_str_t                req;
     size_t                  sent;
     sg_event_t              start;      /* posted by start() */
+    sg_task_t              *resolving;  /* Auth-Server name lookup */
     unsigned                reused:1;
     unsigned                retried:1;
     unsigned                connected:1;
@@ -850,9 +852,148 @@ sg_auth_http_copy(sg_pool_t *pool, sg_str_t *dst, const sg_str_t *src)
     return SG_OK;
 }
 
-static const char *
-sg_auth_http_route(sg_auth_request_t *r, const sg_http_auth_response_t *h)
+/* An Auth-Server host name is looked up on the worker's thread pool,
+ * so the event loop never waits on DNS. */
+typedef struct {
+    sg_task_t                task;
+    sg_auth_http_ctx_t      *ctx;
+    char                     host[256];
+    char                     port[8];
+    struct sockaddr_storage  sa[4];
+    socklen_t                len[4];
+    size_t                   n;
+    int                      rc;
+} sg_auth_http_resolve_t;
+
+static void
+sg_auth_http_resolve_work(sg_task_t *t)
 {
+    sg_auth_http_resolve_t  *rt = t->data;
+    struct addrinfo          hints, *res, *ai;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    rt->rc = getaddrinfo(rt->host, rt->port, &hints, &res);
+    if (rt->rc == 0) {
+        for (ai = res; ai && rt->n < 4; ai = ai->ai_next) {
+            if (ai->ai_addrlen <= sizeof(rt->sa[0])) {
+                memcpy(&rt->sa[rt->n], ai->ai_addr, ai->ai_addrlen);
+                rt->len[rt->n++] = ai->ai_addrlen;
+            }
+        }
+        freeaddrinfo(res);
+    }
+}
+
+static void
+sg_auth_http_resolve_done(sg_task_t *t)
+{
+    sg_auth_http_resolve_t  *rt = t->data;
+    sg_auth_http_ctx_t      *ctx = rt->ctx;
+    sg_auth_request_t       *r = ctx->r;
+    sg_addr_t               *a;
+    u_char                   text[SG_SOCKADDR_STRLEN];
+    size_t                   n, i;
+
+    ctx->resolving = NULL;
+    if (rt->rc != 0 || rt->n == 0) {
+        sg_log_error(SG_LOG_ERR, r->log, 0, "Auth-Server \"%s\" did not "
+                     "resolve: %s", rt->host,
+                     rt->rc ? gai_strerror(rt->rc) : "no address");
+        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "the Auth-Server host "
+                            "name did not resolve");
+        return;
+    }
+    a = sg_pcalloc(r->pool, rt->n * sizeof(sg_addr_t));
+    if (a == NULL) {
+        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "out of memory");
+        return;
+    }
+    for (i = 0; i < rt->n; i++) {
+        n = sg_sock_ntop((struct sockaddr *) &rt->sa[i], text, sizeof(text),
+                         true);
+        a[i].name.data = sg_pnalloc(r->pool, n);
+        if (a[i].name.data == NULL) {
+            sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "out of memory");
+            return;
+        }
+        memcpy(&a[i].sa, &rt->sa[i], rt->len[i]);
+        a[i].socklen = rt->len[i];
+        memcpy(a[i].name.data, text, n);
+        a[i].name.len = n;
+    }
+    r->route_addr = a;
+    r->route_naddrs = rt->n;
+    sg_log_debug(r->log, "Auth-Server \"%s\" resolved to %.*s%s",
+                 rt->host, SG_STR_ARG(&a[0].name),
+                 rt->n > 1 ? " and more" : "");
+    sg_auth_http_finish(ctx, SG_AUTH_OK, NULL);
+}
+
+static void
+sg_auth_http_resolve_free(sg_task_t *t)
+{
+    free(t->data);
+}
+
+static bool
+sg_auth_http_hostname_ok(const sg_str_t *h)
+{
+    size_t  i;
+
+    if (h->len == 0 || h->len > 253) {
+        return false;
+    }
+    for (i = 0; i < h->len; i++) {
+        u_char ch = h->data[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-'))
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* SG_OK: resolving in the background, the answer comes later. */
+static int
+sg_auth_http_resolve(sg_auth_http_ctx_t *ctx, const sg_str_t *host,
+    const sg_str_t *port)
+{
+    sg_auth_http_resolve_t  *rt;
+
+    if (!sg_auth_http_hostname_ok(host) || port->len == 0
+        || port->len >= sizeof(rt->port))
+    {
+        return SG_ERROR;
+    }
+    rt = calloc(1, sizeof(*rt));
+    if (rt == NULL) {
+        return SG_ERROR;
+    }
+    memcpy(rt->host, host->data, host->len);
+    memcpy(rt->port, port->data, port->len);
+    rt->ctx = ctx;
+    rt->task.work = sg_auth_http_resolve_work;
+    rt->task.done = sg_auth_http_resolve_done;
+    rt->task.destroy = sg_auth_http_resolve_free;
+    rt->task.data = rt;
+    if (sg_task_post(&rt->task, ctx->r->log) != SG_OK) {
+        free(rt);
+        return SG_ERROR;
+    }
+    ctx->resolving = &rt->task;
+    return SG_OK;
+}
+
+static const char *
+sg_auth_http_route(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h,
+    bool *later)
+{
+    sg_auth_request_t  *r = ctx->r;
     const sg_str_t  *host = &h->h[SG_HTTP_H_AUTH_SERVER];
     const sg_str_t  *port = &h->h[SG_HTTP_H_AUTH_PORT];
     sg_url_t         u;
@@ -865,7 +1006,11 @@ sg_auth_http_route(sg_auth_request_t *r, const sg_http_auth_response_t *h)
         return "Auth-Server without Auth-Port";
     }
     if (host->len + port->len + 4 > sizeof(buf)) {
-        return "Auth-Server is not an IP address";
+        if (sg_auth_http_resolve(ctx, host, port) == SG_OK) {
+            *later = true;          /* too long for an address: a name */
+            return NULL;
+        }
+        return "Auth-Server is neither an address nor a host name";
     }
     memset(&u, 0, sizeof(u));
     u.url.data = buf;
@@ -874,10 +1019,14 @@ sg_auth_http_route(sg_auth_request_t *r, const sg_http_auth_response_t *h)
                       SG_STR_ARG(host), SG_STR_ARG(port)) - buf
         : sg_slprintf(buf, buf + sizeof(buf), "%.*s:%.*s",
                       SG_STR_ARG(host), SG_STR_ARG(port)) - buf);
-    u.no_resolve = 1;               /* never a DNS lookup in a worker */
+    u.no_resolve = 1;               /* never a DNS lookup in the loop */
     if (sg_parse_url(r->pool, &u) != SG_OK) {
-        return "Auth-Server/Auth-Port is not an IP address and port "
-               "(host names are not resolved)";
+        if (u.port > 0 && sg_auth_http_resolve(ctx, host, port) == SG_OK) {
+            *later = true;          /* a host name: on the thread pool */
+            return NULL;
+        }
+        return "Auth-Server/Auth-Port is neither an address and port nor "
+               "a host name and port";
     }
     r->route_addr = &u.addrs[0];
     return NULL;
@@ -892,6 +1041,7 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
     const sg_str_t     *wait = &h->h[SG_HTTP_H_AUTH_WAIT];
     const char         *err;
     int64_t             n;
+    bool                later;
 
     /* As nginx, the answer is in the headers whatever the status line
      * says (a location ending in "return 204;" works). */
@@ -913,8 +1063,12 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
         return;
     }
     if (sg_str_eq(st, "OK")) {
-        err = sg_auth_http_route(r, h);
-        sg_auth_http_finish(ctx, err ? SG_AUTH_TEMPFAIL : SG_AUTH_OK, err);
+        later = false;
+        err = sg_auth_http_route(ctx, h, &later);
+        if (!later) {
+            sg_auth_http_finish(ctx, err ? SG_AUTH_TEMPFAIL : SG_AUTH_OK,
+                                err);
+        }
         return;
     }
     if (wait->data && sg_parse_int(wait, &n) == SG_OK && n > 0 && n < 3600) {
@@ -1302,5 +1456,9 @@ sg_auth_http_cancel(sg_auth_request_t *r, void *conf)
         ctx->hc = NULL;
     }
     sg_event_unpost(&ctx->start);
+    if (ctx->resolving) {
+        sg_task_cancel(ctx->resolving);
+        ctx->resolving = NULL;
+    }
     r->backend_data = NULL;
 }

@@ -225,8 +225,9 @@ sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
     }
     if (ctx->conf->pass == NULL || ctx->addrs != ctx->conf->pass->addrs) {
         sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
-                     "at %.*s (named by the authentication service), "
-                     "answering 451", SG_STR_ARG(&ctx->addrs->name));
+                     "at %.*s%s (named by the authentication service), "
+                     "answering 451", SG_STR_ARG(&ctx->addrs->name),
+                     ctx->naddrs > 1 ? " and its other addresses" : "");
     } else {
         sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
                      "for \"%.*s\", answering 451: check that the backend "
@@ -294,7 +295,7 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
     }
     if (s->auth && s->auth->route_addr) {
         ctx->addrs = s->auth->route_addr;     /* Auth-Server, Auth-Port */
-        ctx->naddrs = 1;
+        ctx->naddrs = s->auth->route_naddrs ? s->auth->route_naddrs : 1;
     } else if (ctx->conf->pass) {
         ctx->addrs = ctx->conf->pass->addrs;
         ctx->naddrs = ctx->conf->pass->naddrs;

@@ -97,7 +97,8 @@ struct sg_auth_request_s {
     sg_msec_t           wait;          /* hold a failure reply this long
                                           (Auth-Wait); 0: the default */
     sg_str_t            route;         /* an upstream group's name */
-    sg_addr_t          *route_addr;    /* the backend to relay to */
+    sg_addr_t          *route_addr;    /* the backend to relay to: */
+    size_t              route_naddrs;  /* addresses tried in order */
     sg_str_t            backend_user;  /* credentials for the backend */
     sg_str_t            backend_pass;
 
