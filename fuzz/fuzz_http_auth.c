@@ -154,18 +154,6 @@ sg_fuzz_response(const u_char *data, size_t size, size_t limit)
     }
 }
 
-static int
-sg_fuzz_hex(u_char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 static void
 sg_fuzz_escape(const u_char *data, size_t size)
 {

@@ -121,18 +121,6 @@ sg_fuzz_plain(const u_char *data, size_t size)
     free(msg.data);
 }
 
-static int
-sg_fuzz_hex(u_char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 static void
 sg_fuzz_xtext(const uint8_t *data, size_t size)
 {
