@@ -79,6 +79,7 @@ typedef int64_t  sg_msec_t;         /* milliseconds */
 #include "sg_times.h"
 #include "sg_log.h"
 #include "sg_inet.h"
+#include "sg_proxy_protocol.h"
 #include "sg_base64.h"
 #include "sg_regex.h"
 #include "sg_event.h"
