@@ -218,3 +218,120 @@ sg_parse_url(sg_pool_t *pool, sg_url_t *u)
     }
     return SG_OK;
 }
+
+/* Access lists. */
+
+static int
+sg_cidr_prefix(const u_char *p, size_t n, unsigned max, unsigned *bits)
+{
+    unsigned  v = 0;
+    size_t    i;
+
+    if (n == 0 || n > 3 || (p[0] == '0' && n > 1)) {
+        return SG_ERROR;
+    }
+    for (i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return SG_ERROR;
+        }
+        v = v * 10 + (unsigned) (p[i] - '0');
+    }
+    if (v > max) {
+        return SG_ERROR;
+    }
+    *bits = v;
+    return SG_OK;
+}
+
+int
+sg_parse_cidr(const sg_str_t *text, sg_cidr_t *cidr, const char **err)
+{
+    char       addr[SG_INET_ADDRSTRLEN + 1];
+    u_char    *slash;
+    size_t     alen, i, len;
+    unsigned   bits, max;
+    bool       masked = false;
+
+    memset(cidr, 0, sizeof(*cidr));
+    if (sg_str_eq(text, "unix:")) {
+        cidr->family = AF_UNIX;
+        return SG_OK;
+    }
+    slash = memchr(text->data, '/', text->len);
+    alen = slash ? (size_t) (slash - text->data) : text->len;
+    if (alen == 0 || alen > SG_INET_ADDRSTRLEN) {
+        *err = "invalid address";
+        return SG_ERROR;
+    }
+    memcpy(addr, text->data, alen);
+    addr[alen] = '\0';
+    cidr->family = memchr(addr, ':', alen) ? AF_INET6 : AF_INET;
+    len = cidr->family == AF_INET ? 4 : 16;
+    max = (unsigned) len * 8;
+    if (inet_pton(cidr->family, addr, cidr->addr) != 1) {
+        *err = "invalid address";
+        return SG_ERROR;
+    }
+    bits = max;
+    if (slash
+        && sg_cidr_prefix(slash + 1, text->len - alen - 1, max, &bits)
+           != SG_OK)
+    {
+        *err = "invalid prefix length";
+        return SG_ERROR;
+    }
+    for (i = 0; i < len; i++) {
+        if (bits >= 8) {
+            cidr->mask[i] = 0xff;
+            bits -= 8;
+        } else {
+            cidr->mask[i] = (u_char) (0xff << (8 - bits));
+            bits = 0;
+        }
+        if (cidr->addr[i] & ~cidr->mask[i]) {
+            masked = true;
+            cidr->addr[i] &= cidr->mask[i];
+        }
+    }
+    return masked ? SG_DECLINED : SG_OK;
+}
+
+bool
+sg_cidr_match(const sg_cidr_t *cidr, const struct sockaddr *sa)
+{
+    static const u_char  mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        0xff, 0xff };
+    const u_char        *a;
+    size_t               i, len;
+
+    switch (sa->sa_family) {
+    case AF_INET:
+        a = (const u_char *) &((const struct sockaddr_in *) sa)->sin_addr;
+        len = 4;
+        break;
+    case AF_INET6:
+        a = ((const struct sockaddr_in6 *) sa)->sin6_addr.s6_addr;
+        len = 16;
+        if (cidr->family == AF_INET && memcmp(a, mapped, 12) == 0) {
+            a += 12;
+            len = 4;
+        }
+        break;
+    case AF_UNIX:
+        return cidr->family == AF_UNIX;
+    default:
+        return false;
+    }
+    if ((cidr->family == AF_INET && len != 4)
+        || (cidr->family == AF_INET6 && len != 16)
+        || cidr->family == AF_UNIX)
+    {
+        return false;
+    }
+    for (i = 0; i < len; i++) {
+        if ((a[i] & cidr->mask[i]) != cidr->addr[i]) {
+            return false;
+        }
+    }
+    return true;
+}

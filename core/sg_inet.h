@@ -45,4 +45,24 @@ int sg_sockaddr_port(const struct sockaddr *sa);
 bool sg_sockaddr_eq(const struct sockaddr *a, socklen_t alen,
     const struct sockaddr *b, socklen_t blen);
 
+/* An address or network for access lists (set_real_ip_from). */
+typedef struct {
+    int          family;                /* AF_INET, AF_INET6, AF_UNIX */
+    u_char       addr[16];              /* network order, masked */
+    u_char       mask[16];
+} sg_cidr_t;
+
+/*
+ * Parse a literal address or network: "192.0.2.7", "192.0.2.0/24",
+ * "2001:db8::/32", "::1", or "unix:" (every UNIX-domain peer).  Names
+ * are not resolved.  Returns SG_OK; SG_DECLINED when the address had
+ * bits set beyond the prefix (they are cleared; the caller may warn);
+ * SG_ERROR with *err saying why.
+ */
+int sg_parse_cidr(const sg_str_t *text, sg_cidr_t *cidr, const char **err);
+
+/* Whether sa lies in cidr.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ * matches the IPv4 networks its IPv4 address lies in. */
+bool sg_cidr_match(const sg_cidr_t *cidr, const struct sockaddr *sa);
+
 #endif /* SG_INET_H */
