@@ -50,6 +50,9 @@ struct sg_connection_s {
     struct sockaddr_storage  local_sockaddr;
     socklen_t           local_socklen;
 
+    sg_proxy_protocol_t *proxy_protocol;      /* its PROXY header, if
+                                                 one with addresses came */
+
     uint64_t            number;               /* session id */
     uint64_t            sent;
     uint64_t            received;

@@ -197,6 +197,7 @@ typedef struct {
     sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
     unsigned              explicit_default:1;
     unsigned              ssl:1;         /* implicit TLS */
+    unsigned              proxy_protocol:1;  /* a PROXY header first */
 } sg_smtp_addr_conf_t;
 
 typedef enum {
@@ -248,6 +249,10 @@ struct sg_smtp_session_s {
 };
 
 void sg_smtp_init_session(sg_connection_t *c);
+/* After what comes before SMTP on the address (a PROXY protocol header,
+ * read by the realip module): the TLS handshake on an implicit-TLS
+ * address, else the greeting. */
+void sg_smtp_start_session(sg_smtp_session_t *s);
 
 /* Append a reply ("250 2.0.0 OK", no CRLF) to the client's output. */
 int sg_smtp_reply(sg_smtp_session_t *s, const char *fmt, ...)

@@ -19,6 +19,7 @@ typedef struct {
     unsigned              reuseport:1;
     unsigned              default_server:1;
     unsigned              ssl:1;
+    unsigned              proxy_protocol:1;
     sg_smtp_srv_conf_t   *server;
     sg_str_t              file;
     size_t                line;
@@ -394,6 +395,13 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
             ls->ssl = 1;
 #else
             return "\"ssl\" needs the ssl module, left out of this build";
+#endif
+        } else if (sg_str_eq(&value[i], "proxy_protocol")) {
+#if (SG_HAVE_REALIP_MODULE)
+            ls->proxy_protocol = 1;
+#else
+            return "\"proxy_protocol\" needs the realip module, left out "
+                   "of this build";
 #endif
         } else {
             return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" in "
@@ -952,7 +960,14 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
                 "\"ssl_certificate_key\" in this server");
         }
 #endif
+        if (ac->servers.nelts && ac->proxy_protocol != l[i].proxy_protocol)
+        {
+            return sg_conf_error_at(cf, &l[i].file, l[i].line, "%.*s is "
+                "listed both with and without \"proxy_protocol\"",
+                SG_STR_ARG(&l[i].addr.name));
+        }
         ac->ssl = l[i].ssl;
+        ac->proxy_protocol = l[i].proxy_protocol;
         if (l[i].default_server) {
             if (ac->explicit_default) {
                 return sg_conf_error_at(cf, &l[i].file, l[i].line,

@@ -12,6 +12,9 @@
 #if (SG_HAVE_SSL_MODULE)
 #include "sg_ssl.h"
 #endif
+#if (SG_HAVE_REALIP_MODULE)
+#include "sg_realip.h"
+#endif
 
 /* Replies are at most SG_SMTP_REPLY_MAX bytes (the EHLO reply is
  * checked against it when the configuration loads), so flushing once
@@ -71,6 +74,26 @@ sg_smtp_init_session(sg_connection_t *c)
 
     s->timer.data = s;
     s->timer.log = s->log;
+#if (SG_HAVE_REALIP_MODULE)
+    if (ac->proxy_protocol) {
+        sg_realip_read_header(s);   /* then sg_smtp_start_session() */
+        return;
+    }
+#endif
+    sg_smtp_start_session(s);
+    return;
+
+fail:
+    sg_close_connection(c);
+    sg_pool_destroy(c->pool);
+}
+
+void
+sg_smtp_start_session(sg_smtp_session_t *s)
+{
+    sg_connection_t      *c = s->connection;
+    sg_smtp_addr_conf_t  *ac = c->listening->servers;
+
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
     if (ac->ssl) {
@@ -79,11 +102,6 @@ sg_smtp_init_session(sg_connection_t *c)
         return;
     }
     sg_smtp_greet(s);
-    return;
-
-fail:
-    sg_close_connection(c);
-    sg_pool_destroy(c->pool);
 }
 
 void

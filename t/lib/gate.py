@@ -92,10 +92,15 @@ def run_binary(args, cwd, timeout=60):
     return r
 
 
-def tls_probe(host, port, timeout=5.0):
+# What the readiness probe sends first on a "listen ... proxy_protocol"
+# address: a PROXY header that keeps the connection's own address.
+PROXY_PROBE = b"PROXY UNKNOWN\r\n"
+
+
+def tls_probe(host, port, timeout=5.0, preface=b""):
     """True once an implicit-TLS listener answers a handshake, whether
     or not it accepts this client (one that wants a client certificate
-    answers with an alert)."""
+    answers with an alert).  `preface` goes out before the handshake."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -104,6 +109,8 @@ def tls_probe(host, port, timeout=5.0):
     except OSError:
         return False
     try:
+        if preface:
+            s.sendall(preface)
         with ctx.wrap_socket(s) as t:
             return t.recv(512).startswith(b"220")
     except ssl.SSLError:
@@ -283,6 +290,12 @@ class Smtpgate:
                 for a, params in LISTEN_PARAMS.findall(self.conf_text)
                 if "ssl" in params.split()]
 
+    def proxy_protocol_listen_addresses(self):
+        """The listen addresses with the `proxy_protocol` parameter."""
+        return [net.parse_hostport(a)
+                for a, params in LISTEN_PARAMS.findall(self.conf_text)
+                if "proxy_protocol" in params.split()]
+
     # -- process ----------------------------------------------------------
 
     @property
@@ -324,6 +337,7 @@ class Smtpgate:
         addresses = self.listen_addresses()
         pending = list(addresses)
         tls = set(self.tls_listen_addresses())
+        pp = set(self.proxy_protocol_listen_addresses())
 
         def ready():
             if self.proc.poll() is not None:
@@ -331,13 +345,15 @@ class Smtpgate:
                                      + self.describe())
             while pending:
                 host, port = pending[0]
+                preface = PROXY_PROBE if (host, port) in pp else b""
                 if (host, port) in tls:
-                    if not tls_probe(host, port):
+                    if not tls_probe(host, port, preface=preface):
                         return False
                     pending.pop(0)
                     continue
                 try:
                     with RawSmtp(host, port, timeout=5) as c:
+                        c.send(preface)
                         r = c.greeting()
                         assert r.code == 220, f"greeting {r!r}"
                         c.cmd("QUIT")
