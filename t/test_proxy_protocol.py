@@ -3,8 +3,9 @@
 A raw socket plays the load balancer: it sends a v1 or v2 header, then
 talks SMTP (or TLS) as the client would.  Checked: a header from a
 trusted address makes its source the client everywhere a user sees it
-(the log, XCLIENT ADDR at the backend, the auth_fail_limit key); an
-untrusted proxy's header is read and ignored with a
+(the log, XCLIENT ADDR at the backend, auth_http's Client-IP, the
+auth_fail_limit key) and auth_http gets nginx's Proxy-Protocol-*
+headers; an untrusted proxy's header is read and ignored with a
 warning; LOCAL and UNKNOWN keep the connection's address; bytes sent
 right after the header (SMTP commands, a TLS ClientHello) belong to the
 session; a malformed, over-long, truncated or late header closes the
@@ -13,6 +14,8 @@ cause; configuration errors point at their line.
 """
 
 import ipaddress
+import json
+import os
 import re
 import socket
 import ssl
@@ -24,6 +27,7 @@ import pytest
 from lib import gate as gatelib
 from lib import net
 from lib import pki as pkilib
+from lib.authsvc import AuthService, Nginx, ok_to
 from lib.smtp import RawSmtp, ServerClosed, plain_token
 from lib.users import password
 
@@ -548,6 +552,145 @@ def test_auth_fail_limit_counts_the_real_client(smtpgate, backend):
     assert attempt("203.0.113.8", password("alice")) == 235
     g.wait_log(r"too many failed AUTH attempts for this address .*"
                r"client: 203\.0\.113\.7,")
+
+
+@pytest.fixture
+def svc():
+    s = AuthService().start()
+    yield s
+    s.stop()
+
+
+PP_HEADERS = ["Proxy-Protocol-Addr", "Proxy-Protocol-Port",
+              "Proxy-Protocol-Server-Addr", "Proxy-Protocol-Server-Port"]
+
+
+def _auth_http_login(g, header):
+    with connect(g, header) as c:
+        assert c.greeting().code == 220
+        c.ehlo()
+        assert c.auth_plain("alice", "pw").code == 235
+
+
+@pytest.mark.parametrize("trusted,client_ip", [
+    (("127.0.0.1",), "2001:db8::7"),
+    (("192.0.2.0/24",), "127.0.0.1"),
+], ids=["trusted", "untrusted"])
+def test_auth_http_proxy_protocol_headers(smtpgate, backend, svc, trusted,
+                                          client_ip):
+    """As nginx: right after Client-Host, the header's addresses and
+    ports, trusted or not; Client-IP is the header's source only when
+    the proxy is trusted."""
+    svc.default = ok_to(backend)
+    g = smtpgate(pp_conf(trusted=trusted, auth_file=None,
+                         mail=f"    auth_http {svc.url};",
+                         listen=(PP_LISTEN, "127.0.0.1:@PORTP@")))
+    _auth_http_login(g, v1("2001:db8::7", "2001:db8::1", 4242, 587))
+    (req,) = svc.wait_requests(1)
+    names = req.names()
+    i = names.index("Client-Host")
+    assert names[i + 1:i + 5] == PP_HEADERS, names
+    assert req.header("Client-IP") == client_ip
+    assert [req.header(h) for h in PP_HEADERS] == \
+        ["2001:db8::7", "4242", "2001:db8::1", "587"]
+
+    # No header with addresses, no Proxy-Protocol-* headers.
+    _auth_http_login(g, V2_LOCAL)
+    with RawSmtp("127.0.0.1", g.ports["PORTP"], 30) as c:
+        assert c.greeting().code == 220
+        c.ehlo()
+        assert c.auth_plain("alice", "pw").code == 235
+    reqs = svc.wait_requests(3)
+    for r in reqs[1:]:
+        assert not set(PP_HEADERS) & set(r.names()), r.head
+        assert r.header("Client-IP") == "127.0.0.1"
+
+
+def test_auth_http_json_proxy_protocol(smtpgate, backend):
+    """auth_http_format json: the same facts as a "proxy_protocol"
+    object."""
+    import http.server
+    import threading
+
+    docs = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", "0"))
+            docs.append(json.loads(self.rfile.read(n)))
+            body = json.dumps({"status": "OK"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    port = net.free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        g = smtpgate(pp_conf(backend, auth_file=None, mail=(
+            f"    auth_http http://127.0.0.1:{port}/a;\n"
+            "    auth_http_format json;")))
+        _auth_http_login(g, v2("203.0.113.7", "192.0.2.1", 4242, 25))
+        _auth_http_login(g, b"PROXY UNKNOWN\r\n")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert docs[0]["client_ip"] == "203.0.113.7"
+    assert docs[0]["proxy_protocol"] == {
+        "addr": "203.0.113.7", "port": 4242,
+        "server_addr": "192.0.2.1", "server_port": 25}
+    assert docs[1]["client_ip"] == "127.0.0.1"
+    assert "proxy_protocol" not in docs[1]
+
+
+def test_same_headers_as_nginx(smtpgate, backend, svc):
+    """nginx's mail module behind the same header sends the same
+    Client-IP and Proxy-Protocol-* headers, in the same place."""
+    if not (os.access(Nginx.BIN, os.X_OK)
+            and os.path.exists(Nginx.MAIL_MODULE)):
+        pytest.skip("nginx or its mail module (libnginx-mod-mail) missing")
+    svc.default = ok_to(backend)
+    g = smtpgate(pp_conf(trusted=("127.0.0.1",), auth_file=None,
+                         mail=f"    auth_http {svc.url};"))
+    ngx = Nginx(f"""
+mail {{
+    server_name mx.test;
+    auth_http {svc.hostport}/auth;
+    xclient off;
+    set_real_ip_from 127.0.0.1;
+    server {{ listen 127.0.0.1:@PORT@ proxy_protocol; protocol smtp; }}
+}}
+""", mail_module=True).start()
+    headers = (v1("2001:db8::7", "2001:db8::1", 4242, 25),
+               v2("203.0.113.9", "192.0.2.1", 1, 465))
+    try:
+        runs = {}
+        for name, port in (("smtpgate", g.port), ("nginx", ngx.port)):
+            first = len(svc.requests)
+            for h in headers:
+                with connect(g, h, port=port) as c:
+                    assert c.greeting().code == 220
+                    c.ehlo()
+                    c.auth_plain("alice", "pw")
+            runs[name] = svc.wait_requests(first + 2)[first:first + 2]
+    finally:
+        ngx.stop()
+
+    def pick(req):
+        names = req.names()
+        i = names.index("Client-IP")
+        return req.headers[i:i + 6]
+
+    for ours, theirs in zip(runs["smtpgate"], runs["nginx"]):
+        assert pick(ours) == pick(theirs), \
+            f"smtpgate:\n{ours.head.decode()}\nnginx:\n{theirs.head.decode()}"
+    assert runs["smtpgate"][1].header("Client-IP") == "203.0.113.9"
 
 
 # -- configuration ----------------------------------------------------------

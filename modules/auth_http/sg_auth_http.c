@@ -432,6 +432,40 @@ sg_auth_http_put(u_char *p, const char *name, const sg_str_t *v, int esc)
     return p;
 }
 
+/* PROXY protocol: what the header said, as nginx sends it, whether or
+ * not set_real_ip_from made its source the client (Client-IP). */
+#define SG_AUTH_HTTP_PP_ROOM  256
+
+static void
+sg_auth_http_pp_addr(const struct sockaddr *sa, u_char *text, size_t size,
+    sg_str_t *addr, sg_str_t *port)
+{
+    addr->data = text;
+    addr->len = sg_sock_ntop(sa, text, SG_INET_ADDRSTRLEN + 1, false);
+    port->data = text + addr->len;
+    port->len = (size_t) (sg_slprintf(port->data, text + size, "%d",
+                                      sg_sockaddr_port(sa)) - port->data);
+}
+
+static u_char *
+sg_auth_http_put_proxy_protocol(u_char *p, const sg_proxy_protocol_t *pp)
+{
+    u_char    text[SG_INET_ADDRSTRLEN + 16];
+    sg_str_t  addr, port;
+
+    sg_auth_http_pp_addr((const struct sockaddr *) &pp->hdr.src, text,
+                         sizeof(text), &addr, &port);
+    p = sg_auth_http_put(p, "Proxy-Protocol-Addr", &addr, SG_ESC_NONE);
+    p = sg_auth_http_put(p, "Proxy-Protocol-Port", &port, SG_ESC_NONE);
+    sg_auth_http_pp_addr((const struct sockaddr *) &pp->hdr.dst, text,
+                         sizeof(text), &addr, &port);
+    p = sg_auth_http_put(p, "Proxy-Protocol-Server-Addr", &addr,
+                         SG_ESC_NONE);
+    p = sg_auth_http_put(p, "Proxy-Protocol-Server-Port", &port,
+                         SG_ESC_NONE);
+    return p;
+}
+
 /* Room for a header: name, ": ", the value escaped, CRLF. */
 #define sg_auth_http_room(name, v)                                           \
     (sizeof(name) + 3 + sg_http_auth_escape(NULL, v))
@@ -464,7 +498,8 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
           + sg_auth_http_room("Auth-Salt", &r->salt)
           + sg_auth_http_room("Auth-SMTP-Helo", &r->helo)
           + sg_auth_http_room("Auth-SMTP-From", &r->mail_from)
-          + sg_auth_http_room("Auth-SMTP-To", &r->rcpt_to);
+          + sg_auth_http_room("Auth-SMTP-To", &r->rcpt_to)
+          + (c->proxy_protocol ? SG_AUTH_HTTP_PP_ROOM : 0);
 #if (SG_HAVE_SSL_MODULE)
     len += f.verify.len + 3 * (f.subject.len + f.issuer.len) + f.serial.len
            + f.fingerprint.len + 256 + sg_http_auth_escape(NULL, &pem);
@@ -496,6 +531,9 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     p = sg_auth_http_put(p, "Client-IP", &c->addr_text, SG_ESC_NONE);
     sg_str_set(&v, "[UNAVAILABLE]");
     p = sg_auth_http_put(p, "Client-Host", &v, SG_ESC_NONE);
+    if (c->proxy_protocol) {
+        p = sg_auth_http_put_proxy_protocol(p, c->proxy_protocol);
+    }
 #if (SG_HAVE_SSL_MODULE)
     if (c->ssl) {
         sg_str_set(&v, "on");
@@ -554,6 +592,32 @@ sg_json_put(json_t *o, const char *key, const sg_str_t *v)
     return json_object_set_new(o, key, s) == 0 ? SG_OK : SG_ERROR;
 }
 
+/* "proxy_protocol": {"addr", "port", "server_addr", "server_port"}. */
+static int
+sg_json_put_proxy_protocol(json_t *o, const sg_proxy_protocol_t *pp)
+{
+    const struct sockaddr  *src = (const struct sockaddr *) &pp->hdr.src;
+    const struct sockaddr  *dst = (const struct sockaddr *) &pp->hdr.dst;
+    u_char                  text[SG_INET_ADDRSTRLEN + 16];
+    sg_str_t                addr, port;
+    json_t                 *t;
+    int                     rc = SG_OK;
+
+    t = json_object();
+    if (t == NULL) {
+        return SG_ERROR;
+    }
+    sg_auth_http_pp_addr(src, text, sizeof(text), &addr, &port);
+    rc |= sg_json_put(t, "addr", &addr);
+    rc |= json_object_set_new(t, "port", json_integer(sg_sockaddr_port(src)));
+    sg_auth_http_pp_addr(dst, text, sizeof(text), &addr, &port);
+    rc |= sg_json_put(t, "server_addr", &addr);
+    rc |= json_object_set_new(t, "server_port",
+                              json_integer(sg_sockaddr_port(dst)));
+    rc |= json_object_set_new(o, "proxy_protocol", t);
+    return rc == SG_OK ? SG_OK : SG_ERROR;
+}
+
 static char *
 sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
 {
@@ -582,6 +646,9 @@ sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
     rc |= sg_json_put(o, "helo", &r->helo);
     rc |= sg_json_put(o, "from", &r->mail_from);
     rc |= sg_json_put(o, "to", &r->rcpt_to);
+    if (c->proxy_protocol) {
+        rc |= sg_json_put_proxy_protocol(o, c->proxy_protocol);
+    }
 #if (SG_HAVE_SSL_MODULE)
     if (c->ssl) {
         json_t          *t = json_object();
