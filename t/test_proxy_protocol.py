@@ -395,10 +395,13 @@ def refused_bytes(g, data, *, shut=False, wait=30.0):
     s = net.connect("127.0.0.1", g.port, wait)
     got = b""
     try:
-        if data:
-            s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            if data:
+                s.sendall(data)
+            if shut:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                        # refused before all of it went
         while True:
             try:
                 chunk = s.recv(4096)
