@@ -655,14 +655,16 @@ def test_auth_server_unusable_is_454(smtpgate, backend, svc, answer, why):
     assert backend.commands == []
 
 
-def test_auth_upstream_is_refused_with_451(smtpgate, backend, svc):
+def test_auth_upstream_unknown_is_refused_with_451(smtpgate, backend, svc):
     svc.default = ok(headers=[("Auth-Upstream", "pool1")])
     g = smtpgate(http_conf(svc.url, backend=backend))
     mark = g.log_mark()
     r, c = auth_session(g, quit=False)
     c.close()
-    assert r.code == 451, r
-    g.wait_log(r"Auth-Upstream", since=mark)
+    assert (r.code, r.last) == (451, "4.4.1 No backend available, try "
+                                     "again later"), r
+    g.wait_log(r'the authentication backend \(auth_http\) named the backend '
+               r'"pool1", which is neither an upstream group', since=mark)
     assert backend.commands == []
 
 

@@ -399,9 +399,20 @@ sg_auth_file_done(sg_task_t *t)
 
     r->backend_data = NULL;
     if (at->ok) {
-        /* The third column names an upstream group; it is kept for
-         * when this build has upstream groups, and not acted on yet. */
+        /* The third column names the backend: an upstream group, or
+         * an address and port. */
         r->status = SG_AUTH_OK;
+        if (at->entry && at->entry->route.len) {
+            r->route.data = sg_pnalloc(r->pool, at->entry->route.len);
+            if (r->route.data == NULL) {
+                r->status = SG_AUTH_TEMPFAIL;
+                r->reason = "out of memory";
+            } else {
+                memcpy(r->route.data, at->entry->route.data,
+                       at->entry->route.len);
+                r->route.len = at->entry->route.len;
+            }
+        }
     } else {
         r->status = SG_AUTH_FAIL;
         r->reason = at->entry ? "password mismatch"

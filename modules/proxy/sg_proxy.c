@@ -2,64 +2,119 @@
  * sg_proxy.c: relaying an authenticated session to a backend SMTP
  * server.
  *
- * Owns the backend connection of a session: connect with a timeout
- * (trying each address proxy_pass resolved to), read the greeting, EHLO,
- * XCLIENT when the backend offers it and "xclient on", EHLO again, then
- * tell the client 235 and copy bytes both ways through two bounded
- * buffers until either side closes or proxy_timeout passes.  Refuses to
- * answer 235 unless the backend completed the handshake: a backend that
- * cannot be reached or misbehaves gets the client a 451.
+ * Picks the backend (the auth service's answer first, then proxy_pass:
+ * an upstream group, HOST:PORT, a $variable or spool:DIR), runs the
+ * shared client handshake (sg_smtp_client: PROXY header, TLS or
+ * STARTTLS, EHLO, XCLIENT, AUTH, the replayed MAIL) and moves on to the
+ * next peer whenever an attempt fails, within proxy_next_upstream_tries
+ * and proxy_next_upstream_timeout.  Only a completed handshake gets the
+ * client its 235; when every peer failed the client hears 451 4.4.1.
+ * Then bytes flow both ways: through a pipe with splice(2) when neither
+ * side is TLS, else through two bounded buffers, until either side
+ * closes or proxy_timeout passes.
  */
 #include "sg_smtp.h"
+#include "sg_smtp_client.h"
+#if (SG_HAVE_UPSTREAM_MODULE)
+#include "sg_upstream.h"
+#endif
+#if (SG_HAVE_SPOOL_MODULE)
+#include "sg_spool.h"
+#endif
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#include <openssl/err.h>
+#endif
+#include <fcntl.h>
 
-#define SG_PROXY_HS_BUF     4096
-#define SG_PROXY_XTEXT_MAX  (255 * 3)
-
-typedef enum {
-    SG_PROXY_CONNECT = 0,
-    SG_PROXY_GREETING,
-    SG_PROXY_EHLO,
-    SG_PROXY_XCLIENT,
-    SG_PROXY_XCLIENT_EHLO,
-    SG_PROXY_MAIL,
-    SG_PROXY_RELAY
-} sg_proxy_state_e;
+#define SG_PROXY_SSL_OFF       0
+#define SG_PROXY_SSL_ON        1
+#define SG_PROXY_SSL_STARTTLS  2
 
 typedef struct {
-    sg_url_t     *pass;
+    sg_str_t      pass_name;      /* proxy_pass as written */
+    sg_str_t      pass_file;
+    size_t        pass_line;
+#if (SG_HAVE_UPSTREAM_MODULE)
+    sg_upstream_t *upstream;      /* proxy_pass NAME | HOST:PORT */
+#endif
+    void         *pass_value;     /* proxy_pass $variable */
+    void         *spool;          /* proxy_pass spool:DIR */
+    bool          pass_set;
+
     sg_msec_t     connect_timeout;
     sg_msec_t     timeout;
+    sg_msec_t     next_timeout;
+    int64_t       next_tries;
     int           xclient;
     size_t        buffer_size;
-    unsigned      seen_caps;    /* this worker's last backend EHLO */
+    int           splice;
+    unsigned      ssl;
+    int           ssl_verify;
+    sg_str_t      ssl_trusted;
+    sg_str_t      ssl_name;
+    sg_str_t      ssl_certificate;
+    sg_str_t      ssl_certificate_key;
+    void         *ssl_ctx;
+    int           smtp_auth;
+    unsigned      proxy_protocol;
+    unsigned      seen_caps;      /* this worker's last backend EHLO */
 } sg_proxy_conf_t;
+
+/* One pipe of a spliced direction. */
+typedef struct {
+    int           fd[2];
+    size_t        bytes;          /* in the pipe */
+    size_t        size;
+} sg_proxy_pipe_t;
 
 typedef struct {
     sg_smtp_session_t  *s;
     sg_proxy_conf_t    *conf;
+    sg_smtp_client_t    cl;
     sg_connection_t    *up;
     const sg_addr_t    *peer;
-    const sg_addr_t    *addrs;      /* the route, or proxy_pass's */
+    sg_str_t            peer_host;  /* for proxy_ssl_name */
+    const char         *route;      /* where the backend came from */
+#if (SG_HAVE_UPSTREAM_MODULE)
+    sg_upstream_pick_t  pick;
+    bool                picking;
+#endif
+    const sg_addr_t    *addrs;      /* an address list without a group */
     size_t              naddrs;
     size_t              addr_index;
-    sg_proxy_state_e    state;
+    unsigned            tries;
+    sg_msec_t           started;
     sg_buf_t            ubuf;       /* backend -> client */
-    sg_buf_t            hbuf;       /* handshake commands to backend */
+    sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
     unsigned            up_eof:1;
     unsigned            down_eof:1;
-    unsigned            replay_rcpt:1;  /* smtp_auth none: RCPT next */
+    unsigned            replay_rcpt:1;
+    unsigned            spliced:1;
 } sg_proxy_ctx_t;
 
 static char *sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
+static char *sg_proxy_protocol_directive(sg_conf_t *cf,
+    const sg_command_t *cmd, void *conf);
 static void *sg_proxy_create_conf(sg_conf_t *cf);
 static char *sg_proxy_merge_conf(sg_conf_t *cf, void *prev, void *conf);
 static void sg_proxy_start(sg_smtp_session_t *s, void *conf);
-static void sg_proxy_handshake_handler(sg_event_t *ev);
+static void sg_proxy_next(sg_proxy_ctx_t *ctx);
 static void sg_proxy_relay_handler(sg_event_t *ev);
 
 static const sg_conf_bounds_t  sg_proxy_timeout_bounds = { 1, 86400000LL };
+static const sg_conf_bounds_t  sg_proxy_next_timeout_bounds = {
+    0, 86400000LL };
 static const sg_conf_bounds_t  sg_proxy_buffer_bounds = { 1024, 16777216 };
+static const sg_conf_bounds_t  sg_proxy_tries_bounds = { 0, 1000 };
+
+static const sg_conf_enum_t  sg_proxy_ssl_modes[] = {
+    { "off", SG_PROXY_SSL_OFF },
+    { "on", SG_PROXY_SSL_ON },
+    { "starttls", SG_PROXY_SSL_STARTTLS },
+    { NULL, 0 }
+};
 
 #define SG_SRV  (SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF)
 
@@ -72,11 +127,40 @@ static const sg_command_t  sg_proxy_commands[] = {
     { "proxy_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, timeout),
       &sg_proxy_timeout_bounds },
+    { "proxy_next_upstream_tries", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_num_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, next_tries), &sg_proxy_tries_bounds },
+    { "proxy_next_upstream_timeout", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, next_timeout),
+      &sg_proxy_next_timeout_bounds },
     { "xclient", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, xclient), NULL },
     { "proxy_buffer", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, buffer_size),
       &sg_proxy_buffer_bounds },
+    { "proxy_splice", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, splice), NULL },
+    { "proxy_ssl", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl),
+      sg_proxy_ssl_modes },
+    { "proxy_ssl_verify", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl_verify), NULL },
+    { "proxy_ssl_trusted_certificate", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, ssl_trusted), NULL },
+    { "proxy_ssl_name", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl_name), NULL },
+    { "proxy_ssl_certificate", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, ssl_certificate), NULL },
+    { "proxy_ssl_certificate_key", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, ssl_certificate_key), NULL },
+    { "proxy_smtp_auth", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, smtp_auth), NULL },
+    { "proxy_protocol", SG_SRV | SG_CONF_TAKE1,
+      sg_proxy_protocol_directive, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     sg_null_command
 };
 
@@ -100,53 +184,101 @@ sg_proxy_caps(void *conf)
 static bool
 sg_proxy_routed(void *conf)
 {
-    return ((sg_proxy_conf_t *) conf)->pass != NULL;
+    return ((sg_proxy_conf_t *) conf)->pass_set;
+}
+
+static bool
+sg_proxy_ext(void *conf, unsigned *ext, int64_t *size)
+{
+#if (SG_HAVE_UPSTREAM_MODULE)
+    sg_proxy_conf_t  *pcf = conf;
+
+    if (pcf->upstream && pcf->upstream->check) {
+        return sg_upstream_caps(pcf->upstream, ext, size);
+    }
+#else
+    (void) conf;
+#endif
+    (void) ext;
+    (void) size;
+    return false;
 }
 
 static const sg_smtp_relay_t  sg_proxy_relay = {
-    "proxy", sg_proxy_start, sg_proxy_caps, sg_proxy_routed
+    "proxy", sg_proxy_start, sg_proxy_caps, sg_proxy_ext, sg_proxy_routed
 };
 
-/* What the backend's EHLO promised of the extensions the front end only
- * advertises when the backend keeps them. */
-static void
-sg_proxy_learn_caps(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
-{
-    unsigned  caps = 0;
-
-    if (sg_smtp_ehlo_has(r, "CHUNKING", NULL)) {
-        caps |= SG_SMTP_CAP_CHUNKING;
-    }
-    if (sg_smtp_ehlo_has(r, "DSN", NULL)) {
-        caps |= SG_SMTP_CAP_DSN;
-    }
-    ctx->conf->seen_caps = caps;
-}
-
 /* Configuration. */
+
+static bool
+sg_proxy_has_prefix(const sg_str_t *v, const char *p)
+{
+    size_t  n = strlen(p);
+
+    return v->len > n && memcmp(v->data, p, n) == 0;
+}
 
 static char *
 sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_proxy_conf_t  *pcf = conf;
     sg_str_t         *value = cf->args->elts;
-    sg_url_t         *u;
 
     (void) cmd;
-    if (pcf->pass != SG_CONF_UNSET_PTR) {
+    if (pcf->pass_set) {
         return sg_conf_duplicate(cf);
     }
-    u = sg_pcalloc(cf->pool, sizeof(sg_url_t));
-    if (u == NULL) {
-        return SG_CONF_ERROR;
+    if (value[1].len == 0) {
+        return sg_conf_invalid_value(cf, &value[1], NULL);
     }
-    u->url = value[1];
-    u->default_port = 25;
-    if (sg_parse_url(cf->pool, u) != SG_OK) {
-        return sg_conf_error(cf, 0, "%s in \"%.*s\" of the \"proxy_pass\" "
-                             "directive", u->err, SG_STR_ARG(&u->url));
+    pcf->pass_set = true;
+    pcf->pass_name = value[1];
+    pcf->pass_file = cf->file->name;
+    pcf->pass_line = sg_conf_line(cf);
+
+    if (sg_proxy_has_prefix(&value[1], "spool:")) {
+#if (SG_HAVE_SPOOL_MODULE)
+        sg_str_t  dir;
+
+        dir.data = value[1].data + 6;
+        dir.len = value[1].len - 6;
+        pcf->spool = sg_spool_create(cf, &dir);
+        return pcf->spool ? SG_CONF_OK : SG_CONF_ERROR;
+#else
+        return sg_conf_error(cf, 0, "\"%.*s\": this build has no spool "
+                             "module", SG_STR_ARG(&value[1]));
+#endif
     }
-    pcf->pass = u;
+    if (memchr(value[1].data, '$', value[1].len)) {
+        pcf->pass_value = sg_smtp_compile_complex_value(cf, &value[1]);
+        return pcf->pass_value ? SG_CONF_OK : SG_CONF_ERROR;
+    }
+    /* A group's name or HOST:PORT: resolved once every upstream {} of
+     * the mail block is known (merge). */
+    return SG_CONF_OK;
+}
+
+static char *
+sg_proxy_protocol_directive(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf)
+{
+    sg_proxy_conf_t  *pcf = conf;
+    sg_str_t         *value = cf->args->elts;
+
+    (void) cmd;
+    if (pcf->proxy_protocol != (unsigned) SG_CONF_UNSET) {
+        return sg_conf_duplicate(cf);
+    }
+    if (sg_str_eq(&value[1], "off")) {
+        pcf->proxy_protocol = 0;
+    } else if (sg_str_eq(&value[1], "on") || sg_str_eq(&value[1], "v1")) {
+        pcf->proxy_protocol = 1;
+    } else if (sg_str_eq(&value[1], "v2")) {
+        pcf->proxy_protocol = 2;
+    } else {
+        return sg_conf_invalid_value(cf, &value[1], "expected on, v1, v2 "
+                                     "or off");
+    }
     return SG_CONF_OK;
 }
 
@@ -159,13 +291,95 @@ sg_proxy_create_conf(sg_conf_t *cf)
     if (pcf == NULL) {
         return NULL;
     }
-    pcf->pass = SG_CONF_UNSET_PTR;
     pcf->connect_timeout = SG_CONF_UNSET_MSEC;
     pcf->timeout = SG_CONF_UNSET_MSEC;
+    pcf->next_timeout = SG_CONF_UNSET_MSEC;
+    pcf->next_tries = SG_CONF_UNSET;
     pcf->xclient = SG_CONF_UNSET;
     pcf->buffer_size = SG_CONF_UNSET_SIZE;
+    pcf->splice = SG_CONF_UNSET;
+    pcf->ssl = (unsigned) SG_CONF_UNSET;
+    pcf->ssl_verify = SG_CONF_UNSET;
+    pcf->smtp_auth = SG_CONF_UNSET;
+    pcf->proxy_protocol = (unsigned) SG_CONF_UNSET;
     return pcf;
 }
+
+/* proxy_pass NAME | HOST:PORT, now that every upstream {} is known. */
+static char *
+sg_proxy_resolve_pass(sg_conf_t *cf, sg_proxy_conf_t *pcf)
+{
+#if (SG_HAVE_UPSTREAM_MODULE)
+    sg_url_t  u;
+
+    if (!pcf->pass_set || pcf->spool || pcf->pass_value || pcf->upstream) {
+        return SG_CONF_OK;
+    }
+    pcf->upstream = sg_upstream_find(cf, &pcf->pass_name);
+    if (pcf->upstream) {
+        pcf->upstream->used = true;
+        return SG_CONF_OK;
+    }
+    memset(&u, 0, sizeof(u));
+    u.url = pcf->pass_name;
+    u.default_port = 25;
+    if (sg_parse_url(cf->pool, &u) != SG_OK) {
+        return sg_conf_error_at(cf, &pcf->pass_file, pcf->pass_line,
+            "%s in \"%.*s\" of the \"proxy_pass\" directive (it is neither "
+            "an upstream group defined in this mail block nor a usable "
+            "address)", u.err, SG_STR_ARG(&u.url));
+    }
+    pcf->upstream = sg_upstream_implicit(cf, &u);
+    return pcf->upstream ? SG_CONF_OK : SG_CONF_ERROR;
+#else
+    (void) cf;
+    (void) pcf;
+    return SG_CONF_OK;
+#endif
+}
+
+#if (SG_HAVE_SSL_MODULE)
+static char *
+sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
+{
+    SSL_CTX  *ctx;
+    char      err[512];
+
+    ctx = sg_ssl_client_ctx(cf->pool, pcf->ssl_verify,
+                            pcf->ssl_trusted.data ? &pcf->ssl_trusted : NULL,
+                            err, sizeof(err));
+    if (ctx == NULL) {
+        return sg_conf_error(cf, 0, "proxy_ssl: %s", err);
+    }
+    if (pcf->ssl_certificate.data) {
+        if (pcf->ssl_certificate_key.data == NULL) {
+            return sg_conf_error(cf, 0, "\"proxy_ssl_certificate\" is set "
+                                 "but \"proxy_ssl_certificate_key\" is not");
+        }
+        if (SSL_CTX_use_certificate_chain_file(ctx,
+                (const char *) pcf->ssl_certificate.data) != 1)
+        {
+            ERR_clear_error();
+            return sg_conf_error(cf, 0, "cannot load the client certificate "
+                                 "\"%.*s\" (proxy_ssl_certificate)",
+                                 SG_STR_ARG(&pcf->ssl_certificate));
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx,
+                (const char *) pcf->ssl_certificate_key.data,
+                SSL_FILETYPE_PEM) != 1
+            || SSL_CTX_check_private_key(ctx) != 1)
+        {
+            ERR_clear_error();
+            return sg_conf_error(cf, 0, "cannot load the key \"%.*s\" or it "
+                                 "does not match the certificate "
+                                 "(proxy_ssl_certificate_key)",
+                                 SG_STR_ARG(&pcf->ssl_certificate_key));
+        }
+    }
+    pcf->ssl_ctx = ctx;
+    return SG_CONF_OK;
+}
+#endif
 
 static char *
 sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
@@ -173,188 +387,109 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_proxy_conf_t     *prev = parent, *conf = child;
     sg_smtp_srv_conf_t  *sscf;
 
-    sg_conf_merge_ptr(conf->pass, prev->pass, NULL);
+    if (sg_proxy_resolve_pass(cf, prev) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
+    if (!conf->pass_set && prev->pass_set) {
+        conf->pass_set = true;
+        conf->pass_name = prev->pass_name;
+        conf->pass_file = prev->pass_file;
+        conf->pass_line = prev->pass_line;
+#if (SG_HAVE_UPSTREAM_MODULE)
+        conf->upstream = prev->upstream;
+#endif
+        conf->pass_value = prev->pass_value;
+        conf->spool = prev->spool;
+    }
+    if (sg_proxy_resolve_pass(cf, conf) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
     sg_conf_merge_msec(conf->connect_timeout, prev->connect_timeout, 10000);
     sg_conf_merge_msec(conf->timeout, prev->timeout, 600000);
+    sg_conf_merge_msec(conf->next_timeout, prev->next_timeout, 0);
+    sg_conf_merge_value(conf->next_tries, prev->next_tries, 0);
     sg_conf_merge_value(conf->xclient, prev->xclient, 1);
     sg_conf_merge_size(conf->buffer_size, prev->buffer_size, 16384);
+    sg_conf_merge_value(conf->splice, prev->splice, 1);
+    if (conf->ssl == (unsigned) SG_CONF_UNSET) {
+        conf->ssl = prev->ssl == (unsigned) SG_CONF_UNSET ? SG_PROXY_SSL_OFF
+                                                          : prev->ssl;
+    }
+    sg_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 0);
+    if (conf->ssl_trusted.data == NULL) {
+        conf->ssl_trusted = prev->ssl_trusted;
+    }
+    if (conf->ssl_name.data == NULL) {
+        conf->ssl_name = prev->ssl_name;
+    }
+    if (conf->ssl_certificate.data == NULL) {
+        conf->ssl_certificate = prev->ssl_certificate;
+        conf->ssl_certificate_key = prev->ssl_certificate_key;
+    }
+    sg_conf_merge_value(conf->smtp_auth, prev->smtp_auth, 0);
+    if (conf->proxy_protocol == (unsigned) SG_CONF_UNSET) {
+        conf->proxy_protocol = prev->proxy_protocol == (unsigned) SG_CONF_UNSET
+                               ? 0 : prev->proxy_protocol;
+    }
+
+    if (conf->ssl != SG_PROXY_SSL_OFF) {
+#if (SG_HAVE_SSL_MODULE)
+        if (sg_proxy_ssl_ctx(cf, conf) != SG_CONF_OK) {
+            return SG_CONF_ERROR;
+        }
+#else
+        return sg_conf_error(cf, 0, "\"proxy_ssl\" needs the ssl module");
+#endif
+    }
+
     /* Registered even without proxy_pass: an authentication service may
      * name the backend for each session (Auth-Server, Auth-Port). */
     sscf = sg_smtp_conf_current(cf);
     sscf->relay = &sg_proxy_relay;
     sscf->relay_conf = conf;
+    sscf->relay_wants_pass = conf->smtp_auth == 1;
     return SG_CONF_OK;
 }
 
 /* The handshake. */
 
 static void
+sg_proxy_close_pipes(sg_proxy_ctx_t *ctx)
+{
+    size_t  i;
+
+    for (i = 0; i < 2; i++) {
+        if (ctx->pipes[i].fd[0] != -1) {
+            close(ctx->pipes[i].fd[0]);
+            close(ctx->pipes[i].fd[1]);
+            ctx->pipes[i].fd[0] = ctx->pipes[i].fd[1] = -1;
+        }
+    }
+}
+
+static void
 sg_proxy_cleanup(void *data)
 {
     sg_proxy_ctx_t  *ctx = data;
 
+    sg_proxy_close_pipes(ctx);
     if (ctx->up) {
+#if (SG_HAVE_SSL_MODULE)
+        sg_ssl_free_connection(ctx->up);
+#endif
         sg_close_connection(ctx->up);
         ctx->up = NULL;
     }
+    sg_smtp_client_close(&ctx->cl);
+#if (SG_HAVE_UPSTREAM_MODULE)
+    if (ctx->picking) {
+        sg_upstream_done(&ctx->pick, false);
+    }
+#endif
 }
 
-static void sg_proxy_connect(sg_proxy_ctx_t *ctx);
-static const char *sg_proxy_state_name(sg_proxy_state_e st);
-
-/* This attempt failed: try the next address, else give up with 451. */
-static void
-sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
-sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
-{
-    char     msg[512];
-    va_list  args;
-
-    va_start(args, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, args);
-    va_end(args);
-    sg_log_error(SG_LOG_ERR, ctx->s->log, err, "backend %.*s: %s",
-                 SG_STR_ARG(&ctx->peer->name), msg);
-    sg_proxy_cleanup(ctx);
-    if (++ctx->addr_index < ctx->naddrs) {
-        sg_proxy_connect(ctx);
-        return;
-    }
-    if (ctx->conf->pass == NULL || ctx->addrs != ctx->conf->pass->addrs) {
-        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
-                     "at %.*s%s (named by the authentication service), "
-                     "answering 451", SG_STR_ARG(&ctx->addrs->name),
-                     ctx->naddrs > 1 ? " and its other addresses" : "");
-    } else {
-        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
-                     "for \"%.*s\", answering 451: check that the backend "
-                     "server is running and reachable, and the "
-                     "\"proxy_pass\" directive",
-                     SG_STR_ARG(&ctx->conf->pass->url));
-    }
-    sg_smtp_relay_failed(ctx->s);
-}
-
-static void
-sg_proxy_connect(sg_proxy_ctx_t *ctx)
-{
-    sg_connection_t  *up;
-    int               rc;
-
-    ctx->peer = &ctx->addrs[ctx->addr_index];
-    ctx->state = SG_PROXY_CONNECT;
-    sg_buf_reset(&ctx->ubuf);
-    sg_buf_reset(&ctx->hbuf);
-    sg_log_debug(ctx->s->log, "connecting to backend %.*s",
-                 SG_STR_ARG(&ctx->peer->name));
-    rc = sg_connect(ctx->peer, ctx->s->log, &up);
-    if (rc == SG_ERROR) {
-        /* sg_connect logged the system error */
-        sg_proxy_fail(ctx, 0, "connect failed");
-        return;
-    }
-    ctx->up = up;
-    up->data = ctx;
-    up->pool = ctx->s->pool;
-    up->read->handler = sg_proxy_handshake_handler;
-    up->write->handler = sg_proxy_handshake_handler;
-    sg_event_add_timer(up->write, ctx->conf->connect_timeout);
-    if (rc == SG_OK) {
-        sg_proxy_handshake_handler(up->write);
-    }
-}
-
-static void
-sg_proxy_start(sg_smtp_session_t *s, void *conf)
-{
-    sg_proxy_ctx_t  *ctx;
-
-    ctx = sg_pcalloc(s->pool, sizeof(sg_proxy_ctx_t));
-    if (ctx == NULL
-        || sg_buf_init(s->pool, &ctx->hbuf, SG_PROXY_HS_BUF) != SG_OK
-        || sg_buf_init(s->pool, &ctx->ubuf,
-                       ((sg_proxy_conf_t *) conf)->buffer_size) != SG_OK
-        || sg_pool_cleanup_add(s->pool, sg_proxy_cleanup, ctx) != SG_OK)
-    {
-        sg_smtp_relay_failed(s);
-        return;
-    }
-    ctx->s = s;
-    ctx->conf = conf;
-    s->relay_ctx = ctx;
-    if (s->auth && s->auth->route.len) {
-        sg_log_error(SG_LOG_ERR, s->log, 0, "the authentication service "
-                     "named the upstream group \"%.*s\" (Auth-Upstream), "
-                     "but this build has no upstream groups",
-                     SG_STR_ARG(&s->auth->route));
-        sg_smtp_relay_failed(s);
-        return;
-    }
-    if (s->auth && s->auth->route_addr) {
-        ctx->addrs = s->auth->route_addr;     /* Auth-Server, Auth-Port */
-        ctx->naddrs = s->auth->route_naddrs ? s->auth->route_naddrs : 1;
-    } else if (ctx->conf->pass) {
-        ctx->addrs = ctx->conf->pass->addrs;
-        ctx->naddrs = ctx->conf->pass->naddrs;
-    } else {
-        sg_log_error(SG_LOG_ERR, s->log, 0, "no backend for this session: "
-                     "the authentication service named none (Auth-Server) "
-                     "and \"proxy_pass\" is not set");
-        sg_smtp_relay_failed(s);
-        return;
-    }
-    sg_proxy_connect(ctx);
-}
-
-static int
-sg_proxy_send(sg_proxy_ctx_t *ctx)
-{
-    ssize_t  n;
-
-    while (sg_buf_size(&ctx->hbuf)) {
-        n = ctx->up->send(ctx->up, ctx->hbuf.pos, sg_buf_size(&ctx->hbuf));
-        if (n == SG_AGAIN) {
-            return SG_AGAIN;
-        }
-        if (n < 0) {
-            return SG_ERROR;
-        }
-        ctx->hbuf.pos += n;
-    }
-    sg_buf_reset(&ctx->hbuf);
-    return SG_OK;
-}
-
-static int
-sg_proxy_line(sg_proxy_ctx_t *ctx, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int
-sg_proxy_line(sg_proxy_ctx_t *ctx, const char *fmt, ...)
-{
-    u_char   *p, *last = ctx->hbuf.end - 2;
-    va_list   args;
-
-    sg_buf_compact(&ctx->hbuf);
-    va_start(args, fmt);
-    p = sg_vslprintf(ctx->hbuf.last, last, fmt, args);
-    va_end(args);
-    sg_log_debug(ctx->s->log, "to backend: %.*s",
-                 (int) (p - ctx->hbuf.last), (char *) ctx->hbuf.last);
-    *p++ = '\r';
-    *p++ = '\n';
-    ctx->hbuf.last = p;
-    if (sg_proxy_send(ctx) == SG_ERROR) {
-        sg_proxy_fail(ctx, 0, "send() failed during %s",
-                      sg_proxy_state_name(ctx->state));
-        return SG_ABORT;
-    }
-    return SG_OK;
-}
-
+/* "XCLIENT ADDR=... PORT=... LOGIN=... NAME=... HELO=... PROTO=ESMTP"
+ * with only the attributes the backend listed, values in xtext. */
 static bool
 sg_proxy_has_word(const sg_str_t *list, const char *word)
 {
@@ -369,8 +504,8 @@ sg_proxy_has_word(const sg_str_t *list, const char *word)
         while (p < end && *p != ' ') {
             p++;
         }
-        if ((size_t) (p - w) == n && sg_strncasecmp(w, (u_char *) word, n)
-                                     == 0)
+        if ((size_t) (p - w) == n
+            && sg_strncasecmp(w, (u_char *) word, n) == 0)
         {
             return true;
         }
@@ -378,16 +513,16 @@ sg_proxy_has_word(const sg_str_t *list, const char *word)
     return false;
 }
 
-/* "XCLIENT ADDR=... PORT=... LOGIN=... NAME=... HELO=... PROTO=ESMTP"
- * with only the attributes the backend listed, values in xtext. */
-static int
-sg_proxy_xclient(sg_proxy_ctx_t *ctx, const sg_str_t *attrs)
+static size_t
+sg_proxy_xclient(sg_smtp_client_t *cl, const sg_str_t *attrs, u_char *buf,
+    size_t size)
 {
+    sg_proxy_ctx_t     *ctx = cl->data;
     sg_smtp_session_t  *s = ctx->s;
     sg_connection_t    *c = s->connection;
-    u_char              line[2048], *p = line, *last = line + sizeof(line);
-    u_char              x[SG_PROXY_XTEXT_MAX];
-    sg_str_t            v;
+    u_char             *p = buf, *last = buf + size;
+    u_char              x[255 * 3 + 1];
+    size_t              n;
 
     p = sg_slprintf(p, last, "XCLIENT");
     if (sg_proxy_has_word(attrs, "ADDR")) {
@@ -399,200 +534,279 @@ sg_proxy_xclient(sg_proxy_ctx_t *ctx, const sg_str_t *attrs)
         p = sg_slprintf(p, last, " PORT=%d",
                         sg_sockaddr_port((struct sockaddr *) &c->sockaddr));
     }
-    if (sg_proxy_has_word(attrs, "LOGIN") && s->login.len) {
-        v.len = sg_smtp_xtext_encode(x, &s->login);
-        p = sg_slprintf(p, last, " LOGIN=%.*s", (int) v.len, (char *) x);
+    if (sg_proxy_has_word(attrs, "LOGIN") && s->login.len
+        && s->login.len <= 255)
+    {
+        n = sg_smtp_xtext_encode(x, &s->login);
+        p = sg_slprintf(p, last, " LOGIN=%.*s", (int) n, (char *) x);
     }
     if (sg_proxy_has_word(attrs, "NAME")) {
         p = sg_slprintf(p, last, " NAME=[UNAVAILABLE]");
     }
-    if (sg_proxy_has_word(attrs, "HELO") && s->helo.len) {
-        v.len = sg_smtp_xtext_encode(x, &s->helo);
-        p = sg_slprintf(p, last, " HELO=%.*s", (int) v.len, (char *) x);
+    if (sg_proxy_has_word(attrs, "HELO") && s->helo.len
+        && s->helo.len <= 255)
+    {
+        n = sg_smtp_xtext_encode(x, &s->helo);
+        p = sg_slprintf(p, last, " HELO=%.*s", (int) n, (char *) x);
     }
     if (sg_proxy_has_word(attrs, "PROTO")) {
         p = sg_slprintf(p, last, " PROTO=%s", s->esmtp ? "ESMTP" : "SMTP");
     }
-    if (p == line + sizeof("XCLIENT") - 1) {
-        return SG_DECLINED;           /* no attribute we could send */
+    if (p == buf + sizeof("XCLIENT") - 1) {
+        return 0;                       /* no attribute we could send */
     }
-    return sg_proxy_line(ctx, "%.*s", (int) (p - line), (char *) line);
+    return (size_t) (p - buf);
 }
 
 static void sg_proxy_relay_start(sg_proxy_ctx_t *ctx);
+static void sg_proxy_attempt(sg_proxy_ctx_t *ctx);
 
-/* The backend is ready for the client; an anonymous session (smtp_auth
- * none) first replays the MAIL the client already sent us. */
-static int
-sg_proxy_handshake_done(sg_proxy_ctx_t *ctx)
+/* What the backend's EHLO promised of the extensions the front end only
+ * advertises when the backend keeps them. */
+static void
+sg_proxy_learn_caps(sg_proxy_ctx_t *ctx)
 {
-    if (ctx->s->mail_line.len == 0) {
-        return SG_DONE;
-    }
-    ctx->state = SG_PROXY_MAIL;
-    return sg_proxy_line(ctx, "%.*s", SG_STR_ARG(&ctx->s->mail_line));
-}
-
-/* One complete reply from the backend during the handshake. */
-static int
-sg_proxy_on_reply(sg_proxy_ctx_t *ctx, const sg_smtp_reply_t *r)
-{
-    sg_str_t  attrs;
-    int       rc;
-
-    switch (ctx->state) {
-    case SG_PROXY_GREETING:
-        if (r->code != 220) {
-            return SG_ERROR;
-        }
-        ctx->state = SG_PROXY_EHLO;
-        return sg_proxy_line(ctx, "EHLO %.*s",
-                             SG_STR_ARG(&ctx->s->conf->server_name));
-    case SG_PROXY_EHLO:
-        if (r->code != 250) {
-            return SG_ERROR;
-        }
-        sg_proxy_learn_caps(ctx, r);
-        if (ctx->conf->xclient) {
-            if (sg_smtp_ehlo_has(r, "XCLIENT", &attrs)) {
-                ctx->state = SG_PROXY_XCLIENT;
-                rc = sg_proxy_xclient(ctx, &attrs);
-                return rc == SG_DECLINED ? sg_proxy_handshake_done(ctx) : rc;
-            }
-            sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "backend %.*s does "
-                         "not offer XCLIENT, relaying without it",
-                         SG_STR_ARG(&ctx->peer->name));
-        }
-        return sg_proxy_handshake_done(ctx);
-    case SG_PROXY_XCLIENT:
-        if (r->code / 100 != 2) {
-            return SG_ERROR;
-        }
-        ctx->state = SG_PROXY_XCLIENT_EHLO;
-        return sg_proxy_line(ctx, "%s %.*s", ctx->s->esmtp ? "EHLO" : "HELO",
-                             SG_STR_ARG(&ctx->s->helo));
-    case SG_PROXY_XCLIENT_EHLO:
-        if (r->code != 250) {
-            return SG_ERROR;
-        }
-        sg_proxy_learn_caps(ctx, r);
-        return sg_proxy_handshake_done(ctx);
-    case SG_PROXY_MAIL:
-        /* The client already heard 250 for its MAIL: a refusal now is
-         * its answer to RCPT, and the RCPT is not sent. */
-        if (r->code / 100 == 2) {
-            ctx->replay_rcpt = 1;
-        } else if (sg_buf_append(&ctx->s->out, r->start, r->len) != SG_OK) {
-            return SG_ERROR;
-        }
-        return SG_DONE;
-    default:
-        return SG_ERROR;
-    }
-}
-
-static const char *
-sg_proxy_state_name(sg_proxy_state_e st)
-{
-    static const char *names[] = { "connect", "greeting", "EHLO", "XCLIENT",
-                                   "EHLO after XCLIENT", "MAIL", "relay" };
-
-    return names[st];
-}
-
-/* Read and act on backend replies; SG_AGAIN, SG_DONE or SG_ERROR. */
-static int
-sg_proxy_read_replies(sg_proxy_ctx_t *ctx)
-{
-    sg_connection_t  *up = ctx->up;
-    sg_smtp_reply_t   r;
-    ssize_t           n;
-    int               rc;
-
-    for ( ;; ) {
-        rc = sg_smtp_parse_reply(ctx->ubuf.pos, ctx->ubuf.last,
-                                 sg_buf_cap(&ctx->ubuf), &r);
-        if (rc == SG_OK) {
-            ctx->ubuf.pos += r.len;
-            sg_log_debug(ctx->s->log, "backend %s reply: %d %.*s",
-                         sg_proxy_state_name(ctx->state), r.code,
-                         SG_STR_ARG(&r.text));
-            rc = sg_proxy_on_reply(ctx, &r);
-            if (rc == SG_ERROR) {
-                sg_proxy_fail(ctx, 0, "unexpected %s reply \"%d %.*s\"",
-                              sg_proxy_state_name(ctx->state), r.code,
-                              (int) sg_min(r.text.len, 200),
-                              (char *) r.text.data);
-                return SG_ABORT;
-            }
-            if (rc != SG_OK && rc != SG_AGAIN) {
-                return rc;
-            }
-            continue;
-        }
-        if (rc == SG_ERROR) {
-            sg_proxy_fail(ctx, 0, "invalid reply during %s",
-                          sg_proxy_state_name(ctx->state));
-            return SG_ABORT;
-        }
-        if (ctx->ubuf.pos == ctx->ubuf.last) {
-            sg_buf_reset(&ctx->ubuf);
-        }
-        sg_buf_compact(&ctx->ubuf);
-        if (!up->read->ready) {
-            return SG_AGAIN;
-        }
-        n = up->recv(up, ctx->ubuf.last, sg_buf_free(&ctx->ubuf));
-        if (n == SG_AGAIN) {
-            return SG_AGAIN;
-        }
-        if (n <= 0) {
-            sg_proxy_fail(ctx, 0,
-                          "connection %s during %s",
-                          n ? "failed" : "closed",
-                          sg_proxy_state_name(ctx->state));
-            return SG_ABORT;
-        }
-        ctx->ubuf.last += n;
-    }
+    ctx->conf->seen_caps = ctx->cl.ehlo.caps
+                           & (SG_SMTP_CAP_CHUNKING | SG_SMTP_CAP_DSN);
 }
 
 static void
-sg_proxy_handshake_handler(sg_event_t *ev)
+sg_proxy_all_failed(sg_proxy_ctx_t *ctx, const char *why)
 {
-    sg_connection_t  *up = ev->data;
-    sg_proxy_ctx_t   *ctx = up->data;
-    int               rc, err;
+    sg_smtp_session_t  *s = ctx->s;
 
-    if (ev->timedout) {
-        sg_proxy_fail(ctx, 0, "timed out during %s (proxy_connect_timeout)",
-                      sg_proxy_state_name(ctx->state));
-        return;
-    }
-    if (ctx->state == SG_PROXY_CONNECT) {
-        if (!up->write->ready) {
-            return;
-        }
-        if (sg_connect_result(up, &err) != SG_OK) {
-            sg_proxy_fail(ctx, err, "connect() failed");
-            return;
-        }
-        sg_event_del_timer(up->write);
-        ctx->state = SG_PROXY_GREETING;
-        sg_event_add_timer(up->read, ctx->conf->connect_timeout);
-    }
-    if (sg_proxy_send(ctx) == SG_ERROR) {
-        sg_proxy_fail(ctx, errno, "send() failed during %s",
-                      sg_proxy_state_name(ctx->state));
-        return;
-    }
-    rc = sg_proxy_read_replies(ctx);
-    if (rc == SG_DONE) {
-        sg_event_del_timer(up->read);
+    sg_log_error(SG_LOG_ERR, s->log, 0, "no backend available for %s "
+                 "after %u attempt%s%s%s, answering 451: check that the "
+                 "backend servers are running and reachable",
+                 ctx->route, ctx->tries, ctx->tries == 1 ? "" : "s",
+                 why ? ": " : "", why ? why : "");
+    sg_smtp_relay_failed(s);
+}
+
+static void
+sg_proxy_handshake_done(sg_smtp_client_t *cl)
+{
+    sg_proxy_ctx_t  *ctx = cl->data;
+
+    if (cl->status == SG_OK) {
+        sg_proxy_learn_caps(ctx);
         sg_proxy_relay_start(ctx);
-    } else if (rc == SG_AGAIN) {
-        sg_event_add_timer(up->read, ctx->conf->connect_timeout);
+        return;
     }
+    sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "backend %.*s failed: %s",
+                 SG_STR_ARG(&ctx->peer->name), cl->error);
+#if (SG_HAVE_UPSTREAM_MODULE)
+    if (ctx->picking) {
+        sg_upstream_done(&ctx->pick, true);
+    }
+#endif
+    sg_smtp_client_close(cl);
+    sg_proxy_next(ctx);
+}
+
+static void
+sg_proxy_attempt(sg_proxy_ctx_t *ctx)
+{
+    sg_smtp_session_t  *s = ctx->s;
+    sg_connection_t    *c = s->connection;
+    sg_smtp_client_t   *cl = &ctx->cl;
+    sg_auth_request_t  *r = s->auth;
+    sg_buf_t            in = cl->in, out = cl->out;
+
+    memset(cl, 0, sizeof(*cl));
+    cl->in = in;
+    cl->out = out;
+    cl->pool = s->pool;
+    cl->log = s->log;
+    cl->peer = ctx->peer;
+    cl->ehlo_name = s->conf->server_name;
+    cl->timeout = ctx->conf->connect_timeout;
+    cl->tls = ctx->conf->ssl;
+    cl->ssl_ctx = ctx->conf->ssl_ctx;
+    cl->ssl_name = ctx->conf->ssl_name.len ? ctx->conf->ssl_name
+                                           : ctx->peer_host;
+    cl->proxy_protocol = ctx->conf->proxy_protocol;
+    cl->pp_src = (struct sockaddr *) &c->sockaddr;
+    cl->pp_dst = (struct sockaddr *) &c->local_sockaddr;
+    if (ctx->conf->xclient) {
+        cl->xclient = sg_proxy_xclient;
+        cl->xclient_helo = s->helo;
+        cl->xclient_esmtp = s->esmtp;
+    }
+    if (ctx->conf->smtp_auth == 1) {
+        cl->auth = 1;
+        if (r) {
+            cl->auth_user = r->backend_user;
+            cl->auth_pass = r->backend_pass;
+        }
+    }
+    cl->mail_line = s->mail_line;
+    cl->done = sg_proxy_handshake_done;
+    cl->data = ctx;
+    ctx->tries++;
+    sg_smtp_client_start(cl);
+    if (cl->finished) {
+        sg_proxy_handshake_done(cl);
+    }
+}
+
+/* The next peer: from the group, or the next address of a list. */
+static void
+sg_proxy_next(sg_proxy_ctx_t *ctx)
+{
+    sg_proxy_conf_t  *pcf = ctx->conf;
+
+    if (ctx->tries && pcf->next_tries && ctx->tries >= pcf->next_tries) {
+        sg_proxy_all_failed(ctx, "proxy_next_upstream_tries reached");
+        return;
+    }
+    if (ctx->tries && pcf->next_timeout
+        && sg_current_msec - ctx->started >= pcf->next_timeout)
+    {
+        sg_proxy_all_failed(ctx, "proxy_next_upstream_timeout passed");
+        return;
+    }
+#if (SG_HAVE_UPSTREAM_MODULE)
+    if (ctx->picking) {
+        if (sg_upstream_get(&ctx->pick) != SG_OK) {
+            sg_proxy_all_failed(ctx, ctx->tries ? NULL
+                                : "every server is down or busy");
+            return;
+        }
+        ctx->peer = &ctx->pick.peer->addr;
+        ctx->peer_host = ctx->pick.peer->host;
+#if (SG_HAVE_SPOOL_MODULE)
+        if (ctx->pick.peer->spool) {
+            sg_log_debug(ctx->s->log, "upstream chose %.*s",
+                         SG_STR_ARG(&ctx->peer->name));
+            sg_spool_start(ctx->s, ctx->pick.peer->spool);
+            return;
+        }
+#endif
+        sg_proxy_attempt(ctx);
+        return;
+    }
+#endif
+    if (ctx->addr_index >= ctx->naddrs) {
+        sg_proxy_all_failed(ctx, NULL);
+        return;
+    }
+    ctx->peer = &ctx->addrs[ctx->addr_index++];
+    ctx->peer_host.data = NULL;
+    ctx->peer_host.len = 0;
+    sg_proxy_attempt(ctx);
+}
+
+/* A backend named at run time (a $variable, the auth service's
+ * Auth-Upstream, auth_file's third column): a group's name, or an
+ * address and port. */
+static int
+sg_proxy_target(sg_proxy_ctx_t *ctx, const sg_str_t *v, const char *from)
+{
+    sg_smtp_session_t  *s = ctx->s;
+    sg_url_t            u;
+#if (SG_HAVE_UPSTREAM_MODULE)
+    sg_upstream_t      *up;
+
+    up = v->len ? sg_upstream_lookup(v) : NULL;
+    if (up) {
+        if (sg_upstream_pick_init(&ctx->pick, up, s) != SG_OK) {
+            return SG_ERROR;
+        }
+        ctx->picking = true;
+        return SG_OK;
+    }
+#endif
+    memset(&u, 0, sizeof(u));
+    u.url = *v;
+    u.default_port = 25;
+    u.no_resolve = 1;
+    if (v->len == 0 || sg_parse_url(s->pool, &u) != SG_OK) {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "%s named the backend \"%.*s\", "
+                     "which is neither an upstream group nor an IP address "
+                     "and port%s%s: check it", from,
+                     (int) sg_min(v->len, 200), (char *) v->data,
+                     u.err ? ": " : "", u.err ? u.err : "");
+        return SG_ERROR;
+    }
+    ctx->addrs = u.addrs;
+    ctx->naddrs = u.naddrs;
+    return SG_OK;
+}
+
+static void
+sg_proxy_start(sg_smtp_session_t *s, void *conf)
+{
+    sg_proxy_conf_t  *pcf = conf;
+    sg_proxy_ctx_t   *ctx;
+    sg_str_t          v;
+    char              from[80];
+
+    ctx = sg_pcalloc(s->pool, sizeof(sg_proxy_ctx_t));
+    if (ctx == NULL) {
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    ctx->pipes[0].fd[0] = ctx->pipes[0].fd[1] = -1;
+    ctx->pipes[1].fd[0] = ctx->pipes[1].fd[1] = -1;
+    if (sg_pool_cleanup_add(s->pool, sg_proxy_cleanup, ctx) != SG_OK) {
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    ctx->s = s;
+    ctx->conf = pcf;
+    ctx->started = sg_current_msec;
+    s->relay_ctx = ctx;
+
+    if (s->auth && s->auth->route_addr) {
+        ctx->addrs = s->auth->route_addr;     /* Auth-Server, Auth-Port */
+        ctx->naddrs = s->auth->route_naddrs ? s->auth->route_naddrs : 1;
+        ctx->route = "the backend the authentication service named";
+    } else if (s->auth && s->auth->route.len) {
+        ctx->route = "the route the authentication backend named";
+        snprintf(from, sizeof(from), "the authentication backend (%s)",
+                 s->conf->auth->name);
+        if (sg_proxy_target(ctx, &s->auth->route, from) != SG_OK)
+        {
+            sg_smtp_relay_failed(s);
+            return;
+        }
+    } else if (pcf->pass_value) {
+        ctx->route = "proxy_pass";
+        if (sg_smtp_complex_value(s, pcf->pass_value, &v) != SG_OK
+            || sg_proxy_target(ctx, &v, "\"proxy_pass\"") != SG_OK)
+        {
+            sg_smtp_relay_failed(s);
+            return;
+        }
+    } else if (pcf->spool) {
+#if (SG_HAVE_SPOOL_MODULE)
+        sg_spool_start(s, pcf->spool);
+#else
+        sg_smtp_relay_failed(s);
+#endif
+        return;
+#if (SG_HAVE_UPSTREAM_MODULE)
+    } else if (pcf->upstream) {
+        ctx->route = "proxy_pass";
+        if (sg_upstream_pick_init(&ctx->pick, pcf->upstream, s) != SG_OK) {
+            sg_smtp_relay_failed(s);
+            return;
+        }
+        ctx->picking = true;
+#endif
+    } else {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "no backend for this session: "
+                     "the authentication service named none (Auth-Server) "
+                     "and \"proxy_pass\" is not set");
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    if (sg_buf_init(s->pool, &ctx->ubuf, pcf->buffer_size) != SG_OK) {
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    sg_proxy_next(ctx);
 }
 
 /* The relay. */
@@ -615,19 +829,57 @@ sg_proxy_prepend(sg_buf_t *b, const sg_str_t *line)
 }
 
 static void
+sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
+{
+    size_t  i;
+    int     size;
+
+    if (!ctx->conf->splice || ctx->up->ssl || ctx->s->connection->ssl) {
+        return;
+    }
+    for (i = 0; i < 2; i++) {
+        if (pipe2(ctx->pipes[i].fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+            sg_log_error(SG_LOG_WARN, ctx->s->log, errno, "pipe2() failed, "
+                         "relaying without splice");
+            sg_proxy_close_pipes(ctx);
+            return;
+        }
+        size = fcntl(ctx->pipes[i].fd[0], F_GETPIPE_SZ);
+        ctx->pipes[i].size = size > 0 ? (size_t) size : 65536;
+        ctx->pipes[i].bytes = 0;
+    }
+    ctx->spliced = 1;
+}
+
+static void
 sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
 {
     sg_smtp_session_t  *s = ctx->s;
     sg_connection_t    *c = s->connection;
+    sg_smtp_client_t   *cl = &ctx->cl;
+    sg_str_t           *mail = &cl->mail_reply;
 
-    sg_log_debug(s->log, "backend %.*s ready", SG_STR_ARG(&ctx->peer->name));
+    ctx->up = cl->c;
+    cl->c = NULL;
+    ctx->up->data = ctx;
+    if (mail->len) {
+        /* The client already heard 250 for its MAIL: a refusal now is
+         * its answer to RCPT, and the RCPT is not sent. */
+        if (mail->data[0] == '2') {
+            ctx->replay_rcpt = 1;
+        } else if (sg_buf_append(&s->out, mail->data, mail->len) != SG_OK) {
+            sg_smtp_close_session(s);
+            return;
+        }
+    }
     sg_smtp_relay_ready(s);
-    ctx->state = SG_PROXY_RELAY;
 
-    /* Replies not yet written to the client, the 235 last, go first. */
+    /* Replies not yet written to the client, the 235 last, go first;
+     * then anything the backend sent past the handshake. */
     sg_buf_reset(&ctx->ubuf);
-    if (sg_buf_append(&ctx->ubuf, s->out.pos, sg_buf_size(&s->out))
-        != SG_OK)
+    if (sg_buf_append(&ctx->ubuf, s->out.pos, sg_buf_size(&s->out)) != SG_OK
+        || sg_buf_append(&ctx->ubuf, cl->in.pos, sg_buf_size(&cl->in))
+           != SG_OK)
     {
         sg_log_error(SG_LOG_ALERT, s->log, 0, "proxy_buffer is smaller than "
                      "the pending replies");
@@ -647,6 +899,12 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
         sg_smtp_close_session(s);
         return;
     }
+    sg_proxy_splice_init(ctx);
+    sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s, relaying "
+                 "%s", SG_STR_ARG(&ctx->peer->name),
+                 ctx->up->ssl ? " over TLS" : "",
+                 cl->auth ? ", logged in" : "",
+                 ctx->spliced ? "with splice" : "through buffers");
 
     /* From here both connections' data is the relay context. */
     c->data = ctx;
@@ -655,16 +913,17 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     ctx->up->read->handler = sg_proxy_relay_handler;
     ctx->up->write->handler = sg_proxy_relay_handler;
     sg_event_del_timer(c->write);
+    sg_event_del_timer(ctx->up->read);
     sg_event_del_timer(ctx->up->write);
     sg_proxy_relay_handler(c->write);
 }
 
 /* Move bytes from src into b, and from b into dst, until neither can
- * make progress.  Returns SG_ERROR on an I/O error, else whether any
- * byte moved (SG_OK) or not (SG_AGAIN); *eof is set when src closed. */
+ * make progress (reading only when read is set).  SG_ERROR on an I/O
+ * error; *eof is set when src closed, *moved when a byte moved. */
 static int
 sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
-    unsigned *eof, bool *moved)
+    unsigned *eof, bool *moved, bool read)
 {
     ssize_t  n;
 
@@ -685,7 +944,7 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
         } else if (sg_buf_free(b) == 0) {
             sg_buf_compact(b);
         }
-        if (!*eof && sg_buf_free(b) && src->read->ready) {
+        if (read && !*eof && sg_buf_free(b) && src->read->ready) {
             n = src->recv(src, b->last, sg_buf_free(b));
             if (n == SG_ERROR) {
                 return SG_ERROR;
@@ -702,17 +961,69 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
     }
 }
 
+/* The same through a pipe with splice(2): the bytes never enter user
+ * space.  A pipe that refuses more (EAGAIN while it holds bytes) may be
+ * full rather than the socket empty, so the read side is only marked
+ * drained when the pipe was empty. */
+static int
+sg_proxy_splice(sg_connection_t *src, sg_connection_t *dst,
+    sg_proxy_pipe_t *p, unsigned *eof, bool *moved)
+{
+    ssize_t  n;
+
+    for ( ;; ) {
+        if (p->bytes && dst->write->ready) {
+            n = splice(p->fd[0], NULL, dst->fd, NULL, p->bytes,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                p->bytes -= (size_t) n;
+                dst->sent += (uint64_t) n;
+                *moved = true;
+                continue;
+            }
+            if (n < 0 && errno != EAGAIN && errno != EINTR) {
+                return SG_ERROR;
+            }
+            if (n < 0 && errno == EAGAIN) {
+                dst->write->ready = 0;
+            }
+        }
+        if (!*eof && src->read->ready && p->bytes < p->size) {
+            n = splice(src->fd, NULL, p->fd[1], NULL, p->size - p->bytes,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                p->bytes += (size_t) n;
+                src->received += (uint64_t) n;
+                *moved = true;
+                continue;
+            }
+            if (n == 0) {
+                *eof = 1;
+            } else if (errno == EAGAIN) {
+                if (p->bytes == 0) {
+                    src->read->ready = 0;
+                }
+            } else if (errno != EINTR) {
+                return SG_ERROR;
+            }
+        }
+        return SG_OK;
+    }
+}
+
 static void
 sg_proxy_relay_handler(sg_event_t *ev)
 {
-    sg_connection_t    *c = ev->data;
+    sg_connection_t    *c = ev->data, *down;
     sg_proxy_ctx_t     *ctx;
     sg_smtp_session_t  *s;
     unsigned            up_eof, down_eof;
-    bool                moved = false;
+    bool                moved = false, up_empty, down_empty;
+    int                 rc;
 
     ctx = c->data;
     s = ctx->s;
+    down = s->connection;
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "relay idle for longer than "
                      "proxy_timeout, closing");
@@ -721,30 +1032,48 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     up_eof = ctx->up_eof;
     down_eof = ctx->down_eof;
-    if (sg_proxy_pump(ctx->up, s->connection, &ctx->ubuf, &up_eof, &moved)
-            == SG_ERROR
-        || sg_proxy_pump(s->connection, ctx->up, &s->in, &down_eof, &moved)
-            == SG_ERROR)
-    {
-        sg_log_error(SG_LOG_INFO, s->log, 0, "relay with backend %.*s "
+    /* Buffered bytes (the pending replies, what the client pipelined)
+     * go first; splicing starts once both buffers are empty. */
+    rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, &up_eof, &moved,
+                       !ctx->spliced);
+    if (rc == SG_OK) {
+        rc = sg_proxy_pump(down, ctx->up, &s->in, &down_eof, &moved,
+                           !ctx->spliced);
+    }
+    up_empty = sg_buf_size(&ctx->ubuf) == 0;
+    down_empty = sg_buf_size(&s->in) == 0;
+    if (rc == SG_OK && ctx->spliced) {
+        if (up_empty) {
+            rc = sg_proxy_splice(ctx->up, down, &ctx->pipes[1], &up_eof,
+                                 &moved);
+            up_empty = ctx->pipes[1].bytes == 0;
+        }
+        if (rc == SG_OK && down_empty) {
+            rc = sg_proxy_splice(down, ctx->up, &ctx->pipes[0], &down_eof,
+                                 &moved);
+            down_empty = ctx->pipes[0].bytes == 0;
+        }
+    }
+    if (rc == SG_ERROR) {
+        sg_log_error(SG_LOG_INFO, s->log, errno, "relay with backend %.*s "
                      "ended by an I/O error", SG_STR_ARG(&ctx->peer->name));
         sg_smtp_close_session(s);
         return;
     }
     ctx->up_eof = up_eof;
     ctx->down_eof = down_eof;
-    if (ctx->up_eof && sg_buf_size(&ctx->ubuf) == 0) {
+    if (ctx->up_eof && up_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s closed the "
                      "connection", SG_STR_ARG(&ctx->peer->name));
         sg_smtp_close_session(s);
         return;
     }
-    if (ctx->down_eof && sg_buf_size(&s->in) == 0) {
+    if (ctx->down_eof && down_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection");
         sg_smtp_close_session(s);
         return;
     }
-    if (moved || !sg_event_timer_set(s->connection->read)) {
-        sg_event_add_timer(s->connection->read, ctx->conf->timeout);
+    if (moved || !sg_event_timer_set(down->read)) {
+        sg_event_add_timer(down->read, ctx->conf->timeout);
     }
 }

@@ -126,6 +126,23 @@ typedef struct {
 #define SG_SMTP_CAP_DSN        0x02
 #define SG_SMTP_CAP_GATED      4          /* variants: every subset */
 
+/* Service extensions a backend's EHLO may offer (smtp_capabilities auto
+ * advertises those every healthy backend of the group offers).  The
+ * first two are the SG_SMTP_CAP_* bits. */
+#define SG_SMTP_EXT_CHUNKING     0x0001
+#define SG_SMTP_EXT_DSN          0x0002
+#define SG_SMTP_EXT_8BITMIME     0x0004
+#define SG_SMTP_EXT_SMTPUTF8     0x0008
+#define SG_SMTP_EXT_BINARYMIME   0x0010
+#define SG_SMTP_EXT_SIZE         0x0020
+#define SG_SMTP_EXT_PIPELINING   0x0040
+#define SG_SMTP_EXT_ENHANCED     0x0080     /* ENHANCEDSTATUSCODES */
+#define SG_SMTP_EXT_REQUIRETLS   0x0100
+#define SG_SMTP_EXT_ALL          0x01ff
+#define SG_SMTP_EXT_N            9
+/* The keyword of an SG_SMTP_EXT_* bit ("CHUNKING"). */
+const char *sg_smtp_ext_name(unsigned ext);
+
 typedef struct {
     const char  *name;
     /* Take over an authenticated session: connect, hand-shake, then
@@ -133,6 +150,9 @@ typedef struct {
     void       (*start)(sg_smtp_session_t *s, void *conf);
     /* Which SG_SMTP_CAP_* the backends were last seen to support. */
     unsigned   (*caps)(void *conf);
+    /* smtp_capabilities auto: the SG_SMTP_EXT_* every healthy backend
+     * offers and their smallest SIZE; false when not known (yet). */
+    bool       (*ext)(void *conf, unsigned *ext, int64_t *size);
     /* Whether the relay has a backend of its own (false: it needs the
      * auth backend's answer to name one). */
     bool       (*routed)(void *conf);
@@ -189,6 +209,11 @@ typedef struct {
     void                          *auth_conf;
     const sg_smtp_relay_t         *relay;
     void                          *relay_conf;
+    unsigned                       relay_wants_pass:1;  /* keep the
+                                      client's password for the relay
+                                      (proxy_smtp_auth) */
+    unsigned                       caps_auto:1;   /* smtp_capabilities
+                                                     auto */
 } sg_smtp_srv_conf_t;
 
 /* What a listening socket serves: the servers sharing its address. */
@@ -284,6 +309,17 @@ bool sg_smtp_limit_refused(sg_smtp_session_t *s);
 void sg_smtp_limit_account(sg_smtp_session_t *s, bool failed);
 void sg_smtp_auth_cleanup(sg_smtp_session_t *s);
 bool sg_smtp_auth_allowed(sg_smtp_session_t *s);
+
+/* smtp_capabilities auto: append the EHLO reply built from the
+ * extensions ext (SG_SMTP_EXT_*) and SIZE size. */
+int sg_smtp_ehlo_auto(sg_smtp_session_t *s, unsigned ext, int64_t size);
+
+/* Values built from text and variables (sg_smtp_variables.c). */
+typedef struct sg_smtp_complex_value_s  sg_smtp_complex_value_t;
+sg_smtp_complex_value_t *sg_smtp_compile_complex_value(sg_conf_t *cf,
+    const sg_str_t *src);
+int sg_smtp_complex_value(sg_smtp_session_t *s,
+    const sg_smtp_complex_value_t *cv, sg_str_t *out);
 
 /* Relay callbacks.  After relay_ready the relay owns the client
  * connection's handlers; s->in holds bytes the client already sent past

@@ -235,6 +235,7 @@ sg_smtp_cache_store(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
     if (zone == NULL || r->mech == SG_SMTP_AUTH_CRAM_MD5
         || (r->status != SG_AUTH_OK && r->status != SG_AUTH_FAIL)
         || r->route.len                 /* upstream names: not cached */
+        || r->backend_user.len || r->backend_pass.len   /* nor secrets */
         || sg_cache_key(r, key) != SG_OK)
     {
         return;

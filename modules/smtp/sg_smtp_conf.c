@@ -694,22 +694,67 @@ sg_smtp_gated_cap(const sg_str_t *cap)
     return 0;
 }
 
-static int
-sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
-    bool auth, unsigned allowed, sg_str_t *out)
+/* Whether a listed capability is one smtp_capabilities auto decides. */
+static bool
+sg_smtp_auto_cap(const sg_str_t *cap)
 {
-    unsigned   gated;
+    sg_str_t   word = *cap;
+    u_char    *sp = memchr(cap->data, ' ', cap->len);
+    unsigned   bit;
 
-    u_char     buf[8192], *p = buf, *last = buf + sizeof(buf);
-    u_char     authline[128];
-    sg_str_t   lines[64], *caps;
-    size_t     n = 0, i;
+    if (sp) {
+        word.len = (size_t) (sp - cap->data);
+    }
+    for (bit = 1; bit & SG_SMTP_EXT_ALL; bit <<= 1) {
+        if (sg_str_caseeq(&word, sg_smtp_ext_name(bit))) {
+            return true;
+        }
+    }
+    return sg_str_caseeq(&word, "auto");
+}
+
+/* The EHLO reply's text into [buf, last): the listed capabilities (with
+ * CHUNKING and DSN only when allowed), or with auto those of ext. */
+static u_char *
+sg_smtp_ehlo_text(sg_smtp_srv_conf_t *sscf, bool starttls, bool auth,
+    unsigned allowed, bool autox, unsigned ext, int64_t size, u_char *buf,
+    u_char *last)
+{
+    u_char     *p = buf;
+    u_char      authline[128], sizeline[32];
+    sg_str_t    lines[64], *caps;
+    size_t      n = 0, i;
+    unsigned    gated, bit;
 
     sg_str_set(&lines[n], "PIPELINING"); n++;
     sg_str_set(&lines[n], "ENHANCEDSTATUSCODES"); n++;
+    if (autox) {
+        for (bit = 1; bit & SG_SMTP_EXT_ALL; bit <<= 1) {
+            if (!(ext & bit) || bit == SG_SMTP_EXT_PIPELINING
+                || bit == SG_SMTP_EXT_ENHANCED)
+            {
+                continue;
+            }
+            if (bit == SG_SMTP_EXT_SIZE && size > 0) {
+                lines[n].data = sizeline;
+                lines[n].len = (size_t) (sg_slprintf(sizeline,
+                    sizeline + sizeof(sizeline), "SIZE %lld",
+                    (long long) size) - sizeline);
+            } else {
+                lines[n].data = (u_char *) sg_smtp_ext_name(bit);
+                lines[n].len = strlen(sg_smtp_ext_name(bit));
+            }
+            n++;
+        }
+    }
     if (sscf->capabilities != SG_CONF_UNSET_PTR && sscf->capabilities) {
         caps = sscf->capabilities->elts;
         for (i = 0; i < sscf->capabilities->nelts && n < 60; i++) {
+            if (autox ? sg_smtp_auto_cap(&caps[i])
+                      : sg_str_caseeq(&caps[i], "auto"))
+            {
+                continue;
+            }
             gated = sg_smtp_gated_cap(&caps[i]);
             if (!sg_smtp_builtin_cap(&caps[i])
                 && (gated == 0 || (gated & allowed)))
@@ -724,7 +769,6 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
     }
     if (auth) {
         u_char    *a = authline, *alast = authline + sizeof(authline);
-        unsigned   bit;
 
         a = sg_slprintf(a, alast, "AUTH");
         for (bit = 1; bit <= SG_SMTP_AUTH_EXTERNAL; bit <<= 1) {
@@ -741,10 +785,40 @@ sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
         p = sg_slprintf(p, last, "250%c%.*s\r\n", i + 1 == n ? ' ' : '-',
                         SG_STR_ARG(&lines[i]));
     }
+    return p;
+}
+
+static int
+sg_smtp_build_ehlo(sg_pool_t *pool, sg_smtp_srv_conf_t *sscf, bool starttls,
+    bool auth, unsigned allowed, sg_str_t *out)
+{
+    u_char  buf[8192], *p;
+
+    p = sg_smtp_ehlo_text(sscf, starttls, auth, allowed, false, 0, 0, buf,
+                          buf + sizeof(buf));
     if ((size_t) (p - buf) > SG_SMTP_REPLY_MAX - 16) {
         return SG_DECLINED;
     }
     return sg_smtp_build(pool, out, buf, (size_t) (p - buf));
+}
+
+int
+sg_smtp_ehlo_auto(sg_smtp_session_t *s, unsigned ext, int64_t size)
+{
+    sg_smtp_srv_conf_t  *sscf = s->conf;
+    u_char               buf[SG_SMTP_REPLY_MAX + 512], *p;
+    bool                 mechs = sscf->auth_methods & SG_SMTP_AUTH_MECHS;
+
+    if (s->tls) {
+        p = sg_smtp_ehlo_text(sscf, false, mechs, 0, true, ext, size, buf,
+                              buf + sizeof(buf));
+    } else {
+        p = sg_smtp_ehlo_text(sscf, sscf->starttls != SG_SMTP_STARTTLS_OFF,
+                              mechs && !sscf->auth_require_tls
+                              && sscf->starttls != SG_SMTP_STARTTLS_ONLY,
+                              0, true, ext, size, buf, buf + sizeof(buf));
+    }
+    return sg_buf_append(&s->out, buf, (size_t) (p - buf));
 }
 
 static bool
@@ -839,11 +913,15 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
 #endif
     mechs = sscf->auth_methods & SG_SMTP_AUTH_MECHS;
     sscf->size_limit = 0;
+    sscf->caps_auto = 0;
     if (sscf->capabilities) {
         sg_str_t  *cap = sscf->capabilities->elts, n;
         size_t     i;
 
         for (i = 0; i < sscf->capabilities->nelts; i++) {
+            if (sg_str_caseeq(&cap[i], "auto")) {
+                sscf->caps_auto = 1;
+            }
             if (cap[i].len > 5
                 && sg_strncasecmp(cap[i].data, (u_char *) "SIZE ", 5) == 0)
             {

@@ -554,6 +554,50 @@ sg_smtp_oauth_error(sg_smtp_session_t *s)
     return true;
 }
 
+/* proxy_smtp_auth: the relay logs in to the backend with the client's
+ * own credentials unless the auth backend named others (Auth-User,
+ * Auth-Pass).  The copy lives in the session pool and is wiped with
+ * it. */
+static void
+sg_smtp_wipe_str(void *data)
+{
+    sg_str_t  *v = data;
+
+    if (v->data) {
+        sg_wipe(v->data, v->len);
+    }
+}
+
+static int
+sg_smtp_keep_backend_pass(sg_smtp_session_t *s, sg_auth_request_t *r)
+{
+    sg_str_t  *copy;
+
+    if (r->backend_pass.len) {
+        copy = &r->backend_pass;
+    } else if (r->pass.len && (s->auth_mech == SG_SMTP_AUTH_PLAIN
+                               || s->auth_mech == SG_SMTP_AUTH_LOGIN))
+    {
+        copy = sg_palloc(s->pool, sizeof(sg_str_t));
+        if (copy == NULL) {
+            return SG_ERROR;
+        }
+        copy->len = r->pass.len;
+        copy->data = sg_pnalloc(s->pool, r->pass.len);
+        if (copy->data == NULL) {
+            return SG_ERROR;
+        }
+        memcpy(copy->data, r->pass.data, r->pass.len);
+        r->backend_pass = *copy;
+        if (r->backend_user.len == 0) {
+            r->backend_user = s->login;
+        }
+    } else {
+        return SG_OK;
+    }
+    return sg_pool_cleanup_add(s->pool, sg_smtp_wipe_str, copy);
+}
+
 static void
 sg_smtp_auth_done(sg_auth_request_t *r)
 {
@@ -562,6 +606,12 @@ sg_smtp_auth_done(sg_auth_request_t *r)
 
     if (!r->from_cache) {
         sg_smtp_cache_store(s->conf, r);     /* while the pass is here */
+    }
+    if (r->status == SG_AUTH_OK && s->conf->relay_wants_pass
+        && sg_smtp_keep_backend_pass(s, r) != SG_OK)
+    {
+        r->status = SG_AUTH_TEMPFAIL;
+        r->reason = "out of memory";
     }
     if (s->secret) {
         sg_wipe(s->secret, s->secret_size);  /* the pass lives in it */

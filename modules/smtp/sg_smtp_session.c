@@ -179,7 +179,8 @@ static int
 sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
     const sg_str_t  *reply;
-    unsigned         caps;
+    unsigned         caps, ext;
+    int64_t          size;
     size_t           i;
 
     if (cmd->args.len == 0 || cmd->args.len > SG_SMTP_HELO_MAX) {
@@ -206,6 +207,12 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     if (!s->esmtp) {
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
                              s->conf->helo_reply.len);
+    }
+    /* smtp_capabilities auto: what every healthy backend offers. */
+    if (s->conf->caps_auto && s->conf->relay->ext
+        && s->conf->relay->ext(s->conf->relay_conf, &ext, &size))
+    {
+        return sg_smtp_ehlo_auto(s, ext, size);
     }
     /* CHUNKING and DSN only once the backends were seen to keep them. */
     caps = s->conf->relay->caps

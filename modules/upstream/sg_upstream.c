@@ -1,0 +1,817 @@
+/*
+ * sg_upstream.c: upstream {} blocks and the balancers.
+ *
+ *   upstream NAME {
+ *       server ADDR[:PORT] [weight=N] [max_fails=N] [fail_timeout=T]
+ *                          [max_conns=N] [backup] [down];
+ *       server spool:DIR;
+ *       least_conn; | hash KEY [consistent];
+ *       health_check [interval=T] [fails=N] [passes=N] [timeout=T]
+ *                    [starttls] [proxy_protocol];
+ *   }
+ *
+ * Each group's peer state lives in a shared memory zone named after the
+ * group and its server list, so every worker balances over the same
+ * counters and a reload that keeps the group keeps its state.
+ */
+#include "sg_upstream.h"
+#if (SG_HAVE_SPOOL_MODULE)
+#include "sg_spool.h"
+#endif
+
+#define SG_UPSTREAM_RING_POINTS  160
+#define SG_UPSTREAM_HASH_TRIES   20
+
+typedef struct {
+    sg_array_t   upstreams;          /* sg_upstream_t * */
+} sg_upstream_main_conf_t;
+
+typedef struct {
+    uint32_t     hash;
+    uint32_t     peer;
+} sg_upstream_point_t;
+
+static void *sg_upstream_create_main_conf(sg_conf_t *cf);
+static char *sg_upstream_block(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static int sg_upstream_init_process(sg_cycle_t *cycle);
+static void sg_upstream_exit_process(sg_cycle_t *cycle);
+
+static const sg_command_t  sg_upstream_commands[] = {
+    { "upstream", SG_MAIL_MAIN_CONF | SG_CONF_BLOCK | SG_CONF_TAKE1,
+      sg_upstream_block, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_upstream_module_ctx = {
+    sg_upstream_create_main_conf, NULL, NULL, NULL, NULL
+};
+
+sg_module_t  sg_upstream_module = {
+    .name = "upstream",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_upstream_module_ctx,
+    .commands = sg_upstream_commands,
+    .init_process = sg_upstream_init_process,
+    .exit_process = sg_upstream_exit_process,
+};
+
+static void *
+sg_upstream_create_main_conf(sg_conf_t *cf)
+{
+    sg_upstream_main_conf_t  *umcf;
+
+    umcf = sg_pcalloc(cf->pool, sizeof(sg_upstream_main_conf_t));
+    if (umcf == NULL
+        || sg_array_init(&umcf->upstreams, cf->pool, 4,
+                         sizeof(sg_upstream_t *)) != SG_OK)
+    {
+        return NULL;
+    }
+    return umcf;
+}
+
+static sg_upstream_main_conf_t *
+sg_upstream_main_conf(sg_conf_t *cf)
+{
+    sg_mail_conf_ctx_t  *ctx = cf->ctx;
+
+    return sg_mail_conf_main(ctx, sg_upstream_module);
+}
+
+sg_upstream_t *
+sg_upstream_find(sg_conf_t *cf, const sg_str_t *name)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_main_conf(cf);
+    sg_upstream_t           **u = umcf->upstreams.elts;
+    size_t                    i;
+
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (!u[i]->implicit && u[i]->name.len == name->len
+            && memcmp(u[i]->name.data, name->data, name->len) == 0)
+        {
+            return u[i];
+        }
+    }
+    return NULL;
+}
+
+static sg_upstream_main_conf_t *
+sg_upstream_cycle_conf(sg_cycle_t *cycle)
+{
+    sg_mail_conf_ctx_t  *ctx;
+
+    if (cycle == NULL || cycle->conf_ctx == NULL) {
+        return NULL;
+    }
+    ctx = cycle->conf_ctx[sg_mail_module.index];
+    if (ctx == NULL) {
+        return NULL;
+    }
+    return sg_mail_conf_main(ctx, sg_upstream_module);
+}
+
+sg_upstream_t *
+sg_upstream_lookup(const sg_str_t *name)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(sg_cycle);
+    sg_upstream_t           **u;
+    size_t                    i;
+
+    if (umcf == NULL) {
+        return NULL;
+    }
+    u = umcf->upstreams.elts;
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (!u[i]->implicit && u[i]->name.len == name->len
+            && memcmp(u[i]->name.data, name->data, name->len) == 0)
+        {
+            return u[i];
+        }
+    }
+    return NULL;
+}
+
+/* Configuration. */
+
+static const sg_conf_bounds_t  sg_upstream_weight_bounds = { 1, 1000 };
+
+static char *
+sg_upstream_param_num(sg_conf_t *cf, const sg_str_t *v, size_t skip,
+    int64_t lo, int64_t hi, int64_t *out)
+{
+    sg_str_t  n;
+
+    n.data = v->data + skip;
+    n.len = v->len - skip;
+    if (sg_parse_int(&n, out) != SG_OK || *out < lo || *out > hi) {
+        return sg_conf_error(cf, 0, "invalid \"%.*s\": the value must be "
+                             "a number from %lld to %lld", SG_STR_ARG(v),
+                             (long long) lo, (long long) hi);
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_upstream_param_time(sg_conf_t *cf, const sg_str_t *v, size_t skip,
+    sg_msec_t *out)
+{
+    sg_str_t  n;
+    int64_t   ms;
+
+    n.data = v->data + skip;
+    n.len = v->len - skip;
+    if (sg_parse_time(&n, &ms) != SG_OK || ms < 1 || ms > 86400000LL) {
+        return sg_conf_error(cf, 0, "invalid \"%.*s\": the value must be "
+                             "a time from 1ms to 1d (\"10s\", \"500ms\")",
+                             SG_STR_ARG(v));
+    }
+    *out = (sg_msec_t) ms;
+    return SG_CONF_OK;
+}
+
+static bool
+sg_upstream_prefix(const sg_str_t *v, const char *p)
+{
+    size_t  n = strlen(p);
+
+    return v->len > n && memcmp(v->data, p, n) == 0;
+}
+
+static char *
+sg_upstream_server(sg_conf_t *cf, sg_upstream_t *u)
+{
+    sg_str_t            *value = cf->args->elts;
+    sg_upstream_peer_t   proto, *p;
+    sg_url_t             url;
+    size_t               i;
+    char                *rv = SG_CONF_OK;
+    bool                 spool;
+
+    if (cf->args->nelts < 2) {
+        return sg_conf_error(cf, 0, "invalid number of arguments in "
+                             "\"server\" of upstream \"%.*s\"",
+                             SG_STR_ARG(&u->name));
+    }
+    memset(&proto, 0, sizeof(proto));
+    proto.weight = 1;
+    proto.max_fails = 1;
+    proto.fail_timeout = 10000;
+    spool = sg_upstream_prefix(&value[1], "spool:");
+
+    for (i = 2; i < cf->args->nelts && rv == SG_CONF_OK; i++) {
+        if (sg_upstream_prefix(&value[i], "weight=")) {
+            rv = sg_upstream_param_num(cf, &value[i], 7,
+                                       sg_upstream_weight_bounds.min,
+                                       sg_upstream_weight_bounds.max,
+                                       &proto.weight);
+        } else if (sg_upstream_prefix(&value[i], "max_fails=")) {
+            rv = sg_upstream_param_num(cf, &value[i], 10, 0, 1000,
+                                       &proto.max_fails);
+        } else if (sg_upstream_prefix(&value[i], "fail_timeout=")) {
+            rv = sg_upstream_param_time(cf, &value[i], 13,
+                                        &proto.fail_timeout);
+        } else if (sg_upstream_prefix(&value[i], "max_conns=")) {
+            rv = sg_upstream_param_num(cf, &value[i], 10, 0, 1000000,
+                                       &proto.max_conns);
+        } else if (sg_str_eq(&value[i], "backup")) {
+            proto.backup = 1;
+        } else if (sg_str_eq(&value[i], "down")) {
+            proto.down = 1;
+        } else {
+            return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" of "
+                                 "\"server\"", SG_STR_ARG(&value[i]));
+        }
+    }
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+
+    if (spool) {
+#if (SG_HAVE_SPOOL_MODULE)
+        sg_str_t  dir;
+
+        dir.data = value[1].data + 6;
+        dir.len = value[1].len - 6;
+        proto.spool = sg_spool_create(cf, &dir);
+        if (proto.spool == NULL) {
+            return SG_CONF_ERROR;
+        }
+        p = sg_array_push(&u->peers);
+        if (p == NULL) {
+            return SG_CONF_ERROR;
+        }
+        *p = proto;
+        p->host = value[1];
+        p->addr.name = value[1];
+        p->index = u->peers.nelts - 1;
+        return SG_CONF_OK;
+#else
+        return sg_conf_error(cf, 0, "\"%.*s\": this build has no spool "
+                             "module", SG_STR_ARG(&value[1]));
+#endif
+    }
+
+    memset(&url, 0, sizeof(url));
+    url.url = value[1];
+    url.default_port = 25;
+    if (sg_parse_url(cf->pool, &url) != SG_OK) {
+        return sg_conf_error(cf, 0, "%s in \"%.*s\" of \"server\" in "
+                             "upstream \"%.*s\"", url.err,
+                             SG_STR_ARG(&url.url), SG_STR_ARG(&u->name));
+    }
+    for (i = 0; i < url.naddrs; i++) {
+        p = sg_array_push(&u->peers);
+        if (p == NULL) {
+            return SG_CONF_ERROR;
+        }
+        *p = proto;
+        p->addr = url.addrs[i];
+        p->host = url.host;
+        p->index = u->peers.nelts - 1;
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_upstream_hash_directive(sg_conf_t *cf, sg_upstream_t *u)
+{
+    sg_str_t  *value = cf->args->elts;
+
+    if (u->balancer != SG_UPSTREAM_RR) {
+        return sg_conf_error(cf, 0, "upstream \"%.*s\" already has a "
+                             "balancer", SG_STR_ARG(&u->name));
+    }
+    if (cf->args->nelts < 2 || cf->args->nelts > 3
+        || (cf->args->nelts == 3 && !sg_str_eq(&value[2], "consistent")))
+    {
+        return sg_conf_error(cf, 0, "invalid arguments of \"hash\": the "
+                             "syntax is \"hash KEY [consistent];\"");
+    }
+    u->hash_key = sg_smtp_compile_complex_value(cf, &value[1]);
+    if (u->hash_key == NULL) {
+        return SG_CONF_ERROR;
+    }
+    u->balancer = SG_UPSTREAM_HASH;
+    u->consistent = cf->args->nelts == 3;
+    return SG_CONF_OK;
+}
+
+static char *
+sg_upstream_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_upstream_t  *u = conf;
+    sg_str_t       *value = cf->args->elts;
+
+    (void) cmd;
+    if (sg_str_eq(&value[0], "server")) {
+        return sg_upstream_server(cf, u);
+    }
+    if (sg_str_eq(&value[0], "least_conn")) {
+        if (cf->args->nelts != 1) {
+            return sg_conf_error(cf, 0, "\"least_conn\" takes no "
+                                 "arguments");
+        }
+        if (u->balancer != SG_UPSTREAM_RR) {
+            return sg_conf_error(cf, 0, "upstream \"%.*s\" already has a "
+                                 "balancer", SG_STR_ARG(&u->name));
+        }
+        u->balancer = SG_UPSTREAM_LEAST_CONN;
+        return SG_CONF_OK;
+    }
+    if (sg_str_eq(&value[0], "hash")) {
+        return sg_upstream_hash_directive(cf, u);
+    }
+    if (sg_str_eq(&value[0], "health_check")) {
+        return sg_upstream_health_check(cf, u);
+    }
+    return sg_conf_error(cf, 0, "unknown directive \"%.*s\" in upstream "
+                         "\"%.*s\" (expected server, least_conn, hash or "
+                         "health_check)", SG_STR_ARG(&value[0]),
+                         SG_STR_ARG(&u->name));
+}
+
+static int
+sg_upstream_point_cmp(const void *a, const void *b)
+{
+    const sg_upstream_point_t  *x = a, *y = b;
+
+    return x->hash < y->hash ? -1 : x->hash > y->hash;
+}
+
+/* The consistent-hash ring: SG_UPSTREAM_RING_POINTS points per unit of
+ * weight for every primary peer. */
+static char *
+sg_upstream_build_ring(sg_conf_t *cf, sg_upstream_t *u)
+{
+    sg_upstream_peer_t   *p = u->peers.elts;
+    sg_upstream_point_t  *ring;
+    u_char                key[SG_SOCKADDR_STRLEN + 16], *k;
+    size_t                i, n = 0, total = 0;
+    int64_t               j;
+
+    for (i = 0; i < u->peers.nelts; i++) {
+        if (!p[i].backup) {
+            total += (size_t) p[i].weight * SG_UPSTREAM_RING_POINTS;
+        }
+    }
+    ring = sg_palloc(cf->pool, total * sizeof(sg_upstream_point_t));
+    if (ring == NULL) {
+        return SG_CONF_ERROR;
+    }
+    for (i = 0; i < u->peers.nelts; i++) {
+        if (p[i].backup) {
+            continue;
+        }
+        for (j = 0; j < p[i].weight * SG_UPSTREAM_RING_POINTS; j++) {
+            k = sg_slprintf(key, key + sizeof(key), "%.*s-%lld",
+                            SG_STR_ARG(&p[i].addr.name), (long long) j);
+            ring[n].hash = sg_hash(key, (size_t) (k - key));
+            ring[n].peer = (uint32_t) i;
+            n++;
+        }
+    }
+    qsort(ring, n, sizeof(sg_upstream_point_t), sg_upstream_point_cmp);
+    u->ring = ring;
+    u->nring = n;
+    return SG_CONF_OK;
+}
+
+static int
+sg_upstream_zone_init(sg_shm_zone_t *zone, void *old_data)
+{
+    zone->data = zone->addr;
+    if (old_data == NULL) {
+        memset(zone->addr, 0, zone->size);
+    }
+    return SG_OK;
+}
+
+/* The zone's name carries a fingerprint of the server list: a reload
+ * that changes the servers starts from fresh state, one that keeps them
+ * keeps the counters and the health. */
+static char *
+sg_upstream_add_zone(sg_conf_t *cf, sg_upstream_t *u)
+{
+    sg_upstream_peer_t  *p = u->peers.elts;
+    sg_str_t             name;
+    uint32_t             h = 2166136261u;
+    size_t               i, size;
+    u_char               buf[300], *b;
+
+    for (i = 0; i < u->peers.nelts; i++) {
+        h ^= sg_hash(p[i].addr.name.data, p[i].addr.name.len);
+        h *= 16777619u;
+    }
+    b = sg_slprintf(buf, buf + sizeof(buf), "upstream %.*s %08x",
+                    (int) sg_min(u->name.len, 200), (char *) u->name.data,
+                    (unsigned) h);
+    name.len = (size_t) (b - buf);
+    name.data = sg_pnalloc(cf->pool, name.len);
+    if (name.data == NULL) {
+        return SG_CONF_ERROR;
+    }
+    memcpy(name.data, buf, name.len);
+    size = u->peers.nelts * sizeof(sg_upstream_state_t);
+    size = (size + 4095) & ~(size_t) 4095;
+    u->zone = sg_shm_zone_add(cf, &name, size, &sg_upstream_module);
+    if (u->zone == NULL) {
+        return SG_CONF_ERROR;
+    }
+    u->zone->init = sg_upstream_zone_init;
+    return SG_CONF_OK;
+}
+
+static char *
+sg_upstream_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_main_conf(cf);
+    sg_str_t                 *value = cf->args->elts;
+    sg_upstream_t            *u, **slot;
+    sg_upstream_peer_t       *p;
+    sg_conf_set_pt            prev_handler = cf->handler;
+    void                     *prev_conf = cf->handler_conf;
+    size_t                    i, primaries = 0;
+    char                     *rv;
+
+    (void) cmd;
+    (void) conf;
+    if (sg_upstream_find(cf, &value[1])) {
+        return sg_conf_error(cf, 0, "duplicate upstream \"%.*s\"",
+                             SG_STR_ARG(&value[1]));
+    }
+    if (value[1].len == 0 || value[1].len > 200
+        || sg_upstream_prefix(&value[1], "spool:")
+        || memchr(value[1].data, '$', value[1].len))
+    {
+        return sg_conf_invalid_value(cf, &value[1], "an upstream name is "
+                                     "1 to 200 characters, without \"$\"");
+    }
+    u = sg_pcalloc(cf->pool, sizeof(sg_upstream_t));
+    if (u == NULL
+        || sg_array_init(&u->peers, cf->pool, 4,
+                         sizeof(sg_upstream_peer_t)) != SG_OK)
+    {
+        return SG_CONF_ERROR;
+    }
+    u->name = value[1];
+    u->file = cf->file->name;
+    u->line = sg_conf_line(cf);
+    u->balancer = SG_UPSTREAM_RR;
+
+    cf->handler = sg_upstream_directive;
+    cf->handler_conf = u;
+    rv = sg_conf_parse(cf, NULL);
+    cf->handler = prev_handler;
+    cf->handler_conf = prev_conf;
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+
+    p = u->peers.elts;
+    for (i = 0; i < u->peers.nelts; i++) {
+        primaries += !p[i].backup;
+    }
+    if (primaries == 0) {
+        return sg_conf_error_at(cf, &u->file, u->line, "upstream \"%.*s\" "
+                                "has no server (a group needs at least one "
+                                "that is not a backup)", SG_STR_ARG(&u->name));
+    }
+    if (u->balancer == SG_UPSTREAM_HASH && primaries != u->peers.nelts) {
+        return sg_conf_error_at(cf, &u->file, u->line, "upstream \"%.*s\": "
+                                "\"backup\" servers cannot be used with "
+                                "\"hash\"", SG_STR_ARG(&u->name));
+    }
+    if (u->balancer == SG_UPSTREAM_HASH && u->consistent
+        && sg_upstream_build_ring(cf, u) != SG_CONF_OK)
+    {
+        return SG_CONF_ERROR;
+    }
+    if (sg_upstream_add_zone(cf, u) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
+    slot = sg_array_push(&umcf->upstreams);
+    if (slot == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *slot = u;
+    return SG_CONF_OK;
+}
+
+sg_upstream_t *
+sg_upstream_implicit(sg_conf_t *cf, sg_url_t *url)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_main_conf(cf);
+    sg_upstream_t            *u, **slot;
+    sg_upstream_peer_t       *p;
+    size_t                    i;
+
+    u = sg_pcalloc(cf->pool, sizeof(sg_upstream_t));
+    if (u == NULL
+        || sg_array_init(&u->peers, cf->pool, url->naddrs,
+                         sizeof(sg_upstream_peer_t)) != SG_OK)
+    {
+        return NULL;
+    }
+    u->name = url->url;
+    u->file = cf->file->name;
+    u->line = sg_conf_line(cf);
+    u->implicit = true;
+    for (i = 0; i < url->naddrs; i++) {
+        p = sg_array_push(&u->peers);
+        if (p == NULL) {
+            return NULL;
+        }
+        memset(p, 0, sizeof(*p));
+        p->addr = url->addrs[i];
+        p->host = url->host;
+        p->weight = 1;
+        p->index = i;
+    }
+    u->local = sg_pcalloc(cf->pool,
+                          url->naddrs * sizeof(sg_upstream_state_t));
+    slot = sg_array_push(&umcf->upstreams);
+    if (u->local == NULL || slot == NULL) {
+        return NULL;
+    }
+    *slot = u;
+    return u;
+}
+
+/* Balancing. */
+
+int
+sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
+    sg_smtp_session_t *s)
+{
+    sg_str_t  key;
+
+    memset(pk, 0, sizeof(*pk));
+    pk->upstream = u;
+    pk->log = s->log;
+    pk->tried = sg_pcalloc(s->pool, u->peers.nelts);
+    if (pk->tried == NULL) {
+        return SG_ERROR;
+    }
+    if (u->balancer == SG_UPSTREAM_HASH) {
+        if (sg_smtp_complex_value(s, u->hash_key, &key) != SG_OK) {
+            return SG_ERROR;
+        }
+        pk->hash = sg_hash(key.data, key.len);
+        sg_log_debug(s->log, "upstream %.*s: hash key \"%.*s\" (%08x)",
+                     SG_STR_ARG(&u->name), SG_STR_ARG(&key),
+                     (unsigned) pk->hash);
+    }
+    return SG_OK;
+}
+
+static bool
+sg_upstream_available(sg_upstream_pick_t *pk, sg_upstream_peer_t *p,
+    sg_upstream_state_t *st)
+{
+    if (pk->tried[p->index] || p->down || st->hc_down) {
+        return false;
+    }
+    if (p->max_fails && st->fails >= p->max_fails
+        && sg_current_msec - st->failed_at < p->fail_timeout)
+    {
+        return false;
+    }
+    if (p->max_conns && st->conns >= p->max_conns) {
+        return false;
+    }
+    return true;
+}
+
+/* Smooth weighted round robin (and least_conn, which runs it among the
+ * peers with the fewest connections per weight). */
+static sg_upstream_peer_t *
+sg_upstream_rr(sg_upstream_pick_t *pk, bool backup)
+{
+    sg_upstream_t        *u = pk->upstream;
+    sg_upstream_peer_t   *p = u->peers.elts, *best = NULL, *least = NULL;
+    sg_upstream_state_t  *st, *bst = NULL, *lst = NULL;
+    int64_t               total = 0;
+    size_t                i;
+
+    if (u->balancer == SG_UPSTREAM_LEAST_CONN) {
+        for (i = 0; i < u->peers.nelts; i++) {
+            st = sg_upstream_state(u, i);
+            if (p[i].backup != backup
+                || !sg_upstream_available(pk, &p[i], st))
+            {
+                continue;
+            }
+            if (least == NULL
+                || (int64_t) st->conns * least->weight
+                   < (int64_t) lst->conns * p[i].weight)
+            {
+                least = &p[i];
+                lst = st;
+            }
+        }
+        if (least == NULL) {
+            return NULL;
+        }
+    }
+    for (i = 0; i < u->peers.nelts; i++) {
+        st = sg_upstream_state(u, i);
+        if (p[i].backup != backup || !sg_upstream_available(pk, &p[i], st)) {
+            continue;
+        }
+        if (least
+            && (int64_t) st->conns * least->weight
+               != (int64_t) lst->conns * p[i].weight)
+        {
+            continue;
+        }
+        st->current_weight += p[i].weight;
+        total += p[i].weight;
+        if (best == NULL || st->current_weight > bst->current_weight) {
+            best = &p[i];
+            bst = st;
+        }
+    }
+    if (best) {
+        bst->current_weight -= total;
+    }
+    return best;
+}
+
+static sg_upstream_peer_t *
+sg_upstream_hash_peer(sg_upstream_pick_t *pk)
+{
+    sg_upstream_t        *u = pk->upstream;
+    sg_upstream_peer_t   *p = u->peers.elts;
+    sg_upstream_point_t  *ring = u->ring;
+    int64_t               total = 0, w;
+    size_t                i, lo, hi, n;
+
+    if (u->consistent) {
+        lo = 0;
+        hi = u->nring;
+        while (lo < hi) {                 /* the first point >= hash */
+            size_t  mid = lo + (hi - lo) / 2;
+
+            if (ring[mid].hash < pk->hash) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        for (n = 0; n < u->nring; n++) {
+            i = ring[(lo + n) % u->nring].peer;
+            if (sg_upstream_available(pk, &p[i], sg_upstream_state(u, i))) {
+                return &p[i];
+            }
+        }
+        return NULL;
+    }
+    for (i = 0; i < u->peers.nelts; i++) {
+        total += p[i].weight;
+    }
+    while (pk->hash_tries++ < SG_UPSTREAM_HASH_TRIES) {
+        w = (int64_t) (pk->hash % (uint64_t) total);
+        for (i = 0; i < u->peers.nelts; i++) {
+            w -= p[i].weight;
+            if (w < 0) {
+                break;
+            }
+        }
+        if (sg_upstream_available(pk, &p[i], sg_upstream_state(u, i))) {
+            return &p[i];
+        }
+        pk->hash = pk->hash * 113 + 6271;  /* another spot on the wheel */
+    }
+    return sg_upstream_rr(pk, false);
+}
+
+int
+sg_upstream_get(sg_upstream_pick_t *pk)
+{
+    sg_upstream_t       *u = pk->upstream;
+    sg_upstream_peer_t  *p;
+
+    sg_upstream_lock(u);
+    if (u->balancer == SG_UPSTREAM_HASH) {
+        p = sg_upstream_hash_peer(pk);
+    } else {
+        p = sg_upstream_rr(pk, false);
+        if (p == NULL) {
+            p = sg_upstream_rr(pk, true);
+        }
+    }
+    if (p) {
+        sg_upstream_state(u, p->index)->conns++;
+    }
+    sg_upstream_unlock(u);
+    pk->peer = p;
+    pk->counted = p != NULL;
+    if (p == NULL) {
+        return SG_DECLINED;
+    }
+    pk->tried[p->index] = 1;
+    pk->tries++;
+    return SG_OK;
+}
+
+void
+sg_upstream_done(sg_upstream_pick_t *pk, bool failed)
+{
+    sg_upstream_t        *u = pk->upstream;
+    sg_upstream_peer_t   *p = pk->peer;
+    sg_upstream_state_t  *st;
+    bool                  marked = false;
+
+    if (p == NULL || !pk->counted) {
+        return;
+    }
+    pk->counted = false;
+    sg_upstream_lock(u);
+    st = sg_upstream_state(u, p->index);
+    if (st->conns) {
+        st->conns--;
+    }
+    if (failed && p->max_fails) {
+        st->fails++;
+        st->failed_at = sg_current_msec;
+        marked = st->fails == (uint32_t) p->max_fails;
+    } else if (!failed) {
+        st->fails = 0;
+    }
+    sg_upstream_unlock(u);
+    if (marked) {
+        sg_log_error(SG_LOG_WARN, pk->log, 0, "upstream %.*s: server %.*s "
+                     "failed %lld times, not used for %lldms (max_fails, "
+                     "fail_timeout)", SG_STR_ARG(&u->name),
+                     SG_STR_ARG(&p->addr.name), (long long) p->max_fails,
+                     (long long) p->fail_timeout);
+    }
+}
+
+bool
+sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size)
+{
+    sg_upstream_peer_t   *p = u->peers.elts;
+    sg_upstream_state_t  *st;
+    unsigned              c = SG_SMTP_EXT_ALL;
+    int64_t               sz = 0;
+    bool                  any = false;
+    size_t                i;
+
+    sg_upstream_lock(u);
+    for (i = 0; i < u->peers.nelts; i++) {
+        st = sg_upstream_state(u, i);
+        if (p[i].spool || p[i].down || st->hc_down || !st->probed) {
+            continue;
+        }
+        any = true;
+        c &= st->caps;
+        if (st->size && (sz == 0 || st->size < sz)) {
+            sz = st->size;
+        }
+    }
+    sg_upstream_unlock(u);
+    *caps = any ? c : 0;
+    *size = sz;
+    return any;
+}
+
+/* Workers: the health checks. */
+
+static int
+sg_upstream_init_process(sg_cycle_t *cycle)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(cycle);
+    sg_upstream_t           **u;
+    size_t                    i;
+
+    if (umcf == NULL) {
+        return SG_OK;
+    }
+    u = umcf->upstreams.elts;
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (u[i]->check) {
+            sg_upstream_check_start(cycle, u[i]);
+        }
+    }
+    return SG_OK;
+}
+
+static void
+sg_upstream_exit_process(sg_cycle_t *cycle)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(cycle);
+    sg_upstream_t           **u;
+    size_t                    i;
+
+    if (umcf == NULL) {
+        return;
+    }
+    u = umcf->upstreams.elts;
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (u[i]->check) {
+            sg_upstream_check_stop(u[i]);
+        }
+    }
+}

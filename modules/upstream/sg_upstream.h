@@ -1,0 +1,148 @@
+/*
+ * sg_upstream.h: upstream groups: backend servers with weights and
+ * limits, a balancer (smooth weighted round robin, least_conn, hash),
+ * passive health (max_fails, fail_timeout) and active SMTP health checks,
+ * with the state every worker shares in shared memory.
+ *
+ * The seam with the proxy: sg_upstream_pick_init() for a session, then
+ * sg_upstream_get() for each attempt and sg_upstream_done() to say how
+ * the attempt went.  Balancers live behind that call.
+ */
+#ifndef SG_UPSTREAM_H
+#define SG_UPSTREAM_H
+
+#include "sg_smtp.h"
+#include "sg_smtp_client.h"
+
+extern sg_module_t  sg_upstream_module;
+
+#define SG_UPSTREAM_RR          0
+#define SG_UPSTREAM_LEAST_CONN  1
+#define SG_UPSTREAM_HASH        2
+
+typedef struct sg_upstream_s  sg_upstream_t;
+
+/* One server line (a name resolving to several addresses gives one
+ * peer per address). */
+typedef struct {
+    sg_addr_t          addr;
+    sg_str_t           host;          /* as written, for proxy_ssl_name */
+    void              *spool;         /* "server spool:DIR" */
+    int64_t            weight;
+    int64_t            max_fails;
+    sg_msec_t          fail_timeout;
+    int64_t            max_conns;     /* 0: no limit */
+    size_t             index;
+    unsigned           backup:1;
+    unsigned           down:1;
+} sg_upstream_peer_t;
+
+/* What every worker sees of a peer (shared memory). */
+typedef struct {
+    int64_t            current_weight;
+    uint32_t           conns;
+    uint32_t           fails;
+    sg_msec_t          failed_at;     /* CLOCK_MONOTONIC */
+    uint32_t           hc_fails;      /* consecutive failed probes */
+    uint32_t           hc_passes;     /* consecutive good probes */
+    pid_t              probe_pid;     /* the worker probing it now */
+    sg_msec_t          probe_at;      /* when the last probe started */
+    unsigned           caps;          /* SG_SMTP_EXT_* of the last probe */
+    int64_t            size;
+    unsigned           hc_down:1;     /* failed its health checks */
+    unsigned           probed:1;      /* caps is known */
+} sg_upstream_state_t;
+
+typedef struct {
+    sg_msec_t          interval;
+    sg_msec_t          timeout;
+    int64_t            fails;
+    int64_t            passes;
+    unsigned           starttls:1;
+    unsigned           proxy_protocol:1;
+} sg_upstream_check_t;
+
+struct sg_upstream_s {
+    sg_str_t               name;
+    sg_str_t               file;          /* where it is defined */
+    size_t                 line;
+    sg_array_t             peers;         /* sg_upstream_peer_t */
+    unsigned               balancer;      /* SG_UPSTREAM_* */
+    void                  *hash_key;      /* sg_smtp_complex_value_t */
+    bool                   consistent;
+    void                  *ring;          /* consistent hash points */
+    size_t                 nring;
+    sg_upstream_check_t   *check;         /* health_check, or NULL */
+    sg_shm_zone_t         *zone;          /* NULL: implicit (proxy_pass
+                                             HOST:PORT), state per worker */
+    sg_upstream_state_t   *local;         /* the state without a zone */
+    bool                   implicit;
+    bool                   used;
+    /* Worker: the health check timer. */
+    sg_event_t             check_timer;
+    sg_log_t              *log;
+};
+
+/* One session's choice of peers. */
+typedef struct {
+    sg_upstream_t        *upstream;
+    sg_log_t             *log;
+    uint32_t              hash;
+    uint8_t              *tried;        /* one byte per peer */
+    sg_upstream_peer_t   *peer;         /* the current attempt's */
+    unsigned              tries;
+    unsigned              hash_tries;
+    bool                  counted;      /* peer's conns incremented */
+} sg_upstream_pick_t;
+
+/* Find a group by name (NULL: none), at configuration time. */
+sg_upstream_t *sg_upstream_find(sg_conf_t *cf, const sg_str_t *name);
+/* ... or at run time, in the current cycle. */
+sg_upstream_t *sg_upstream_lookup(const sg_str_t *name);
+/* An implicit group for "proxy_pass HOST:PORT" (one peer per address,
+ * no passive failure marking). */
+sg_upstream_t *sg_upstream_implicit(sg_conf_t *cf, sg_url_t *u);
+
+int sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
+    sg_smtp_session_t *s);
+/* The next peer to try: SG_OK (pk->peer), or SG_DECLINED when none is
+ * left. */
+int sg_upstream_get(sg_upstream_pick_t *pk);
+/* The attempt with pk->peer ended: failed or not. */
+void sg_upstream_done(sg_upstream_pick_t *pk, bool failed);
+
+/* The extensions every healthy, probed peer of u offers (and the
+ * smallest SIZE), for smtp_capabilities auto; false when no peer has
+ * been probed yet. */
+bool sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size);
+
+/* Health checks (sg_upstream_check.c). */
+char *sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u);
+void sg_upstream_check_start(sg_cycle_t *cycle, sg_upstream_t *u);
+void sg_upstream_check_stop(sg_upstream_t *u);
+
+/* The state of peer i (shared memory or the worker's own). */
+static inline sg_upstream_state_t *
+sg_upstream_state(sg_upstream_t *u, size_t i)
+{
+    return u->zone ? (sg_upstream_state_t *) u->zone->data + i
+                   : u->local + i;
+}
+
+static inline void
+sg_upstream_lock(sg_upstream_t *u)
+{
+    if (u->zone) {
+        sg_shm_lock(u->zone);
+    }
+}
+
+static inline void
+sg_upstream_unlock(sg_upstream_t *u)
+{
+    if (u->zone) {
+        sg_shm_unlock(u->zone);
+    }
+}
+
+#endif /* SG_UPSTREAM_H */
