@@ -26,7 +26,8 @@ typedef enum {
 } sg_proxy_state_e;
 
 typedef struct {
-    sg_url_t     *pass;
+    sg_url_t     *pass;         /* NULL with pass_value */
+    sg_smtp_complex_value_t *pass_value;   /* proxy_pass $variable */
     sg_msec_t     connect_timeout;
     sg_msec_t     timeout;
     int           xclient;
@@ -100,7 +101,8 @@ sg_proxy_caps(void *conf)
 static bool
 sg_proxy_routed(void *conf)
 {
-    return ((sg_proxy_conf_t *) conf)->pass != NULL;
+    return ((sg_proxy_conf_t *) conf)->pass != NULL
+           || ((sg_proxy_conf_t *) conf)->pass_value != NULL;
 }
 
 static const sg_smtp_relay_t  sg_proxy_relay = {
@@ -135,6 +137,12 @@ sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     (void) cmd;
     if (pcf->pass != SG_CONF_UNSET_PTR) {
         return sg_conf_duplicate(cf);
+    }
+    if (memchr(value[1].data, '$', value[1].len)) {
+        /* Evaluated for each session: an address and port there. */
+        pcf->pass_value = sg_smtp_compile_complex_value(cf, &value[1]);
+        pcf->pass = NULL;
+        return pcf->pass_value ? SG_CONF_OK : SG_CONF_ERROR;
     }
     u = sg_pcalloc(cf->pool, sizeof(sg_url_t));
     if (u == NULL) {
@@ -173,6 +181,9 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_proxy_conf_t     *prev = parent, *conf = child;
     sg_smtp_srv_conf_t  *sscf;
 
+    if (conf->pass == SG_CONF_UNSET_PTR) {
+        conf->pass_value = prev->pass_value;
+    }
     sg_conf_merge_ptr(conf->pass, prev->pass, NULL);
     sg_conf_merge_msec(conf->connect_timeout, prev->connect_timeout, 10000);
     sg_conf_merge_msec(conf->timeout, prev->timeout, 600000);
@@ -223,7 +234,17 @@ sg_proxy_fail(sg_proxy_ctx_t *ctx, int err, const char *fmt, ...)
         sg_proxy_connect(ctx);
         return;
     }
-    if (ctx->conf->pass == NULL || ctx->addrs != ctx->conf->pass->addrs) {
+    if (ctx->conf->pass_value
+        && !(ctx->s->auth && ctx->addrs == ctx->s->auth->route_addr))
+    {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
+                     "at %.*s (the value of \"proxy_pass %.*s\"), "
+                     "answering 451", SG_STR_ARG(&ctx->addrs->name),
+                     SG_STR_ARG(sg_smtp_complex_value_text(
+                         ctx->conf->pass_value)));
+    } else if (ctx->conf->pass == NULL
+               || ctx->addrs != ctx->conf->pass->addrs)
+    {
         sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "no backend available "
                      "at %.*s%s (named by the authentication service), "
                      "answering 451", SG_STR_ARG(&ctx->addrs->name),
@@ -267,6 +288,46 @@ sg_proxy_connect(sg_proxy_ctx_t *ctx)
     }
 }
 
+/* "proxy_pass $backend": the value must be an IP address and a port;
+ * names are not resolved on a session's path. */
+static int
+sg_proxy_pass_value(sg_proxy_ctx_t *ctx)
+{
+    const sg_str_t  *text = sg_smtp_complex_value_text(ctx->conf->pass_value);
+    sg_url_t        *u;
+
+    u = sg_pcalloc(ctx->s->pool, sizeof(sg_url_t));
+    if (u == NULL
+        || sg_smtp_complex_value(ctx->s, ctx->conf->pass_value, &u->url)
+           != SG_OK)
+    {
+        return SG_ERROR;
+    }
+    if (u->url.len == 0) {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "\"proxy_pass %.*s\" is "
+                     "empty for this session, answering 451: check that "
+                     "the map (or variable) gives every session an address, "
+                     "with a \"default\" entry", SG_STR_ARG(text));
+        return SG_ERROR;
+    }
+    u->no_resolve = 1;
+    if (sg_parse_url(ctx->s->pool, u) != SG_OK) {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "\"proxy_pass %.*s\" gave "
+                     "\"%.*s\": %s, answering 451: the value must be an IP "
+                     "address and a port, such as 192.0.2.1:25 or "
+                     "[2001:db8::1]:25; check the map (or variable) that "
+                     "sets it", SG_STR_ARG(text),
+                     (int) sg_min(u->url.len, 256), (char *) u->url.data,
+                     u->err);
+        return SG_ERROR;
+    }
+    sg_log_debug(ctx->s->log, "\"proxy_pass %.*s\" is %.*s",
+                 SG_STR_ARG(text), SG_STR_ARG(&u->addrs[0].name));
+    ctx->addrs = u->addrs;
+    ctx->naddrs = 1;
+    return SG_OK;
+}
+
 static void
 sg_proxy_start(sg_smtp_session_t *s, void *conf)
 {
@@ -296,6 +357,11 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
     if (s->auth && s->auth->route_addr) {
         ctx->addrs = s->auth->route_addr;     /* Auth-Server, Auth-Port */
         ctx->naddrs = s->auth->route_naddrs ? s->auth->route_naddrs : 1;
+    } else if (ctx->conf->pass_value) {
+        if (sg_proxy_pass_value(ctx) != SG_OK) {
+            sg_smtp_relay_failed(s);
+            return;
+        }
     } else if (ctx->conf->pass) {
         ctx->addrs = ctx->conf->pass->addrs;
         ctx->naddrs = ctx->conf->pass->naddrs;
