@@ -179,6 +179,7 @@ sg_conf_read_word(sg_conf_t *cf)
     sg_conf_file_t  *f = cf->file;
     u_char           buf[SG_CONF_MAX_WORD], quote = 0, ch;
     size_t           len = 0;
+    bool             braced = false;     /* inside "${name}" */
 
     if (*f->pos == '"' || *f->pos == '\'') {
         quote = *f->pos++;
@@ -199,7 +200,14 @@ sg_conf_read_word(sg_conf_t *cf)
             }
             break;
         }
-        if (!quote && (sg_conf_ends_word(ch) || ch == '"' || ch == '\'')) {
+        /* As in nginx, "${name}" stays inside the word. */
+        if (!quote && ch == '{' && len && buf[len - 1] == '$') {
+            braced = true;
+        } else if (!quote && ch == '}' && braced) {
+            braced = false;
+        } else if (!quote
+                   && (sg_conf_ends_word(ch) || ch == '"' || ch == '\''))
+        {
             if (ch == '"' || ch == '\'') {
                 return sg_conf_token_error(cf, "unexpected \"%c\"", ch);
             }

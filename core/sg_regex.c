@@ -29,6 +29,13 @@ sg_regex_t *
 sg_regex_compile(sg_pool_t *pool, const sg_str_t *pattern, char *err,
     size_t errlen)
 {
+    return sg_regex_compile_flags(pool, pattern, 0, err, errlen);
+}
+
+sg_regex_t *
+sg_regex_compile_flags(sg_pool_t *pool, const sg_str_t *pattern,
+    unsigned flags, char *err, size_t errlen)
+{
     sg_regex_t  *re;
     PCRE2_SIZE   off;
     int          code;
@@ -40,7 +47,9 @@ sg_regex_compile(sg_pool_t *pool, const sg_str_t *pattern, char *err,
         return NULL;
     }
     re->pattern = *pattern;
-    re->code = pcre2_compile((PCRE2_SPTR) pattern->data, pattern->len, 0,
+    re->code = pcre2_compile((PCRE2_SPTR) pattern->data, pattern->len,
+                             (flags & SG_REGEX_CASELESS) ? PCRE2_CASELESS
+                                                         : 0,
                              &code, &off, NULL);
     if (re->code == NULL) {
         pcre2_get_error_message(code, msg, sizeof(msg));
@@ -64,6 +73,30 @@ sg_regex_compile(sg_pool_t *pool, const sg_str_t *pattern, char *err,
         return NULL;
     }
     return re;
+}
+
+size_t
+sg_regex_captures(const sg_regex_t *re)
+{
+    uint32_t  n = 0;
+
+    (void) pcre2_pattern_info(re->code, PCRE2_INFO_CAPTURECOUNT, &n);
+    return n;
+}
+
+int
+sg_regex_named(const sg_regex_t *re, const sg_str_t *name)
+{
+    char  buf[64];
+    int   n;
+
+    if (name->len == 0 || name->len >= sizeof(buf)) {
+        return -1;                    /* PCRE2 names are at most 32 */
+    }
+    memcpy(buf, name->data, name->len);
+    buf[name->len] = '\0';
+    n = pcre2_substring_number_from_name(re->code, (PCRE2_SPTR) buf);
+    return n > 0 ? n : -1;
 }
 
 int

@@ -663,7 +663,7 @@ def test_auth_upstream_unknown_is_refused_with_451(smtpgate, backend, svc):
     c.close()
     assert (r.code, r.last) == (451, "4.4.1 No backend available, try "
                                      "again later"), r
-    g.wait_log(r'the authentication backend \(auth_http\) named the backend '
+    g.wait_log(r'the route of the authentication backend \(auth_http\) gave '
                r'"pool1", which is neither an upstream group', since=mark)
     assert backend.commands == []
 

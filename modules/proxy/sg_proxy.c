@@ -698,39 +698,62 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
 }
 
 /* A backend named at run time (a $variable, the auth service's
- * Auth-Upstream, auth_file's third column): a group's name, or an
- * address and port. */
+ * Auth-Upstream, auth_file's third column): a group's name, or an IP
+ * address and port.  what names the source for the log. */
 static int
-sg_proxy_target(sg_proxy_ctx_t *ctx, const sg_str_t *v, const char *from)
+sg_proxy_target(sg_proxy_ctx_t *ctx, const sg_str_t *v, const char *what)
 {
     sg_smtp_session_t  *s = ctx->s;
     sg_url_t            u;
+    u_char             *p;
+    size_t              n;
 #if (SG_HAVE_UPSTREAM_MODULE)
     sg_upstream_t      *up;
+#endif
 
-    up = v->len ? sg_upstream_lookup(v) : NULL;
+    if (v->len == 0) {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "%s is empty for this session, "
+                     "answering 451: check that the map (or variable) gives "
+                     "every session a backend, with a \"default\" entry",
+                     what);
+        return SG_ERROR;
+    }
+#if (SG_HAVE_UPSTREAM_MODULE)
+    up = sg_upstream_lookup(v);
     if (up) {
         if (sg_upstream_pick_init(&ctx->pick, up, s) != SG_OK) {
             return SG_ERROR;
         }
         ctx->picking = true;
-        return SG_OK;
+        goto found;
     }
 #endif
     memset(&u, 0, sizeof(u));
     u.url = *v;
     u.default_port = 25;
     u.no_resolve = 1;
-    if (v->len == 0 || sg_parse_url(s->pool, &u) != SG_OK) {
-        sg_log_error(SG_LOG_ERR, s->log, 0, "%s named the backend \"%.*s\", "
-                     "which is neither an upstream group nor an IP address "
-                     "and port%s%s: check it", from,
-                     (int) sg_min(v->len, 200), (char *) v->data,
-                     u.err ? ": " : "", u.err ? u.err : "");
+    if (sg_parse_url(s->pool, &u) != SG_OK) {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "%s gave \"%.*s\", which is "
+                     "neither an upstream group nor an IP address and port "
+                     "(%s), answering 451: check it", what,
+                     (int) sg_min(v->len, 200), (char *) v->data, u.err);
         return SG_ERROR;
     }
     ctx->addrs = u.addrs;
     ctx->naddrs = u.naddrs;
+
+#if (SG_HAVE_UPSTREAM_MODULE)
+found:
+#endif
+    /* "the value of "proxy_pass $backend", 10.0.0.5:25" for later lines */
+    n = strlen(what) + v->len + 32;
+    p = sg_pnalloc(s->pool, n);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    *sg_slprintf(p, p + n - 1, "%s (\"%.*s\")", what,
+                 (int) sg_min(v->len, 200), (char *) v->data) = '\0';
+    ctx->route = (const char *) p;
     return SG_OK;
 }
 
@@ -740,7 +763,7 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
     sg_proxy_conf_t  *pcf = conf;
     sg_proxy_ctx_t   *ctx;
     sg_str_t          v;
-    char              from[80];
+    char              from[160];
 
     ctx = sg_pcalloc(s->pool, sizeof(sg_proxy_ctx_t));
     if (ctx == NULL) {
@@ -763,18 +786,19 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
         ctx->naddrs = s->auth->route_naddrs ? s->auth->route_naddrs : 1;
         ctx->route = "the backend the authentication service named";
     } else if (s->auth && s->auth->route.len) {
-        ctx->route = "the route the authentication backend named";
-        snprintf(from, sizeof(from), "the authentication backend (%s)",
-                 s->conf->auth->name);
+        snprintf(from, sizeof(from), "the route of the authentication "
+                 "backend (%s)", s->conf->auth->name);
         if (sg_proxy_target(ctx, &s->auth->route, from) != SG_OK)
         {
             sg_smtp_relay_failed(s);
             return;
         }
     } else if (pcf->pass_value) {
-        ctx->route = "proxy_pass";
+        snprintf(from, sizeof(from), "\"proxy_pass %.*s\"",
+                 (int) sg_min(pcf->pass_name.len, 100),
+                 (char *) pcf->pass_name.data);
         if (sg_smtp_complex_value(s, pcf->pass_value, &v) != SG_OK
-            || sg_proxy_target(ctx, &v, "\"proxy_pass\"") != SG_OK)
+            || sg_proxy_target(ctx, &v, from) != SG_OK)
         {
             sg_smtp_relay_failed(s);
             return;

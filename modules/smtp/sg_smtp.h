@@ -27,6 +27,9 @@ typedef struct {
 #define SG_MAIL_SRV_CONF_OFFSET   offsetof(sg_mail_conf_ctx_t, srv_conf)
 
 typedef struct {
+    /* cf->ctx is the mail block's context during the call, with the
+     * confs of the modules before this one made: a module defines its
+     * variables here (sg_smtp_add_variable). */
     void   *(*create_main_conf)(sg_conf_t *cf);
     char   *(*init_main_conf)(sg_conf_t *cf, void *conf);
     void   *(*create_srv_conf)(sg_conf_t *cf);
@@ -44,6 +47,7 @@ extern sg_module_t  sg_smtp_module;    /* mail: server {}, SMTP */
 
 typedef struct sg_smtp_session_s   sg_smtp_session_t;
 typedef struct sg_auth_request_s   sg_auth_request_t;
+typedef struct sg_smtp_var_cache_s sg_smtp_var_cache_t;
 
 /* The longest reply the front end writes itself (the EHLO reply with
  * every capability included). */
@@ -262,6 +266,8 @@ struct sg_smtp_session_s {
     sg_auth_request_t     *auth;
 
     void                  *relay_ctx;
+    sg_smtp_var_cache_t   *variables;    /* values read so far; made on
+                                            the first read */
     sg_event_t             timer;        /* delays and the auth timeout */
     unsigned               auth_failures;
 
@@ -272,6 +278,136 @@ struct sg_smtp_session_s {
     unsigned               starttls:1;   /* 220 sent, handshake next */
     unsigned               implicit_tls:1;
 };
+
+/* ---- variables (sg_smtp_variables.c) ---------------------------------
+ *
+ * Named values of a session ("$remote_addr", "$auth_user", a map's
+ * result), computed on demand.  Modules define them while the
+ * configuration loads: from a mail module's create_main_conf (cf->ctx is
+ * the mail block's context then, and the smtp module's main conf, which
+ * holds the registry, is made first) or while parsing a block inside
+ * mail {} (map).  Users (map, proxy_pass $var, hash keys) turn a name
+ * into an index at configuration time and read the value by index at
+ * run time.  Names are letters, digits and '_', not starting with a
+ * digit, compared without regard to ASCII case.
+ *
+ * A value is computed on its first read in a session and kept for the
+ * rest of it, unless the variable is SG_SMTP_VAR_NOCACHE (it may change
+ * during the session: $helo, $auth_user, the TLS facts, ...); then
+ * every read computes it again.  A variable defined in terms of others
+ * (sg_smtp_variable_depends) becomes NOCACHE when any of them is, and a
+ * cycle among such definitions is a configuration error.
+ */
+typedef int (*sg_smtp_variable_get_pt)(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data);               /* SG_OK, or SG_DECLINED: not set (empty) */
+#define SG_SMTP_VAR_NOCACHE  0x01   /* may change during the session */
+#define SG_SMTP_VAR_BUILTIN  0x02   /* a module's own: the configuration
+                                       cannot define the name again */
+
+/* The longest value a complex value may produce; longer is an error
+ * (logged) and reads as empty. */
+#define SG_SMTP_VALUE_MAX    65536
+
+/* Define a variable (from a module's preconfiguration or while parsing
+ * its block, e.g. map).  Defining the same name twice is an error.  The
+ * getter's value must stay valid for the session (s->pool, the
+ * configuration, the connection).  SG_OK, or SG_ERROR after
+ * sg_conf_error. */
+int sg_smtp_add_variable(sg_conf_t *cf, const sg_str_t *name,
+    sg_smtp_variable_get_pt get, uintptr_t data, unsigned flags);
+/* Add SG_SMTP_VAR_* flags to a variable defined earlier (a map's
+ * "volatile", known only at the end of its block).  SG_OK. */
+int sg_smtp_variable_flags(sg_conf_t *cf, size_t index, unsigned flags);
+/* Index of a variable by name (without '$').  The variable may be
+ * defined later in the file: unknown names are checked after the whole
+ * configuration is read and reported with the file:line of the first use.
+ * -1 after sg_conf_error (an invalid name). */
+ssize_t sg_smtp_variable_index(sg_conf_t *cf, const sg_str_t *name);
+/* The value at run time; never NULL (empty when not set).  Cached per
+ * session unless NOCACHE; for a NOCACHE variable the pointed-to value
+ * holds until the next read of the same variable: copy the sg_str_t. */
+const sg_str_t *sg_smtp_variable_value(sg_smtp_session_t *s, size_t index);
+
+/* "text $var ${var}text $1" compiled once at configuration time. */
+typedef struct sg_smtp_complex_value_s  sg_smtp_complex_value_t;
+sg_smtp_complex_value_t *sg_smtp_compile_complex_value(sg_conf_t *cf,
+    const sg_str_t *src);        /* NULL after sg_conf_error */
+/* Evaluate into a string allocated from s->pool (a static value points
+ * at the configuration's bytes, a lone "$var" at the variable's value).
+ * Read-only.  SG_OK, or SG_ERROR (logged; out is empty). */
+int sg_smtp_complex_value(sg_smtp_session_t *s,
+    const sg_smtp_complex_value_t *cv, sg_str_t *out);
+bool sg_smtp_complex_value_is_static(const sg_smtp_complex_value_t *cv);
+/* The text as written in the configuration, for log lines. */
+const sg_str_t *sg_smtp_complex_value_text(const sg_smtp_complex_value_t *cv);
+
+/*
+ * Captures.  "$1".."$9" ("$0": the whole match) and "$name" for a named
+ * group "(?<name>...)" refer to the captures of a regex, which exist
+ * only where a regex matched: they are allowed only in a value compiled
+ * with sg_smtp_compile_complex_value_re() for that regex (a map's
+ * "~regex value" entry; "$name" is a capture when the regex has a group
+ * of that name, a variable otherwise), and anywhere else "$1" is a
+ * configuration error.  No capture state lives in the session: whoever
+ * matched passes the captures to sg_smtp_complex_value_captures(), for
+ * that one evaluation.  Variables read during it (a map's value naming
+ * another map) evaluate with their own captures, never these.
+ */
+#define SG_SMTP_CAPTURES_MAX  32    /* groups a value can refer to */
+
+typedef struct {
+    sg_str_t        subject;        /* the string the regex matched */
+    const size_t   *caps;           /* offset pairs from sg_regex_exec */
+    size_t          n;              /* pairs set: its return value */
+} sg_smtp_captures_t;
+
+sg_smtp_complex_value_t *sg_smtp_compile_complex_value_re(sg_conf_t *cf,
+    const sg_str_t *src, const sg_regex_t *re);
+int sg_smtp_complex_value_captures(sg_smtp_session_t *s,
+    const sg_smtp_complex_value_t *cv, const sg_smtp_captures_t *captures,
+    sg_str_t *out);
+
+/* The variable at index is computed from the one at "on" (a map's
+ * result from its source): it is NOCACHE when "on" is, and a cycle is
+ * an error reported at the current directive.  SG_OK or SG_ERROR. */
+int sg_smtp_variable_depends(sg_conf_t *cf, size_t index, size_t on);
+/* The same for every variable cv reads. */
+int sg_smtp_complex_value_depends(sg_conf_t *cf, size_t index,
+    const sg_smtp_complex_value_t *cv);
+
+bool sg_smtp_variable_name_ok(const sg_str_t *name);
+
+/* The pure tokeniser of complex values, for sg_smtp_variables.c and its
+ * unit test.  Each call reads one token at *pos and moves *pos past it:
+ * TEXT (literal bytes in t->text), VAR (a name in t->text, "$name" or
+ * "${name}"), CAPTURE (t->capture: "$0".."$9"), END, or ERROR with
+ * t->err. */
+typedef enum {
+    SG_SMTP_CV_END = 0,
+    SG_SMTP_CV_TEXT,
+    SG_SMTP_CV_VAR,
+    SG_SMTP_CV_CAPTURE,
+    SG_SMTP_CV_ERROR
+} sg_smtp_cv_token_e;
+
+typedef struct {
+    sg_str_t      text;
+    unsigned      capture;
+    const char   *err;
+} sg_smtp_cv_token_t;
+
+sg_smtp_cv_token_e sg_smtp_cv_token(const u_char **pos, const u_char *end,
+    sg_smtp_cv_token_t *t);
+
+/* The registry, kept in the smtp module's main conf (sg_smtp_conf.c). */
+typedef struct sg_smtp_variables_s  sg_smtp_variables_t;
+sg_smtp_variables_t *sg_smtp_variables_create(sg_conf_t *cf);
+sg_smtp_variables_t *sg_smtp_variables_of(void **main_conf);
+/* After the mail block: every name used is defined, no cycles, NOCACHE
+ * propagated. */
+char *sg_smtp_variables_check(sg_conf_t *cf);
+
+/* ---- end of variables ------------------------------------------------ */
 
 void sg_smtp_init_session(sg_connection_t *c);
 /* After what comes before SMTP on the address (a PROXY protocol header,

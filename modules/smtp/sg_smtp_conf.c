@@ -28,6 +28,7 @@ typedef struct {
 typedef struct {
     sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
     sg_array_t            listens;       /* sg_smtp_listen_t */
+    sg_smtp_variables_t  *variables;
 } sg_smtp_main_conf_t;
 
 
@@ -151,6 +152,13 @@ sg_smtp_conf_current(sg_conf_t *cf)
     return sg_smtp_conf_of(((sg_mail_conf_ctx_t *) cf->ctx)->srv_conf);
 }
 
+sg_smtp_variables_t *
+sg_smtp_variables_of(void **main_conf)
+{
+    return ((sg_smtp_main_conf_t *)
+            main_conf[sg_smtp_module.ctx_index])->variables;
+}
+
 /* Contexts. */
 
 static int
@@ -267,14 +275,25 @@ sg_mail_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_mail_conf_ctx_t  *ctx;
     sg_smtp_main_conf_t *mcf;
+    void                *prev_ctx;
     char                *rv;
+    int                  rc;
 
     (void) cmd;
     if (*(void **) conf) {
         return "is duplicate";
     }
     ctx = sg_pcalloc(cf->pool, sizeof(sg_mail_conf_ctx_t));
-    if (ctx == NULL || sg_mail_create_confs(cf, ctx, true) != SG_OK) {
+    if (ctx == NULL) {
+        return SG_CONF_ERROR;
+    }
+    /* Modules define their variables from create_main_conf, which finds
+     * the registry through cf->ctx. */
+    prev_ctx = cf->ctx;
+    cf->ctx = ctx;
+    rc = sg_mail_create_confs(cf, ctx, true);
+    cf->ctx = prev_ctx;
+    if (rc != SG_OK) {
         return SG_CONF_ERROR;
     }
     *(void **) conf = ctx;
@@ -283,6 +302,10 @@ sg_mail_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return rv;
     }
     rv = sg_mail_merge_servers(cf, ctx);
+    if (rv == SG_CONF_OK) {
+        cf->ctx = ctx;
+        rv = sg_smtp_variables_check(cf);
+    }
     cf->ctx = cf->cycle->conf_ctx;
     if (rv != SG_CONF_OK) {
         return rv;
@@ -626,6 +649,10 @@ sg_smtp_create_main_conf(sg_conf_t *cf)
         || sg_array_init(&mcf->listens, cf->pool, 4,
                          sizeof(sg_smtp_listen_t)) != SG_OK)
     {
+        return NULL;
+    }
+    mcf->variables = sg_smtp_variables_create(cf);
+    if (mcf->variables == NULL) {
         return NULL;
     }
     return mcf;

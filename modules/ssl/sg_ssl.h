@@ -31,6 +31,10 @@ typedef struct {
 
 sg_ssl_srv_t *sg_ssl_srv(sg_smtp_srv_conf_t *sscf);
 
+/* The mail-level conf: defines $ssl_protocol, $ssl_cipher and
+ * $ssl_client_s_dn (sg_ssl_variables.c). */
+void *sg_ssl_create_main_conf(sg_conf_t *cf);
+
 /*
  * Start TLS on a connection as the server, with the context of sscf.
  * Then call sg_ssl_handshake() from the connection's read and write

@@ -142,7 +142,8 @@ static const sg_command_t  sg_ssl_commands[] = {
 };
 
 static const sg_mail_module_ctx_t  sg_ssl_module_ctx = {
-    NULL, NULL, sg_ssl_create_conf, sg_ssl_merge_conf, NULL
+    sg_ssl_create_main_conf, NULL, sg_ssl_create_conf, sg_ssl_merge_conf,
+    NULL
 };
 
 sg_module_t  sg_ssl_module = {
