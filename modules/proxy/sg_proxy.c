@@ -11,6 +11,9 @@
  * cannot be reached or misbehaves gets the client a 451.
  */
 #include "sg_smtp.h"
+#if (SG_HAVE_SPOOL_MODULE)
+#include "sg_spool.h"
+#endif
 
 #define SG_PROXY_HS_BUF     4096
 #define SG_PROXY_XTEXT_MAX  (255 * 3)
@@ -32,6 +35,9 @@ typedef struct {
     int           xclient;
     size_t        buffer_size;
     unsigned      seen_caps;    /* this worker's last backend EHLO */
+#if (SG_HAVE_SPOOL_MODULE)
+    sg_spool_t   *spool;        /* proxy_pass spool:DIR */
+#endif
 } sg_proxy_conf_t;
 
 typedef struct {
@@ -94,12 +100,22 @@ sg_module_t  sg_proxy_module = {
 static unsigned
 sg_proxy_caps(void *conf)
 {
+#if (SG_HAVE_SPOOL_MODULE)
+    if (((sg_proxy_conf_t *) conf)->spool) {
+        return SG_SMTP_CAP_CHUNKING;      /* the spool takes BDAT itself */
+    }
+#endif
     return ((sg_proxy_conf_t *) conf)->seen_caps;
 }
 
 static bool
 sg_proxy_routed(void *conf)
 {
+#if (SG_HAVE_SPOOL_MODULE)
+    if (((sg_proxy_conf_t *) conf)->spool) {
+        return true;
+    }
+#endif
     return ((sg_proxy_conf_t *) conf)->pass != NULL;
 }
 
@@ -136,6 +152,18 @@ sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     if (pcf->pass != SG_CONF_UNSET_PTR) {
         return sg_conf_duplicate(cf);
     }
+#if (SG_HAVE_SPOOL_MODULE)
+    if (value[1].len >= 6 && memcmp(value[1].data, "spool:", 6) == 0) {
+        sg_str_t  dir = { value[1].len - 6, value[1].data + 6 };
+
+        pcf->spool = sg_spool_create(cf, &dir);
+        if (pcf->spool == NULL) {
+            return SG_CONF_ERROR;
+        }
+        pcf->pass = NULL;
+        return SG_CONF_OK;
+    }
+#endif
     u = sg_pcalloc(cf->pool, sizeof(sg_url_t));
     if (u == NULL) {
         return SG_CONF_ERROR;
@@ -173,6 +201,11 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_proxy_conf_t     *prev = parent, *conf = child;
     sg_smtp_srv_conf_t  *sscf;
 
+#if (SG_HAVE_SPOOL_MODULE)
+    if (conf->pass == SG_CONF_UNSET_PTR) {
+        conf->spool = prev->spool;
+    }
+#endif
     sg_conf_merge_ptr(conf->pass, prev->pass, NULL);
     sg_conf_merge_msec(conf->connect_timeout, prev->connect_timeout, 10000);
     sg_conf_merge_msec(conf->timeout, prev->timeout, 600000);
@@ -272,6 +305,17 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
 {
     sg_proxy_ctx_t  *ctx;
 
+#if (SG_HAVE_SPOOL_MODULE)
+    /* proxy_pass spool:DIR, unless the authentication service named a
+     * backend for this session. */
+    if (((sg_proxy_conf_t *) conf)->spool
+        && (s->auth == NULL
+            || (s->auth->route_addr == NULL && s->auth->route.len == 0)))
+    {
+        sg_spool_start(s, ((sg_proxy_conf_t *) conf)->spool);
+        return;
+    }
+#endif
     ctx = sg_pcalloc(s->pool, sizeof(sg_proxy_ctx_t));
     if (ctx == NULL
         || sg_buf_init(s->pool, &ctx->hbuf, SG_PROXY_HS_BUF) != SG_OK
