@@ -712,6 +712,31 @@ def test_smtp_auth_none_pipelined_and_refused_mail(smtpgate):
         ["b@example.net", "c@example.net"]
 
 
+def test_auth_service_backend_takes_precedence(smtpgate, backend):
+    """With an auth_http service, a session it routes (Auth-Server) goes
+    to that backend; one it does not goes to the spool."""
+    from lib.authsvc import AuthService, ok, ok_to
+    svc = AuthService().start()
+    try:
+        svc.responder = lambda req: (ok_to(backend)
+                                     if req.header("Auth-User") == "alice"
+                                     else ok())
+        g = smtpgate(spool_conf(auth_file=None,
+                                mail=f"    auth_http {svc.url};\n"))
+        for user, rcpt in (("alice", "relayed@example.org"),
+                           ("bob", "spooled@example.org")):
+            with g.session() as c:
+                c.ehlo()
+                assert c.auth_plain(user, "whatever").code == 235
+                assert c.mail("a@example.org", [rcpt],
+                              b"Subject: route\r\n\r\nx\r\n").code == 250
+    finally:
+        svc.stop()
+    (m,) = backend.wait_messages(1)
+    assert m.rcpt_tos == ["relayed@example.org"]
+    assert [split(d)[1] for _, d in stored(g)] == [["spooled@example.org"]]
+
+
 @pytest.mark.skipif(not pkilib.tls_built(), reason="smtpgate built "
                     "without TLS")
 def test_starttls_session(smtpgate, pki):
