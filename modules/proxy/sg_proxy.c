@@ -178,6 +178,9 @@ sg_module_t  sg_proxy_module = {
 static unsigned
 sg_proxy_caps(void *conf)
 {
+    if (((sg_proxy_conf_t *) conf)->spool) {
+        return SG_SMTP_CAP_CHUNKING;      /* the spool takes BDAT itself */
+    }
     return ((sg_proxy_conf_t *) conf)->seen_caps;
 }
 
@@ -215,7 +218,7 @@ sg_proxy_has_prefix(const sg_str_t *v, const char *p)
 {
     size_t  n = strlen(p);
 
-    return v->len > n && memcmp(v->data, p, n) == 0;
+    return v->len >= n && memcmp(v->data, p, n) == 0;
 }
 
 static char *

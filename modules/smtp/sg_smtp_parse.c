@@ -218,6 +218,252 @@ sg_smtp_verb_name(sg_smtp_verb_e verb)
     return sg_smtp_verbs[verb].name;
 }
 
+/* Paths and parameters (RFC 5321 4.1.2, with RFC 6531's 8-bit bytes). */
+
+static bool
+sg_smtp_atext(u_char c)
+{
+    static const char  specials[] = "!#$%&'*+-/=?^_`{|}~";
+
+    return sg_smtp_is_alnum(c) || c >= 0x80
+           || (c != '\0' && strchr(specials, c) != NULL);
+}
+
+/*
+ * A dot-string local part.  Dots are allowed anywhere in it: addresses
+ * such as "first..last@" are still in use, and refusing them would only
+ * lose mail; the domain is held to the grammar.
+ */
+static const u_char *
+sg_smtp_dot_string(const u_char *p, const u_char *end)
+{
+    const u_char  *start = p;
+
+    while (p < end && (*p == '.' || sg_smtp_atext(*p))) {
+        p++;
+    }
+    return p > start ? p : NULL;
+}
+
+/* A quoted-string local part; p is at its opening quote. */
+static const u_char *
+sg_smtp_quoted_string(const u_char *p, const u_char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '"') {
+            return p + 1;
+        }
+        if (*p == '\\') {
+            if (end - p < 2 || p[1] < 0x20 || p[1] > 0x7e) {
+                return NULL;
+            }
+            p++;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* A domain name (dot-separated labels) or an address literal. */
+static const u_char *
+sg_smtp_domain(const u_char *p, const u_char *end)
+{
+    const u_char  *start;
+
+    if (p < end && *p == '[') {
+        for (start = ++p; p < end && *p != ']'; p++) {
+            if (*p < 0x21 || *p > 0x7e || *p == '[' || *p == '\\') {
+                return NULL;
+            }
+        }
+        return (p > start && p < end) ? p + 1 : NULL;
+    }
+    for ( ;; ) {
+        for (start = p;
+             p < end && (sg_smtp_is_alnum(*p) || *p == '-' || *p >= 0x80);
+             p++)
+        {
+            /* a label */
+        }
+        if (p == start) {
+            return NULL;
+        }
+        if (p == end || *p != '.') {
+            return p;
+        }
+        p++;
+    }
+}
+
+/* The '>' that closes the path opened before p: one inside a quoted
+ * local part does not count. */
+static const u_char *
+sg_smtp_path_end(const u_char *p, const u_char *end)
+{
+    bool  quoted = false;
+
+    for ( ; p < end; p++) {
+        if (quoted) {
+            if (*p == '\\' && end - p > 1) {
+                p++;
+            } else if (*p == '"') {
+                quoted = false;
+            }
+        } else if (*p == '"') {
+            quoted = true;
+        } else if (*p == '>') {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* The mailbox in [p, end), after an optional source route; the start of
+ * the mailbox, or NULL. */
+static const u_char *
+sg_smtp_mailbox(const u_char *p, const u_char *end)
+{
+    const u_char  *q, *mbox;
+
+    if (p < end && *p == '@') {                   /* "@a,@b:" */
+        for ( ;; ) {
+            if (p == end || *p != '@') {
+                return NULL;
+            }
+            p = sg_smtp_domain(p + 1, end);
+            if (p == NULL || p == end || (*p != ',' && *p != ':')) {
+                return NULL;
+            }
+            if (*p++ == ':') {
+                break;
+            }
+        }
+    }
+    mbox = p;
+    if (p < end && *p == '"') {
+        q = sg_smtp_quoted_string(p, end);
+    } else {
+        q = sg_smtp_dot_string(p, end);
+    }
+    if (q == NULL) {
+        return NULL;
+    }
+    if (q == end) {
+        return (end - mbox == 10
+                && sg_strncasecmp(mbox, (const u_char *) "postmaster", 10)
+                   == 0) ? mbox : NULL;
+    }
+    if (*q != '@' || sg_smtp_domain(q + 1, end) != end) {
+        return NULL;
+    }
+    return mbox;
+}
+
+int
+sg_smtp_parse_path(const sg_str_t *args, const char *prefix,
+    bool allow_null, sg_smtp_path_t *out)
+{
+    const u_char  *p = args->data, *end = args->data + args->len;
+    const u_char  *lt, *gt, *mbox;
+    size_t         n = strlen(prefix), i;
+
+    out->addr.data = (u_char *) end;
+    out->addr.len = 0;
+    out->params = out->addr;
+    out->utf8 = false;
+    if (args->len < n || sg_strncasecmp(p, (const u_char *) prefix, n)) {
+        return SG_ERROR;
+    }
+    /* "MAIL FROM: <a@b>" is not in the grammar, but common. */
+    for (p += n; p < end && (*p == ' ' || *p == '\t'); p++) {
+        /* skip */
+    }
+    if (p == end || *p != '<') {
+        return SG_ERROR;
+    }
+    lt = p + 1;
+    gt = sg_smtp_path_end(lt, end);
+    if (gt == NULL || (gt + 1 < end && gt[1] != ' ')) {
+        return SG_ERROR;
+    }
+    for (p = gt + 1; p < end && *p == ' '; p++) {
+        /* skip */
+    }
+    out->params.data = (u_char *) p;
+    out->params.len = (size_t) (end - p);
+
+    if (gt == lt) {
+        out->addr.data = (u_char *) lt;
+        return allow_null ? SG_OK : SG_DECLINED;
+    }
+    if (gt - lt > SG_SMTP_PATH_MAX) {
+        return SG_DECLINED;
+    }
+    mbox = sg_smtp_mailbox(lt, gt);
+    if (mbox == NULL) {
+        return SG_DECLINED;
+    }
+    out->addr.data = (u_char *) mbox;
+    out->addr.len = (size_t) (gt - mbox);
+    for (i = 0; i < out->addr.len; i++) {
+        if (mbox[i] >= 0x80) {
+            out->utf8 = true;
+            break;
+        }
+    }
+    return SG_OK;
+}
+
+int
+sg_smtp_next_param(sg_str_t *rest, sg_str_t *key, sg_str_t *value)
+{
+    u_char  *p = rest->data, *end = rest->data + rest->len, *w, *eq, *q;
+
+    while (p < end && *p == ' ') {
+        p++;
+    }
+    if (p == end) {
+        rest->data = p;
+        rest->len = 0;
+        return SG_DONE;
+    }
+    for (w = p; p < end && *p != ' '; p++) {
+        /* the word */
+    }
+    eq = memchr(w, '=', (size_t) (p - w));
+    key->data = w;
+    key->len = (size_t) ((eq ? eq : p) - w);
+    value->data = eq ? eq + 1 : NULL;
+    value->len = eq ? (size_t) (p - eq - 1) : 0;
+    while (p < end && *p == ' ') {
+        p++;
+    }
+    rest->data = p;
+    rest->len = (size_t) (end - p);
+
+    if (key->len == 0 || !sg_smtp_is_alnum(key->data[0])) {
+        return SG_ERROR;
+    }
+    for (q = key->data; q < key->data + key->len; q++) {
+        if (!sg_smtp_is_alnum(*q) && *q != '-') {
+            return SG_ERROR;
+        }
+    }
+    if (eq == NULL) {
+        return SG_OK;
+    }
+    if (value->len == 0) {
+        return SG_ERROR;
+    }
+    for (q = value->data; q < value->data + value->len; q++) {
+        if (*q < 0x21 || *q == '=' || *q == 0x7f) {
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
 /*
  * The text of one reply line of len bytes (with its ending, if any):
  * what follows the code and its '-' or ' ', without the CRLF or LF.

@@ -2,9 +2,10 @@
  * sg_smtp_parse.h: the pure SMTP wire parsers.
  *
  * Everything here is a function of bytes only: no I/O, no allocation, no
- * global state.  Client command lines, backend replies (multi-line, as
- * the proxy and health checks read them), EHLO capability lists, SASL
- * PLAIN payloads and xtext encoding.  Each parser is unit-tested
+ * global state.  Client command lines, MAIL/RCPT paths and their ESMTP
+ * parameters, backend replies (multi-line, as the proxy and health
+ * checks read them), EHLO capability lists, SASL PLAIN payloads and
+ * xtext encoding.  Each parser is unit-tested
  * (t/unit/test_smtp_parse.c) and fuzzed (fuzz/).
  */
 #ifndef SG_SMTP_PARSE_H
@@ -145,6 +146,46 @@ bool sg_smtp_reply_next_line(const sg_smtp_reply_t *r, size_t *cursor,
  */
 bool sg_smtp_ehlo_has(const sg_smtp_reply_t *r, const char *keyword,
     sg_str_t *params);
+
+/* RFC 5321 4.5.3.1.3: a path is at most 256 octets with its brackets. */
+#define SG_SMTP_PATH_MAX         254
+
+typedef struct {
+    sg_str_t  addr;       /* the mailbox, without brackets and source
+                             route; empty for the null path "<>" */
+    sg_str_t  params;     /* ESMTP parameters after the path, may be
+                             empty */
+    bool      utf8;       /* addr holds bytes 0x80-0xff */
+} sg_smtp_path_t;
+
+/*
+ * The argument of MAIL or RCPT: prefix ("FROM:" or "TO:", any case),
+ * optional blanks, "<" path ">", then nothing or SP and the ESMTP
+ * parameters.  The path is empty (only when allow_null), or an optional
+ * source route ("@a,@b:", dropped as RFC 5321 4.1.1.3 asks) and a
+ * mailbox: a dot-string or quoted-string local part, "@", and a domain
+ * name or address literal.  A local part alone is accepted only as
+ * "postmaster" (any case).  Bytes 0x80-0xff may appear in the local part
+ * and the domain and are reported in out->utf8 (whether they are allowed
+ * depends on SMTPUTF8, the caller's business); control characters never.
+ * At most SG_SMTP_PATH_MAX octets between the brackets.
+ * Returns SG_OK, SG_ERROR when the argument does not have that shape
+ * (a syntax error), or SG_DECLINED when it does but the address inside
+ * the brackets is not a valid mailbox.  The views point into args.
+ */
+int sg_smtp_parse_path(const sg_str_t *args, const char *prefix,
+    bool allow_null, sg_smtp_path_t *out);
+
+/*
+ * The next ESMTP parameter (RFC 5321 4.1.2: keyword ["=" value]) from
+ * *rest, which advances past it and the blanks after it.  *value has
+ * data == NULL when the parameter has no "=".  Returns SG_OK, SG_DONE
+ * when *rest is empty, or SG_ERROR for a malformed parameter (keyword
+ * not letters, digits and "-" starting with a letter or digit; an empty
+ * value; a value with "=", a space or a control character).  Bytes
+ * 0x80-0xff are allowed in values, as RFC 6531 extends them.
+ */
+int sg_smtp_next_param(sg_str_t *rest, sg_str_t *key, sg_str_t *value);
 
 /*
  * SASL PLAIN (RFC 4616): message = [authzid] NUL authcid NUL passwd.

@@ -175,7 +175,7 @@ sg_upstream_prefix(const sg_str_t *v, const char *p)
 {
     size_t  n = strlen(p);
 
-    return v->len > n && memcmp(v->data, p, n) == 0;
+    return v->len >= n && memcmp(v->data, p, n) == 0;
 }
 
 static char *

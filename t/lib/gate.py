@@ -125,13 +125,17 @@ def conf(*, backend=None, proxy_pass=None, server_name="mx.test",
          workers=1, level="info", mail="", server="",
          listen=("127.0.0.1:@PORT@",), require_tls=False,
          auth_file="users", top="", timeout="60s",
-         proxy_connect_timeout="10s", proxy_timeout=None, servers=()):
+         proxy_connect_timeout="10s", proxy_timeout=None, servers=(),
+         spool=None):
     """A complete configuration for the common case; the keyword arguments
     add or change directives.  Each text in `servers` is the body of one
     more server{} block after the first.  Placeholders (@PORT@ ...) are
     filled in by Smtpgate.  auth_file=None leaves auth_file out;
     proxy_pass=False (or no backend and no proxy_pass) leaves proxy_pass
-    out."""
+    out.  spool=DIR stores messages in a Maildir instead of relaying
+    (`proxy_pass spool:DIR;`, DIR relative to the prefix)."""
+    if spool is not None:
+        proxy_pass = f"spool:{spool}"
     if proxy_pass is None and backend is not None:
         proxy_pass = backend.address
     lines = ["daemon off;"]

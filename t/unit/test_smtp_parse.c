@@ -842,6 +842,163 @@ xtext(const char *s, size_t n, const char *want)
     CHECK_MEM(dst, len, want, strlen(want));
 }
 
+/* ---- sg_smtp_parse_path, sg_smtp_next_param ------------------------- */
+
+static int
+path(const char *s, size_t n, const char *prefix, bool null,
+    sg_smtp_path_t *out)
+{
+    sg_str_t  args;
+
+    args.data = sg_test_bytes(s, n);
+    args.len = n;
+    return sg_smtp_parse_path(&args, prefix, null, out);
+}
+
+static void
+test_path_good(void)
+{
+    sg_smtp_path_t  p;
+
+    CHECK_INT(path(LIT("FROM:<a@b.example>"), "FROM:", true, &p), SG_OK);
+    CHECK_STR(p.addr, "a@b.example");
+    CHECK_UINT(p.params.len, 0);
+    CHECK(!p.utf8);
+
+    CHECK_INT(path(LIT("from:<a@b> SIZE=10  BODY=8BITMIME"), "FROM:", true,
+                   &p), SG_OK);
+    CHECK_STR(p.addr, "a@b");
+    CHECK_STR(p.params, "SIZE=10  BODY=8BITMIME");
+
+    /* A blank after the colon is outside the grammar but common. */
+    CHECK_INT(path(LIT("FROM: <a@b>"), "FROM:", true, &p), SG_OK);
+    CHECK_STR(p.addr, "a@b");
+
+    CHECK_INT(path(LIT("FROM:<>"), "FROM:", true, &p), SG_OK);
+    CHECK_UINT(p.addr.len, 0);
+    CHECK_INT(path(LIT("FROM:<> SIZE=1"), "FROM:", true, &p), SG_OK);
+    CHECK_STR(p.params, "SIZE=1");
+
+    CHECK_INT(path(LIT("TO:<Postmaster>"), "TO:", false, &p), SG_OK);
+    CHECK_STR(p.addr, "Postmaster");
+
+    /* A source route is dropped. */
+    CHECK_INT(path(LIT("TO:<@r1.example,@r2.example:u@d.example>"), "TO:",
+                   false, &p), SG_OK);
+    CHECK_STR(p.addr, "u@d.example");
+
+    /* A '>' inside a quoted local part does not close the path. */
+    CHECK_INT(path(LIT("TO:<\"a b>\\\"c\"@d.example> NOTIFY=NEVER"), "TO:",
+                   false, &p), SG_OK);
+    CHECK_STR(p.addr, "\"a b>\\\"c\"@d.example");
+    CHECK_STR(p.params, "NOTIFY=NEVER");
+
+    CHECK_INT(path(LIT("TO:<u@[192.0.2.1]>"), "TO:", false, &p), SG_OK);
+    CHECK_STR(p.addr, "u@[192.0.2.1]");
+    CHECK_INT(path(LIT("TO:<u@[IPv6:2001:db8::1]>"), "TO:", false, &p),
+              SG_OK);
+
+    CHECK_INT(path(LIT("TO:<j\xc3\xb6rg@b\xc3\xbc" "cher.example>"), "TO:",
+                   false, &p), SG_OK);
+    CHECK(p.utf8);
+
+    CHECK_INT(path(LIT("TO:<first..last.@d-1.example>"), "TO:", false, &p),
+              SG_OK);
+    CHECK_STR(p.addr, "first..last.@d-1.example");
+}
+
+static void
+test_path_bad(void)
+{
+    sg_smtp_path_t  p;
+    u_char          buf[300];
+    sg_str_t        args;
+
+    /* Not the shape of the argument: syntax errors. */
+    CHECK_INT(path(LIT(""), "FROM:", true, &p), SG_ERROR);
+    CHECK_INT(path(LIT("FROM:"), "FROM:", true, &p), SG_ERROR);
+    CHECK_INT(path(LIT("FROM:a@b"), "FROM:", true, &p), SG_ERROR);
+    CHECK_INT(path(LIT("FROM:<a@b"), "FROM:", true, &p), SG_ERROR);
+    CHECK_INT(path(LIT("FRM:<a@b>"), "FROM:", true, &p), SG_ERROR);
+    CHECK_INT(path(LIT("TO:<a@b>x"), "TO:", false, &p), SG_ERROR);
+    CHECK_INT(path(LIT("TO:<\"a@b>"), "TO:", false, &p), SG_ERROR);
+    CHECK_INT(path(LIT("FROM:<a@b>"), "TO:", false, &p), SG_ERROR);
+
+    /* The right shape, a bad address. */
+    CHECK_INT(path(LIT("TO:<>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<bob>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<@b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@b..c>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@.b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@b.>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a b@c>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@b@c>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a\x01@b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a\t@b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<\"a\x01\"@b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a\x7f@b>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<@a,b@c>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<@a:>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@[]>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@[1.2.3.4>"), "TO:", false, &p), SG_DECLINED);
+    CHECK_INT(path(LIT("TO:<a@[1.2]x>"), "TO:", false, &p), SG_DECLINED);
+
+    /* The length limit, at the byte. */
+    memcpy(buf, "TO:<", 4);
+    memset(buf + 4, 'a', 250);
+    memcpy(buf + 254, "@b.c>", 5);
+    args.data = sg_test_bytes(buf, 259);
+    args.len = 259;
+    CHECK_INT(sg_smtp_parse_path(&args, "TO:", false, &p), SG_OK);
+    CHECK_UINT(p.addr.len, SG_SMTP_PATH_MAX);
+    memcpy(buf + 254, "@bb.c>", 6);
+    args.data = sg_test_bytes(buf, 260);
+    args.len = 260;
+    CHECK_INT(sg_smtp_parse_path(&args, "TO:", false, &p), SG_DECLINED);
+}
+
+static void
+test_params(void)
+{
+    sg_str_t  rest, k, v;
+
+    rest.data = sg_test_bytes(LIT("SIZE=100  BODY=8BITMIME SMTPUTF8 "));
+    rest.len = sizeof("SIZE=100  BODY=8BITMIME SMTPUTF8 ") - 1;
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_OK);
+    CHECK_STR(k, "SIZE");
+    CHECK_STR(v, "100");
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_OK);
+    CHECK_STR(k, "BODY");
+    CHECK_STR(v, "8BITMIME");
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_OK);
+    CHECK_STR(k, "SMTPUTF8");
+    CHECK(v.data == NULL);
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_DONE);
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_DONE);
+
+    rest.data = sg_test_bytes(LIT("X-A1=\xc3\xa9"));
+    rest.len = sizeof("X-A1=\xc3\xa9") - 1;
+    CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_OK);
+    CHECK_STR(v, "\xc3\xa9");
+
+#define BAD_PARAM(s)                                                         \
+    do {                                                                     \
+        rest.data = sg_test_bytes(LIT(s));                                   \
+        rest.len = sizeof(s) - 1;                                            \
+        CHECK_INT(sg_smtp_next_param(&rest, &k, &v), SG_ERROR);              \
+    } while (0)
+
+    BAD_PARAM("=x");
+    BAD_PARAM("SIZE=");
+    BAD_PARAM("A=b=c");
+    BAD_PARAM("-X");
+    BAD_PARAM("X_Y");
+    BAD_PARAM("X=a\tb");
+    BAD_PARAM("X=\x7f");
+#undef BAD_PARAM
+}
+
 static void
 test_xtext(void)
 {
@@ -997,6 +1154,10 @@ main(void)
     RUN(test_command_bad);
     RUN(test_command_unknown);
     RUN(test_command_all_verbs);
+
+    RUN(test_path_good);
+    RUN(test_path_bad);
+    RUN(test_params);
 
     RUN(test_reply_simple);
     RUN(test_reply_multiline);
