@@ -7,6 +7,10 @@
     backend                   aiosmtpd on 127.0.0.1 recording envelopes
     sink                      Postfix smtp-sink recording messages to files
     scripted(behaviour)       a misbehaving backend (see lib/backends.py)
+    make_backend(**kw)        one more AiosmtpdBackend (TLS, AUTH, PROXY,
+                              EHLO changes, refusals, delays: see there)
+    tls_backend               AiosmtpdBackend offering STARTTLS
+    make_sink(**kw)           one more SinkBackend with smtp-sink switches
     users                     hashes and the users file text
 
 Every test phase runs under an alarm (default 120 s, more with
@@ -133,6 +137,46 @@ def scripted():
         b.stop()
 
 
+def _failed(request):
+    return any(getattr(getattr(request.node, f"rep_{when}", None),
+                       "failed", False) for when in ("setup", "call"))
+
+
+@pytest.fixture
+def make_backend():
+    """Factory: make_backend(**kw) -> a started AiosmtpdBackend."""
+    started = []
+
+    def make(**kw):
+        b = backends.AiosmtpdBackend(**kw).start()
+        started.append(b)
+        return b
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def tls_backend(make_backend):
+    """AiosmtpdBackend offering STARTTLS with the backend.test
+    certificate of the shared test PKI."""
+    return make_backend(tls="starttls")
+
+
+@pytest.fixture
+def make_sink():
+    """Factory: make_sink(**kw) -> a started SinkBackend."""
+    started = []
+
+    def make(**kw):
+        b = backends.SinkBackend(**kw).start()
+        started.append(b)
+        return b
+    yield make
+    for b in started:
+        b.stop()
+
+
 # --------------------------------------------------------------------------
 # the binary
 
@@ -166,9 +210,7 @@ def smtpgate(request, users):
     for g in started:
         for issue in g.shutdown():
             issues.append(f"[{g.root}] {issue}")
-    failed = any(getattr(getattr(request.node, f"rep_{when}", None),
-                         "failed", False) for when in ("setup", "call"))
-    if not issues and not failed:
+    if not issues and not _failed(request):
         shutil.rmtree(base, ignore_errors=True)
     if issues:
         pytest.fail("smtpgate teardown found problems:\n" + "\n".join(issues),
