@@ -1,5 +1,5 @@
 """The backend servers of the harness checked on their own, without the
-binary: the aiosmtpd backend's TLS, AUTH, PROXY protocol,
+binary: a real Postfix, the aiosmtpd backend's TLS, AUTH, PROXY protocol,
 EHLO changes, refusals, delays, counting and restart, and smtp-sink's
 switches.  Every check talks to the backend directly with smtplib or a
 raw client; when these fail, the tests that put smtpgate in front of the
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from lib import net, pki as pkilib, smtp
+from lib import net, pki as pkilib, postfix as postfixlib, smtp
 from lib.pki import TlsSmtp
 
 MSG = b"Subject: backend check\r\nFrom: a@example.org\r\n\r\nhello\r\n"
@@ -43,6 +43,100 @@ def ehlo_keywords(c, name="direct.test"):
     assert code == 250, text
     return [l.split()[0].upper() for l in
             text.decode().split("\n")[1:] if l.strip()]
+
+
+# --------------------------------------------------------------------------
+# Postfix
+
+
+def test_postfix_delivers_with_received(postfix):
+    with smtplib.SMTP(postfix.host, postfix.port, timeout=30) as c:
+        assert "XCLIENT" in ehlo_keywords(c)
+        c.sendmail("a@example.org", ["b@example.org"], MSG)
+        # Nothing leaves: only example.org is accepted.
+        c.mail("a@example.org")
+        code, text = c.rcpt("x@elsewhere.test")
+        assert code == 554, text
+    (raw,) = postfix.wait_messages(1)
+    (received,) = postfixlib.headers(raw, "Received")
+    assert received.startswith("from direct.test (unknown [127.0.0.1]) "
+                               "by postfix.test (Postfix) with ESMTP id ")
+    assert postfixlib.headers(raw, "Return-Path") == ["<a@example.org>"]
+    assert postfixlib.headers(raw, "Delivered-To") == ["b@example.org"]
+    assert postfixlib.body(raw) == b"hello\n"
+    postfix.wait_log(r"postfix-test/smtpd\[\d+\]: connect from "
+                     r"unknown\[127\.0\.0\.1\]")
+
+
+def test_postfix_xclient_shows_in_received_and_log(postfix):
+    with smtplib.SMTP(postfix.host, postfix.port, timeout=30) as c:
+        c.ehlo("first.test")
+        code, text = c.docmd("XCLIENT", "ADDR=203.0.113.9 NAME=[UNAVAILABLE]")
+        assert (code, text) == (220, b"postfix.test ESMTP Postfix")
+        c.ehlo("after.test")
+        c.sendmail("a@example.org", ["b@example.org"], MSG)
+    (raw,) = postfix.wait_messages(1)
+    (received,) = postfixlib.headers(raw, "Received")
+    assert received.startswith("from after.test (unknown [203.0.113.9]) ")
+    postfix.wait_log(r"smtpd\[\d+\]: \w+: client=unknown\[203\.0\.113\.9\]")
+
+
+def test_postfix_starttls(make_postfix, pki):
+    pf = make_postfix(tls="starttls")
+    with connect_as("backend.test", pf.host, pf.port) as c:
+        assert "STARTTLS" in ehlo_keywords(c)
+        c.starttls(context=pki.client_context())
+        c.ehlo("tls.test")
+        c.sendmail("a@example.org", ["b@example.org"], MSG)
+    (raw,) = pf.wait_messages(1)
+    (received,) = postfixlib.headers(raw, "Received")
+    assert "(using TLSv1.3 with cipher " in received, received
+    assert " with ESMTPS id " in received, received
+
+
+def test_postfix_implicit_tls(make_postfix, pki):
+    pf = make_postfix(tls="implicit")
+    with connect_as("backend.test", pf.host, pf.port,
+                    pki.client_context()) as c:
+        c.ehlo("tls.test")
+        c.sendmail("a@example.org", ["b@example.org"], MSG)
+    (raw,) = pf.wait_messages(1)
+    assert " with ESMTPS id " in postfixlib.headers(raw, "Received")[0]
+
+
+def test_postfix_proxy_protocol(make_postfix):
+    pf = make_postfix(proxy_protocol=True)
+    with smtp.RawSmtp(pf.host, pf.port) as c:
+        c.send(f"PROXY TCP4 198.51.100.7 127.0.0.1 40000 {pf.port}\r\n")
+        assert c.greeting().code == 220
+        c.ehlo("proxied.test")
+        assert c.mail("a@example.org", ["b@example.org"], MSG).code == 250
+    (raw,) = pf.wait_messages(1)
+    assert postfixlib.headers(raw, "Received")[0].startswith(
+        "from proxied.test (unknown [198.51.100.7]) ")
+
+
+def test_postfix_ipv6(make_postfix):
+    if not net.ipv6_available():
+        pytest.skip("no IPv6 loopback")
+    pf = make_postfix(host=net.IPV6)
+    assert pf.address == f"[::1]:{pf.port}"
+    with smtplib.SMTP(pf.host, pf.port, timeout=30) as c:
+        c.ehlo("six.test")
+        c.sendmail("a@example.org", ["b@example.org"], MSG)
+    (raw,) = pf.wait_messages(1)
+    assert postfixlib.headers(raw, "Received")[0].startswith(
+        "from six.test (unknown [IPv6:::1]) ")
+
+
+def test_postfix_stop_leaves_nothing(make_postfix):
+    pf = make_postfix()
+    pid = pf.master_pid
+    assert pf.stop() == []
+    assert postfixlib._group_members(pid) == []
+    with pytest.raises(OSError):
+        net.connect(pf.host, pf.port, 2).close()
+    assert pf.stop() == []          # a second stop does nothing
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,8 @@
 - SinkBackend: Postfix's smtp-sink writing each message to a file, with
   its switches for ESMTP features, rejections and delays.
 - ScriptedBackend: a raw socket server that misbehaves on purpose.
+
+A real Postfix is in lib/postfix.py.
 """
 
 import asyncio
