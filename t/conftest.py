@@ -7,6 +7,12 @@
     backend                   aiosmtpd on 127.0.0.1 recording envelopes
     sink                      Postfix smtp-sink recording messages to files
     scripted(behaviour)       a misbehaving backend (see lib/backends.py)
+    make_backend(**kw)        one more AiosmtpdBackend (TLS, AUTH, PROXY,
+                              EHLO changes, refusals, delays: see there)
+    tls_backend               AiosmtpdBackend offering STARTTLS
+    make_sink(**kw)           one more SinkBackend with smtp-sink switches
+    postfix, make_postfix     a real Postfix (lib/postfix.py); skipped
+                              unless root with postfix installed
     users                     hashes and the users file text
 
 Every test phase runs under an alarm (default 120 s, more with
@@ -23,7 +29,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lib import backends, gate as gatelib, users as userlib  # noqa: E402
+from lib import backends, gate as gatelib  # noqa: E402
+from lib import postfix as postfixlib, users as userlib  # noqa: E402
 
 DEFAULT_TIME_LIMIT = 120
 TEARDOWN_TIME_LIMIT = 150
@@ -133,6 +140,79 @@ def scripted():
         b.stop()
 
 
+def _failed(request):
+    return any(getattr(getattr(request.node, f"rep_{when}", None),
+                       "failed", False) for when in ("setup", "call"))
+
+
+@pytest.fixture
+def make_backend():
+    """Factory: make_backend(**kw) -> a started AiosmtpdBackend."""
+    started = []
+
+    def make(**kw):
+        b = backends.AiosmtpdBackend(**kw).start()
+        started.append(b)
+        return b
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def tls_backend(make_backend):
+    """AiosmtpdBackend offering STARTTLS with the backend.test
+    certificate of the shared test PKI."""
+    return make_backend(tls="starttls")
+
+
+@pytest.fixture
+def make_sink():
+    """Factory: make_sink(**kw) -> a started SinkBackend."""
+    started = []
+
+    def make(**kw):
+        b = backends.SinkBackend(**kw).start()
+        started.append(b)
+        return b
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def make_postfix(request):
+    """Factory: make_postfix(**kw) -> a started lib.postfix.PostfixServer.
+    Skips the test unless root with Postfix installed.  At teardown each
+    one is stopped (the test fails if it would not stop); its directory
+    is removed when the test passed and kept when not."""
+    reason = postfixlib.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    started = []
+
+    def make(**kw):
+        s = postfixlib.PostfixServer(**kw)
+        started.append(s)
+        return s.start()
+    yield make
+    issues = []
+    for s in started:
+        issues += [f"[{s.root}] {i}" for i in s.stop()]
+    if not issues and not _failed(request):
+        for s in started:
+            s.cleanup()
+    if issues:
+        pytest.fail("Postfix teardown found problems:\n" + "\n".join(issues),
+                    pytrace=False)
+
+
+@pytest.fixture
+def postfix(make_postfix):
+    """A real Postfix delivering @example.org into a Maildir."""
+    return make_postfix()
+
+
 # --------------------------------------------------------------------------
 # the binary
 
@@ -166,9 +246,7 @@ def smtpgate(request, users):
     for g in started:
         for issue in g.shutdown():
             issues.append(f"[{g.root}] {issue}")
-    failed = any(getattr(getattr(request.node, f"rep_{when}", None),
-                         "failed", False) for when in ("setup", "call"))
-    if not issues and not failed:
+    if not issues and not _failed(request):
         shutil.rmtree(base, ignore_errors=True)
     if issues:
         pytest.fail("smtpgate teardown found problems:\n" + "\n".join(issues),

@@ -20,7 +20,11 @@ Pki(directory) writes:
     dh.pem                    ffdhe2048 parameters for ssl_dhparam
 
 add_client(name, subject, san) makes one more client certificate on
-first use.  Every key file is readable by all: the gate's workers drop
+first use, add_server(name, san) one more server certificate, and
+backend_cert() the one the test backends present:
+
+    backend.test.pem/.key     SAN DNS:backend.test, IP:127.0.0.1, IP:::1
+  Every key file is readable by all: the gate's workers drop
 privileges.
 shared() makes one Pki per test run, in a directory under /tmp.
 
@@ -42,6 +46,8 @@ from .smtp import RawSmtp, ServerClosed
 OPENSSL = "openssl"
 DAYS = "3650"
 PASSPHRASE = "mx-key-passphrase"
+BACKEND_NAME = "backend.test"
+BACKEND_SAN = "DNS:backend.test, IP:127.0.0.1, IP:::1"
 
 
 def run(args, timeout=60, **kw):
@@ -195,6 +201,22 @@ class Pki:
             for path in (self.cert(name), self.key(name)):
                 os.chmod(path, 0o644)
         return self.cert(name)
+
+    def add_server(self, name, san, cn=None):
+        """One more server certificate, made on first use: `san` as for
+        openssl's subjectAltName, e.g. 'DNS:x.test, IP:127.0.0.1'.
+        Returns the certificate path."""
+        if not os.path.exists(self.cert(name)):
+            self._server(name, san, cn=cn)
+            for path in (self.cert(name), self.key(name)):
+                os.chmod(path, 0o644)
+        return self.cert(name)
+
+    def backend_cert(self):
+        """The name of the certificate the test backends present
+        (backend.test, valid for 127.0.0.1 and ::1 too)."""
+        self.add_server(BACKEND_NAME, BACKEND_SAN)
+        return BACKEND_NAME
 
     def _encrypted_key(self):
         with open(self.password_file, "w") as f:
