@@ -188,3 +188,62 @@ def test_50mb_message_relayed_byte_exact(smtpgate, backend, splice):
     how = "with splice" if splice == "on" else "through buffers"
     g.wait_log(rf"backend {backend.address} ready, relaying {how}",
                since=mark)
+
+
+def landed_on(sinks_, sender):
+    """Index of the one sink that holds mail from sender."""
+    where = set()
+    for i, s in enumerate(sinks_):
+        for f in s._files():
+            with open(f"{s.dir}/{f}", "rb") as fh:
+                if f"<{sender}>".encode() in fh.read(4096):
+                    where.add(i)
+    return where
+
+
+def send_from(port, user, sender):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo("client.test")
+        c.login(user, password(user))
+        c.sendmail(sender, ["r@example.org"], b"Subject: t\r\n\r\nx\r\n")
+
+
+def test_hash_auth_user_consistent_keeps_each_user_on_one_backend(
+        smtpgate, sinks):
+    peers = sinks(3)
+    users = ["alice", "bob", "carol", "dave"]
+    mail = upstream_conf("pool", [p.address for p in peers],
+                         body="        hash $auth_user consistent;")
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail, workers=2))
+    for round_ in range(3):
+        for u in users:
+            send_from(g.port, u, f"{u}-{round_}@example.org")
+    net.wait_until(lambda: sum(len(p._files()) for p in peers) >= 12, 30,
+                   what="12 messages at the sinks")
+    home = {}
+    for u in users:
+        where = set()
+        for round_ in range(3):
+            where |= landed_on(peers, f"{u}-{round_}@example.org")
+        assert len(where) == 1, (u, where)
+        home[u] = where.pop()
+
+    # Drop one backend: only the users it had move.
+    gone = home["alice"]
+    kept = [p for i, p in enumerate(peers) if i != gone]
+    old = g.workers()
+    g.reload(gatelib.conf(
+        proxy_pass="pool", workers=2,
+        mail=upstream_conf("pool", [p.address for p in kept],
+                           body="        hash $auth_user consistent;")))
+    g.wait_old_workers_gone(old)
+    for u in users:
+        send_from(g.port, u, f"{u}-after@example.org")
+    net.wait_until(lambda: sum(len(p._files()) for p in peers) >= 16, 30,
+                   what="16 messages at the sinks")
+    for u in users:
+        (now,) = landed_on(peers, f"{u}-after@example.org")
+        if home[u] != gone:
+            assert now == home[u], (u, home, now)
+        else:
+            assert now != gone
