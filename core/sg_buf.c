@@ -57,3 +57,27 @@ sg_buf_append(sg_buf_t *b, const void *data, size_t n)
     b->last += n;
     return SG_OK;
 }
+
+int
+sg_buf_take(sg_buf_t *b, size_t size)
+{
+    u_char  *p;
+
+    if (b->start) {
+        return SG_OK;
+    }
+    p = malloc(size);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    b->start = b->pos = b->last = p;
+    b->end = p + size;
+    return SG_OK;
+}
+
+void
+sg_buf_give(sg_buf_t *b)
+{
+    free(b->start);
+    b->start = b->pos = b->last = b->end = NULL;
+}

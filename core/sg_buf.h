@@ -29,4 +29,10 @@ void sg_buf_compact(sg_buf_t *b);
 /* Append n bytes; SG_ERROR (nothing written) when they do not fit. */
 int sg_buf_append(sg_buf_t *b, const void *data, size_t n);
 
+/* Buffers held only while they hold something: sg_buf_take() mallocs
+ * size bytes unless b already has memory; sg_buf_give() frees it and
+ * leaves b empty (start == NULL).  The owner gives back at the end. */
+int sg_buf_take(sg_buf_t *b, size_t size);
+void sg_buf_give(sg_buf_t *b);
+
 #endif /* SG_BUF_H */

@@ -71,27 +71,37 @@ sg_pool_new_chunk(sg_pool_t *pool)
     return c;
 }
 
+/* The pool's own header lives at the start of its first chunk, so a
+ * pool that never grows costs one malloc. */
 sg_pool_t *
 sg_pool_create(size_t chunk_size, sg_log_t *log)
 {
-    sg_pool_t  *pool;
+    sg_pool_t        *pool;
+    sg_pool_chunk_t  *c;
+    u_char           *m;
+    size_t            head;
 
-    if (chunk_size < 256) {
-        chunk_size = 256;
+    head = (sizeof(sg_pool_t) + SG_POOL_ALIGN - 1)
+           & ~(size_t) (SG_POOL_ALIGN - 1);
+    if (chunk_size < head + 256) {
+        chunk_size = head + 256;
     }
-    pool = sg_calloc(sizeof(sg_pool_t), log);
-    if (pool == NULL) {
+    m = sg_alloc(chunk_size, log);
+    if (m == NULL) {
         return NULL;
     }
+    pool = (sg_pool_t *) m;
+    memset(pool, 0, sizeof(sg_pool_t));
     pool->chunk_size = chunk_size;
     pool->max_small = chunk_size - sizeof(sg_pool_chunk_t) - SG_POOL_ALIGN;
     pool->log = log;
-    pool->chunks = sg_pool_new_chunk(pool);
-    if (pool->chunks == NULL) {
-        free(pool);
-        return NULL;
-    }
-    pool->current = pool->chunks;
+    pool->allocated = chunk_size;
+    c = (sg_pool_chunk_t *) (m + head);
+    c->next = NULL;
+    c->last = (u_char *) c + sizeof(sg_pool_chunk_t);
+    c->end = m + chunk_size;
+    pool->chunks = c;
+    pool->current = c;
     return pool;
 }
 
@@ -111,7 +121,7 @@ sg_pool_destroy(sg_pool_t *pool)
     for (l = pool->large; l; l = l->next) {
         free(l->alloc);
     }
-    for (c = pool->chunks; c; c = n) {
+    for (c = pool->chunks->next; c; c = n) {   /* the first holds the pool */
         n = c->next;
         free(c);
     }

@@ -889,6 +889,10 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     ctx->up = cl->c;
     cl->c = NULL;
     ctx->up->data = ctx;
+    if (sg_smtp_relay_ready(s) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
     if (mail->len) {
         /* The client already heard 250 for its MAIL: a refusal now is
          * its answer to RCPT, and the RCPT is not sent. */
@@ -899,7 +903,6 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
             return;
         }
     }
-    sg_smtp_relay_ready(s);
 
     /* Replies not yet written to the client, the 235 last, go first;
      * then anything the backend sent past the handshake. */

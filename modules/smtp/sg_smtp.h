@@ -460,10 +460,14 @@ int sg_smtp_complex_value(sg_smtp_session_t *s,
 /* Relay callbacks.  After relay_ready the relay owns the client
  * connection's handlers; s->in holds bytes the client already sent past
  * the AUTH exchange, s->out the replies not yet written. */
-void sg_smtp_relay_ready(sg_smtp_session_t *s);
+int sg_smtp_relay_ready(sg_smtp_session_t *s);     /* SG_ERROR: out of
+                                                     memory, close */
 void sg_smtp_relay_failed(sg_smtp_session_t *s);
 
 void sg_smtp_close_session(sg_smtp_session_t *s);
+/* Make sure s->in and s->out exist (they are given back while the
+ * session waits idle); SG_ERROR when memory ran out. */
+int sg_smtp_buffers(sg_smtp_session_t *s);
 
 /* For auth and relay modules, from their merge_srv_conf: the server's
  * SMTP conf, where they register themselves. */

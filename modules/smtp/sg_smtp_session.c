@@ -46,6 +46,43 @@ sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
     return p;
 }
 
+/* Per-session buffers come from malloc, not the pool, so that an idle
+ * session gives them back: an idle connection then costs its session
+ * struct and nothing more. */
+static void
+sg_smtp_free_buffers(void *data)
+{
+    sg_smtp_session_t  *s = data;
+
+    sg_buf_give(&s->in);
+    sg_buf_give(&s->out);
+}
+
+int
+sg_smtp_buffers(sg_smtp_session_t *s)
+{
+    if (sg_buf_take(&s->in, s->conf->client_buffer) != SG_OK
+        || sg_buf_take(&s->out, SG_SMTP_OUT_SIZE) != SG_OK)
+    {
+        sg_log_error(SG_LOG_ALERT, s->log, 0, "out of memory for the "
+                     "session's buffers");
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+/* Waiting for the client with nothing buffered either way. */
+static void
+sg_smtp_idle_buffers(sg_smtp_session_t *s)
+{
+    if (s->in.pos == s->in.last && s->out.pos == s->out.last
+        && !s->skipping)
+    {
+        sg_buf_give(&s->in);
+        sg_buf_give(&s->out);
+    }
+}
+
 void
 sg_smtp_init_session(sg_connection_t *c)
 {
@@ -64,9 +101,9 @@ sg_smtp_init_session(sg_connection_t *c)
     c->log->handler = sg_smtp_log_handler;
     c->log->data = s;
 
-    if (sg_buf_init(s->pool, &s->in, s->conf->client_buffer) != SG_OK
-        || sg_buf_init(s->pool, &s->out, SG_SMTP_OUT_SIZE) != SG_OK)
-    {
+    /* The buffers are taken when there is something to hold and given
+     * back whenever the session waits idle with both empty. */
+    if (sg_pool_cleanup_add(s->pool, sg_smtp_free_buffers, s) != SG_OK) {
         goto fail;
     }
     sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
@@ -129,6 +166,9 @@ sg_smtp_vreply(sg_smtp_session_t *s, const char *fmt, va_list args)
 {
     u_char  line[SG_SMTP_REPLY_MAX], *p, *last = line + sizeof(line) - 2;
 
+    if (sg_smtp_buffers(s) != SG_OK) {
+        return SG_ERROR;
+    }
     p = sg_vslprintf(line, last, fmt, args);
     *p++ = '\r';
     *p++ = '\n';
@@ -633,6 +673,10 @@ sg_smtp_greeting_timer(sg_event_t *ev)
     sg_smtp_session_t  *s = ev->data;
 
     s->state = SG_SMTP_ST_COMMAND;
+    if (sg_smtp_buffers(s) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
     (void) sg_buf_append(&s->out, s->conf->greeting.data,
                          s->conf->greeting.len);
     sg_smtp_run(s);
@@ -646,6 +690,10 @@ sg_smtp_greet(sg_smtp_session_t *s)
         sg_smtp_set_timer(s, sg_smtp_greeting_timer,
                           s->conf->greeting_delay);
         sg_smtp_run(s);
+        return;
+    }
+    if (sg_smtp_buffers(s) != SG_OK) {
+        sg_smtp_close_session(s);
         return;
     }
     (void) sg_buf_append(&s->out, s->conf->greeting.data,
@@ -688,6 +736,9 @@ sg_smtp_run(sg_smtp_session_t *s)
     bool              buffered;
     int               rc;
 
+    if (sg_smtp_buffers(s) != SG_OK) {
+        goto close;
+    }
     for ( ;; ) {
         /* Handle buffered lines while the replies fit; flush when the
          * output runs short of room, then go on with what is buffered
@@ -739,6 +790,7 @@ sg_smtp_run(sg_smtp_session_t *s)
             if (!sg_event_timer_set(c->read)) {
                 sg_event_add_timer(c->read, s->conf->timeout);
             }
+            sg_smtp_idle_buffers(s);
             return;
         }
         if (rc != SG_OK) {
@@ -764,6 +816,10 @@ sg_smtp_read_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out");
         s->quit = 1;
+        if (sg_smtp_buffers(s) != SG_OK) {
+            sg_smtp_close_session(s);
+            return;
+        }
         sg_buf_compact(&s->out);
         (void) sg_smtp_reply(s, "421 4.4.2 %.*s Error: timeout exceeded",
                              SG_STR_ARG(&s->conf->server_name));
@@ -804,6 +860,7 @@ sg_smtp_tls_start(sg_smtp_session_t *s)
     /* Drop whatever the client pipelined after STARTTLS. */
     sg_buf_reset(&s->in);
     s->skipping = 0;
+    sg_smtp_idle_buffers(s);
     if (sg_ssl_create_connection(c, s->conf) != SG_OK) {
         sg_smtp_close_session(s);
         return;
@@ -878,9 +935,12 @@ sg_smtp_tls_handler(sg_event_t *ev)
 
 #endif
 
-void
+int
 sg_smtp_relay_ready(sg_smtp_session_t *s)
 {
+    if (sg_smtp_buffers(s) != SG_OK) {
+        return SG_ERROR;
+    }
     sg_log_error(SG_LOG_INFO, s->log, 0, "relaying");
     sg_event_del_timer(s->connection->read);
     s->state = SG_SMTP_ST_RELAY;
@@ -889,6 +949,7 @@ sg_smtp_relay_ready(sg_smtp_session_t *s)
         /* anonymous (smtp_auth none): the backend answers the RCPT */
         (void) sg_smtp_reply(s, "235 2.7.0 Authentication successful");
     }
+    return SG_OK;
 }
 
 void

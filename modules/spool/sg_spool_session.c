@@ -1169,7 +1169,10 @@ sg_spool_start(sg_smtp_session_t *s, sg_spool_t *sp)
                                         : (int64_t) ctx->conf->max_message_size;
     ctx->skipping = s->skipping;
     s->relay_ctx = ctx;
-    sg_smtp_relay_ready(s);
+    if (sg_smtp_relay_ready(s) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
     sg_log_debug(s->log, "messages go to the spool \"%.*s\"",
                  SG_STR_ARG(&sp->dir));
     c->data = ctx;
