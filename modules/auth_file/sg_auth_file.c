@@ -43,6 +43,9 @@ typedef struct {
     size_t               pass_len;
     bool                 ok;
     bool                 bad_pass; /* held a NUL: cannot match */
+    bool                 inline_;  /* checked at once, answered from
+                                      a posted event */
+    sg_event_t           ev;
 } sg_auth_file_task_t;
 
 static char *sg_auth_file(sg_conf_t *cf, const sg_command_t *cmd,
@@ -432,6 +435,30 @@ sg_auth_file_destroy(sg_task_t *t)
     free(at);
 }
 
+/* Checks that cost no hashing: a {PLAIN} entry (a memcmp), CRAM-MD5
+ * (one HMAC), EXTERNAL and smtp_auth none.  Unknown users always go
+ * through crypt(3) with the dummy hash, on the pool. */
+static bool
+sg_auth_file_cheap(const sg_auth_file_task_t *at)
+{
+    if (at->mech == SG_SMTP_AUTH_NONE || at->mech == SG_SMTP_AUTH_EXTERNAL
+        || at->mech == SG_SMTP_AUTH_CRAM_MD5)
+    {
+        return true;
+    }
+    return at->entry && at->entry->hash.len > 7
+           && memcmp(at->entry->hash.data, "{PLAIN}", 7) == 0;
+}
+
+static void
+sg_auth_file_inline_done(sg_event_t *ev)
+{
+    sg_auth_file_task_t  *at = ev->data;
+
+    sg_auth_file_done(&at->task);
+    sg_auth_file_destroy(&at->task);
+}
+
 static int
 sg_auth_file_start(sg_auth_request_t *r, void *conf)
 {
@@ -471,6 +498,18 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
     at->task.done = sg_auth_file_done;
     at->task.destroy = sg_auth_file_destroy;
     at->task.data = at;
+    if (sg_auth_file_cheap(at)) {
+        /* Nothing to hash: no trip through the thread pool, but the
+         * answer still comes from the event loop, after start(). */
+        sg_auth_file_work(&at->task);
+        at->inline_ = true;
+        at->ev.handler = sg_auth_file_inline_done;
+        at->ev.data = at;
+        at->ev.log = r->log;
+        sg_event_post(&at->ev);
+        r->backend_data = at;
+        return SG_OK;
+    }
     if (sg_task_post(&at->task, r->log) != SG_OK) {
         sg_auth_file_destroy(&at->task);
         return SG_ERROR;
@@ -485,7 +524,11 @@ sg_auth_file_cancel(sg_auth_request_t *r, void *conf)
     sg_auth_file_task_t  *at = r->backend_data;
 
     (void) conf;
-    if (at) {
+    if (at && at->inline_) {
+        sg_event_unpost(&at->ev);
+        sg_auth_file_destroy(&at->task);
+        r->backend_data = NULL;
+    } else if (at) {
         sg_task_cancel(&at->task);
         r->backend_data = NULL;
     }
