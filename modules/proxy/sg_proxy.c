@@ -829,6 +829,25 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
         sg_smtp_relay_failed(s);
         return;
     }
+    /* Without credentials no backend can take the session; trying each
+     * would only mark healthy peers failed for every other session. */
+    if (pcf->smtp_auth == 1
+        && (s->auth == NULL || s->auth->backend_user.len == 0
+            || s->auth->backend_pass.len == 0))
+    {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "proxy_smtp_auth is on, but %s%s"
+                     "%s, and the authentication backend gave no credentials "
+                     "for the backend (Auth-User, Auth-Pass), answering 451",
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "the session is anonymous (smtp_auth none)"
+                     : "the client logged in with ",
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "" : sg_smtp_mech_name(s->auth_mech),
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "" : ", which does not reveal its password");
+        sg_smtp_relay_failed(s);
+        return;
+    }
     if (sg_buf_init(s->pool, &ctx->ubuf, pcf->buffer_size) != SG_OK) {
         sg_smtp_relay_failed(s);
         return;
