@@ -126,6 +126,34 @@ def test_postfix_reads_the_header(smtpgate, make_postfix):
     assert postfixlib.body(raw) == b"hello\n"
 
 
+def test_header_comes_before_starttls(smtpgate, make_backend):
+    b = make_backend(proxy_protocol=True, tls="starttls")
+    g = smtpgate(gatelib.conf(proxy_pass=b.address, mail="\n".join([
+        "    proxy_protocol v2;", "    proxy_ssl starttls;"])))
+    caddr, cport = relay("127.0.0.1", g.port)
+    (m,) = b.wait_messages(1)
+    assert m.conn.tls_mode == "starttls"
+    assert (str(m.proxy.src_addr), m.proxy.src_port) == (caddr, cport)
+
+
+def test_header_comes_before_implicit_tls_to_postfix(smtpgate, make_postfix):
+    """With proxy_ssl on the header goes first, in plaintext, then the
+    TLS handshake: what Postfix in wrapper mode with haproxy expects."""
+    pf = make_postfix(tls="implicit", proxy_protocol=True)
+    g = smtpgate(gatelib.conf(
+        proxy_pass=pf.address, listen=("127.0.0.1:@PORT@ proxy_protocol",),
+        mail="\n".join(["    set_real_ip_from 127.0.0.1;",
+                        "    proxy_protocol on;", "    proxy_ssl on;"])))
+    mark = g.log_mark()
+    relay("127.0.0.1", g.port,
+          b"PROXY TCP4 203.0.113.51 192.0.2.25 4242 465\r\n")
+    (raw,) = pf.wait_messages(1)
+    (received,) = postfixlib.headers(raw, "Received")
+    assert "(unknown [203.0.113.51])" in received, received
+    assert "(using TLSv1." in received, received
+    g.wait_log(rf"backend {pf.address} ready over TLS", since=mark)
+
+
 def upstream(name, peer, check):
     return (f"    upstream {name} {{\n        server {peer};\n"
             f"        health_check {check};\n    }}")
