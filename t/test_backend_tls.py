@@ -17,6 +17,7 @@ import smtplib
 import pytest
 
 from lib import gate as gatelib
+from lib import net
 from lib import pki as pkilib
 from lib import postfix as postfixlib
 from lib.authsvc import AuthService, ok_to
@@ -335,3 +336,39 @@ def test_starttls_both_sides_5mb_byte_exact(smtpgate, make_backend, pki):
     assert_same_bytes(m.content, backend_view(b, msg))
     g.wait_log(rf"backend {b.address} ready over TLS, relaying through "
                r"buffers", since=mark)
+
+
+# --------------------------------------------------------------------------
+# health checks of TLS backends
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+def test_health_check_probes_over_tls(smtpgate, make_backend, mode):
+    """health_check ssl probes implicit-TLS backends (proxy_ssl on) and
+    health_check starttls STARTTLS ones: the probes run TLS, the peer
+    stays up and sessions reach it."""
+    b = make_backend(tls="implicit" if mode == "ssl" else "starttls",
+                     require_starttls=mode == "starttls")
+    proxy_ssl = "on" if mode == "ssl" else "starttls"
+    g = smtpgate(tls_gate_conf(
+        "pool", f"proxy_ssl {proxy_ssl};",
+        f"upstream pool {{ server {b.address}; "
+        f"health_check interval=200ms timeout=2s {mode}; }}"))
+    net.wait_until(lambda: sum(1 for c in b.sessions
+                               if c.tls and c.messages == 0) >= 3, 10,
+                   what="three probes over TLS")
+    send(g.port)
+    (m,) = b.wait_messages(1)
+    assert m.conn.tls_mode == ("implicit" if mode == "ssl" else "starttls")
+    assert "health check" not in g.error_log()
+
+
+def test_health_check_without_ssl_marks_a_tls_backend_down(smtpgate,
+                                                           make_backend):
+    b = make_backend(tls="implicit")
+    g = smtpgate(tls_gate_conf(
+        "pool", "proxy_ssl on;",
+        f"upstream pool {{ server {b.address}; "
+        f"health_check interval=200ms timeout=300ms; }}"))
+    g.wait_log(rf"upstream pool: server {b.address} is down: health check "
+               r"failed: timed out during greeting")

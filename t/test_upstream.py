@@ -694,7 +694,10 @@ UPSTREAM_ERRORS = [
     ("upstream pool {\n        server 127.0.0.1:25;\n"
      "        health_check uri=/;\n    }", 3,
      'invalid parameter "uri=/" of "health_check" (expected interval=, '
-     'fails=, passes=, timeout=, starttls or proxy_protocol)'),
+     'fails=, passes=, timeout=, starttls, ssl or proxy_protocol)'),
+    ("upstream pool {\n        server 127.0.0.1:25;\n"
+     "        health_check starttls ssl;\n    }", 3,
+     '"health_check" takes "starttls" or "ssl", not both'),
     ("upstream pool {\n        server 127.0.0.1:25;\n"
      "        health_check interval=10ms;\n    }", 3,
      'the interval is a time from 100ms to 1d'),
