@@ -157,17 +157,36 @@ def test_verify_with_proxy_ssl_name(smtpgate, make_backend, pki, mode):
     g.wait_log(rf"backend {b.address} ready over TLS", since=mark)
 
 
+@pytest.mark.parametrize("host", [
+    net.IPV4, pytest.param(net.IPV6, marks=pytest.mark.skipif(
+        not net.ipv6_available(), reason="no IPv6 loopback"))])
 def test_verify_against_the_ip_address_by_default(smtpgate, make_backend,
-                                                  pki):
+                                                  pki, host):
     """Without proxy_ssl_name the name checked is the host of proxy_pass,
-    here 127.0.0.1, which the certificate lists as an IP address."""
-    b = make_backend(tls="starttls")
+    here 127.0.0.1 or ::1, which the certificate lists as IP
+    addresses."""
+    b = make_backend(tls="starttls", host=host)
     g = smtpgate(tls_gate_conf(
         b.address, "proxy_ssl starttls;", "proxy_ssl_verify on;",
         f"proxy_ssl_trusted_certificate {pki.ca};"))
     send(g.port)
     (m,) = b.wait_messages(1)
     assert m.tls and m.sni is None
+
+
+def test_verify_the_host_name_of_the_server_line(smtpgate, make_backend,
+                                                pki):
+    """"server localhost:PORT": the name sent as SNI and checked is
+    "localhost", as written, for each address it resolves to."""
+    pki.add_server("localhost", "DNS:localhost")
+    b = make_backend(tls="starttls", cert="localhost")
+    g = smtpgate(tls_gate_conf(
+        "pool", "proxy_ssl starttls;", "proxy_ssl_verify on;",
+        f"proxy_ssl_trusted_certificate {pki.ca};",
+        f"upstream pool {{ server localhost:{b.port}; }}"))
+    send(g.port)
+    (m,) = b.wait_messages(1)
+    assert m.sni == "localhost"
 
 
 @pytest.mark.parametrize("case", ["wrong CA", "wrong name", "wrong cert"])
