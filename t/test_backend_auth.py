@@ -134,6 +134,25 @@ def test_backend_without_auth(smtpgate, backend):
     assert backend.seen("AUTH") == []
 
 
+def test_auth_after_starttls_and_xclient(smtpgate, make_backend):
+    """A backend that offers AUTH only over TLS and takes XCLIENT: the
+    handshake runs EHLO, STARTTLS, EHLO, XCLIENT, EHLO, AUTH, in that
+    order, and the session logs in as the client."""
+    b = make_backend(tls="starttls", auth=ALICE, auth_require_tls=True,
+                     xclient=True)
+    g = smtpgate(auth_conf(b.address, mail="    proxy_ssl starttls;"))
+    mark = g.log_mark()
+    send(g)
+    (m,) = b.wait_messages(1)
+    assert m.login == "alice" and m.conn.tls_mode == "starttls"
+    verbs = [v for v, _ in m.conn.commands]
+    assert verbs[:6] == ["EHLO", "STARTTLS", "EHLO", "XCLIENT", "EHLO",
+                         "AUTH"], verbs
+    assert "LOGIN=alice" in m.xclient
+    g.wait_log(rf"backend {b.address} ready over TLS, logged in, relaying",
+               since=mark)
+
+
 @pytest.fixture
 def svc():
     s = AuthService().start()

@@ -189,21 +189,28 @@ def test_verify_the_host_name_of_the_server_line(smtpgate, make_backend,
     assert m.sni == "localhost"
 
 
-@pytest.mark.parametrize("case", ["wrong CA", "wrong name", "wrong cert"])
+@pytest.mark.parametrize("case", ["wrong CA", "system CAs", "wrong name",
+                                  "wrong cert"])
 def test_verify_failure_is_451(smtpgate, make_backend, pki, wrong_name,
                                case):
     cert = wrong_name if case == "wrong cert" else None
     b = make_backend(tls="starttls", cert=cert)
-    ca = pki.path("other-ca.pem") if case == "wrong CA" else pki.ca
-    extra = ["proxy_ssl_name other.test;"] if case == "wrong name" else []
+    extra = {"wrong CA": [f"proxy_ssl_trusted_certificate "
+                          f"{pki.path('other-ca.pem')};"],
+             "system CAs": [],
+             "wrong name": [f"proxy_ssl_trusted_certificate {pki.ca};",
+                            "proxy_ssl_name other.test;"],
+             "wrong cert": [f"proxy_ssl_trusted_certificate {pki.ca};"],
+             }[case]
     g = smtpgate(tls_gate_conf(
-        b.address, "proxy_ssl starttls;", "proxy_ssl_verify on;",
-        f"proxy_ssl_trusted_certificate {ca};", *extra))
+        b.address, "proxy_ssl starttls;", "proxy_ssl_verify on;", *extra))
     mark = g.log_mark()
     r = auth_reply(g)
     assert (r.code, r.last) == NO_BACKEND
     why, name = {
         "wrong CA": ("unable to get local issuer certificate", "127.0.0.1"),
+        "system CAs": ("unable to get local issuer certificate",
+                       "127.0.0.1"),
         "wrong name": ("hostname mismatch", "other.test"),
         "wrong cert": ("IP address mismatch", "127.0.0.1"),
     }[case]

@@ -798,3 +798,44 @@ def test_auth_upstream_header_routes_to_a_group(smtpgate, make_backend):
     assert [len(p.wait_messages(1)) for p in premium] == [1, 1]
     assert [m.mail_from for m in default.wait_messages(1)] == \
         ["bob@example.org"]
+
+
+def test_reload_keeps_the_health_of_an_unchanged_group(smtpgate,
+                                                       make_backend):
+    """A peer marked down stays down across a reload that keeps the
+    group's servers (no new "is down", no session tries it); a reload
+    that changes the list starts afresh, and the peer is found down
+    again.  With fails=2 the first failed probe is only an info line."""
+    good, gone = make_backend(), make_backend()
+    gone.stop()
+
+    def conf(peers):
+        return gatelib.conf(proxy_pass="pool", workers=2, mail=upstream_conf(
+            "pool", [p.address for p in peers],
+            body="        health_check interval=200ms timeout=1s fails=2;"))
+
+    g = smtpgate(conf([gone, good]))
+    g.wait_log(rf"upstream pool: server {gone.address} is down: health "
+               r"check failed: connect\(\) failed")
+    log = g.error_log()
+    first = log.index(f"server {gone.address} is down")
+    assert re.search(rf"\[info\] .*upstream pool: health check of server "
+                     rf"{gone.address} failed: connect\(\) failed",
+                     log[:first]), log[:first]
+
+    old = g.workers()
+    g.reload(conf([gone, good]))
+    g.wait_old_workers_gone(old)
+    mark = g.log_mark()
+    for _ in range(4):
+        send_one(g.port)
+    good.wait_messages(4)
+    time.sleep(1)                       # several probe intervals
+    since = g.log_since(mark)
+    assert "is down" not in since and f"backend {gone.address}" not in since
+
+    third = make_backend()
+    old = g.workers()
+    g.reload(conf([gone, good, third]))
+    g.wait_old_workers_gone(old)
+    g.wait_log(rf"upstream pool: server {gone.address} is down", since=mark)
