@@ -368,11 +368,10 @@ sg_proxy_resolve_pass(sg_conf_t *cf, sg_proxy_conf_t *pcf)
 static char *
 sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
 {
-    SSL_CTX  *ctx;
-    char      err[512];
-
+    SSL_CTX          *ctx;
     sg_proxy_file_t  *cert = &pcf->ssl_certificate;
     sg_proxy_file_t  *key = &pcf->ssl_certificate_key;
+    char              err[512];
 
     ctx = sg_ssl_client_ctx(cf->pool, pcf->ssl_verify,
                             pcf->ssl_trusted.path.data

@@ -3,10 +3,10 @@
  *
  * A probe is the proxy's own handshake (sg_smtp_client): connect,
  * [PROXY header], [TLS], read the greeting (a 421 or any non-220
- * fails), EHLO, [STARTTLS and EHLO again], then QUIT.  Every worker runs a
- * timer per group, but a peer is probed by one worker at a time: the
- * worker claims it in shared memory (probe_pid, probe_at) before
- * connecting.  `fails` failed probes in a row mark the peer down,
+ * fails), EHLO, [STARTTLS and EHLO again], then QUIT.  Every worker
+ * runs a timer per group, but a peer is probed by one worker at a
+ * time: the worker claims it in shared memory (probe_pid, probe_at)
+ * before connecting.  `fails` failed probes in a row mark the peer down,
  * `passes` good ones mark it up again; the EHLO of each good probe is
  * what smtp_capabilities auto advertises.
  */
@@ -53,7 +53,7 @@ sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u)
                                  "needs the ssl module",
                                  SG_STR_ARG(&value[i]));
 #endif
-            if (value[i].len == 3) {
+            if (sg_str_eq(&value[i], "ssl")) {
                 hc->ssl = 1;
             } else {
                 hc->starttls = 1;
