@@ -31,6 +31,13 @@
 #define SG_PROXY_SSL_ON        1
 #define SG_PROXY_SSL_STARTTLS  2
 
+/* A file named by a directive, with where, for errors found later. */
+typedef struct {
+    sg_str_t      path;           /* first: sg_conf_set_path_slot's */
+    sg_str_t      file;
+    size_t        line;
+} sg_proxy_file_t;
+
 typedef struct {
     sg_str_t      pass_name;      /* proxy_pass as written */
     sg_str_t      pass_file;
@@ -51,10 +58,10 @@ typedef struct {
     int           splice;
     unsigned      ssl;
     int           ssl_verify;
-    sg_str_t      ssl_trusted;
+    sg_proxy_file_t  ssl_trusted;
     sg_str_t      ssl_name;
-    sg_str_t      ssl_certificate;
-    sg_str_t      ssl_certificate_key;
+    sg_proxy_file_t  ssl_certificate;
+    sg_proxy_file_t  ssl_certificate_key;
     void         *ssl_ctx;
     int           smtp_auth;
     unsigned      proxy_protocol;
@@ -97,6 +104,8 @@ static char *sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_proxy_protocol_directive(sg_conf_t *cf,
     const sg_command_t *cmd, void *conf);
+static char *sg_proxy_set_file(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
 static void *sg_proxy_create_conf(sg_conf_t *cf);
 static char *sg_proxy_merge_conf(sg_conf_t *cf, void *prev, void *conf);
 static void sg_proxy_start(sg_smtp_session_t *s, void *conf);
@@ -147,15 +156,15 @@ static const sg_command_t  sg_proxy_commands[] = {
     { "proxy_ssl_verify", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl_verify), NULL },
     { "proxy_ssl_trusted_certificate", SG_SRV | SG_CONF_TAKE1,
-      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      sg_proxy_set_file, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, ssl_trusted), NULL },
     { "proxy_ssl_name", SG_SRV | SG_CONF_TAKE1, sg_conf_set_str_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl_name), NULL },
     { "proxy_ssl_certificate", SG_SRV | SG_CONF_TAKE1,
-      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      sg_proxy_set_file, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, ssl_certificate), NULL },
     { "proxy_ssl_certificate_key", SG_SRV | SG_CONF_TAKE1,
-      sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
+      sg_proxy_set_file, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, ssl_certificate_key), NULL },
     { "proxy_smtp_auth", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, smtp_auth), NULL },
@@ -285,6 +294,20 @@ sg_proxy_protocol_directive(sg_conf_t *cf, const sg_command_t *cmd,
     return SG_CONF_OK;
 }
 
+static char *
+sg_proxy_set_file(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_proxy_file_t  *f = (sg_proxy_file_t *) ((char *) conf + cmd->offset);
+    char             *rv;
+
+    rv = sg_conf_set_path_slot(cf, cmd, conf);
+    if (rv == SG_CONF_OK) {
+        f->file = cf->file->name;
+        f->line = sg_conf_line(cf);
+    }
+    return rv;
+}
+
 static void *
 sg_proxy_create_conf(sg_conf_t *cf)
 {
@@ -345,39 +368,53 @@ sg_proxy_resolve_pass(sg_conf_t *cf, sg_proxy_conf_t *pcf)
 static char *
 sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
 {
-    SSL_CTX  *ctx;
-    char      err[512];
+    SSL_CTX          *ctx;
+    sg_proxy_file_t  *cert = &pcf->ssl_certificate;
+    sg_proxy_file_t  *key = &pcf->ssl_certificate_key;
+    char              err[512];
 
     ctx = sg_ssl_client_ctx(cf->pool, pcf->ssl_verify,
-                            pcf->ssl_trusted.data ? &pcf->ssl_trusted : NULL,
+                            pcf->ssl_trusted.path.data
+                            ? &pcf->ssl_trusted.path : NULL,
                             err, sizeof(err));
     if (ctx == NULL) {
+        if (pcf->ssl_trusted.path.data) {
+            return sg_conf_error_at(cf, &pcf->ssl_trusted.file,
+                                    pcf->ssl_trusted.line,
+                                    "proxy_ssl_trusted_certificate: %s", err);
+        }
         return sg_conf_error(cf, 0, "proxy_ssl: %s", err);
     }
-    if (pcf->ssl_certificate.data) {
-        if (pcf->ssl_certificate_key.data == NULL) {
-            return sg_conf_error(cf, 0, "\"proxy_ssl_certificate\" is set "
-                                 "but \"proxy_ssl_certificate_key\" is not");
+    if (cert->path.data) {
+        if (key->path.data == NULL) {
+            return sg_conf_error_at(cf, &cert->file, cert->line,
+                                    "\"proxy_ssl_certificate\" is set but "
+                                    "\"proxy_ssl_certificate_key\" is not");
         }
         if (SSL_CTX_use_certificate_chain_file(ctx,
-                (const char *) pcf->ssl_certificate.data) != 1)
+                (const char *) cert->path.data) != 1)
         {
             ERR_clear_error();
-            return sg_conf_error(cf, 0, "cannot load the client certificate "
-                                 "\"%.*s\" (proxy_ssl_certificate)",
-                                 SG_STR_ARG(&pcf->ssl_certificate));
+            return sg_conf_error_at(cf, &cert->file, cert->line, "cannot "
+                                    "load the client certificate \"%.*s\" "
+                                    "(proxy_ssl_certificate)",
+                                    SG_STR_ARG(&cert->path));
         }
-        if (SSL_CTX_use_PrivateKey_file(ctx,
-                (const char *) pcf->ssl_certificate_key.data,
-                SSL_FILETYPE_PEM) != 1
+        if (SSL_CTX_use_PrivateKey_file(ctx, (const char *) key->path.data,
+                                        SSL_FILETYPE_PEM) != 1
             || SSL_CTX_check_private_key(ctx) != 1)
         {
             ERR_clear_error();
-            return sg_conf_error(cf, 0, "cannot load the key \"%.*s\" or it "
-                                 "does not match the certificate "
-                                 "(proxy_ssl_certificate_key)",
-                                 SG_STR_ARG(&pcf->ssl_certificate_key));
+            return sg_conf_error_at(cf, &key->file, key->line, "cannot load "
+                                    "the key \"%.*s\" or it does not match "
+                                    "the certificate "
+                                    "(proxy_ssl_certificate_key)",
+                                    SG_STR_ARG(&key->path));
         }
+    } else if (key->path.data) {
+        return sg_conf_error_at(cf, &key->file, key->line,
+                                "\"proxy_ssl_certificate_key\" is set but "
+                                "\"proxy_ssl_certificate\" is not");
     }
     pcf->ssl_ctx = ctx;
     return SG_CONF_OK;
@@ -419,13 +456,15 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
                                                           : prev->ssl;
     }
     sg_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 0);
-    if (conf->ssl_trusted.data == NULL) {
+    if (conf->ssl_trusted.path.data == NULL) {
         conf->ssl_trusted = prev->ssl_trusted;
     }
     if (conf->ssl_name.data == NULL) {
         conf->ssl_name = prev->ssl_name;
     }
-    if (conf->ssl_certificate.data == NULL) {
+    if (conf->ssl_certificate.path.data == NULL
+        && conf->ssl_certificate_key.path.data == NULL)
+    {
         conf->ssl_certificate = prev->ssl_certificate;
         conf->ssl_certificate_key = prev->ssl_certificate_key;
     }
@@ -695,8 +734,15 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
         return;
     }
     ctx->peer = &ctx->addrs[ctx->addr_index++];
-    ctx->peer_host.data = NULL;
-    ctx->peer_host.len = 0;
+    /* Named at run time: the IP address is the name TLS checks. */
+    ctx->peer_host.data = sg_pnalloc(ctx->s->pool, SG_INET_ADDRSTRLEN + 1);
+    if (ctx->peer_host.data == NULL) {
+        sg_smtp_relay_failed(ctx->s);
+        return;
+    }
+    ctx->peer_host.len = sg_sock_ntop((struct sockaddr *) &ctx->peer->sa,
+                                      ctx->peer_host.data,
+                                      SG_INET_ADDRSTRLEN + 1, false);
     sg_proxy_attempt(ctx);
 }
 
@@ -826,6 +872,25 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
         sg_log_error(SG_LOG_ERR, s->log, 0, "no backend for this session: "
                      "the authentication service named none (Auth-Server) "
                      "and \"proxy_pass\" is not set");
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    /* Without credentials no backend can take the session; trying each
+     * would only mark healthy peers failed for every other session. */
+    if (pcf->smtp_auth == 1
+        && (s->auth == NULL || s->auth->backend_user.len == 0
+            || s->auth->backend_pass.len == 0))
+    {
+        sg_log_error(SG_LOG_ERR, s->log, 0, "proxy_smtp_auth is on, but %s%s"
+                     "%s, and the authentication backend gave no credentials "
+                     "for the backend (Auth-User, Auth-Pass), answering 451",
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "the session is anonymous (smtp_auth none)"
+                     : "the client logged in with ",
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "" : sg_smtp_mech_name(s->auth_mech),
+                     s->auth_mech == SG_SMTP_AUTH_NONE
+                     ? "" : ", which does not reveal its password");
         sg_smtp_relay_failed(s);
         return;
     }

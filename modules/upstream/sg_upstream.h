@@ -59,6 +59,7 @@ typedef struct {
     int64_t            fails;
     int64_t            passes;
     unsigned           starttls:1;
+    unsigned           ssl:1;         /* implicit TLS (proxy_ssl on) */
     unsigned           proxy_protocol:1;
 } sg_upstream_check_t;
 

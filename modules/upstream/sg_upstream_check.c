@@ -2,11 +2,11 @@
  * sg_upstream_check.c: active SMTP health checks.
  *
  * A probe is the proxy's own handshake (sg_smtp_client): connect,
- * [PROXY header], read the greeting (a 421 or any non-220 fails),
- * EHLO, [STARTTLS and EHLO again], then QUIT.  Every worker runs a
- * timer per group, but a peer is probed by one worker at a time: the
- * worker claims it in shared memory (probe_pid, probe_at) before
- * connecting.  `fails` failed probes in a row mark the peer down,
+ * [PROXY header], [TLS], read the greeting (a 421 or any non-220
+ * fails), EHLO, [STARTTLS and EHLO again], then QUIT.  Every worker
+ * runs a timer per group, but a peer is probed by one worker at a
+ * time: the worker claims it in shared memory (probe_pid, probe_at)
+ * before connecting.  `fails` failed probes in a row mark the peer down,
  * `passes` good ones mark it up again; the EHLO of each good probe is
  * what smtp_capabilities auto advertises.
  */
@@ -25,8 +25,8 @@ typedef struct {
 
 static void sg_upstream_check_timer(sg_event_t *ev);
 
-/* health_check [interval=T] [fails=N] [passes=N] [timeout=T] [starttls]
- *              [proxy_protocol] */
+/* health_check [interval=T] [fails=N] [passes=N] [timeout=T]
+ *              [starttls | ssl] [proxy_protocol] */
 char *
 sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u)
 {
@@ -47,12 +47,21 @@ sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u)
     hc->fails = 1;
     hc->passes = 1;
     for (i = 1; i < cf->args->nelts; i++) {
-        if (sg_str_eq(&value[i], "starttls")) {
+        if (sg_str_eq(&value[i], "starttls") || sg_str_eq(&value[i], "ssl")) {
 #if !(SG_HAVE_SSL_MODULE)
-            return sg_conf_error(cf, 0, "\"starttls\" in \"health_check\" "
-                                 "needs the ssl module");
+            return sg_conf_error(cf, 0, "\"%.*s\" in \"health_check\" "
+                                 "needs the ssl module",
+                                 SG_STR_ARG(&value[i]));
 #endif
-            hc->starttls = 1;
+            if (sg_str_eq(&value[i], "ssl")) {
+                hc->ssl = 1;
+            } else {
+                hc->starttls = 1;
+            }
+            if (hc->ssl && hc->starttls) {
+                return sg_conf_error(cf, 0, "\"health_check\" takes "
+                                     "\"starttls\" or \"ssl\", not both");
+            }
             continue;
         }
         if (sg_str_eq(&value[i], "proxy_protocol")) {
@@ -101,7 +110,8 @@ sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u)
 invalid:
     return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" of "
                          "\"health_check\" (expected interval=, fails=, "
-                         "passes=, timeout=, starttls or proxy_protocol)",
+                         "passes=, timeout=, starttls, ssl or "
+                         "proxy_protocol)",
                          SG_STR_ARG(&value[i]));
 }
 
@@ -258,8 +268,9 @@ sg_upstream_probe(sg_cycle_t *cycle, sg_upstream_t *u, sg_upstream_peer_t *p)
     pr->cl.done = sg_upstream_probe_done;
     pr->cl.data = pr;
 #if (SG_HAVE_SSL_MODULE)
-    if (u->check->starttls) {
-        pr->cl.tls = SG_SMTP_CLIENT_TLS_STARTTLS;
+    if (u->check->starttls || u->check->ssl) {
+        pr->cl.tls = u->check->ssl ? SG_SMTP_CLIENT_TLS_ON
+                                   : SG_SMTP_CLIENT_TLS_STARTTLS;
         pr->cl.ssl_ctx = sg_upstream_check_ssl_ctx(cycle);
         pr->cl.ssl_name = p->host;
         if (pr->cl.ssl_ctx == NULL) {
