@@ -58,17 +58,51 @@ sg_buf_append(sg_buf_t *b, const void *data, size_t n)
     return SG_OK;
 }
 
+/*
+ * Buffers given back are kept on a short free list per size (a worker
+ * uses a handful of sizes: the client buffer, proxy_buffer, the
+ * handshake buffer), so that a buffer freed by one session is the one
+ * the next session takes.  Handing them to free() would let long-lived
+ * allocations settle into the holes, and the heap would grow by a
+ * buffer for each connection that ever was busy.
+ */
+#define SG_BUF_CLASSES     4
+#define SG_BUF_KEEP        32
+
+typedef struct sg_buf_free_s  sg_buf_free_t;
+
+struct sg_buf_free_s {
+    sg_buf_free_t  *next;
+};
+
+static struct {
+    size_t          size;
+    size_t          n;
+    sg_buf_free_t  *head;
+} sg_buf_cache[SG_BUF_CLASSES];
+
 int
 sg_buf_take(sg_buf_t *b, size_t size)
 {
-    u_char  *p;
+    u_char  *p = NULL;
+    size_t   i;
 
     if (b->start) {
         return SG_OK;
     }
-    p = malloc(size);
+    for (i = 0; i < SG_BUF_CLASSES; i++) {
+        if (sg_buf_cache[i].size == size && sg_buf_cache[i].head) {
+            p = (u_char *) sg_buf_cache[i].head;
+            sg_buf_cache[i].head = sg_buf_cache[i].head->next;
+            sg_buf_cache[i].n--;
+            break;
+        }
+    }
     if (p == NULL) {
-        return SG_ERROR;
+        p = malloc(sg_max(size, sizeof(sg_buf_free_t)));
+        if (p == NULL) {
+            return SG_ERROR;
+        }
     }
     b->start = b->pos = b->last = p;
     b->end = p + size;
@@ -78,6 +112,28 @@ sg_buf_take(sg_buf_t *b, size_t size)
 void
 sg_buf_give(sg_buf_t *b)
 {
-    free(b->start);
+    sg_buf_free_t  *f;
+    size_t          i, size;
+
+    if (b->start == NULL) {
+        return;
+    }
+    size = sg_buf_cap(b);
+    for (i = 0; i < SG_BUF_CLASSES; i++) {
+        if (sg_buf_cache[i].size == 0) {
+            sg_buf_cache[i].size = size;          /* a new class */
+        }
+        if (sg_buf_cache[i].size == size) {
+            break;
+        }
+    }
+    if (i < SG_BUF_CLASSES && sg_buf_cache[i].n < SG_BUF_KEEP) {
+        f = (sg_buf_free_t *) b->start;
+        f->next = sg_buf_cache[i].head;
+        sg_buf_cache[i].head = f;
+        sg_buf_cache[i].n++;
+    } else {
+        free(b->start);
+    }
     b->start = b->pos = b->last = b->end = NULL;
 }

@@ -158,6 +158,32 @@ sg_url_add(sg_pool_t *pool, sg_url_t *u, const struct sockaddr *sa,
     return SG_OK;
 }
 
+static int
+sg_parse_literal(sg_pool_t *pool, sg_url_t *u, const char *host)
+{
+    struct sockaddr_in   sin;
+    struct sockaddr_in6  sin6;
+
+    memset(&sin, 0, sizeof(sin));
+    memset(&sin6, 0, sizeof(sin6));
+    if (inet_pton(AF_INET, host, &sin.sin_addr) == 1) {
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons((uint16_t) u->port);
+    } else if (inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1) {
+        sin6.sin6_family = AF_INET6;
+        sin6.sin6_port = htons((uint16_t) u->port);
+    } else {
+        return SG_DECLINED;          /* a name, or a scoped address */
+    }
+    u->addrs = sg_pcalloc(pool, sizeof(sg_addr_t));
+    if (u->addrs == NULL) {
+        return SG_ERROR;
+    }
+    return sin.sin_family == AF_INET
+           ? sg_url_add(pool, u, (struct sockaddr *) &sin, sizeof(sin))
+           : sg_url_add(pool, u, (struct sockaddr *) &sin6, sizeof(sin6));
+}
+
 int
 sg_parse_url(sg_pool_t *pool, sg_url_t *u)
 {
@@ -169,6 +195,16 @@ sg_parse_url(sg_pool_t *pool, sg_url_t *u)
 
     if (sg_url_split(u) != SG_OK) {
         return SG_ERROR;
+    }
+    if (!u->wildcard && u->host.len < sizeof(host)) {
+        /* An address literal needs no getaddrinfo(): this path also runs
+         * for backends named while serving (Auth-Server, $variables). */
+        memcpy(host, u->host.data, u->host.len);
+        host[u->host.len] = '\0';
+        rc = sg_parse_literal(pool, u, host);
+        if (rc != SG_DECLINED) {
+            return rc;
+        }
     }
     u->addrs = sg_pcalloc(pool, 16 * sizeof(sg_addr_t));
     if (u->addrs == NULL) {

@@ -27,6 +27,9 @@
 #endif
 #include <fcntl.h>
 
+/* Bytes relayed before a plaintext session switches to splice(2). */
+#define SG_PROXY_SPLICE_AFTER  (256 * 1024)
+
 #define SG_PROXY_SSL_OFF       0
 #define SG_PROXY_SSL_ON        1
 #define SG_PROXY_SSL_STARTTLS  2
@@ -513,6 +516,7 @@ static void
 sg_proxy_cleanup(void *data)
 {
     sg_proxy_ctx_t  *ctx = data;
+    bool             relayed = ctx->up != NULL;
 
     sg_proxy_close_pipes(ctx);
     if (ctx->up) {
@@ -523,9 +527,13 @@ sg_proxy_cleanup(void *data)
         ctx->up = NULL;
     }
     sg_smtp_client_close(&ctx->cl);
+    sg_buf_give(&ctx->ubuf);
 #if (SG_HAVE_UPSTREAM_MODULE)
     if (ctx->picking) {
-        sg_upstream_done(&ctx->pick, false);
+        /* A session that ends before its backend was ready says
+         * nothing about the backend. */
+        sg_upstream_done(&ctx->pick, relayed ? SG_UPSTREAM_OK
+                                             : SG_UPSTREAM_ABORTED);
     }
 #endif
 }
@@ -639,7 +647,7 @@ sg_proxy_handshake_done(sg_smtp_client_t *cl)
                  SG_STR_ARG(&ctx->peer->name), cl->error);
 #if (SG_HAVE_UPSTREAM_MODULE)
     if (ctx->picking) {
-        sg_upstream_done(&ctx->pick, true);
+        sg_upstream_done(&ctx->pick, SG_UPSTREAM_FAILED);
     }
 #endif
     sg_smtp_client_close(cl);
@@ -894,10 +902,6 @@ sg_proxy_start(sg_smtp_session_t *s, void *conf)
         sg_smtp_relay_failed(s);
         return;
     }
-    if (sg_buf_init(s->pool, &ctx->ubuf, pcf->buffer_size) != SG_OK) {
-        sg_smtp_relay_failed(s);
-        return;
-    }
     sg_proxy_next(ctx);
 }
 
@@ -941,6 +945,8 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
         ctx->pipes[i].bytes = 0;
     }
     ctx->spliced = 1;
+    sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "a large transfer: relaying "
+                 "with splice from here on");
 }
 
 static void
@@ -971,7 +977,10 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
 
     /* Replies not yet written to the client, the 235 last, go first;
      * then anything the backend sent past the handshake. */
-    sg_buf_reset(&ctx->ubuf);
+    if (sg_buf_take(&ctx->ubuf, ctx->conf->buffer_size) != SG_OK) {
+        sg_smtp_close_session(s);
+        return;
+    }
     if (sg_buf_append(&ctx->ubuf, s->out.pos, sg_buf_size(&s->out)) != SG_OK
         || sg_buf_append(&ctx->ubuf, cl->in.pos, sg_buf_size(&cl->in))
            != SG_OK)
@@ -981,7 +990,8 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
         sg_smtp_close_session(s);
         return;
     }
-    sg_buf_reset(&s->out);
+    sg_buf_give(&s->out);             /* the relay writes from ubuf */
+    sg_smtp_client_close(cl);         /* its buffers: the handshake is over */
     (void) sg_tcp_nodelay(ctx->up);
 
     /* The replayed RCPT goes ahead of whatever the client pipelined
@@ -994,12 +1004,10 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
         sg_smtp_close_session(s);
         return;
     }
-    sg_proxy_splice_init(ctx);
-    sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s, relaying "
-                 "%s", SG_STR_ARG(&ctx->peer->name),
+    sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s",
+                 SG_STR_ARG(&ctx->peer->name),
                  ctx->up->ssl ? " over TLS" : "",
-                 cl->auth ? ", logged in" : "",
-                 ctx->spliced ? "with splice" : "through buffers");
+                 cl->auth ? ", logged in" : "");
 
     /* From here both connections' data is the relay context. */
     c->data = ctx;
@@ -1018,9 +1026,13 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
  * error; *eof is set when src closed, *moved when a byte moved. */
 static int
 sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
-    unsigned *eof, bool *moved, bool read)
+    size_t size, unsigned *eof, bool *moved, bool read)
 {
     ssize_t  n;
+
+    if (read && !*eof && src->read->ready && sg_buf_take(b, size) != SG_OK) {
+        return SG_ERROR;
+    }
 
     for ( ;; ) {
         if (sg_buf_size(b) && dst->write->ready) {
@@ -1129,14 +1141,22 @@ sg_proxy_relay_handler(sg_event_t *ev)
     down_eof = ctx->down_eof;
     /* Buffered bytes (the pending replies, what the client pipelined)
      * go first; splicing starts once both buffers are empty. */
-    rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, &up_eof, &moved,
-                       !ctx->spliced);
+    rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, ctx->conf->buffer_size,
+                       &up_eof, &moved, !ctx->spliced);
     if (rc == SG_OK) {
-        rc = sg_proxy_pump(down, ctx->up, &s->in, &down_eof, &moved,
-                           !ctx->spliced);
+        rc = sg_proxy_pump(down, ctx->up, &s->in, s->conf->client_buffer,
+                           &down_eof, &moved, !ctx->spliced);
     }
     up_empty = sg_buf_size(&ctx->ubuf) == 0;
     down_empty = sg_buf_size(&s->in) == 0;
+    /* A session of commands and small messages is cheaper through the
+     * buffers than through two pipes; a large transfer switches to
+     * splice(2) once both buffers are empty. */
+    if (rc == SG_OK && !ctx->spliced && up_empty && down_empty
+        && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER)
+    {
+        sg_proxy_splice_init(ctx);
+    }
     if (rc == SG_OK && ctx->spliced) {
         if (up_empty) {
             rc = sg_proxy_splice(ctx->up, down, &ctx->pipes[1], &up_eof,
@@ -1157,6 +1177,13 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     ctx->up_eof = up_eof;
     ctx->down_eof = down_eof;
+    /* Nothing held while nothing passes. */
+    if (sg_buf_size(&ctx->ubuf) == 0) {
+        sg_buf_give(&ctx->ubuf);
+    }
+    if (sg_buf_size(&s->in) == 0) {
+        sg_buf_give(&s->in);
+    }
     if (ctx->up_eof && up_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s closed the "
                      "connection", SG_STR_ARG(&ctx->peer->name));

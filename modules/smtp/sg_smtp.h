@@ -268,7 +268,8 @@ struct sg_smtp_session_s {
     void                  *relay_ctx;
     sg_smtp_var_cache_t   *variables;    /* values read so far; made on
                                             the first read */
-    sg_event_t             timer;        /* delays and the auth timeout */
+    sg_event_t            *timer;        /* delays and the auth timeout,
+                                            taken on first use */
     unsigned               auth_failures;
 
     unsigned               esmtp:1;
@@ -427,6 +428,7 @@ void sg_smtp_run(sg_smtp_session_t *s);
 
 void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
     sg_msec_t ms);
+void sg_smtp_del_timer(sg_smtp_session_t *s);
 
 /* AUTH (sg_smtp_sasl.c). */
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);

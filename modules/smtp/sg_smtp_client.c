@@ -157,6 +157,8 @@ sg_smtp_client_close(sg_smtp_client_t *cl)
         sg_close_connection(cl->c);
         cl->c = NULL;
     }
+    sg_buf_give(&cl->in);
+    sg_buf_give(&cl->out);
 }
 
 /* Queue a command line; secret: log it without its argument. */
@@ -655,9 +657,8 @@ sg_smtp_client_start(sg_smtp_client_t *cl)
     cl->error[0] = '\0';
     cl->mail_reply.len = 0;
     memset(&cl->ehlo, 0, sizeof(cl->ehlo));
-    if (cl->in.start == NULL
-        && (sg_buf_init(cl->pool, &cl->in, SG_SMTP_CLIENT_BUF) != SG_OK
-            || sg_buf_init(cl->pool, &cl->out, SG_SMTP_CLIENT_BUF) != SG_OK))
+    if (sg_buf_take(&cl->in, SG_SMTP_CLIENT_BUF) != SG_OK
+        || sg_buf_take(&cl->out, SG_SMTP_CLIENT_BUF) != SG_OK)
     {
         snprintf(cl->error, sizeof(cl->error), "out of memory");
         cl->status = SG_ERROR;

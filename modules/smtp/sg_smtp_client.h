@@ -85,7 +85,8 @@ struct sg_smtp_client_s {
  * connect fails at once, start() returns with cl->finished set,
  * cl->status SG_ERROR and cl->error filled, and done() is not called. */
 void sg_smtp_client_start(sg_smtp_client_t *cl);
-/* Close the connection (if the caller did not take it) and stop. */
+/* Close the connection (if the caller did not take it), stop, and give
+ * back the handshake buffers (after copying what cl->in still holds). */
 void sg_smtp_client_close(sg_smtp_client_t *cl);
 /* Read what an EHLO reply offers. */
 void sg_smtp_client_read_ehlo(const sg_smtp_reply_t *r, sg_smtp_ehlo_t *e);

@@ -1036,7 +1036,7 @@ sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
     ls->reuseport = l->reuseport;
     ls->handler = sg_smtp_init_session;
     ls->servers = ac;
-    ls->pool_size = 512;      /* a session, its log and address */
+    ls->pool_size = 448;      /* a session, its log and address */
     return ac;
 }
 

@@ -237,7 +237,7 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
                  sg_smtp_mech_name(s->auth_mech), SG_STR_ARG(&s->login),
                  s->conf->auth->name);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
-        sg_event_del_timer(&s->timer);
+        sg_smtp_del_timer(s);
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
@@ -615,10 +615,16 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     }
     if (s->secret) {
         sg_wipe(s->secret, s->secret_size);  /* the pass lives in it */
+        if (r->status == SG_AUTH_OK) {
+            /* No further AUTH in this session: give its memory back. */
+            (void) sg_pfree(s->pool, s->secret);
+            s->secret = NULL;
+            s->secret_size = 0;
+        }
     }
     r->pass.len = 0;
     r->pass.data = NULL;
-    sg_event_del_timer(&s->timer);
+    sg_smtp_del_timer(s);
 
     switch (r->status) {
     case SG_AUTH_OK:
@@ -695,7 +701,7 @@ sg_smtp_auth_none(sg_smtp_session_t *s)
     s->state = SG_SMTP_ST_AUTH_WAIT;
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
-        sg_event_del_timer(&s->timer);
+        sg_smtp_del_timer(s);
         s->state = SG_SMTP_ST_COMMAND;
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
                      "could not take an anonymous request",

@@ -109,8 +109,6 @@ sg_smtp_init_session(sg_connection_t *c)
     sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
     (void) sg_tcp_nodelay(c);
 
-    s->timer.data = s;
-    s->timer.log = s->log;
 #if (SG_HAVE_REALIP_MODULE)
     if (ac->proxy_protocol) {
         sg_realip_read_header(s);   /* then sg_smtp_start_session() */
@@ -148,7 +146,7 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_pool_t        *pool = s->pool;
 
     sg_smtp_auth_cleanup(s);
-    sg_event_del_timer(&s->timer);
+    sg_smtp_del_timer(s);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
 #endif
@@ -659,10 +657,29 @@ sg_smtp_waiting(sg_smtp_session_t *s)
 }
 
 void
+sg_smtp_del_timer(sg_smtp_session_t *s)
+{
+    if (s->timer) {
+        sg_event_del_timer(s->timer);
+    }
+}
+
+void
 sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h, sg_msec_t ms)
 {
-    s->timer.handler = h;
-    sg_event_add_timer(&s->timer, ms);
+    if (s->timer == NULL) {
+        s->timer = sg_pcalloc(s->pool, sizeof(sg_event_t));
+        if (s->timer == NULL) {
+            sg_log_error(SG_LOG_ALERT, s->log, 0, "out of memory for a "
+                         "timer: the session ends at its next step");
+            s->quit = 1;
+            return;
+        }
+        s->timer->data = s;
+        s->timer->log = s->log;
+    }
+    s->timer->handler = h;
+    sg_event_add_timer(s->timer, ms);
 }
 
 /* smtp_greeting_delay: a client that talks before the greeting is
@@ -723,7 +740,7 @@ sg_smtp_early_talker(sg_smtp_session_t *s)
         (void) sg_smtp_reply(s, "503 5.5.0 Talking before the greeting is "
                              "not allowed");
     }
-    sg_event_del_timer(&s->timer);
+    sg_smtp_del_timer(s);
     s->state = SG_SMTP_ST_COMMAND;
     s->quit = 1;
     return true;

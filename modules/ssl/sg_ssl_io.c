@@ -364,7 +364,8 @@ sg_ssl_client_ctx(sg_pool_t *pool, bool verify, const sg_str_t *trusted,
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
-                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                          | SSL_MODE_RELEASE_BUFFERS);
     if (!verify) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
         return ctx;
@@ -398,8 +399,8 @@ sg_ssl_client_connection(sg_connection_t *c, SSL_CTX *ctx,
     SSL   *ssl;
     struct in6_addr  a6;
 
-    if (host->len >= sizeof(name)) {
-        return SG_ERROR;
+    if (host->len == 0 || host->len >= sizeof(name)) {
+        return SG_ERROR;             /* nothing to send, nothing to check */
     }
     memcpy(name, host->data, host->len);
     name[host->len] = '\0';

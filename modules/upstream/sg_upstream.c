@@ -716,8 +716,9 @@ sg_upstream_get(sg_upstream_pick_t *pk)
 }
 
 void
-sg_upstream_done(sg_upstream_pick_t *pk, bool failed)
+sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome)
 {
+    bool                  failed = outcome == SG_UPSTREAM_FAILED;
     sg_upstream_t        *u = pk->upstream;
     sg_upstream_peer_t   *p = pk->peer;
     sg_upstream_state_t  *st;
@@ -736,7 +737,7 @@ sg_upstream_done(sg_upstream_pick_t *pk, bool failed)
         st->fails++;
         st->failed_at = sg_current_msec;
         marked = st->fails == (uint32_t) p->max_fails;
-    } else if (!failed) {
+    } else if (outcome == SG_UPSTREAM_OK) {
         st->fails = 0;
     }
     sg_upstream_unlock(u);

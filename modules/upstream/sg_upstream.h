@@ -109,8 +109,12 @@ int sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
 /* The next peer to try: SG_OK (pk->peer), or SG_DECLINED when none is
  * left. */
 int sg_upstream_get(sg_upstream_pick_t *pk);
-/* The attempt with pk->peer ended: failed or not. */
-void sg_upstream_done(sg_upstream_pick_t *pk, bool failed);
+/* The attempt with pk->peer ended: it worked (the session was relayed),
+ * it failed, or the session went away before it could tell. */
+#define SG_UPSTREAM_OK       0
+#define SG_UPSTREAM_FAILED   1
+#define SG_UPSTREAM_ABORTED  2
+void sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome);
 
 /* The extensions every healthy, probed peer of u offers (and the
  * smallest SIZE), for smtp_capabilities auto; false when no peer has

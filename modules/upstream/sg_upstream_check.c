@@ -285,7 +285,7 @@ sg_upstream_probe(sg_cycle_t *cycle, sg_upstream_t *u, sg_upstream_peer_t *p)
     sg_smtp_client_start(&pr->cl);
     if (pr->cl.finished) {
         sg_upstream_probe_result(pr, false, pr->cl.error);
-        sg_pool_destroy(pool);
+        sg_upstream_probe_free(pr);
         return;
     }
     /* The probe does not hold a draining worker. */
