@@ -170,9 +170,6 @@ sl_fail_close(sl_session_t *s, const char *fmt, const char *arg)
 
     snprintf(text, sizeof(text), fmt, arg);
     sl_count_fail(s, text);
-    if (s->ssl && s->tls_up) {
-        SSL_set_quiet_shutdown(s->ssl, 1);
-    }
     sl_close(s);
 }
 
@@ -787,9 +784,6 @@ sl_timeout(sl_session_t *s)
 {
     switch (s->state) {
     case SL_ST_CLOSING:
-        if (s->ssl) {
-            SSL_set_quiet_shutdown(s->ssl, 1);
-        }
         sl_close(s);
         return;
     case SL_ST_CONNECTING:
@@ -970,9 +964,6 @@ sl_abort_all(sl_worker_t *w)
         } else if (!s->counted) {
             s->counted = true;
             w->stats.aborted++;
-        }
-        if (s->ssl) {
-            SSL_set_quiet_shutdown(s->ssl, 1);
         }
         sl_close(s);
     }
