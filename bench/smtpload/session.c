@@ -11,7 +11,9 @@
  * with the reply's text: the rest of the queued replies are read, an
  * unexpected 354 is answered with an empty message, and the session
  * QUITs politely.  A timeout, a closed connection or garbage closes it
- * at once.
+ * at once.  After the reply to QUIT the session waits for the server to
+ * close first (TIME-WAIT stays on the server's side); it sends no TLS
+ * close_notify.
  *
  * It owns: the session structures of its thread (allocated once per
  * slot, reused), their sockets and SSL objects.  It refuses: reply lines
