@@ -24,7 +24,7 @@ FUZZ_HARNESSES := $(wildcard fuzz/fuzz_*.c)
 MAKEFLAGS += --no-print-directory
 
 .PHONY: default build asan deps test-deps run demo-cert test test-build \
-        unit unit-asan install fuzz fuzz-smoke clean help
+        unit unit-asan install fuzz fuzz-smoke clean help bench
 
 default: build
 
@@ -147,6 +147,18 @@ test:
 test-build: build asan $(if $(filter yes,$(TEST_FUZZ)),fuzz)
 
 
+# --- make bench -------------------------------------------------------
+
+# Installs what the benchmark needs (Postfix's smtp-sink, nginx and its
+# mail module), builds objs/smtpgate and bench/build/smtpload.  The
+# measuring itself is bench/run (bench/README.md).
+bench:
+	@sh auto/deps bench
+	@$(MAKE) build
+	@$(MAKE) -C bench
+	@echo "make bench: now run bench/run (or bench/run --quick)"
+
+
 # --- clean, help ------------------------------------------------------
 
 clean:
@@ -164,5 +176,7 @@ help:
 	@echo "make unit-asan   the same for objs-asan/"
 	@echo "make fuzz        build the libFuzzer harnesses into objs-fuzz/"
 	@echo "make fuzz-smoke  run each harness for a bounded number of inputs"
+	@echo "make bench       build smtpgate and bench/build/smtpload, install"
+	@echo "                 what bench/run needs (bench/README.md)"
 	@echo "make install     install objs/ under its --prefix"
 	@echo "make clean       remove objs/, objs-asan/, objs-fuzz/"
