@@ -10,7 +10,11 @@
  */
 #include "sg_core.h"
 
-#define SG_ACCEPT_BATCH      64
+/* One connection per readiness event, as nginx without multi_accept:
+ * the listener is level-triggered, so epoll reports it again at once
+ * while more are waiting, and an idle server makes no accept4() call
+ * that can only fail with EAGAIN. */
+#define SG_ACCEPT_BATCH      1
 #define SG_ACCEPT_PAUSE_MS   500
 
 sg_listening_t *
@@ -212,6 +216,23 @@ sg_accept_pause(sg_listening_t *ls, int err)
     sg_event_add_timer(&sg_accept_timer, SG_ACCEPT_PAUSE_MS);
 }
 
+static bool
+sg_listening_wildcard(const sg_listening_t *ls)
+{
+    const struct sockaddr_in   *sin;
+    const struct sockaddr_in6  *sin6;
+
+    if (ls->addr.sa.ss_family == AF_INET) {
+        sin = (const struct sockaddr_in *) &ls->addr.sa;
+        return sin->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (ls->addr.sa.ss_family == AF_INET6) {
+        sin6 = (const struct sockaddr_in6 *) &ls->addr.sa;
+        return IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr);
+    }
+    return true;
+}
+
 static void
 sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     socklen_t len)
@@ -241,12 +262,18 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     c->listening = ls;
     memcpy(&c->sockaddr, sa, len);
     c->socklen = len;
-    c->local_socklen = sizeof(c->local_sockaddr);
-    if (getsockname(fd, (struct sockaddr *) &c->local_sockaddr,
-                    &c->local_socklen) == -1)
-    {
-        c->local_sockaddr = ls->addr.sa;
-        c->local_socklen = ls->addr.socklen;
+    /* The local address is the listener's unless it listens on a
+     * wildcard: ask the kernel only then. */
+    c->local_sockaddr = ls->addr.sa;
+    c->local_socklen = ls->addr.socklen;
+    if (sg_listening_wildcard(ls)) {
+        c->local_socklen = sizeof(c->local_sockaddr);
+        if (getsockname(fd, (struct sockaddr *) &c->local_sockaddr,
+                        &c->local_socklen) == -1)
+        {
+            c->local_sockaddr = ls->addr.sa;
+            c->local_socklen = ls->addr.socklen;
+        }
     }
     n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);
     c->addr_text.data = sg_pnalloc(pool, n);
