@@ -423,6 +423,12 @@ int sg_smtp_reply(sg_smtp_session_t *s, const char *fmt, ...)
  * last one allowed adds the 421 and ends the session. */
 int sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Read what the client sent into s->in: SG_OK, SG_AGAIN, SG_DONE (the
+ * client closed) or SG_ERROR.  Write s->out: SG_OK (all written),
+ * SG_AGAIN (the write handler resumes; timer set) or SG_ERROR.  For
+ * relays that speak SMTP themselves (the spool). */
+int sg_smtp_read(sg_smtp_session_t *s);
+int sg_smtp_flush(sg_smtp_session_t *s);
 /* Keep processing the session after an asynchronous step. */
 void sg_smtp_run(sg_smtp_session_t *s);
 

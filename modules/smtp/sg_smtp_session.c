@@ -595,7 +595,7 @@ sg_smtp_next_line(sg_smtp_session_t *s)
 }
 
 /* Read what the socket has into the input buffer. */
-static int
+int
 sg_smtp_read(sg_smtp_session_t *s)
 {
     sg_connection_t  *c = s->connection;
@@ -618,13 +618,12 @@ sg_smtp_read(sg_smtp_session_t *s)
         return SG_OK;
     }
     if (n == 0) {
-        sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection");
         return SG_DONE;
     }
     return n == SG_AGAIN ? SG_AGAIN : SG_ERROR;
 }
 
-static int
+int
 sg_smtp_flush(sg_smtp_session_t *s)
 {
     sg_connection_t  *c = s->connection;
@@ -800,6 +799,10 @@ sg_smtp_run(sg_smtp_session_t *s)
             continue;
         }
         rc = sg_smtp_read(s);
+        if (rc == SG_DONE) {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the "
+                         "connection");
+        }
         if (rc == SG_AGAIN) {
             /* "timeout" is a deadline for a whole command line, not for
              * each byte: a client trickling bytes cannot hold the

@@ -958,55 +958,15 @@ static int
 sg_spool_read(sg_spool_ctx_t *ctx)
 {
     sg_smtp_session_t  *s = ctx->s;
-    sg_connection_t    *c = s->connection;
-    ssize_t             n;
+    int                 rc;
 
-    if (s->in.pos == s->in.last) {
-        sg_buf_reset(&s->in);
-    } else if (sg_buf_free(&s->in) == 0) {
-        sg_buf_compact(&s->in);
-    }
-    if (sg_buf_free(&s->in) == 0) {
-        return SG_OK;
-    }
-    if (!c->read->ready) {
-        return SG_AGAIN;
-    }
-    n = c->recv(c, s->in.last, sg_buf_free(&s->in));
-    if (n > 0) {
-        s->in.last += n;
-        return SG_OK;
-    }
-    if (n == 0) {
+    rc = sg_smtp_read(s);
+    if (rc == SG_DONE) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection%s",
                      ctx->phase == SG_SPOOL_CMD ? ""
                      : " in the middle of a message");
-        return SG_DONE;
     }
-    return n == SG_AGAIN ? SG_AGAIN : SG_ERROR;
-}
-
-static int
-sg_spool_flush(sg_spool_ctx_t *ctx)
-{
-    sg_smtp_session_t  *s = ctx->s;
-    sg_connection_t    *c = s->connection;
-    ssize_t             n;
-
-    while (sg_buf_size(&s->out)) {
-        n = c->send(c, s->out.pos, sg_buf_size(&s->out));
-        if (n == SG_AGAIN) {
-            sg_event_add_timer(c->write, s->conf->timeout);
-            return SG_AGAIN;
-        }
-        if (n < 0) {
-            return SG_ERROR;
-        }
-        s->out.pos += n;
-    }
-    sg_buf_reset(&s->out);
-    sg_event_del_timer(c->write);
-    return SG_OK;
+    return rc;
 }
 
 /*
@@ -1081,7 +1041,7 @@ sg_spool_run(sg_spool_ctx_t *ctx)
                 }
             }
         }
-        rc = sg_spool_flush(ctx);
+        rc = sg_smtp_flush(ctx->s);
         if (rc == SG_ERROR) {
             goto close;
         }
