@@ -428,6 +428,9 @@ int sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
  * SG_AGAIN (the write handler resumes; timer set) or SG_ERROR.  For
  * relays that speak SMTP themselves (the spool). */
 int sg_smtp_read(sg_smtp_session_t *s);
+/* HELO/EHLO: check the name and keep it in s->helo and s->esmtp; a bad
+ * one gets its 501 and SG_DECLINED. */
+int sg_smtp_set_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);
 int sg_smtp_flush(sg_smtp_session_t *s);
 /* Keep processing the session after an asynchronous step. */
 void sg_smtp_run(sg_smtp_session_t *s);

@@ -213,21 +213,20 @@ sg_smtp_error(sg_smtp_session_t *s, const char *fmt, ...)
 
 /* Command handlers. */
 
-static int
-sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+int
+sg_smtp_set_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
-    const sg_str_t  *reply;
-    unsigned         caps, ext;
-    int64_t          size;
-    size_t           i;
+    size_t  i;
 
     if (cmd->args.len == 0 || cmd->args.len > SG_SMTP_HELO_MAX) {
         return sg_smtp_error(s, "501 5.5.4 Syntax: %s hostname",
-                             cmd->verb == SG_SMTP_EHLO ? "EHLO" : "HELO");
+                             cmd->verb == SG_SMTP_EHLO ? "EHLO" : "HELO")
+               == SG_ERROR ? SG_ERROR : SG_DECLINED;
     }
     for (i = 0; i < cmd->args.len; i++) {
         if (cmd->args.data[i] <= 0x20 || cmd->args.data[i] >= 0x7f) {
-            return sg_smtp_error(s, "501 5.5.4 Invalid domain name");
+            return sg_smtp_error(s, "501 5.5.4 Invalid domain name")
+                   == SG_ERROR ? SG_ERROR : SG_DECLINED;
         }
     }
     if (s->helo.data == NULL) {
@@ -239,6 +238,21 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     memcpy(s->helo.data, cmd->args.data, cmd->args.len);
     s->helo.len = cmd->args.len;
     s->esmtp = cmd->verb == SG_SMTP_EHLO;
+    return SG_OK;
+}
+
+static int
+sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
+{
+    const sg_str_t  *reply;
+    unsigned         caps, ext;
+    int64_t          size;
+    int              rc;
+
+    rc = sg_smtp_set_helo(s, cmd);
+    if (rc != SG_OK) {
+        return rc == SG_ERROR ? SG_ERROR : SG_OK;
+    }
     s->mail_line.len = 0;             /* EHLO resets a transaction */
     s->rcpt_line.len = 0;
 

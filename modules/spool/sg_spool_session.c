@@ -404,26 +404,12 @@ static int
 sg_spool_helo(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
 {
     sg_smtp_session_t  *s = ctx->s;
-    size_t              i;
+    int                 rc;
 
-    if (cmd->args.len == 0 || cmd->args.len > SG_SPOOL_HELO_MAX) {
-        return sg_smtp_error(s, "501 5.5.4 Syntax: %s hostname",
-                             cmd->verb == SG_SMTP_EHLO ? "EHLO" : "HELO");
+    rc = sg_smtp_set_helo(s, cmd);
+    if (rc != SG_OK) {
+        return rc == SG_ERROR ? SG_ERROR : SG_OK;
     }
-    for (i = 0; i < cmd->args.len; i++) {
-        if (cmd->args.data[i] <= 0x20 || cmd->args.data[i] >= 0x7f) {
-            return sg_smtp_error(s, "501 5.5.4 Invalid domain name");
-        }
-    }
-    if (s->helo.data == NULL) {
-        s->helo.data = sg_pnalloc(s->pool, SG_SPOOL_HELO_MAX);
-        if (s->helo.data == NULL) {
-            return SG_ERROR;
-        }
-    }
-    memcpy(s->helo.data, cmd->args.data, cmd->args.len);
-    s->helo.len = cmd->args.len;
-    s->esmtp = cmd->verb == SG_SMTP_EHLO;
     sg_spool_reset(ctx);
     if (!s->esmtp) {
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
