@@ -146,14 +146,6 @@ sg_unix_recv(sg_connection_t *c, u_char *buf, size_t size)
         n = recv(c->fd, buf, size, 0);
         if (n > 0) {
             c->received += (uint64_t) n;
-            if ((size_t) n < size && !c->read->pending_eof) {
-                /* A short read drained the socket: with edge-triggered
-                 * epoll, anything arriving later is a new event, so the
-                 * recv() that would only say EAGAIN is skipped.  Not
-                 * when the peer's FIN came with this edge (EPOLLRDHUP):
-                 * no further event would report it. */
-                c->read->ready = 0;
-            }
             return n;
         }
         if (n == 0) {
