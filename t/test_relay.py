@@ -5,6 +5,7 @@ Postfix's smtp-sink)."""
 import shutil
 import smtplib
 import subprocess
+import time
 
 import pytest
 
@@ -211,3 +212,26 @@ def test_msmtp_auth_login(gate, backend):
     added = m.content[:len(m.content) - len(msg)]
     assert all(l.startswith(b"Date: ") for l in added.splitlines()), added
     assert_same_bytes(m.content[len(added):], msg)
+
+
+N_CLOSE_SESSIONS = 60
+
+
+def test_session_ends_when_the_backend_closes_after_quit(smtpgate, sink):
+    """After the backend's 221 and close, smtpgate closes the client's
+    connection too, at once, every time: a relay that missed the
+    backend's FIN would leave a client that waits for the close (as
+    RFC 5321 lets it) hanging until proxy_timeout.  Many short sessions,
+    because a FIN arriving on an edge of its own is a matter of timing."""
+    g = smtpgate(gatelib.conf(backend=sink, proxy_timeout="60s"))
+    for i in range(N_CLOSE_SESSIONS):
+        with g.session(timeout=20) as c:
+            c.ehlo()
+            assert c.auth_plain("dave", password("dave")).code == 235
+            assert c.mail("s@example.org", ["r@example.org"],
+                          make_message(10240, seed=i)).code == 250
+            r = c.cmd("QUIT")
+            assert r.code == 221
+            started = time.monotonic()
+            c.expect_closed()
+            assert time.monotonic() - started < 5, f"session {i}"
