@@ -271,6 +271,7 @@ sg_smtp_client_after_ehlo(sg_smtp_client_t *cl)
     u_char    buf[1024], b64[sg_base64_encoded_len(1024)];
     sg_str_t  src, dst;
     size_t    n;
+    int       rc;
 
     if (cl->auth && cl->state != SG_CL_AUTH && cl->state != SG_CL_AUTH_PASS)
     {
@@ -292,10 +293,10 @@ sg_smtp_client_after_ehlo(sg_smtp_client_t *cl)
             dst.data = b64;
             sg_base64_encode(&dst, &src);
             sg_wipe(buf, n);
-            n = (size_t) sg_smtp_client_line(cl, true, "AUTH PLAIN %.*s",
-                                              SG_STR_ARG(&dst));
+            rc = sg_smtp_client_line(cl, true, "AUTH PLAIN %.*s",
+                                     SG_STR_ARG(&dst));
             sg_wipe(b64, dst.len);
-            return (int) n;
+            return rc;
         }
         if (cl->ehlo.auth & SG_SMTP_AUTH_LOGIN) {
             return sg_smtp_client_line(cl, false, "AUTH LOGIN");
