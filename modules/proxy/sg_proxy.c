@@ -15,6 +15,7 @@
  */
 #include "sg_smtp.h"
 #include "sg_smtp_client.h"
+#include "sg_proxy_track.h"
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
 #endif
@@ -33,6 +34,8 @@
 #define SG_PROXY_SSL_OFF       0
 #define SG_PROXY_SSL_ON        1
 #define SG_PROXY_SSL_STARTTLS  2
+
+typedef struct sg_proxy_idle_s  sg_proxy_idle_t;
 
 /* A file named by a directive, with where, for errors found later. */
 typedef struct {
@@ -69,7 +72,29 @@ typedef struct {
     int           smtp_auth;
     unsigned      proxy_protocol;
     unsigned      seen_caps;      /* this worker's last backend EHLO */
+    int64_t       keepalive;      /* idle backend connections kept */
+    int64_t       keepalive_requests;
+    sg_msec_t     keepalive_timeout;
+    sg_proxy_idle_t  *idle;       /* this worker's, newest first */
+    size_t        nidle;
 } sg_proxy_conf_t;
+
+/* A backend connection kept between sessions, waiting in its
+ * configuration's list: RSET sent, then answered. */
+struct sg_proxy_idle_s {
+    sg_proxy_idle_t    *next;
+    sg_proxy_conf_t    *conf;
+    sg_connection_t    *c;
+    sg_smtp_ehlo_t      ehlo;         /* what its EHLO offered */
+    u_char              xclient_attrs[256];
+    size_t              xclient_len;
+    unsigned            sessions;     /* it has served */
+    size_t              name_len;
+    u_char              name[64];     /* the peer's, for the log */
+    size_t              nin;
+    u_char              in[128];      /* the reply to RSET */
+    unsigned            ready:1;      /* RSET answered 250 */
+};
 
 /* One pipe of a spliced direction. */
 typedef struct {
@@ -97,6 +122,15 @@ typedef struct {
     sg_msec_t           started;
     sg_buf_t            ubuf;       /* backend -> client */
     sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
+    sg_proxy_track_t    track;      /* the session, for keepalive */
+    size_t              fwd;        /* of s->in, what may pass */
+    unsigned            up_sessions; /* the backend connection's, this
+                                        one included */
+    unsigned            tracking:1;
+    unsigned            closing:1;  /* QUIT answered, 221 going out */
+    unsigned            keep:1;     /* keep the backend connection */
+    unsigned            reused:1;   /* this attempt took a kept one */
+    unsigned            no_reuse:1;
     unsigned            up_eof:1;
     unsigned            down_eof:1;
     unsigned            replay_rcpt:1;
@@ -120,6 +154,8 @@ static const sg_conf_bounds_t  sg_proxy_next_timeout_bounds = {
     0, 86400000LL };
 static const sg_conf_bounds_t  sg_proxy_buffer_bounds = { 1024, 16777216 };
 static const sg_conf_bounds_t  sg_proxy_tries_bounds = { 0, 1000 };
+static const sg_conf_bounds_t  sg_proxy_keepalive_bounds = { 0, 1024 };
+static const sg_conf_bounds_t  sg_proxy_requests_bounds = { 1, 1000000 };
 
 static const sg_conf_enum_t  sg_proxy_ssl_modes[] = {
     { "off", SG_PROXY_SSL_OFF },
@@ -173,6 +209,17 @@ static const sg_command_t  sg_proxy_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, smtp_auth), NULL },
     { "proxy_protocol", SG_SRV | SG_CONF_TAKE1,
       sg_proxy_protocol_directive, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "proxy_keepalive", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, keepalive),
+      &sg_proxy_keepalive_bounds },
+    { "proxy_keepalive_requests", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_num_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, keepalive_requests),
+      &sg_proxy_requests_bounds },
+    { "proxy_keepalive_timeout", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, keepalive_timeout),
+      &sg_proxy_timeout_bounds },
     sg_null_command
 };
 
@@ -331,6 +378,9 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->ssl_verify = SG_CONF_UNSET;
     pcf->smtp_auth = SG_CONF_UNSET;
     pcf->proxy_protocol = (unsigned) SG_CONF_UNSET;
+    pcf->keepalive = SG_CONF_UNSET;
+    pcf->keepalive_requests = SG_CONF_UNSET;
+    pcf->keepalive_timeout = SG_CONF_UNSET_MSEC;
     return pcf;
 }
 
@@ -472,6 +522,11 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
         conf->ssl_certificate_key = prev->ssl_certificate_key;
     }
     sg_conf_merge_value(conf->smtp_auth, prev->smtp_auth, 0);
+    sg_conf_merge_value(conf->keepalive, prev->keepalive, 0);
+    sg_conf_merge_value(conf->keepalive_requests, prev->keepalive_requests,
+                        100);
+    sg_conf_merge_msec(conf->keepalive_timeout, prev->keepalive_timeout,
+                       60000);
     if (conf->proxy_protocol == (unsigned) SG_CONF_UNSET) {
         conf->proxy_protocol = prev->proxy_protocol == (unsigned) SG_CONF_UNSET
                                ? 0 : prev->proxy_protocol;
@@ -512,6 +567,164 @@ sg_proxy_close_pipes(sg_proxy_ctx_t *ctx)
     }
 }
 
+/* Kept backend connections (proxy_keepalive). */
+
+static void
+sg_proxy_close_backend(sg_connection_t *c)
+{
+#if (SG_HAVE_SSL_MODULE)
+    sg_ssl_free_connection(c);
+#endif
+    sg_close_connection(c);
+}
+
+static void
+sg_proxy_idle_close(sg_proxy_idle_t *idle, const char *why)
+{
+    sg_proxy_conf_t   *pcf = idle->conf;
+    sg_proxy_idle_t  **pp;
+
+    for (pp = &pcf->idle; *pp; pp = &(*pp)->next) {
+        if (*pp == idle) {
+            *pp = idle->next;
+            pcf->nidle--;
+            break;
+        }
+    }
+    if (why) {
+        sg_log_error(SG_LOG_INFO, idle->c->log, 0, "kept connection to "
+                     "backend %.*s closed: %s", (int) idle->name_len,
+                     (char *) idle->name, why);
+    }
+    sg_proxy_close_backend(idle->c);
+    free(idle);
+}
+
+/* A kept connection speaks only to answer the RSET it was sent; any
+ * other byte, its close, its timeout or a draining worker end it. */
+static void
+sg_proxy_idle_handler(sg_event_t *ev)
+{
+    sg_connection_t  *c = ev->data;
+    sg_proxy_idle_t  *idle = c->data;
+    sg_smtp_reply_t   r;
+    ssize_t           n;
+
+    if (c->close) {
+        sg_proxy_idle_close(idle, NULL);
+        return;
+    }
+    if (ev->timedout) {
+        (void) c->send(c, (u_char *) "QUIT\r\n", 6);
+        sg_proxy_idle_close(idle, NULL);
+        return;
+    }
+    if (ev->write) {
+        return;                       /* writable is no news when idle */
+    }
+    for ( ;; ) {
+        if (idle->nin == sizeof(idle->in)) {
+            sg_proxy_idle_close(idle, "a reply to RSET too long");
+            return;
+        }
+        n = c->recv(c, idle->in + idle->nin, sizeof(idle->in) - idle->nin);
+        if (n == SG_AGAIN) {
+            return;
+        }
+        if (n <= 0) {
+            sg_proxy_idle_close(idle, n ? "read error"
+                                        : "the backend closed it");
+            return;
+        }
+        if (idle->ready) {
+            sg_proxy_idle_close(idle, "the backend sent bytes unasked");
+            return;
+        }
+        idle->nin += (size_t) n;
+        if (sg_smtp_parse_reply(idle->in, idle->in + idle->nin,
+                                sizeof(idle->in), &r) == SG_OK)
+        {
+            if (r.code != 250 || r.len != idle->nin) {
+                sg_proxy_idle_close(idle, "RSET was not answered 250");
+                return;
+            }
+            idle->ready = 1;
+            idle->nin = 0;
+        }
+    }
+}
+
+/* The session is over with its backend connection at a command
+ * boundary: send RSET and keep the connection for the next session. */
+static void
+sg_proxy_keep(sg_proxy_ctx_t *ctx)
+{
+    sg_proxy_conf_t  *pcf = ctx->conf;
+    sg_connection_t  *c = ctx->up;
+    sg_proxy_idle_t  *idle;
+    sg_str_t         *xa = &ctx->cl.xclient_attrs;
+
+    ctx->up = NULL;
+    if (sg_exiting || c->close || pcf->nidle >= (size_t) pcf->keepalive
+        || xa->len > sizeof(idle->xclient_attrs)
+        || c->send(c, (u_char *) "RSET\r\n", 6) != 6)
+    {
+        sg_proxy_close_backend(c);
+        return;
+    }
+    idle = calloc(1, sizeof(sg_proxy_idle_t));
+    if (idle == NULL) {
+        sg_proxy_close_backend(c);
+        return;
+    }
+    idle->conf = pcf;
+    idle->c = c;
+    idle->ehlo = ctx->cl.ehlo;
+    if (xa->len) {
+        memcpy(idle->xclient_attrs, xa->data, xa->len);
+    }
+    idle->xclient_len = xa->len;
+    idle->sessions = ctx->up_sessions;
+    idle->name_len = sg_min(ctx->peer->name.len, sizeof(idle->name));
+    memcpy(idle->name, ctx->peer->name.data, idle->name_len);
+    c->data = idle;
+    c->log = sg_cycle->log;
+    c->pool = NULL;
+    c->idle = 1;
+    c->read->handler = sg_proxy_idle_handler;
+    c->write->handler = sg_proxy_idle_handler;
+    c->write->ready = 0;
+    sg_event_del_timer(c->write);
+    sg_event_add_timer(c->read, pcf->keepalive_timeout);
+    idle->next = pcf->idle;
+    pcf->idle = idle;
+    pcf->nidle++;
+    /* An answer already waiting is read now. */
+    if (c->read->ready) {
+        sg_event_post(c->read);
+    }
+}
+
+/* A kept connection to this peer, answered and ready, or NULL. */
+static sg_proxy_idle_t *
+sg_proxy_idle_take(sg_proxy_conf_t *pcf, const sg_addr_t *peer)
+{
+    sg_proxy_idle_t  **pp, *idle;
+
+    for (pp = &pcf->idle; *pp; pp = &(*pp)->next) {
+        idle = *pp;
+        if (idle->ready && idle->c->socklen == peer->socklen
+            && memcmp(&idle->c->sockaddr, &peer->sa, peer->socklen) == 0)
+        {
+            *pp = idle->next;
+            pcf->nidle--;
+            sg_event_del_timer(idle->c->read);
+            return idle;
+        }
+    }
+    return NULL;
+}
+
 static void
 sg_proxy_cleanup(void *data)
 {
@@ -519,11 +732,11 @@ sg_proxy_cleanup(void *data)
     bool             relayed = ctx->up != NULL;
 
     sg_proxy_close_pipes(ctx);
+    if (ctx->up && ctx->keep) {
+        sg_proxy_keep(ctx);
+    }
     if (ctx->up) {
-#if (SG_HAVE_SSL_MODULE)
-        sg_ssl_free_connection(ctx->up);
-#endif
-        sg_close_connection(ctx->up);
+        sg_proxy_close_backend(ctx->up);
         ctx->up = NULL;
     }
     sg_smtp_client_close(&ctx->cl);
@@ -643,6 +856,17 @@ sg_proxy_handshake_done(sg_smtp_client_t *cl)
         sg_proxy_relay_start(ctx);
         return;
     }
+    if (ctx->reused && !cl->aborted) {
+        /* The kept connection went stale: no fault of the peer's. */
+        sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "kept connection to "
+                     "backend %.*s failed (%s), connecting anew",
+                     SG_STR_ARG(&ctx->peer->name), cl->error);
+        sg_smtp_client_close(cl);
+        ctx->no_reuse = 1;
+        ctx->tries--;
+        sg_proxy_attempt(ctx);
+        return;
+    }
     sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "backend %.*s failed: %s",
                  SG_STR_ARG(&ctx->peer->name), cl->error);
 #if (SG_HAVE_UPSTREAM_MODULE)
@@ -662,6 +886,8 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
     sg_smtp_client_t   *cl = &ctx->cl;
     sg_auth_request_t  *r = s->auth;
     sg_buf_t            in = cl->in, out = cl->out;
+    sg_proxy_idle_t    *idle;
+    sg_connection_t    *kc;
 
     memset(cl, 0, sizeof(*cl));
     cl->in = in;
@@ -694,6 +920,41 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
     cl->done = sg_proxy_handshake_done;
     cl->data = ctx;
     ctx->tries++;
+    ctx->reused = 0;
+    ctx->up_sessions = 1;
+    if (ctx->conf->keepalive && !ctx->no_reuse && !cl->auth
+        && cl->proxy_protocol == 0)
+    {
+        idle = sg_proxy_idle_take(ctx->conf, ctx->peer);
+        if (idle) {
+            ctx->reused = 1;
+            ctx->up_sessions = idle->sessions + 1;
+            cl->ehlo = idle->ehlo;
+            cl->xclient_attrs.len = idle->xclient_len;
+            cl->xclient_attrs.data = sg_pnalloc(s->pool,
+                                                idle->xclient_len + 1);
+            if (cl->xclient_attrs.data == NULL) {
+                sg_proxy_close_backend(idle->c);
+                free(idle);
+                sg_smtp_relay_failed(s);
+                return;
+            }
+            if (idle->xclient_len) {
+                memcpy(cl->xclient_attrs.data, idle->xclient_attrs,
+                       idle->xclient_len);
+            }
+            kc = idle->c;
+            free(idle);
+            sg_log_debug(s->log, "backend %.*s: a kept connection, its "
+                         "session %u", SG_STR_ARG(&ctx->peer->name),
+                         ctx->up_sessions);
+            sg_smtp_client_reuse(cl, kc);
+            if (cl->finished) {
+                sg_proxy_handshake_done(cl);
+            }
+            return;
+        }
+    }
     sg_smtp_client_start(cl);
     if (cl->finished) {
         sg_proxy_handshake_done(cl);
@@ -1004,10 +1265,28 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
         sg_smtp_close_session(s);
         return;
     }
-    sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s",
+    /* Follow the session when its backend connection may be kept. */
+    if (ctx->conf->keepalive && !cl->auth && cl->proxy_protocol == 0
+        && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests)
+    {
+        sg_proxy_track_init(&ctx->track);
+        ctx->tracking = 1;
+        if (sg_buf_size(&cl->in)) {
+            ctx->track.state = SG_TRACK_OFF;
+            ctx->track.why = "the backend spoke before any command";
+        } else if (cl->xclient_sent && !cl->ehlo.xclient) {
+            /* It speaks for this client now and would not take another
+             * XCLIENT (Postfix, where the client it was told of is not
+             * among smtpd_authorized_xclient_hosts). */
+            ctx->track.state = SG_TRACK_OFF;
+            ctx->track.why = "after XCLIENT the backend offers no other";
+        }
+    }
+    sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s%s",
                  SG_STR_ARG(&ctx->peer->name),
                  ctx->up->ssl ? " over TLS" : "",
-                 cl->auth ? ", logged in" : "");
+                 cl->auth ? ", logged in" : "",
+                 ctx->reused ? ", on a kept connection" : "");
 
     /* From here both connections' data is the relay context. */
     c->data = ctx;
@@ -1026,7 +1305,8 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
  * error; *eof is set when src closed, *moved when a byte moved. */
 static int
 sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
-    size_t size, unsigned *eof, bool *moved, bool read)
+    size_t size, unsigned *eof, bool *moved, bool read,
+    sg_proxy_track_t *track)
 {
     ssize_t  n;
 
@@ -1059,6 +1339,9 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
             if (n == 0) {
                 *eof = 1;
             } else if (n > 0) {
+                if (track) {
+                    sg_proxy_track_server(track, b->last, (size_t) n);
+                }
                 b->last += n;
                 *moved = true;
                 continue;
@@ -1066,6 +1349,83 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
         }
         return SG_OK;
     }
+}
+
+/* Client to backend while the session is followed: only the bytes the
+ * reader let pass go out; nothing is read after QUIT. */
+static int
+sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
+    sg_connection_t *dst, sg_buf_t *b, size_t size, unsigned *eof,
+    bool *moved)
+{
+    sg_proxy_track_t  *t = &ctx->track;
+    ssize_t            n;
+    bool               full;
+
+    if (!*eof && src->read->ready && sg_buf_take(b, size) != SG_OK) {
+        return SG_ERROR;
+    }
+
+    for ( ;; ) {
+        if (ctx->fwd < sg_buf_size(b) && t->state != SG_TRACK_QUIT) {
+            full = b->pos == b->start && b->last == b->end;
+            ctx->fwd += sg_proxy_track_client(t, b->pos + ctx->fwd,
+                                              sg_buf_size(b) - ctx->fwd,
+                                              full);
+        }
+        if (ctx->fwd && dst->write->ready) {
+            n = dst->send(dst, b->pos, ctx->fwd);
+            if (n == SG_ERROR) {
+                return SG_ERROR;
+            }
+            if (n > 0) {
+                b->pos += n;
+                ctx->fwd -= (size_t) n;
+                *moved = true;
+                continue;
+            }
+        }
+        if (t->state == SG_TRACK_QUIT) {
+            return SG_OK;
+        }
+        if (b->pos == b->last) {
+            sg_buf_reset(b);
+        } else if (sg_buf_free(b) == 0) {
+            sg_buf_compact(b);
+        }
+        if (!*eof && sg_buf_free(b) && src->read->ready) {
+            n = src->recv(src, b->last, sg_buf_free(b));
+            if (n == SG_ERROR) {
+                return SG_ERROR;
+            }
+            if (n == 0) {
+                *eof = 1;
+            } else if (n > 0) {
+                b->last += n;
+                *moved = true;
+                continue;
+            }
+        }
+        return SG_OK;
+    }
+}
+
+/* The client sent QUIT and every reply has come: answer it here, and
+ * keep the backend connection once the 221 is out. */
+static int
+sg_proxy_quit(sg_proxy_ctx_t *ctx)
+{
+    static const char  bye[] = "221 2.0.0 Bye\r\n";
+    sg_smtp_session_t  *s = ctx->s;
+
+    ctx->closing = 1;
+    sg_buf_reset(&s->in);          /* nothing after QUIT counts */
+    ctx->fwd = 0;
+    if (sg_buf_take(&ctx->ubuf, ctx->conf->buffer_size) != SG_OK) {
+        return SG_ERROR;
+    }
+    sg_buf_compact(&ctx->ubuf);
+    return sg_buf_append(&ctx->ubuf, (u_char *) bye, sizeof(bye) - 1);
 }
 
 /* The same through a pipe with splice(2): the bytes never enter user
@@ -1125,7 +1485,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     sg_proxy_ctx_t     *ctx;
     sg_smtp_session_t  *s;
     unsigned            up_eof, down_eof;
-    bool                moved = false, up_empty, down_empty;
+    bool                moved = false, up_empty, down_empty, tracked;
     int                 rc;
 
     ctx = c->data;
@@ -1139,22 +1499,61 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     up_eof = ctx->up_eof;
     down_eof = ctx->down_eof;
+    tracked = ctx->tracking && ctx->track.state != SG_TRACK_OFF;
     /* Buffered bytes (the pending replies, what the client pipelined)
      * go first; splicing starts once both buffers are empty. */
     rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, ctx->conf->buffer_size,
-                       &up_eof, &moved, !ctx->spliced);
-    if (rc == SG_OK) {
+                       &up_eof, &moved, !ctx->spliced && !ctx->closing,
+                       tracked ? &ctx->track : NULL);
+    if (rc == SG_OK && ctx->closing) {
+        if (sg_buf_size(&ctx->ubuf)) {
+            goto wait;
+        }
+        /* The 221 is out: the session ends, its backend connection
+         * stays, unless the backend spoke out of turn meanwhile. */
+        ctx->keep = !up_eof && ctx->track.state == SG_TRACK_QUIT;
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client sent QUIT%s",
+                     ctx->keep ? ", backend connection kept" : "");
+        sg_smtp_close_session(s);
+        return;
+    }
+    if (rc == SG_OK && tracked) {
+        rc = sg_proxy_pump_tracked(ctx, down, ctx->up, &s->in,
+                                   s->conf->client_buffer, &down_eof,
+                                   &moved);
+        if (rc == SG_OK && sg_proxy_track_done(&ctx->track) && !up_eof) {
+            if (sg_proxy_quit(ctx) != SG_OK) {
+                sg_smtp_close_session(s);
+                return;
+            }
+            sg_proxy_relay_handler(ev);   /* the 221 goes out */
+            return;
+        }
+    } else if (rc == SG_OK) {
         rc = sg_proxy_pump(down, ctx->up, &s->in, s->conf->client_buffer,
-                           &down_eof, &moved, !ctx->spliced);
+                           &down_eof, &moved, !ctx->spliced, NULL);
+    }
+    if (ctx->tracking && ctx->track.state == SG_TRACK_OFF && ctx->track.why)
+    {
+        sg_log_debug(s->log, "the backend connection will not be kept: %s",
+                     ctx->track.why);
+        ctx->track.why = NULL;
     }
     up_empty = sg_buf_size(&ctx->ubuf) == 0;
     down_empty = sg_buf_size(&s->in) == 0;
     /* A session of commands and small messages is cheaper through the
      * buffers than through two pipes; a large transfer switches to
-     * splice(2) once both buffers are empty. */
+     * splice(2) once both buffers are empty, and is no longer read. */
     if (rc == SG_OK && !ctx->spliced && up_empty && down_empty
-        && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER)
+        && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER
+        && ctx->conf->splice && !ctx->up->ssl && !down->ssl)
     {
+        if (ctx->tracking && ctx->track.state != SG_TRACK_OFF) {
+            ctx->track.state = SG_TRACK_OFF;
+            sg_log_debug(s->log, "the backend connection will not be "
+                         "kept: a large transfer goes through splice");
+        }
+        ctx->fwd = 0;
         sg_proxy_splice_init(ctx);
     }
     if (rc == SG_OK && ctx->spliced) {
@@ -1195,6 +1594,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
         sg_smtp_close_session(s);
         return;
     }
+wait:
     if (moved || !sg_event_timer_set(down->read)) {
         sg_event_add_timer(down->read, ctx->conf->timeout);
     }

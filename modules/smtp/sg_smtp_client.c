@@ -25,14 +25,15 @@ typedef enum {
     SG_CL_AUTH_USER,          /* AUTH LOGIN: the user sent */
     SG_CL_AUTH_PASS,          /* AUTH LOGIN: the password sent */
     SG_CL_MAIL,
-    SG_CL_DONE
+    SG_CL_DONE,
+    SG_CL_REUSE               /* a kept connection, past its EHLO */
 } sg_smtp_client_state_e;
 
 static const char *sg_cl_step_names[] = {
     "connect", "TLS handshake", "greeting", "EHLO", "STARTTLS",
     "TLS handshake after STARTTLS", "EHLO after STARTTLS", "XCLIENT",
     "EHLO after XCLIENT", "AUTH", "AUTH LOGIN user", "AUTH LOGIN password",
-    "MAIL", "done"
+    "MAIL", "done", "reuse of a kept connection"
 };
 
 static const struct {
@@ -424,6 +425,7 @@ sg_smtp_client_on_reply(sg_smtp_client_t *cl, const sg_smtp_reply_t *r)
         if (r->code / 100 != 2) {
             break;
         }
+        cl->xclient_sent = 1;
         cl->state = SG_CL_XCLIENT_EHLO;
         return sg_smtp_client_line(cl, false, "%s %.*s",
                                    cl->xclient_esmtp ? "EHLO" : "HELO",
@@ -600,6 +602,19 @@ sg_smtp_client_handler(sg_event_t *ev)
                                                      : SG_CL_GREETING;
         sg_event_add_timer(c->read, cl->timeout);
     }
+    if (cl->state == SG_CL_REUSE) {
+        /* The server waits for a command: XCLIENT, the replayed MAIL,
+         * or nothing at all. */
+        sg_event_add_timer(c->read, cl->timeout);
+        rc = sg_smtp_client_after_tls_ehlo(cl);
+        if (rc == SG_ERROR) {
+            return;
+        }
+        if (rc == SG_DONE) {
+            sg_smtp_client_finish(cl, SG_OK);
+            return;
+        }
+    }
     for ( ;; ) {
         rc = sg_smtp_client_send(cl);
         if (rc == SG_ERROR) {
@@ -653,6 +668,7 @@ sg_smtp_client_start(sg_smtp_client_t *cl)
     cl->state = SG_CL_CONNECT;
     cl->finished = 0;
     cl->tls_active = 0;
+    cl->xclient_sent = 0;
     cl->timedout = false;
     cl->aborted = 0;
     cl->error[0] = '\0';
@@ -689,4 +705,37 @@ sg_smtp_client_start(sg_smtp_client_t *cl)
     if (rc == SG_OK) {
         sg_event_post(c->write);
     }
+}
+
+void
+sg_smtp_client_reuse(sg_smtp_client_t *cl, sg_connection_t *c)
+{
+    cl->state = SG_CL_REUSE;
+    cl->finished = 0;
+    cl->tls_active = c->ssl != NULL;
+    cl->xclient_sent = 0;
+    cl->timedout = false;
+    cl->aborted = 0;
+    cl->error[0] = '\0';
+    cl->mail_reply.len = 0;
+    if (sg_buf_take(&cl->in, SG_SMTP_CLIENT_BUF) != SG_OK
+        || sg_buf_take(&cl->out, SG_SMTP_CLIENT_BUF) != SG_OK)
+    {
+        snprintf(cl->error, sizeof(cl->error), "out of memory");
+        cl->status = SG_ERROR;
+        cl->finished = 1;
+        cl->c = c;                 /* the caller closes it */
+        return;
+    }
+    sg_buf_reset(&cl->in);
+    sg_buf_reset(&cl->out);
+    cl->c = c;
+    c->data = cl;
+    c->pool = cl->pool;
+    c->log = cl->log;
+    c->idle = 0;
+    c->read->handler = sg_smtp_client_handler;
+    c->write->handler = sg_smtp_client_handler;
+    c->write->ready = 1;
+    sg_event_post(c->write);
 }

@@ -71,6 +71,7 @@ struct sg_smtp_client_s {
     sg_str_t                     mail_reply;    /* whole reply, CRLFs */
     sg_buf_t                     in;            /* bytes past the last
                                                    reply (none normally) */
+    unsigned                     xclient_sent:1; /* and answered 2xx */
 
     /* The engine's. */
     sg_buf_t                     out;
@@ -85,6 +86,13 @@ struct sg_smtp_client_s {
  * connect fails at once, start() returns with cl->finished set,
  * cl->status SG_ERROR and cl->error filled, and done() is not called. */
 void sg_smtp_client_start(sg_smtp_client_t *cl);
+/* Go on with a connection kept from an earlier session: connected, past
+ * its greeting, TLS and EHLO, answered RSET, with cl->ehlo and
+ * cl->xclient_attrs as that EHLO left them.  Runs what the handshake
+ * does after EHLO (XCLIENT, the replayed MAIL); cl->done(cl) follows,
+ * from the event loop, as after start().  When it cannot begin,
+ * cl->finished is set and done() is not called. */
+void sg_smtp_client_reuse(sg_smtp_client_t *cl, sg_connection_t *c);
 /* Close the connection (if the caller did not take it), stop, and give
  * back the handshake buffers (after copying what cl->in still holds). */
 void sg_smtp_client_close(sg_smtp_client_t *cl);

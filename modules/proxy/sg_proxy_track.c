@@ -1,0 +1,321 @@
+/*
+ * sg_proxy_track.c: reading a relayed SMTP session's commands and
+ * replies as they pass (see sg_proxy_track.h).
+ */
+#include "sg_core.h"
+#include "sg_proxy_track.h"
+
+/* Where in a line of message text (SG_TRACK_DATA). */
+enum {
+    SG_TRACK_D_BOL = 0,      /* at the start of a line */
+    SG_TRACK_D_MID,          /* inside one */
+    SG_TRACK_D_CR,           /* inside one, after CR */
+    SG_TRACK_D_DOT,          /* a line that began with "." */
+    SG_TRACK_D_DOTCR         /* "." CR */
+};
+
+void
+sg_proxy_track_init(sg_proxy_track_t *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->state = SG_TRACK_CMD;
+}
+
+static void
+sg_proxy_track_off(sg_proxy_track_t *t, const char *why)
+{
+    t->state = SG_TRACK_OFF;
+    t->why = why;
+}
+
+/* The verb of a command line, letters only, up to SP or the end. */
+static bool
+sg_proxy_track_verb(const u_char *p, size_t n, const char *verb)
+{
+    size_t  v = strlen(verb);
+
+    return n >= v && sg_strncasecmp(p, (u_char *) verb, v) == 0
+           && (n == v || p[v] == ' ');
+}
+
+/* "BDAT" SP 1*DIGIT [SP "LAST"], exactly (line without CRLF). */
+static int
+sg_proxy_track_bdat(const u_char *p, size_t n, uint64_t *size)
+{
+    size_t    i = 5, digits = 0;
+    uint64_t  v = 0;
+
+    if (n < 6 || p[4] != ' ') {
+        return SG_ERROR;
+    }
+    while (i < n && p[i] >= '0' && p[i] <= '9') {
+        if (++digits > 18) {
+            return SG_ERROR;
+        }
+        v = v * 10 + (uint64_t) (p[i] - '0');
+        i++;
+    }
+    if (digits == 0) {
+        return SG_ERROR;
+    }
+    if (i < n && !(n - i == 5 && sg_strncasecmp(p + i, (u_char *) " LAST", 5)
+                   == 0))
+    {
+        return SG_ERROR;
+    }
+    *size = v;
+    return SG_OK;
+}
+
+/* One complete command line (without its CRLF). */
+static void
+sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
+{
+    static const char  *one_reply[] = {
+        "MAIL", "RCPT", "RSET", "NOOP", "EHLO", "HELO", "VRFY", "EXPN",
+        "HELP"
+    };
+    size_t              i;
+
+    if (t->pending >= SG_PROXY_TRACK_PENDING_MAX) {
+        sg_proxy_track_off(t, "too many commands before their replies");
+        return;
+    }
+    if (sg_proxy_track_verb(p, n, "QUIT")) {
+        t->state = SG_TRACK_QUIT;
+        return;
+    }
+    if (sg_proxy_track_verb(p, n, "DATA")) {
+        t->pending++;
+        t->data_due = 1;
+        t->state = SG_TRACK_WAIT_DATA;
+        return;
+    }
+    if (sg_proxy_track_verb(p, n, "BDAT")) {
+        if (sg_proxy_track_bdat(p, n, &t->skip) != SG_OK) {
+            sg_proxy_track_off(t, "a BDAT command it cannot read");
+            return;
+        }
+        t->pending++;
+        t->state = t->skip ? SG_TRACK_CHUNK : SG_TRACK_CMD;
+        return;
+    }
+    for (i = 0; i < sg_nelems(one_reply); i++) {
+        if (sg_proxy_track_verb(p, n, one_reply[i])) {
+            t->pending++;
+            return;
+        }
+    }
+    sg_proxy_track_off(t, "a command other than those of RFC 5321");
+}
+
+/* Message text: find CRLF "." CRLF, refusing any bare CR or LF.  Returns
+ * the bytes read; the state leaves SG_TRACK_DATA at the end. */
+static size_t
+sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
+{
+    const u_char  *s = p, *end = p + n, *lf, *cr;
+
+    while (p < end && t->state == SG_TRACK_DATA) {
+        switch (t->dstate) {
+        case SG_TRACK_D_MID:
+            /* the next LF must come right after the next CR */
+            lf = memchr(p, '\n', (size_t) (end - p));
+            cr = memchr(p, '\r', (size_t) ((lf ? lf : end) - p));
+            if (cr == NULL) {
+                if (lf) {
+                    sg_proxy_track_off(t, "a bare LF in the message");
+                    return (size_t) (lf - s);
+                }
+                return n;
+            }
+            p = cr + 1;
+            t->dstate = SG_TRACK_D_CR;
+            break;
+        case SG_TRACK_D_CR:
+            if (*p++ != '\n') {
+                sg_proxy_track_off(t, "a bare CR in the message");
+                return (size_t) (p - 1 - s);
+            }
+            t->dstate = SG_TRACK_D_BOL;
+            break;
+        case SG_TRACK_D_BOL:
+            if (*p == '.') {
+                t->dstate = SG_TRACK_D_DOT;
+                p++;
+                break;
+            }
+            t->dstate = SG_TRACK_D_MID;
+            if (*p == '\n') {
+                sg_proxy_track_off(t, "a bare LF in the message");
+                return (size_t) (p - s);
+            }
+            break;
+        case SG_TRACK_D_DOT:
+            if (*p == '\r') {
+                t->dstate = SG_TRACK_D_DOTCR;
+                p++;
+                break;
+            }
+            t->dstate = SG_TRACK_D_MID;
+            if (*p == '\n') {
+                sg_proxy_track_off(t, "a bare LF in the message");
+                return (size_t) (p - s);
+            }
+            break;
+        case SG_TRACK_D_DOTCR:
+            if (*p != '\n') {
+                sg_proxy_track_off(t, "a bare CR in the message");
+                return (size_t) (p - s);
+            }
+            p++;
+            t->pending++;           /* the message's own reply */
+            t->state = SG_TRACK_CMD;
+            break;
+        }
+    }
+    return (size_t) (p - s);
+}
+
+size_t
+sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p, size_t n,
+    bool full)
+{
+    const u_char  *s = p, *end = p + n, *lf, *cr;
+    size_t         k;
+
+    while (p < end) {
+        switch (t->state) {
+        case SG_TRACK_OFF:
+            return n;
+
+        case SG_TRACK_WAIT_DATA:
+        case SG_TRACK_QUIT:
+            return (size_t) (p - s);
+
+        case SG_TRACK_CHUNK:
+            k = (size_t) sg_min((uint64_t) (end - p), t->skip);
+            p += k;
+            t->skip -= k;
+            if (t->skip == 0) {
+                t->state = SG_TRACK_CMD;
+            }
+            break;
+
+        case SG_TRACK_DATA:
+            p += sg_proxy_track_data(t, p, (size_t) (end - p));
+            break;
+
+        default: /* SG_TRACK_CMD */
+            lf = memchr(p, '\n', (size_t) (end - p));
+            if (lf == NULL) {
+                if (full || end - p > SG_PROXY_TRACK_LINE_MAX) {
+                    sg_proxy_track_off(t, "a command line too long");
+                    return n;
+                }
+                return (size_t) (p - s);
+            }
+            if (lf - p > SG_PROXY_TRACK_LINE_MAX + 1) {
+                sg_proxy_track_off(t, "a command line too long");
+                return n;
+            }
+            if (lf == p || lf[-1] != '\r') {
+                sg_proxy_track_off(t, "a command line ending in a bare LF");
+                return n;
+            }
+            cr = memchr(p, '\r', (size_t) (lf - 1 - p));
+            if (cr) {
+                sg_proxy_track_off(t, "a bare CR in a command line");
+                return n;
+            }
+            sg_proxy_track_command(t, p, (size_t) (lf - 1 - p));
+            if (t->state == SG_TRACK_QUIT) {
+                return (size_t) (p - s);
+            }
+            if (t->state == SG_TRACK_OFF) {
+                return n;
+            }
+            p = lf + 1;
+            break;
+        }
+    }
+    return (size_t) (p - s);
+}
+
+/* The end of one reply line, rhead holding its first bytes. */
+static void
+sg_proxy_track_reply_line(sg_proxy_track_t *t)
+{
+    unsigned  code;
+    size_t    i;
+
+    if (t->rlen < 3) {
+        sg_proxy_track_off(t, "a reply line too short");
+        return;
+    }
+    for (i = 0; i < 3; i++) {
+        if (t->rhead[i] < '0' || t->rhead[i] > '9') {
+            sg_proxy_track_off(t, "a reply line without a code");
+            return;
+        }
+    }
+    if (t->rlen > 3 && t->rhead[3] == '-') {
+        return;                               /* more lines follow */
+    }
+    if (t->rlen > 3 && t->rhead[3] != ' ') {
+        sg_proxy_track_off(t, "a reply line it cannot read");
+        return;
+    }
+    code = (unsigned) (t->rhead[0] - '0') * 100
+           + (unsigned) (t->rhead[1] - '0') * 10
+           + (unsigned) (t->rhead[2] - '0');
+    if (t->pending == 0) {
+        sg_proxy_track_off(t, "a reply to no command");
+        return;
+    }
+    if (code == 421) {
+        sg_proxy_track_off(t, "the server is closing the session (421)");
+        return;
+    }
+    t->pending--;
+    if (t->pending == 0 && t->data_due) {
+        t->data_due = 0;
+        if (t->state == SG_TRACK_WAIT_DATA) {
+            t->state = code == 354 ? SG_TRACK_DATA : SG_TRACK_CMD;
+            t->dstate = SG_TRACK_D_BOL;
+        }
+    }
+}
+
+void
+sg_proxy_track_server(sg_proxy_track_t *t, const u_char *p, size_t n)
+{
+    const u_char  *end = p + n;
+    u_char         ch;
+
+    for ( ; p < end && t->state != SG_TRACK_OFF; p++) {
+        ch = *p;
+        if (ch == '\n') {
+            if (!t->rcr) {
+                sg_proxy_track_off(t, "a reply line ending in a bare LF");
+                return;
+            }
+            t->rlen--;                        /* the CR */
+            sg_proxy_track_reply_line(t);
+            t->rlen = 0;
+            t->rcr = 0;
+            continue;
+        }
+        if (t->rcr) {
+            sg_proxy_track_off(t, "a bare CR in a reply");
+            return;
+        }
+        t->rcr = ch == '\r';
+        if (t->rlen < sizeof(t->rhead)) {
+            t->rhead[t->rlen] = ch;
+        }
+        if (t->rlen < 1000000) {
+            t->rlen++;
+        }
+    }
+}

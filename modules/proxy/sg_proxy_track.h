@@ -1,0 +1,74 @@
+/*
+ * sg_proxy_track.h: following an SMTP session through the relay, so that
+ * its backend connection can serve the next session.
+ *
+ * The relay copies bytes; this reads them as they pass, the client's
+ * commands on one side and the server's replies on the other, and knows
+ * at every moment whether the server waits for a command and how many
+ * replies are still due.  When the client sends QUIT at a command
+ * boundary with nothing due, the relay answers it itself and keeps the
+ * backend connection.
+ *
+ * It follows only what it can follow without doubt: the commands of
+ * RFC 5321 with one reply each, DATA (its end found by the strict
+ * CRLF "." CRLF) and BDAT (RFC 3030, its chunk skipped by its size).
+ * Anything else -- AUTH, STARTTLS, XCLIENT, an unknown verb, a bare CR or
+ * LF anywhere, a reply nobody asked for, 421 -- turns it off for the rest
+ * of the session: the bytes still pass unchanged, and the backend
+ * connection is closed at the end as without keepalive.  A server and
+ * this reader can then never disagree on where a message ends.
+ */
+#ifndef SG_PROXY_TRACK_H
+#define SG_PROXY_TRACK_H
+
+#include "sg_core.h"
+
+/* A command line longer than this (without CRLF) ends tracking. */
+#define SG_PROXY_TRACK_LINE_MAX  2048
+/* More replies due than this (a flood of pipelined commands) too. */
+#define SG_PROXY_TRACK_PENDING_MAX  10000
+
+typedef enum {
+    SG_TRACK_CMD = 0,        /* the server waits for a command */
+    SG_TRACK_WAIT_DATA,      /* DATA sent: held until its reply */
+    SG_TRACK_DATA,           /* message text, until CRLF "." CRLF */
+    SG_TRACK_CHUNK,          /* a BDAT chunk's octets */
+    SG_TRACK_QUIT,           /* the client sent QUIT (not passed on) */
+    SG_TRACK_OFF             /* not followed any more */
+} sg_proxy_track_state_e;
+
+typedef struct {
+    uint64_t     skip;       /* BDAT octets still to pass */
+    unsigned     pending;    /* replies due from the server */
+    unsigned     state;      /* sg_proxy_track_state_e */
+    unsigned     dstate;     /* where in a line of message text */
+    unsigned     rlen;       /* bytes of the reply line so far */
+    u_char       rhead[4];   /* its first four */
+    unsigned     rcr:1;      /* the reply's last byte was CR */
+    unsigned     data_due:1; /* the last reply due is DATA's */
+    const char  *why;        /* why tracking stopped, for the log */
+} sg_proxy_track_t;
+
+void sg_proxy_track_init(sg_proxy_track_t *t);
+
+/*
+ * Read client bytes [p, p + n).  Returns how many may be passed to the
+ * server now; the rest waits: an incomplete command line, or everything
+ * after a DATA until the server answered it.  full: no more bytes can
+ * arrive before these move (the buffer is full), so an incomplete line
+ * that fills it ends tracking.  After QUIT the state is SG_TRACK_QUIT,
+ * the count excludes the QUIT line, and the caller drops the rest.  Once
+ * off, every byte may pass.
+ */
+size_t sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p,
+    size_t n, bool full);
+
+/* Read server bytes (replies); every byte passes. */
+void sg_proxy_track_server(sg_proxy_track_t *t, const u_char *p, size_t n);
+
+/* The session is at a point where its backend connection can be kept:
+ * the client sent QUIT and every reply due has come. */
+#define sg_proxy_track_done(t)                                              \
+    ((t)->state == SG_TRACK_QUIT && (t)->pending == 0)
+
+#endif /* SG_PROXY_TRACK_H */

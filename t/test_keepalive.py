@@ -1,0 +1,338 @@
+"""proxy_keepalive: one backend connection serves session after session.
+
+A real aiosmtpd backend (and Postfix's smtp-sink, and Postfix itself for
+XCLIENT) counts the connections it accepted and records each command;
+the tests check that sessions which end with QUIT at a command boundary
+leave their backend connection for the next session (RSET in between,
+XCLIENT again for each client), that every message still arrives byte
+for byte, and that any session the relay cannot follow without doubt --
+a bare LF in a message, a command it does not know, a client that
+vanishes, a login to the backend -- gets its backend connection closed
+as without keepalive.
+"""
+
+import re
+import signal
+import smtplib
+import time
+
+import pytest
+
+from lib import gate as gatelib
+from lib import postfix as postfixlib
+from lib.backends import AiosmtpdBackend
+from lib.checks import assert_same_bytes
+from lib.messages import make_message
+from lib.smtp import RawSmtp
+from lib.users import password
+
+
+def ka_gate(smtpgate, backend, mail="", keepalive=4, **kw):
+    return smtpgate(gatelib.conf(
+        backend=backend,
+        mail=f"    proxy_keepalive {keepalive};\n    xclient off;\n" + mail,
+        **kw))
+
+
+def one_session(g, msg, user="alice", quit=True):
+    c = RawSmtp("127.0.0.1", g.port, 30)
+    assert c.greeting().code == 220
+    c.ehlo("client.example")
+    assert c.auth_plain(user, password(user)).code == 235
+    assert c.mail("a@example.org", ["b@example.org"], msg).code == 250
+    if quit:
+        r = c.cmd("QUIT")
+        assert r.code == 221, r
+        c.expect_closed()
+    c.close()
+
+
+def wait_until(check, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_sessions_share_one_backend_connection(smtpgate, backend):
+    g = ka_gate(smtpgate, backend)
+    mark = g.log_mark()
+    msgs = [make_message(2000 + i * 3000, seed=i) for i in range(5)]
+    for msg in msgs:
+        one_session(g, msg)
+    got = backend.wait_messages(5)
+    for m, msg in zip(got, msgs):
+        assert_same_bytes(m.content, msg)
+    assert backend.connections == 1
+    (conn,) = backend.sessions
+    assert conn.messages == 5
+    log = g.log_since(mark)
+    assert log.count("backend connection kept") == 5
+    assert log.count("on a kept connection") == 4
+
+
+def test_rset_between_sessions_clears_a_transaction(smtpgate, backend):
+    g = ka_gate(smtpgate, backend)
+    # A session that leaves a transaction open (MAIL, RCPT, no DATA).
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.expect("MAIL FROM:<open@example.org>", 250).code == 250
+        assert c.expect("RCPT TO:<x@example.org>", 250).code == 250
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    msg = make_message(1500, seed=7)
+    one_session(g, msg)
+    (m,) = backend.wait_messages(1)
+    assert m.mail_from == "a@example.org"
+    assert m.rcpt_tos == ["b@example.org"]
+    assert backend.connections == 1
+    verbs = [v for v, _ in backend.sessions[0].commands]
+    # RSET itself is not recorded by the backend; the second MAIL is
+    # accepted, which aiosmtpd refuses with 503 inside a transaction.
+    assert verbs.count("MAIL") == 2
+
+
+def test_xclient_is_sent_again_for_each_client(smtpgate, xclient_backend):
+    g = smtpgate(gatelib.conf(
+        backend=xclient_backend,
+        mail="    proxy_keepalive 4;\n    xclient on;\n"))
+    one_session(g, b"Subject: 1\r\n\r\none\r\n", user="alice")
+    one_session(g, b"Subject: 2\r\n\r\ntwo\r\n", user="bob")
+    xclient_backend.wait_messages(2)
+    assert xclient_backend.connections == 1
+    xc = [a for v, a in xclient_backend.sessions[0].commands
+          if v == "XCLIENT"]
+    assert len(xc) == 2, xc
+    assert "LOGIN=alice" in xc[0] and "LOGIN=bob" in xc[1]
+
+
+def test_postfix_each_client_seen_right_with_xclient(smtpgate, make_postfix):
+    # After XCLIENT, Postfix speaks for the client it was told of, and
+    # that client may not send XCLIENT: the connection cannot serve
+    # another client, so it is not kept; every message shows its own
+    # client.
+    postfix = make_postfix()
+    g = smtpgate(gatelib.conf(
+        proxy_pass=postfix.address, level="debug",
+        listen=("127.0.0.1:@PORT@ proxy_protocol",),
+        mail="    set_real_ip_from 127.0.0.1;\n    proxy_keepalive 4;\n"))
+    mark = g.log_mark()
+    for i, (addr, user) in enumerate((("203.0.113.50", "alice"),
+                                      ("203.0.113.51", "bob"))):
+        with RawSmtp("127.0.0.1", g.port, 30) as c:
+            c.send(f"PROXY TCP4 {addr} 192.0.2.1 4000{i} 587\r\n".encode())
+            assert c.greeting().code == 220
+            c.ehlo(f"client{i}.example")
+            assert c.auth_plain(user, password(user)).code == 235
+            assert c.mail("a@example.org", ["b@example.org"],
+                          f"Subject: {i}\r\n\r\nhello\r\n".encode()
+                          ).code == 250
+            assert c.cmd("QUIT").code == 221
+            c.expect_closed()
+    raws = postfix.wait_messages(2)
+    seen = set()
+    for raw in raws:
+        (received,) = postfixlib.headers(raw, "Received")
+        m = re.match(r"from (client\d\.example) \(unknown \[([0-9.]+)\]\)",
+                     received)
+        assert m, received
+        seen.add((m.group(1), m.group(2)))
+    assert seen == {("client0.example", "203.0.113.50"),
+                    ("client1.example", "203.0.113.51")}
+    log = g.log_since(mark)
+    assert "on a kept connection" not in log
+    assert log.count("will not be kept: after XCLIENT the backend offers "
+                     "no other") == 2
+
+
+def test_postfix_without_xclient_keeps_its_connection(smtpgate, make_postfix):
+    postfix = make_postfix()
+    g = smtpgate(gatelib.conf(
+        proxy_pass=postfix.address,
+        mail="    proxy_keepalive 4;\n    xclient off;\n"))
+    mark = g.log_mark()
+    msgs = [make_message(3000, seed=i) for i in range(3)]
+    for msg in msgs:
+        one_session(g, msg)
+    raws = postfix.wait_messages(3)
+    for raw in raws:
+        (received,) = postfixlib.headers(raw, "Received")
+        assert received.startswith("from mx.test (localhost [127.0.0.1])") \
+            or received.startswith("from mx.test (unknown [127.0.0.1])"), \
+            received
+    assert g.log_since(mark).count("on a kept connection") == 2
+
+
+def test_end_of_data_and_quit_in_one_write(smtpgate, backend):
+    g = ka_gate(smtpgate, backend)
+    for _ in range(2):
+        with RawSmtp("127.0.0.1", g.port, 30) as c:
+            c.greeting()
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).code == 235
+            c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+                   b"DATA\r\n")
+            assert [r.code for r in c.replies(3)] == [250, 250, 354]
+            c.send(b"Subject: p\r\n\r\n..dot\r\n.\r\nQUIT\r\n")
+            assert c.reply().code == 250
+            assert c.reply().code == 221
+            c.expect_closed()
+    got = backend.wait_messages(2)
+    assert got[0].content == b"Subject: p\r\n\r\n.dot\r\n"
+    assert backend.connections == 1
+
+
+def test_bdat_chunks_are_not_read_as_commands(smtpgate, make_backend):
+    b = make_backend(ehlo_add=("CHUNKING",))
+    g = ka_gate(smtpgate, b)
+    body = b"Subject: c\r\n\r\nQUIT\r\nRSET\r\n"
+    for _ in range(2):
+        with RawSmtp("127.0.0.1", g.port, 30) as c:
+            c.greeting()
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).code == 235
+            assert c.expect("MAIL FROM:<a@example.org>", 250).code == 250
+            assert c.expect("RCPT TO:<b@example.org>", 250).code == 250
+            c.send(b"BDAT %d LAST\r\n" % len(body) + body)
+            assert c.reply().code == 250
+            assert c.cmd("QUIT").code == 221
+            c.expect_closed()
+    got = b.wait_messages(2)
+    assert got[1].content == body
+    assert b.connections == 1
+
+
+@pytest.mark.parametrize("case", ["bare-lf", "unknown-command",
+                                  "client-vanishes"])
+def test_sessions_it_cannot_follow_close_their_backend(smtpgate, backend,
+                                                       case):
+    g = smtpgate(gatelib.conf(
+        backend=backend, level="debug",
+        mail="    proxy_keepalive 4;\n    xclient off;\n"))
+    mark = g.log_mark()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        if case == "bare-lf":
+            assert c.expect("MAIL FROM:<a@example.org>", 250).code == 250
+            assert c.expect("RCPT TO:<b@example.org>", 250).code == 250
+            assert c.expect("DATA", 354).code == 354
+            c.send(b"Subject: lf\r\n\r\nline\n.\r\nmore\r\n.\r\n")
+            assert c.reply().code == 250
+            g.wait_log("will not be kept: a bare LF in the message",
+                       since=mark)
+        elif case == "unknown-command":
+            assert c.cmd("ETRN example.org").code // 100 == 5
+            g.wait_log("will not be kept: a command other than those of "
+                       "RFC 5321", since=mark)
+        if case != "client-vanishes":
+            assert c.cmd("QUIT").code == 221
+            c.expect_closed()
+    assert wait_until(lambda: backend.open_connections == 0)
+    assert "backend connection kept" not in g.log_since(mark)
+    # and the next session gets a connection of its own
+    one_session(g, b"Subject: next\r\n\r\nnext\r\n")
+    assert backend.connections == 2
+
+
+def test_off_by_default_and_with_backend_login(smtpgate, make_backend):
+    b = make_backend()
+    g = smtpgate(gatelib.conf(backend=b, mail="    xclient off;\n"))
+    one_session(g, b"Subject: 1\r\n\r\n1\r\n")
+    one_session(g, b"Subject: 2\r\n\r\n2\r\n")
+    b.wait_messages(2)
+    assert b.connections == 2
+
+    users = {"alice": password("alice")}
+    a = make_backend(auth=users)
+    g2 = smtpgate(gatelib.conf(
+        backend=a, mail="    xclient off;\n    proxy_keepalive 4;\n"
+                        "    proxy_smtp_auth on;\n"))
+    one_session(g2, b"Subject: 1\r\n\r\n1\r\n")
+    one_session(g2, b"Subject: 2\r\n\r\n2\r\n")
+    a.wait_messages(2)
+    assert a.connections == 2
+
+
+def test_keepalive_requests_bounds_sessions_per_connection(smtpgate,
+                                                          backend):
+    g = ka_gate(smtpgate, backend, mail="    proxy_keepalive_requests 2;\n")
+    for i in range(5):
+        one_session(g, b"Subject: r\r\n\r\nr\r\n")
+    backend.wait_messages(5)
+    assert backend.connections == 3
+    assert [s.messages for s in backend.sessions] == [2, 2, 1]
+
+
+def test_idle_connection_closed_after_timeout_with_quit(smtpgate, backend):
+    g = ka_gate(smtpgate, backend, mail="    proxy_keepalive_timeout 1s;\n")
+    one_session(g, b"Subject: t\r\n\r\nt\r\n")
+    backend.wait_messages(1)
+    assert backend.open_connections == 1
+    assert wait_until(lambda: backend.open_connections == 0, timeout=10)
+    one_session(g, b"Subject: t\r\n\r\nt\r\n")
+    assert backend.connections == 2
+
+
+def test_backend_closing_a_kept_connection_is_no_failure(smtpgate, backend):
+    g = ka_gate(smtpgate, backend)
+    mark = g.log_mark()
+    one_session(g, b"Subject: 1\r\n\r\n1\r\n")
+    backend.wait_messages(1)
+    backend.stop()               # closes the kept connection
+    backend.start()
+    g.wait_log("kept connection to backend .* closed: the backend closed "
+               "it", since=mark)
+    one_session(g, b"Subject: 2\r\n\r\n2\r\n")
+    backend.wait_messages(2)
+    assert backend.connections == 2
+    assert "failed" not in g.log_since(mark)
+
+
+def test_smtp_sink_and_many_sessions(smtpgate, sink):
+    g = ka_gate(smtpgate, sink, keepalive=2)
+    msg = make_message(5000, seed=3)
+    for _ in range(20):
+        with smtplib.SMTP("127.0.0.1", g.port, timeout=30) as c:
+            c.login("alice", password("alice"))
+            assert c.sendmail("a@example.org", ["b@example.org"], msg) == {}
+    got = sink.wait_messages(20)
+    assert len(got) == 20
+
+
+def test_reload_closes_kept_connections(smtpgate, backend):
+    g = ka_gate(smtpgate, backend)
+    one_session(g, b"Subject: 1\r\n\r\n1\r\n")
+    backend.wait_messages(1)
+    assert backend.open_connections == 1
+    old = g.workers()
+    g.signal(signal.SIGHUP)
+    g.wait_old_workers_gone(old)
+    assert wait_until(lambda: backend.open_connections == 0)
+
+
+@pytest.mark.parametrize("line,err", [
+    ("proxy_keepalive -1;", "proxy_keepalive"),
+    ("proxy_keepalive many;", "proxy_keepalive"),
+    ("proxy_keepalive 5000;", "proxy_keepalive"),
+    ("proxy_keepalive_requests 0;", "proxy_keepalive_requests"),
+    ("proxy_keepalive_timeout never;", "proxy_keepalive_timeout"),
+])
+def test_bad_directives_are_config_errors(tmp_path, users, backend, line,
+                                          err):
+    conf = gatelib.conf(backend=backend, mail=f"    {line}\n")
+    g = gatelib.Smtpgate(tmp_path / "t", conf, users_text=users[1])
+    r = g.ctl("-t")
+    assert r.returncode != 0
+    want = line_no(open(g.conf_path).read(), line)
+    assert re.search(rf"{re.escape(str(g.conf_path))}:{want}: .*\"{err}\"",
+                     r.stderr), r.stderr
+
+
+def line_no(text, needle):
+    return [i + 1 for i, l in enumerate(text.splitlines()) if needle in l][0]

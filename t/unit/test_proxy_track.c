@@ -1,0 +1,287 @@
+/*
+ * test_proxy_track.c: unit tests for the relay's reader of SMTP
+ * sessions, which decides when a backend connection may be kept.
+ *
+ * Each conversation is played twice: in whole pieces, and one byte at
+ * a time; both must end in the same state, since a relay meets every
+ * split of the stream.  The hostile cases are those where a client
+ * could make the reader and the server disagree on where a message
+ * ends: bare CR and LF, dots after them, BDAT sizes, replies nobody
+ * asked for.
+ */
+#include "sg_core.h"
+#include "sg_proxy_track.h"
+#include "sg_test.h"
+
+#define LIT(s) (s), (sizeof(s) - 1)
+
+/* Feed client bytes, step at a time (0: all); returns what may pass. */
+static size_t
+client(sg_proxy_track_t *t, const char *s, size_t n, size_t step)
+{
+    const u_char  *in = sg_test_bytes(s, n);
+    size_t         done = 0, k, got;
+
+    if (step == 0) {
+        return sg_proxy_track_client(t, in, n, false);
+    }
+    /* A relay hands the reader everything not yet passed, as it grows. */
+    for (k = 1; k <= n; k++) {
+        got = sg_proxy_track_client(t, in + done, k - done, false);
+        done += got;
+    }
+    return done;
+}
+
+static void
+server(sg_proxy_track_t *t, const char *s, size_t n, size_t step)
+{
+    const u_char  *in = sg_test_bytes(s, n);
+    size_t         i;
+
+    if (step == 0) {
+        sg_proxy_track_server(t, in, n);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        sg_proxy_track_server(t, in + i, 1);
+    }
+}
+
+static void
+test_transaction(void)
+{
+    sg_proxy_track_t  t;
+    size_t            step;
+    static const char  msg[] = "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
+    static const char  body[] = "Subject: x\r\n\r\n..dot\r\n.\r\n";
+
+    for (step = 0; step < 2; step++) {
+        sg_proxy_track_init(&t);
+        CHECK_UINT(client(&t, LIT(msg), step), sizeof(msg) - 1);
+        CHECK_INT(t.state, SG_TRACK_WAIT_DATA);
+        CHECK_UINT(t.pending, 3);
+        /* nothing passes before the reply to DATA */
+        CHECK_UINT(client(&t, LIT("early"), step), 0);
+        server(&t, LIT("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"), step);
+        CHECK_INT(t.state, SG_TRACK_WAIT_DATA);
+        server(&t, LIT("354 End data with <CR><LF>.<CR><LF>\r\n"), step);
+        CHECK_INT(t.state, SG_TRACK_DATA);
+        CHECK_UINT(client(&t, LIT(body), step), sizeof(body) - 1);
+        CHECK_INT(t.state, SG_TRACK_CMD);
+        CHECK_UINT(t.pending, 1);
+        CHECK_UINT(client(&t, LIT("QUIT\r\n"), step), 0);
+        CHECK_INT(t.state, SG_TRACK_QUIT);
+        CHECK(!sg_proxy_track_done(&t));
+        server(&t, LIT("250 2.0.0 Ok: queued\r\n"), step);
+        CHECK(sg_proxy_track_done(&t));
+    }
+}
+
+static void
+test_pipelined_end_and_quit(void)
+{
+    sg_proxy_track_t  t;
+
+    sg_proxy_track_init(&t);
+    CHECK_UINT(client(&t, LIT("DATA\r\n"), 0), 6);
+    server(&t, LIT("354 go\r\n"), 0);
+    /* the end of the message and QUIT in one read: QUIT stays behind */
+    CHECK_UINT(client(&t, LIT("x\r\n.\r\nQUIT\r\n"), 0), 6);
+    CHECK_INT(t.state, SG_TRACK_QUIT);
+    CHECK_UINT(t.pending, 1);
+    server(&t, LIT("250 ok\r\n"), 0);
+    CHECK(sg_proxy_track_done(&t));
+
+    /* an empty message */
+    sg_proxy_track_init(&t);
+    (void) client(&t, LIT("DATA\r\n"), 0);
+    server(&t, LIT("354 go\r\n"), 0);
+    CHECK_UINT(client(&t, LIT(".\r\nNOOP\r\n"), 0), 9);
+    CHECK_INT(t.state, SG_TRACK_CMD);
+    CHECK_UINT(t.pending, 2);
+}
+
+static void
+test_refused_data(void)
+{
+    sg_proxy_track_t  t;
+
+    sg_proxy_track_init(&t);
+    (void) client(&t, LIT("MAIL FROM:<>\r\nRCPT TO:<x@y>\r\nDATA\r\n"), 0);
+    server(&t, LIT("250 ok\r\n550 no\r\n554 5.5.1 no valid recipients\r\n"),
+           0);
+    CHECK_INT(t.state, SG_TRACK_CMD);
+    CHECK_UINT(t.pending, 0);
+    CHECK_UINT(client(&t, LIT("RSET\r\n"), 0), 6);
+    CHECK_UINT(t.pending, 1);
+}
+
+static void
+test_multiline_replies(void)
+{
+    sg_proxy_track_t  t;
+    size_t            step;
+
+    for (step = 0; step < 2; step++) {
+        sg_proxy_track_init(&t);
+        CHECK_UINT(client(&t, LIT("EHLO x\r\nHELP\r\n"), step), 14);
+        server(&t, LIT("250-a\r\n250-PIPELINING\r\n250 SIZE 10\r\n"), step);
+        CHECK_UINT(t.pending, 1);
+        server(&t, LIT("214\r\n"), step);       /* a code alone is final */
+        CHECK_UINT(t.pending, 0);
+        CHECK_INT(t.state, SG_TRACK_CMD);
+    }
+}
+
+static void
+test_bdat(void)
+{
+    sg_proxy_track_t  t;
+    size_t            step;
+
+    for (step = 0; step < 2; step++) {
+        sg_proxy_track_init(&t);
+        /* chunk octets are not commands, even when they look like QUIT */
+        CHECK_UINT(client(&t, LIT("BDAT 6\r\nQUIT\r\nBDAT 0 LAST\r\n"), step),
+                   27);
+        CHECK_INT(t.state, SG_TRACK_CMD);
+        CHECK_UINT(t.pending, 2);
+        CHECK_UINT(client(&t, LIT("bdat 3 last\r\n.\r\n"), step), 16);
+        CHECK_UINT(t.pending, 3);
+    }
+
+    static const char  *bad[] = {
+        "BDAT\r\n", "BDAT x\r\n", "BDAT 12x\r\n", "BDAT 1 LATE\r\n",
+        "BDAT  1\r\n", "BDAT 1234567890123456789\r\n", "BDAT -1\r\n"
+    };
+    size_t  i;
+
+    for (i = 0; i < sg_nelems(bad); i++) {
+        sg_proxy_track_init(&t);
+        CHECK_UINT(client(&t, bad[i], strlen(bad[i]), 0), strlen(bad[i]));
+        CHECK_INT(t.state, SG_TRACK_OFF);
+    }
+}
+
+/* Whatever could make a server see the end of a message where the
+ * reader does not (or the reverse) turns tracking off. */
+static void
+test_smuggling(void)
+{
+    static const char  *bodies[] = {
+        "a\n.\r\nQUIT\r\n",          /* bare LF before the dot */
+        "a\r\n.\nQUIT\r\n",          /* bare LF after it */
+        "a\r.\r\nQUIT\r\n",          /* bare CR */
+        "a\r\n.\rQUIT\r\n",
+        "\n.\r\n",
+        ".\n",
+        "a\r\r\n.\r\n",
+    };
+    sg_proxy_track_t    t;
+    size_t              i, step, n;
+
+    for (i = 0; i < sg_nelems(bodies); i++) {
+        for (step = 0; step < 2; step++) {
+            sg_proxy_track_init(&t);
+            (void) client(&t, LIT("DATA\r\n"), step);
+            server(&t, LIT("354 go\r\n"), step);
+            n = strlen(bodies[i]);
+            CHECK_UINT(client(&t, bodies[i], n, step), n);
+            CHECK_INT(t.state, SG_TRACK_OFF);
+            CHECK(t.why != NULL);
+        }
+    }
+}
+
+static void
+test_off(void)
+{
+    static const char  *lines[] = {
+        "AUTH PLAIN AAAA\r\n", "STARTTLS\r\n", "XCLIENT ADDR=1.2.3.4\r\n",
+        "TURN\r\n", "ETRN x\r\n", "QUITX\r\n", "\r\n", "NOOP\n",
+        "NO\rOP\r\n", "MAILFROM:<>\r\n"
+    };
+    sg_proxy_track_t    t;
+    size_t              i, n;
+    char                longline[SG_PROXY_TRACK_LINE_MAX + 16];
+
+    for (i = 0; i < sg_nelems(lines); i++) {
+        sg_proxy_track_init(&t);
+        n = strlen(lines[i]);
+        CHECK_UINT(client(&t, lines[i], n, 0), n);
+        CHECK_INT(t.state, SG_TRACK_OFF);
+        /* once off, everything passes, QUIT too */
+        CHECK_UINT(client(&t, LIT("QUIT\r\n"), 0), 6);
+        CHECK_INT(t.state, SG_TRACK_OFF);
+    }
+
+    /* a command line that never ends */
+    memset(longline, 'A', sizeof(longline));
+    sg_proxy_track_init(&t);
+    CHECK_UINT(client(&t, longline, SG_PROXY_TRACK_LINE_MAX, 0), 0);
+    CHECK_INT(t.state, SG_TRACK_CMD);
+    CHECK_UINT(client(&t, longline, sizeof(longline), 0), sizeof(longline));
+    CHECK_INT(t.state, SG_TRACK_OFF);
+
+    /* an incomplete line in a full buffer */
+    sg_proxy_track_init(&t);
+    CHECK_UINT(sg_proxy_track_client(&t, (u_char *) "NOOP", 4, true), 4);
+    CHECK_INT(t.state, SG_TRACK_OFF);
+
+    /* replies: unasked, unreadable, 421 */
+    static const char  *replies[] = {
+        "250 ok\r\n", "2x0 ok\r\n", "25\r\n", "250ok\r\n", "250 ok\n",
+        "250 o\rk\r\n"
+    };
+    for (i = 0; i < sg_nelems(replies); i++) {
+        sg_proxy_track_init(&t);
+        if (i) {
+            (void) client(&t, LIT("NOOP\r\n"), 0);
+        }
+        server(&t, replies[i], strlen(replies[i]), 0);
+        CHECK_INT(t.state, SG_TRACK_OFF);
+    }
+    sg_proxy_track_init(&t);
+    (void) client(&t, LIT("NOOP\r\n"), 0);
+    server(&t, LIT("421 4.4.2 timeout\r\n"), 0);
+    CHECK_INT(t.state, SG_TRACK_OFF);
+}
+
+static void
+test_partial_lines(void)
+{
+    sg_proxy_track_t  t;
+
+    sg_proxy_track_init(&t);
+    CHECK_UINT(client(&t, LIT("NOOP\r\nQUI"), 0), 6);
+    CHECK_INT(t.state, SG_TRACK_CMD);
+    /* the caller hands the held bytes back with more */
+    CHECK_UINT(client(&t, LIT("QUIT\r\n"), 0), 0);
+    CHECK_INT(t.state, SG_TRACK_QUIT);
+    CHECK_UINT(t.pending, 1);
+    /* a reply split anywhere */
+    server(&t, LIT("25"), 0);
+    server(&t, LIT("0 o"), 0);
+    CHECK_UINT(t.pending, 1);
+    server(&t, LIT("k\r"), 0);
+    server(&t, LIT("\n"), 0);
+    CHECK(sg_proxy_track_done(&t));
+}
+
+int
+main(void)
+{
+    sg_test_start();
+
+    RUN(test_transaction);
+    RUN(test_pipelined_end_and_quit);
+    RUN(test_refused_data);
+    RUN(test_multiline_replies);
+    RUN(test_bdat);
+    RUN(test_smuggling);
+    RUN(test_off);
+    RUN(test_partial_lines);
+
+    return sg_test_finish();
+}
