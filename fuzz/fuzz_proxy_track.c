@@ -86,8 +86,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t                 i = 0, n, j;
     bool                   client;
 
-    sg_proxy_track_init(&a.t);
-    sg_proxy_track_init(&b.t);
+    sg_proxy_track_init(&a.t, false);
+    sg_proxy_track_init(&b.t, false);
     a.nheld = b.nheld = 0;
     a.passed = b.passed = 0;
 

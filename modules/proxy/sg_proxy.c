@@ -655,7 +655,8 @@ sg_proxy_idle_handler(sg_event_t *ev)
 }
 
 /* The session is over with its backend connection at a command
- * boundary: send RSET and keep the connection for the next session. */
+ * boundary: keep it for the next session, after RSET when a mail
+ * transaction may still be open. */
 static void
 sg_proxy_keep(sg_proxy_ctx_t *ctx)
 {
@@ -663,11 +664,13 @@ sg_proxy_keep(sg_proxy_ctx_t *ctx)
     sg_connection_t  *c = ctx->up;
     sg_proxy_idle_t  *idle;
     sg_str_t         *xa = &ctx->cl.xclient_attrs;
+    bool              clean;
 
     ctx->up = NULL;
+    clean = sg_proxy_track_clean(&ctx->track);
     if (sg_exiting || c->close || pcf->nidle >= (size_t) pcf->keepalive
         || xa->len > sizeof(idle->xclient_attrs)
-        || c->send(c, (u_char *) "RSET\r\n", 6) != 6)
+        || (!clean && c->send(c, (u_char *) "RSET\r\n", 6) != 6))
     {
         sg_proxy_close_backend(c);
         return;
@@ -685,6 +688,7 @@ sg_proxy_keep(sg_proxy_ctx_t *ctx)
     }
     idle->xclient_len = xa->len;
     idle->sessions = ctx->up_sessions;
+    idle->ready = clean;
     idle->name_len = sg_min(ctx->peer->name.len, sizeof(idle->name));
     memcpy(idle->name, ctx->peer->name.data, idle->name_len);
     c->data = idle;
@@ -1269,7 +1273,7 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     if (ctx->conf->keepalive && !cl->auth && cl->proxy_protocol == 0
         && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests)
     {
-        sg_proxy_track_init(&ctx->track);
+        sg_proxy_track_init(&ctx->track, ctx->replay_rcpt);
         ctx->tracking = 1;
         if (sg_buf_size(&cl->in)) {
             ctx->track.state = SG_TRACK_OFF;

@@ -15,10 +15,21 @@ enum {
 };
 
 void
-sg_proxy_track_init(sg_proxy_track_t *t)
+sg_proxy_track_init(sg_proxy_track_t *t, bool mail)
 {
     memset(t, 0, sizeof(*t));
     t->state = SG_TRACK_CMD;
+    if (mail) {
+        t->sent = t->got = t->mail_at = 1;
+    }
+}
+
+/* One more command owed a reply. */
+static void
+sg_proxy_track_sent(sg_proxy_track_t *t)
+{
+    t->pending++;
+    t->sent++;
 }
 
 static void
@@ -86,7 +97,7 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
         return;
     }
     if (sg_proxy_track_verb(p, n, "DATA")) {
-        t->pending++;
+        sg_proxy_track_sent(t);
         t->data_due = 1;
         t->state = SG_TRACK_WAIT_DATA;
         return;
@@ -96,13 +107,21 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
             sg_proxy_track_off(t, "a BDAT command it cannot read");
             return;
         }
-        t->pending++;
+        sg_proxy_track_sent(t);
+        if (n > 5 && (p[n - 1] == 'T' || p[n - 1] == 't')) {
+            t->end_at = t->sent;            /* BDAT n LAST */
+        }
         t->state = t->skip ? SG_TRACK_CHUNK : SG_TRACK_CMD;
         return;
     }
     for (i = 0; i < sg_nelems(one_reply); i++) {
         if (sg_proxy_track_verb(p, n, one_reply[i])) {
-            t->pending++;
+            sg_proxy_track_sent(t);
+            if (i == 0) {
+                t->mail_at = t->sent;
+            } else if (i == 2) {
+                t->rset_at = t->sent;
+            }
             return;
         }
     }
@@ -169,7 +188,8 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
                 return (size_t) (p - s);
             }
             p++;
-            t->pending++;           /* the message's own reply */
+            sg_proxy_track_sent(t);  /* the message's own reply */
+            t->end_at = t->sent;
             t->state = SG_TRACK_CMD;
             break;
         }
@@ -278,6 +298,10 @@ sg_proxy_track_reply_line(sg_proxy_track_t *t)
         return;
     }
     t->pending--;
+    t->got++;
+    if (code / 100 == 2 && (t->got == t->end_at || t->got == t->rset_at)) {
+        t->clean_at = t->got;
+    }
     if (t->pending == 0 && t->data_due) {
         t->data_due = 0;
         if (t->state == SG_TRACK_WAIT_DATA) {

@@ -39,6 +39,15 @@ typedef enum {
 
 typedef struct {
     uint64_t     skip;       /* BDAT octets still to pass */
+    /* Whether a mail transaction is open: commands owed a reply are
+     * numbered as sent, replies as they come. */
+    uint64_t     sent;
+    uint64_t     got;
+    uint64_t     mail_at;    /* the last MAIL's number, 0: none */
+    uint64_t     end_at;     /* the last message end's (DATA's text, or
+                                BDAT LAST) */
+    uint64_t     rset_at;    /* the last RSET's */
+    uint64_t     clean_at;   /* the last of those two answered 2xx */
     unsigned     pending;    /* replies due from the server */
     unsigned     state;      /* sg_proxy_track_state_e */
     unsigned     dstate;     /* where in a line of message text */
@@ -49,7 +58,8 @@ typedef struct {
     const char  *why;        /* why tracking stopped, for the log */
 } sg_proxy_track_t;
 
-void sg_proxy_track_init(sg_proxy_track_t *t);
+/* mail: a MAIL was sent (and answered) before the relay began. */
+void sg_proxy_track_init(sg_proxy_track_t *t, bool mail);
 
 /*
  * Read client bytes [p, p + n).  Returns how many may be passed to the
@@ -70,5 +80,10 @@ void sg_proxy_track_server(sg_proxy_track_t *t, const u_char *p, size_t n);
  * the client sent QUIT and every reply due has come. */
 #define sg_proxy_track_done(t)                                              \
     ((t)->state == SG_TRACK_QUIT && (t)->pending == 0)
+
+/* No mail transaction is open: no MAIL, or none since a message was
+ * accepted or RSET answered.  Then the next session needs no RSET. */
+#define sg_proxy_track_clean(t)                                             \
+    ((t)->mail_at == 0 || (t)->mail_at < (t)->clean_at)
 
 #endif /* SG_PROXY_TRACK_H */
