@@ -854,6 +854,11 @@ sg_ssl_build_ctx(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                           | SSL_MODE_RELEASE_BUFFERS);
+    /* Read whatever the socket holds, not a record header and then its
+     * body: half the read(2) calls.  The event loop is edge-triggered
+     * and keeps the read event ready until a read would block, so bytes
+     * read ahead are never left waiting for an event. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (sg_ssl_set_protocols(ctx, scf->protocols) != SG_OK) {
         return sg_ssl_fail(cf, scf, "setting ssl_protocols", NULL);
     }
