@@ -657,6 +657,11 @@ sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
         return sg_ssl_fail(cf, scf, "setting the session id context", NULL);
     }
     SSL_CTX_set_timeout(ctx, (long) (scf->session_timeout / 1000));
+    /* One TLS 1.3 ticket per handshake, not OpenSSL's two: each costs an
+     * encryption and a write, and a client resuming one connection after
+     * another gets a fresh ticket each time (ssl_conf_command NumTickets
+     * gives more to clients that open several at once). */
+    SSL_CTX_set_num_tickets(ctx, 1);
     switch (scf->session_cache) {
     case SG_SSL_CACHE_OFF:
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
