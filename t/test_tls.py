@@ -951,6 +951,26 @@ def test_resumption_across_workers(smtpgate, backend, pki, mode):
     assert all(reused), reused
 
 
+TICKET_ARRIVED = "Post-Handshake New Session Ticket arrived"
+
+
+@pytest.mark.parametrize("extra,tickets", [
+    ("", 1),
+    ("ssl_conf_command NumTickets 3;", 3),
+    ("ssl_session_tickets off; ssl_session_cache builtin;", 1),
+    ("ssl_session_tickets off;", 0),
+], ids=["default", "NumTickets-3", "stateful", "off"])
+def test_tls13_tickets_per_handshake(smtpgate, backend, pki, extra, tickets):
+    """A TLS 1.3 handshake brings one ticket unless ssl_conf_command
+    NumTickets asks for more, and none when nothing could resume."""
+    g = smtpgate(tls_conf(pki, backend, extra=extra))
+    rc, out = s_client("-connect", f"127.0.0.1:{g.ports['PORTS']}",
+                       "-tls1_3", "-servername", "mx.test", "-CAfile", pki.ca,
+                       "-verify_return_error")
+    assert "221 2.0.0 Bye" in out, out
+    assert out.count(TICKET_ARRIVED) == tickets, out
+
+
 def test_listen_parameters_with_ssl(smtpgate, backend, pki):
     """ssl combines with backlog= and reuseport on one listen line."""
     g = smtpgate(tls_conf(pki, backend, listen=(

@@ -508,19 +508,31 @@ sg_ssl_set_protocols(SSL_CTX *ctx, unsigned protocols)
 }
 
 /* Session tickets: keys for period i are derived from the secret, so
- * every worker (and the workers after a reload) agrees on them. */
+ * every worker (and the workers after a reload) agrees on them.  A
+ * worker derives a period's keys once and keeps them: deriving them per
+ * ticket cost six HMACs (each fetching its algorithms) per handshake. */
+typedef struct {
+    uint64_t  period;               /* 0: empty; else the period + 1 */
+    u_char    name[16];
+    u_char    aes[32];
+    u_char    hmac[32];
+} sg_ssl_ticket_keys_t;
+
+#define SG_SSL_TICKET_SLOTS  4      /* two periods of two servers' lengths */
+
+static sg_ssl_ticket_keys_t  sg_ssl_ticket_keys[SG_SSL_TICKET_SLOTS];
+static EVP_CIPHER           *sg_ssl_ticket_cipher;
+
 static int
-sg_ssl_derive(const sg_ssl_conf_t *scf, const char *label, uint64_t period,
-    u_char *out, size_t len)
+sg_ssl_derive(const char *label, uint64_t period, u_char *out, size_t len)
 {
-    u_char  msg[32 + SSL_MAX_SID_CTX_LENGTH], mac[EVP_MAX_MD_SIZE];
+    u_char  msg[32], mac[EVP_MAX_MD_SIZE];
     size_t  n = strlen(label), maclen = 0;
     int     i;
 
     /* One key set for every server: OpenSSL may open a ticket before
      * SNI has picked the server.  A session carries its server's id
      * context, and sg_ssl_check_session() refuses it anywhere else. */
-    (void) scf;
     memcpy(msg, label, n);
     for (i = 0; i < 8; i++) {
         msg[n + i] = (u_char) (period >> (56 - 8 * i));
@@ -536,54 +548,66 @@ sg_ssl_derive(const sg_ssl_conf_t *scf, const char *label, uint64_t period,
     return SG_OK;
 }
 
+static const sg_ssl_ticket_keys_t *
+sg_ssl_ticket_keys_for(uint64_t period)
+{
+    sg_ssl_ticket_keys_t  *k = &sg_ssl_ticket_keys[period
+                                                   % SG_SSL_TICKET_SLOTS];
+
+    if (k->period == period + 1) {
+        return k;
+    }
+    k->period = 0;
+    if (sg_ssl_derive("ticket-name", period, k->name, 16) != SG_OK
+        || sg_ssl_derive("ticket-aes", period, k->aes, 32) != SG_OK
+        || sg_ssl_derive("ticket-hmac", period, k->hmac, 32) != SG_OK)
+    {
+        sg_wipe(k, sizeof(*k));
+        return NULL;
+    }
+    k->period = period + 1;
+    return k;
+}
+
 static int
 sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
     EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
 {
-    sg_ssl_conf_t  *scf;
-    OSSL_PARAM      params[3];
-    u_char          aes[32], hmac[32], kname[16];
-    uint64_t        period, now = (uint64_t) time(NULL), p;
-    int             rc = 0, k;
+    const sg_ssl_ticket_keys_t  *keys;
+    sg_ssl_conf_t               *scf;
+    OSSL_PARAM                   params[3];
+    uint64_t                     period, now = (uint64_t) time(NULL);
+    int                          k;
 
     scf = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sg_ssl_conf_index);
     period = (uint64_t) sg_max(scf->session_timeout / 1000, 60);
     for (k = 0; k < 2; k++) {
-        p = now / period - (uint64_t) k;
-        if (sg_ssl_derive(scf, "ticket-name", p, kname, 16) != SG_OK) {
+        keys = sg_ssl_ticket_keys_for(now / period - (uint64_t) k);
+        if (keys == NULL) {
             return -1;
         }
         if (enc) {
-            memcpy(name, kname, 16);
+            memcpy(name, keys->name, 16);
             if (RAND_bytes(iv, 16) != 1) {
                 return -1;
             }
-        } else if (memcmp(name, kname, 16) != 0) {
+        } else if (memcmp(name, keys->name, 16) != 0) {
             continue;
         }
-        if (sg_ssl_derive(scf, "ticket-aes", p, aes, 32) != SG_OK
-            || sg_ssl_derive(scf, "ticket-hmac", p, hmac, 32) != SG_OK)
-        {
-            return -1;
-        }
         params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
-                                                      hmac, 32);
+                        (void *) keys->hmac, 32);
         params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
                                                      (char *) "SHA256", 0);
         params[2] = OSSL_PARAM_construct_end();
-        if (EVP_CipherInit_ex(ectx, EVP_aes_256_cbc(), NULL, aes, iv, enc)
-                != 1
+        if (EVP_CipherInit_ex(ectx, sg_ssl_ticket_cipher, NULL, keys->aes,
+                              iv, enc) != 1
             || EVP_MAC_CTX_set_params(hctx, params) != 1)
         {
-            rc = -1;
-        } else {
-            rc = (!enc && k == 1) ? 2 : 1;    /* 2: renew an old ticket */
+            return -1;
         }
-        break;
+        return (!enc && k == 1) ? 2 : 1;    /* 2: renew an old ticket */
     }
-    sg_wipe(aes, sizeof(aes));
-    sg_wipe(hmac, sizeof(hmac));
-    return rc;
+    return 0;
 }
 
 /* SHA-256 over what makes a session trustworthy on this server: its
@@ -633,6 +657,11 @@ sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
         return sg_ssl_fail(cf, scf, "setting the session id context", NULL);
     }
     SSL_CTX_set_timeout(ctx, (long) (scf->session_timeout / 1000));
+    /* One TLS 1.3 ticket per handshake, not OpenSSL's two: each costs an
+     * encryption and a write, and a client resuming one connection after
+     * another gets a fresh ticket each time (ssl_conf_command NumTickets
+     * gives more to clients that open several at once). */
+    SSL_CTX_set_num_tickets(ctx, 1);
     switch (scf->session_cache) {
     case SG_SSL_CACHE_OFF:
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -667,6 +696,14 @@ sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
             return sg_ssl_fail(cf, scf, "RAND_bytes()", NULL);
         }
         sg_ssl_ticket_secret_set = true;
+    }
+    if (sg_ssl_ticket_cipher == NULL) {
+        /* Fetched once: a cipher named per ticket is looked up anew. */
+        sg_ssl_ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+        if (sg_ssl_ticket_cipher == NULL) {
+            return sg_ssl_fail(cf, scf, "EVP_CIPHER_fetch(AES-256-CBC)",
+                               NULL);
+        }
     }
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, sg_ssl_ticket_cb);
     return SG_CONF_OK;
@@ -854,6 +891,11 @@ sg_ssl_build_ctx(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                           | SSL_MODE_RELEASE_BUFFERS);
+    /* Read whatever the socket holds, not a record header and then its
+     * body: half the read(2) calls.  The event loop is edge-triggered
+     * and keeps the read event ready until a read would block, so bytes
+     * read ahead are never left waiting for an event. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (sg_ssl_set_protocols(ctx, scf->protocols) != SG_OK) {
         return sg_ssl_fail(cf, scf, "setting ssl_protocols", NULL);
     }

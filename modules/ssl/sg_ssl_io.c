@@ -79,6 +79,14 @@ sg_ssl_handshake(sg_connection_t *c)
 {
     int  n, sslerr;
 
+    /* The read and the write event share the handler, and one epoll
+     * report often carries both: the one OpenSSL is not waiting on
+     * would only repeat the read (or write) that just failed. */
+    if ((SSL_want_read(c->ssl) && !c->read->ready)
+        || (SSL_want_write(c->ssl) && !c->write->ready))
+    {
+        return SG_AGAIN;
+    }
     ERR_clear_error();
     n = SSL_do_handshake(c->ssl);
     if (n == 1) {
