@@ -336,3 +336,21 @@ def test_bad_directives_are_config_errors(tmp_path, users, backend, line,
 
 def line_no(text, needle):
     return [i + 1 for i, l in enumerate(text.splitlines()) if needle in l][0]
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_tls_backend_connection_is_kept(smtpgate, make_backend, mode):
+    b = make_backend(tls=mode, require_starttls=(mode == "starttls"))
+    g = ka_gate(smtpgate, b, mail="    proxy_ssl %s;\n"
+                % ("starttls" if mode == "starttls" else "on"))
+    mark = g.log_mark()
+    for i in range(3):
+        one_session(g, f"Subject: {i}\r\n\r\nover TLS\r\n".encode())
+    got = b.wait_messages(3)
+    assert all(m.conn.tls_mode == mode for m in got)
+    assert b.connections == 1
+    # one TLS handshake (and one STARTTLS) for the three sessions
+    verbs = [v for v, _ in b.sessions[0].commands]
+    assert verbs.count("STARTTLS") == (1 if mode == "starttls" else 0)
+    assert g.log_since(mark).count("ready over TLS, on a kept connection") \
+        == 2
