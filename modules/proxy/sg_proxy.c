@@ -920,7 +920,9 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
             cl->auth_pass = r->backend_pass;
         }
     }
-    cl->mail_line = s->mail_line;
+    if (s->sasl) {
+        cl->mail_line = s->sasl->mail_line;
+    }
     cl->done = sg_proxy_handshake_done;
     cl->data = ctx;
     ctx->tries++;
@@ -1262,7 +1264,7 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     /* The replayed RCPT goes ahead of whatever the client pipelined
      * after it. */
     if (ctx->replay_rcpt
-        && sg_proxy_prepend(&s->in, &s->rcpt_line) != SG_OK)
+        && sg_proxy_prepend(&s->in, &s->sasl->rcpt_line) != SG_OK)
     {
         sg_log_error(SG_LOG_ERR, s->log, 0, "no room to replay RCPT: raise "
                      "\"smtp_client_buffer\"");

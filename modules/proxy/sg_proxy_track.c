@@ -159,27 +159,20 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
             t->dstate = SG_TRACK_D_BOL;
             break;
         case SG_TRACK_D_BOL:
+            /* any other byte is read again as inside a line */
             if (*p == '.') {
                 t->dstate = SG_TRACK_D_DOT;
                 p++;
-                break;
-            }
-            t->dstate = SG_TRACK_D_MID;
-            if (*p == '\n') {
-                sg_proxy_track_off(t, "a bare LF in the message");
-                return (size_t) (p - s);
+            } else {
+                t->dstate = SG_TRACK_D_MID;
             }
             break;
         case SG_TRACK_D_DOT:
             if (*p == '\r') {
                 t->dstate = SG_TRACK_D_DOTCR;
                 p++;
-                break;
-            }
-            t->dstate = SG_TRACK_D_MID;
-            if (*p == '\n') {
-                sg_proxy_track_off(t, "a bare LF in the message");
-                return (size_t) (p - s);
+            } else {
+                t->dstate = SG_TRACK_D_MID;
             }
             break;
         case SG_TRACK_D_DOTCR:

@@ -241,6 +241,34 @@ typedef enum {
     SG_SMTP_ST_CLOSING
 } sg_smtp_state_e;
 
+/* A login in progress, the session's AUTH history, and the envelope
+ * an anonymous session (smtp_auth none) keeps to replay: apart from the
+ * session, so that a session that never logs in does not carry it. */
+typedef struct {
+    u_char                *secret;       /* decoded SASL data, wiped */
+    size_t                 secret_size;
+    sg_str_t               salt;         /* CRAM-MD5 challenge */
+    unsigned               step;
+    unsigned               attempts;     /* AUTH commands so far */
+    unsigned               failures;
+    sg_str_t               mail_line;    /* smtp_auth none: replayed */
+    sg_str_t               rcpt_line;
+} sg_smtp_sasl_t;
+
+/* The anonymous envelope: whether a MAIL is kept, and forgetting it. */
+#define sg_smtp_has_mail(s)                                                  \
+    ((s)->sasl != NULL && (s)->sasl->mail_line.len != 0)
+#define sg_smtp_forget_envelope(s)                                           \
+    do {                                                                     \
+        if ((s)->sasl) {                                                     \
+            (s)->sasl->mail_line.len = 0;                                    \
+            (s)->sasl->rcpt_line.len = 0;                                    \
+        }                                                                    \
+    } while (0)
+
+/* s->sasl, taken when missing; NULL when out of memory. */
+sg_smtp_sasl_t *sg_smtp_sasl(sg_smtp_session_t *s);
+
 struct sg_smtp_session_s {
     sg_connection_t       *connection;
     sg_smtp_srv_conf_t    *conf;
@@ -252,17 +280,11 @@ struct sg_smtp_session_s {
 
     sg_smtp_state_e        state;
     unsigned               errors;
-    unsigned               auth_attempts;
 
     sg_str_t               helo;
     sg_str_t               login;
-    u_char                *secret;       /* decoded SASL data, wiped */
-    size_t                 secret_size;
-    unsigned               auth_mech;
-    unsigned               auth_step;
-    sg_str_t               salt;         /* CRAM-MD5 challenge */
-    sg_str_t               mail_line;    /* smtp_auth none: replayed */
-    sg_str_t               rcpt_line;
+    sg_smtp_sasl_t        *sasl;         /* taken by the first AUTH, or
+                                            by MAIL with smtp_auth none */
     sg_auth_request_t     *auth;
 
     void                  *relay_ctx;
@@ -270,7 +292,7 @@ struct sg_smtp_session_s {
                                             the first read */
     sg_event_t            *timer;        /* delays and the auth timeout,
                                             taken on first use */
-    unsigned               auth_failures;
+    unsigned               auth_mech;
 
     unsigned               esmtp:1;
     unsigned               skipping:1;   /* dropping an over-long line */

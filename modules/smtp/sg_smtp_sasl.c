@@ -48,8 +48,8 @@ sg_smtp_auth_cleanup(sg_smtp_session_t *s)
     {
         s->conf->auth->cancel(s->auth, s->conf->auth_conf);
     }
-    if (s->secret) {
-        sg_wipe(s->secret, s->secret_size);
+    if (s->sasl && s->sasl->secret) {
+        sg_wipe(s->sasl->secret, s->sasl->secret_size);
     }
     if (s->auth) {
         s->auth->pass.len = 0;
@@ -57,15 +57,29 @@ sg_smtp_auth_cleanup(sg_smtp_session_t *s)
     }
 }
 
+sg_smtp_sasl_t *
+sg_smtp_sasl(sg_smtp_session_t *s)
+{
+    if (s->sasl == NULL) {
+        /* Only a session that logs in (or keeps an anonymous envelope)
+         * pays for this. */
+        s->sasl = sg_pcalloc(s->pool, sizeof(sg_smtp_sasl_t));
+    }
+    return s->sasl;
+}
+
 static int
 sg_smtp_auth_buffers(sg_smtp_session_t *s)
 {
-    if (s->secret == NULL) {
-        s->secret_size = sg_base64_decoded_len(s->conf->client_buffer);
-        s->secret = sg_pnalloc(s->pool, s->secret_size);
+    if (sg_smtp_sasl(s) == NULL) {
+        return SG_ERROR;
+    }
+    if (s->sasl->secret == NULL) {
+        s->sasl->secret_size = sg_base64_decoded_len(s->conf->client_buffer);
+        s->sasl->secret = sg_pnalloc(s->pool, s->sasl->secret_size);
         s->login.data = sg_pnalloc(s->pool, SG_SMTP_LOGIN_MAX);
         s->auth = sg_pcalloc(s->pool, sizeof(sg_auth_request_t));
-        if (s->secret == NULL || s->login.data == NULL || s->auth == NULL) {
+        if (s->sasl->secret == NULL || s->login.data == NULL || s->auth == NULL) {
             return SG_ERROR;
         }
     }
@@ -77,10 +91,10 @@ sg_smtp_auth_buffers(sg_smtp_session_t *s)
 static int
 sg_smtp_decode(sg_smtp_session_t *s, const sg_str_t *in, sg_str_t *out)
 {
-    if (sg_base64_decoded_len(in->len) > s->secret_size) {
+    if (sg_base64_decoded_len(in->len) > s->sasl->secret_size) {
         return SG_ERROR;
     }
-    out->data = s->secret;
+    out->data = s->sasl->secret;
     return sg_base64_decode(out, in);
 }
 
@@ -116,9 +130,9 @@ sg_smtp_auth_fail_reply_now(sg_smtp_session_t *s)
         (void) sg_smtp_error(s, "535 5.7.8 Authentication credentials "
                              "invalid");
     }
-    if (s->auth_failures >= (unsigned) s->conf->auth_attempts && !s->quit) {
+    if (s->sasl->failures >= (unsigned) s->conf->auth_attempts && !s->quit) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "%u failed AUTH attempts, "
-                     "closing (smtp_auth_attempts)", s->auth_failures);
+                     "closing (smtp_auth_attempts)", s->sasl->failures);
         (void) sg_smtp_reply(s, "421 4.7.0 Too many failed authentication "
                              "attempts, closing connection");
         s->quit = 1;
@@ -208,9 +222,9 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     if (authzid) {
         r->authzid = *authzid;
     }
-    r->salt = s->salt;
+    r->salt = s->sasl->salt;
     r->helo = s->helo;
-    r->attempt = ++s->auth_attempts;
+    r->attempt = ++s->sasl->attempts;
     r->done = sg_smtp_auth_done;
     r->data = s;
 
@@ -264,7 +278,7 @@ static int
 sg_smtp_challenge(sg_smtp_session_t *s, const char *text)
 {
     s->state = SG_SMTP_ST_AUTH_STEP;
-    s->auth_step++;
+    s->sasl->step++;
     return sg_smtp_reply(s, "334 %s", text);
 }
 
@@ -291,7 +305,7 @@ sg_smtp_plain(sg_smtp_session_t *s, sg_str_t *msg)
 static int
 sg_smtp_login(sg_smtp_session_t *s, sg_str_t *msg)
 {
-    if (s->auth_step == 1) {            /* the user name */
+    if (s->sasl->step == 1) {            /* the user name */
         if (!sg_smtp_login_ok(msg)) {
             s->state = SG_SMTP_ST_COMMAND;
             sg_smtp_auth_cleanup(s);
@@ -404,12 +418,12 @@ sg_smtp_first_challenge(sg_smtp_session_t *s)
                                         (long long) sg_current_time,
                                         SG_STR_ARG(&s->conf->server_name))
                             - raw);
-        s->salt.data = sg_pnalloc(s->pool, src.len);
-        if (s->salt.data == NULL) {
+        s->sasl->salt.data = sg_pnalloc(s->pool, src.len);
+        if (s->sasl->salt.data == NULL) {
             return SG_ERROR;
         }
-        memcpy(s->salt.data, raw, src.len);
-        s->salt.len = src.len;
+        memcpy(s->sasl->salt.data, raw, src.len);
+        s->sasl->salt.len = src.len;
         dst.data = b64;
         sg_base64_encode(&dst, &src);
         b64[dst.len] = '\0';
@@ -469,12 +483,12 @@ sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         return SG_ERROR;
     }
     s->auth_mech = m->bit;
-    s->auth_step = 0;
-    s->salt.len = 0;
+    s->sasl->step = 0;
+    s->sasl->salt.len = 0;
     if (ir.len == 0) {
         return sg_smtp_first_challenge(s);
     }
-    s->auth_step = 1;
+    s->sasl->step = 1;
     if (ir.len == 1 && ir.data[0] == '=') {
         ir.len = 0;                     /* RFC 4954: "=" is empty */
     }
@@ -505,7 +519,7 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
     if (line->len == 1 && line->data[0] == '=') {
         /* RFC 4954 uses "=" for an empty initial response; some clients
          * send it as an empty continuation too. */
-        msg.data = s->secret;
+        msg.data = s->sasl->secret;
         msg.len = 0;
         return m ? m->step(s, &msg) : SG_ERROR;
     }
@@ -522,7 +536,7 @@ sg_smtp_auth_response(sg_smtp_session_t *s, const sg_str_t *line)
 static int
 sg_smtp_auth_failed(sg_smtp_session_t *s)
 {
-    sg_msec_t  delay = s->conf->auth_fail_delay * s->auth_failures;
+    sg_msec_t  delay = s->conf->auth_fail_delay * s->sasl->failures;
 
     if (s->auth && s->auth->wait > 0) {
         delay = s->auth->wait;              /* the backend's Auth-Wait */
@@ -613,13 +627,13 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         r->status = SG_AUTH_TEMPFAIL;
         r->reason = "out of memory";
     }
-    if (s->secret) {
-        sg_wipe(s->secret, s->secret_size);  /* the pass lives in it */
+    if (s->sasl->secret) {
+        sg_wipe(s->sasl->secret, s->sasl->secret_size);  /* the pass lives in it */
         if (r->status == SG_AUTH_OK) {
             /* No further AUTH in this session: give its memory back. */
-            (void) sg_pfree(s->pool, s->secret);
-            s->secret = NULL;
-            s->secret_size = 0;
+            (void) sg_pfree(s->pool, s->sasl->secret);
+            s->sasl->secret = NULL;
+            s->sasl->secret_size = 0;
         }
     }
     r->pass.len = 0;
@@ -644,7 +658,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
             sg_log_error(SG_LOG_INFO, s->log, 0, "anonymous session "
                          "refused by the auth backend: %s", reason);
             s->state = SG_SMTP_ST_COMMAND;
-            s->rcpt_line.len = 0;
+            s->sasl->rcpt_line.len = 0;
             (void) sg_smtp_error(s, "550 5.7.1 Access denied");
             break;
         }
@@ -653,7 +667,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
                      sg_smtp_mech_name(s->auth_mech), reason);
         sg_smtp_limit_account(s, true);
         s->login.len = 0;
-        s->auth_failures++;
+        s->sasl->failures++;
         if (!sg_smtp_oauth_error(s)) {
             (void) sg_smtp_auth_failed(s);
         }
@@ -664,7 +678,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
                      reason);
         s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;
-        s->rcpt_line.len = 0;
+        s->sasl->rcpt_line.len = 0;
         if (r->reply.len) {
             (void) sg_smtp_error(s, "%.*s", SG_STR_ARG(&r->reply));
         } else {
@@ -693,8 +707,8 @@ sg_smtp_auth_none(sg_smtp_session_t *s)
     r->connection = s->connection;
     r->mech = SG_SMTP_AUTH_NONE;
     r->helo = s->helo;
-    r->mail_from = s->mail_line;
-    r->rcpt_to = s->rcpt_line;
+    r->mail_from = s->sasl->mail_line;
+    r->rcpt_to = s->sasl->rcpt_line;
     r->done = sg_smtp_auth_done;
     r->data = s;
     s->auth_mech = SG_SMTP_AUTH_NONE;

@@ -102,10 +102,9 @@ sg_smtp_init_session(sg_connection_t *c)
     c->log->data = s;
 
     /* The buffers are taken when there is something to hold and given
-     * back whenever the session waits idle with both empty. */
-    if (sg_pool_cleanup_add(s->pool, sg_smtp_free_buffers, s) != SG_OK) {
-        goto fail;
-    }
+     * back whenever the session waits idle with both empty, and when it
+     * closes (sg_smtp_close_session: no cleanup record for them, which
+     * would cost every idle connection its bytes). */
     sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
     (void) sg_tcp_nodelay(c);
 
@@ -149,11 +148,13 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_smtp_del_timer(s);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
+    sg_ssl_free_connection(c);
 #endif
     sg_log_error(SG_LOG_INFO, s->log, 0, "session closed, %llu bytes in, "
                  "%llu bytes out", (unsigned long long) c->received,
                  (unsigned long long) c->sent);
     sg_close_connection(c);
+    sg_smtp_free_buffers(s);        /* no cleanup below touches them */
     sg_pool_destroy(pool);          /* runs the relay's cleanups too */
 }
 
@@ -253,8 +254,7 @@ sg_smtp_helo(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     if (rc != SG_OK) {
         return rc == SG_ERROR ? SG_ERROR : SG_OK;
     }
-    s->mail_line.len = 0;             /* EHLO resets a transaction */
-    s->rcpt_line.len = 0;
+    sg_smtp_forget_envelope(s);       /* EHLO resets a transaction */
 
     if (!s->esmtp) {
         return sg_buf_append(&s->out, s->conf->helo_reply.data,
@@ -358,7 +358,7 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     }
     switch (cmd->verb) {
     case SG_SMTP_MAIL:
-        if (s->mail_line.len) {
+        if (sg_smtp_has_mail(s)) {
             return sg_smtp_error(s, "503 5.5.1 Sender already specified");
         }
         if (!sg_smtp_path_ok(&cmd->args, "FROM:")) {
@@ -368,20 +368,23 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
             return sg_smtp_error(s, "552 5.3.4 Message size exceeds fixed "
                                  "maximum message size");
         }
-        if (sg_smtp_keep_line(s, &s->mail_line, "MAIL", &cmd->args)
+        if (sg_smtp_sasl(s) == NULL) {
+            return SG_ERROR;
+        }
+        if (sg_smtp_keep_line(s, &s->sasl->mail_line, "MAIL", &cmd->args)
             != SG_OK)
         {
             return sg_smtp_error(s, "500 5.5.6 Line too long");
         }
         return sg_smtp_reply(s, "250 2.1.0 OK");
     case SG_SMTP_RCPT:
-        if (s->mail_line.len == 0) {
+        if (!sg_smtp_has_mail(s)) {
             return sg_smtp_error(s, "503 5.5.1 Need MAIL command first");
         }
         if (!sg_smtp_path_ok(&cmd->args, "TO:")) {
             return sg_smtp_error(s, "501 5.5.4 Syntax: RCPT TO:<address>");
         }
-        if (sg_smtp_keep_line(s, &s->rcpt_line, "RCPT", &cmd->args)
+        if (sg_smtp_keep_line(s, &s->sasl->rcpt_line, "RCPT", &cmd->args)
             != SG_OK)
         {
             return sg_smtp_error(s, "500 5.5.6 Line too long");
@@ -389,7 +392,7 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         return sg_smtp_auth_none(s);
     default:
         return sg_smtp_error(s, "503 5.5.1 Need %s command first",
-                             s->mail_line.len ? "RCPT" : "MAIL");
+                             sg_smtp_has_mail(s) ? "RCPT" : "MAIL");
     }
 }
 
@@ -397,8 +400,7 @@ static int
 sg_smtp_rset(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
     (void) cmd;
-    s->mail_line.len = 0;
-    s->rcpt_line.len = 0;
+    sg_smtp_forget_envelope(s);
     return sg_smtp_reply(s, "250 2.0.0 OK");
 }
 
@@ -955,8 +957,7 @@ sg_smtp_tls_handler(sg_event_t *ev)
     s->helo.len = 0;
     s->esmtp = 0;
     s->login.len = 0;
-    s->mail_line.len = 0;
-    s->rcpt_line.len = 0;
+    sg_smtp_forget_envelope(s);
     s->state = SG_SMTP_ST_COMMAND;
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;

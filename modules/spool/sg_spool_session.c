@@ -969,11 +969,11 @@ sg_spool_replay(sg_spool_ctx_t *ctx)
     size_t              mark;
     int                 rc;
 
-    if (s->mail_line.len == 0) {
+    if (!sg_smtp_has_mail(s)) {
         return SG_OK;
     }
     mark = (size_t) (s->out.last - s->out.start);
-    if (sg_smtp_parse_command(&s->mail_line, &cmd) != SG_OK
+    if (sg_smtp_parse_command(&s->sasl->mail_line, &cmd) != SG_OK
         || cmd.verb != SG_SMTP_MAIL)
     {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");
@@ -983,7 +983,7 @@ sg_spool_replay(sg_spool_ctx_t *ctx)
         return rc;
     }
     s->out.last = s->out.start + mark;        /* its 250 was sent */
-    if (sg_smtp_parse_command(&s->rcpt_line, &cmd) != SG_OK
+    if (sg_smtp_parse_command(&s->sasl->rcpt_line, &cmd) != SG_OK
         || cmd.verb != SG_SMTP_RCPT)
     {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");

@@ -18,12 +18,6 @@ static ssize_t sg_ssl_send(sg_connection_t *c, const u_char *buf,
     size_t size);
 
 static void
-sg_ssl_free(void *data)
-{
-    SSL_free(data);
-}
-
-static void
 sg_ssl_ctx_free(void *data)
 {
     SSL_CTX_free(data);
@@ -40,9 +34,9 @@ sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
         sg_log_error(SG_LOG_ERR, c->log, 0, "SSL_new() failed");
         return SG_ERROR;
     }
-    if (SSL_set_fd(ssl, c->fd) != 1
-        || sg_pool_cleanup_add(c->pool, sg_ssl_free, ssl) != SG_OK)
-    {
+    /* Freed by sg_smtp_close_session() (sg_ssl_free_connection): a
+     * cleanup record in the session pool would cost every connection. */
+    if (SSL_set_fd(ssl, c->fd) != 1) {
         SSL_free(ssl);
         sg_log_error(SG_LOG_ERR, c->log, 0, "SSL_set_fd() failed");
         return SG_ERROR;
