@@ -84,10 +84,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sg_fuzz_play_t  a, b;
     size_t                 i = 0, n, j;
-    bool                   client;
+    bool                   client, chunking;
 
-    sg_proxy_track_init(&a.t, false);
-    sg_proxy_track_init(&b.t, false);
+    /* The first byte's top bit: whether the server offered CHUNKING
+     * (the byte still starts the first step). */
+    chunking = size && (data[0] & 0x80);
+    sg_proxy_track_init(&a.t, false, chunking);
+    sg_proxy_track_init(&b.t, false, chunking);
     a.nheld = b.nheld = 0;
     a.passed = b.passed = 0;
 

@@ -354,3 +354,38 @@ def test_tls_backend_connection_is_kept(smtpgate, make_backend, mode):
     assert verbs.count("STARTTLS") == (1 if mode == "starttls" else 0)
     assert g.log_since(mark).count("ready over TLS, on a kept connection") \
         == 2
+
+
+def test_bdat_to_a_backend_without_chunking_is_not_followed(smtpgate,
+                                                            backend):
+    # A backend that does not know BDAT reads the "chunk" as commands:
+    # here a hidden MAIL, RCPT and DATA, with three NOOPs to even out the
+    # replies.  Were the connection kept, the next session's commands
+    # would land inside this message.  It must not be kept, and the next
+    # client's message must arrive as its own.
+    g = smtpgate(gatelib.conf(
+        backend=backend, level="debug",
+        mail="    proxy_keepalive 4;\n    xclient off;\n"))
+    mark = g.log_mark()
+    hidden = (b"MAIL FROM:<attacker@example.org>\r\n"
+              b"RCPT TO:<attacker@example.org>\r\nDATA\r\n")
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.send(b"BDAT %d\r\n" % len(hidden) + hidden
+               + b"NOOP\r\nNOOP\r\nNOOP\r\n")
+        codes = [r.code for r in c.replies(4)]
+        assert codes == [500, 250, 250, 354], codes
+        # The backend now reads message text: QUIT is a line of it, so
+        # no 221 comes; the client gives up and closes.
+        c.send(b"QUIT\r\n")
+    g.wait_log("will not be kept: BDAT to a server that does not offer "
+               "CHUNKING", since=mark)
+    assert wait_until(lambda: backend.open_connections == 0)
+    assert "backend connection kept" not in g.log_since(mark)
+    one_session(g, b"Subject: victim\r\n\r\nprivate\r\n", user="bob")
+    (m,) = backend.wait_messages(1)
+    assert m.mail_from == "a@example.org"
+    assert m.content == b"Subject: victim\r\n\r\nprivate\r\n"
+    assert backend.connections == 2

@@ -1275,7 +1275,8 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     if (ctx->conf->keepalive && !cl->auth && cl->proxy_protocol == 0
         && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests)
     {
-        sg_proxy_track_init(&ctx->track, ctx->replay_rcpt);
+        sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
+                            (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
         ctx->tracking = 1;
         if (sg_buf_size(&cl->in)) {
             ctx->track.state = SG_TRACK_OFF;

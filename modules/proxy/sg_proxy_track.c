@@ -15,10 +15,11 @@ enum {
 };
 
 void
-sg_proxy_track_init(sg_proxy_track_t *t, bool mail)
+sg_proxy_track_init(sg_proxy_track_t *t, bool mail, bool chunking)
 {
     memset(t, 0, sizeof(*t));
     t->state = SG_TRACK_CMD;
+    t->chunking = chunking;
     if (mail) {
         t->sent = t->got = t->mail_at = 1;
     }
@@ -103,6 +104,12 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
         return;
     }
     if (sg_proxy_track_verb(p, n, "BDAT")) {
+        if (!t->chunking) {
+            /* It would take the chunk for commands, unseen here. */
+            sg_proxy_track_off(t, "BDAT to a server that does not offer "
+                               "CHUNKING");
+            return;
+        }
         if (sg_proxy_track_bdat(p, n, &t->skip) != SG_OK) {
             sg_proxy_track_off(t, "a BDAT command it cannot read");
             return;

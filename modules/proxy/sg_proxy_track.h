@@ -11,7 +11,8 @@
  *
  * It follows only what it can follow without doubt: the commands of
  * RFC 5321 with one reply each, DATA (its end found by the strict
- * CRLF "." CRLF) and BDAT (RFC 3030, its chunk skipped by its size).
+ * CRLF "." CRLF) and BDAT (RFC 3030, its chunk skipped by its size,
+ * when the server offered CHUNKING).
  * Anything else -- AUTH, STARTTLS, XCLIENT, an unknown verb, a bare CR or
  * LF anywhere, a reply nobody asked for, 421 -- turns it off for the rest
  * of the session: the bytes still pass unchanged, and the backend
@@ -23,8 +24,9 @@
 
 #include "sg_core.h"
 
-/* A command line longer than this (without CRLF) ends tracking. */
-#define SG_PROXY_TRACK_LINE_MAX  2048
+/* A command line longer than this (without CRLF) ends tracking: RFC
+ * 5321's 512 octets, the most every server reads as one line. */
+#define SG_PROXY_TRACK_LINE_MAX  510
 /* More replies due than this (a flood of pipelined commands) too. */
 #define SG_PROXY_TRACK_PENDING_MAX  10000
 
@@ -55,11 +57,14 @@ typedef struct {
     u_char       rhead[4];   /* its first four */
     unsigned     rcr:1;      /* the reply's last byte was CR */
     unsigned     data_due:1; /* the last reply due is DATA's */
+    unsigned     chunking:1; /* the server offered CHUNKING */
     const char  *why;        /* why tracking stopped, for the log */
 } sg_proxy_track_t;
 
-/* mail: a MAIL was sent (and answered) before the relay began. */
-void sg_proxy_track_init(sg_proxy_track_t *t, bool mail);
+/* mail: a MAIL was sent (and answered) before the relay began.
+ * chunking: the server offered CHUNKING.  Without it BDAT ends tracking:
+ * a server that does not know BDAT reads the chunk as commands. */
+void sg_proxy_track_init(sg_proxy_track_t *t, bool mail, bool chunking);
 
 /*
  * Read client bytes [p, p + n).  Returns how many may be passed to the
