@@ -389,3 +389,28 @@ def test_bdat_to_a_backend_without_chunking_is_not_followed(smtpgate,
     assert m.mail_from == "a@example.org"
     assert m.content == b"Subject: victim\r\n\r\nprivate\r\n"
     assert backend.connections == 2
+
+
+def test_xclient_on_a_kept_connection_clears_the_last_login(
+        smtpgate, xclient_backend):
+    # XCLIENT attributes left out keep their values: an anonymous session
+    # (smtp_auth none) after alice's must not be relayed as alice.
+    g = smtpgate(gatelib.conf(
+        backend=xclient_backend,
+        mail="    proxy_keepalive 4;\n    xclient on;\n"
+             "    smtp_auth none plain;\n    smtp_auth_fail_delay 0;\n"))
+    one_session(g, b"Subject: 1\r\n\r\none\r\n", user="alice")
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("anon.example")
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: 2\r\n\r\ntwo\r\n").code == 250
+        assert c.cmd("QUIT").code == 221
+    xclient_backend.wait_messages(2)
+    assert xclient_backend.connections == 1
+    xc = [a for v, a in xclient_backend.sessions[0].commands
+          if v == "XCLIENT"]
+    assert len(xc) == 2, xc
+    assert "LOGIN=alice" in xc[0]
+    assert "LOGIN=[UNAVAILABLE]" in xc[1], xc[1]
+    assert "HELO=anon.example" in xc[1]

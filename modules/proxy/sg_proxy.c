@@ -806,6 +806,10 @@ sg_proxy_xclient(sg_smtp_client_t *cl, const sg_str_t *attrs, u_char *buf,
     {
         n = sg_smtp_xtext_encode(x, &s->login);
         p = sg_slprintf(p, last, " LOGIN=%.*s", (int) n, (char *) x);
+    } else if (sg_proxy_has_word(attrs, "LOGIN") && ctx->reused) {
+        /* A kept connection still carries the last session's login: an
+         * attribute left out keeps its value. */
+        p = sg_slprintf(p, last, " LOGIN=[UNAVAILABLE]");
     }
     if (sg_proxy_has_word(attrs, "NAME")) {
         p = sg_slprintf(p, last, " NAME=[UNAVAILABLE]");
@@ -815,6 +819,8 @@ sg_proxy_xclient(sg_smtp_client_t *cl, const sg_str_t *attrs, u_char *buf,
     {
         n = sg_smtp_xtext_encode(x, &s->helo);
         p = sg_slprintf(p, last, " HELO=%.*s", (int) n, (char *) x);
+    } else if (sg_proxy_has_word(attrs, "HELO") && ctx->reused) {
+        p = sg_slprintf(p, last, " HELO=[UNAVAILABLE]");
     }
     if (sg_proxy_has_word(attrs, "PROTO")) {
         p = sg_slprintf(p, last, " PROTO=%s", s->esmtp ? "ESMTP" : "SMTP");
