@@ -9,6 +9,8 @@
 #include "sg_core.h"
 
 #define SG_POOL_ALIGN  16
+#define sg_pool_align(n)                                                     \
+    (((n) + SG_POOL_ALIGN - 1) & ~(size_t) (SG_POOL_ALIGN - 1))
 
 struct sg_pool_chunk_s {
     sg_pool_chunk_t  *next;
@@ -73,6 +75,22 @@ sg_pool_new_chunk(sg_pool_t *pool)
 
 /* The pool's own header lives at the start of its first chunk, so a
  * pool that never grows costs one malloc. */
+size_t
+sg_pool_size_for(const sg_pool_item_t *items, size_t n)
+{
+    size_t  size, i;
+
+    /* as sg_pool_create() lays out the first chunk */
+    size = sg_pool_align(sizeof(sg_pool_t)) + sizeof(sg_pool_chunk_t);
+    for (i = 0; i < n; i++) {
+        if (items[i].aligned) {
+            size = sg_pool_align(size);
+        }
+        size += items[i].size;
+    }
+    return size;
+}
+
 sg_pool_t *
 sg_pool_create(size_t chunk_size, sg_log_t *log)
 {
@@ -81,8 +99,7 @@ sg_pool_create(size_t chunk_size, sg_log_t *log)
     u_char           *m;
     size_t            head;
 
-    head = (sizeof(sg_pool_t) + SG_POOL_ALIGN - 1)
-           & ~(size_t) (SG_POOL_ALIGN - 1);
+    head = sg_pool_align(sizeof(sg_pool_t));
     if (chunk_size < head + 256) {
         chunk_size = head + 256;
     }

@@ -28,6 +28,18 @@ struct sg_pool_s {
 };
 
 sg_pool_t *sg_pool_create(size_t chunk_size, sg_log_t *log);
+/* One allocation a pool's first chunk is to hold: sg_palloc() when
+ * aligned, sg_pnalloc() when not. */
+typedef struct {
+    size_t  size;
+    bool    aligned;
+} sg_pool_item_t;
+
+/* The chunk size whose first chunk holds these allocations, made in this
+ * order, besides the pool's own header: so that a caller sizes its pool
+ * from what it puts there, not from a number that silently goes stale
+ * when a structure grows. */
+size_t sg_pool_size_for(const sg_pool_item_t *items, size_t n);
 void sg_pool_destroy(sg_pool_t *pool);
 
 /* Aligned allocation; NULL on ENOMEM (logged). */

@@ -1036,9 +1036,14 @@ sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
     ls->reuseport = l->reuseport;
     ls->handler = sg_smtp_init_session;
     ls->servers = ac;
-    /* The pool header and chunk, the log, the address (45 bytes at most)
-     * and the session: one 376-byte chunk holds an idle connection. */
-    ls->pool_size = 376;
+    /* One chunk holds an idle connection: the log, the address text (45
+     * bytes at most) and the session (sg_accept_one, then
+     * sg_smtp_init_session). */
+    ls->pool_size = sg_pool_size_for((const sg_pool_item_t[]) {
+                                         { sizeof(sg_log_t), true },
+                                         { SG_INET_ADDRSTRLEN, false },
+                                         { sizeof(sg_smtp_session_t), true } },
+                                     3);
     return ac;
 }
 
