@@ -308,6 +308,29 @@ def test_starttls_only_works_after_tls(smtpgate, backend, pki):
     assert m.content == msg
 
 
+# -- a command right behind the client's Finished ---------------------------
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_command_right_behind_finished(smtpgate, backend, pki, version):
+    """Implicit-TLS clients that send QUIT the moment their handshake is
+    done are all answered.  With read-ahead, the server's last handshake
+    read can take the client's Finished and its QUIT together, straight
+    after accept and before any event: the QUIT then sits in OpenSSL and
+    no event will announce it.  Whether the two arrive together is down to
+    timing, so many sessions are run; t/unit/test_ssl_io.c makes the same
+    case certain."""
+    g = smtpgate(tls_conf(pki, backend))
+    args = ["-connect", f"127.0.0.1:{g.ports['PORTS']}", version,
+            "-servername", "mx.test", "-CAfile", pki.ca,
+            "-verify_return_error", "-quiet"]
+    before = g.error_log().count("session closed, 6 bytes in")
+    for _ in range(150):
+        rc, out = s_client(*args, timeout=10)
+        assert "221 2.0.0 Bye" in out, out
+    assert g.error_log().count("session closed, 6 bytes in") == before + 150
+
+
 # -- malformed and heavy input over TLS -------------------------------------
 
 

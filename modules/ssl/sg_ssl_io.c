@@ -3,9 +3,10 @@
  * writes in place of the plain ones, and shutdown.
  *
  * The event loop is edge-triggered, so a TLS read that stops short of
- * SSL_ERROR_WANT_READ leaves the read event ready: bytes OpenSSL has
- * already decrypted are never stranded waiting for an event that will
- * not come.  The SSL object belongs to the connection's pool and is
+ * SSL_ERROR_WANT_READ leaves the read event ready, and a handshake that
+ * ends with bytes in OpenSSL's buffers makes it ready: bytes OpenSSL has
+ * already taken from the socket are never stranded waiting for an event
+ * that will not come.  The SSL object belongs to the connection's pool and is
  * freed with it.
  */
 #include "sg_ssl.h"
@@ -86,6 +87,15 @@ sg_ssl_handshake(sg_connection_t *c)
     if (n == 1) {
         c->recv = sg_ssl_recv;
         c->send = sg_ssl_send;
+        /* Reading ahead, the handshake's last read may also have taken
+         * the peer's first records (an implicit-TLS client's command
+         * sent right behind its Finished).  When that read came without
+         * an event (the first step runs straight after accept, before
+         * epoll has said anything), the event will never come: the
+         * bytes are out of the socket, in OpenSSL. */
+        if (SSL_has_pending(c->ssl)) {
+            c->read->ready = 1;
+        }
         sg_log_debug(c->log, "TLS handshake done: %s, %s",
                      SSL_get_version(c->ssl),
                      SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
