@@ -131,14 +131,41 @@ sg_smtp_auth_cache(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
+/* HMAC-SHA256 keyed with the secret, made once per process: each key
+ * then costs a copy of it, not a fetch of HMAC and SHA-256 (a locked
+ * lookup each in OpenSSL 3) and a new keying.  The secret never changes
+ * while the master lives, so neither does this. */
+static EVP_MAC_CTX *
+sg_cache_mac(void)
+{
+    static EVP_MAC_CTX  *keyed;
+    EVP_MAC             *m;
+    OSSL_PARAM           params[2];
+
+    if (keyed == NULL) {
+        m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        keyed = m ? EVP_MAC_CTX_new(m) : NULL;
+        EVP_MAC_free(m);                /* the context holds its own */
+        params[0] = OSSL_PARAM_construct_utf8_string("digest",
+                                                     (char *) "SHA256", 0);
+        params[1] = OSSL_PARAM_construct_end();
+        if (keyed != NULL
+            && EVP_MAC_init(keyed, sg_cache_secret, sizeof(sg_cache_secret),
+                            params) != 1)
+        {
+            EVP_MAC_CTX_free(keyed);
+            keyed = NULL;
+        }
+    }
+    return keyed ? EVP_MAC_CTX_dup(keyed) : NULL;
+}
+
 static int
 sg_cache_key(const sg_auth_request_t *r, u_char key[32])
 {
-    u_char   msg[4 + 256 + 1], mac[EVP_MAX_MD_SIZE];
-    size_t   n = 0, maclen = 0;
-    EVP_MAC      *m;
+    u_char        msg[4 + 256 + 1], mac[EVP_MAX_MD_SIZE];
+    size_t        n = 0, maclen = 0;
     EVP_MAC_CTX  *ctx;
-    OSSL_PARAM    params[2];
     int           ok;
 
     if (r->user.len > 256) {
@@ -148,21 +175,14 @@ sg_cache_key(const sg_auth_request_t *r, u_char key[32])
     memcpy(msg + n, r->user.data, r->user.len);
     n += r->user.len;
     msg[n++] = 0;
-    m = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    ctx = m ? EVP_MAC_CTX_new(m) : NULL;
-    params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *) "SHA256",
-                                                 0);
-    params[1] = OSSL_PARAM_construct_end();
+    ctx = sg_cache_mac();
     ok = ctx != NULL
-         && EVP_MAC_init(ctx, sg_cache_secret, sizeof(sg_cache_secret),
-                         params) == 1
          && EVP_MAC_update(ctx, msg, n) == 1
          && (r->pass.len == 0
              || EVP_MAC_update(ctx, r->pass.data, r->pass.len) == 1)
          && EVP_MAC_final(ctx, mac, &maclen, sizeof(mac)) == 1
          && maclen >= 32;
     EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(m);
     if (!ok) {
         return SG_ERROR;
     }
