@@ -648,6 +648,9 @@ sl_handshake(sl_session_t *s)
         if (SSL_session_reused(s->ssl)) {
             s->w->stats.tls_resumed++;
         }
+        if (SSL_version(s->ssl) == TLS1_3_VERSION) {
+            s->w->stats.tls13++;
+        }
         if (s->w->conf->tls == SL_TLS_IMPLICIT) {
             sl_expect(s, SL_EXP_GREETING);
         } else {

@@ -114,6 +114,7 @@ typedef struct {
     uint64_t   message_bytes;   /* their size before stuffing */
     uint64_t   tls_handshakes;
     uint64_t   tls_resumed;
+    uint64_t   tls13;          /* handshakes that made TLS 1.3 */
     sl_hist_t  latency;
     sl_fail_t  fails[SL_FAIL_KINDS];
     unsigned   nfails;

@@ -117,6 +117,7 @@ sl_stats_merge(sl_stats_t *dst, const sl_stats_t *src)
     dst->message_bytes += src->message_bytes;
     dst->tls_handshakes += src->tls_handshakes;
     dst->tls_resumed += src->tls_resumed;
+    dst->tls13 += src->tls13;
     for (i = 0; i < SL_HIST_BUCKETS; i++) {
         dst->latency.counts[i] += src->latency.counts[i];
     }
@@ -174,8 +175,9 @@ sl_report_text(const sl_conf_t *conf, const sl_stats_t *st, double elapsed,
            sl_ms(sl_hist_percentile(h, 99)), sl_ms(h->max),
            h->total ? sl_ms(h->sum / h->total) : 0.0);
     if (st->tls_handshakes) {
-        printf("tls        %llu handshakes, %llu resumed\n",
+        printf("tls        %llu handshakes (%llu TLSv1.3), %llu resumed\n",
                (unsigned long long) st->tls_handshakes,
+               (unsigned long long) st->tls13,
                (unsigned long long) st->tls_resumed);
     }
     printf("cpu        user %.3f s  sys %.3f s  (%.0f %% of one core)\n",
@@ -241,8 +243,10 @@ sl_report_json(const sl_conf_t *conf, const sl_stats_t *st, double elapsed,
            sl_ms(sl_hist_percentile(h, 50)), sl_ms(sl_hist_percentile(h, 90)),
            sl_ms(sl_hist_percentile(h, 99)), sl_ms(h->max),
            h->total ? sl_ms(h->sum / h->total) : 0.0);
-    printf("\"tls_handshakes\": %llu, \"tls_resumed\": %llu, ",
+    printf("\"tls_handshakes\": %llu, \"tls13\": %llu, "
+           "\"tls_resumed\": %llu, ",
            (unsigned long long) st->tls_handshakes,
+           (unsigned long long) st->tls13,
            (unsigned long long) st->tls_resumed);
     printf("\"cpu_s\": {\"user\": %.3f, \"sys\": %.3f}, \"failures\": {",
            cpu_user, cpu_sys);
