@@ -6,8 +6,8 @@
  * SSL_ERROR_WANT_READ leaves the read event ready, and a handshake that
  * ends with bytes in OpenSSL's buffers makes it ready: bytes OpenSSL has
  * already taken from the socket are never stranded waiting for an event
- * that will not come.  The SSL object belongs to the connection's pool and is
- * freed with it.
+ * that will not come.  The SSL object is freed by
+ * sg_ssl_free_connection(), which whoever closes the connection calls.
  */
 #include "sg_ssl.h"
 #include <openssl/err.h>
