@@ -595,6 +595,29 @@ def test_ssl_conf_command(smtpgate, backend, pki):
             c.tls.cipher()
 
 
+@pytest.mark.parametrize("prefer,expected", [
+    ("off", "TLS_AES_256_GCM_SHA384"),      # the client's first (OpenSSL's)
+    ("on", "TLS_AES_128_GCM_SHA256"),
+])
+def test_tls13_suite_by_server_preference(smtpgate, backend, pki, prefer,
+                                          expected):
+    """The cheaper-handshake tuning in docs/operations.md: with
+    ssl_prefer_server_ciphers on, the server's Ciphersuites order picks the
+    TLSv1.3 suite over an OpenSSL client's own (AES-256 first); off, the
+    client's order stands."""
+    g = smtpgate(tls_conf(pki, backend, extra=(
+        f"ssl_prefer_server_ciphers {prefer};\n"
+        "ssl_conf_command Ciphersuites "
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+        "TLS_CHACHA20_POLY1305_SHA256;")))
+    ctx = pki.client_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with implicit_session(g, pki, context=ctx) as c:
+        assert c.tls.version() == "TLSv1.3"
+        assert c.tls.cipher()[0] == expected, c.tls.cipher()
+        c.ehlo()
+
+
 def test_ssl_ecdh_curve(smtpgate, backend, pki):
     """ssl_ecdh_curve secp384r1 is the key exchange group used."""
     g = smtpgate(tls_conf(pki, backend, extra="ssl_ecdh_curve secp384r1;"))
