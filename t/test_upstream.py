@@ -195,6 +195,45 @@ def test_50mb_message_relayed_byte_exact(smtpgate, backend, splice):
         assert "with splice" not in g.log_since(mark)
 
 
+SPLICE_AFTER = 256 * 1024
+
+
+@pytest.mark.parametrize("splice", ["on", None])
+@pytest.mark.parametrize("kind", ["aiosmtpd", "smtp-sink"])
+def test_splice_starts_at_256k_for_a_fast_sender(smtpgate, backend, sink,
+                                                  kind, splice):
+    """The whole message is written at once.  Whether the backend reads
+    it slower (aiosmtpd) or as fast as it comes (smtp-sink, when one pass
+    of the relay could move the whole message without ever finding its
+    buffers empty), the switch to splice must come right after 256 KB.
+    Without the directive the relay stays with buffers."""
+    from lib.checks import assert_same_bytes, backend_view
+    from lib.messages import make_message
+
+    if kind == "smtp-sink":
+        backend = sink
+    mail = f"    proxy_splice {splice};" if splice else ""
+    g = smtpgate(gatelib.conf(backend=backend, mail=mail))
+    mark = g.log_mark()
+    msg = make_message(8 * 1024 * 1024, seed=8)
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=120) as c:
+        c.ehlo("client.test")
+        c.login("alice", password("alice"))
+        assert c.sendmail("s@example.org", ["r@example.org"], msg) == {}
+    (m,) = backend.wait_messages(1, timeout=120)
+    assert_same_bytes(m.content, backend_view(backend, msg))
+    g.wait_log(r"session closed", since=mark)
+    log = g.log_since(mark)
+    if splice is None:
+        assert "with splice" not in log
+        return
+    found = re.search(r"a large transfer: relaying with splice from here "
+                      r"on, (\d+) bytes in", log)
+    assert found, log
+    # one read of at most smtp_client_buffer (16k) may cross the mark
+    assert SPLICE_AFTER < int(found.group(1)) <= SPLICE_AFTER + 16384 + 4096
+
+
 def landed_on(sinks_, sender):
     """Index of the one sink that holds mail from sender."""
     where = set()
@@ -846,3 +885,43 @@ def test_reload_keeps_the_health_of_an_unchanged_group(smtpgate,
     g.reload(conf([gone, good, third]))
     g.wait_old_workers_gone(old)
     g.wait_log(rf"upstream pool: server {gone.address} is down", since=mark)
+
+
+def test_no_pipes_for_splice_still_relays(smtpgate, sink):
+    """With no descriptor left for the two pipes, the session stays with
+    its buffers: the pumps, which stopped reading at 256 KB to switch,
+    read on (the relay posts itself an event, since bytes already in the
+    socket would not bring another), the failure is logged once, and
+    the message arrives whole."""
+    from lib.checks import assert_same_bytes, backend_view
+    from lib.messages import make_message
+
+    limit = 64                     # worker_rlimit_nofile's least
+    g = smtpgate(gatelib.conf(backend=sink, mail="    proxy_splice on;",
+                              top=f"worker_rlimit_nofile {limit};"))
+    (worker,) = g.workers()
+    fds = [int(f) for f in os.listdir(f"/proc/{worker}/fd")]
+    assert max(fds) < limit
+    # Fill the worker with idle clients until the session's two sockets
+    # and one more descriptor are left: a pipe needs two.
+    idle = []
+    try:
+        for _ in range(limit - len(fds) - 3):
+            c = gatelib.RawSmtp("127.0.0.1", g.port, timeout=10)
+            idle.append(c)
+            assert c.reply().code == 220
+        mark = g.log_mark()
+        msg = make_message(300 * 1024, seed=2)
+        with smtplib.SMTP("127.0.0.1", g.port, timeout=60) as c:
+            c.ehlo("client.test")
+            c.login("alice", password("alice"))
+            assert c.sendmail("s@example.org", ["r@example.org"], msg) == {}
+        (m,) = sink.wait_messages(1, timeout=60)
+        assert_same_bytes(m.content, backend_view(sink, msg))
+        g.wait_log(r"pipe2\(\) failed, relaying without splice", since=mark)
+        log = g.log_since(mark)
+        assert log.count("pipe2() failed") == 1
+        assert "with splice from here on" not in log
+    finally:
+        for c in idle:
+            c.close()

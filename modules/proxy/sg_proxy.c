@@ -135,6 +135,8 @@ typedef struct {
     unsigned            down_eof:1;
     unsigned            replay_rcpt:1;
     unsigned            spliced:1;
+    unsigned            splice_tried:1;  /* once: a failed pipe2() is
+                                            not retried per event */
 } sg_proxy_ctx_t;
 
 static char *sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd,
@@ -503,7 +505,7 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->next_tries, prev->next_tries, 0);
     sg_conf_merge_value(conf->xclient, prev->xclient, 1);
     sg_conf_merge_size(conf->buffer_size, prev->buffer_size, 16384);
-    sg_conf_merge_value(conf->splice, prev->splice, 1);
+    sg_conf_merge_value(conf->splice, prev->splice, 0);
     if (conf->ssl == (unsigned) SG_CONF_UNSET) {
         conf->ssl = prev->ssl == (unsigned) SG_CONF_UNSET ? SG_PROXY_SSL_OFF
                                                           : prev->ssl;
@@ -1203,6 +1205,7 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
     size_t  i;
     int     size;
 
+    ctx->splice_tried = 1;
     if (!ctx->conf->splice || ctx->up->ssl || ctx->s->connection->ssl) {
         return;
     }
@@ -1219,7 +1222,9 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
     }
     ctx->spliced = 1;
     sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "a large transfer: relaying "
-                 "with splice from here on");
+                 "with splice from here on, %llu bytes in",
+                 (unsigned long long) (ctx->s->connection->received
+                                       + ctx->up->received));
 }
 
 static void
@@ -1313,17 +1318,45 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     sg_proxy_relay_handler(c->write);
 }
 
+/* Whether the two connections have moved fewer than until bytes in all:
+ * the pumps read only while they have (0: not at all). */
+static bool
+sg_proxy_below(sg_connection_t *src, sg_connection_t *dst, uint64_t until)
+{
+    return src->received + dst->received < until;
+}
+
+/* How far the pumps may read through the buffers: until the transfer is
+ * large enough for splice(2) when it may switch to it (so that a fast
+ * sender cannot keep one call of a pump busy for a whole message), else
+ * without end. */
+static uint64_t
+sg_proxy_read_until(sg_proxy_ctx_t *ctx)
+{
+    if (ctx->spliced) {
+        return 0;
+    }
+    if (!ctx->splice_tried && ctx->conf->splice && !ctx->up->ssl
+        && !ctx->s->connection->ssl)
+    {
+        return SG_PROXY_SPLICE_AFTER + 1;
+    }
+    return UINT64_MAX;
+}
+
 /* Move bytes from src into b, and from b into dst, until neither can
- * make progress (reading only when read is set).  SG_ERROR on an I/O
- * error; *eof is set when src closed, *moved when a byte moved. */
+ * make progress (reading while sg_proxy_below(until)).  SG_ERROR on an
+ * I/O error; *eof is set when src closed, *moved when a byte moved. */
 static int
 sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
-    size_t size, unsigned *eof, bool *moved, bool read,
+    size_t size, unsigned *eof, bool *moved, uint64_t until,
     sg_proxy_track_t *track)
 {
     ssize_t  n;
 
-    if (read && !*eof && src->read->ready && sg_buf_take(b, size) != SG_OK) {
+    if (!*eof && src->read->ready && sg_proxy_below(src, dst, until)
+        && sg_buf_take(b, size) != SG_OK)
+    {
         return SG_ERROR;
     }
 
@@ -1344,7 +1377,9 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
         } else if (sg_buf_free(b) == 0) {
             sg_buf_compact(b);
         }
-        if (read && !*eof && sg_buf_free(b) && src->read->ready) {
+        if (!*eof && sg_buf_free(b) && src->read->ready
+            && sg_proxy_below(src, dst, until))
+        {
             n = src->recv(src, b->last, sg_buf_free(b));
             if (n == SG_ERROR) {
                 return SG_ERROR;
@@ -1369,13 +1404,15 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
 static int
 sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
     sg_connection_t *dst, sg_buf_t *b, size_t size, unsigned *eof,
-    bool *moved)
+    bool *moved, uint64_t until)
 {
     sg_proxy_track_t  *t = &ctx->track;
     ssize_t            n;
     bool               full;
 
-    if (!*eof && src->read->ready && sg_buf_take(b, size) != SG_OK) {
+    if (!*eof && src->read->ready && sg_proxy_below(src, dst, until)
+        && sg_buf_take(b, size) != SG_OK)
+    {
         return SG_ERROR;
     }
 
@@ -1406,7 +1443,9 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
         } else if (sg_buf_free(b) == 0) {
             sg_buf_compact(b);
         }
-        if (!*eof && sg_buf_free(b) && src->read->ready) {
+        if (!*eof && sg_buf_free(b) && src->read->ready
+            && sg_proxy_below(src, dst, until))
+        {
             n = src->recv(src, b->last, sg_buf_free(b));
             if (n == SG_ERROR) {
                 return SG_ERROR;
@@ -1499,6 +1538,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     sg_smtp_session_t  *s;
     unsigned            up_eof, down_eof;
     bool                moved = false, up_empty, down_empty, tracked;
+    uint64_t            until;
     int                 rc;
 
     ctx = c->data;
@@ -1513,10 +1553,11 @@ sg_proxy_relay_handler(sg_event_t *ev)
     up_eof = ctx->up_eof;
     down_eof = ctx->down_eof;
     tracked = ctx->tracking && ctx->track.state != SG_TRACK_OFF;
+    until = sg_proxy_read_until(ctx);
     /* Buffered bytes (the pending replies, what the client pipelined)
-     * go first; splicing starts once both buffers are empty. */
+     * go first; each direction is spliced once its buffer is empty. */
     rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, ctx->conf->buffer_size,
-                       &up_eof, &moved, !ctx->spliced && !ctx->closing,
+                       &up_eof, &moved, ctx->closing ? 0 : until,
                        tracked ? &ctx->track : NULL);
     if (rc == SG_OK && ctx->closing) {
         if (sg_buf_size(&ctx->ubuf)) {
@@ -1533,7 +1574,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (rc == SG_OK && tracked) {
         rc = sg_proxy_pump_tracked(ctx, down, ctx->up, &s->in,
                                    s->conf->client_buffer, &down_eof,
-                                   &moved);
+                                   &moved, until);
         if (rc == SG_OK && sg_proxy_track_done(&ctx->track) && !up_eof) {
             if (sg_proxy_quit(ctx) != SG_OK) {
                 sg_smtp_close_session(s);
@@ -1544,7 +1585,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
         }
     } else if (rc == SG_OK) {
         rc = sg_proxy_pump(down, ctx->up, &s->in, s->conf->client_buffer,
-                           &down_eof, &moved, !ctx->spliced, NULL);
+                           &down_eof, &moved, until, NULL);
     }
     if (ctx->tracking && ctx->track.state == SG_TRACK_OFF && ctx->track.why)
     {
@@ -1556,8 +1597,12 @@ sg_proxy_relay_handler(sg_event_t *ev)
     down_empty = sg_buf_size(&s->in) == 0;
     /* A session of commands and small messages is cheaper through the
      * buffers than through two pipes; a large transfer switches to
-     * splice(2) once both buffers are empty, and is no longer read. */
-    if (rc == SG_OK && !ctx->spliced && up_empty && down_empty
+     * splice(2) at once, and is no longer read.  What the buffers still
+     * hold goes out first: neither side is read into them any more,
+     * and a pipe is filled and emptied only once its side's buffer is
+     * empty.  (Waiting for both to be empty at one moment would leave a
+     * fast sender in the buffers for most of its message.) */
+    if (rc == SG_OK && !ctx->splice_tried
         && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER
         && ctx->conf->splice && !ctx->up->ssl && !down->ssl)
     {
@@ -1568,6 +1613,11 @@ sg_proxy_relay_handler(sg_event_t *ev)
         }
         ctx->fwd = 0;
         sg_proxy_splice_init(ctx);
+        if (!ctx->spliced) {
+            /* No pipes: the pumps stopped reading at the mark with bytes
+             * maybe waiting, which no event will announce again. */
+            sg_event_post(down->read);
+        }
     }
     if (rc == SG_OK && ctx->spliced) {
         if (up_empty) {
