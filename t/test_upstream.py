@@ -171,22 +171,28 @@ def test_unknown_directive_in_upstream_is_a_config_error(smtpgate):
     assert 'unknown directive "bogus" in upstream "pool"' in r.stderr
 
 
-@pytest.mark.time_limit(600)
-@pytest.mark.parametrize("splice", ["on", "off"])
-def test_50mb_message_relayed_byte_exact(smtpgate, backend, splice):
+def relay_big(g, backend, size, timeout):
+    """One message of `size` bytes through g to backend, written at once
+    by smtplib; asserts it arrived byte for byte."""
     from lib.checks import assert_same_bytes, backend_view
     from lib.messages import make_message
 
-    g = smtpgate(gatelib.conf(backend=backend,
-                              mail=f"    proxy_splice {splice};"))
-    mark = g.log_mark()
-    msg = make_message(50 * 1024 * 1024, seed=50)
-    with smtplib.SMTP("127.0.0.1", g.port, timeout=300) as c:
+    msg = make_message(size, seed=size % 1000)
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=timeout) as c:
         c.ehlo("client.test")
         c.login("alice", password("alice"))
         assert c.sendmail("s@example.org", ["r@example.org"], msg) == {}
-    (m,) = backend.wait_messages(1, timeout=300)
+    (m,) = backend.wait_messages(1, timeout=timeout)
     assert_same_bytes(m.content, backend_view(backend, msg))
+
+
+@pytest.mark.time_limit(600)
+@pytest.mark.parametrize("splice", ["on", "off"])
+def test_50mb_message_relayed_byte_exact(smtpgate, backend, splice):
+    g = smtpgate(gatelib.conf(backend=backend,
+                              mail=f"    proxy_splice {splice};"))
+    mark = g.log_mark()
+    relay_big(g, backend, 50 * 1024 * 1024, timeout=300)
     g.wait_log(rf"backend {backend.address} ready", since=mark)
     if splice == "on":
         g.wait_log(r"a large transfer: relaying with splice from here on",
@@ -207,21 +213,12 @@ def test_splice_starts_at_256k_for_a_fast_sender(smtpgate, backend, sink,
     of the relay could move the whole message without ever finding its
     buffers empty), the switch to splice must come right after 256 KB.
     Without the directive the relay stays with buffers."""
-    from lib.checks import assert_same_bytes, backend_view
-    from lib.messages import make_message
-
     if kind == "smtp-sink":
         backend = sink
     mail = f"    proxy_splice {splice};" if splice else ""
     g = smtpgate(gatelib.conf(backend=backend, mail=mail))
     mark = g.log_mark()
-    msg = make_message(8 * 1024 * 1024, seed=8)
-    with smtplib.SMTP("127.0.0.1", g.port, timeout=120) as c:
-        c.ehlo("client.test")
-        c.login("alice", password("alice"))
-        assert c.sendmail("s@example.org", ["r@example.org"], msg) == {}
-    (m,) = backend.wait_messages(1, timeout=120)
-    assert_same_bytes(m.content, backend_view(backend, msg))
+    relay_big(g, backend, 8 * 1024 * 1024, timeout=120)
     g.wait_log(r"session closed", since=mark)
     log = g.log_since(mark)
     if splice is None:
@@ -893,9 +890,6 @@ def test_no_pipes_for_splice_still_relays(smtpgate, sink):
     read on (the relay posts itself an event, since bytes already in the
     socket would not bring another), the failure is logged once, and
     the message arrives whole."""
-    from lib.checks import assert_same_bytes, backend_view
-    from lib.messages import make_message
-
     limit = 64                     # worker_rlimit_nofile's least
     g = smtpgate(gatelib.conf(backend=sink, mail="    proxy_splice on;",
                               top=f"worker_rlimit_nofile {limit};"))
@@ -911,13 +905,7 @@ def test_no_pipes_for_splice_still_relays(smtpgate, sink):
             idle.append(c)
             assert c.reply().code == 220
         mark = g.log_mark()
-        msg = make_message(300 * 1024, seed=2)
-        with smtplib.SMTP("127.0.0.1", g.port, timeout=60) as c:
-            c.ehlo("client.test")
-            c.login("alice", password("alice"))
-            assert c.sendmail("s@example.org", ["r@example.org"], msg) == {}
-        (m,) = sink.wait_messages(1, timeout=60)
-        assert_same_bytes(m.content, backend_view(sink, msg))
+        relay_big(g, sink, 300 * 1024, timeout=60)
         g.wait_log(r"pipe2\(\) failed, relaying without splice", since=mark)
         log = g.log_since(mark)
         assert log.count("pipe2() failed") == 1
