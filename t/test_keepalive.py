@@ -73,6 +73,35 @@ def test_sessions_share_one_backend_connection(smtpgate, backend):
     assert log.count("on a kept connection") == 4
 
 
+@pytest.mark.parametrize("splice", ["on", "off"])
+def test_a_large_message_keeps_or_ends_the_connection(smtpgate, backend,
+                                                      splice):
+    """A message past 256 KB: with proxy_splice on the relay stops reading
+    what passes, so it cannot know where the session stands, and the
+    backend connection is closed; with buffers (the default) it reads on
+    and the connection is kept for the next session."""
+    g = ka_gate(smtpgate, backend, mail=f"    proxy_splice {splice};\n",
+                level="debug")
+    mark = g.log_mark()
+    big = make_message(1024 * 1024, seed=11)
+    small = make_message(1500, seed=12)
+    one_session(g, big)
+    one_session(g, small)
+    got = backend.wait_messages(2)
+    assert_same_bytes(got[0].content, big)
+    assert_same_bytes(got[1].content, small)
+    log = g.log_since(mark)
+    if splice == "on":
+        assert "will not be kept: a large transfer goes through splice" \
+            in log
+        assert backend.connections == 2
+        assert "on a kept connection" not in log
+    else:
+        assert "with splice" not in log
+        assert backend.connections == 1
+        assert log.count("on a kept connection") == 1
+
+
 def test_rset_between_sessions_clears_a_transaction(smtpgate, backend):
     g = ka_gate(smtpgate, backend)
     # A session that leaves a transaction open (MAIL, RCPT, no DATA).
