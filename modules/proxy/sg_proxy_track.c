@@ -4,6 +4,9 @@
  */
 #include "sg_core.h"
 #include "sg_proxy_track.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Where in a line of message text (SG_TRACK_DATA). */
 enum {
@@ -135,16 +138,66 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
     sg_proxy_track_off(t, "a command other than those of RFC 5321");
 }
 
+/* Message text that needs no decision, 16 bytes at a time: every CR is
+ * followed by LF, every LF follows a CR, and no line starts with ".".
+ * Called inside a line (SG_TRACK_D_MID, so p[-1] is no CR); returns
+ * the first byte not passed over and sets *dstate for the last one that
+ * was.  What it stops at is left to the byte-wise reader. */
+static const u_char *
+sg_proxy_track_skip(const u_char *p, const u_char *end, unsigned *dstate)
+{
+#if defined(__SSE2__)
+    const u_char  *start = p;
+    const __m128i  cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'),
+                   dot = _mm_set1_epi8('.');
+    __m128i        v, w, odd;
+    int            bad;
+
+    if (p < end && *p == '\n') {
+        return p;                          /* a bare LF */
+    }
+    while (end - p >= 17) {
+        v = _mm_loadu_si128((const __m128i *) (const void *) p);
+        w = _mm_loadu_si128((const __m128i *) (const void *) (p + 1));
+        /* at i: a CR without an LF at i + 1, an LF at i + 1 without a
+         * CR at i, or an LF at i with a "." at i + 1 */
+        odd = _mm_or_si128(
+                  _mm_xor_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(w, lf)),
+                  _mm_and_si128(_mm_cmpeq_epi8(v, lf),
+                                _mm_cmpeq_epi8(w, dot)));
+        bad = _mm_movemask_epi8(odd);
+        if (bad) {
+            p += __builtin_ctz((unsigned) bad);
+            break;
+        }
+        p += 16;
+    }
+    if (p > start) {
+        *dstate = p[-1] == '\r' ? SG_TRACK_D_CR
+                  : p[-1] == '\n' ? SG_TRACK_D_BOL : SG_TRACK_D_MID;
+    }
+#else
+    (void) end;
+    (void) dstate;
+#endif
+    return p;
+}
+
 /* Message text: find CRLF "." CRLF, refusing any bare CR or LF.  Returns
  * the bytes read; the state leaves SG_TRACK_DATA at the end. */
 static size_t
 sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
 {
-    const u_char  *s = p, *end = p + n, *lf, *cr;
+    const u_char  *s = p, *end = p + n, *lf, *cr, *skip;
 
     while (p < end && t->state == SG_TRACK_DATA) {
         switch (t->dstate) {
         case SG_TRACK_D_MID:
+            skip = sg_proxy_track_skip(p, end, &t->dstate);
+            if (skip != p) {
+                p = skip;
+                break;
+            }
             /* the next LF must come right after the next CR */
             lf = memchr(p, '\n', (size_t) (end - p));
             cr = memchr(p, '\r', (size_t) ((lf ? lf : end) - p));
@@ -229,7 +282,9 @@ sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p, size_t n,
         default: /* SG_TRACK_CMD */
             lf = memchr(p, '\n', (size_t) (end - p));
             if (lf == NULL) {
-                if (full || end - p > SG_PROXY_TRACK_LINE_MAX) {
+                /* the longest line may wait here whole, CR and all, for
+                 * its LF: the same limit as below, however it is split */
+                if (full || end - p > SG_PROXY_TRACK_LINE_MAX + 1) {
                     sg_proxy_track_off(t, "a command line too long");
                     return n;
                 }

@@ -221,6 +221,68 @@ test_smuggling(void)
     }
 }
 
+/* Message text in long lines, each hazard at every place in a line (and
+ * so at every place in the 16-byte blocks the reader passes over in one
+ * step when it can): the outcome must be the same as byte by byte. */
+static void
+test_long_lines(void)
+{
+    static const struct {
+        const char  *hazard;
+        int          state;      /* after the text */
+        const char  *why;        /* for SG_TRACK_OFF */
+        int          end;        /* the text ends right after the hazard */
+    } cases[] = {
+        { "\r\n", SG_TRACK_CMD, NULL, 0 },
+        { "\r\n..x\r\n", SG_TRACK_CMD, NULL, 0 },
+        { "\r\n.\r\n", SG_TRACK_CMD, NULL, 1 },
+        { "\rx", SG_TRACK_OFF, "a bare CR in the message", 0 },
+        { "\r\r\n", SG_TRACK_OFF, "a bare CR in the message", 0 },
+        { "\nx", SG_TRACK_OFF, "a bare LF in the message", 0 },
+        { "\n.\r\n", SG_TRACK_OFF, "a bare LF in the message", 0 },
+        { "\r\n.\n", SG_TRACK_OFF, "a bare LF in the message", 0 },
+    };
+    static const char  tail[] = "abcdefghijklmnopqrstuvwxyz0123\r\n.\r\n";
+    char               text[256];
+    sg_proxy_track_t   t;
+    size_t             i, lead, step, n, h, got;
+
+    for (i = 0; i < sg_nelems(cases); i++) {
+        h = strlen(cases[i].hazard);
+        for (lead = 1; lead < 48; lead++) {
+            n = 0;
+            memcpy(text, "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ01234567",
+                   lead);
+            n += lead;
+            memcpy(text + n, cases[i].hazard, h);
+            n += h;
+            if (!cases[i].end) {
+                memcpy(text + n, tail, sizeof(tail) - 1);
+                n += sizeof(tail) - 1;
+            } else {
+                memcpy(text + n, "NOOP", 4);   /* a command, unfinished */
+                n += 4;
+            }
+            for (step = 0; step < 2; step++) {
+                sg_proxy_track_init(&t, false, true);
+                (void) client(&t, LIT("DATA\r\n"), step);
+                server(&t, LIT("354 go\r\n"), step);
+                got = client(&t, text, n, step);
+                CHECK_INT(t.state, cases[i].state);
+                if (cases[i].why) {
+                    CHECK(t.why != NULL
+                          && strcmp(t.why, cases[i].why) == 0);
+                    CHECK_UINT(got, n);
+                } else {
+                    CHECK_UINT(t.pending, 1);
+                    /* all of it, or up to the unfinished command */
+                    CHECK_UINT(got, cases[i].end ? n - 4 : n);
+                }
+            }
+        }
+    }
+}
+
 static void
 test_off(void)
 {
@@ -294,6 +356,38 @@ test_partial_lines(void)
     server(&t, LIT("k\r"), 0);
     server(&t, LIT("\n"), 0);
     CHECK(sg_proxy_track_done(&t));
+}
+
+/* RFC 5321's longest command line (510 octets and CRLF) is followed
+ * however it arrives; one octet more ends tracking, however it arrives.
+ * (Split before its LF, the longest line once counted as too long.) */
+static void
+test_line_max(void)
+{
+    char               line[600];
+    sg_proxy_track_t   t;
+    size_t             len, step, n;
+
+    for (len = SG_PROXY_TRACK_LINE_MAX; len <= SG_PROXY_TRACK_LINE_MAX + 1;
+         len++)
+    {
+        memcpy(line, "NOOP ", 5);
+        memset(line + 5, 'x', len - 5);
+        memcpy(line + len, "\r\n", 2);
+        n = len + 2;
+        for (step = 0; step < 2; step++) {
+            sg_proxy_track_init(&t, false, true);
+            CHECK_UINT(client(&t, line, n, step), n);
+            if (len == SG_PROXY_TRACK_LINE_MAX) {
+                CHECK_INT(t.state, SG_TRACK_CMD);
+                CHECK_UINT(t.pending, 1);
+            } else {
+                CHECK_INT(t.state, SG_TRACK_OFF);
+                CHECK(t.why != NULL
+                      && strcmp(t.why, "a command line too long") == 0);
+            }
+        }
+    }
 }
 
 /* Whether the next session needs an RSET first. */
@@ -376,8 +470,10 @@ main(void)
     RUN(test_bdat);
     RUN(test_bdat_without_chunking);
     RUN(test_smuggling);
+    RUN(test_long_lines);
     RUN(test_off);
     RUN(test_partial_lines);
+    RUN(test_line_max);
     RUN(test_clean);
 
     return sg_test_finish();
