@@ -59,6 +59,9 @@ struct sg_connection_s {
 
     sg_connection_t    *next_free;
     void               *ssl;                  /* SSL *, owned by ssl */
+    void               *tls_rec;              /* sg_ssl_rec_t *, owned by
+                                                 ssl: TLS once OpenSSL's
+                                                 state is released */
 
     unsigned            instance:1;           /* detects stale events */
     unsigned            error:1;
@@ -69,6 +72,9 @@ struct sg_connection_s {
                                                  (close set, read handler
                                                  run) when draining */
 };
+
+/* TLS is on: OpenSSL's, or smtpgate's record layer after it. */
+#define sg_connection_tls(c)  ((c)->ssl != NULL || (c)->tls_rec != NULL)
 
 /* The next session number, unique across the workers of one master. */
 uint64_t sg_next_session_number(void);

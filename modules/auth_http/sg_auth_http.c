@@ -483,7 +483,7 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     sg_str_t            pem = sg_null_string;
 
     memset(&f, 0, sizeof(f));
-    if (c->ssl) {
+    if (sg_connection_tls(c)) {
         sg_ssl_cert_facts(c, r->pool, &f);
         if (ctx->conf->pass_client_cert) {
             sg_ssl_cert_pem(c, r->pool, &pem);
@@ -535,7 +535,7 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
         p = sg_auth_http_put_proxy_protocol(p, c->proxy_protocol);
     }
 #if (SG_HAVE_SSL_MODULE)
-    if (c->ssl) {
+    if (sg_connection_tls(c)) {
         sg_str_set(&v, "on");
         p = sg_auth_http_put(p, "Auth-SSL", &v, SG_ESC_NONE);
         v.data = (u_char *) sg_ssl_protocol(c);
@@ -650,7 +650,7 @@ sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
         rc |= sg_json_put_proxy_protocol(o, c->proxy_protocol);
     }
 #if (SG_HAVE_SSL_MODULE)
-    if (c->ssl) {
+    if (sg_connection_tls(c)) {
         json_t          *t = json_object();
         sg_ssl_facts_t   f;
 

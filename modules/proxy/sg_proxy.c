@@ -1206,7 +1206,9 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
     int     size;
 
     ctx->splice_tried = 1;
-    if (!ctx->conf->splice || ctx->up->ssl || ctx->s->connection->ssl) {
+    if (!ctx->conf->splice || sg_connection_tls(ctx->up)
+        || sg_connection_tls(ctx->s->connection))
+    {
         return;
     }
     for (i = 0; i < 2; i++) {
@@ -1336,8 +1338,8 @@ sg_proxy_read_until(sg_proxy_ctx_t *ctx)
     if (ctx->spliced) {
         return 0;
     }
-    if (!ctx->splice_tried && ctx->conf->splice && !ctx->up->ssl
-        && !ctx->s->connection->ssl)
+    if (!ctx->splice_tried && ctx->conf->splice && !sg_connection_tls(ctx->up)
+        && !sg_connection_tls(ctx->s->connection))
     {
         return SG_PROXY_SPLICE_AFTER + 1;
     }
@@ -1604,7 +1606,8 @@ sg_proxy_relay_handler(sg_event_t *ev)
      * fast sender in the buffers for most of its message.) */
     if (rc == SG_OK && !ctx->splice_tried
         && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER
-        && ctx->conf->splice && !ctx->up->ssl && !down->ssl)
+        && ctx->conf->splice && !sg_connection_tls(ctx->up)
+        && !sg_connection_tls(down))
     {
         if (ctx->tracking && ctx->track.state != SG_TRACK_OFF) {
             ctx->track.state = SG_TRACK_OFF;

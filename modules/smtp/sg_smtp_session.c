@@ -948,8 +948,10 @@ sg_smtp_tls_handler(sg_event_t *ev)
         sg_smtp_close_session(s);
         return;
     }
-    sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s",
-                 sg_ssl_protocol(c), sg_ssl_cipher(c));
+    sg_ssl_release(c, sg_ssl_srv(s->conf)->compact);
+    sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s%s",
+                 sg_ssl_protocol(c), sg_ssl_cipher(c),
+                 c->tls_rec ? ", compact state" : "");
 
     /* RFC 3207 4.2: forget everything learnt before TLS. */
     s->tls = 1;

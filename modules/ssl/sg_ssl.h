@@ -26,6 +26,7 @@ typedef struct {
     SSL_CTX     *ctx;               /* NULL: no certificate configured */
     unsigned     starttls;
     unsigned     verify;
+    unsigned     compact;           /* ssl_compact_state */
     sg_msec_t    handshake_timeout;
 } sg_ssl_srv_t;
 
@@ -46,6 +47,13 @@ int sg_ssl_handshake(sg_connection_t *c);
 /* After the handshake: the session belongs to sscf and meets its client
  * certificate policy (SG_OK), or the connection must close (logged). */
 int sg_ssl_check_session(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
+/* ssl_compact_state (compact, of the server the session ended up
+ * with): after a TLS 1.3 handshake, hand the records to smtpgate's own layer and free the
+ * SSL object (sg_ssl_record.h); otherwise OpenSSL goes on with them. */
+void sg_ssl_release(sg_connection_t *c, bool compact);
+/* What a server context needs for that (sg_ssl_build_ctx). */
+void sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact);
+
 /* Send close_notify without waiting for the peer's. */
 void sg_ssl_shutdown(sg_connection_t *c);
 

@@ -47,6 +47,7 @@ typedef struct {
     sg_shm_zone_t *session_zone;       /* shared:NAME:SIZE */
     sg_msec_t      session_timeout;
     int            session_tickets;
+    int            compact;
     sg_str_t       client_certificate;
     int64_t        verify_depth;
     sg_str_t       crl;
@@ -135,6 +136,8 @@ static const sg_command_t  sg_ssl_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(verify_depth), &sg_ssl_depth_bounds },
     { "ssl_crl", SG_SRV | SG_CONF_TAKE1, sg_conf_set_path_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(crl), NULL },
+    { "ssl_compact_state", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(compact), NULL },
     { "ssl_handshake_timeout", SG_SRV | SG_CONF_TAKE1,
       sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
       SG_OFF(srv.handshake_timeout), &sg_ssl_timeout_bounds },
@@ -307,6 +310,7 @@ sg_ssl_create_conf(sg_conf_t *cf)
     scf->session_cache = SG_SSL_CACHE_UNSET;
     scf->session_timeout = SG_CONF_UNSET_MSEC;
     scf->session_tickets = SG_CONF_UNSET;
+    scf->compact = SG_CONF_UNSET;
     scf->verify_depth = SG_CONF_UNSET;
     return scf;
 }
@@ -856,6 +860,7 @@ sg_ssl_servername(SSL *ssl, int *ad, void *arg)
                                ^ SSL_CTX_get_options(scf->srv.ctx));
         SSL_set_options(ssl, SSL_CTX_get_options(scf->srv.ctx));
         SSL_set_session_id_context(ssl, scf->sid_ctx, scf->sid_ctx_len);
+        SSL_set_read_ahead(ssl, SSL_CTX_get_read_ahead(scf->srv.ctx));
     }
     sg_log_debug(c->log, "TLS SNI \"%s\" selects server \"%.*s\"", name,
                  SG_STR_ARG(&sscf->server_name));
@@ -896,6 +901,10 @@ sg_ssl_build_ctx(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
      * and keeps the read event ready until a read would block, so bytes
      * read ahead are never left waiting for an event. */
     SSL_CTX_set_read_ahead(ctx, 1);
+    /* ssl_compact_state: no read-ahead during the handshake (it comes
+     * back if OpenSSL keeps the connection), the secrets and the
+     * tickets counted. */
+    sg_ssl_compact_ctx(ctx, scf->compact);
     if (sg_ssl_set_protocols(ctx, scf->protocols) != SG_OK) {
         return sg_ssl_fail(cf, scf, "setting ssl_protocols", NULL);
     }
@@ -957,6 +966,8 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_msec(conf->session_timeout, prev->session_timeout, 300000);
     sg_conf_merge_value(conf->session_tickets, prev->session_tickets, 1);
+    sg_conf_merge_value(conf->compact, prev->compact, 1);
+    conf->srv.compact = (unsigned) conf->compact;
     if (conf->client_certificate.data == NULL) {
         conf->client_certificate = prev->client_certificate;
     }

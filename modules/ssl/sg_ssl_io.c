@@ -7,9 +7,12 @@
  * ends with bytes in OpenSSL's buffers makes it ready: bytes OpenSSL has
  * already taken from the socket are never stranded waiting for an event
  * that will not come.  The SSL object is freed by
- * sg_ssl_free_connection(), which whoever closes the connection calls.
+ * sg_ssl_free_connection(), which whoever closes the connection calls,
+ * or straight after the handshake by sg_ssl_release().
  */
 #include "sg_ssl.h"
+#include "sg_ssl_record.h"
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
@@ -115,6 +118,173 @@ sg_ssl_handshake(sg_connection_t *c)
     return SG_ERROR;
 }
 
+/*
+ * ssl_compact_state.  OpenSSL tells a TLS 1.3 connection's application
+ * traffic secrets to a key-log callback, the one public way to learn
+ * them; they wait in the SSL object's ex_data until the handshake is
+ * done.  Each NewSessionTicket the server sends after the client's
+ * Finished is a record under the new write key, so the ticket callback
+ * counts them: that is our first sequence number.  The client's is 0:
+ * without read-ahead OpenSSL reads record by record, so when the
+ * handshake ends it holds nothing the client sent after its Finished
+ * (SSL_has_pending() makes sure).
+ */
+typedef struct {
+    u_char    rsecret[SG_SSL_REC_SECRET_MAX];     /* the client's */
+    u_char    wsecret[SG_SSL_REC_SECRET_MAX];     /* ours */
+    size_t    rlen;
+    size_t    wlen;
+    uint64_t  tickets;
+} sg_ssl_secrets_t;
+
+static int  sg_ssl_secrets_index = -1;
+
+static void
+sg_ssl_secrets_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+    long argl, void *argp)
+{
+    (void) parent;
+    (void) ad;
+    (void) idx;
+    (void) argl;
+    (void) argp;
+    if (ptr) {
+        OPENSSL_cleanse(ptr, sizeof(sg_ssl_secrets_t));
+        free(ptr);
+    }
+}
+
+static sg_ssl_secrets_t *
+sg_ssl_secrets(SSL *ssl, bool create)
+{
+    sg_ssl_secrets_t  *s;
+
+    s = SSL_get_ex_data(ssl, sg_ssl_secrets_index);
+    if (s || !create) {
+        return s;
+    }
+    s = calloc(1, sizeof(sg_ssl_secrets_t));
+    if (s && SSL_set_ex_data(ssl, sg_ssl_secrets_index, s) != 1) {
+        free(s);
+        s = NULL;
+    }
+    return s;
+}
+
+static void
+sg_ssl_keylog(const SSL *ssl, const char *line)
+{
+    static const char   client[] = "CLIENT_TRAFFIC_SECRET_0 ";
+    static const char   server[] = "SERVER_TRAFFIC_SECRET_0 ";
+    sg_ssl_secrets_t   *s;
+    const char         *p;
+    u_char             *to;
+    size_t             *len;
+    bool                ours;
+
+    if (strncmp(line, client, sizeof(client) - 1) == 0) {
+        ours = false;
+        p = line + sizeof(client) - 1;
+    } else if (strncmp(line, server, sizeof(server) - 1) == 0) {
+        ours = true;
+        p = line + sizeof(server) - 1;
+    } else {
+        return;                    /* handshake and exporter secrets */
+    }
+    p = strchr(p, ' ');                      /* past the client random */
+    s = p ? sg_ssl_secrets((SSL *) ssl, true) : NULL;
+    if (s == NULL) {
+        return;
+    }
+    to = ours ? s->wsecret : s->rsecret;
+    len = ours ? &s->wlen : &s->rlen;
+    if (OPENSSL_hexstr2buf_ex(to, SG_SSL_REC_SECRET_MAX, len, p + 1, '\0')
+        != 1)
+    {
+        *len = 0;                             /* not released, then */
+    }
+}
+
+static int
+sg_ssl_ticket_made(SSL *ssl, void *arg)
+{
+    sg_ssl_secrets_t  *s = sg_ssl_secrets(ssl, false);
+
+    (void) arg;
+    if (s) {
+        s->tickets++;
+    }
+    return 1;
+}
+
+void
+sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact)
+{
+    if (sg_ssl_secrets_index < 0) {
+        sg_ssl_secrets_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
+                                                    sg_ssl_secrets_free);
+    }
+    /* Tickets go out under the context the handshake began with, which
+     * SNI may have swapped for one that releases: count on every one. */
+    SSL_CTX_set_session_ticket_cb(ctx, sg_ssl_ticket_made, NULL, NULL);
+    if (compact) {
+        SSL_CTX_set_keylog_callback(ctx, sg_ssl_keylog);
+        SSL_CTX_set_read_ahead(ctx, 0);
+    }
+}
+
+void
+sg_ssl_release(sg_connection_t *c, bool compact)
+{
+    SSL               *ssl = c->ssl;
+    sg_ssl_secrets_t  *s = sg_ssl_secrets(ssl, false);
+    sg_ssl_rec_t      *r;
+    const char        *why;
+
+    if (!compact) {
+        why = NULL;
+    } else if (SSL_version(ssl) != TLS1_3_VERSION) {
+        why = "not TLS 1.3";
+    } else if (SSL_get0_peer_certificate(ssl) != NULL) {
+        why = "a client certificate is kept for the session";
+    } else if (s == NULL || s->rlen == 0 || s->rlen != s->wlen) {
+        why = "no traffic secrets";
+    } else if (SSL_has_pending(ssl)
+               || SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_ACCEPTED)
+    {
+        why = "OpenSSL holds records already";
+    } else {
+        r = sg_ssl_rec_new(SSL_CIPHER_get_protocol_id(
+                               SSL_get_current_cipher(ssl)),
+                           s->rsecret, s->wsecret, s->rlen, 0, s->tickets);
+        if (r) {
+            sg_log_debug(c->log, "TLS state released: records by smtpgate "
+                         "from here on (%s; tickets sent: %llu)",
+                         sg_ssl_rec_cipher_name(r),
+                         (unsigned long long) s->tickets);
+            /* Freed unshut, an SSL object takes its session out of the
+             * cache: the session is good, and close_notify is ours to
+             * send now. */
+            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+            SSL_free(ssl);
+            c->ssl = NULL;
+            c->tls_rec = r;
+            c->recv = sg_ssl_rec_recv;
+            c->send = sg_ssl_rec_send;
+            return;
+        }
+        why = "the cipher suite is not one smtpgate seals";
+    }
+    if (why) {
+        sg_log_debug(c->log, "TLS state kept in OpenSSL: %s", why);
+    }
+    if (s) {
+        SSL_set_ex_data(ssl, sg_ssl_secrets_index, NULL);
+        sg_ssl_secrets_free(NULL, s, NULL, 0, 0, NULL);
+    }
+    SSL_set_read_ahead(ssl, 1);
+}
+
 static ssize_t
 sg_ssl_recv(sg_connection_t *c, u_char *buf, size_t size)
 {
@@ -175,6 +345,9 @@ sg_ssl_send(sg_connection_t *c, const u_char *buf, size_t size)
 void
 sg_ssl_shutdown(sg_connection_t *c)
 {
+    if (c->tls_rec && !c->error) {
+        sg_ssl_rec_shutdown(c);
+    }
     if (c->ssl == NULL) {
         return;
     }
@@ -188,14 +361,19 @@ sg_ssl_shutdown(sg_connection_t *c)
 const char *
 sg_ssl_protocol(sg_connection_t *c)
 {
-    return c->ssl ? SSL_get_version(c->ssl) : "";
+    if (c->ssl) {
+        return SSL_get_version(c->ssl);
+    }
+    return c->tls_rec ? "TLSv1.3" : "";
 }
 
 const char *
 sg_ssl_cipher(sg_connection_t *c)
 {
-    return c->ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl))
-                  : "";
+    if (c->ssl) {
+        return SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl));
+    }
+    return c->tls_rec ? sg_ssl_rec_cipher_name(c->tls_rec) : "";
 }
 
 /* The certificate's first e-mail SAN, else its emailAddress, else its
@@ -290,6 +468,9 @@ sg_ssl_cert_facts(sg_connection_t *c, sg_pool_t *pool, sg_ssl_facts_t *f)
 
     memset(f, 0, sizeof(*f));
     if (c->ssl == NULL) {
+        if (c->tls_rec) {
+            sg_str_set(&f->verify, "NONE");   /* released: none came */
+        }
         return;
     }
     cert = SSL_get1_peer_certificate(c->ssl);
@@ -446,6 +627,10 @@ sg_ssl_free_connection(sg_connection_t *c)
     if (c->ssl) {
         SSL_free(c->ssl);
         c->ssl = NULL;
+    }
+    if (c->tls_rec) {
+        sg_ssl_rec_free(c->tls_rec);
+        c->tls_rec = NULL;
     }
 }
 

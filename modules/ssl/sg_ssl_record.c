@@ -1,0 +1,764 @@
+/*
+ * sg_ssl_record.c: smtpgate's TLS 1.3 record layer (see sg_ssl_record.h).
+ *
+ * What it does, by RFC 8446:
+ * - keys: key and IV from each traffic secret with HKDF-Expand-Label
+ *   (7.1, 7.3); a KeyUpdate moves a direction to its next secret (4.6.3,
+ *   7.2) and restarts its sequence number;
+ * - records (5.2): outer type application_data, length at most 2^14 +
+ *   256, the 5-byte header as additional data, the nonce the IV XOR the
+ *   64-bit sequence number (5.3); the inner plaintext ends in its content
+ *   type followed by zero padding, at most 2^14 + 1 octets;
+ * - what a client may send after the handshake: application data,
+ *   alerts (close_notify ends the stream, user_canceled is ignored, any
+ *   other is fatal) and KeyUpdate; anything else is unexpected_message.
+ *
+ * Memory: the wire buffer (one record's worth) exists only while it
+ * holds bytes, and a write that the socket does not take whole keeps
+ * only its unsent rest; an idle connection holds the two AEAD contexts
+ * and this structure.
+ */
+#include "sg_ssl_record.h"
+#include "sg_connection.h"
+#include <openssl/ssl.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+
+#define SG_SSL_REC_IV       12
+#define SG_SSL_REC_KEY_MAX  32
+
+/* alert descriptions (RFC 8446 6) */
+#define SG_SSL_ALERT_CLOSE_NOTIFY        0
+#define SG_SSL_ALERT_UNEXPECTED_MESSAGE  10
+#define SG_SSL_ALERT_BAD_RECORD_MAC      20
+#define SG_SSL_ALERT_RECORD_OVERFLOW     22
+#define SG_SSL_ALERT_ILLEGAL_PARAMETER   47
+#define SG_SSL_ALERT_DECODE_ERROR        50
+#define SG_SSL_ALERT_INTERNAL_ERROR      80
+#define SG_SSL_ALERT_USER_CANCELED       90
+
+#define SG_SSL_HS_KEY_UPDATE  24
+
+typedef struct {
+    unsigned       id;
+    const char    *name;            /* the suite's IANA name */
+    const char    *cipher;
+    size_t         key_len;
+    const char    *digest;
+    size_t         hash_len;
+} sg_ssl_suite_t;
+
+static const sg_ssl_suite_t  sg_ssl_suites[] = {
+    { SG_SSL_REC_AES_128_GCM_SHA256, "TLS_AES_128_GCM_SHA256",
+      "AES-128-GCM", 16, "SHA256", 32 },
+    { SG_SSL_REC_AES_256_GCM_SHA384, "TLS_AES_256_GCM_SHA384",
+      "AES-256-GCM", 32, "SHA384", 48 },
+    { SG_SSL_REC_CHACHA20_POLY1305_SHA256, "TLS_CHACHA20_POLY1305_SHA256",
+      "ChaCha20-Poly1305", 32, "SHA256", 32 },
+};
+
+/* Fetched once per process: a fetch per connection is a locked lookup. */
+static EVP_CIPHER  *sg_ssl_rec_ciphers[sg_nelems(sg_ssl_suites)];
+
+typedef struct {
+    EVP_CIPHER_CTX  *ctx;
+    u_char           secret[SG_SSL_REC_SECRET_MAX];
+    u_char           iv[SG_SSL_REC_IV];
+    uint64_t         seq;
+} sg_ssl_rec_dir_t;
+
+struct sg_ssl_rec_s {
+    sg_ssl_rec_dir_t       rd;             /* the peer's records */
+    sg_ssl_rec_dir_t       wr;             /* ours */
+    const sg_ssl_suite_t  *suite;
+    EVP_CIPHER            *cipher;
+
+    u_char                *in;             /* NULL while nothing is held */
+    size_t                 in_start;       /* wire bytes not yet opened */
+    size_t                 in_end;
+    size_t                 plain_pos;      /* plaintext not yet returned */
+    size_t                 plain_end;
+
+    u_char                *out;            /* ciphertext a write left */
+    size_t                 out_pos;
+    size_t                 out_end;
+    size_t                 out_plain;      /* the caller's bytes in it */
+
+    int                    alert;          /* to send on failure, or -1 */
+    unsigned               key_update_due:1;
+    unsigned               closed:1;       /* close_notify came */
+    unsigned               failed:1;
+    unsigned               said_goodbye:1; /* an alert went out */
+};
+
+static u_char  sg_ssl_rec_wbuf[SG_SSL_REC_MAX + 64];
+
+
+/*
+ * HKDF-Expand-Label(secret, label, "", len) (RFC 8446 7.1).  Every
+ * length asked for here (a key, an IV, the next secret) is at most the
+ * hash's, so HKDF-Expand is one HMAC: T(1) = HMAC(secret, info | 0x01)
+ * (RFC 5869 2.3).  An HMAC context per hash is made once with its digest
+ * and only re-keyed: naming the digest per call is a locked lookup.
+ */
+static int
+sg_ssl_rec_expand(const sg_ssl_suite_t *suite, const u_char *secret,
+    const char *label, u_char *out, size_t len)
+{
+    static EVP_MAC_CTX  *hmac[2];           /* SHA-256, SHA-384 */
+    EVP_MAC_CTX        **ctx = &hmac[suite->hash_len == 48];
+    EVP_MAC             *mac;
+    OSSL_PARAM           params[2];
+    u_char               info[2 + 1 + 6 + 32 + 1 + 1];
+    u_char               t[EVP_MAX_MD_SIZE];
+    size_t               llen = strlen(label), n = 0, tlen;
+
+    if (llen > 32 || len > suite->hash_len) {
+        return SG_ERROR;
+    }
+    if (*ctx == NULL) {
+        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+        EVP_MAC_free(mac);                  /* the context keeps it */
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     (char *) suite->digest,
+                                                     0);
+        params[1] = OSSL_PARAM_construct_end();
+        if (*ctx == NULL || EVP_MAC_CTX_set_params(*ctx, params) != 1) {
+            EVP_MAC_CTX_free(*ctx);
+            *ctx = NULL;
+            return SG_ERROR;
+        }
+    }
+    info[n++] = (u_char) (len >> 8);
+    info[n++] = (u_char) len;
+    info[n++] = (u_char) (6 + llen);
+    memcpy(info + n, "tls13 ", 6);
+    n += 6;
+    memcpy(info + n, label, llen);
+    n += llen;
+    info[n++] = 0;                       /* an empty context */
+    info[n++] = 1;                       /* T(1)'s counter */
+    if (EVP_MAC_init(*ctx, secret, suite->hash_len, NULL) != 1
+        || EVP_MAC_update(*ctx, info, n) != 1
+        || EVP_MAC_final(*ctx, t, &tlen, sizeof(t)) != 1
+        || tlen != suite->hash_len)
+    {
+        return SG_ERROR;
+    }
+    memcpy(out, t, len);
+    OPENSSL_cleanse(t, sizeof(t));
+    return SG_OK;
+}
+
+/* Key and IV of a direction from its secret; sequence number 0. */
+static int
+sg_ssl_rec_keys(sg_ssl_rec_t *r, sg_ssl_rec_dir_t *d, int enc)
+{
+    u_char  key[SG_SSL_REC_KEY_MAX];
+    int     rc = SG_ERROR;
+
+    if (sg_ssl_rec_expand(r->suite, d->secret, "key", key,
+                          r->suite->key_len) == SG_OK
+        && sg_ssl_rec_expand(r->suite, d->secret, "iv", d->iv,
+                             SG_SSL_REC_IV) == SG_OK
+        && EVP_CipherInit_ex(d->ctx, r->cipher, NULL, key, NULL, enc) == 1)
+    {
+        rc = SG_OK;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    d->seq = 0;
+    return rc;
+}
+
+/* The next traffic secret (RFC 8446 7.2), then its keys. */
+static int
+sg_ssl_rec_next_secret(sg_ssl_rec_t *r, sg_ssl_rec_dir_t *d, int enc)
+{
+    u_char  next[SG_SSL_REC_SECRET_MAX];
+
+    if (sg_ssl_rec_expand(r->suite, d->secret, "traffic upd", next,
+                          r->suite->hash_len) != SG_OK)
+    {
+        return SG_ERROR;
+    }
+    memcpy(d->secret, next, r->suite->hash_len);
+    OPENSSL_cleanse(next, sizeof(next));
+    return sg_ssl_rec_keys(r, d, enc);
+}
+
+int
+sg_ssl_rec_update_write(sg_ssl_rec_t *r)
+{
+    return sg_ssl_rec_next_secret(r, &r->wr, 1);
+}
+
+sg_ssl_rec_t *
+sg_ssl_rec_new(unsigned suite, const u_char *rsecret, const u_char *wsecret,
+    size_t len, uint64_t rseq, uint64_t wseq)
+{
+    sg_ssl_rec_t  *r;
+    size_t         i;
+
+    for (i = 0; i < sg_nelems(sg_ssl_suites); i++) {
+        if (sg_ssl_suites[i].id == suite) {
+            break;
+        }
+    }
+    if (i == sg_nelems(sg_ssl_suites) || len != sg_ssl_suites[i].hash_len) {
+        return NULL;
+    }
+    if (sg_ssl_rec_ciphers[i] == NULL) {
+        sg_ssl_rec_ciphers[i] = EVP_CIPHER_fetch(NULL,
+                                                 sg_ssl_suites[i].cipher,
+                                                 NULL);
+        if (sg_ssl_rec_ciphers[i] == NULL) {
+            return NULL;
+        }
+    }
+    r = calloc(1, sizeof(sg_ssl_rec_t));
+    if (r == NULL) {
+        return NULL;
+    }
+    r->suite = &sg_ssl_suites[i];
+    r->cipher = sg_ssl_rec_ciphers[i];
+    r->alert = -1;
+    memcpy(r->rd.secret, rsecret, len);
+    memcpy(r->wr.secret, wsecret, len);
+    r->rd.ctx = EVP_CIPHER_CTX_new();
+    r->wr.ctx = EVP_CIPHER_CTX_new();
+    if (r->rd.ctx == NULL || r->wr.ctx == NULL
+        || sg_ssl_rec_keys(r, &r->rd, 0) != SG_OK
+        || sg_ssl_rec_keys(r, &r->wr, 1) != SG_OK)
+    {
+        sg_ssl_rec_free(r);
+        return NULL;
+    }
+    r->rd.seq = rseq;
+    r->wr.seq = wseq;
+    return r;
+}
+
+void
+sg_ssl_rec_free(sg_ssl_rec_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    EVP_CIPHER_CTX_free(r->rd.ctx);
+    EVP_CIPHER_CTX_free(r->wr.ctx);
+    free(r->in);
+    free(r->out);
+    OPENSSL_cleanse(r, sizeof(*r));
+    free(r);
+}
+
+const char *
+sg_ssl_rec_cipher_name(sg_ssl_rec_t *r)
+{
+    return r->suite->name;
+}
+
+static void
+sg_ssl_rec_nonce(const sg_ssl_rec_dir_t *d, u_char *nonce)
+{
+    int  i;
+
+    memcpy(nonce, d->iv, SG_SSL_REC_IV);
+    for (i = 0; i < 8; i++) {
+        nonce[SG_SSL_REC_IV - 1 - i] ^= (u_char) (d->seq >> (8 * i));
+    }
+}
+
+size_t
+sg_ssl_rec_seal(sg_ssl_rec_t *r, int type, const u_char *in, size_t len,
+    size_t pad, u_char *out)
+{
+    u_char  nonce[SG_SSL_REC_IV];
+    size_t  inner = len + 1 + pad, clen = inner + SG_SSL_REC_TAG;
+    int     n, m;
+
+    /* the last sequence number is never used: a wrap would repeat a
+     * nonce */
+    if (len + pad > SG_SSL_REC_PLAIN_MAX || r->wr.seq == UINT64_MAX) {
+        return 0;
+    }
+    out[0] = SG_SSL_REC_APPLICATION;
+    out[1] = 3;
+    out[2] = 3;
+    out[3] = (u_char) (clen >> 8);
+    out[4] = (u_char) clen;
+    if (len) {
+        memmove(out + SG_SSL_REC_HEADER, in, len);
+    }
+    out[SG_SSL_REC_HEADER + len] = (u_char) type;
+    memset(out + SG_SSL_REC_HEADER + len + 1, 0, pad);
+    sg_ssl_rec_nonce(&r->wr, nonce);
+    if (EVP_EncryptInit_ex(r->wr.ctx, NULL, NULL, NULL, nonce) != 1
+        || EVP_EncryptUpdate(r->wr.ctx, NULL, &n, out, SG_SSL_REC_HEADER)
+           != 1
+        || EVP_EncryptUpdate(r->wr.ctx, out + SG_SSL_REC_HEADER, &n,
+                             out + SG_SSL_REC_HEADER, (int) inner) != 1
+        || EVP_EncryptFinal_ex(r->wr.ctx, out + SG_SSL_REC_HEADER + n, &m)
+           != 1
+        || (size_t) (n + m) != inner
+        || EVP_CIPHER_CTX_ctrl(r->wr.ctx, EVP_CTRL_AEAD_GET_TAG,
+                               SG_SSL_REC_TAG,
+                               out + SG_SSL_REC_HEADER + inner) != 1)
+    {
+        return 0;
+    }
+    r->wr.seq++;
+    return SG_SSL_REC_HEADER + clen;
+}
+
+static int
+sg_ssl_rec_fail(sg_ssl_rec_t *r, sg_log_t *log, int alert, const char *why)
+{
+    r->failed = 1;
+    r->alert = alert;
+    sg_log_error(SG_LOG_INFO, log, 0, "TLS read failed: %s", why);
+    return SG_ERROR;
+}
+
+/* A KeyUpdate, the only handshake message a client may send now; it
+ * must be alone in its record, which also keeps it at the end of one
+ * (RFC 8446 5.1). */
+static int
+sg_ssl_rec_handshake(sg_ssl_rec_t *r, const u_char *p, size_t len,
+    sg_log_t *log)
+{
+    if (len < 4 || p[0] != SG_SSL_HS_KEY_UPDATE) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                               "the client sent a handshake message other "
+                               "than KeyUpdate after the handshake");
+    }
+    if (len != 5 || p[1] != 0 || p[2] != 0 || p[3] != 1) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_DECODE_ERROR,
+                               "a malformed KeyUpdate");
+    }
+    if (p[4] > 1) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_ILLEGAL_PARAMETER,
+                               "a KeyUpdate with an unknown request");
+    }
+    if (sg_ssl_rec_next_secret(r, &r->rd, 0) != SG_OK) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_INTERNAL_ERROR,
+                               "deriving the next traffic keys failed");
+    }
+    if (p[4] == 1) {
+        r->key_update_due = 1;          /* before our next record */
+    }
+    sg_log_debug(log, "TLS KeyUpdate from the client%s",
+                 p[4] ? ", update requested" : "");
+    return SG_OK;
+}
+
+/* Open the record at the front of the buffer: SG_OK (its content is
+ * taken: plaintext, or a control message acted on), SG_AGAIN (not all
+ * there), SG_DONE (close_notify) or SG_ERROR. */
+static int
+sg_ssl_rec_open(sg_ssl_rec_t *r, sg_log_t *log)
+{
+    u_char  *p, *inner, nonce[SG_SSL_REC_IV];
+    size_t   avail = r->in_end - r->in_start, clen, ilen;
+    int      n, m, type;
+    char     why[96];
+
+    if (avail < SG_SSL_REC_HEADER) {
+        return SG_AGAIN;
+    }
+    p = r->in + r->in_start;
+    if (p[0] != SG_SSL_REC_APPLICATION) {
+        snprintf(why, sizeof(why), "a record of outer type %u after the "
+                 "handshake (not TLS 1.3 application_data)", p[0]);
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE, why);
+    }
+    clen = (size_t) p[3] << 8 | p[4];
+    if (clen > SG_SSL_REC_CIPHER_MAX) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_RECORD_OVERFLOW,
+                               "a record longer than 2^14 + 256 octets");
+    }
+    if (avail < SG_SSL_REC_HEADER + clen) {
+        return SG_AGAIN;
+    }
+    if (clen < SG_SSL_REC_TAG + 1 || r->rd.seq == UINT64_MAX) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
+                               "a record too short to authenticate");
+    }
+    inner = p + SG_SSL_REC_HEADER;
+    ilen = clen - SG_SSL_REC_TAG;
+    sg_ssl_rec_nonce(&r->rd, nonce);
+    if (EVP_DecryptInit_ex(r->rd.ctx, NULL, NULL, NULL, nonce) != 1
+        || EVP_DecryptUpdate(r->rd.ctx, NULL, &n, p, SG_SSL_REC_HEADER) != 1
+        || EVP_DecryptUpdate(r->rd.ctx, inner, &n, inner, (int) ilen) != 1
+        || EVP_CIPHER_CTX_ctrl(r->rd.ctx, EVP_CTRL_AEAD_SET_TAG,
+                               SG_SSL_REC_TAG, inner + ilen) != 1
+        || EVP_DecryptFinal_ex(r->rd.ctx, inner + n, &m) != 1)
+    {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
+                               "a record did not authenticate "
+                               "(bad_record_mac)");
+    }
+    r->rd.seq++;
+    r->in_start += SG_SSL_REC_HEADER + clen;
+
+    while (ilen && inner[ilen - 1] == 0) {
+        ilen--;                               /* padding */
+    }
+    if (ilen == 0) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                               "a record without a content type");
+    }
+    type = inner[--ilen];
+    if (ilen > SG_SSL_REC_PLAIN_MAX) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_RECORD_OVERFLOW,
+                               "a record with more than 2^14 octets of "
+                               "content");
+    }
+    switch (type) {
+    case SG_SSL_REC_APPLICATION:
+        r->plain_pos = (size_t) (inner - r->in);
+        r->plain_end = r->plain_pos + ilen;
+        return SG_OK;
+    case SG_SSL_REC_ALERT:
+        if (ilen != 2) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_DECODE_ERROR,
+                                   "a malformed alert");
+        }
+        if (inner[1] == SG_SSL_ALERT_CLOSE_NOTIFY) {
+            return SG_DONE;
+        }
+        if (inner[1] == SG_SSL_ALERT_USER_CANCELED) {
+            return SG_OK;
+        }
+        snprintf(why, sizeof(why), "the client sent alert %u (%s)",
+                 inner[1], SSL_alert_desc_string_long(inner[1]));
+        return sg_ssl_rec_fail(r, log, -1, why);
+    case SG_SSL_REC_HANDSHAKE:
+        return sg_ssl_rec_handshake(r, inner, ilen, log);
+    }
+    snprintf(why, sizeof(why), "a record of content type %d after the "
+             "handshake", type);
+    return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE, why);
+}
+
+static void
+sg_ssl_rec_drop_idle_buffer(sg_ssl_rec_t *r)
+{
+    if (r->in && r->in_start == r->in_end && r->plain_pos == r->plain_end) {
+        free(r->in);
+        r->in = NULL;
+        r->in_start = r->in_end = r->plain_pos = r->plain_end = 0;
+    }
+}
+
+/* The wire buffer, allocated if need be, with the bytes not yet opened
+ * moved to its front when no plaintext is held in it. */
+static int
+sg_ssl_rec_buffer(sg_ssl_rec_t *r)
+{
+    if (r->in == NULL) {
+        r->in = malloc(SG_SSL_REC_MAX);
+        if (r->in == NULL) {
+            return SG_ERROR;
+        }
+        r->in_start = r->in_end = r->plain_pos = r->plain_end = 0;
+    }
+    if (r->plain_pos == r->plain_end && r->in_start) {
+        memmove(r->in, r->in + r->in_start, r->in_end - r->in_start);
+        r->in_end -= r->in_start;
+        r->in_start = 0;
+        r->plain_pos = r->plain_end = 0;
+    }
+    return SG_OK;
+}
+
+size_t
+sg_ssl_rec_feed(sg_ssl_rec_t *r, const u_char *data, size_t len)
+{
+    if (len == 0 || sg_ssl_rec_buffer(r) != SG_OK) {
+        return 0;
+    }
+    len = sg_min(len, SG_SSL_REC_MAX - r->in_end);
+    memcpy(r->in + r->in_end, data, len);
+    r->in_end += len;
+    return len;
+}
+
+ssize_t
+sg_ssl_rec_read(sg_ssl_rec_t *r, u_char *buf, size_t size, sg_log_t *log)
+{
+    size_t  total = 0, n;
+    int     rc;
+
+    while (total < size) {
+        if (r->plain_pos < r->plain_end) {
+            n = sg_min(size - total, r->plain_end - r->plain_pos);
+            memcpy(buf + total, r->in + r->plain_pos, n);
+            r->plain_pos += n;
+            total += n;
+            continue;
+        }
+        if (r->failed || r->closed) {
+            break;
+        }
+        rc = sg_ssl_rec_open(r, log);
+        if (rc == SG_AGAIN) {
+            break;
+        }
+        if (rc == SG_DONE) {
+            r->closed = 1;
+        }
+    }
+    sg_ssl_rec_drop_idle_buffer(r);
+    if (total) {
+        return (ssize_t) total;
+    }
+    if (r->failed) {
+        return SG_ERROR;
+    }
+    return r->closed ? 0 : SG_AGAIN;
+}
+
+bool
+sg_ssl_rec_pending(sg_ssl_rec_t *r)
+{
+    return r->in != NULL && (r->in_start < r->in_end
+                             || r->plain_pos < r->plain_end);
+}
+
+int
+sg_ssl_rec_alert(sg_ssl_rec_t *r)
+{
+    return r->alert;
+}
+
+
+/* The connection side. */
+
+/* One try at an alert record; nothing more is sent after it. */
+static void
+sg_ssl_rec_send_alert(sg_connection_t *c, sg_ssl_rec_t *r, int level,
+    int desc)
+{
+    u_char   msg[2], rec[SG_SSL_REC_HEADER + 3 + SG_SSL_REC_TAG];
+    size_t   len;
+    ssize_t  n;
+
+    if (r->said_goodbye || r->out != NULL || desc < 0) {
+        return;
+    }
+    r->said_goodbye = 1;
+    msg[0] = (u_char) level;
+    msg[1] = (u_char) desc;
+    len = sg_ssl_rec_seal(r, SG_SSL_REC_ALERT, msg, 2, 0, rec);
+    if (len) {
+        do {
+            n = send(c->fd, rec, len, MSG_NOSIGNAL);
+        } while (n == -1 && errno == EINTR);
+    }
+}
+
+void
+sg_ssl_rec_shutdown(sg_connection_t *c)
+{
+    sg_ssl_rec_t  *r = c->tls_rec;
+
+    if (r && !r->failed) {
+        sg_ssl_rec_send_alert(c, r, 1, SG_SSL_ALERT_CLOSE_NOTIFY);
+    }
+}
+
+ssize_t
+sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size)
+{
+    sg_ssl_rec_t  *r = c->tls_rec;
+    ssize_t        n;
+
+    for ( ;; ) {
+        n = sg_ssl_rec_read(r, buf, size, c->log);
+        if (n > 0) {
+            c->received += (uint64_t) n;
+            return n;
+        }
+        if (n == 0) {
+            c->read->ready = 0;
+            c->read->eof = 1;
+            return 0;
+        }
+        if (n == SG_ERROR) {
+            sg_ssl_rec_send_alert(c, r, 2, r->alert);
+            c->read->ready = 0;
+            c->read->error = 1;
+            c->error = 1;
+            return SG_ERROR;
+        }
+        if (sg_ssl_rec_buffer(r) != SG_OK) {
+            sg_log_error(SG_LOG_ERR, c->log, 0, "no memory for a TLS "
+                         "record buffer");
+            c->read->error = 1;
+            c->error = 1;
+            return SG_ERROR;
+        }
+        n = recv(c->fd, r->in + r->in_end, SG_SSL_REC_MAX - r->in_end, 0);
+        if (n > 0) {
+            r->in_end += (size_t) n;
+            continue;
+        }
+        if (n == 0) {
+            c->read->ready = 0;
+            if (r->in_start < r->in_end) {
+                sg_log_error(SG_LOG_INFO, c->log, 0, "TLS read failed: the "
+                             "client closed the connection in the middle "
+                             "of a record");
+                r->failed = 1;
+                c->read->error = 1;
+                c->error = 1;
+                return SG_ERROR;
+            }
+            /* no close_notify: an end of stream all the same, as with
+             * SSL_OP_IGNORE_UNEXPECTED_EOF */
+            sg_ssl_rec_drop_idle_buffer(r);
+            c->read->eof = 1;
+            return 0;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        c->read->ready = 0;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            sg_ssl_rec_drop_idle_buffer(r);
+            return SG_AGAIN;
+        }
+        c->read->error = 1;
+        c->error = 1;
+        sg_log_error(SG_LOG_INFO, c->log, errno, "recv() failed");
+        return SG_ERROR;
+    }
+}
+
+/* Send what a write left over: SG_OK when all is out. */
+static int
+sg_ssl_rec_flush(sg_connection_t *c, sg_ssl_rec_t *r)
+{
+    ssize_t  n;
+
+    while (r->out_pos < r->out_end) {
+        n = send(c->fd, r->out + r->out_pos, r->out_end - r->out_pos,
+                 MSG_NOSIGNAL);
+        if (n > 0) {
+            r->out_pos += (size_t) n;
+            continue;
+        }
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->write->ready = 0;
+            return SG_AGAIN;
+        }
+        c->write->error = 1;
+        c->error = 1;
+        sg_log_error(SG_LOG_INFO, c->log, errno, "send() failed");
+        return SG_ERROR;
+    }
+    free(r->out);
+    r->out = NULL;
+    r->out_pos = r->out_end = 0;
+    return SG_OK;
+}
+
+/*
+ * OpenSSL's contract for SSL_write with partial writes: n > 0 bytes of
+ * buf are sent (sealed and written whole); SG_AGAIN means the record
+ * being written did not go out whole, and the caller calls again with
+ * the same bytes, which are then reported once the rest is out.
+ */
+ssize_t
+sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
+{
+    static const u_char  key_update[5] = { SG_SSL_HS_KEY_UPDATE, 0, 0, 1, 0 };
+    sg_ssl_rec_t        *r = c->tls_rec;
+    size_t               total = 0, chunk, len, n;
+    ssize_t              w;
+    int                  rc;
+
+    if (r->failed || r->said_goodbye) {
+        c->error = 1;
+        return SG_ERROR;
+    }
+    if (r->out) {
+        rc = sg_ssl_rec_flush(c, r);
+        if (rc != SG_OK) {
+            return rc;
+        }
+        n = r->out_plain;
+        r->out_plain = 0;
+        if (n > size) {
+            sg_log_error(SG_LOG_ALERT, c->log, 0, "a TLS write was retried "
+                         "with fewer bytes than before");
+            c->error = 1;
+            return SG_ERROR;
+        }
+        if (n) {
+            c->sent += n;
+            return (ssize_t) n;
+        }
+    }
+    while (total < size) {
+        len = 0;
+        if (r->key_update_due) {
+            /* owed since the client asked: before our next data */
+            len = sg_ssl_rec_seal(r, SG_SSL_REC_HANDSHAKE, key_update,
+                                  sizeof(key_update), 0, sg_ssl_rec_wbuf);
+            if (len == 0 || sg_ssl_rec_update_write(r) != SG_OK) {
+                goto failed;
+            }
+            r->key_update_due = 0;
+        }
+        chunk = sg_min(size - total, SG_SSL_REC_PLAIN_MAX);
+        n = sg_ssl_rec_seal(r, SG_SSL_REC_APPLICATION, buf + total, chunk, 0,
+                            sg_ssl_rec_wbuf + len);
+        if (n == 0) {
+            goto failed;
+        }
+        len += n;
+        do {
+            w = send(c->fd, sg_ssl_rec_wbuf, len, MSG_NOSIGNAL);
+        } while (w == -1 && errno == EINTR);
+        if (w == (ssize_t) len) {
+            total += chunk;
+            continue;
+        }
+        if (w == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            c->write->error = 1;
+            c->error = 1;
+            sg_log_error(SG_LOG_INFO, c->log, errno, "send() failed");
+            return SG_ERROR;
+        }
+        w = sg_max(w, 0);
+        r->out = malloc(len - (size_t) w);
+        if (r->out == NULL) {
+            goto failed;
+        }
+        memcpy(r->out, sg_ssl_rec_wbuf + w, len - (size_t) w);
+        r->out_pos = 0;
+        r->out_end = len - (size_t) w;
+        r->out_plain = chunk;
+        c->write->ready = 0;
+        break;
+    }
+    if (total == 0) {
+        return SG_AGAIN;
+    }
+    c->sent += total;
+    return (ssize_t) total;
+
+failed:
+    r->failed = 1;
+    c->write->error = 1;
+    c->error = 1;
+    sg_log_error(SG_LOG_ERR, c->log, 0, "sealing a TLS record failed");
+    return SG_ERROR;
+}

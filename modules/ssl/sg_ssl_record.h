@@ -1,0 +1,80 @@
+/*
+ * sg_ssl_record.h: smtpgate's own TLS 1.3 record layer, for client
+ * connections whose handshake OpenSSL has finished (ssl_compact_state).
+ *
+ * OpenSSL keeps about 14 KB per connection after a handshake, most of
+ * it in the SSL object, for as long as the connection lives.  Once a
+ * TLS 1.3 handshake is done, all a connection needs is a key, an IV and
+ * a sequence number per direction (RFC 8446 5.2-5.3, 7.3): this layer
+ * takes those over from OpenSSL, which then frees the SSL object.  The
+ * AEAD itself (AES-GCM, ChaCha20-Poly1305) is OpenSSL's EVP; only the
+ * framing, nonces, padding, alerts and KeyUpdate are done here.
+ *
+ * The engine (sg_ssl_rec_feed / _read / _seal) works on memory, so the
+ * unit tests and the fuzz harness drive it without a socket; the
+ * connection functions put it behind c->recv and c->send.
+ */
+#ifndef SG_SSL_RECORD_H
+#define SG_SSL_RECORD_H
+
+#include "sg_core.h"
+
+#define SG_SSL_REC_AES_128_GCM_SHA256        0x1301
+#define SG_SSL_REC_AES_256_GCM_SHA384        0x1302
+#define SG_SSL_REC_CHACHA20_POLY1305_SHA256  0x1303
+
+#define SG_SSL_REC_HEADER      5
+#define SG_SSL_REC_TAG         16
+#define SG_SSL_REC_PLAIN_MAX   16384          /* 2^14 */
+/* TLSCiphertext.length at most 2^14 + 256 (RFC 8446 5.2) */
+#define SG_SSL_REC_CIPHER_MAX  (SG_SSL_REC_PLAIN_MAX + 256)
+#define SG_SSL_REC_MAX         (SG_SSL_REC_HEADER + SG_SSL_REC_CIPHER_MAX)
+
+#define SG_SSL_REC_ALERT         21
+#define SG_SSL_REC_HANDSHAKE     22
+#define SG_SSL_REC_APPLICATION   23
+
+#define SG_SSL_REC_SECRET_MAX  48
+
+typedef struct sg_ssl_rec_s  sg_ssl_rec_t;
+
+/* A layer for a cipher suite (its TLS id) and the two application
+ * traffic secrets: read (the peer's) and write (ours), each with the
+ * sequence number its next record has.  NULL: an unknown suite, a bad
+ * secret length, or no memory. */
+sg_ssl_rec_t *sg_ssl_rec_new(unsigned suite, const u_char *rsecret,
+    const u_char *wsecret, size_t len, uint64_t rseq, uint64_t wseq);
+void sg_ssl_rec_free(sg_ssl_rec_t *r);
+/* The suite's IANA name ("TLS_AES_256_GCM_SHA384"). */
+const char *sg_ssl_rec_cipher_name(sg_ssl_rec_t *r);
+
+/* Take up to len bytes from the wire; returns how many fit (the buffer
+ * holds at most one record and the bytes behind it up to its size). */
+size_t sg_ssl_rec_feed(sg_ssl_rec_t *r, const u_char *data, size_t len);
+/* Plaintext from what was fed: n > 0 bytes; SG_AGAIN, more input is
+ * needed; 0, the peer sent close_notify; SG_ERROR, the connection must
+ * end (sg_ssl_rec_alert() says which alert to send, and the reason was
+ * logged at info). */
+ssize_t sg_ssl_rec_read(sg_ssl_rec_t *r, u_char *buf, size_t size,
+    sg_log_t *log);
+/* Bytes fed but not yet taken as plaintext. */
+bool sg_ssl_rec_pending(sg_ssl_rec_t *r);
+int sg_ssl_rec_alert(sg_ssl_rec_t *r);
+
+/* Seal one record of content type type around in[0..len) (len at most
+ * 2^14) followed by pad zero bytes, into out (room for len + pad + 22
+ * bytes); returns the record's length, 0 on a failure. */
+size_t sg_ssl_rec_seal(sg_ssl_rec_t *r, int type, const u_char *in,
+    size_t len, size_t pad, u_char *out);
+/* Move our sending direction to its next traffic secret (after sending
+ * a KeyUpdate). */
+int sg_ssl_rec_update_write(sg_ssl_rec_t *r);
+
+/* The connection side (c->tls_rec holds r). */
+ssize_t sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size);
+ssize_t sg_ssl_rec_send(sg_connection_t *c, const u_char *buf,
+    size_t size);
+/* Send close_notify (once, without waiting). */
+void sg_ssl_rec_shutdown(sg_connection_t *c);
+
+#endif /* SG_SSL_RECORD_H */

@@ -1,0 +1,282 @@
+"""ssl_compact_state: after a TLS 1.3 handshake smtpgate frees OpenSSL's
+per-connection state and seals and opens the records itself.
+
+Real clients (Python's ssl, `openssl s_client`) talk to it through every
+TLS 1.3 cipher suite, with KeyUpdate both ways and close_notify both ways;
+TLS 1.2, client certificates and `ssl_compact_state off` keep OpenSSL's
+record layer.  Forged and truncated records are written on the raw socket
+under a real handshake (Python's ssl.SSLObject over memory BIOs: no client
+sends such records on purpose).  t/unit/test_ssl_record.c and
+fuzz/fuzz_ssl_record.c cover the record reader byte by byte.
+"""
+
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from lib import pki as pkilib
+from lib.messages import make_message
+from lib.pki import TlsSmtp, implicit_session, starttls_session, tls_conf
+from lib.users import password
+
+pytestmark = pytest.mark.skipif(not pkilib.tls_built(),
+                                reason="smtpgate built without TLS")
+
+AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
+COMPACT = (r"TLS established: TLSv1\.3, {}, compact state, "
+           r"client: 127\.0\.0\.1")
+SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+          "TLS_CHACHA20_POLY1305_SHA256"]
+
+
+@pytest.fixture(scope="session")
+def pki():
+    return pkilib.shared()
+
+
+def established(g, since):
+    """The 'TLS established' line of the last session."""
+    return g.wait_log(r"TLS established: [^\n]*", since=since).group(0)
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_a_message_through_compact_state(smtpgate, backend, pki, mode):
+    """AUTH and a 3 MB message over TLS 1.3 arrive byte for byte, and the
+    log says the session's TLS ran in compact state."""
+    g = smtpgate(tls_conf(pki, backend))
+    mark = g.log_mark()
+    msg = make_message(3 * 1024 * 1024, seed=7)
+    opener = starttls_session if mode == "starttls" else implicit_session
+    with opener(g, pki) as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
+        assert c.mail("a@example.org", ["b@example.org"], msg).code == 250
+        assert c.cmd("QUIT").code == 221
+        # the server's close_notify is a valid record: unwrap succeeds
+        c.tls.unwrap()
+    (m,) = backend.wait_messages(1)
+    assert m.content == msg
+    assert re.search(COMPACT.format(r"TLS_AES_\d+_GCM_SHA\d+"),
+                     established(g, mark))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_tls13_suite(smtpgate, backend, pki, suite):
+    """s_client with each TLS 1.3 suite: the session works end to end and
+    runs in compact state with that suite."""
+    g = smtpgate(tls_conf(pki, backend))
+    mark = g.log_mark()
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{g.port}",
+         "-starttls", "smtp", "-tls1_3", "-ciphersuites", suite,
+         "-servername", "mx.test", "-CAfile", pki.ca, "-verify_return_error",
+         "-crlf", "-quiet", "-ign_eof"],
+        input=b"EHLO client.test\nNOOP\nQUIT\n", capture_output=True,
+        timeout=60)
+    out = p.stdout.decode(errors="replace")
+    assert "250 2.0.0 OK" in out and "221 2.0.0 Bye" in out, out
+    assert re.search(COMPACT.format(suite), established(g, mark))
+
+
+def test_off_and_where_openssl_keeps_the_connection(smtpgate, backend, pki):
+    """TLS 1.2, a client certificate, and ssl_compact_state off: OpenSSL
+    keeps the records, and the sessions work as before."""
+    g = smtpgate(tls_conf(pki, backend, extra=(
+        f"ssl_verify_client optional;\n"
+        f"ssl_client_certificate {pki.ca};")))
+    cases = []
+    ctx12 = pki.client_context()
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    cases.append(("TLSv1.2", ctx12))
+    cases.append(("TLSv1.3", pki.client_context("alice")))
+    for version, ctx in cases:
+        mark = g.log_mark()
+        with starttls_session(g, pki, context=ctx) as c:
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
+            assert c.cmd("QUIT").code == 221
+        line = established(g, mark)
+        assert version in line and "compact state" not in line, line
+
+    g = smtpgate(tls_conf(pki, backend, extra="ssl_compact_state off;"))
+    mark = g.log_mark()
+    with implicit_session(g, pki) as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
+    line = established(g, mark)
+    assert "TLSv1.3" in line and "compact state" not in line, line
+
+
+def test_key_update_both_ways(smtpgate, backend, pki):
+    """s_client's 'k' (KeyUpdate) and 'K' (KeyUpdate, update requested):
+    the session goes on under the new keys, and a request is answered
+    with the server's own KeyUpdate before its next reply."""
+    g = smtpgate(tls_conf(pki, backend, level="debug"))
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{g.ports['PORTS']}",
+         "-tls1_3", "-servername", "mx.test", "-CAfile", pki.ca,
+         "-verify_return_error", "-crlf", "-msg"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    chunks = []
+    reader = threading.Thread(
+        target=lambda: chunks.extend(iter(lambda: p.stdout.read1(65536),
+                                          b"")), daemon=True)
+    reader.start()
+    try:
+        # s_client looks at the first byte of each read of its input for
+        # a command letter, so each line goes on its own, with pauses (and
+        # no QUIT: "Q" is s_client's own quit)
+        for line in [b"EHLO client.test\n", b"k\n", b"NOOP\n", b"K\n",
+                     b"NOOP\n", b"K\n", b"NOOP\n", b"NOOP\n"]:
+            time.sleep(0.4)
+            p.stdin.write(line)
+            p.stdin.flush()
+        # the last reply, before s_client is told to end
+        deadline = time.monotonic() + 20
+        while b"".join(chunks).count(b"250 2.0.0 OK") < 4 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.stdin.close()
+        p.wait(timeout=30)
+        reader.join(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = b"".join(chunks).decode(errors="replace")
+    assert out.count("250 2.0.0 OK") == 4, out
+    # s_client -msg shows what came in: two KeyUpdates of the server's
+    assert len(re.findall(r"<<< TLS 1\.3, Handshake \[length 0005\], "
+                          r"KeyUpdate", out)) == 2, out
+    log = g.error_log()
+    assert len(re.findall(r"TLS KeyUpdate from the client, update "
+                          r"requested, client: 127\.0\.0\.1", log)) == 2, log
+    assert len(re.findall(r"TLS KeyUpdate from the client, client: "
+                          r"127\.0\.0\.1", log)) == 1, log
+
+
+# -- hostile records --------------------------------------------------------
+
+
+def raw_tls13(g, pki):
+    """A TLS 1.3 session over a plain socket: (socket, SSLObject, in BIO,
+    out BIO), handshake done, greeting read."""
+    ctx = pki.client_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    sock = socket.create_connection(("127.0.0.1", g.ports["PORTS"]),
+                                    timeout=10)
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, outg, server_hostname="mx.test")
+
+    def pump():
+        data = outg.read()
+        if data:
+            sock.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+            data = sock.recv(65536)
+            assert data, "closed during the handshake"
+            inc.write(data)
+    pump()
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        try:
+            greeting += obj.read(4096)
+        except ssl.SSLWantReadError:
+            pump()
+            inc.write(sock.recv(65536))
+    assert greeting.startswith(b"220 "), greeting
+    return sock, obj, inc, outg
+
+
+def read_alert(sock, obj, inc):
+    """Read until the server ends the session; the SSL error it raised."""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        inc.write(data)
+        try:
+            obj.read(4096)
+        except ssl.SSLWantReadError:
+            continue
+        except ssl.SSLError as e:
+            return e
+
+
+@pytest.mark.parametrize("name,record,alert,logged", [
+    ("forged", b"\x17\x03\x03\x00\x20" + b"\x41" * 32, "BAD_RECORD_MAC",
+     r"TLS read failed: a record did not authenticate \(bad_record_mac\)"),
+    ("oversized", b"\x17\x03\x03\x41\x01" + b"\x00" * 64, "RECORD_OVERFLOW",
+     r"TLS read failed: a record longer than 2\^14 \+ 256 octets"),
+    ("plaintext-handshake", b"\x16\x03\x03\x00\x04\x01\x00\x00\x00",
+     "UNEXPECTED_MESSAGE",
+     r"TLS read failed: a record of outer type 22 after the handshake"),
+])
+def test_hostile_records(smtpgate, backend, pki, name, record, alert,
+                         logged):
+    """Records a client's TLS stack would never send: the server answers
+    with the alert RFC 8446 names, closes, and logs why."""
+    g = smtpgate(tls_conf(pki, backend))
+    mark = g.log_mark()
+    sock, obj, inc, outg = raw_tls13(g, pki)
+    with sock:
+        sock.sendall(record)
+        e = read_alert(sock, obj, inc)
+    assert e is not None and alert in str(e), e
+    g.wait_log(logged + r".*client: 127\.0\.0\.1", since=mark)
+    g.wait_log(r"session closed", since=mark)
+
+
+def test_truncated_record(smtpgate, backend, pki):
+    """Half a record and then the end of the stream: logged as such."""
+    g = smtpgate(tls_conf(pki, backend))
+    mark = g.log_mark()
+    sock, obj, inc, outg = raw_tls13(g, pki)
+    obj.write(b"NOOP\r\n")
+    rec = outg.read()
+    with sock:
+        sock.sendall(rec[:len(rec) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    g.wait_log(r"TLS read failed: the client closed the connection in the "
+               r"middle of a record", since=mark)
+
+
+def test_records_split_and_joined(smtpgate, backend, pki):
+    """Records cut at every byte, and many records in one segment: the
+    replies come in order and nothing is lost."""
+    g = smtpgate(tls_conf(pki, backend))
+    sock, obj, inc, outg = raw_tls13(g, pki)
+    with sock:
+        for _ in range(20):
+            obj.write(b"NOOP\r\n")
+        joined = outg.read()
+        obj.write(b"NOOP\r\n")
+        split = outg.read()
+        sock.sendall(joined)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(split)):
+            sock.sendall(split[i:i + 1])
+            time.sleep(0.002)
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"250 2.0.0 OK\r\n") < 21:
+            assert time.monotonic() < deadline, got
+            try:
+                got += obj.read(65536)
+            except ssl.SSLWantReadError:
+                inc.write(sock.recv(65536))
+        assert got == b"250 2.0.0 OK\r\n" * 21

@@ -1,0 +1,706 @@
+/*
+ * test_ssl_record.c: smtpgate's TLS 1.3 record layer (ssl_compact_state)
+ * against OpenSSL's, over a socket pair.
+ *
+ * The server side does its handshake as the front end does
+ * (sg_ssl_handshake, then sg_ssl_release); from then on its records are
+ * sealed and opened by sg_ssl_record.c while the client stays a plain
+ * OpenSSL client.  Every cipher suite, with 0, 1 and 3 session tickets
+ * (each moves the server's first sequence number), data both ways, large
+ * transfers through a small socket buffer (partial writes), KeyUpdate
+ * both ways, close_notify both ways, and forged records.  The engine
+ * alone (two layers facing each other, no socket) covers padding, empty
+ * records, records split at every byte, replays and bad messages.
+ */
+#include "sg_core.h"
+#include "sg_test.h"
+
+#if (SG_HAVE_SSL_MODULE)
+
+#include "sg_ssl.h"
+#include "sg_ssl_record.h"
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+
+static EVP_PKEY  *test_key;
+static X509      *test_cert;
+
+static const char  *suites[] = {
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+};
+
+static int
+make_cert(void)
+{
+    X509_NAME  *name;
+
+    test_key = EVP_EC_gen("P-256");
+    test_cert = X509_new();
+    if (test_key == NULL || test_cert == NULL) {
+        return -1;
+    }
+    X509_set_version(test_cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(test_cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(test_cert), -60);
+    X509_gmtime_adj(X509_getm_notAfter(test_cert), 3600);
+    name = X509_get_subject_name(test_cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               (const u_char *) "mx.test", -1, -1, 0);
+    X509_set_issuer_name(test_cert, name);
+    X509_set_pubkey(test_cert, test_key);
+    return X509_sign(test_cert, test_key, EVP_sha256()) > 0 ? 0 : -1;
+}
+
+typedef struct {
+    int              fds[2];       /* [0] the server's, [1] the client's */
+    SSL_CTX         *sctx, *cctx;
+    SSL             *client;
+    sg_connection_t  c;
+    sg_event_t       rev, wev;
+    sg_log_t         log;
+    unsigned         key_updates_in;     /* seen by the client */
+    int              alert_in;           /* the last one, or -1 */
+} tpair_t;
+
+static void
+client_msg(int write_p, int version, int type, const void *buf, size_t len,
+    SSL *ssl, void *arg)
+{
+    tpair_t       *p = arg;
+    const u_char  *b = buf;
+
+    (void) version;
+    (void) ssl;
+    if (write_p || len < 2) {
+        return;
+    }
+    if (type == SSL3_RT_HANDSHAKE && b[0] == 24) {
+        p->key_updates_in++;
+    }
+    if (type == SSL3_RT_ALERT) {
+        p->alert_in = b[1];
+    }
+}
+
+/* A handshake driven step by step; early: what the client writes as
+ * soon as its side is done (right behind its Finished). */
+static int
+tp_open(tpair_t *p, int version, const char *suite, int tickets,
+    const char *early)
+{
+    SSL   *ssl;
+    int    i, rc = SG_AGAIN;
+    bool   client_done = false;
+
+    memset(p, 0, sizeof(*p));
+    p->alert_in = -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, p->fds) != 0) {
+        return -1;
+    }
+    p->sctx = SSL_CTX_new(TLS_server_method());
+    p->cctx = SSL_CTX_new(TLS_client_method());
+    if (p->sctx == NULL || p->cctx == NULL
+        || SSL_CTX_use_certificate(p->sctx, test_cert) != 1
+        || SSL_CTX_use_PrivateKey(p->sctx, test_key) != 1)
+    {
+        return -1;
+    }
+    /* as sg_ssl_build_ctx() does */
+    SSL_CTX_set_mode(p->sctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                              | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                              | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(p->sctx, 1);
+    sg_ssl_compact_ctx(p->sctx, true);
+    SSL_CTX_set_num_tickets(p->sctx, (size_t) tickets);
+    SSL_CTX_set_min_proto_version(p->sctx, version);
+    SSL_CTX_set_max_proto_version(p->sctx, version);
+    if (suite && SSL_CTX_set_ciphersuites(p->sctx, suite) != 1) {
+        return -1;
+    }
+    SSL_CTX_set_verify(p->cctx, SSL_VERIFY_NONE, NULL);
+    if (suite && SSL_CTX_set_ciphersuites(p->cctx, suite) != 1) {
+        return -1;
+    }
+
+    p->client = SSL_new(p->cctx);
+    ssl = SSL_new(p->sctx);
+    if (p->client == NULL || ssl == NULL
+        || SSL_set_fd(p->client, p->fds[1]) != 1
+        || SSL_set_fd(ssl, p->fds[0]) != 1)
+    {
+        SSL_free(ssl);
+        return -1;
+    }
+    SSL_set_msg_callback(p->client, client_msg);
+    SSL_set_msg_callback_arg(p->client, p);
+    SSL_set_app_data(ssl, &p->c);
+    SSL_set_accept_state(ssl);
+    SSL_set_connect_state(p->client);
+
+    p->log.level = 0;                   /* nothing is written */
+    p->c.fd = p->fds[0];
+    p->c.read = &p->rev;
+    p->c.write = &p->wev;
+    p->c.log = &p->log;
+    p->c.ssl = ssl;
+    p->rev.data = &p->c;
+    p->wev.data = &p->c;
+
+    for (i = 0; i < 40 && (rc != SG_OK || !client_done); i++) {
+        if (!client_done && SSL_do_handshake(p->client) == 1) {
+            client_done = true;
+            if (early) {
+                (void) SSL_write(p->client, early, (int) strlen(early));
+            }
+        }
+        if (rc == SG_AGAIN) {
+            p->rev.ready = 1;
+            p->wev.ready = 1;
+            rc = sg_ssl_handshake(&p->c);
+            if (rc == SG_ERROR) {
+                return -1;
+            }
+        }
+    }
+    if (rc != SG_OK || !client_done) {
+        return -1;
+    }
+    sg_ssl_release(&p->c, true);
+    p->rev.ready = 1;
+    p->wev.ready = 1;
+    return 0;
+}
+
+static void
+tp_close(tpair_t *p)
+{
+    sg_ssl_free_connection(&p->c);
+    SSL_free(p->client);
+    SSL_CTX_free(p->sctx);
+    SSL_CTX_free(p->cctx);
+    close(p->fds[0]);
+    close(p->fds[1]);
+    ERR_clear_error();
+}
+
+/* Everything the server has for us, up to want bytes. */
+static size_t
+server_read(tpair_t *p, u_char *buf, size_t want)
+{
+    size_t   got = 0;
+    ssize_t  n;
+
+    p->rev.ready = 1;
+    while (got < want) {
+        n = p->c.recv(&p->c, buf + got, want - got);
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t) n;
+    }
+    return got;
+}
+
+static size_t
+client_read(tpair_t *p, u_char *buf, size_t want)
+{
+    size_t  got = 0;
+    int     n;
+
+    while (got < want) {
+        n = SSL_read(p->client, buf + got, (int) (want - got));
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t) n;
+    }
+    return got;
+}
+
+/* Bytes both ways after the handshake, for every suite and ticket
+ * count: a wrong first sequence number fails the client's first read. */
+static void
+test_suites_and_tickets(void)
+{
+    static const int  tickets[] = { 0, 1, 3 };
+    tpair_t           p;
+    u_char            buf[64];
+    size_t            s, t;
+
+    for (s = 0; s < sg_nelems(suites); s++) {
+        for (t = 0; t < sg_nelems(tickets); t++) {
+            if (CHECK(tp_open(&p, TLS1_3_VERSION, suites[s], tickets[t],
+                              NULL) == 0))
+            {
+                printf("    %s, %d tickets\n", suites[s], tickets[t]);
+                continue;
+            }
+            CHECK(p.c.ssl == NULL && p.c.tls_rec != NULL);
+            CHECK_MEM(sg_ssl_protocol(&p.c), strlen(sg_ssl_protocol(&p.c)),
+                      "TLSv1.3", 7);
+            CHECK_MEM(sg_ssl_cipher(&p.c), strlen(sg_ssl_cipher(&p.c)),
+                      suites[s], strlen(suites[s]));
+            CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
+            CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+            CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+            CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+            /* once more each way: the sequence numbers move on */
+            CHECK_INT(SSL_write(p.client, "QUIT\r\n", 6), 6);
+            CHECK_MEM(buf, server_read(&p, buf, 6), "QUIT\r\n", 6);
+            CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
+            CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
+            tp_close(&p);
+        }
+    }
+}
+
+/* A command right behind the client's Finished stays in the socket
+ * (no read-ahead in the handshake) and is the released layer's. */
+static void
+test_command_behind_finished(void)
+{
+    tpair_t  p;
+    u_char   buf[64];
+
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, "QUIT\r\n") == 0)) {
+        return;
+    }
+    CHECK(p.c.tls_rec != NULL);
+    CHECK_MEM(buf, server_read(&p, buf, 6), "QUIT\r\n", 6);
+    tp_close(&p);
+}
+
+/* TLS 1.2 stays with OpenSSL, with read-ahead back on. */
+static void
+test_tls12_kept(void)
+{
+    tpair_t  p;
+    u_char   buf[64];
+
+    if (CHECK(tp_open(&p, TLS1_2_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK(p.c.ssl != NULL && p.c.tls_rec == NULL);
+    if (p.c.ssl) {
+        CHECK(SSL_get_read_ahead(p.c.ssl));
+    }
+    CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
+    CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+    tp_close(&p);
+}
+
+/* A megabyte each way through a 4 KB socket buffer: records split in
+ * every way on the wire, and writes the socket takes in part. */
+static void
+test_large_transfers(void)
+{
+    enum { SIZE = 1 << 20 };
+    tpair_t   p;
+    u_char   *src = malloc(SIZE), *dst = malloc(SIZE);
+    size_t    sent = 0, got = 0, rounds;
+    ssize_t   n;
+    int       m, sz = 4096;
+
+    if (src == NULL || dst == NULL
+        || CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0))
+    {
+        free(src);
+        free(dst);
+        return;
+    }
+    RAND_bytes(src, SIZE);
+    (void) setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    (void) setsockopt(p.fds[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+
+    /* client to server */
+    for (rounds = 0; got < SIZE && rounds < 100000; rounds++) {
+        if (sent < SIZE) {
+            m = SSL_write(p.client, src + sent,
+                          (int) sg_min(SIZE - sent, 65536));
+            if (m > 0) {
+                sent += (size_t) m;
+            }
+        }
+        got += server_read(&p, dst + got, SIZE - got);
+    }
+    CHECK_UINT(got, SIZE);
+    CHECK(memcmp(src, dst, SIZE) == 0);
+
+    /* server to client: a write that stops short is retried with the
+     * same bytes, as the front end does */
+    RAND_bytes(src, SIZE);
+    sent = got = 0;
+    for (rounds = 0; got < SIZE && rounds < 100000; rounds++) {
+        if (sent < SIZE) {
+            p.wev.ready = 1;
+            n = p.c.send(&p.c, src + sent, sg_min(SIZE - sent, 40000));
+            if (n > 0) {
+                sent += (size_t) n;
+            } else if (CHECK_INT(n, SG_AGAIN)) {
+                break;
+            }
+        }
+        m = SSL_read(p.client, dst + got, (int) (SIZE - got));
+        if (m > 0) {
+            got += (size_t) m;
+        }
+    }
+    CHECK_UINT(got, SIZE);
+    CHECK(memcmp(src, dst, SIZE) == 0);
+    CHECK_UINT(p.c.sent, SIZE + 0);
+    tp_close(&p);
+    free(src);
+    free(dst);
+}
+
+/* KeyUpdate from the client, with and without a request for ours. */
+static void
+test_key_update(void)
+{
+    tpair_t  p;
+    u_char   buf[64];
+    int      round;
+
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    for (round = 0; round < 3; round++) {
+        CHECK_INT(SSL_key_update(p.client, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+        CHECK_INT(SSL_write(p.client, "NOOP\r\n", 6), 6);
+        CHECK_MEM(buf, server_read(&p, buf, 6), "NOOP\r\n", 6);
+        CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+        CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+    }
+    CHECK_UINT(p.key_updates_in, 0);
+    for (round = 0; round < 3; round++) {
+        CHECK_INT(SSL_key_update(p.client, SSL_KEY_UPDATE_REQUESTED), 1);
+        CHECK_INT(SSL_write(p.client, "NOOP\r\n", 6), 6);
+        CHECK_MEM(buf, server_read(&p, buf, 6), "NOOP\r\n", 6);
+        CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+        CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+        CHECK_UINT(p.key_updates_in, (unsigned) round + 1);
+    }
+    tp_close(&p);
+}
+
+static void
+test_close_notify(void)
+{
+    tpair_t  p;
+    u_char   buf[64];
+    int      n;
+
+    /* the client's: an end of stream */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK_INT(SSL_write(p.client, "QUIT\r\n", 6), 6);
+    (void) SSL_shutdown(p.client);
+    CHECK_MEM(buf, server_read(&p, buf, sizeof(buf)), "QUIT\r\n", 6);
+    p.rev.ready = 1;
+    CHECK_INT(p.c.recv(&p.c, buf, sizeof(buf)), 0);
+    CHECK(p.rev.eof);
+    tp_close(&p);
+
+    /* ours */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
+    sg_ssl_shutdown(&p.c);
+    CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
+    n = SSL_read(p.client, buf, sizeof(buf));
+    CHECK_INT(n, 0);
+    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    tp_close(&p);
+
+    /* a plain end of stream, no close_notify: an end all the same */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    shutdown(p.fds[1], SHUT_WR);
+    p.rev.ready = 1;
+    CHECK_INT(p.c.recv(&p.c, buf, sizeof(buf)), 0);
+    tp_close(&p);
+}
+
+/* Raw bytes on the client's socket, not the client's records: the
+ * server reads an error, says why with an alert, and sends no more. */
+static void
+forged(const u_char *bytes, size_t len, bool close_after, int alert)
+{
+    tpair_t  p;
+    u_char   buf[64];
+    int      n;
+
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK_INT(write(p.fds[1], bytes, len), (ssize_t) len);
+    if (close_after) {
+        shutdown(p.fds[1], SHUT_WR);
+    }
+    p.rev.ready = 1;
+    CHECK_INT(p.c.recv(&p.c, buf, sizeof(buf)), SG_ERROR);
+    CHECK(p.c.error);
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), SG_ERROR);
+    if (alert >= 0) {
+        n = SSL_read(p.client, buf, sizeof(buf));
+        CHECK(n <= 0);
+        CHECK_INT(p.alert_in, alert);
+    }
+    tp_close(&p);
+}
+
+static void
+test_forged_records(void)
+{
+    u_char  rec[64];
+
+    /* application_data, 32 octets that do not authenticate */
+    memset(rec, 0x41, sizeof(rec));
+    memcpy(rec, "\x17\x03\x03\x00\x20", 5);
+    forged(rec, 5 + 32, false, 20);                /* bad_record_mac */
+    /* too short to hold a tag */
+    memcpy(rec, "\x17\x03\x03\x00\x08", 5);
+    forged(rec, 5 + 8, false, 20);
+    /* longer than 2^14 + 256 */
+    memcpy(rec, "\x17\x03\x03\x41\x01", 5);
+    forged(rec, 5, false, 22);                     /* record_overflow */
+    /* a plaintext handshake record, as from a TLS 1.2 renegotiation */
+    memcpy(rec, "\x16\x03\x03\x00\x04\x00\x00\x00\x00", 9);
+    forged(rec, 9, false, 10);                     /* unexpected_message */
+    /* a plaintext alert */
+    memcpy(rec, "\x15\x03\x03\x00\x02\x02\x28", 7);
+    forged(rec, 7, false, 10);
+    /* half a record, then the end */
+    memcpy(rec, "\x17\x03\x03\x00\x40", 5);
+    forged(rec, 20, true, -1);
+}
+
+
+/* The engine alone: a client's layer (b) facing the server's (a). */
+
+static int
+rec_pair(unsigned suite, size_t len, sg_ssl_rec_t **a, sg_ssl_rec_t **b)
+{
+    u_char  cs[SG_SSL_REC_SECRET_MAX], ss[SG_SSL_REC_SECRET_MAX];
+
+    RAND_bytes(cs, sizeof(cs));
+    RAND_bytes(ss, sizeof(ss));
+    *a = sg_ssl_rec_new(suite, cs, ss, len, 0, 0);
+    *b = sg_ssl_rec_new(suite, ss, cs, len, 0, 0);
+    return *a && *b ? 0 : -1;
+}
+
+static sg_log_t  quiet_log;
+
+static void
+test_engine_padding_and_splits(void)
+{
+    static const unsigned  ids[] = { SG_SSL_REC_AES_128_GCM_SHA256,
+                                     SG_SSL_REC_AES_256_GCM_SHA384,
+                                     SG_SSL_REC_CHACHA20_POLY1305_SHA256 };
+    static const size_t    lens[] = { 32, 48, 32 };
+    static u_char          wire[4 * SG_SSL_REC_MAX], out[SG_SSL_REC_MAX];
+    sg_ssl_rec_t          *a, *b;
+    size_t                 i, w, k, got, fed;
+    ssize_t                n;
+
+    for (i = 0; i < sg_nelems(ids); i++) {
+        if (CHECK(rec_pair(ids[i], lens[i], &a, &b) == 0)) {
+            continue;
+        }
+        /* "hello" padded, an empty record, then 2^14 with no room to
+         * pad, then 1 octet padded to the limit */
+        w = sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION,
+                            (const u_char *) "hello", 5, 100, wire);
+        w += sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, NULL, 0, 0,
+                             wire + w);
+        memset(out, 'x', SG_SSL_REC_PLAIN_MAX);
+        k = sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, out,
+                            SG_SSL_REC_PLAIN_MAX, 0, wire + w);
+        CHECK_UINT(k, SG_SSL_REC_HEADER + SG_SSL_REC_PLAIN_MAX + 17);
+        w += k;
+        k = sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION,
+                            (const u_char *) "!", 1,
+                            SG_SSL_REC_PLAIN_MAX - 1, wire + w);
+        CHECK(k > 0);
+        w += k;
+        CHECK_UINT(sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, out,
+                                   SG_SSL_REC_PLAIN_MAX, 1, wire + w), 0);
+        /* fed one byte at a time, read into a small buffer */
+        got = 0;
+        n = SG_AGAIN;
+        for (fed = 0; fed < w && n == SG_AGAIN; fed++) {
+            if (sg_ssl_rec_feed(a, wire + fed, 1) != 1) {
+                break;
+            }
+            for ( ;; ) {
+                n = sg_ssl_rec_read(a, out + got,
+                                    sg_min(7, sizeof(out) - got),
+                                    &quiet_log);
+                if (n <= 0) {
+                    break;
+                }
+                got += (size_t) n;
+            }
+        }
+        CHECK_UINT(fed, w);
+        CHECK_INT(n, SG_AGAIN);
+        CHECK_UINT(got, 5 + SG_SSL_REC_PLAIN_MAX + 1);
+        CHECK_MEM(out, 5, "hello", 5);
+        CHECK(out[5] == 'x' && out[5 + SG_SSL_REC_PLAIN_MAX - 1] == 'x');
+        CHECK(out[got - 1] == '!');
+        CHECK(!sg_ssl_rec_pending(a));
+        sg_ssl_rec_free(a);
+        sg_ssl_rec_free(b);
+    }
+}
+
+/* What one sealed record does to the reader. */
+static ssize_t
+one_record(int type, const u_char *msg, size_t len, int *alert)
+{
+    u_char         wire[256], out[64];
+    sg_ssl_rec_t  *a, *b;
+    size_t         w;
+    ssize_t        n;
+
+    if (rec_pair(SG_SSL_REC_AES_128_GCM_SHA256, 32, &a, &b) != 0) {
+        return -100;
+    }
+    w = sg_ssl_rec_seal(b, type, msg, len, 0, wire);
+    sg_ssl_rec_feed(a, wire, w);
+    n = sg_ssl_rec_read(a, out, sizeof(out), &quiet_log);
+    *alert = sg_ssl_rec_alert(a);
+    sg_ssl_rec_free(a);
+    sg_ssl_rec_free(b);
+    return n;
+}
+
+static void
+test_engine_messages(void)
+{
+    u_char         wire[256], out[64];
+    sg_ssl_rec_t  *a, *b;
+    size_t         w, w2;
+    int            alert;
+
+    CHECK_INT(one_record(SG_SSL_REC_ALERT, (const u_char *) "\x01\x00", 2,
+                         &alert), 0);                      /* close_notify */
+    CHECK_INT(one_record(SG_SSL_REC_ALERT, (const u_char *) "\x01\x5a", 2,
+                         &alert), SG_AGAIN);             /* user_canceled */
+    CHECK_INT(one_record(SG_SSL_REC_ALERT, (const u_char *) "\x02\x28", 2,
+                         &alert), SG_ERROR);             /* theirs, fatal */
+    CHECK_INT(alert, -1);                              /* no answer to it */
+    CHECK_INT(one_record(SG_SSL_REC_ALERT, (const u_char *) "\x02", 1,
+                         &alert), SG_ERROR);
+    CHECK_INT(alert, 50);
+    CHECK_INT(one_record(SG_SSL_REC_HANDSHAKE,
+                         (const u_char *) "\x04\x00\x00\x01\x00", 5, &alert),
+              SG_ERROR);                            /* NewSessionTicket */
+    CHECK_INT(alert, 10);
+    CHECK_INT(one_record(SG_SSL_REC_HANDSHAKE,
+                         (const u_char *) "\x18\x00\x00\x01\x02", 5, &alert),
+              SG_ERROR);
+    CHECK_INT(alert, 47);
+    CHECK_INT(one_record(SG_SSL_REC_HANDSHAKE,
+                         (const u_char *) "\x18\x00\x00\x02\x00\x00", 6,
+                         &alert), SG_ERROR);
+    CHECK_INT(alert, 50);
+    CHECK_INT(one_record(SG_SSL_REC_HANDSHAKE, NULL, 0, &alert), SG_ERROR);
+    CHECK_INT(alert, 10);
+    CHECK_INT(one_record(20, (const u_char *) "\x01", 1, &alert), SG_ERROR);
+    CHECK_INT(alert, 10);                    /* change_cipher_spec, inner */
+    CHECK_INT(one_record(0, NULL, 0, &alert), SG_ERROR);
+    CHECK_INT(alert, 10);                           /* no content type */
+
+    /* a replayed record: the second copy has the wrong nonce */
+    if (CHECK(rec_pair(SG_SSL_REC_AES_256_GCM_SHA384, 48, &a, &b) == 0)) {
+        return;
+    }
+    w = sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, (const u_char *) "abc", 3,
+                        0, wire);
+    memcpy(wire + w, wire, w);
+    sg_ssl_rec_feed(a, wire, 2 * w);
+    CHECK_MEM(out, (size_t) sg_ssl_rec_read(a, out, 3, &quiet_log), "abc", 3);
+    CHECK_INT(sg_ssl_rec_read(a, out, sizeof(out), &quiet_log), SG_ERROR);
+    CHECK_INT(sg_ssl_rec_alert(a), 20);
+    sg_ssl_rec_free(a);
+    sg_ssl_rec_free(b);
+
+    /* KeyUpdate: records after it are under the next key, and one still
+     * sealed under the old key fails */
+    if (CHECK(rec_pair(SG_SSL_REC_AES_128_GCM_SHA256, 32, &a, &b) == 0)) {
+        return;
+    }
+    w = sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE,
+                        (const u_char *) "\x18\x00\x00\x01\x01", 5, 0, wire);
+    CHECK_INT(sg_ssl_rec_update_write(b), SG_OK);
+    w2 = sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, (const u_char *) "new",
+                         3, 0, wire + w);
+    sg_ssl_rec_feed(a, wire, w + w2);
+    CHECK_MEM(out, (size_t) sg_ssl_rec_read(a, out, sizeof(out),
+                                            &quiet_log), "new", 3);
+    sg_ssl_rec_free(a);
+    sg_ssl_rec_free(b);
+
+    /* the last sequence number is never used */
+    {
+        u_char  s1[32] = { 1 }, s2[32] = { 2 };
+
+        a = sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256, s1, s2, 32, 0,
+                           UINT64_MAX);
+        if (CHECK(a != NULL)) {
+            return;
+        }
+        CHECK_UINT(sg_ssl_rec_seal(a, SG_SSL_REC_APPLICATION,
+                                   (const u_char *) "x", 1, 0, wire), 0);
+        sg_ssl_rec_free(a);
+        CHECK(sg_ssl_rec_new(0x1304, s1, s2, 32, 0, 0) == NULL);   /* CCM */
+        CHECK(sg_ssl_rec_new(SG_SSL_REC_AES_256_GCM_SHA384, s1, s2, 32, 0, 0)
+              == NULL);                         /* a SHA-256-sized secret */
+    }
+}
+
+int
+main(void)
+{
+    sg_test_start();
+    quiet_log.level = 0;
+    if (make_cert() != 0) {
+        printf("cannot set the test up\n");
+        return 1;
+    }
+
+    RUN(test_suites_and_tickets);
+    RUN(test_command_behind_finished);
+    RUN(test_tls12_kept);
+    RUN(test_large_transfers);
+    RUN(test_key_update);
+    RUN(test_close_notify);
+    RUN(test_forged_records);
+    RUN(test_engine_padding_and_splits);
+    RUN(test_engine_messages);
+
+    X509_free(test_cert);
+    EVP_PKEY_free(test_key);
+    return sg_test_finish();
+}
+
+#else
+
+int
+main(void)
+{
+    printf("built without the ssl module: nothing to test\n");
+    return 0;
+}
+
+#endif
