@@ -576,6 +576,9 @@ sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size)
     sg_ssl_rec_t  *r = c->tls_rec;
     ssize_t        n;
 
+    if (size == 0) {
+        return 0;                       /* as SSL_read() */
+    }
     for ( ;; ) {
         n = sg_ssl_rec_read(r, buf, size, c->log);
         if (n > 0) {
@@ -687,6 +690,9 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
     if (r->failed || r->said_goodbye) {
         c->error = 1;
         return SG_ERROR;
+    }
+    if (size == 0) {
+        return 0;
     }
     if (r->out) {
         rc = sg_ssl_rec_flush(c, r);
