@@ -26,6 +26,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
+#include "sg_test_cert.h"
 
 typedef struct {
     SSL       *client;
@@ -95,29 +96,6 @@ instant_create(BIO *b)
 {
     BIO_set_init(b, 1);
     return 1;
-}
-
-/* A throwaway P-256 key and a self-signed certificate for it. */
-static int
-make_cert(EVP_PKEY **key, X509 **cert)
-{
-    X509_NAME  *name;
-
-    *key = EVP_EC_gen("P-256");
-    *cert = X509_new();
-    if (*key == NULL || *cert == NULL) {
-        return -1;
-    }
-    X509_set_version(*cert, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(*cert), 1);
-    X509_gmtime_adj(X509_getm_notBefore(*cert), -60);
-    X509_gmtime_adj(X509_getm_notAfter(*cert), 3600);
-    name = X509_get_subject_name(*cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               (const u_char *) "mx.test", -1, -1, 0);
-    X509_set_issuer_name(*cert, name);
-    X509_set_pubkey(*cert, *key);
-    return X509_sign(*cert, *key, EVP_sha256()) > 0 ? 0 : -1;
 }
 
 typedef struct {
@@ -293,7 +271,7 @@ main(void)
         || !BIO_meth_set_read(instant_method, instant_read)
         || !BIO_meth_set_ctrl(instant_method, instant_ctrl)
         || !BIO_meth_set_create(instant_method, instant_create)
-        || make_cert(&test_key, &test_cert) != 0)
+        || sg_test_make_cert(&test_key, &test_cert) != 0)
     {
         printf("cannot set the test up\n");
         return 1;

@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
+#include "sg_test_cert.h"
 
 static EVP_PKEY  *test_key;
 static X509      *test_cert;
@@ -33,28 +34,6 @@ static const char  *suites[] = {
     "TLS_AES_256_GCM_SHA384",
     "TLS_CHACHA20_POLY1305_SHA256",
 };
-
-static int
-make_cert(void)
-{
-    X509_NAME  *name;
-
-    test_key = EVP_EC_gen("P-256");
-    test_cert = X509_new();
-    if (test_key == NULL || test_cert == NULL) {
-        return -1;
-    }
-    X509_set_version(test_cert, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(test_cert), 1);
-    X509_gmtime_adj(X509_getm_notBefore(test_cert), -60);
-    X509_gmtime_adj(X509_getm_notAfter(test_cert), 3600);
-    name = X509_get_subject_name(test_cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               (const u_char *) "mx.test", -1, -1, 0);
-    X509_set_issuer_name(test_cert, name);
-    X509_set_pubkey(test_cert, test_key);
-    return X509_sign(test_cert, test_key, EVP_sha256()) > 0 ? 0 : -1;
-}
 
 typedef struct {
     int              fds[2];       /* [0] the server's, [1] the client's */
@@ -674,7 +653,7 @@ main(void)
 {
     sg_test_start();
     quiet_log.level = 0;
-    if (make_cert() != 0) {
+    if (sg_test_make_cert(&test_key, &test_cert) != 0) {
         printf("cannot set the test up\n");
         return 1;
     }
