@@ -21,7 +21,8 @@ import pytest
 
 from lib import pki as pkilib
 from lib.messages import make_message
-from lib.pki import TlsSmtp, implicit_session, starttls_session, tls_conf
+from lib.pki import (cert_directives, implicit_session, indent,
+                     starttls_session, tls_conf)
 from lib.users import password
 
 pytestmark = pytest.mark.skipif(not pkilib.tls_built(),
@@ -280,3 +281,34 @@ def test_records_split_and_joined(smtpgate, backend, pki):
             except ssl.SSLWantReadError:
                 inc.write(sock.recv(65536))
         assert got == b"250 2.0.0 OK\r\n" * 21
+
+
+def two_servers(pki, backend, mx_extra, alt_extra):
+    """mx.test (the default) and alt.test on the same two listeners."""
+    alt = indent(f"listen {pkilib.STARTTLS_LISTEN};\n"
+                 f"listen {pkilib.IMPLICIT_LISTEN};\n"
+                 "protocol smtp;\nserver_name alt.test;\nstarttls on;\n"
+                 + cert_directives(pki, "alt.test") + "\n" + alt_extra)
+    return tls_conf(pki, backend, extra=mx_extra, servers=[alt])
+
+
+@pytest.mark.parametrize("off", ["mx.test", "alt.test"])
+@pytest.mark.parametrize("sni", ["mx.test", "alt.test"])
+def test_sni_server_decides(smtpgate, backend, pki, off, sni):
+    """The server SNI picks decides, whichever server's context the
+    handshake began with: sessions work either way, in compact state
+    exactly when that server has it on."""
+    off_extra = "ssl_compact_state off;"
+    g = smtpgate(two_servers(pki, backend,
+                             off_extra if off == "mx.test" else "",
+                             off_extra if off == "alt.test" else ""))
+    ctx = pki.client_context(check_hostname=False)
+    for mode in ("implicit", "starttls"):
+        mark = g.log_mark()
+        opener = implicit_session if mode == "implicit" else starttls_session
+        with opener(g, pki, sni=sni, context=ctx) as c:
+            assert c.ehlo().lines[0] == sni
+            assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
+            assert c.cmd("QUIT").code == 221
+        line = established(g, mark)
+        assert ("compact state" in line) == (sni != off), line
