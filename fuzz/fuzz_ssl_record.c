@@ -3,13 +3,15 @@
  * reader (sg_ssl_record.c, ssl_compact_state).
  *
  * Random bytes almost never authenticate, so the input is a script that
- * mostly makes real records: each step is one byte naming what to do,
- * then its arguments:
+ * mostly makes real records.  Its first byte picks the protocol: TLS 1.3
+ * (AES-128-GCM), or TLS 1.2 with AES-128-GCM (explicit nonces) or
+ * ChaCha20-Poly1305.  Then each step is one byte naming what to do, then
+ * its arguments:
  *   0: raw bytes (a length byte, then the bytes) onto the wire;
- *   1: a record sealed by the client's layer: inner content type, a
- *      padding length byte (x 64), a length byte, then the content; a
- *      well-formed KeyUpdate also moves the client to its next key, as a
- *      client would;
+ *   1: a record sealed by the client's layer: content type, a padding
+ *      length byte (x 64; TLS 1.3 only), a length byte, then the content;
+ *      a well-formed TLS 1.3 KeyUpdate also moves the client to its next
+ *      key, as a client would;
  *   2: a record as 1, then one of its bytes flipped on the wire;
  *   3: the size of the reads that follow (1..256).
  * The wire is then read by the server's layer twice: fed in the script's
@@ -22,6 +24,7 @@
 #include "sg_core.h"
 #include "sg_ssl_record.h"
 #include "sg_fuzz.h"
+#include <openssl/obj_mac.h>
 
 #define SG_FUZZ_WIRE_MAX  (1 << 20)
 #define SG_FUZZ_OUT_MAX   (1 << 20)
@@ -48,6 +51,27 @@ static sg_log_t          quiet;
 
 static const u_char  sg_fuzz_cs[32] = "client application traffic 0123";
 static const u_char  sg_fuzz_ss[32] = "server application traffic 0123";
+static const u_char  sg_fuzz_master[48] =
+    "a TLS 1.2 master secret, forty-eight bytes long";
+
+/* mode 0: TLS 1.3; 1, 2: TLS 1.2 AES-128-GCM, ChaCha20-Poly1305 */
+static sg_ssl_rec_t *
+sg_fuzz_layer(int mode, bool client)
+{
+    static const u_char  cr[32] = "the client's random, 32 bytes..";
+    static const u_char  sr[32] = "the server's random, 32 bytes..";
+
+    if (mode == 0) {
+        return client ? sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256,
+                                       sg_fuzz_ss, sg_fuzz_cs, 32, 0, 0)
+                      : sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256,
+                                       sg_fuzz_cs, sg_fuzz_ss, 32, 0, 0);
+    }
+    return sg_ssl_rec_new_tls12(mode == 1 ? NID_aes_128_gcm
+                                          : NID_chacha20_poly1305,
+                                "SHA256", "fuzz", sg_fuzz_master, 48, cr, sr,
+                                1, 1, client);
+}
 
 static void
 sg_fuzz_cut(void)
@@ -103,13 +127,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t          sizes[4096];
     size_t          nsizes = 0;
     bool            exact = true;
-    int             type, op;
+    int             type, op, mode;
 
+    if (size == 0) {
+        return 0;
+    }
+    mode = *p++ % 3;
     quiet.level = 0;
     wire.len = wire.ncuts = 0;
     nexpected = 0;
-    client = sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256, sg_fuzz_ss,
-                            sg_fuzz_cs, 32, 0, 0);
+    client = sg_fuzz_layer(mode, true);
     SG_FUZZ_ASSERT(client != NULL);
 
     while (p < end && wire.len + SG_SSL_REC_MAX + 64 < SG_FUZZ_WIRE_MAX) {
@@ -130,18 +157,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             }
             type = *p++;
-            pad = (size_t) *p++ * 64;
+            pad = mode ? 0 : (size_t) *p++ * 64;
+            if (mode) {
+                p++;
+            }
             len = *p++;
             len = sg_min(len, (size_t) (end - p));
             pad = sg_min(pad, SG_SSL_REC_PLAIN_MAX - len);
             n = sg_ssl_rec_seal(client, type, p, len, pad,
                                 wire.bytes + wire.len);
-            SG_FUZZ_ASSERT(n == SG_SSL_REC_HEADER + len + 1 + pad
-                                + SG_SSL_REC_TAG);
+            SG_FUZZ_ASSERT(n == SG_SSL_REC_HEADER + len + SG_SSL_REC_TAG
+                                + (mode == 0 ? 1 + pad : 0)
+                                + (mode == 1 ? 8 : 0));
             if (type == SG_SSL_REC_APPLICATION && exact) {
                 memcpy(expected + nexpected, p, len);
                 nexpected += len;
-            } else if (type == SG_SSL_REC_HANDSHAKE && len == 5
+            } else if (mode == 0 && type == SG_SSL_REC_HANDSHAKE && len == 5
                        && memcmp(p, "\x18\x00\x00\x01", 4) == 0 && p[4] < 2)
             {
                 SG_FUZZ_ASSERT(sg_ssl_rec_update_write(client) == SG_OK);
@@ -166,8 +197,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* in the script's pieces */
     whole.len = 0;
     whole.end = SG_AGAIN;
-    server = sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256, sg_fuzz_cs,
-                            sg_fuzz_ss, 32, 0, 0);
+    server = sg_fuzz_layer(mode, false);
     SG_FUZZ_ASSERT(server != NULL);
     last = 0;
     for (i = 0; i < wire.ncuts; i++) {
@@ -181,8 +211,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* a byte at a time */
     bytewise.len = 0;
     bytewise.end = SG_AGAIN;
-    server = sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256, sg_fuzz_cs,
-                            sg_fuzz_ss, 32, 0, 0);
+    server = sg_fuzz_layer(mode, false);
     SG_FUZZ_ASSERT(server != NULL);
     for (i = 0; i < wire.len; i++) {
         if (!sg_fuzz_play(server, i, i + 1, SG_SSL_REC_PLAIN_MAX,

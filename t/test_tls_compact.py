@@ -1,10 +1,12 @@
-"""ssl_compact_state: after a TLS 1.3 handshake smtpgate frees OpenSSL's
-per-connection state and seals and opens the records itself.
+"""ssl_compact_state: after a TLS 1.3 or TLS 1.2 (AEAD) handshake
+smtpgate frees OpenSSL's per-connection state and seals and opens the
+records itself.
 
 Real clients (Python's ssl, `openssl s_client`) talk to it through every
-TLS 1.3 cipher suite, with KeyUpdate both ways and close_notify both ways;
-TLS 1.2, client certificates and `ssl_compact_state off` keep OpenSSL's
-record layer.  Forged and truncated records are written on the raw socket
+TLS 1.3 suite and every TLS 1.2 AEAD suite, with KeyUpdate both ways,
+close_notify both ways, and a TLS 1.2 renegotiation refused; CBC suites,
+client certificates and `ssl_compact_state off` keep OpenSSL's record
+layer.  Forged and truncated records are written on the raw socket
 under a real handshake (Python's ssl.SSLObject over memory BIOs: no client
 sends such records on purpose).  t/unit/test_ssl_record.c and
 fuzz/fuzz_ssl_record.c cover the record reader byte by byte.
@@ -29,10 +31,14 @@ pytestmark = pytest.mark.skipif(not pkilib.tls_built(),
                                 reason="smtpgate built without TLS")
 
 AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
-COMPACT = (r"TLS established: TLSv1\.3, {}, compact state, "
+COMPACT = (r"TLS established: TLSv1\.[23], {}, compact state, "
            r"client: 127\.0\.0\.1")
-SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-          "TLS_CHACHA20_POLY1305_SHA256"]
+SUITES = [("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+          ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+          ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+          ("-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"),
+          ("-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"),
+          ("-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305")]
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +51,20 @@ def established(g, since):
     return g.wait_log(r"TLS established: [^\n]*", since=since).group(0)
 
 
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
-def test_a_message_through_compact_state(smtpgate, backend, pki, mode):
-    """AUTH and a 3 MB message over TLS 1.3 arrive byte for byte, and the
+def test_a_message_through_compact_state(smtpgate, backend, pki, mode,
+                                         version):
+    """AUTH and a 3 MB message over TLS arrive byte for byte, and the
     log says the session's TLS ran in compact state."""
     g = smtpgate(tls_conf(pki, backend))
     mark = g.log_mark()
     msg = make_message(3 * 1024 * 1024, seed=7)
     opener = starttls_session if mode == "starttls" else implicit_session
-    with opener(g, pki) as c:
+    ctx = pki.client_context()
+    if version == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with opener(g, pki, context=ctx) as c:
         c.ehlo()
         assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
         assert c.mail("a@example.org", ["b@example.org"], msg).code == 250
@@ -62,19 +73,21 @@ def test_a_message_through_compact_state(smtpgate, backend, pki, mode):
         c.tls.unwrap()
     (m,) = backend.wait_messages(1)
     assert m.content == msg
-    assert re.search(COMPACT.format(r"TLS_AES_\d+_GCM_SHA\d+"),
-                     established(g, mark))
+    line = established(g, mark)
+    assert re.search(COMPACT.format(r"\S+"), line), line
+    assert f"TLSv{version}," in line, line
 
 
-@pytest.mark.parametrize("suite", SUITES)
-def test_every_tls13_suite(smtpgate, backend, pki, suite):
-    """s_client with each TLS 1.3 suite: the session works end to end and
-    runs in compact state with that suite."""
+@pytest.mark.parametrize("version,option,suite", SUITES,
+                         ids=[s[2] for s in SUITES])
+def test_every_aead_suite(smtpgate, backend, pki, version, option, suite):
+    """s_client with each TLS 1.3 suite and each TLS 1.2 AEAD suite: the
+    session works end to end and runs in compact state with that suite."""
     g = smtpgate(tls_conf(pki, backend))
     mark = g.log_mark()
     p = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{g.port}",
-         "-starttls", "smtp", "-tls1_3", "-ciphersuites", suite,
+         "-starttls", "smtp", version, option, suite,
          "-servername", "mx.test", "-CAfile", pki.ca, "-verify_return_error",
          "-crlf", "-quiet", "-ign_eof"],
         input=b"EHLO client.test\nNOOP\nQUIT\n", capture_output=True,
@@ -85,14 +98,15 @@ def test_every_tls13_suite(smtpgate, backend, pki, suite):
 
 
 def test_off_and_where_openssl_keeps_the_connection(smtpgate, backend, pki):
-    """TLS 1.2, a client certificate, and ssl_compact_state off: OpenSSL
-    keeps the records, and the sessions work as before."""
+    """A TLS 1.2 CBC suite, a client certificate, and ssl_compact_state
+    off: OpenSSL keeps the records, and the sessions work as before."""
     g = smtpgate(tls_conf(pki, backend, extra=(
         f"ssl_verify_client optional;\n"
         f"ssl_client_certificate {pki.ca};")))
     cases = []
     ctx12 = pki.client_context()
     ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx12.set_ciphers("ECDHE-RSA-AES128-SHA256")
     cases.append(("TLSv1.2", ctx12))
     cases.append(("TLSv1.3", pki.client_context("alice")))
     for version, ctx in cases:
@@ -103,6 +117,7 @@ def test_off_and_where_openssl_keeps_the_connection(smtpgate, backend, pki):
             assert c.cmd("QUIT").code == 221
         line = established(g, mark)
         assert version in line and "compact state" not in line, line
+    assert "ECDHE-RSA-AES128-SHA256" in g.error_log()
 
     g = smtpgate(tls_conf(pki, backend, extra="ssl_compact_state off;"))
     mark = g.log_mark()
@@ -160,6 +175,34 @@ def test_key_update_both_ways(smtpgate, backend, pki):
                           r"requested, client: 127\.0\.0\.1", log)) == 2, log
     assert len(re.findall(r"TLS KeyUpdate from the client, client: "
                           r"127\.0\.0\.1", log)) == 1, log
+
+
+def test_tls12_renegotiation_refused(smtpgate, backend, pki):
+    """s_client's 'R' asks a TLS 1.2 server to renegotiate: refused with
+    a no_renegotiation alert, the session ends, and the log says why."""
+    g = smtpgate(tls_conf(pki, backend))
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{g.ports['PORTS']}",
+         "-tls1_2", "-servername", "mx.test", "-CAfile", pki.ca,
+         "-verify_return_error", "-crlf"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        for line in [b"EHLO client.test\n", b"R\n"]:
+            time.sleep(0.5)
+            p.stdin.write(line)
+            p.stdin.flush()
+        g.wait_log(r"TLS read failed: the client asked to renegotiate "
+                   r"\(refused\).*client: 127\.0\.0\.1")
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = out.decode(errors="replace")
+    assert "RENEGOTIATING" in out, out
+    assert "no renegotiation" in out, out
+    g.wait_log(r"session closed")
 
 
 # -- hostile records --------------------------------------------------------

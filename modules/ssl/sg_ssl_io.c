@@ -233,47 +233,85 @@ sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact)
     }
 }
 
+/* TLS 1.2: the keys come from the session's master secret and the two
+ * randoms; both sides' Finished was record 0 under them. */
+static sg_ssl_rec_t *
+sg_ssl_release_tls12(SSL *ssl)
+{
+    const SSL_CIPHER  *cipher = SSL_get_current_cipher(ssl);
+    const EVP_MD      *md = SSL_CIPHER_get_handshake_digest(cipher);
+    sg_ssl_rec_t      *r;
+    u_char             master[SSL_MAX_MASTER_KEY_LENGTH];
+    u_char             cr[SSL3_RANDOM_SIZE], sr[SSL3_RANDOM_SIZE];
+    size_t             n;
+
+    n = SSL_SESSION_get_master_key(SSL_get_session(ssl), master,
+                                   sizeof(master));
+    if (md == NULL || n == 0
+        || SSL_get_client_random(ssl, cr, sizeof(cr)) != sizeof(cr)
+        || SSL_get_server_random(ssl, sr, sizeof(sr)) != sizeof(sr))
+    {
+        return NULL;
+    }
+    r = sg_ssl_rec_new_tls12(SSL_CIPHER_get_cipher_nid(cipher),
+                             EVP_MD_get0_name(md),
+                             SSL_CIPHER_get_name(cipher), master, n, cr, sr,
+                             1, 1, false);
+    OPENSSL_cleanse(master, sizeof(master));
+    return r;
+}
+
 void
 sg_ssl_release(sg_connection_t *c, bool compact)
 {
     SSL               *ssl = c->ssl;
     sg_ssl_secrets_t  *s = sg_ssl_secrets(ssl, false);
-    sg_ssl_rec_t      *r;
+    sg_ssl_rec_t      *r = NULL;
     const char        *why;
+    int                version = SSL_version(ssl);
 
     if (!compact) {
         why = NULL;
-    } else if (SSL_version(ssl) != TLS1_3_VERSION) {
-        why = "not TLS 1.3";
+    } else if (version != TLS1_3_VERSION && version != TLS1_2_VERSION) {
+        why = "not TLS 1.2 or 1.3";
     } else if (SSL_get0_peer_certificate(ssl) != NULL) {
         why = "a client certificate is kept for the session";
-    } else if (s == NULL || s->rlen == 0 || s->rlen != s->wlen) {
+    } else if (version == TLS1_3_VERSION
+               && (s == NULL || s->rlen == 0 || s->rlen != s->wlen))
+    {
         why = "no traffic secrets";
     } else if (SSL_has_pending(ssl)
                || SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_ACCEPTED)
     {
         why = "OpenSSL holds records already";
+    } else if (SSL_SESSION_get_max_fragment_length(SSL_get_session(ssl))
+               != TLSEXT_max_fragment_length_DISABLED)
+    {
+        why = "the client asked for smaller records";
     } else {
-        r = sg_ssl_rec_new(SSL_CIPHER_get_protocol_id(
-                               SSL_get_current_cipher(ssl)),
-                           s->rsecret, s->wsecret, s->rlen, 0, s->tickets);
-        if (r) {
-            sg_log_debug(c->log, "TLS state released: records by smtpgate "
-                         "from here on (%s; tickets sent: %llu)",
-                         sg_ssl_rec_cipher_name(r),
-                         (unsigned long long) s->tickets);
-            /* Freed unshut, an SSL object takes its session out of the
-             * cache: the session is good, and close_notify is ours to
-             * send now. */
-            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-            SSL_free(ssl);
-            c->ssl = NULL;
-            c->tls_rec = r;
-            c->recv = sg_ssl_rec_recv;
-            c->send = sg_ssl_rec_send;
-            return;
-        }
+        r = version == TLS1_2_VERSION
+            ? sg_ssl_release_tls12(ssl)
+            : sg_ssl_rec_new(SSL_CIPHER_get_protocol_id(
+                                 SSL_get_current_cipher(ssl)),
+                             s->rsecret, s->wsecret, s->rlen, 0,
+                             s->tickets);
         why = "the cipher suite is not one smtpgate seals";
+    }
+    if (r) {
+        sg_log_debug(c->log, "TLS state released: records by smtpgate "
+                     "from here on (%s %s; tickets sent: %llu)",
+                     sg_ssl_rec_protocol(r), sg_ssl_rec_cipher_name(r),
+                     (unsigned long long) (s ? s->tickets : 0));
+        /* Freed unshut, an SSL object takes its session out of the
+         * cache: the session is good, and close_notify is ours to
+         * send now. */
+        SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+        SSL_free(ssl);
+        c->ssl = NULL;
+        c->tls_rec = r;
+        c->recv = sg_ssl_rec_recv;
+        c->send = sg_ssl_rec_send;
+        return;
     }
     if (why) {
         sg_log_debug(c->log, "TLS state kept in OpenSSL: %s", why);
@@ -364,7 +402,7 @@ sg_ssl_protocol(sg_connection_t *c)
     if (c->ssl) {
         return SSL_get_version(c->ssl);
     }
-    return c->tls_rec ? "TLSv1.3" : "";
+    return c->tls_rec ? sg_ssl_rec_protocol(c->tls_rec) : "";
 }
 
 const char *

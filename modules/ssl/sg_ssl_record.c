@@ -23,6 +23,8 @@
 #include <openssl/ssl.h>
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
+#include <openssl/kdf.h>
+#include <openssl/obj_mac.h>
 #include <openssl/crypto.h>
 
 #define SG_SSL_REC_IV       12
@@ -37,6 +39,7 @@
 #define SG_SSL_ALERT_DECODE_ERROR        50
 #define SG_SSL_ALERT_INTERNAL_ERROR      80
 #define SG_SSL_ALERT_USER_CANCELED       90
+#define SG_SSL_ALERT_NO_RENEGOTIATION    100
 
 #define SG_SSL_HS_KEY_UPDATE  24
 
@@ -71,8 +74,12 @@ typedef struct {
 struct sg_ssl_rec_s {
     sg_ssl_rec_dir_t       rd;             /* the peer's records */
     sg_ssl_rec_dir_t       wr;             /* ours */
-    const sg_ssl_suite_t  *suite;
+    const sg_ssl_suite_t  *suite;          /* TLS 1.3's; NULL for 1.2 */
     EVP_CIPHER            *cipher;
+    const char            *name;           /* the suite's, for the log */
+    size_t                 iv_len;         /* 1.2 AES-GCM: 4 (a salt) */
+    unsigned               tls12:1;
+    unsigned               explicit_nonce:1;  /* 1.2 AES-GCM */
 
     u_char                *in;             /* NULL while nothing is held */
     size_t                 in_start;       /* wire bytes not yet opened */
@@ -194,6 +201,39 @@ sg_ssl_rec_update_write(sg_ssl_rec_t *r)
     return sg_ssl_rec_next_secret(r, &r->wr, 1);
 }
 
+static EVP_CIPHER *
+sg_ssl_rec_fetch(size_t i)
+{
+    if (sg_ssl_rec_ciphers[i] == NULL) {
+        sg_ssl_rec_ciphers[i] = EVP_CIPHER_fetch(NULL,
+                                                 sg_ssl_suites[i].cipher,
+                                                 NULL);
+    }
+    return sg_ssl_rec_ciphers[i];
+}
+
+static sg_ssl_rec_t *
+sg_ssl_rec_alloc(size_t i)
+{
+    sg_ssl_rec_t  *r;
+    EVP_CIPHER    *cipher = sg_ssl_rec_fetch(i);
+
+    r = cipher ? calloc(1, sizeof(sg_ssl_rec_t)) : NULL;
+    if (r == NULL) {
+        return NULL;
+    }
+    r->cipher = cipher;
+    r->alert = -1;
+    r->iv_len = SG_SSL_REC_IV;
+    r->rd.ctx = EVP_CIPHER_CTX_new();
+    r->wr.ctx = EVP_CIPHER_CTX_new();
+    if (r->rd.ctx == NULL || r->wr.ctx == NULL) {
+        sg_ssl_rec_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 sg_ssl_rec_t *
 sg_ssl_rec_new(unsigned suite, const u_char *rsecret, const u_char *wsecret,
     size_t len, uint64_t rseq, uint64_t wseq)
@@ -209,27 +249,15 @@ sg_ssl_rec_new(unsigned suite, const u_char *rsecret, const u_char *wsecret,
     if (i == sg_nelems(sg_ssl_suites) || len != sg_ssl_suites[i].hash_len) {
         return NULL;
     }
-    if (sg_ssl_rec_ciphers[i] == NULL) {
-        sg_ssl_rec_ciphers[i] = EVP_CIPHER_fetch(NULL,
-                                                 sg_ssl_suites[i].cipher,
-                                                 NULL);
-        if (sg_ssl_rec_ciphers[i] == NULL) {
-            return NULL;
-        }
-    }
-    r = calloc(1, sizeof(sg_ssl_rec_t));
+    r = sg_ssl_rec_alloc(i);
     if (r == NULL) {
         return NULL;
     }
     r->suite = &sg_ssl_suites[i];
-    r->cipher = sg_ssl_rec_ciphers[i];
-    r->alert = -1;
+    r->name = r->suite->name;
     memcpy(r->rd.secret, rsecret, len);
     memcpy(r->wr.secret, wsecret, len);
-    r->rd.ctx = EVP_CIPHER_CTX_new();
-    r->wr.ctx = EVP_CIPHER_CTX_new();
-    if (r->rd.ctx == NULL || r->wr.ctx == NULL
-        || sg_ssl_rec_keys(r, &r->rd, 0) != SG_OK
+    if (sg_ssl_rec_keys(r, &r->rd, 0) != SG_OK
         || sg_ssl_rec_keys(r, &r->wr, 1) != SG_OK)
     {
         sg_ssl_rec_free(r);
@@ -237,6 +265,94 @@ sg_ssl_rec_new(unsigned suite, const u_char *rsecret, const u_char *wsecret,
     }
     r->rd.seq = rseq;
     r->wr.seq = wseq;
+    return r;
+}
+
+/*
+ * TLS 1.2 (RFC 5246 6.3): the key block is PRF(master_secret, "key
+ * expansion", server_random + client_random), cut into the client's
+ * and the server's write keys and then their IVs: 4-byte salts for
+ * AES-GCM, whose records carry the other 8 bytes of the nonce (RFC 5288
+ * 3), and 12-byte IVs for ChaCha20-Poly1305, whose nonce is the IV XOR
+ * the sequence number as in TLS 1.3 (RFC 7905 2).
+ */
+sg_ssl_rec_t *
+sg_ssl_rec_new_tls12(int cipher_nid, const char *prf_digest,
+    const char *name, const u_char *master, size_t master_len,
+    const u_char *client_random, const u_char *server_random,
+    uint64_t rseq, uint64_t wseq, bool as_client)
+{
+    static EVP_KDF  *prf;
+    sg_ssl_rec_t    *r;
+    EVP_KDF_CTX     *kctx;
+    OSSL_PARAM       params[4];
+    u_char           seed[13 + 64], block[2 * 32 + 2 * 12];
+    size_t           i, key_len, iv_len, n, rk, wk;
+    int              rc;
+
+    switch (cipher_nid) {
+    case NID_aes_128_gcm:
+        i = 0;
+        break;
+    case NID_aes_256_gcm:
+        i = 1;
+        break;
+    case NID_chacha20_poly1305:
+        i = 2;
+        break;
+    default:
+        return NULL;
+    }
+    key_len = sg_ssl_suites[i].key_len;
+    iv_len = i == 2 ? SG_SSL_REC_IV : 4;
+    n = 2 * key_len + 2 * iv_len;
+    if (prf == NULL) {
+        prf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
+    }
+    kctx = prf ? EVP_KDF_CTX_new(prf) : NULL;
+    if (kctx == NULL) {
+        return NULL;
+    }
+    memcpy(seed, "key expansion", 13);
+    memcpy(seed + 13, server_random, 32);
+    memcpy(seed + 45, client_random, 32);
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                                 (char *) prf_digest, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET,
+                                                  (void *) master,
+                                                  master_len);
+    params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED,
+                                                  seed, sizeof(seed));
+    params[3] = OSSL_PARAM_construct_end();
+    rc = EVP_KDF_derive(kctx, block, n, params);
+    EVP_KDF_CTX_free(kctx);
+    r = rc == 1 ? sg_ssl_rec_alloc(i) : NULL;
+    if (r) {
+        r->tls12 = 1;
+        r->explicit_nonce = i != 2;
+        r->iv_len = iv_len;
+        r->name = name;
+        /* the server reads what the client writes: client_write_key,
+         * server_write_key, client_write_IV, server_write_IV */
+        rk = as_client ? key_len : 0;
+        wk = as_client ? 0 : key_len;
+        memcpy(r->rd.iv, block + 2 * key_len + (as_client ? iv_len : 0),
+               iv_len);
+        memcpy(r->wr.iv, block + 2 * key_len + (as_client ? 0 : iv_len),
+               iv_len);
+        if (EVP_CipherInit_ex(r->rd.ctx, r->cipher, NULL, block + rk, NULL,
+                              0) != 1
+            || EVP_CipherInit_ex(r->wr.ctx, r->cipher, NULL, block + wk,
+                                 NULL, 1) != 1)
+        {
+            sg_ssl_rec_free(r);
+            r = NULL;
+        } else {
+            r->rd.seq = rseq;
+            r->wr.seq = wseq;
+        }
+    }
+    OPENSSL_cleanse(block, sizeof(block));
     return r;
 }
 
@@ -257,57 +373,138 @@ sg_ssl_rec_free(sg_ssl_rec_t *r)
 const char *
 sg_ssl_rec_cipher_name(sg_ssl_rec_t *r)
 {
-    return r->suite->name;
+    return r->name;
 }
 
+const char *
+sg_ssl_rec_protocol(sg_ssl_rec_t *r)
+{
+    return r->tls12 ? "TLSv1.2" : "TLSv1.3";
+}
+
+/* The IV XOR the sequence number, or for TLS 1.2 AES-GCM the salt and
+ * the 8 bytes the record carries (which we set to the sequence number,
+ * as OpenSSL does: unique for the key's life). */
 static void
-sg_ssl_rec_nonce(const sg_ssl_rec_dir_t *d, u_char *nonce)
+sg_ssl_rec_nonce(const sg_ssl_rec_t *r, const sg_ssl_rec_dir_t *d,
+    const u_char *explicit, u_char *nonce)
 {
     int  i;
 
+    if (r->explicit_nonce) {
+        memcpy(nonce, d->iv, 4);
+        memcpy(nonce + 4, explicit, 8);
+        return;
+    }
     memcpy(nonce, d->iv, SG_SSL_REC_IV);
     for (i = 0; i < 8; i++) {
         nonce[SG_SSL_REC_IV - 1 - i] ^= (u_char) (d->seq >> (8 * i));
     }
 }
 
+static void
+sg_ssl_rec_put64(u_char *p, uint64_t v)
+{
+    int  i;
+
+    for (i = 7; i >= 0; i--) {
+        p[i] = (u_char) v;
+        v >>= 8;
+    }
+}
+
+/* TLS 1.2's additional data: seq_num, type, version, length (RFC 5246
+ * 6.2.3.3). */
+static void
+sg_ssl_rec_aad12(const sg_ssl_rec_dir_t *d, int type, size_t len,
+    u_char *aad)
+{
+    sg_ssl_rec_put64(aad, d->seq);
+    aad[8] = (u_char) type;
+    aad[9] = 3;
+    aad[10] = 3;
+    aad[11] = (u_char) (len >> 8);
+    aad[12] = (u_char) len;
+}
+
+/* One AEAD pass in place over p[0..len), tag at p + len. */
+static int
+sg_ssl_rec_aead(EVP_CIPHER_CTX *ctx, int enc, const u_char *nonce,
+    const u_char *aad, size_t aad_len, u_char *p, size_t len)
+{
+    int  n, m;
+
+    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, enc) != 1
+        || EVP_CipherUpdate(ctx, NULL, &n, aad, (int) aad_len) != 1
+        || (len && EVP_CipherUpdate(ctx, p, &n, p, (int) len) != 1))
+    {
+        return SG_ERROR;
+    }
+    if (len == 0) {
+        n = 0;
+    }
+    if (!enc && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG,
+                                    SG_SSL_REC_TAG, p + len) != 1)
+    {
+        return SG_ERROR;
+    }
+    if (EVP_CipherFinal_ex(ctx, p + n, &m) != 1 || (size_t) (n + m) != len) {
+        return SG_ERROR;
+    }
+    if (enc && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG,
+                                   SG_SSL_REC_TAG, p + len) != 1)
+    {
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
 size_t
 sg_ssl_rec_seal(sg_ssl_rec_t *r, int type, const u_char *in, size_t len,
     size_t pad, u_char *out)
 {
-    u_char  nonce[SG_SSL_REC_IV];
-    size_t  inner = len + 1 + pad, clen = inner + SG_SSL_REC_TAG;
-    int     n, m;
+    u_char   nonce[SG_SSL_REC_IV], aad[13], *body;
+    size_t   x, inner, clen;
 
     /* the last sequence number is never used: a wrap would repeat a
      * nonce */
-    if (len + pad > SG_SSL_REC_PLAIN_MAX || r->wr.seq == UINT64_MAX) {
+    if (len + pad > SG_SSL_REC_PLAIN_MAX || r->wr.seq == UINT64_MAX
+        || (r->tls12 && pad))
+    {
         return 0;
     }
-    out[0] = SG_SSL_REC_APPLICATION;
+    x = r->explicit_nonce ? 8 : 0;
+    inner = r->tls12 ? len : len + 1 + pad;
+    clen = x + inner + SG_SSL_REC_TAG;
+    out[0] = (u_char) (r->tls12 ? type : SG_SSL_REC_APPLICATION);
     out[1] = 3;
     out[2] = 3;
     out[3] = (u_char) (clen >> 8);
     out[4] = (u_char) clen;
+    body = out + SG_SSL_REC_HEADER + x;
     if (len) {
-        memmove(out + SG_SSL_REC_HEADER, in, len);
+        memmove(body, in, len);
     }
-    out[SG_SSL_REC_HEADER + len] = (u_char) type;
-    memset(out + SG_SSL_REC_HEADER + len + 1, 0, pad);
-    sg_ssl_rec_nonce(&r->wr, nonce);
-    if (EVP_EncryptInit_ex(r->wr.ctx, NULL, NULL, NULL, nonce) != 1
-        || EVP_EncryptUpdate(r->wr.ctx, NULL, &n, out, SG_SSL_REC_HEADER)
-           != 1
-        || EVP_EncryptUpdate(r->wr.ctx, out + SG_SSL_REC_HEADER, &n,
-                             out + SG_SSL_REC_HEADER, (int) inner) != 1
-        || EVP_EncryptFinal_ex(r->wr.ctx, out + SG_SSL_REC_HEADER + n, &m)
-           != 1
-        || (size_t) (n + m) != inner
-        || EVP_CIPHER_CTX_ctrl(r->wr.ctx, EVP_CTRL_AEAD_GET_TAG,
-                               SG_SSL_REC_TAG,
-                               out + SG_SSL_REC_HEADER + inner) != 1)
-    {
-        return 0;
+    if (r->tls12) {
+        if (x) {
+            sg_ssl_rec_put64(out + SG_SSL_REC_HEADER, r->wr.seq);
+        }
+        sg_ssl_rec_nonce(r, &r->wr, out + SG_SSL_REC_HEADER, nonce);
+        sg_ssl_rec_aad12(&r->wr, type, len, aad);
+        if (sg_ssl_rec_aead(r->wr.ctx, 1, nonce, aad, 13, body, inner)
+            != SG_OK)
+        {
+            return 0;
+        }
+    } else {
+        body[len] = (u_char) type;
+        memset(body + len + 1, 0, pad);
+        sg_ssl_rec_nonce(r, &r->wr, NULL, nonce);
+        if (sg_ssl_rec_aead(r->wr.ctx, 1, nonce, out, SG_SSL_REC_HEADER,
+                            body, inner) != SG_OK)
+        {
+            return 0;
+        }
     }
     r->wr.seq++;
     return SG_SSL_REC_HEADER + clen;
@@ -354,24 +551,87 @@ sg_ssl_rec_handshake(sg_ssl_rec_t *r, const u_char *p, size_t len,
     return SG_OK;
 }
 
+/* Decrypt the record at p (its header checked, all of it there) in
+ * place; its content, and for TLS 1.3 its inner type, in *content,
+ * *len and *type. */
+static int
+sg_ssl_rec_decrypt(sg_ssl_rec_t *r, u_char *p, size_t clen,
+    u_char **content, size_t *len, int *type, sg_log_t *log)
+{
+    u_char  nonce[SG_SSL_REC_IV], aad[13], *body;
+    size_t  x = r->explicit_nonce ? 8 : 0, blen;
+    int     rc;
+
+    if (clen < x + SG_SSL_REC_TAG + (r->tls12 ? 0 : 1)
+        || r->rd.seq == UINT64_MAX)
+    {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
+                               "a record too short to authenticate");
+    }
+    body = p + SG_SSL_REC_HEADER + x;
+    blen = clen - x - SG_SSL_REC_TAG;
+    if (r->tls12) {
+        if (blen > SG_SSL_REC_PLAIN_MAX) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_RECORD_OVERFLOW,
+                                   "a record with more than 2^14 octets "
+                                   "of content");
+        }
+        sg_ssl_rec_nonce(r, &r->rd, p + SG_SSL_REC_HEADER, nonce);
+        sg_ssl_rec_aad12(&r->rd, p[0], blen, aad);
+        rc = sg_ssl_rec_aead(r->rd.ctx, 0, nonce, aad, 13, body, blen);
+    } else {
+        sg_ssl_rec_nonce(r, &r->rd, NULL, nonce);
+        rc = sg_ssl_rec_aead(r->rd.ctx, 0, nonce, p, SG_SSL_REC_HEADER,
+                             body, blen);
+    }
+    if (rc != SG_OK) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
+                               "a record did not authenticate "
+                               "(bad_record_mac)");
+    }
+    r->rd.seq++;
+    if (r->tls12) {
+        *type = p[0];
+    } else {
+        while (blen && body[blen - 1] == 0) {
+            blen--;                               /* padding */
+        }
+        if (blen == 0) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                                   "a record without a content type");
+        }
+        *type = body[--blen];
+        if (blen > SG_SSL_REC_PLAIN_MAX) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_RECORD_OVERFLOW,
+                                   "a record with more than 2^14 octets "
+                                   "of content");
+        }
+    }
+    *content = body;
+    *len = blen;
+    return SG_OK;
+}
+
 /* Open the record at the front of the buffer: SG_OK (its content is
  * taken: plaintext, or a control message acted on), SG_AGAIN (not all
  * there), SG_DONE (close_notify) or SG_ERROR. */
 static int
 sg_ssl_rec_open(sg_ssl_rec_t *r, sg_log_t *log)
 {
-    u_char  *p, *inner, nonce[SG_SSL_REC_IV];
-    size_t   avail = r->in_end - r->in_start, clen, ilen;
-    int      n, m, type;
+    u_char  *p, *content;
+    size_t   avail = r->in_end - r->in_start, clen, len;
+    int      type;
     char     why[96];
 
     if (avail < SG_SSL_REC_HEADER) {
         return SG_AGAIN;
     }
     p = r->in + r->in_start;
-    if (p[0] != SG_SSL_REC_APPLICATION) {
+    if (r->tls12 ? p[0] < 20 || p[0] > SG_SSL_REC_APPLICATION
+                 : p[0] != SG_SSL_REC_APPLICATION)
+    {
         snprintf(why, sizeof(why), "a record of outer type %u after the "
-                 "handshake (not TLS 1.3 application_data)", p[0]);
+                 "handshake", p[0]);
         return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE, why);
     }
     clen = (size_t) p[3] << 8 | p[4];
@@ -382,61 +642,43 @@ sg_ssl_rec_open(sg_ssl_rec_t *r, sg_log_t *log)
     if (avail < SG_SSL_REC_HEADER + clen) {
         return SG_AGAIN;
     }
-    if (clen < SG_SSL_REC_TAG + 1 || r->rd.seq == UINT64_MAX) {
-        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
-                               "a record too short to authenticate");
-    }
-    inner = p + SG_SSL_REC_HEADER;
-    ilen = clen - SG_SSL_REC_TAG;
-    sg_ssl_rec_nonce(&r->rd, nonce);
-    if (EVP_DecryptInit_ex(r->rd.ctx, NULL, NULL, NULL, nonce) != 1
-        || EVP_DecryptUpdate(r->rd.ctx, NULL, &n, p, SG_SSL_REC_HEADER) != 1
-        || EVP_DecryptUpdate(r->rd.ctx, inner, &n, inner, (int) ilen) != 1
-        || EVP_CIPHER_CTX_ctrl(r->rd.ctx, EVP_CTRL_AEAD_SET_TAG,
-                               SG_SSL_REC_TAG, inner + ilen) != 1
-        || EVP_DecryptFinal_ex(r->rd.ctx, inner + n, &m) != 1)
+    if (sg_ssl_rec_decrypt(r, p, clen, &content, &len, &type, log)
+        != SG_OK)
     {
-        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_BAD_RECORD_MAC,
-                               "a record did not authenticate "
-                               "(bad_record_mac)");
+        return SG_ERROR;
     }
-    r->rd.seq++;
     r->in_start += SG_SSL_REC_HEADER + clen;
 
-    while (ilen && inner[ilen - 1] == 0) {
-        ilen--;                               /* padding */
-    }
-    if (ilen == 0) {
-        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
-                               "a record without a content type");
-    }
-    type = inner[--ilen];
-    if (ilen > SG_SSL_REC_PLAIN_MAX) {
-        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_RECORD_OVERFLOW,
-                               "a record with more than 2^14 octets of "
-                               "content");
-    }
     switch (type) {
     case SG_SSL_REC_APPLICATION:
-        r->plain_pos = (size_t) (inner - r->in);
-        r->plain_end = r->plain_pos + ilen;
+        r->plain_pos = (size_t) (content - r->in);
+        r->plain_end = r->plain_pos + len;
         return SG_OK;
     case SG_SSL_REC_ALERT:
-        if (ilen != 2) {
+        if (len != 2) {
             return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_DECODE_ERROR,
                                    "a malformed alert");
         }
-        if (inner[1] == SG_SSL_ALERT_CLOSE_NOTIFY) {
+        if (content[1] == SG_SSL_ALERT_CLOSE_NOTIFY) {
             return SG_DONE;
         }
-        if (inner[1] == SG_SSL_ALERT_USER_CANCELED) {
+        /* TLS 1.3 has no warnings but user_canceled; in 1.2 a warning
+         * is no reason to end (RFC 5246 7.2) */
+        if (content[1] == SG_SSL_ALERT_USER_CANCELED
+            || (r->tls12 && content[0] == 1))
+        {
             return SG_OK;
         }
         snprintf(why, sizeof(why), "the client sent alert %u (%s)",
-                 inner[1], SSL_alert_desc_string_long(inner[1]));
+                 content[1], SSL_alert_desc_string_long(content[1]));
         return sg_ssl_rec_fail(r, log, -1, why);
     case SG_SSL_REC_HANDSHAKE:
-        return sg_ssl_rec_handshake(r, inner, ilen, log);
+        if (r->tls12) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_NO_RENEGOTIATION,
+                                   "the client asked to renegotiate "
+                                   "(refused)");
+        }
+        return sg_ssl_rec_handshake(r, content, len, log);
     }
     snprintf(why, sizeof(why), "a record of content type %d after the "
              "handshake", type);
@@ -542,7 +784,7 @@ static void
 sg_ssl_rec_send_alert(sg_connection_t *c, sg_ssl_rec_t *r, int level,
     int desc)
 {
-    u_char   msg[2], rec[SG_SSL_REC_HEADER + 3 + SG_SSL_REC_TAG];
+    u_char   msg[2], rec[SG_SSL_REC_HEADER + 8 + 3 + SG_SSL_REC_TAG];
     size_t   len;
     ssize_t  n;
 

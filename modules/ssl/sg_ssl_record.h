@@ -1,5 +1,6 @@
 /*
- * sg_ssl_record.h: smtpgate's own TLS 1.3 record layer, for client
+ * sg_ssl_record.h: smtpgate's own TLS 1.3 (and TLS 1.2 AEAD) record
+ * layer, for client
  * connections whose handshake OpenSSL has finished (ssl_compact_state).
  *
  * OpenSSL keeps about 14 KB per connection after a handshake, most of
@@ -44,9 +45,18 @@ typedef struct sg_ssl_rec_s  sg_ssl_rec_t;
  * secret length, or no memory. */
 sg_ssl_rec_t *sg_ssl_rec_new(unsigned suite, const u_char *rsecret,
     const u_char *wsecret, size_t len, uint64_t rseq, uint64_t wseq);
+/* A TLS 1.2 layer for an AEAD suite (cipher_nid: NID_aes_128_gcm,
+ * NID_aes_256_gcm or NID_chacha20_poly1305; prf_digest: the suite's PRF
+ * hash), its keys from the master secret and the two randoms; name is
+ * kept for the log.  as_client: the client's side (tests). */
+sg_ssl_rec_t *sg_ssl_rec_new_tls12(int cipher_nid, const char *prf_digest,
+    const char *name, const u_char *master, size_t master_len,
+    const u_char *client_random, const u_char *server_random,
+    uint64_t rseq, uint64_t wseq, bool as_client);
 void sg_ssl_rec_free(sg_ssl_rec_t *r);
-/* The suite's IANA name ("TLS_AES_256_GCM_SHA384"). */
+/* The suite's name ("TLS_AES_256_GCM_SHA384"), the protocol's. */
 const char *sg_ssl_rec_cipher_name(sg_ssl_rec_t *r);
+const char *sg_ssl_rec_protocol(sg_ssl_rec_t *r);
 
 /* Take up to len bytes from the wire; returns how many fit (the buffer
  * holds at most one record and the bytes behind it up to its size). */
@@ -62,8 +72,8 @@ bool sg_ssl_rec_pending(sg_ssl_rec_t *r);
 int sg_ssl_rec_alert(sg_ssl_rec_t *r);
 
 /* Seal one record of content type type around in[0..len) (len at most
- * 2^14) followed by pad zero bytes, into out (room for len + pad + 22
- * bytes); returns the record's length, 0 on a failure. */
+ * 2^14) followed by pad zero bytes (TLS 1.3 only), into out (room for
+ * len + pad + 30 bytes); returns the record's length, 0 on a failure. */
 size_t sg_ssl_rec_seal(sg_ssl_rec_t *r, int type, const u_char *in,
     size_t len, size_t pad, u_char *out);
 /* Move our sending direction to its next traffic secret (after sending

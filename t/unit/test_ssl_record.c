@@ -6,7 +6,8 @@
  * (sg_ssl_handshake, then sg_ssl_release); from then on its records are
  * sealed and opened by sg_ssl_record.c while the client stays a plain
  * OpenSSL client.  Every cipher suite, with 0, 1 and 3 session tickets
- * (each moves the server's first sequence number), data both ways, large
+ * (each moves the server's first sequence number), TLS 1.2's AEAD suites,
+ * full and resumed, data both ways, large
  * transfers through a small socket buffer (partial writes), KeyUpdate
  * both ways, close_notify both ways, and forged records.  The engine
  * alone (two layers facing each other, no socket) covers padding, empty
@@ -66,8 +67,14 @@ client_msg(int write_p, int version, int type, const void *buf, size_t len,
     }
 }
 
-/* A handshake driven step by step; early: what the client writes as
- * soon as its side is done (right behind its Finished). */
+/* For resumption: the server context to use again (its ticket keys)
+ * and the session the client offers. */
+static SSL_CTX      *reuse_sctx;
+static SSL_SESSION  *resume;
+
+/* A handshake driven step by step; suite: TLS 1.3 ciphersuites or a
+ * TLS 1.2 cipher list; early: what the client writes as soon as its
+ * side is done (right behind its Finished). */
 static int
 tp_open(tpair_t *p, int version, const char *suite, int tickets,
     const char *early)
@@ -81,7 +88,10 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, p->fds) != 0) {
         return -1;
     }
-    p->sctx = SSL_CTX_new(TLS_server_method());
+    p->sctx = reuse_sctx ? reuse_sctx : SSL_CTX_new(TLS_server_method());
+    if (reuse_sctx) {
+        SSL_CTX_up_ref(reuse_sctx);
+    }
     p->cctx = SSL_CTX_new(TLS_client_method());
     if (p->sctx == NULL || p->cctx == NULL
         || SSL_CTX_use_certificate(p->sctx, test_cert) != 1
@@ -98,11 +108,17 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
     SSL_CTX_set_num_tickets(p->sctx, (size_t) tickets);
     SSL_CTX_set_min_proto_version(p->sctx, version);
     SSL_CTX_set_max_proto_version(p->sctx, version);
-    if (suite && SSL_CTX_set_ciphersuites(p->sctx, suite) != 1) {
+    if (suite && (version == TLS1_3_VERSION
+                  ? SSL_CTX_set_ciphersuites(p->sctx, suite)
+                  : SSL_CTX_set_cipher_list(p->sctx, suite)) != 1)
+    {
         return -1;
     }
     SSL_CTX_set_verify(p->cctx, SSL_VERIFY_NONE, NULL);
-    if (suite && SSL_CTX_set_ciphersuites(p->cctx, suite) != 1) {
+    if (suite && (version == TLS1_3_VERSION
+                  ? SSL_CTX_set_ciphersuites(p->cctx, suite)
+                  : SSL_CTX_set_cipher_list(p->cctx, suite)) != 1)
+    {
         return -1;
     }
 
@@ -114,6 +130,9 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
     {
         SSL_free(ssl);
         return -1;
+    }
+    if (resume) {
+        SSL_set_session(p->client, resume);
     }
     SSL_set_msg_callback(p->client, client_msg);
     SSL_set_msg_callback_arg(p->client, p);
@@ -254,14 +273,67 @@ test_command_behind_finished(void)
     tp_close(&p);
 }
 
-/* TLS 1.2 stays with OpenSSL, with read-ahead back on. */
+/* TLS 1.2 with an AEAD suite, full and resumed: released, and bytes
+ * go both ways (both sides' Finished was record 0 under the keys). */
 static void
-test_tls12_kept(void)
+test_tls12(void)
+{
+    static const char  *ciphers[] = {
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    };
+    tpair_t   p;
+    u_char    buf[64];
+    size_t    i;
+    int       round;
+
+    for (i = 0; i < sg_nelems(ciphers); i++) {
+        for (round = 0; round < 2; round++) {
+            if (CHECK(tp_open(&p, TLS1_2_VERSION, ciphers[i], 1, NULL) == 0))
+            {
+                break;
+            }
+            CHECK_INT(SSL_session_reused(p.client), round);
+            CHECK(p.c.ssl == NULL && p.c.tls_rec != NULL);
+            CHECK_MEM(sg_ssl_protocol(&p.c), strlen(sg_ssl_protocol(&p.c)),
+                      "TLSv1.2", 7);
+            CHECK_MEM(sg_ssl_cipher(&p.c), strlen(sg_ssl_cipher(&p.c)),
+                      ciphers[i], strlen(ciphers[i]));
+            CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
+            CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+            CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+            CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+            CHECK_INT(SSL_write(p.client, "QUIT\r\n", 6), 6);
+            CHECK_MEM(buf, server_read(&p, buf, 6), "QUIT\r\n", 6);
+            sg_ssl_shutdown(&p.c);
+            CHECK_INT(SSL_read(p.client, buf, sizeof(buf)), 0);
+            if (round == 0) {
+                /* the next round resumes this session (one freed
+                 * unshut would not be resumable) */
+                (void) SSL_shutdown(p.client);
+                reuse_sctx = p.sctx;
+                SSL_CTX_up_ref(reuse_sctx);
+                resume = SSL_get1_session(p.client);
+            }
+            tp_close(&p);
+        }
+        SSL_CTX_free(reuse_sctx);
+        SSL_SESSION_free(resume);
+        reuse_sctx = NULL;
+        resume = NULL;
+    }
+}
+
+/* A CBC suite stays with OpenSSL, with read-ahead back on. */
+static void
+test_tls12_cbc_kept(void)
 {
     tpair_t  p;
     u_char   buf[64];
 
-    if (CHECK(tp_open(&p, TLS1_2_VERSION, NULL, 1, NULL) == 0)) {
+    if (CHECK(tp_open(&p, TLS1_2_VERSION, "ECDHE-ECDSA-AES128-SHA256", 1,
+                      NULL) == 0))
+    {
         return;
     }
     CHECK(p.c.ssl != NULL && p.c.tls_rec == NULL);
@@ -270,6 +342,26 @@ test_tls12_kept(void)
     }
     CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
     CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+    tp_close(&p);
+}
+
+/* A TLS 1.2 client asking to renegotiate is refused, with
+ * no_renegotiation. */
+static void
+test_tls12_renegotiation(void)
+{
+    tpair_t  p;
+    u_char   buf[64];
+
+    if (CHECK(tp_open(&p, TLS1_2_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK_INT(SSL_renegotiate(p.client), 1);
+    (void) SSL_do_handshake(p.client);          /* sends its ClientHello */
+    p.rev.ready = 1;
+    CHECK_INT(p.c.recv(&p.c, buf, sizeof(buf)), SG_ERROR);
+    (void) SSL_read(p.client, buf, sizeof(buf));
+    CHECK_INT(p.alert_in, 100);
     tp_close(&p);
 }
 
@@ -660,7 +752,9 @@ main(void)
 
     RUN(test_suites_and_tickets);
     RUN(test_command_behind_finished);
-    RUN(test_tls12_kept);
+    RUN(test_tls12);
+    RUN(test_tls12_cbc_kept);
+    RUN(test_tls12_renegotiation);
     RUN(test_large_transfers);
     RUN(test_key_update);
     RUN(test_close_notify);
