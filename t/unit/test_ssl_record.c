@@ -220,6 +220,23 @@ client_read(tpair_t *p, u_char *buf, size_t want)
     return got;
 }
 
+/* Released with these names, and a command and a reply through it. */
+static void
+check_released(tpair_t *p, const char *protocol, const char *cipher)
+{
+    u_char  buf[64];
+
+    CHECK(p->c.ssl == NULL && p->c.tls_rec != NULL);
+    CHECK_MEM(sg_ssl_protocol(&p->c), strlen(sg_ssl_protocol(&p->c)),
+              protocol, strlen(protocol));
+    CHECK_MEM(sg_ssl_cipher(&p->c), strlen(sg_ssl_cipher(&p->c)),
+              cipher, strlen(cipher));
+    CHECK_INT(SSL_write(p->client, "EHLO x\r\n", 8), 8);
+    CHECK_MEM(buf, server_read(p, buf, 8), "EHLO x\r\n", 8);
+    CHECK_INT(p->c.send(&p->c, (const u_char *) "250 ok\r\n", 8), 8);
+    CHECK_MEM(buf, client_read(p, buf, 8), "250 ok\r\n", 8);
+}
+
 /* Bytes both ways after the handshake, for every suite and ticket
  * count: a wrong first sequence number fails the client's first read. */
 static void
@@ -238,15 +255,7 @@ test_suites_and_tickets(void)
                 printf("    %s, %d tickets\n", suites[s], tickets[t]);
                 continue;
             }
-            CHECK(p.c.ssl == NULL && p.c.tls_rec != NULL);
-            CHECK_MEM(sg_ssl_protocol(&p.c), strlen(sg_ssl_protocol(&p.c)),
-                      "TLSv1.3", 7);
-            CHECK_MEM(sg_ssl_cipher(&p.c), strlen(sg_ssl_cipher(&p.c)),
-                      suites[s], strlen(suites[s]));
-            CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
-            CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
-            CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
-            CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+            check_released(&p, "TLSv1.3", suites[s]);
             /* once more each way: the sequence numbers move on */
             CHECK_INT(SSL_write(p.client, "QUIT\r\n", 6), 6);
             CHECK_MEM(buf, server_read(&p, buf, 6), "QUIT\r\n", 6);
@@ -294,15 +303,7 @@ test_tls12(void)
                 break;
             }
             CHECK_INT(SSL_session_reused(p.client), round);
-            CHECK(p.c.ssl == NULL && p.c.tls_rec != NULL);
-            CHECK_MEM(sg_ssl_protocol(&p.c), strlen(sg_ssl_protocol(&p.c)),
-                      "TLSv1.2", 7);
-            CHECK_MEM(sg_ssl_cipher(&p.c), strlen(sg_ssl_cipher(&p.c)),
-                      ciphers[i], strlen(ciphers[i]));
-            CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
-            CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
-            CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
-            CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+            check_released(&p, "TLSv1.2", ciphers[i]);
             CHECK_INT(SSL_write(p.client, "QUIT\r\n", 6), 6);
             CHECK_MEM(buf, server_read(&p, buf, 6), "QUIT\r\n", 6);
             sg_ssl_shutdown(&p.c);
