@@ -1,5 +1,5 @@
 /*
- * sg_ssl_record.c: smtpgate's TLS 1.3 record layer (see sg_ssl_record.h).
+ * sg_ssl_record.c: smtpgate's TLS record layer (see sg_ssl_record.h).
  *
  * What it does, by RFC 8446:
  * - keys: key and IV from each traffic secret with HKDF-Expand-Label
@@ -12,6 +12,11 @@
  * - what a client may send after the handshake: application data,
  *   alerts (close_notify ends the stream, user_canceled is ignored, any
  *   other is fatal) and KeyUpdate; anything else is unexpected_message.
+ * And for TLS 1.2 with an AEAD suite (RFC 5246 6.2.3.3, 6.3; RFC 5288;
+ * RFC 7905): keys from the master secret by the PRF, the record's own
+ * content type, the sequence number, type, version and length as
+ * additional data, AES-GCM's explicit nonce, no padding; a handshake
+ * record (renegotiation) is refused with no_renegotiation.
  *
  * Memory: the wire buffer (one record's worth) exists only while it
  * holds bytes, and a write that the socket does not take whole keeps

@@ -1,15 +1,16 @@
 /*
- * sg_ssl_record.h: smtpgate's own TLS 1.3 (and TLS 1.2 AEAD) record
- * layer, for client
- * connections whose handshake OpenSSL has finished (ssl_compact_state).
+ * sg_ssl_record.h: smtpgate's own TLS record layer (TLS 1.3, and TLS 1.2
+ * with an AEAD suite), for client connections whose handshake OpenSSL
+ * has finished (ssl_compact_state).
  *
  * OpenSSL keeps about 14 KB per connection after a handshake, most of
- * it in the SSL object, for as long as the connection lives.  Once a
- * TLS 1.3 handshake is done, all a connection needs is a key, an IV and
- * a sequence number per direction (RFC 8446 5.2-5.3, 7.3): this layer
- * takes those over from OpenSSL, which then frees the SSL object.  The
- * AEAD itself (AES-GCM, ChaCha20-Poly1305) is OpenSSL's EVP; only the
- * framing, nonces, padding, alerts and KeyUpdate are done here.
+ * it in the SSL object, for as long as the connection lives.  Once the
+ * handshake is done, all a connection needs is a key, an IV and a
+ * sequence number per direction (RFC 8446 5.2-5.3, 7.3; RFC 5246 6.3):
+ * this layer takes those over from OpenSSL, which then frees the SSL
+ * object.  The AEAD itself (AES-GCM, ChaCha20-Poly1305) is OpenSSL's
+ * EVP; only the framing, nonces, padding, alerts and KeyUpdate are done
+ * here.
  *
  * The engine (sg_ssl_rec_feed / _read / _seal) works on memory, so the
  * unit tests and the fuzz harness drive it without a socket; the
