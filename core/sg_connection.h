@@ -71,6 +71,9 @@ struct sg_connection_s {
     unsigned            idle:1;               /* kept for reuse: closed
                                                  (close set, read handler
                                                  run) when draining */
+    unsigned            last_write:1;         /* what the next send
+                                                 empties is the last:
+                                                 TLS closes with it */
 };
 
 /* TLS is on: OpenSSL's, or smtpgate's record layer after it. */

@@ -976,11 +976,16 @@ def test_session_resumption_python(smtpgate, backend, pki):
         assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
 
 
+@pytest.mark.parametrize("compact", ["on", "off"])
 @pytest.mark.parametrize("mode", ["tickets", "shared-cache"])
-def test_resumption_across_workers(smtpgate, backend, pki, mode):
-    """With two workers every later connection resumes the session."""
+def test_resumption_across_workers(smtpgate, backend, pki, mode, compact):
+    """With two workers every later connection resumes the session, also
+    when the clients close without close_notify (an end of stream, not
+    an error that would take the session out of the cache), with the
+    records in OpenSSL's hands or in smtpgate's."""
     extra = "" if mode == "tickets" else \
         "ssl_session_cache shared:TLS:1m;\nssl_session_tickets off;"
+    extra += f"\nssl_compact_state {compact};"
     g = smtpgate(tls_conf(pki, backend, workers=2, extra=extra))
     ctx = pki.client_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -1355,6 +1355,7 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
     sg_proxy_track_t *track)
 {
     ssize_t  n;
+    bool     drain;
 
     if (!*eof && src->read->ready && sg_proxy_below(src, dst, until)
         && sg_buf_take(b, size) != SG_OK)
@@ -1362,8 +1363,18 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
         return SG_ERROR;
     }
 
+    /* When src has shut its side (EPOLLRDHUP), its last bytes are read
+     * to the end before they are sent: a TLS client then gets them and
+     * close_notify in one segment. */
+    drain = src->read->pending_eof;
     for ( ;; ) {
-        if (sg_buf_size(b) && dst->write->ready) {
+        if (sg_buf_size(b) && dst->write->ready
+            && !(drain && !*eof && src->read->ready && sg_buf_free(b)
+                 && sg_proxy_below(src, dst, until)))
+        {
+            if (*eof && dst->tls_rec) {
+                dst->last_write = 1;
+            }
             n = dst->send(dst, b->pos, sg_buf_size(b));
             if (n == SG_ERROR) {
                 return SG_ERROR;
@@ -1386,14 +1397,19 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
             if (n == SG_ERROR) {
                 return SG_ERROR;
             }
-            if (n == 0) {
-                *eof = 1;
-            } else if (n > 0) {
+            if (n > 0) {
                 if (track) {
                     sg_proxy_track_server(track, b->last, (size_t) n);
                 }
                 b->last += n;
                 *moved = true;
+                continue;
+            }
+            if (n == 0) {
+                *eof = 1;
+            }
+            if (drain) {
+                drain = false;          /* what was held back goes now */
                 continue;
             }
         }

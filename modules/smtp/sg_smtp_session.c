@@ -952,6 +952,12 @@ sg_smtp_tls_handler(sg_event_t *ev)
     sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s%s",
                  sg_ssl_protocol(c), sg_ssl_cipher(c),
                  c->tls_rec ? ", compact state" : "");
+    if (sg_ssl_push(c, s->implicit_tls && s->conf->greeting_delay == 0)
+        == SG_ERROR)
+    {
+        sg_smtp_close_session(s);
+        return;
+    }
 
     /* RFC 3207 4.2: forget everything learnt before TLS. */
     s->tls = 1;

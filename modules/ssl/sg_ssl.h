@@ -54,6 +54,24 @@ void sg_ssl_release(sg_connection_t *c, bool compact);
 /* What a server context needs for that (sg_ssl_build_ctx). */
 void sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact);
 
+/* The socket under a server connection's SSL object (sg_ssl_bio.c):
+ * reads a segment at a time and holds writes until
+ * sg_ssl_bio_flush() (SG_OK, SG_AGAIN with write->ready cleared, or
+ * SG_ERROR, logged).  After the handshake, what it read beyond the
+ * handshake and what it still holds are the leftovers; passing, it
+ * sends each write at once, after anything held. */
+BIO *sg_ssl_bio_new(int fd);
+int sg_ssl_bio_flush(sg_connection_t *c);
+bool sg_ssl_bio_input_pending(SSL *ssl);
+void sg_ssl_bio_leftovers(SSL *ssl, sg_str_t *in, sg_str_t *out);
+void sg_ssl_bio_pass(SSL *ssl);
+/* After sg_ssl_release(): the handshake's last flight, when our BIO
+ * held one, leaves with the next reply if reply_next (implicit TLS
+ * greets at once) or if it is a TLS 1.3 ticket, which no client waits
+ * for (after STARTTLS the client speaks first); otherwise now (TLS
+ * 1.2's Finished, which the client does wait for). */
+int sg_ssl_push(sg_connection_t *c, bool reply_next);
+
 /* Send close_notify without waiting for the peer's. */
 void sg_ssl_shutdown(sg_connection_t *c);
 

@@ -4,9 +4,9 @@
  *
  * The event loop is edge-triggered, so a TLS read that stops short of
  * SSL_ERROR_WANT_READ leaves the read event ready, and a handshake that
- * ends with bytes in OpenSSL's buffers makes it ready: bytes OpenSSL has
- * already taken from the socket are never stranded waiting for an event
- * that will not come.  The SSL object is freed by
+ * ends with bytes in OpenSSL's buffers (or in our BIO's, sg_ssl_bio.c)
+ * makes it ready: bytes already taken from the socket are never stranded
+ * waiting for an event that will not come.  The SSL object is freed by
  * sg_ssl_free_connection(), which whoever closes the connection calls,
  * or straight after the handshake by sg_ssl_release().
  */
@@ -32,6 +32,7 @@ sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
 {
     sg_ssl_srv_t  *srv = sg_ssl_srv(sscf);
     SSL           *ssl;
+    BIO           *bio;
 
     ssl = SSL_new(srv->ctx);
     if (ssl == NULL) {
@@ -40,11 +41,13 @@ sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf)
     }
     /* Freed by sg_smtp_close_session() (sg_ssl_free_connection): a
      * cleanup record in the session pool would cost every connection. */
-    if (SSL_set_fd(ssl, c->fd) != 1) {
+    bio = sg_ssl_bio_new(c->fd);
+    if (bio == NULL) {
         SSL_free(ssl);
-        sg_log_error(SG_LOG_ERR, c->log, 0, "SSL_set_fd() failed");
+        sg_log_error(SG_LOG_ERR, c->log, 0, "no memory for a TLS socket");
         return SG_ERROR;
     }
+    SSL_set_bio(ssl, bio, bio);
     SSL_set_app_data(ssl, c);
     SSL_set_accept_state(ssl);
     c->ssl = ssl;
@@ -75,8 +78,13 @@ sg_ssl_log_failure(sg_connection_t *c, int sslerr, int err,
 int
 sg_ssl_handshake(sg_connection_t *c)
 {
-    int  n, sslerr;
+    int  n, sslerr, rc, err;
 
+    /* A flight our BIO could not send at once goes first. */
+    rc = sg_ssl_bio_flush(c);
+    if (rc != SG_OK) {
+        return rc;
+    }
     /* The read and the write event share the handler, and one epoll
      * report often carries both: the one OpenSSL is not waiting on
      * would only repeat the read (or write) that just failed. */
@@ -96,25 +104,30 @@ sg_ssl_handshake(sg_connection_t *c)
          * an event (the first step runs straight after accept, before
          * epoll has said anything), the event will never come: the
          * bytes are out of the socket, in OpenSSL. */
-        if (SSL_has_pending(c->ssl)) {
+        if (SSL_has_pending(c->ssl) || sg_ssl_bio_input_pending(c->ssl)) {
             c->read->ready = 1;
         }
         sg_log_debug(c->log, "TLS handshake done: %s, %s",
                      SSL_get_version(c->ssl),
                      SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
+        /* What our BIO still holds (a TLS 1.3 ticket) waits for
+         * sg_ssl_release() and the first reply (sg_ssl_push()). */
         return SG_OK;
     }
     sslerr = SSL_get_error(c->ssl, n);
     if (sslerr == SSL_ERROR_WANT_READ) {
         c->read->ready = 0;
-        return SG_AGAIN;
+        return sg_ssl_bio_flush(c) == SG_ERROR ? SG_ERROR : SG_AGAIN;
     }
     if (sslerr == SSL_ERROR_WANT_WRITE) {
         c->write->ready = 0;
         return SG_AGAIN;
     }
+    err = errno;
+    /* the alert OpenSSL wrote, if it could */
+    (void) sg_ssl_bio_flush(c);
     c->error = 1;
-    sg_ssl_log_failure(c, sslerr, errno, "TLS handshake");
+    sg_ssl_log_failure(c, sslerr, err, "TLS handshake");
     return SG_ERROR;
 }
 
@@ -268,6 +281,7 @@ sg_ssl_release(sg_connection_t *c, bool compact)
     sg_ssl_secrets_t  *s = sg_ssl_secrets(ssl, false);
     sg_ssl_rec_t      *r = NULL;
     const char        *why;
+    sg_str_t           in, out;
     int                version = SSL_version(ssl);
 
     if (!compact) {
@@ -298,6 +312,18 @@ sg_ssl_release(sg_connection_t *c, bool compact)
         why = "the cipher suite is not one smtpgate seals";
     }
     if (r) {
+        /* What our BIO read past the handshake, and the ticket it
+         * holds, move to the record layer. */
+        sg_ssl_bio_leftovers(ssl, &in, &out);
+        if (sg_ssl_rec_feed(r, in.data, in.len) != in.len
+            || sg_ssl_rec_hold(r, out.data, out.len) != SG_OK)
+        {
+            sg_ssl_rec_free(r);
+            r = NULL;
+            why = "no memory";
+        }
+    }
+    if (r) {
         sg_log_debug(c->log, "TLS state released: records by smtpgate "
                      "from here on (%s %s; tickets sent: %llu)",
                      sg_ssl_rec_protocol(r), sg_ssl_rec_cipher_name(r),
@@ -321,6 +347,21 @@ sg_ssl_release(sg_connection_t *c, bool compact)
         sg_ssl_secrets_free(NULL, s, NULL, 0, 0, NULL);
     }
     SSL_set_read_ahead(ssl, 1);
+    sg_ssl_bio_pass(ssl);
+}
+
+int
+sg_ssl_push(sg_connection_t *c, bool reply_next)
+{
+    bool  tls13;
+
+    tls13 = c->tls_rec
+            ? strcmp(sg_ssl_rec_protocol(c->tls_rec), "TLSv1.3") == 0
+            : c->ssl && SSL_version(c->ssl) == TLS1_3_VERSION;
+    if (reply_next || tls13) {
+        return SG_OK;
+    }
+    return c->tls_rec ? sg_ssl_rec_push(c) : sg_ssl_bio_flush(c);
 }
 
 static ssize_t

@@ -102,9 +102,14 @@ struct sg_ssl_rec_s {
     unsigned               closed:1;       /* close_notify came */
     unsigned               failed:1;
     unsigned               said_goodbye:1; /* an alert went out */
+    unsigned               goodbye_queued:1; /* close_notify is in out */
 };
 
-static u_char  sg_ssl_rec_wbuf[SG_SSL_REC_MAX + 64];
+/* Held bytes (sg_ssl_rec_hold) up to this many leave in one send with
+ * the next record. */
+#define SG_SSL_REC_HELD_MAX  2048
+
+static u_char  sg_ssl_rec_wbuf[SG_SSL_REC_HELD_MAX + 64 + SG_SSL_REC_MAX];
 
 
 /*
@@ -784,26 +789,69 @@ sg_ssl_rec_alert(sg_ssl_rec_t *r)
 
 /* The connection side. */
 
-/* One try at an alert record; nothing more is sent after it. */
+int
+sg_ssl_rec_hold(sg_ssl_rec_t *r, const u_char *data, size_t len)
+{
+    if (len == 0) {
+        return SG_OK;
+    }
+    if (r->out != NULL || (r->out = malloc(len)) == NULL) {
+        return SG_ERROR;
+    }
+    memcpy(r->out, data, len);
+    r->out_pos = 0;
+    r->out_end = len;
+    r->out_plain = 0;
+    return SG_OK;
+}
+
+/* Move held bytes, if few enough, to the front of sg_ssl_rec_wbuf: how
+ * many (0 if none, or if they must be flushed on their own). */
+static size_t
+sg_ssl_rec_take_held(sg_ssl_rec_t *r)
+{
+    size_t  len;
+
+    if (r->out == NULL || r->out_plain != 0
+        || r->out_end - r->out_pos > SG_SSL_REC_HELD_MAX)
+    {
+        return 0;
+    }
+    len = r->out_end - r->out_pos;
+    memcpy(sg_ssl_rec_wbuf, r->out + r->out_pos, len);
+    free(r->out);
+    r->out = NULL;
+    r->out_pos = r->out_end = 0;
+    return len;
+}
+
+/* One try at an alert record, behind anything held; nothing more is
+ * sent after it. */
 static void
 sg_ssl_rec_send_alert(sg_connection_t *c, sg_ssl_rec_t *r, int level,
     int desc)
 {
-    u_char   msg[2], rec[SG_SSL_REC_HEADER + 8 + 3 + SG_SSL_REC_TAG];
-    size_t   len;
-    ssize_t  n;
+    u_char   msg[2];
+    size_t   len, n;
+    ssize_t  w;
 
-    if (r->said_goodbye || r->out != NULL || desc < 0) {
+    if (r->said_goodbye || desc < 0) {
         return;
+    }
+    len = sg_ssl_rec_take_held(r);
+    if (r->out != NULL) {
+        return;                       /* a record is half out */
     }
     r->said_goodbye = 1;
     msg[0] = (u_char) level;
     msg[1] = (u_char) desc;
-    len = sg_ssl_rec_seal(r, SG_SSL_REC_ALERT, msg, 2, 0, rec);
-    if (len) {
+    n = sg_ssl_rec_seal(r, SG_SSL_REC_ALERT, msg, 2, 0,
+                        sg_ssl_rec_wbuf + len);
+    len += n;
+    if (n && len) {
         do {
-            n = send(c->fd, rec, len, MSG_NOSIGNAL);
-        } while (n == -1 && errno == EINTR);
+            w = send(c->fd, sg_ssl_rec_wbuf, len, MSG_NOSIGNAL);
+        } while (w == -1 && errno == EINTR);
     }
 }
 
@@ -919,6 +967,17 @@ sg_ssl_rec_flush(sg_connection_t *c, sg_ssl_rec_t *r)
     return SG_OK;
 }
 
+int
+sg_ssl_rec_push(sg_connection_t *c)
+{
+    sg_ssl_rec_t  *r = c->tls_rec;
+
+    if (r == NULL || r->out == NULL || r->out_plain != 0) {
+        return SG_OK;
+    }
+    return sg_ssl_rec_flush(c, r);
+}
+
 /*
  * OpenSSL's contract for SSL_write with partial writes: n > 0 bytes of
  * buf are sent (sealed and written whole); SG_AGAIN means the record
@@ -929,8 +988,9 @@ ssize_t
 sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
 {
     static const u_char  key_update[5] = { SG_SSL_HS_KEY_UPDATE, 0, 0, 1, 0 };
+    static const u_char  close_notify[2] = { 1, SG_SSL_ALERT_CLOSE_NOTIFY };
     sg_ssl_rec_t        *r = c->tls_rec;
-    size_t               total = 0, chunk, len, n;
+    size_t               total = 0, chunk, len, held, n;
     ssize_t              w;
     int                  rc;
 
@@ -941,6 +1001,8 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
     if (size == 0) {
         return 0;
     }
+    /* What the handshake left (a ticket) goes in the same send. */
+    held = sg_ssl_rec_take_held(r);
     if (r->out) {
         rc = sg_ssl_rec_flush(c, r);
         if (rc != SG_OK) {
@@ -948,6 +1010,9 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
         }
         n = r->out_plain;
         r->out_plain = 0;
+        if (r->goodbye_queued) {
+            r->said_goodbye = 1;
+        }
         if (n > size) {
             sg_log_error(SG_LOG_ALERT, c->log, 0, "a TLS write was retried "
                          "with fewer bytes than before");
@@ -960,14 +1025,16 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
         }
     }
     while (total < size) {
-        len = 0;
+        len = held;
+        held = 0;
         if (r->key_update_due) {
             /* owed since the client asked: before our next data */
-            len = sg_ssl_rec_seal(r, SG_SSL_REC_HANDSHAKE, key_update,
-                                  sizeof(key_update), 0, sg_ssl_rec_wbuf);
-            if (len == 0 || sg_ssl_rec_update_write(r) != SG_OK) {
+            n = sg_ssl_rec_seal(r, SG_SSL_REC_HANDSHAKE, key_update,
+                                sizeof(key_update), 0, sg_ssl_rec_wbuf + len);
+            if (n == 0 || sg_ssl_rec_update_write(r) != SG_OK) {
                 goto failed;
             }
+            len += n;
             r->key_update_due = 0;
         }
         chunk = sg_min(size - total, SG_SSL_REC_PLAIN_MAX);
@@ -977,11 +1044,25 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
             goto failed;
         }
         len += n;
+        if (c->last_write && total + chunk == size) {
+            /* the connection's last bytes: close_notify goes with them */
+            n = sg_ssl_rec_seal(r, SG_SSL_REC_ALERT, close_notify,
+                                sizeof(close_notify), 0,
+                                sg_ssl_rec_wbuf + len);
+            if (n == 0) {
+                goto failed;
+            }
+            len += n;
+            r->goodbye_queued = 1;
+        }
         do {
             w = send(c->fd, sg_ssl_rec_wbuf, len, MSG_NOSIGNAL);
         } while (w == -1 && errno == EINTR);
         if (w == (ssize_t) len) {
             total += chunk;
+            if (r->goodbye_queued) {
+                r->said_goodbye = 1;
+            }
             continue;
         }
         if (w == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {

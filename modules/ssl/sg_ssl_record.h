@@ -85,6 +85,12 @@ int sg_ssl_rec_update_write(sg_ssl_rec_t *r);
 ssize_t sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size);
 ssize_t sg_ssl_rec_send(sg_connection_t *c, const u_char *buf,
     size_t size);
+/* Records sealed elsewhere (by OpenSSL, at the end of the handshake) to
+ * send before ours: they leave with the next write, or with
+ * sg_ssl_rec_push() (SG_OK, SG_AGAIN, SG_ERROR).  SG_ERROR from hold:
+ * no memory, or bytes are held already. */
+int sg_ssl_rec_hold(sg_ssl_rec_t *r, const u_char *data, size_t len);
+int sg_ssl_rec_push(sg_connection_t *c);
 /* Send close_notify (once, without waiting). */
 void sg_ssl_rec_shutdown(sg_connection_t *c);
 

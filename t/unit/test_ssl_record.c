@@ -80,6 +80,7 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
     const char *early)
 {
     SSL   *ssl;
+    BIO   *bio;
     int    i, rc = SG_AGAIN;
     bool   client_done = false;
 
@@ -124,13 +125,15 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
 
     p->client = SSL_new(p->cctx);
     ssl = SSL_new(p->sctx);
-    if (p->client == NULL || ssl == NULL
-        || SSL_set_fd(p->client, p->fds[1]) != 1
-        || SSL_set_fd(ssl, p->fds[0]) != 1)
+    bio = sg_ssl_bio_new(p->fds[0]);      /* as sg_ssl_create_connection */
+    if (p->client == NULL || ssl == NULL || bio == NULL
+        || SSL_set_fd(p->client, p->fds[1]) != 1)
     {
+        BIO_free(bio);
         SSL_free(ssl);
         return -1;
     }
+    SSL_set_bio(ssl, bio, bio);
     if (resume) {
         SSL_set_session(p->client, resume);
     }
@@ -163,12 +166,19 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
             if (rc == SG_ERROR) {
                 return -1;
             }
+            if (rc == SG_OK) {
+                /* as sg_smtp_tls_handler(), after STARTTLS: a TLS 1.2
+                 * Finished goes now, a TLS 1.3 ticket with the reply */
+                sg_ssl_release(&p->c, true);
+                if (sg_ssl_push(&p->c, false) != SG_OK) {
+                    return -1;
+                }
+            }
         }
     }
     if (rc != SG_OK || !client_done) {
         return -1;
     }
-    sg_ssl_release(&p->c, true);
     p->rev.ready = 1;
     p->wev.ready = 1;
     return 0;
@@ -343,6 +353,91 @@ test_tls12_cbc_kept(void)
     }
     CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
     CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+    /* replies go out through smtpgate's BIO, now passing writes on */
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+    CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
+    CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
+    /* a close without close_notify is an end, not an error (BIO_eof()
+     * for SSL_OP_IGNORE_UNEXPECTED_EOF, as sg_ssl_build_ctx() sets) */
+    if (p.c.ssl) {
+        SSL_set_options(p.c.ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
+    shutdown(p.fds[1], SHUT_WR);
+    p.rev.ready = 1;
+    CHECK_INT(p.c.recv(&p.c, buf, sizeof(buf)), 0);
+    CHECK(p.rev.eof && !p.c.error);
+    tp_close(&p);
+}
+
+/* Bytes waiting on the client's socket, without taking them. */
+static bool
+client_socket_empty(tpair_t *p)
+{
+    u_char  byte;
+
+    return recv(p->fds[1], &byte, 1, MSG_PEEK | MSG_DONTWAIT) == -1
+           && errno == EAGAIN;
+}
+
+/* The TLS 1.3 ticket is held after the handshake and leaves with the
+ * first reply, which the client reads behind it; the session it gives
+ * resumes. */
+static void
+test_ticket_with_first_reply(void)
+{
+    tpair_t       p;
+    u_char        buf[64];
+    SSL_SESSION  *sess;
+
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK(client_socket_empty(&p));
+    CHECK_INT(SSL_write(p.client, "EHLO x\r\n", 8), 8);
+    CHECK_MEM(buf, server_read(&p, buf, 8), "EHLO x\r\n", 8);
+    CHECK(client_socket_empty(&p));
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+    CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+    sess = SSL_get1_session(p.client);
+    CHECK(sess != NULL && SSL_SESSION_is_resumable(sess));
+    (void) SSL_shutdown(p.client);      /* freed unshut: not resumable */
+    reuse_sctx = p.sctx;
+    SSL_CTX_up_ref(reuse_sctx);
+    tp_close(&p);
+
+    resume = sess;
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0) == 0) {
+        CHECK(SSL_session_reused(p.client));
+        check_released(&p, "TLSv1.3", "TLS_AES_256_GCM_SHA384");
+        tp_close(&p);
+    }
+    SSL_CTX_free(reuse_sctx);
+    reuse_sctx = NULL;
+    SSL_SESSION_free(sess);
+    resume = NULL;
+
+    /* pushed on its own when no reply is coming */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    CHECK(client_socket_empty(&p));
+    CHECK_INT(sg_ssl_rec_push(&p.c), SG_OK);
+    CHECK(!client_socket_empty(&p));
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "250 ok\r\n", 8), 8);
+    CHECK_MEM(buf, client_read(&p, buf, 8), "250 ok\r\n", 8);
+    tp_close(&p);
+
+    /* held, then an alert: the ticket goes ahead of it */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    sg_ssl_shutdown(&p.c);
+    CHECK_INT(SSL_read(p.client, buf, sizeof(buf)), 0);
+    CHECK_INT(SSL_get_error(p.client, 0), SSL_ERROR_ZERO_RETURN);
+    sess = SSL_get1_session(p.client);
+    CHECK(sess != NULL && SSL_SESSION_is_resumable(sess));
+    SSL_SESSION_free(sess);
     tp_close(&p);
 }
 
@@ -461,9 +556,12 @@ test_key_update(void)
 static void
 test_close_notify(void)
 {
-    tpair_t  p;
-    u_char   buf[64];
-    int      n;
+    static u_char  big[65536], big2[65536];
+    tpair_t        p;
+    u_char         buf[64];
+    size_t         sent = 0, got = 0, rounds, again = 0;
+    ssize_t        w;
+    int            n, sz = 4096;
 
     /* the client's: an end of stream */
     if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
@@ -484,6 +582,55 @@ test_close_notify(void)
     CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
     sg_ssl_shutdown(&p.c);
     CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
+    n = SSL_read(p.client, buf, sizeof(buf));
+    CHECK_INT(n, 0);
+    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    tp_close(&p);
+
+    /* the last reply (last_write, set by the relay when the backend
+     * closed): close_notify in the same write, and not again */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    p.c.last_write = 1;
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
+    CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
+    n = SSL_read(p.client, buf, sizeof(buf));
+    CHECK_INT(n, 0);
+    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    sg_ssl_shutdown(&p.c);
+    CHECK(client_socket_empty(&p));
+    CHECK_INT(p.c.send(&p.c, (const u_char *) "x", 1), SG_ERROR);
+    tp_close(&p);
+
+    /* the same through a full socket: the rest and close_notify go
+     * once it drains, and the bytes are reported sent then */
+    if (CHECK(tp_open(&p, TLS1_3_VERSION, NULL, 1, NULL) == 0)) {
+        return;
+    }
+    (void) setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    RAND_bytes(big, sizeof(big));
+    p.c.last_write = 1;
+    for (rounds = 0; got < sizeof(big) && rounds < 10000; rounds++) {
+        if (sent < sizeof(big)) {
+            p.wev.ready = 1;
+            w = p.c.send(&p.c, big + sent, sizeof(big) - sent);
+            if (w > 0) {
+                sent += (size_t) w;
+            } else if (w == SG_AGAIN) {
+                again++;
+            } else {
+                break;
+            }
+        }
+        n = SSL_read(p.client, big2 + got, (int) (sizeof(big2) - got));
+        if (n > 0) {
+            got += (size_t) n;
+        }
+    }
+    CHECK(again > 0);                    /* the socket was full */
+    CHECK_UINT(got, sizeof(big));
+    CHECK(memcmp(big, big2, sizeof(big)) == 0);
     n = SSL_read(p.client, buf, sizeof(buf));
     CHECK_INT(n, 0);
     CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
@@ -754,6 +901,7 @@ main(void)
     RUN(test_tls12);
     RUN(test_tls12_cbc_kept);
     RUN(test_tls12_renegotiation);
+    RUN(test_ticket_with_first_reply);
     RUN(test_large_transfers);
     RUN(test_key_update);
     RUN(test_close_notify);
