@@ -11,6 +11,7 @@ password in the log; reload and graceful quit with connections kept open.
 """
 
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import os
@@ -777,6 +778,60 @@ def test_keepalive_zero_opens_a_connection_each_time(smtpgate, backend, svc):
     _logins(g, 4)
     assert svc.conns_of() == [0, 1, 2, 3]
     svc.wait_closed(10)
+
+
+def _parallel_logins(g, n):
+    """n logins at once (the service holds each answer a moment, so
+    their requests overlap and each takes a connection of its own)."""
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        replies = list(pool.map(lambda _: auth_session(g), range(n)))
+    for r in replies:
+        assert (r.code, r.last) == OK, r
+
+
+def test_keepalive_default_keeps_a_burst(smtpgate, backend, svc):
+    """The default pool (32) keeps the connections of 20 logins made at
+    once, and the next burst of 20 goes over them again: no connect,
+    close and TIME_WAIT per login when a worker is busy."""
+    svc.default = ok(delay=0.3)
+    g = smtpgate(http_conf(svc.url, backend=backend, workers=1))
+    _parallel_logins(g, 20)
+    assert len(svc.connections) == 20
+    assert len(svc.open_connections()) == 20
+    _parallel_logins(g, 20)
+    assert len(svc.requests) == 40
+    assert len(svc.connections) == 20, svc.conns_of()
+
+
+def test_keepalive_limit_closes_the_rest(smtpgate, backend, svc):
+    """auth_http_keepalive 4: of 10 connections a burst opened, 4 stay."""
+    svc.default = ok(delay=0.3)
+    g = smtpgate(http_conf(svc.url, backend=backend, workers=1,
+                           mail="    auth_http_keepalive 4;"))
+    _parallel_logins(g, 10)
+    assert len(svc.connections) == 10
+    deadline = time.monotonic() + 10
+    while len(svc.open_connections()) > 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(svc.open_connections()) == 4
+
+
+def test_keepalive_timeout_closes_idle_connections(smtpgate, backend, svc):
+    """A kept connection unused for auth_http_keepalive_timeout is
+    closed by smtpgate (logged at debug); the next login opens another."""
+    g = smtpgate(http_conf(svc.url, backend=backend, workers=1,
+                           mail="    auth_http_keepalive_timeout 1s;",
+                           level="debug"))
+    mark = g.log_mark()
+    _logins(g, 2)
+    assert svc.conns_of() == [0, 0]
+    assert svc.open_connections() == [0]
+    svc.wait_closed(10)
+    assert log_lines(g, r"auth_http: an idle connection to "
+                        r"http://127\.0\.0\.1:\d+/auth closed "
+                        r"\(auth_http_keepalive_timeout\)", mark)
+    _logins(g, 1)
+    assert svc.conns_of() == [0, 0, 1]
 
 
 def test_service_half_closes_kept_connection(smtpgate, backend, svc):

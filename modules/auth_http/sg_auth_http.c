@@ -49,6 +49,7 @@ typedef struct {
     sg_msec_t              timeout;
     sg_msec_t              fail_timeout;
     int64_t                keepalive;
+    sg_msec_t              keepalive_timeout;
     int                    pass_client_cert;
     int                    ssl_verify;
     unsigned               format;      /* SG_AUTH_HTTP_NGINX / _JSON */
@@ -117,6 +118,10 @@ static const sg_command_t  sg_auth_http_commands[] = {
     { "auth_http_keepalive", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, keepalive),
       &sg_auth_http_keepalive_bounds },
+    { "auth_http_keepalive_timeout", SG_SRV | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_auth_http_conf_t, keepalive_timeout),
+      &sg_auth_http_timeout_bounds },
     { "auth_http_format", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_auth_http_conf_t, format),
       sg_auth_http_formats },
@@ -333,6 +338,7 @@ sg_auth_http_create_conf(sg_conf_t *cf)
     ahc->timeout = SG_CONF_UNSET_MSEC;
     ahc->fail_timeout = SG_CONF_UNSET_MSEC;
     ahc->keepalive = SG_CONF_UNSET;
+    ahc->keepalive_timeout = SG_CONF_UNSET_MSEC;
     ahc->pass_client_cert = SG_CONF_UNSET;
     ahc->ssl_verify = SG_CONF_UNSET;
     ahc->format = (unsigned) SG_CONF_UNSET;
@@ -353,7 +359,12 @@ sg_auth_http_merge_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_msec(conf->timeout, prev->timeout, 10000);
     sg_conf_merge_msec(conf->fail_timeout, prev->fail_timeout, 10000);
-    sg_conf_merge_value(conf->keepalive, prev->keepalive, 8);
+    /* Enough for the logins a busy worker has in flight at once: with
+     * fewer, each burst closes connections that the next one opens
+     * again (a connect, a close and a TIME_WAIT each). */
+    sg_conf_merge_value(conf->keepalive, prev->keepalive, 32);
+    sg_conf_merge_msec(conf->keepalive_timeout, prev->keepalive_timeout,
+                       60000);
     sg_conf_merge_value(conf->pass_client_cert, prev->pass_client_cert, 0);
     sg_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 1);
     if (conf->format == (unsigned) SG_CONF_UNSET) {
@@ -746,8 +757,13 @@ sg_auth_http_idle_handler(sg_event_t *ev)
     sg_auth_http_conn_t    *hc = c->data, **pp;
     sg_auth_http_server_t  *srv = hc->server;
 
-    if (!c->close && (ev->write || !ev->ready)) {
+    if (!c->close && !ev->timedout && (ev->write || !ev->ready)) {
         return;                       /* writable is no news when idle */
+    }
+    if (ev->timedout) {
+        sg_log_debug(c->log, "auth_http: an idle connection to %.*s "
+                     "closed (auth_http_keepalive_timeout)",
+                     SG_STR_ARG(&srv->url));
     }
     for (pp = &srv->idle; *pp; pp = &(*pp)->next) {
         if (*pp == hc) {
@@ -781,6 +797,7 @@ sg_auth_http_release(sg_auth_http_conn_t *hc, sg_auth_http_conf_t *conf,
     hc->next = srv->idle;
     srv->idle = hc;
     srv->nidle++;
+    sg_event_add_timer(hc->c->read, conf->keepalive_timeout);
 }
 
 static sg_auth_http_conn_t *
@@ -795,6 +812,7 @@ sg_auth_http_take(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
         hc = srv->idle;
         srv->idle = hc->next;
         srv->nidle--;
+        sg_event_del_timer(hc->c->read);
         hc->c->idle = 0;
         hc->c->write->ready = 1;
         ctx->reused = 1;
