@@ -326,6 +326,85 @@ def test_records_split_and_joined(smtpgate, backend, pki):
         assert got == b"250 2.0.0 OK\r\n" * 21
 
 
+@pytest.mark.parametrize("compact", ["on", "off"])
+@pytest.mark.parametrize("version,split,early", [
+    ("TLSv1_3", True, False),
+    ("TLSv1_3", False, True),
+    ("TLSv1_3", True, True),
+    ("TLSv1_2", True, False),
+])
+def test_handshake_split_and_joined(smtpgate, backend, pki, compact,
+                                    version, split, early):
+    """The client's handshake records cut at every byte (smtpgate's
+    socket BIO hands OpenSSL what came so far, and waits for the rest),
+    and a command in the same segment as the client's Finished (read
+    with it, and answered after the greeting): with the records then in
+    smtpgate's hands or in OpenSSL's."""
+    g = smtpgate(tls_conf(pki, backend,
+                          extra=f"ssl_compact_state {compact};"))
+    mark = g.log_mark()
+    ctx = pki.client_context()
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion,
+                                                        version)
+    sock = socket.create_connection(("127.0.0.1", g.ports["PORTS"]),
+                                    timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, outg, server_hostname="mx.test")
+
+    def send(data):
+        if not split:
+            sock.sendall(data)
+            return
+        for i in range(len(data)):
+            sock.sendall(data[i:i + 1])
+            time.sleep(0.001)
+
+    with sock:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                data = outg.read()
+                if data:
+                    send(data)
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                inc.write(data)
+        if early:
+            obj.write(b"NOOP\r\n")
+        send(outg.read())              # Finished (1.3), and the command
+        want = b"220 mx.test ESMTP ready\r\n" + \
+            (b"250 2.0.0 OK\r\n" if early else b"")
+        got = b""
+        deadline = time.monotonic() + 20
+        while len(got) < len(want):
+            assert time.monotonic() < deadline, got
+            try:
+                got += obj.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, got
+                inc.write(data)
+        assert got == want
+        obj.write(b"QUIT\r\n")
+        sock.sendall(outg.read())
+        got = b""
+        while not got.endswith(b"\r\n"):
+            try:
+                got += obj.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, got
+                inc.write(data)
+        assert got.startswith(b"221 "), got
+    proto = version.replace("_", ".")
+    line = established(g, mark)
+    assert proto in line, line
+    assert ("compact state" in line) == (compact == "on"), line
+
+
 def two_servers(pki, backend, mx_extra, alt_extra):
     """mx.test (the default) and alt.test on the same two listeners."""
     alt = indent(f"listen {pkilib.STARTTLS_LISTEN};\n"
