@@ -258,6 +258,24 @@ sg_connect(const sg_addr_t *addr, sg_log_t *log, sg_connection_t **out)
 }
 
 int
+sg_send_rest(int fd, const u_char *buf, size_t len, size_t *pos)
+{
+    ssize_t  n;
+
+    while (*pos < len) {
+        n = send(fd, buf + *pos, len - *pos, MSG_NOSIGNAL);
+        if (n > 0) {
+            *pos += (size_t) n;
+        } else if (n == -1 && errno == EAGAIN) {
+            return SG_AGAIN;
+        } else if (n == -1 && errno != EINTR) {
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
+int
 sg_connect_result(sg_connection_t *c, int *err)
 {
     int        e = 0;

@@ -116,5 +116,8 @@ int sg_connect(const sg_addr_t *addr, sg_log_t *log, sg_connection_t **out);
 /* After the write event of a pending connect: SG_OK or SG_ERROR (logged,
  * with errno). */
 int sg_connect_result(sg_connection_t *c, int *err);
+/* Send buf[*pos, len) on fd, moving *pos on: SG_OK when all is out,
+ * SG_AGAIN when the socket is full, SG_ERROR (errno) on an error. */
+int sg_send_rest(int fd, const u_char *buf, size_t len, size_t *pos);
 
 #endif /* SG_CONNECTION_H */

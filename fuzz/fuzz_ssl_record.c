@@ -5,7 +5,9 @@
  * Random bytes almost never authenticate, so the input is a script that
  * mostly makes real records.  Its first byte picks the protocol: TLS 1.3
  * (AES-128-GCM), or TLS 1.2 with AES-128-GCM (explicit nonces) or
- * ChaCha20-Poly1305.  Then each step is one byte naming what to do, then
+ * ChaCha20-Poly1305, or TLS 1.3 read by a layer in the client's role (a
+ * backend connection's, which also takes NewSessionTickets, whole or
+ * split over records).  Then each step is one byte naming what to do, then
  * its arguments:
  *   0: raw bytes (a length byte, then the bytes) onto the wire;
  *   1: a record sealed by the client's layer: content type, a padding
@@ -54,10 +56,24 @@ static const u_char  sg_fuzz_ss[32] = "server application traffic 0123";
 static const u_char  sg_fuzz_master[48] =
     "a TLS 1.2 master secret, forty-eight bytes long";
 
-/* mode 0: TLS 1.3; 1, 2: TLS 1.2 AES-128-GCM, ChaCha20-Poly1305 */
+/* mode 0: TLS 1.3; 1, 2: TLS 1.2 AES-128-GCM, ChaCha20-Poly1305; 3:
+ * TLS 1.3, the reader in the client's role (the writer plays the
+ * backend) */
 static sg_ssl_rec_t *
 sg_fuzz_layer(int mode, bool client)
 {
+    sg_ssl_rec_t  *r;
+
+    if (mode == 3) {
+        r = client ? sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256,
+                                    sg_fuzz_ss, sg_fuzz_cs, 32, 0, 0)
+                   : sg_ssl_rec_new(SG_SSL_REC_AES_128_GCM_SHA256,
+                                    sg_fuzz_cs, sg_fuzz_ss, 32, 0, 0);
+        if (r && !client) {
+            sg_ssl_rec_as_client(r);
+        }
+        return r;
+    }
     static const u_char  cr[32] = "the client's random, 32 bytes..";
     static const u_char  sr[32] = "the server's random, 32 bytes..";
 
@@ -128,11 +144,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t          nsizes = 0;
     bool            exact = true;
     int             type, op, mode;
+    bool            tls13;
 
     if (size == 0) {
         return 0;
     }
-    mode = *p++ % 3;
+    mode = *p++ % 4;
+    tls13 = mode == 0 || mode == 3;
     quiet.level = 0;
     wire.len = wire.ncuts = 0;
     nexpected = 0;
@@ -157,8 +175,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             }
             type = *p++;
-            pad = mode ? 0 : (size_t) *p++ * 64;
-            if (mode) {
+            pad = tls13 ? (size_t) *p++ * 64 : 0;
+            if (!tls13) {
                 p++;
             }
             len = *p++;
@@ -167,12 +185,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             n = sg_ssl_rec_seal(client, type, p, len, pad,
                                 wire.bytes + wire.len);
             SG_FUZZ_ASSERT(n == SG_SSL_REC_HEADER + len + SG_SSL_REC_TAG
-                                + (mode == 0 ? 1 + pad : 0)
+                                + (tls13 ? 1 + pad : 0)
                                 + (mode == 1 ? 8 : 0));
             if (type == SG_SSL_REC_APPLICATION && exact) {
                 memcpy(expected + nexpected, p, len);
                 nexpected += len;
-            } else if (mode == 0 && type == SG_SSL_REC_HANDSHAKE && len == 5
+            } else if (tls13 && type == SG_SSL_REC_HANDSHAKE && len == 5
                        && memcmp(p, "\x18\x00\x00\x01", 4) == 0 && p[4] < 2)
             {
                 SG_FUZZ_ASSERT(sg_ssl_rec_update_write(client) == SG_OK);

@@ -13,9 +13,11 @@ backend does not verify, and file:line errors for missing files.
 """
 
 import smtplib
+import ssl
 
 import pytest
 
+from lib import backends
 from lib import gate as gatelib
 from lib import net
 from lib import pki as pkilib
@@ -359,6 +361,41 @@ def test_starttls_both_sides_5mb_byte_exact(smtpgate, make_backend, pki):
     assert m.conn.tls_mode == "starttls" and m.sni == "backend.test"
     assert_same_bytes(m.content, backend_view(b, msg))
     g.wait_log(rf"backend {b.address} ready over TLS", since=mark)
+
+
+@pytest.mark.time_limit(300)
+@pytest.mark.parametrize("compact", ["on", "off"])
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+@pytest.mark.parametrize("mode", ["on", "starttls"])
+def test_backend_compact_state(smtpgate, make_backend, pki, mode, version,
+                               compact):
+    """proxy_ssl_compact_state: after the handshake with a backend the
+    records are smtpgate's (or OpenSSL's, off).  The backend sends three
+    TLS 1.3 session tickets, which smtpgate reads and drops; 1 MB goes
+    through byte for byte both times, and the debug log says which."""
+    ctx = backends.AiosmtpdBackend._tls_context(
+        pki, None, None, None, getattr(ssl.TLSVersion, version))
+    ctx.num_tickets = 3
+    b = make_backend(tls="implicit" if mode == "on" else "starttls",
+                     tls_context=ctx)
+    g = smtpgate(tls_gate_conf(b.address, f"proxy_ssl {mode};",
+                               f"proxy_ssl_compact_state {compact};",
+                               level="debug"))
+    mark = g.log_mark()
+    msg = make_message(1024 * 1024, seed=77)
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=120) as c:
+        c.ehlo("client.test")
+        c.login("alice", password("alice"))
+        assert c.sendmail("a@example.org", ["b@example.org"], msg) == {}
+        assert c.noop()[0] == 250
+    (m,) = b.wait_messages(1, timeout=120)
+    assert m.conn.tls == version.replace("_", "."), m.conn
+    assert_same_bytes(m.content, backend_view(b, msg))
+    line = g.wait_log(rf"TLS with backend {b.address}: [^\n]*",
+                      since=mark).group(0)
+    assert version.replace("_", ".") in line, line
+    assert (", compact state" in line) == (compact == "on"), line
+    g.wait_log(r"session closed", since=mark)
 
 
 # --------------------------------------------------------------------------

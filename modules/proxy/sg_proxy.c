@@ -64,6 +64,7 @@ typedef struct {
     int           splice;
     unsigned      ssl;
     int           ssl_verify;
+    int           ssl_compact;
     sg_proxy_file_t  ssl_trusted;
     sg_str_t      ssl_name;
     sg_proxy_file_t  ssl_certificate;
@@ -196,6 +197,9 @@ static const sg_command_t  sg_proxy_commands[] = {
       sg_proxy_ssl_modes },
     { "proxy_ssl_verify", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl_verify), NULL },
+    { "proxy_ssl_compact_state", SG_SRV | SG_CONF_FLAG,
+      sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, ssl_compact), NULL },
     { "proxy_ssl_trusted_certificate", SG_SRV | SG_CONF_TAKE1,
       sg_proxy_set_file, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, ssl_trusted), NULL },
@@ -378,6 +382,7 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->splice = SG_CONF_UNSET;
     pcf->ssl = (unsigned) SG_CONF_UNSET;
     pcf->ssl_verify = SG_CONF_UNSET;
+    pcf->ssl_compact = SG_CONF_UNSET;
     pcf->smtp_auth = SG_CONF_UNSET;
     pcf->proxy_protocol = (unsigned) SG_CONF_UNSET;
     pcf->keepalive = SG_CONF_UNSET;
@@ -471,6 +476,9 @@ sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
                                 "\"proxy_ssl_certificate_key\" is set but "
                                 "\"proxy_ssl_certificate\" is not");
     }
+    /* the key-log callback that compact state learns the traffic
+     * secrets from (sg_ssl_release()) */
+    sg_ssl_compact_ctx(ctx, pcf->ssl_compact);
     pcf->ssl_ctx = ctx;
     return SG_CONF_OK;
 }
@@ -523,6 +531,7 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
         conf->ssl_certificate = prev->ssl_certificate;
         conf->ssl_certificate_key = prev->ssl_certificate_key;
     }
+    sg_conf_merge_value(conf->ssl_compact, prev->ssl_compact, 1);
     sg_conf_merge_value(conf->smtp_auth, prev->smtp_auth, 0);
     sg_conf_merge_value(conf->keepalive, prev->keepalive, 0);
     sg_conf_merge_value(conf->keepalive_requests, prev->keepalive_requests,
@@ -911,6 +920,7 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
     cl->timeout = ctx->conf->connect_timeout;
     cl->tls = ctx->conf->ssl;
     cl->ssl_ctx = ctx->conf->ssl_ctx;
+    cl->ssl_compact = ctx->conf->ssl_compact;
     cl->ssl_name = ctx->conf->ssl_name.len ? ctx->conf->ssl_name
                                            : ctx->peer_host;
     cl->proxy_protocol = ctx->conf->proxy_protocol;
@@ -1304,7 +1314,7 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
     }
     sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s%s",
                  SG_STR_ARG(&ctx->peer->name),
-                 ctx->up->ssl ? " over TLS" : "",
+                 sg_connection_tls(ctx->up) ? " over TLS" : "",
                  cl->auth ? ", logged in" : "",
                  ctx->reused ? ", on a kept connection" : "");
 

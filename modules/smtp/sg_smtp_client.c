@@ -249,9 +249,12 @@ sg_smtp_client_tls(sg_smtp_client_t *cl)
     }
     if (rc == SG_OK) {
         cl->tls_active = 1;
-        sg_log_debug(cl->log, "TLS with backend %.*s: %s, %s",
+        if (cl->ssl_compact) {
+            sg_ssl_release(c, true);
+        }
+        sg_log_debug(cl->log, "TLS with backend %.*s: %s, %s%s",
                      SG_STR_ARG(&cl->peer->name), sg_ssl_protocol(c),
-                     sg_ssl_cipher(c));
+                     sg_ssl_cipher(c), c->tls_rec ? ", compact state" : "");
     }
     return rc;
 }
@@ -712,7 +715,7 @@ sg_smtp_client_reuse(sg_smtp_client_t *cl, sg_connection_t *c)
 {
     cl->state = SG_CL_REUSE;
     cl->finished = 0;
-    cl->tls_active = c->ssl != NULL;
+    cl->tls_active = sg_connection_tls(c);
     cl->xclient_sent = 0;
     cl->timedout = false;
     cl->aborted = 0;

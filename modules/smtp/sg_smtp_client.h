@@ -78,6 +78,7 @@ struct sg_smtp_client_s {
     sg_str_t                     xclient_attrs;
     unsigned                     state;
     unsigned                     tls_active:1;
+    unsigned                     ssl_compact:1; /* proxy_ssl_compact_state */
     unsigned                     finished:1;
     unsigned                     aborted:1;     /* the worker drains */
 };

@@ -48,8 +48,10 @@ int sg_ssl_handshake(sg_connection_t *c);
  * certificate policy (SG_OK), or the connection must close (logged). */
 int sg_ssl_check_session(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
 /* ssl_compact_state (compact, of the server the session ended up
- * with): after a TLS 1.3 handshake, hand the records to smtpgate's own layer and free the
- * SSL object (sg_ssl_record.h); otherwise OpenSSL goes on with them. */
+ * with) or proxy_ssl_compact_state (a backend connection, the client
+ * side): after a TLS 1.3 handshake, or TLS 1.2 with an AEAD suite, hand
+ * the records to smtpgate's own layer and free the SSL object
+ * (sg_ssl_record.h); otherwise OpenSSL goes on with them. */
 void sg_ssl_release(sg_connection_t *c, bool compact);
 /* What a server context needs for that (sg_ssl_build_ctx). */
 void sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact);

@@ -123,30 +123,18 @@ sg_ssl_bio_read(BIO *b, char *buf, int len)
     return -1;
 }
 
-/* Send what is held: 1 when all is out, 0 when the socket is full, -1
- * on an error (errno). */
+/* Send what is held: SG_OK when all is out, SG_AGAIN when the socket
+ * is full, SG_ERROR (errno). */
 static int
 sg_ssl_bio_send_held(sg_ssl_bio_t *st)
 {
-    ssize_t  n;
+    int  rc;
 
-    while (st->out_pos < st->out_end) {
-        n = send(st->fd, st->out + st->out_pos, st->out_end - st->out_pos,
-                 MSG_NOSIGNAL);
-        if (n > 0) {
-            st->out_pos += (size_t) n;
-            continue;
-        }
-        if (n == -1 && errno == EINTR) {
-            continue;
-        }
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return 0;
-        }
-        return -1;
+    rc = sg_send_rest(st->fd, st->out, st->out_end, &st->out_pos);
+    if (rc == SG_OK) {
+        sg_ssl_bio_drop_out(st);
     }
-    sg_ssl_bio_drop_out(st);
-    return 1;
+    return rc;
 }
 
 static int
@@ -185,8 +173,8 @@ sg_ssl_bio_write(BIO *b, const char *data, int len)
     }
     if (st->out) {
         rc = sg_ssl_bio_send_held(st);
-        if (rc <= 0) {
-            if (rc == 0) {
+        if (rc != SG_OK) {
+            if (rc == SG_AGAIN) {
                 BIO_set_retry_write(b);
             }
             return -1;
@@ -308,17 +296,14 @@ sg_ssl_bio_flush(sg_connection_t *c)
         return SG_OK;
     }
     rc = sg_ssl_bio_send_held(st);
-    if (rc == 1) {
-        return SG_OK;
-    }
-    if (rc == 0) {
+    if (rc == SG_AGAIN) {
         c->write->ready = 0;
-        return SG_AGAIN;
+    } else if (rc == SG_ERROR) {
+        c->write->error = 1;
+        c->error = 1;
+        sg_log_error(SG_LOG_INFO, c->log, errno, "send() failed");
     }
-    c->write->error = 1;
-    c->error = 1;
-    sg_log_error(SG_LOG_INFO, c->log, errno, "send() failed");
-    return SG_ERROR;
+    return rc;
 }
 
 bool

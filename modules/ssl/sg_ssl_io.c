@@ -196,10 +196,10 @@ sg_ssl_keylog(const SSL *ssl, const char *line)
     bool                ours;
 
     if (strncmp(line, client, sizeof(client) - 1) == 0) {
-        ours = false;
+        ours = !SSL_is_server(ssl);           /* a backend connection's */
         p = line + sizeof(client) - 1;
     } else if (strncmp(line, server, sizeof(server) - 1) == 0) {
-        ours = true;
+        ours = SSL_is_server(ssl);
         p = line + sizeof(server) - 1;
     } else {
         return;                    /* handshake and exporter secrets */
@@ -249,7 +249,7 @@ sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact)
 /* TLS 1.2: the keys come from the session's master secret and the two
  * randoms; both sides' Finished was record 0 under them. */
 static sg_ssl_rec_t *
-sg_ssl_release_tls12(SSL *ssl)
+sg_ssl_release_tls12(SSL *ssl, bool client)
 {
     const SSL_CIPHER  *cipher = SSL_get_current_cipher(ssl);
     const EVP_MD      *md = SSL_CIPHER_get_handshake_digest(cipher);
@@ -269,7 +269,7 @@ sg_ssl_release_tls12(SSL *ssl)
     r = sg_ssl_rec_new_tls12(SSL_CIPHER_get_cipher_nid(cipher),
                              EVP_MD_get0_name(md),
                              SSL_CIPHER_get_name(cipher), master, n, cr, sr,
-                             1, 1, false);
+                             1, 1, client);
     OPENSSL_cleanse(master, sizeof(master));
     return r;
 }
@@ -283,12 +283,13 @@ sg_ssl_release(sg_connection_t *c, bool compact)
     const char        *why;
     sg_str_t           in, out;
     int                version = SSL_version(ssl);
+    bool               client = !SSL_is_server(ssl);
 
     if (!compact) {
         why = NULL;
     } else if (version != TLS1_3_VERSION && version != TLS1_2_VERSION) {
         why = "not TLS 1.2 or 1.3";
-    } else if (SSL_get0_peer_certificate(ssl) != NULL) {
+    } else if (!client && SSL_get0_peer_certificate(ssl) != NULL) {
         why = "a client certificate is kept for the session";
     } else if (version == TLS1_3_VERSION
                && (s == NULL || s->rlen == 0 || s->rlen != s->wlen))
@@ -303,12 +304,18 @@ sg_ssl_release(sg_connection_t *c, bool compact)
     {
         why = "the client asked for smaller records";
     } else {
+        /* Our first sequence numbers: a server's is the tickets it
+         * sent; a client's is 0 (it sends no tickets, and reads the
+         * server's with the records that follow). */
         r = version == TLS1_2_VERSION
-            ? sg_ssl_release_tls12(ssl)
+            ? sg_ssl_release_tls12(ssl, client)
             : sg_ssl_rec_new(SSL_CIPHER_get_protocol_id(
                                  SSL_get_current_cipher(ssl)),
                              s->rsecret, s->wsecret, s->rlen, 0,
-                             s->tickets);
+                             client ? 0 : s->tickets);
+        if (r && client) {
+            sg_ssl_rec_as_client(r);
+        }
         why = "the cipher suite is not one smtpgate seals";
     }
     if (r) {

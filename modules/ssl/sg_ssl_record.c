@@ -46,7 +46,11 @@
 #define SG_SSL_ALERT_USER_CANCELED       90
 #define SG_SSL_ALERT_NO_RENEGOTIATION    100
 
+#define SG_SSL_HS_NEW_SESSION_TICKET  4
 #define SG_SSL_HS_KEY_UPDATE  24
+/* A post-handshake message split over records is gathered up to this
+ * size (a NewSessionTicket's ticket is at most 2^16 - 1 octets). */
+#define SG_SSL_HS_MAX         (SG_SSL_REC_PLAIN_MAX * 5)
 
 typedef struct {
     unsigned       id;
@@ -102,6 +106,11 @@ struct sg_ssl_rec_s {
     unsigned               closed:1;       /* close_notify came */
     unsigned               failed:1;
     unsigned               said_goodbye:1; /* an alert went out */
+    unsigned               client:1;       /* our side is the client's */
+
+    u_char                *hs;             /* a handshake message split
+                                              over records, so far */
+    size_t                 hs_len;
     unsigned               goodbye_queued:1; /* close_notify is in out */
 };
 
@@ -367,6 +376,12 @@ sg_ssl_rec_new_tls12(int cipher_nid, const char *prf_digest,
 }
 
 void
+sg_ssl_rec_as_client(sg_ssl_rec_t *r)
+{
+    r->client = 1;
+}
+
+void
 sg_ssl_rec_free(sg_ssl_rec_t *r)
 {
     if (r == NULL) {
@@ -376,6 +391,7 @@ sg_ssl_rec_free(sg_ssl_rec_t *r)
     EVP_CIPHER_CTX_free(r->wr.ctx);
     free(r->in);
     free(r->out);
+    free(r->hs);
     OPENSSL_cleanse(r, sizeof(*r));
     free(r);
 }
@@ -529,18 +545,15 @@ sg_ssl_rec_fail(sg_ssl_rec_t *r, sg_log_t *log, int alert, const char *why)
     return SG_ERROR;
 }
 
-/* A KeyUpdate, the only handshake message a client may send now; it
- * must be alone in its record, which also keeps it at the end of one
- * (RFC 8446 5.1). */
+/* Who sent what we read, for the log. */
+#define sg_ssl_rec_peer(r)  ((r)->client ? "the backend" : "the client")
+
+/* A KeyUpdate (RFC 8446 4.6.3), whole; last in its record (checked by
+ * the caller): the next record is under the next key. */
 static int
-sg_ssl_rec_handshake(sg_ssl_rec_t *r, const u_char *p, size_t len,
+sg_ssl_rec_key_update(sg_ssl_rec_t *r, const u_char *p, size_t len,
     sg_log_t *log)
 {
-    if (len < 4 || p[0] != SG_SSL_HS_KEY_UPDATE) {
-        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
-                               "the client sent a handshake message other "
-                               "than KeyUpdate after the handshake");
-    }
     if (len != 5 || p[1] != 0 || p[2] != 0 || p[3] != 1) {
         return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_DECODE_ERROR,
                                "a malformed KeyUpdate");
@@ -556,8 +569,117 @@ sg_ssl_rec_handshake(sg_ssl_rec_t *r, const u_char *p, size_t len,
     if (p[4] == 1) {
         r->key_update_due = 1;          /* before our next record */
     }
-    sg_log_debug(log, "TLS KeyUpdate from the client%s",
+    sg_log_debug(log, "TLS KeyUpdate from %s%s", sg_ssl_rec_peer(r),
                  p[4] ? ", update requested" : "");
+    return SG_OK;
+}
+
+/* The handshake messages of one record.  A client may send only
+ * KeyUpdate now, alone in its record (RFC 8446 5.1).  A server (when
+ * we are the client, towards a backend) also sends NewSessionTickets,
+ * which smtpgate does not use: several may share a record, and one may
+ * span records, so a message is gathered until it is whole. */
+static int
+sg_ssl_rec_handshake(sg_ssl_rec_t *r, const u_char *p, size_t len,
+    sg_log_t *log)
+{
+    const u_char  *m;
+    size_t         have, mlen, n;
+    u_char        *hs;
+    int            rc;
+
+    if (!r->client) {
+        if (len < 4 || p[0] != SG_SSL_HS_KEY_UPDATE) {
+            return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                                   "the client sent a handshake message "
+                                   "other than KeyUpdate after the "
+                                   "handshake");
+        }
+        return sg_ssl_rec_key_update(r, p, len, log);
+    }
+    if (len == 0) {
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                               "an empty handshake record");
+    }
+    while (len) {
+        if (r->hs_len) {
+            /* the rest of a message begun in an earlier record */
+            have = r->hs_len;
+            mlen = have >= 4 ? ((size_t) r->hs[1] << 16
+                                | (size_t) r->hs[2] << 8 | r->hs[3]) + 4
+                             : 4;
+            n = sg_min(len, (have < 4 ? 4 : mlen) - have);
+            memcpy(r->hs + have, p, n);
+            r->hs_len += n;
+            p += n;
+            len -= n;
+            if (r->hs_len < 4) {
+                continue;
+            }
+            mlen = ((size_t) r->hs[1] << 16 | (size_t) r->hs[2] << 8
+                    | r->hs[3]) + 4;
+            if (mlen > SG_SSL_HS_MAX) {
+                return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_DECODE_ERROR,
+                                       "a post-handshake message too long");
+            }
+            if (r->hs_len < mlen) {
+                continue;                /* more in the next record */
+            }
+            m = r->hs;
+        } else {
+            mlen = len >= 4 ? ((size_t) p[1] << 16 | (size_t) p[2] << 8
+                               | p[3]) + 4
+                            : SIZE_MAX;
+            if (mlen > len) {
+                /* split: keep what came for the next record */
+                if (mlen != SIZE_MAX && mlen > SG_SSL_HS_MAX) {
+                    return sg_ssl_rec_fail(r, log,
+                                           SG_SSL_ALERT_DECODE_ERROR,
+                                           "a post-handshake message too "
+                                           "long");
+                }
+                hs = malloc(SG_SSL_HS_MAX);
+                if (hs == NULL) {
+                    return sg_ssl_rec_fail(r, log,
+                                           SG_SSL_ALERT_INTERNAL_ERROR,
+                                           "no memory for a handshake "
+                                           "message");
+                }
+                memcpy(hs, p, len);
+                r->hs = hs;
+                r->hs_len = len;
+                return SG_OK;
+            }
+            m = p;
+            p += mlen;
+            len -= mlen;
+        }
+        switch (m[0]) {
+        case SG_SSL_HS_NEW_SESSION_TICKET:
+            rc = SG_OK;                 /* not kept: nothing resumes */
+            break;
+        case SG_SSL_HS_KEY_UPDATE:
+            rc = len ? sg_ssl_rec_fail(r, log,
+                                       SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                                       "data after a KeyUpdate in its "
+                                       "record")
+                     : sg_ssl_rec_key_update(r, m, mlen, log);
+            break;
+        default:
+            rc = sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE,
+                                 "the backend sent a handshake message "
+                                 "other than NewSessionTicket or KeyUpdate "
+                                 "after the handshake");
+        }
+        if (m == r->hs) {
+            free(r->hs);
+            r->hs = NULL;
+            r->hs_len = 0;
+        }
+        if (rc != SG_OK) {
+            return rc;
+        }
+    }
     return SG_OK;
 }
 
@@ -679,14 +801,16 @@ sg_ssl_rec_open(sg_ssl_rec_t *r, sg_log_t *log)
         {
             return SG_OK;
         }
-        snprintf(why, sizeof(why), "the client sent alert %u (%s)",
-                 content[1], SSL_alert_desc_string_long(content[1]));
+        snprintf(why, sizeof(why), "%s sent alert %u (%s)",
+                 sg_ssl_rec_peer(r), content[1],
+                 SSL_alert_desc_string_long(content[1]));
         return sg_ssl_rec_fail(r, log, -1, why);
     case SG_SSL_REC_HANDSHAKE:
         if (r->tls12) {
+            snprintf(why, sizeof(why), "%s asked to renegotiate (refused)",
+                     sg_ssl_rec_peer(r));
             return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_NO_RENEGOTIATION,
-                                   "the client asked to renegotiate "
-                                   "(refused)");
+                                   why);
         }
         return sg_ssl_rec_handshake(r, content, len, log);
     }
@@ -907,9 +1031,9 @@ sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size)
         if (n == 0) {
             c->read->ready = 0;
             if (r->in_start < r->in_end) {
-                sg_log_error(SG_LOG_INFO, c->log, 0, "TLS read failed: the "
-                             "client closed the connection in the middle "
-                             "of a record");
+                sg_log_error(SG_LOG_INFO, c->log, 0, "TLS read failed: %s "
+                             "closed the connection in the middle of a "
+                             "record", sg_ssl_rec_peer(r));
                 r->failed = 1;
                 c->read->error = 1;
                 c->error = 1;
@@ -940,22 +1064,14 @@ sg_ssl_rec_recv(sg_connection_t *c, u_char *buf, size_t size)
 static int
 sg_ssl_rec_flush(sg_connection_t *c, sg_ssl_rec_t *r)
 {
-    ssize_t  n;
+    int  rc;
 
-    while (r->out_pos < r->out_end) {
-        n = send(c->fd, r->out + r->out_pos, r->out_end - r->out_pos,
-                 MSG_NOSIGNAL);
-        if (n > 0) {
-            r->out_pos += (size_t) n;
-            continue;
-        }
-        if (n == -1 && errno == EINTR) {
-            continue;
-        }
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            c->write->ready = 0;
-            return SG_AGAIN;
-        }
+    rc = sg_send_rest(c->fd, r->out, r->out_end, &r->out_pos);
+    if (rc == SG_AGAIN) {
+        c->write->ready = 0;
+        return SG_AGAIN;
+    }
+    if (rc == SG_ERROR) {
         c->write->error = 1;
         c->error = 1;
         sg_log_error(SG_LOG_INFO, c->log, errno, "send() failed");

@@ -55,6 +55,9 @@ sg_ssl_rec_t *sg_ssl_rec_new_tls12(int cipher_nid, const char *prf_digest,
     const u_char *client_random, const u_char *server_random,
     uint64_t rseq, uint64_t wseq, bool as_client);
 void sg_ssl_rec_free(sg_ssl_rec_t *r);
+/* Our side is the client (a backend connection): the peer may also send
+ * NewSessionTickets, which are read and dropped. */
+void sg_ssl_rec_as_client(sg_ssl_rec_t *r);
 /* The suite's name ("TLS_AES_256_GCM_SHA384"), the protocol's. */
 const char *sg_ssl_rec_cipher_name(sg_ssl_rec_t *r);
 const char *sg_ssl_rec_protocol(sg_ssl_rec_t *r);

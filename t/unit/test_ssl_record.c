@@ -886,6 +886,137 @@ test_engine_messages(void)
     }
 }
 
+/* Our side the client (a backend connection): NewSessionTickets are
+ * read and dropped, several in a record or one over several records;
+ * KeyUpdate is taken, but only last in its record; anything else, or a
+ * message too long, ends it. */
+static void
+test_engine_client_role(void)
+{
+    static u_char  wire[4 * SG_SSL_REC_MAX], msg[40000];
+    u_char         out[64], nst[300];
+    sg_ssl_rec_t  *a, *b;
+    size_t         w, i, n, cut;
+    ssize_t        got;
+
+    /* a NewSessionTicket of 300 octets (its body does not matter) */
+    memset(nst, 0x5a, sizeof(nst));
+    nst[0] = 4;
+    nst[1] = 0;
+    nst[2] = (sizeof(nst) - 4) >> 8;
+    nst[3] = (sizeof(nst) - 4) & 0xff;
+
+    /* one per record, three in one record, then data */
+    if (CHECK(rec_pair(SG_SSL_REC_AES_128_GCM_SHA256, 32, &a, &b) == 0)) {
+        return;
+    }
+    sg_ssl_rec_as_client(a);
+    w = sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE, nst, sizeof(nst), 0, wire);
+    for (i = 0; i < 3; i++) {
+        memcpy(msg + i * sizeof(nst), nst, sizeof(nst));
+    }
+    w += sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE, msg, 3 * sizeof(nst), 0,
+                         wire + w);
+    w += sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION,
+                         (const u_char *) "220 ok\r\n", 8, 0, wire + w);
+    sg_ssl_rec_feed(a, wire, w);
+    CHECK_MEM(out, (size_t) sg_ssl_rec_read(a, out, sizeof(out),
+                                            &quiet_log), "220 ok\r\n", 8);
+    sg_ssl_rec_free(a);
+    sg_ssl_rec_free(b);
+
+    /* one message over records cut at every place, even in its header,
+     * and a KeyUpdate request after it */
+    for (cut = 1; cut < sizeof(nst); cut += (cut < 8 ? 1 : 37)) {
+        if (CHECK(rec_pair(SG_SSL_REC_CHACHA20_POLY1305_SHA256, 32, &a, &b)
+                  == 0))
+        {
+            return;
+        }
+        sg_ssl_rec_as_client(a);
+        w = sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE, nst, cut, 0, wire);
+        w += sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE, nst + cut,
+                             sizeof(nst) - cut, 0, wire + w);
+        w += sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE,
+                             (const u_char *) "\x18\x00\x00\x01\x01", 5,
+                             0, wire + w);
+        CHECK_INT(sg_ssl_rec_update_write(b), SG_OK);
+        w += sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION,
+                             (const u_char *) "250 ok\r\n", 8, 0, wire + w);
+        sg_ssl_rec_feed(a, wire, w);
+        got = sg_ssl_rec_read(a, out, sizeof(out), &quiet_log);
+        if (CHECK_MEM(out, (size_t) got, "250 ok\r\n", 8)) {
+            printf("    cut at %zu\n", cut);
+        }
+        sg_ssl_rec_free(a);
+        sg_ssl_rec_free(b);
+    }
+
+    /* a ticket of 40000 octets over three records */
+    if (CHECK(rec_pair(SG_SSL_REC_AES_256_GCM_SHA384, 48, &a, &b) == 0)) {
+        return;
+    }
+    sg_ssl_rec_as_client(a);
+    memset(msg, 0x11, sizeof(msg));
+    msg[0] = 4;
+    msg[1] = 0;
+    msg[2] = (sizeof(msg) - 4) >> 8;
+    msg[3] = (sizeof(msg) - 4) & 0xff;
+    for (i = 0, w = 0; i < sizeof(msg); i += n) {
+        n = sg_min(sizeof(msg) - i, SG_SSL_REC_PLAIN_MAX);
+        w += sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE, msg + i, n, 0, wire + w);
+    }
+    w += sg_ssl_rec_seal(b, SG_SSL_REC_APPLICATION, (const u_char *) "x", 1,
+                         0, wire + w);
+    for (i = 0, got = SG_AGAIN; i < w && got == SG_AGAIN; i += n) {
+        /* as it comes off a socket, as much as the buffer takes */
+        n = sg_ssl_rec_feed(a, wire + i, sg_min(w - i, (size_t) 1000));
+        got = sg_ssl_rec_read(a, out, sizeof(out), &quiet_log);
+    }
+    if (CHECK_MEM(out, (size_t) got, "x", 1)) {
+        printf("    got %zd, fed %zu of %zu, alert %d\n", got, i, w,
+               sg_ssl_rec_alert(a));
+    }
+    sg_ssl_rec_free(a);
+    sg_ssl_rec_free(b);
+
+    /* refused: a KeyUpdate with a ticket behind it in its record, a
+     * CertificateRequest (no post-handshake authentication was
+     * offered), a message longer than the limit, an empty record */
+    {
+        static const struct {
+            const char  *bytes;
+            size_t       len;
+            int          alert;
+        } bad[] = {
+            { "\x18\x00\x00\x01\x00\x04\x00\x00\x00", 9, 10 },
+            { "\x0d\x00\x00\x00", 4, 10 },
+            { "\x04\x10\x00\x00", 4, 50 },
+            { "", 0, 10 },
+        };
+
+        for (i = 0; i < sg_nelems(bad); i++) {
+            if (CHECK(rec_pair(SG_SSL_REC_AES_128_GCM_SHA256, 32, &a, &b)
+                      == 0))
+            {
+                return;
+            }
+            sg_ssl_rec_as_client(a);
+            w = sg_ssl_rec_seal(b, SG_SSL_REC_HANDSHAKE,
+                                (const u_char *) bad[i].bytes, bad[i].len, 0,
+                                wire);
+            sg_ssl_rec_feed(a, wire, w);
+            CHECK_INT(sg_ssl_rec_read(a, out, sizeof(out), &quiet_log),
+                      SG_ERROR);
+            if (CHECK_INT(sg_ssl_rec_alert(a), bad[i].alert)) {
+                printf("    case %zu\n", i);
+            }
+            sg_ssl_rec_free(a);
+            sg_ssl_rec_free(b);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -908,6 +1039,7 @@ main(void)
     RUN(test_forged_records);
     RUN(test_engine_padding_and_splits);
     RUN(test_engine_messages);
+    RUN(test_engine_client_role);
 
     X509_free(test_cert);
     EVP_PKEY_free(test_key);
