@@ -553,6 +553,18 @@ test_key_update(void)
     tp_close(&p);
 }
 
+/* The client's next read finds close_notify: the end of the stream. */
+static void
+client_sees_close_notify(tpair_t *p)
+{
+    u_char  buf[64];
+    int     n;
+
+    n = SSL_read(p->client, buf, sizeof(buf));
+    CHECK_INT(n, 0);
+    CHECK_INT(SSL_get_error(p->client, n), SSL_ERROR_ZERO_RETURN);
+}
+
 static void
 test_close_notify(void)
 {
@@ -582,9 +594,7 @@ test_close_notify(void)
     CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
     sg_ssl_shutdown(&p.c);
     CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
-    n = SSL_read(p.client, buf, sizeof(buf));
-    CHECK_INT(n, 0);
-    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    client_sees_close_notify(&p);
     tp_close(&p);
 
     /* the last reply (last_write, set by the relay when the backend
@@ -595,9 +605,7 @@ test_close_notify(void)
     p.c.last_write = 1;
     CHECK_INT(p.c.send(&p.c, (const u_char *) "221 bye\r\n", 9), 9);
     CHECK_MEM(buf, client_read(&p, buf, 9), "221 bye\r\n", 9);
-    n = SSL_read(p.client, buf, sizeof(buf));
-    CHECK_INT(n, 0);
-    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    client_sees_close_notify(&p);
     sg_ssl_shutdown(&p.c);
     CHECK(client_socket_empty(&p));
     CHECK_INT(p.c.send(&p.c, (const u_char *) "x", 1), SG_ERROR);
@@ -631,9 +639,7 @@ test_close_notify(void)
     CHECK(again > 0);                    /* the socket was full */
     CHECK_UINT(got, sizeof(big));
     CHECK(memcmp(big, big2, sizeof(big)) == 0);
-    n = SSL_read(p.client, buf, sizeof(buf));
-    CHECK_INT(n, 0);
-    CHECK_INT(SSL_get_error(p.client, n), SSL_ERROR_ZERO_RETURN);
+    client_sees_close_notify(&p);
     tp_close(&p);
 
     /* a plain end of stream, no close_notify: an end all the same */
