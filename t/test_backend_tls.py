@@ -432,3 +432,18 @@ def test_health_check_without_ssl_marks_a_tls_backend_down(smtpgate,
         f"health_check interval=200ms timeout=300ms; }}"))
     g.wait_log(rf"upstream pool: server {b.address} is down: health check "
                r"failed: timed out during greeting")
+
+
+def test_quit_goes_inside_tls(smtpgate, make_backend):
+    """The client's QUIT, answered by smtpgate, reaches a TLS backend
+    inside TLS."""
+    b = make_backend(tls="implicit")
+    g = smtpgate(tls_gate_conf(b.address, "proxy_ssl on;"))
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.mail("a@example.org", ["b@example.org"], MSG).code == 250
+        assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    b.wait_command("QUIT")
+    assert b.sessions[-1].tls in ("TLSv1.2", "TLSv1.3")

@@ -156,7 +156,7 @@ def test_backend_defaults_unchanged(backend, xclient_backend):
     backend.wait_connections(1)
     assert backend.connections == 1
     assert backend.sessions[0].index == 0
-    assert [v for v, _ in backend.commands] == ["EHLO", "AUTH"]
+    assert [v for v, _ in backend.commands] == ["EHLO", "AUTH", "QUIT"]
 
 
 # --------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_backend_starttls_ip_san_no_sni(tls_backend, pki):
     assert m.conn.tls_mode == "starttls"
     assert m.content == MSG
     assert [v for v, _ in b.commands] == ["EHLO", "STARTTLS", "EHLO",
-                                          "MAIL", "RCPT"]
+                                          "MAIL", "RCPT", "QUIT"]
 
 
 def test_backend_starttls_sni(tls_backend, pki):

@@ -217,21 +217,155 @@ def test_msmtp_auth_login(gate, backend):
 N_CLOSE_SESSIONS = 60
 
 
-def test_session_ends_when_the_backend_closes_after_quit(smtpgate, sink):
-    """After the backend's 221 and close, smtpgate closes the client's
-    connection too, at once, every time: a relay that missed the
-    backend's FIN would leave a client that waits for the close (as
-    RFC 5321 lets it) hanging until proxy_timeout.  Many short sessions,
-    because a FIN arriving on an edge of its own is a matter of timing."""
+@pytest.mark.parametrize("quit", ["answered-here", "passed-on"])
+def test_session_ends_at_once_after_quit(smtpgate, sink, quit):
+    """After QUIT smtpgate closes the client's connection at once, every
+    time: when it answers QUIT itself, and when QUIT goes to the backend
+    (after a command the relay does not follow) and the backend's 221
+    and close come back: a relay that missed the backend's FIN would
+    leave a client that waits for the close (as RFC 5321 lets it)
+    hanging until proxy_timeout.  Many short sessions, because a FIN
+    arriving on an edge of its own is a matter of timing."""
     g = smtpgate(gatelib.conf(backend=sink, proxy_timeout="60s"))
     for i in range(N_CLOSE_SESSIONS):
         with g.session(timeout=20) as c:
             c.ehlo()
             assert c.auth_plain("dave", password("dave")).code == 235
+            if quit == "passed-on":
+                assert c.cmd("XYZZY").code == 500
             assert c.mail("s@example.org", ["r@example.org"],
                           make_message(10240, seed=i)).code == 250
             r = c.cmd("QUIT")
-            assert r.code == 221
+            assert r.raw == (b"221 2.0.0 Bye\r\n" if quit == "answered-here"
+                             else b"221 Bye\r\n"), (i, r)
             started = time.monotonic()
             c.expect_closed()
             assert time.monotonic() - started < 5, f"session {i}"
+
+
+# --------------------------------------------------------------------------
+# QUIT in the relay: answered by smtpgate when every reply the client was
+# owed has come, and passed on to the backend, whose own reply is not
+# waited for.
+
+
+def _relayed_session(g, user="alice"):
+    c = g.session()
+    c.ehlo()
+    assert c.auth_plain(user, password(user)).code == 235
+    return c
+
+
+def _wait_closed(backend, timeout=10):
+    net.wait_until(lambda: backend.sessions
+                   and not backend.sessions[-1].open, timeout,
+                   what="the backend connection to close")
+
+
+def test_quit_after_a_message_is_answered_here(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend))
+    mark = g.log_mark()
+    with _relayed_session(g) as c:
+        r = c.mail("a@example.org", ["b@example.org"],
+                   make_message(4096, seed=1))
+        assert r.raw == b"250 2.0.0 Message accepted by backend\r\n", r
+        assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    backend.wait_messages(1)
+    # The backend heard QUIT, after the message, and the connection
+    # closed: nothing is left open behind the client.
+    backend.wait_command("QUIT")
+    _wait_closed(backend)
+    assert [v for v, _ in backend.sessions[-1].commands][-1] == "QUIT"
+    g.wait_log(r"\[info\] .*\*\d+ client sent QUIT, backend connection told "
+               r"QUIT and closed, ", since=mark)
+
+
+def test_quit_pipelined_after_the_message_waits_for_its_reply(smtpgate,
+                                                              make_backend):
+    """The end of the message and QUIT in one write, to a backend slow to
+    accept the message: the client gets the backend's 250 first, then
+    the 221, and the message is delivered."""
+    backend = make_backend(delays={"DATA": 1.0})
+    g = smtpgate(gatelib.conf(backend=backend))
+    with _relayed_session(g) as c:
+        assert c.expect("MAIL FROM:<a@example.org>", 250)
+        assert c.expect("RCPT TO:<b@example.org>", 250)
+        assert c.expect("DATA", 354)
+        c.send(smtp.dot_stuff(make_message(2048, seed=2)) + b"QUIT\r\n")
+        r = c.reply()
+        assert r.raw == b"250 2.0.0 Message accepted by backend\r\n", r
+        assert c.reply().raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    (m,) = backend.wait_messages(1)
+    assert_same_bytes(m.content, make_message(2048, seed=2))
+    backend.wait_command("QUIT")
+
+
+def test_quit_pipelined_after_a_refused_rcpt(smtpgate, make_backend):
+    """MAIL, RCPT and QUIT together: the RCPT's refusal comes first."""
+    backend = make_backend(replies={"RCPT": "550 5.1.1 no such user"},
+                           delays={"RCPT": 0.5})
+    g = smtpgate(gatelib.conf(backend=backend))
+    with _relayed_session(g) as c:
+        c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<x@example.org>\r\n"
+               b"QUIT\r\n")
+        assert c.reply().code == 250
+        assert c.reply().raw == b"550 5.1.1 no such user\r\n"
+        assert c.reply().raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    backend.wait_command("QUIT")
+
+
+def test_nothing_after_quit_reaches_the_backend(smtpgate, backend):
+    """Commands pipelined behind QUIT are dropped with it."""
+    g = smtpgate(gatelib.conf(backend=backend))
+    with _relayed_session(g) as c:
+        c.send(b"QUIT\r\nMAIL FROM:<late@example.org>\r\n"
+               b"RCPT TO:<b@example.org>\r\nDATA\r\n")
+        assert c.reply().raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    backend.wait_command("QUIT")
+    _wait_closed(backend)
+    assert backend.seen("MAIL") == []
+
+
+@pytest.mark.parametrize("how", ["unknown-command", "quit-argument"])
+def test_quit_goes_to_the_backend_when_the_session_is_not_followed(
+        smtpgate, backend, how):
+    """After anything the relay does not follow without doubt, QUIT and
+    its reply pass unchanged, the backend's own words."""
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    mark = g.log_mark()
+    with _relayed_session(g) as c:
+        if how == "unknown-command":
+            assert c.cmd("XYZZY").code == 500
+            r = c.cmd("QUIT")
+            why = "a command other than those of RFC 5321"
+            assert r.raw == b"221 2.0.0 backend says bye\r\n", r
+        else:
+            r = c.cmd("QUIT now")
+            why = "QUIT with an argument"
+            # aiosmtpd refuses the argument, as RFC 5321 allows no other
+            # form; the session goes on.
+            assert r.code == 501, r
+            assert c.cmd("QUIT").raw == b"221 2.0.0 backend says bye\r\n"
+        c.expect_closed()
+    g.wait_log(r"the session is no longer followed: " + why
+               + "; QUIT goes to the backend", since=mark)
+    g.wait_log(r"backend \S+ closed the connection", since=mark)
+
+
+def test_quit_through_real_postfix(smtpgate, postfix):
+    """Postfix logs the session as ended by QUIT, not as a lost
+    connection."""
+    g = smtpgate(gatelib.conf(backend=postfix))
+    with _relayed_session(g) as c:
+        assert c.mail("a@example.org", ["b@example.org"],
+                      make_message(1024, seed=4)).code == 250
+        assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    postfix.wait_messages(1)
+    postfix.wait_log(r"smtpd\[\d+\]: disconnect from \S+ ehlo=\d.* mail=1 "
+                     r"rcpt=1 data=1 quit=1 commands=")
+    assert "lost connection" not in postfix.log_text()

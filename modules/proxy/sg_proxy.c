@@ -130,6 +130,8 @@ typedef struct {
     unsigned            tracking:1;
     unsigned            closing:1;  /* QUIT answered, 221 going out */
     unsigned            keep:1;     /* keep the backend connection */
+    unsigned            keepable:1; /* proxy_keepalive may keep it */
+    unsigned            quit_up:1;  /* tell it QUIT before the close */
     unsigned            reused:1;   /* this attempt took a kept one */
     unsigned            no_reuse:1;
     unsigned            up_eof:1;
@@ -589,6 +591,19 @@ sg_proxy_close_backend(sg_connection_t *c)
     sg_close_connection(c);
 }
 
+/* The session ended with the client's QUIT, answered here: the backend
+ * is told QUIT too, and its reply is not waited for (as Postfix's
+ * smtp_skip_quit_response does): nothing can be lost at a command
+ * boundary with every reply in. */
+static void
+sg_proxy_quit_backend(sg_connection_t *c)
+{
+    if (!c->close) {
+        (void) c->send(c, (u_char *) "QUIT\r\n", 6);
+    }
+    sg_proxy_close_backend(c);
+}
+
 static void
 sg_proxy_idle_close(sg_proxy_idle_t *idle, const char *why)
 {
@@ -680,9 +695,12 @@ sg_proxy_keep(sg_proxy_ctx_t *ctx)
     ctx->up = NULL;
     clean = sg_proxy_track_clean(&ctx->track);
     if (sg_exiting || c->close || pcf->nidle >= (size_t) pcf->keepalive
-        || xa->len > sizeof(idle->xclient_attrs)
-        || (!clean && c->send(c, (u_char *) "RSET\r\n", 6) != 6))
+        || xa->len > sizeof(idle->xclient_attrs))
     {
+        sg_proxy_quit_backend(c);
+        return;
+    }
+    if (!clean && c->send(c, (u_char *) "RSET\r\n", 6) != 6) {
         sg_proxy_close_backend(c);
         return;
     }
@@ -749,6 +767,10 @@ sg_proxy_cleanup(void *data)
     sg_proxy_close_pipes(ctx);
     if (ctx->up && ctx->keep) {
         sg_proxy_keep(ctx);
+    }
+    if (ctx->up && ctx->quit_up) {
+        sg_proxy_quit_backend(ctx->up);
+        ctx->up = NULL;
     }
     if (ctx->up) {
         sg_proxy_close_backend(ctx->up);
@@ -1294,23 +1316,24 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
         sg_smtp_close_session(s);
         return;
     }
-    /* Follow the session when its backend connection may be kept. */
-    if (ctx->conf->keepalive && !cl->auth && cl->proxy_protocol == 0
-        && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests)
-    {
-        sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
-                            (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
-        ctx->tracking = 1;
-        if (sg_buf_size(&cl->in)) {
-            ctx->track.state = SG_TRACK_OFF;
-            ctx->track.why = "the backend spoke before any command";
-        } else if (cl->xclient_sent && !cl->ehlo.xclient) {
-            /* It speaks for this client now and would not take another
-             * XCLIENT (Postfix, where the client it was told of is not
-             * among smtpd_authorized_xclient_hosts). */
-            ctx->track.state = SG_TRACK_OFF;
-            ctx->track.why = "after XCLIENT the backend offers no other";
-        }
+    /* Follow the session: its QUIT is answered here, and its backend
+     * connection may be kept. */
+    sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
+                        (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
+    ctx->tracking = 1;
+    ctx->keepable = ctx->conf->keepalive && !cl->auth
+        && cl->proxy_protocol == 0
+        && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests;
+    if (sg_buf_size(&cl->in)) {
+        ctx->track.state = SG_TRACK_OFF;
+        ctx->track.why = "the backend spoke before any command";
+    } else if (ctx->keepable && cl->xclient_sent && !cl->ehlo.xclient) {
+        /* It speaks for this client now and would not take another
+         * XCLIENT (Postfix, where the client it was told of is not
+         * among smtpd_authorized_xclient_hosts). */
+        ctx->keepable = 0;
+        sg_log_debug(s->log, "the backend connection will not be kept: "
+                     "after XCLIENT the backend offers no other");
     }
     sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s ready%s%s%s",
                  SG_STR_ARG(&ctx->peer->name),
@@ -1593,9 +1616,12 @@ sg_proxy_relay_handler(sg_event_t *ev)
         }
         /* The 221 is out: the session ends, its backend connection
          * stays, unless the backend spoke out of turn meanwhile. */
-        ctx->keep = !up_eof && ctx->track.state == SG_TRACK_QUIT;
-        sg_log_error(SG_LOG_INFO, s->log, 0, "client sent QUIT%s",
-                     ctx->keep ? ", backend connection kept" : "");
+        ctx->keep = ctx->keepable && !up_eof
+                    && ctx->track.state == SG_TRACK_QUIT;
+        ctx->quit_up = !ctx->keep && !up_eof;
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client sent QUIT, backend "
+                     "connection %s", ctx->keep ? "kept"
+                     : ctx->quit_up ? "told QUIT and closed" : "closed");
         sg_smtp_close_session(s);
         return;
     }
@@ -1617,8 +1643,13 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     if (ctx->tracking && ctx->track.state == SG_TRACK_OFF && ctx->track.why)
     {
-        sg_log_debug(s->log, "the backend connection will not be kept: %s",
-                     ctx->track.why);
+        if (ctx->keepable) {
+            sg_log_debug(s->log, "the backend connection will not be "
+                         "kept: %s", ctx->track.why);
+        } else {
+            sg_log_debug(s->log, "the session is no longer followed: %s; "
+                         "QUIT goes to the backend", ctx->track.why);
+        }
         ctx->track.why = NULL;
     }
     up_empty = sg_buf_size(&ctx->ubuf) == 0;
@@ -1637,8 +1668,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     {
         if (ctx->tracking && ctx->track.state != SG_TRACK_OFF) {
             ctx->track.state = SG_TRACK_OFF;
-            sg_log_debug(s->log, "the backend connection will not be "
-                         "kept: a large transfer goes through splice");
+            ctx->track.why = "a large transfer goes through splice";
         }
         ctx->fwd = 0;
         sg_proxy_splice_init(ctx);

@@ -97,6 +97,12 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
         return;
     }
     if (sg_proxy_track_verb(p, n, "QUIT")) {
+        if (n != 4) {
+            /* RFC 5321 gives QUIT no argument: the server says what it
+             * makes of one. */
+            sg_proxy_track_off(t, "QUIT with an argument");
+            return;
+        }
         t->state = SG_TRACK_QUIT;
         return;
     }

@@ -183,6 +183,10 @@ class _RecordingHandler:
         b._deliver(msg)
         return "250 2.0.0 Message accepted by backend"
 
+    async def handle_QUIT(self, server, session, envelope):
+        self.backend._record("QUIT", "", server.conn)
+        return "221 2.0.0 backend says bye"
+
 
 class _Session(Session):
     """aiosmtpd's Session without the log line its login_data setter
@@ -450,7 +454,7 @@ class AiosmtpdBackend:
             self.delays["DATA"] = data_delay
 
         self.messages = []
-        self.commands = []          # ("EHLO", "name"), ("XCLIENT", "..."), ...
+        self.commands = []          # ("EHLO", "name"), ("XCLIENT", "..."), ..., ("QUIT", "")
         self.sessions = []          # Connection, in accept order
         self.auth_attempts = []     # AuthAttempt
         self.open_connections = 0

@@ -288,7 +288,8 @@ test_off(void)
 {
     static const char  *lines[] = {
         "AUTH PLAIN AAAA\r\n", "STARTTLS\r\n", "XCLIENT ADDR=1.2.3.4\r\n",
-        "TURN\r\n", "ETRN x\r\n", "QUITX\r\n", "\r\n", "NOOP\n",
+        "TURN\r\n", "ETRN x\r\n", "QUITX\r\n", "QUIT now\r\n",
+        "QUIT \r\n", "quit  \r\n", "\r\n", "NOOP\n",
         "NO\rOP\r\n", "MAILFROM:<>\r\n"
     };
     sg_proxy_track_t    t;
@@ -304,6 +305,16 @@ test_off(void)
         CHECK_UINT(client(&t, LIT("QUIT\r\n"), 0), 6);
         CHECK_INT(t.state, SG_TRACK_OFF);
     }
+
+    /* QUIT takes no argument: the server answers one, not the relay */
+    sg_proxy_track_init(&t, false, true);
+    CHECK_UINT(client(&t, LIT("QUIT now\r\n"), 0), 10);
+    CHECK(t.why != NULL && strcmp(t.why, "QUIT with an argument") == 0);
+    /* lower case is QUIT all the same */
+    sg_proxy_track_init(&t, false, true);
+    CHECK_UINT(client(&t, LIT("quit\r\n"), 0), 0);
+    CHECK_INT(t.state, SG_TRACK_QUIT);
+    CHECK(sg_proxy_track_done(&t));
 
     /* a command line that never ends */
     memset(longline, 'A', sizeof(longline));
