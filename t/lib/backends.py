@@ -454,7 +454,8 @@ class AiosmtpdBackend:
             self.delays["DATA"] = data_delay
 
         self.messages = []
-        self.commands = []          # ("EHLO", "name"), ("XCLIENT", "..."), ..., ("QUIT", "")
+        self.commands = []          # ("EHLO", "name"), ("XCLIENT", "..."),
+        #                             ..., ("QUIT", "")
         self.sessions = []          # Connection, in accept order
         self.auth_attempts = []     # AuthAttempt
         self.open_connections = 0
