@@ -20,6 +20,7 @@
 static ssize_t sg_ssl_recv(sg_connection_t *c, u_char *buf, size_t size);
 static ssize_t sg_ssl_send(sg_connection_t *c, const u_char *buf,
     size_t size);
+static void sg_ssl_keylog_off(SSL *ssl);
 
 static void
 sg_ssl_ctx_free(void *data)
@@ -95,9 +96,11 @@ sg_ssl_handshake(sg_connection_t *c)
     }
     ERR_clear_error();
     n = SSL_do_handshake(c->ssl);
+    sg_ssl_keylog_off(c->ssl);
     if (n == 1) {
         c->recv = sg_ssl_recv;
         c->send = sg_ssl_send;
+        SSL_set_msg_callback(c->ssl, NULL);
         /* Reading ahead, the handshake's last read may also have taken
          * the peer's first records (an implicit-TLS client's command
          * sent right behind its Finished).  When that read came without
@@ -151,6 +154,7 @@ typedef struct {
 } sg_ssl_secrets_t;
 
 static int  sg_ssl_secrets_index = -1;
+static int  sg_ssl_compact_index = -1;     /* SSL_CTX: compact state on */
 
 static void
 sg_ssl_secrets_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
@@ -216,6 +220,48 @@ sg_ssl_keylog(const SSL *ssl, const char *line)
     {
         *len = 0;                             /* not released, then */
     }
+    /* Nothing more until the next Finished (sg_ssl_finished). */
+    SSL_CTX_set_keylog_callback(SSL_get_SSL_CTX(ssl), NULL);
+}
+
+/*
+ * OpenSSL writes out every secret it tells the key-log callback as a
+ * line of hex (a sprintf() per byte), five per TLS 1.3 handshake, and
+ * does so only while the SSL_CTX has a callback.  The two wanted are
+ * derived right after a Finished is sent or received: the server's
+ * application secret after the server's Finished (behind the exporter
+ * secret, which comes along), the client's after the client's.  So the
+ * callback is set at each Finished, on the context the handshake runs
+ * under (SNI may have swapped it) when that one has compact state, and
+ * taken off by the callback itself once it has its secret, and by
+ * sg_ssl_keylog_off() after every handshake step: a worker runs one
+ * handshake step at a time.  The two handshake secrets are never
+ * written out; TLS 1.2 needs none: its keys come from the session's
+ * master secret.
+ */
+static void
+sg_ssl_finished(int write_p, int version, int content_type, const void *buf,
+    size_t len, SSL *ssl, void *arg)
+{
+    SSL_CTX  *ctx;
+
+    (void) write_p;
+    (void) arg;
+    if (content_type == SSL3_RT_HANDSHAKE && len > 0
+        && *(const u_char *) buf == SSL3_MT_FINISHED
+        && version == TLS1_3_VERSION)
+    {
+        ctx = SSL_get_SSL_CTX(ssl);
+        if (SSL_CTX_get_ex_data(ctx, sg_ssl_compact_index) != NULL) {
+            SSL_CTX_set_keylog_callback(ctx, sg_ssl_keylog);
+        }
+    }
+}
+
+static void
+sg_ssl_keylog_off(SSL *ssl)
+{
+    SSL_CTX_set_keylog_callback(SSL_get_SSL_CTX(ssl), NULL);
 }
 
 static int
@@ -237,11 +283,18 @@ sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact)
         sg_ssl_secrets_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
                                                     sg_ssl_secrets_free);
     }
+    if (sg_ssl_compact_index < 0) {
+        sg_ssl_compact_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL,
+                                                        NULL);
+    }
     /* Tickets go out under the context the handshake began with, which
-     * SNI may have swapped for one that releases: count on every one. */
+     * SNI may have swapped for one that releases: count on every one,
+     * and watch for Finished on every one (the SSL object keeps the
+     * first context's message callback). */
     SSL_CTX_set_session_ticket_cb(ctx, sg_ssl_ticket_made, NULL, NULL);
+    SSL_CTX_set_msg_callback(ctx, sg_ssl_finished);
     if (compact) {
-        SSL_CTX_set_keylog_callback(ctx, sg_ssl_keylog);
+        (void) SSL_CTX_set_ex_data(ctx, sg_ssl_compact_index, (void *) ctx);
         SSL_CTX_set_read_ahead(ctx, 0);
     }
 }

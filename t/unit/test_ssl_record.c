@@ -166,6 +166,9 @@ tp_open(tpair_t *p, int version, const char *suite, int tickets,
             if (rc == SG_ERROR) {
                 return -1;
             }
+            /* the key-log callback is set only inside a step, from a
+             * Finished on (sg_ssl_finished()), never between steps */
+            CHECK(SSL_CTX_get_keylog_callback(p->sctx) == NULL);
             if (rc == SG_OK) {
                 /* as sg_smtp_tls_handler(), after STARTTLS: a TLS 1.2
                  * Finished goes now, a TLS 1.3 ticket with the reply */
