@@ -369,3 +369,27 @@ def test_quit_through_real_postfix(smtpgate, postfix):
     postfix.wait_log(r"smtpd\[\d+\]: disconnect from \S+ ehlo=\d.* mail=1 "
                      r"rcpt=1 data=1 quit=1 commands=")
     assert "lost connection" not in postfix.log_text()
+
+
+def test_a_large_message_is_no_longer_followed(smtpgate, backend):
+    """Past 128 KB of a message the relay stops reading the session
+    (without proxy_keepalive all it would buy is the QUIT answered
+    here): the message arrives whole, and QUIT and the backend's reply
+    pass unchanged.  A small message in the same setup is followed."""
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    big = make_message(300 * 1024, seed=5)
+    mark = g.log_mark()
+    with _relayed_session(g) as c:
+        assert c.mail("a@example.org", ["b@example.org"], big).code == 250
+        assert c.cmd("QUIT").raw == b"221 2.0.0 backend says bye\r\n"
+        c.expect_closed()
+    (m,) = backend.wait_messages(1)
+    assert_same_bytes(m.content, big)
+    g.wait_log(r"the session is no longer followed: a large message; "
+               r"QUIT goes to the backend", since=mark)
+    with _relayed_session(g) as c:
+        assert c.mail("a@example.org", ["b@example.org"],
+                      make_message(100 * 1024, seed=6)).code == 250
+        assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
+        c.expect_closed()
+    backend.wait_messages(2)

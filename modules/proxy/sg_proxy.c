@@ -30,6 +30,10 @@
 
 /* Bytes relayed before a plaintext session switches to splice(2). */
 #define SG_PROXY_SPLICE_AFTER  (256 * 1024)
+/* Client bytes after which a session whose backend connection cannot be
+ * kept is no longer followed: reading its message text costs more than
+ * the QUIT answered here saves (a backend round trip). */
+#define SG_PROXY_FOLLOW_MAX    (128 * 1024)
 
 #define SG_PROXY_SSL_OFF       0
 #define SG_PROXY_SSL_ON        1
@@ -1469,6 +1473,12 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
 
     for ( ;; ) {
         if (ctx->fwd < sg_buf_size(b) && t->state != SG_TRACK_QUIT) {
+            if (t->state == SG_TRACK_DATA && !ctx->keepable
+                && src->received > SG_PROXY_FOLLOW_MAX)
+            {
+                t->state = SG_TRACK_OFF;        /* all passes from here */
+                t->why = "a large message";
+            }
             full = b->pos == b->start && b->last == b->end;
             ctx->fwd += sg_proxy_track_client(t, b->pos + ctx->fwd,
                                               sg_buf_size(b) - ctx->fwd,
