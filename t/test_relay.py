@@ -393,3 +393,28 @@ def test_a_large_message_is_no_longer_followed(smtpgate, backend):
         assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
         c.expect_closed()
     backend.wait_messages(2)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_quit_and_go(smtpgate, backend, how):
+    """A client that sends QUIT and hangs up without reading the 221
+    (closing, or resetting the connection): the backend is still told
+    QUIT whenever smtpgate read it, nothing is left open, and the worker
+    serves the next client."""
+    import socket
+    import struct
+    g = smtpgate(gatelib.conf(backend=backend))
+    c = _relayed_session(g)
+    assert c.mail("a@example.org", ["b@example.org"],
+                  make_message(1024, seed=7)).code == 250
+    if how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                          struct.pack("ii", 1, 0))
+    c.sock.sendall(b"QUIT\r\n")
+    c.sock.close()
+    backend.wait_messages(1)
+    if how == "close":
+        backend.wait_command("QUIT")
+    _wait_closed(backend)
+    with _relayed_session(g, "bob") as c2:
+        assert c2.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"

@@ -602,7 +602,7 @@ sg_proxy_close_backend(sg_connection_t *c)
 static void
 sg_proxy_quit_backend(sg_connection_t *c)
 {
-    if (!c->close) {
+    if (!c->close && !c->error) {
         (void) c->send(c, (u_char *) "QUIT\r\n", 6);
     }
     sg_proxy_close_backend(c);
@@ -772,7 +772,7 @@ sg_proxy_cleanup(void *data)
     if (ctx->up && ctx->keep) {
         sg_proxy_keep(ctx);
     }
-    if (ctx->up && ctx->quit_up) {
+    if (ctx->up && ctx->quit_up && !ctx->up_eof) {
         sg_proxy_quit_backend(ctx->up);
         ctx->up = NULL;
     }
@@ -1532,6 +1532,7 @@ sg_proxy_quit(sg_proxy_ctx_t *ctx)
     sg_smtp_session_t  *s = ctx->s;
 
     ctx->closing = 1;
+    ctx->quit_up = 1;              /* even if the 221 cannot go out */
     sg_buf_reset(&s->in);          /* nothing after QUIT counts */
     ctx->fwd = 0;
     if (sg_buf_take(&ctx->ubuf, ctx->conf->buffer_size) != SG_OK) {
@@ -1628,7 +1629,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
          * stays, unless the backend spoke out of turn meanwhile. */
         ctx->keep = ctx->keepable && !up_eof
                     && ctx->track.state == SG_TRACK_QUIT;
-        ctx->quit_up = !ctx->keep && !up_eof;
+        ctx->quit_up = !ctx->keep && !up_eof;   /* (kept: RSET instead) */
         sg_log_error(SG_LOG_INFO, s->log, 0, "client sent QUIT, backend "
                      "connection %s", ctx->keep ? "kept"
                      : ctx->quit_up ? "told QUIT and closed" : "closed");
