@@ -275,12 +275,19 @@ sg_send_rest(int fd, const u_char *buf, size_t len, size_t *pos)
     return SG_OK;
 }
 
+/* A connect in progress reports its end by an event: EPOLLOUT alone
+ * once connected (TCP is writable only from then on), EPOLLERR (and
+ * EPOLLHUP) when it failed.  Only then is there an error to ask for. */
 int
 sg_connect_result(sg_connection_t *c, int *err)
 {
     int        e = 0;
     socklen_t  len = sizeof(e);
 
+    if (!c->epoll_err) {
+        *err = 0;
+        return SG_OK;
+    }
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &len) == -1) {
         e = errno;
     }

@@ -74,6 +74,8 @@ struct sg_connection_s {
     unsigned            last_write:1;         /* what the next send
                                                  empties is the last:
                                                  TLS closes with it */
+    unsigned            epoll_err:1;          /* epoll said EPOLLERR or
+                                                 EPOLLHUP */
 };
 
 /* TLS is on: OpenSSL's, or smtpgate's record layer after it. */

@@ -285,6 +285,7 @@ sg_event_dispatch(struct epoll_event *e)
     revents = e->events;
     if (revents & (EPOLLERR | EPOLLHUP)) {
         revents |= EPOLLIN | EPOLLOUT;
+        c->epoll_err = 1;
     }
     if (revents & EPOLLIN) {
         c->read->ready = 1;
