@@ -29,6 +29,8 @@ struct sg_listening_s {
     unsigned                  ipv6only:1;
     unsigned                  open:1;
     unsigned                  inherited:1; /* taken over from old cycle */
+    unsigned                  nodelay:1;   /* TCP_NODELAY set: accepted
+                                              sockets have it from here */
 };
 
 struct sg_connection_s {

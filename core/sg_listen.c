@@ -9,6 +9,7 @@
  * socket and epoll's EPOLLEXCLUSIVE wakes one of them.
  */
 #include "sg_core.h"
+#include <netinet/tcp.h>
 
 /* One connection per readiness event, as nginx without multi_accept:
  * the listener is level-triggered, so epoll reports it again at once
@@ -260,6 +261,7 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     c->pool = pool;
     pool->log = log;
     c->listening = ls;
+    c->tcp_nodelay = ls->nodelay;
     memcpy(&c->sockaddr, sa, len);
     c->socklen = len;
     /* The local address is the listener's unless it listens on a
@@ -346,6 +348,7 @@ sg_enable_accept(sg_cycle_t *cycle)
     sg_listening_t   *ls = cycle->listening.elts;
     sg_connection_t  *c;
     size_t            i;
+    int               on = 1;
 
     for (i = 0; i < cycle->listening.nelts; i++) {
         if (ls[i].fd == -1 || ls[i].connection != NULL) {
@@ -354,6 +357,11 @@ sg_enable_accept(sg_cycle_t *cycle)
         if (ls[i].worker != -1 && ls[i].worker != sg_worker) {
             continue;
         }
+        /* Accepted sockets inherit TCP_NODELAY from the listener: one
+         * setsockopt() here instead of one per connection.  (An old
+         * cycle's socket may not have it yet.) */
+        ls[i].nodelay = setsockopt(ls[i].fd, IPPROTO_TCP, TCP_NODELAY, &on,
+                                   sizeof(on)) == 0;
         c = sg_get_connection(ls[i].fd, cycle->log);
         if (c == NULL) {
             return SG_ERROR;
