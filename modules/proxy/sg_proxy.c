@@ -127,11 +127,10 @@ typedef struct {
     sg_msec_t           started;
     sg_buf_t            ubuf;       /* backend -> client */
     sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
-    sg_proxy_track_t    track;      /* the session, for keepalive */
+    sg_proxy_track_t    track;      /* the session as it passes */
     size_t              fwd;        /* of s->in, what may pass */
     unsigned            up_sessions; /* the backend connection's, this
                                         one included */
-    unsigned            tracking:1;
     unsigned            closing:1;  /* QUIT answered, 221 going out */
     unsigned            keep:1;     /* keep the backend connection */
     unsigned            keepable:1; /* proxy_keepalive may keep it */
@@ -1324,7 +1323,6 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
      * connection may be kept. */
     sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
                         (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
-    ctx->tracking = 1;
     ctx->keepable = ctx->conf->keepalive && !cl->auth
         && cl->proxy_protocol == 0
         && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests;
@@ -1614,7 +1612,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     up_eof = ctx->up_eof;
     down_eof = ctx->down_eof;
-    tracked = ctx->tracking && ctx->track.state != SG_TRACK_OFF;
+    tracked = ctx->track.state != SG_TRACK_OFF;
     until = sg_proxy_read_until(ctx);
     /* Buffered bytes (the pending replies, what the client pipelined)
      * go first; each direction is spliced once its buffer is empty. */
@@ -1652,8 +1650,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
         rc = sg_proxy_pump(down, ctx->up, &s->in, s->conf->client_buffer,
                            &down_eof, &moved, until, NULL);
     }
-    if (ctx->tracking && ctx->track.state == SG_TRACK_OFF && ctx->track.why)
-    {
+    if (ctx->track.state == SG_TRACK_OFF && ctx->track.why) {
         if (ctx->keepable) {
             sg_log_debug(s->log, "the backend connection will not be "
                          "kept: %s", ctx->track.why);
@@ -1677,7 +1674,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
         && ctx->conf->splice && !sg_connection_tls(ctx->up)
         && !sg_connection_tls(down))
     {
-        if (ctx->tracking && ctx->track.state != SG_TRACK_OFF) {
+        if (ctx->track.state != SG_TRACK_OFF) {
             ctx->track.state = SG_TRACK_OFF;
             ctx->track.why = "a large transfer goes through splice";
         }
