@@ -172,9 +172,14 @@ ssize_t
 sg_unix_send(sg_connection_t *c, const u_char *buf, size_t size)
 {
     ssize_t  n;
+    int      flags;
 
+    /* MSG_MORE holds the bytes back for the close to push: they and the
+     * FIN go in one segment.  Only after QUIT: a close with unread
+     * bytes resets the connection, and what MSG_MORE held is lost. */
+    flags = c->fin_follows ? MSG_NOSIGNAL | MSG_MORE : MSG_NOSIGNAL;
     for ( ;; ) {
-        n = send(c->fd, buf, size, MSG_NOSIGNAL);
+        n = send(c->fd, buf, size, flags);
         if (n >= 0) {
             c->sent += (uint64_t) n;
             if ((size_t) n < size) {

@@ -76,6 +76,10 @@ struct sg_connection_s {
     unsigned            last_write:1;         /* what the next send
                                                  empties is the last:
                                                  TLS closes with it */
+    unsigned            fin_follows:1;        /* the peer said QUIT
+                                                 and the close follows
+                                                 the last send: the FIN
+                                                 goes with its bytes */
     unsigned            epoll_err:1;          /* epoll said EPOLLERR or
                                                  EPOLLHUP */
 };
@@ -99,6 +103,16 @@ ssize_t sg_unix_recv(sg_connection_t *c, u_char *buf, size_t size);
 ssize_t sg_unix_send(sg_connection_t *c, const u_char *buf, size_t size);
 
 int sg_tcp_nodelay(sg_connection_t *c);
+
+/* After QUIT (the client's, or ours to a backend): what the sends empty
+ * next is the last, and the close follows it at once.  TLS puts
+ * close_notify in the same write, TCP the FIN in the same segment. */
+static inline void
+sg_connection_last_words(sg_connection_t *c)
+{
+    c->last_write = 1;
+    c->fin_follows = 1;
+}
 
 /* Listening sockets: open what the cycle needs (reusing the old cycle's
  * sockets where the address matches) and close what it no longer does. */

@@ -348,7 +348,7 @@ sg_enable_accept(sg_cycle_t *cycle)
     sg_listening_t   *ls = cycle->listening.elts;
     sg_connection_t  *c;
     size_t            i;
-    int               on = 1;
+    int               on = 1, off = 0;
 
     for (i = 0; i < cycle->listening.nelts; i++) {
         if (ls[i].fd == -1 || ls[i].connection != NULL) {
@@ -362,6 +362,12 @@ sg_enable_accept(sg_cycle_t *cycle)
          * cycle's socket may not have it yet.) */
         ls[i].nodelay = setsockopt(ls[i].fd, IPPROTO_TCP, TCP_NODELAY, &on,
                                    sizeof(on)) == 0;
+        /* They inherit delayed ACKs too (TCP_QUICKACK off): the
+         * client's first command is acknowledged by its reply, one
+         * segment instead of a pure ACK and then the reply.  Linux
+         * delays ACKs from the first exchange on anyway. */
+        (void) setsockopt(ls[i].fd, IPPROTO_TCP, TCP_QUICKACK, &off,
+                          sizeof(off));
         c = sg_get_connection(ls[i].fd, cycle->log);
         if (c == NULL) {
             return SG_ERROR;

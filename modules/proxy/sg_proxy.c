@@ -602,6 +602,13 @@ static void
 sg_proxy_quit_backend(sg_connection_t *c)
 {
     if (!c->close && !c->error) {
+        if (!sg_connection_tls(c)) {
+            /* Over TLS, QUIT goes alone: a server that reads it and
+             * close_notify at once may end the session with QUIT unread
+             * (aiosmtpd does), and the tickets it sent, never read,
+             * make the close a reset anyway. */
+            sg_connection_last_words(c);
+        }
         (void) c->send(c, (u_char *) "QUIT\r\n", 6);
     }
     sg_proxy_close_backend(c);
@@ -1531,6 +1538,7 @@ sg_proxy_quit(sg_proxy_ctx_t *ctx)
 
     ctx->closing = 1;
     ctx->quit_up = 1;              /* even if the 221 cannot go out */
+    sg_connection_last_words(s->connection);
     sg_buf_reset(&s->in);          /* nothing after QUIT counts */
     ctx->fwd = 0;
     if (sg_buf_take(&ctx->ubuf, ctx->conf->buffer_size) != SG_OK) {

@@ -416,6 +416,7 @@ sg_smtp_quit(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
     (void) cmd;
     s->quit = 1;
+    sg_connection_last_words(s->connection);
     return sg_smtp_reply(s, "221 2.0.0 Bye");
 }
 

@@ -694,6 +694,7 @@ sg_spool_quit(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
 {
     (void) cmd;
     ctx->s->quit = 1;
+    sg_connection_last_words(ctx->s->connection);
     return sg_smtp_reply(ctx->s, "221 2.0.0 Bye");
 }
 

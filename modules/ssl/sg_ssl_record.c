@@ -1172,7 +1172,10 @@ sg_ssl_rec_send(sg_connection_t *c, const u_char *buf, size_t size)
             r->goodbye_queued = 1;
         }
         do {
-            w = send(c->fd, sg_ssl_rec_wbuf, len, MSG_NOSIGNAL);
+            /* after QUIT, MSG_MORE: the FIN joins close_notify */
+            w = send(c->fd, sg_ssl_rec_wbuf, len,
+                     r->goodbye_queued && c->fin_follows
+                     ? MSG_NOSIGNAL | MSG_MORE : MSG_NOSIGNAL);
         } while (w == -1 && errno == EINTR);
         if (w == (ssize_t) len) {
             total += chunk;

@@ -941,6 +941,10 @@ class ScriptedBackend:
                         and 60-line EHLO reply trickle out a few bytes at a
                         time; it records each message in .messages
       ehlo_garbage      greets, then answers EHLO with a non-reply
+      count_quit        a plain ESMTP server that, at QUIT, waits for the
+                        client's FIN and records in .quit_segments how
+                        many segments came since it answered the command
+                        before, and how long that took
     """
 
     def __init__(self, behaviour, host=net.IPV4):
@@ -949,6 +953,7 @@ class ScriptedBackend:
         self.port = net.free_port(host)
         self.received = []          # bytes read on each connection
         self.messages = []          # (fragmented) message bodies
+        self.quit_segments = []     # (count_quit) (segments, seconds)
         self.connections = 0
         self._stop = threading.Event()
         self._threads = []
@@ -1114,3 +1119,31 @@ class ScriptedBackend:
                 return
             else:
                 conn.sendall(b"250 2.0.0 OK\r\n")
+
+    def _do_count_quit(self, conn, idx):
+        conn.sendall(b"220 scripted.test ESMTP\r\n")
+        mark = None
+        while True:
+            line = self._readline(conn, idx)
+            if line is None:
+                return
+            verb = line.split(b" ", 1)[0].strip().upper()
+            if verb == b"EHLO":
+                reply = (b"250-scripted.test\r\n250-PIPELINING\r\n"
+                         b"250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                while line not in (None, b".\r\n"):
+                    line = self._readline(conn, idx)
+                reply = b"250 2.0.0 counted\r\n"
+            elif verb == b"QUIT":
+                segments = net.segments_until_fin(conn, mark[1])
+                with self._lock:
+                    self.quit_segments.append(
+                        (segments, time.monotonic() - mark[0]))
+                conn.sendall(b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                reply = b"250 2.0.0 OK\r\n"
+            conn.sendall(reply)
+            mark = (time.monotonic(), net.tcp_info(conn)[1])

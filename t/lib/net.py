@@ -6,6 +6,7 @@ that a clear failure beats a retry loop that hides a real bind error.
 """
 
 import socket
+import struct
 import time
 
 IPV4 = "127.0.0.1"
@@ -69,3 +70,22 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
+
+
+# struct tcp_info (linux/tcp.h): tcpi_state is its first byte, tcpi_segs_in
+# (every segment received, pure ACKs and FINs included) the __u32 at 140.
+TCP_CLOSE_WAIT = 8              # the peer's FIN has arrived
+
+
+def tcp_info(sock):
+    """(state, segments received) of a connected TCP socket."""
+    b = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return b[0], struct.unpack_from("I", b, 140)[0]
+
+
+def segments_until_fin(sock, since, timeout=10.0):
+    """Wait for the peer's FIN on sock; return the segments received
+    since `since` (a tcp_info() segment count), the FIN's included."""
+    wait_until(lambda: tcp_info(sock)[0] == TCP_CLOSE_WAIT, timeout,
+               interval=0.001, what="the peer's FIN")
+    return tcp_info(sock)[1] - since
