@@ -947,6 +947,8 @@ class ScriptedBackend:
                         before, and how long that took
     """
 
+    EHLO_REPLY = b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+
     def __init__(self, behaviour, host=net.IPV4):
         self.behaviour = behaviour
         self.host = host
@@ -1099,16 +1101,17 @@ class ScriptedBackend:
             else:
                 self._trickle(conn, b"250 2.0.0 OK\r\n")
 
-    def _do_close_after_mail(self, conn, idx):
+    def _verbs(self, conn, idx):
+        """Greet, then yield each command's verb (upper case) until the
+        connection ends."""
         conn.sendall(b"220 scripted.test ESMTP\r\n")
-        while True:
-            line = self._readline(conn, idx)
-            if line is None:
-                return
-            verb = line.split(b" ", 1)[0].strip().upper()
+        while (line := self._readline(conn, idx)) is not None:
+            yield line.split(b" ", 1)[0].strip().upper()
+
+    def _do_close_after_mail(self, conn, idx):
+        for verb in self._verbs(conn, idx):
             if verb == b"EHLO":
-                conn.sendall(b"250-scripted.test\r\n250-PIPELINING\r\n"
-                             b"250 8BITMIME\r\n")
+                conn.sendall(self.EHLO_REPLY)
             elif verb == b"HELO":
                 conn.sendall(b"250 scripted.test\r\n")
             elif verb == b"MAIL":
@@ -1121,18 +1124,13 @@ class ScriptedBackend:
                 conn.sendall(b"250 2.0.0 OK\r\n")
 
     def _do_count_quit(self, conn, idx):
-        conn.sendall(b"220 scripted.test ESMTP\r\n")
         mark = None
-        while True:
-            line = self._readline(conn, idx)
-            if line is None:
-                return
-            verb = line.split(b" ", 1)[0].strip().upper()
+        for verb in self._verbs(conn, idx):
             if verb == b"EHLO":
-                reply = (b"250-scripted.test\r\n250-PIPELINING\r\n"
-                         b"250 8BITMIME\r\n")
+                reply = self.EHLO_REPLY
             elif verb == b"DATA":
                 conn.sendall(b"354 go ahead\r\n")
+                line = b""
                 while line not in (None, b".\r\n"):
                     line = self._readline(conn, idx)
                 reply = b"250 2.0.0 counted\r\n"
