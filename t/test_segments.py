@@ -21,7 +21,7 @@ import time
 import pytest
 
 from lib import gate as gatelib
-from lib import net, pki as pkilib
+from lib import net, pki as pkilib, smtp
 from lib.messages import make_message
 from lib.pki import implicit_session, tls_conf
 from lib.users import password
@@ -153,3 +153,31 @@ def test_an_asyncio_tls_client_reads_the_221(smtpgate, backend, pki):
         assert greeting.startswith(b"220 "), greeting
         assert bye == b"221 2.0.0 Bye\r\n"
         assert rest == b""
+
+
+@pytest.mark.skipif(not net.ipv6_available(), reason="no IPv6 loopback")
+def test_the_same_over_ipv6(smtpgate, scripted):
+    """An IPv6 listener and an IPv6 backend: the EHLO acknowledged by
+    its reply, the 221 with the FIN, QUIT with the FIN."""
+    b = scripted("count_quit", host=net.IPV6)
+    g = smtpgate(gatelib.conf(backend=b, listen=("[::1]:@PORT6@",)))
+    ehlo, bye = [], []
+    for i in range(TRIES):
+        with smtp.RawSmtp(net.IPV6, g.ports["PORT6"]) as c:
+            assert c.greeting().code == 220
+            before = net.tcp_info(c.sock)[1]
+            started = time.monotonic()
+            assert c.cmd("EHLO client.example.org").code == 250
+            ehlo.append((net.tcp_info(c.sock)[1] - before,
+                         time.monotonic() - started))
+            assert c.auth_plain("alice", password("alice")).code == 235
+            assert c.mail("a@example.org", ["b@example.org"],
+                          make_message(2048, seed=i)).code == 250
+            bye.append(_quit(c))
+            c.expect_closed()
+        net.wait_until(lambda: len(b.quit_segments) == i + 1, 10,
+                       what="the backend's QUIT")
+    assert_one_segment(ehlo, "EHLO and its reply over IPv6")
+    assert_one_segment(bye, "QUIT over IPv6, its 221 and the FIN")
+    assert_one_segment(b.quit_segments, "QUIT to an IPv6 backend and the "
+                                        "FIN")
