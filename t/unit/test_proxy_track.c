@@ -222,10 +222,12 @@ test_smuggling(void)
 }
 
 /* Message text in long lines, each hazard at every place in a line (and
- * so at every place in the 16-byte blocks the reader passes over in one
- * step when it can): the outcome must be the same as byte by byte. */
+ * so at every place in the 16- and 64-byte blocks the reader passes over
+ * in one step when it can, both ways: 64 where the CPU allows, and 16),
+ * after `from` to `to` bytes: the outcome must be the same as byte by
+ * byte. */
 static void
-test_long_lines(void)
+long_lines(size_t from, size_t to)
 {
     static const struct {
         const char  *hazard;
@@ -243,16 +245,19 @@ test_long_lines(void)
         { "\r\n.\n", SG_TRACK_OFF, "a bare LF in the message", 0 },
     };
     static const char  tail[] = "abcdefghijklmnopqrstuvwxyz0123\r\n.\r\n";
+    static const char  lines[] = "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ"
+                                 "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ"
+                                 "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ"
+                                 "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ";
     char               text[256];
     sg_proxy_track_t   t;
     size_t             i, lead, step, n, h, got;
 
     for (i = 0; i < sg_nelems(cases); i++) {
         h = strlen(cases[i].hazard);
-        for (lead = 1; lead < 48; lead++) {
+        for (lead = from; lead < to && lead < sizeof(lines); lead++) {
             n = 0;
-            memcpy(text, "0123456789ABCDEFGHIJ0123456789ABCDEFGHIJ01234567",
-                   lead);
+            memcpy(text, lines, lead);
             n += lead;
             memcpy(text + n, cases[i].hazard, h);
             n += h;
@@ -281,6 +286,27 @@ test_long_lines(void)
             }
         }
     }
+}
+
+static void
+test_long_lines(void)
+{
+    sg_proxy_track_wide = -1;           /* 64 bytes a step with AVX2 */
+    long_lines(1, 80);
+}
+
+static void
+test_long_lines_far(void)
+{
+    long_lines(80, 160);
+}
+
+static void
+test_long_lines_16(void)
+{
+    sg_proxy_track_wide = 0;
+    long_lines(1, 80);
+    sg_proxy_track_wide = -1;
 }
 
 static void
@@ -482,6 +508,8 @@ main(void)
     RUN(test_bdat_without_chunking);
     RUN(test_smuggling);
     RUN(test_long_lines);
+    RUN(test_long_lines_far);
+    RUN(test_long_lines_16);
     RUN(test_off);
     RUN(test_partial_lines);
     RUN(test_line_max);
