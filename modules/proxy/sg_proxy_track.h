@@ -78,7 +78,7 @@ void sg_proxy_track_init(sg_proxy_track_t *t, bool mail, bool chunking);
 size_t sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p,
     size_t n, bool full);
 
-/* Message text is passed over 32 bytes a step where the CPU has AVX2
+/* Message text is passed over 64 bytes a step where the CPU has AVX2
  * (1), else 16 (0); -1 until the first message asks the CPU.  Tests set
  * it to read the same text both ways. */
 extern int sg_proxy_track_wide;
