@@ -6,7 +6,8 @@
 - The last reply of a session and the close go in one segment: the 221
   and the FIN (with TLS, the 221, close_notify and the FIN), whether the
   smtp module, the relay or the spool answers QUIT.
-- The QUIT smtpgate sends a backend and its FIN go in one segment.
+- The QUIT smtpgate sends a plaintext backend and its FIN go in one
+  segment (a TLS backend gets its QUIT alone: t/test_backend_tls.py).
 
 Each count is the peer's own (TCP_INFO's tcpi_segs_in, read on the
 client's or the backend's socket).  A delayed ACK of smtpgate's goes out
