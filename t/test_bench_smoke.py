@@ -86,6 +86,27 @@ def test_smtpload_against_smtp_sink(smtpload, sink):
     assert res["pipelining"] is True
 
 
+def test_smtpload_min_duration(smtpload, sink):
+    """-n 5 --min-duration 0.5 at 20 sessions/s: the 5 are done after
+    0.25 s, and sessions go on starting until 0.5 s have passed."""
+    res = run([smtpload, "-s", sink.address, "-n", "5", "-c", "2",
+               "-r", "20", "--min-duration", "0.5", "--json"])
+    assert res["failed"] == 0 and res["aborted"] == 0, res
+    assert 9 <= res["sessions"] <= 12, res
+    assert res["elapsed_s"] >= 0.45, res
+    # -n still counts once the time is up; -d still ends it
+    res = run([smtpload, "-s", sink.address, "-n", "100", "-c", "2",
+               "--min-duration", "0.001", "--json"])
+    assert_all_ok(res, 100, 100)
+    res = run([smtpload, "-s", sink.address, "-n", "5", "-c", "2",
+               "-r", "20", "--min-duration", "5", "-d", "0.3", "--json"])
+    assert 5 <= res["sessions"] <= 8 and res["failed"] == 0, res
+    r = subprocess.run([smtpload, "-s", sink.address, "--min-duration",
+                        "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--min-duration needs -n" in r.stderr, \
+        r.stderr
+
+
 def test_smtpload_text_report(smtpload, sink):
     r = subprocess.run([smtpload, "-s", sink.address, "-n", "20", "-c",
                         "2"], capture_output=True, text=True, timeout=60)

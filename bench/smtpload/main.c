@@ -41,6 +41,9 @@ static const char sl_usage[] =
 "  -c, --concurrency C      sessions at once (default 10)\n"
 "  -d, --duration SECONDS   stop starting sessions after this long;\n"
 "                           with -n, whichever comes first\n"
+"      --min-duration SECONDS  with -n, go on starting sessions after\n"
+"                           the N until this long has passed (never\n"
+"                           past -d): at least N sessions and S seconds\n"
 "  -r, --rate R             start at most R sessions per second\n"
 "  -T, --threads N          threads, each with its own epoll loop\n"
 "                           (default 1)\n"
@@ -87,7 +90,8 @@ static const char sl_usage[] =
 enum {
     OPT_TLS = 256, OPT_RESUME, OPT_SNI, OPT_AUTH, OPT_USERS, OPT_USER,
     OPT_PASSWORD, OPT_SIZE, OPT_MESSAGES, OPT_RCPTS, OPT_PIPELINING,
-    OPT_EHLO, OPT_FROM, OPT_TO, OPT_TIMEOUT, OPT_IDLE, OPT_RAMP, OPT_JSON
+    OPT_EHLO, OPT_FROM, OPT_TO, OPT_TIMEOUT, OPT_IDLE, OPT_RAMP, OPT_JSON,
+    OPT_MIN_DURATION
 };
 
 static const struct option sl_options[] = {
@@ -95,6 +99,7 @@ static const struct option sl_options[] = {
     { "sessions",    required_argument, NULL, 'n' },
     { "concurrency", required_argument, NULL, 'c' },
     { "duration",    required_argument, NULL, 'd' },
+    { "min-duration", required_argument, NULL, OPT_MIN_DURATION },
     { "rate",        required_argument, NULL, 'r' },
     { "threads",     required_argument, NULL, 'T' },
     { "help",        no_argument,       NULL, 'h' },
@@ -281,6 +286,10 @@ sl_parse_options(sl_conf_t *conf, int argc, char **argv)
                   break;
         case 'd': conf->duration = sl_double("-d", optarg, 0.001, 1e7);
                   break;
+        case OPT_MIN_DURATION:
+            conf->min_duration = sl_double("--min-duration", optarg, 0.001,
+                                           1e7);
+            break;
         case 'r': conf->rate = sl_double("-r", optarg, 0.001, 1e9); break;
         case 'T': conf->threads = sl_uint("-T", optarg, 1, 256); break;
         case 'h': fputs(sl_usage, stdout); exit(0);
@@ -329,6 +338,9 @@ sl_parse_options(sl_conf_t *conf, int argc, char **argv)
     }
     if (!have_n && conf->duration == 0) {
         conf->sessions = 1000;
+    }
+    if (conf->min_duration > 0 && !have_n) {
+        sl_die("%s", "--min-duration needs -n");
     }
     if (conf->idle == SL_IDLE_STARTTLS && conf->tls == SL_TLS_NONE) {
         sl_die("%s", "--idle starttls needs --tls starttls or implicit");
@@ -505,6 +517,10 @@ main(int argc, char **argv)
     sl_shared.t0 = sl_now();
     if (conf.duration > 0) {
         sl_shared.deadline = sl_shared.t0 + (uint64_t) (conf.duration * 1e9);
+    }
+    if (conf.min_duration > 0) {
+        sl_shared.min_until = sl_shared.t0
+                              + (uint64_t) (conf.min_duration * 1e9);
     }
     w = sl_start_workers(&conf);
     total = calloc(1, sizeof(*total));

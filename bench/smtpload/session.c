@@ -917,7 +917,8 @@ sl_start_sessions(sl_worker_t *w, uint64_t now)
             }
         }
         if (conf->idle == SL_IDLE_OFF && conf->sessions
-            && atomic_fetch_add(&sl_shared.started, 1) >= conf->sessions)
+            && atomic_fetch_add(&sl_shared.started, 1) >= conf->sessions
+            && now >= sl_shared.min_until)
         {
             w->exhausted = true;
             return;

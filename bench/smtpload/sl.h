@@ -52,6 +52,7 @@ typedef struct {
     uint64_t     sessions;          /* -n; 0 = unbounded (with -d) */
     unsigned     concurrency;       /* -c */
     double       duration;          /* -d seconds; 0 = none */
+    double       min_duration;      /* --min-duration seconds; 0 = none */
     double       rate;              /* -r sessions/s; 0 = none */
     unsigned     threads;           /* -T */
 
@@ -155,6 +156,7 @@ typedef struct {
     atomic_uint           workers_done;
     uint64_t              t0;           /* ns, start of the run */
     uint64_t              deadline;     /* ns, 0 = none */
+    uint64_t              min_until;    /* ns: -n counts only after it */
 } sl_shared_t;
 
 extern sl_shared_t sl_shared;
