@@ -103,22 +103,41 @@ sg_conf_token_error(sg_conf_t *cf, const char *fmt, ...)
     return SG_TOK_ERROR;
 }
 
+static void
+sg_conf_vwarn(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *fmt, va_list args)
+{
+    u_char   buf[1024], *p, *last = buf + sizeof(buf) - 1;
+
+    p = buf;
+    if (file) {
+        p = sg_slprintf(p, last, "%.*s:%zu: ", SG_STR_ARG(file), line);
+    }
+    p = sg_vslprintf(p, last, fmt, args);
+    sg_log_error(SG_LOG_WARN, cf->log, 0, "%.*s", (int) (p - buf),
+                 (char *) buf);
+}
+
 void
 sg_conf_warn(sg_conf_t *cf, const char *fmt, ...)
 {
-    u_char   buf[1024], *p, *last = buf + sizeof(buf) - 1;
     va_list  args;
 
-    p = buf;
-    if (cf->file) {
-        p = sg_slprintf(p, last, "%.*s:%zu: ", SG_STR_ARG(&cf->file->name),
-                        sg_directive_line);
-    }
     va_start(args, fmt);
-    p = sg_vslprintf(p, last, fmt, args);
+    sg_conf_vwarn(cf, cf->file ? &cf->file->name : NULL, sg_directive_line,
+                  fmt, args);
     va_end(args);
-    sg_log_error(SG_LOG_WARN, cf->log, 0, "%.*s", (int) (p - buf),
-                 (char *) buf);
+}
+
+void
+sg_conf_warn_at(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *fmt, ...)
+{
+    va_list  args;
+
+    va_start(args, fmt);
+    sg_conf_vwarn(cf, file, line, fmt, args);
+    va_end(args);
 }
 
 /* Tokeniser. */

@@ -148,6 +148,9 @@ size_t sg_conf_line(sg_conf_t *cf);
 /* A warning "FILE:LINE: message" logged at warn level. */
 void sg_conf_warn(sg_conf_t *cf, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The same for a place other than the current directive. */
+void sg_conf_warn_at(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Resolve a path from the configuration: absolute paths stay, relative
  * ones are taken against the configuration file's directory (conf) or

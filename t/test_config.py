@@ -7,7 +7,7 @@ import re
 import pytest
 
 from lib import gate as gatelib
-from lib import net
+from lib import net, pki as pkilib
 from lib.users import password
 
 BASE = """\
@@ -282,6 +282,49 @@ def test_error_inside_included_file(conf_test):
         "extra.conf": "# first line\n    bogus_directive on;\n"})
     assert_failed(g, r, 'unknown directive "bogus_directive"', 2,
                   path=f"{g.confdir}/extra.conf")
+
+
+NO_LOGIN = ('no client can log in to this server: "smtp_auth_require_tls" '
+            'is on (the default) and it has neither "starttls" nor a '
+            '"listen ... ssl"; add TLS, or set "smtp_auth_require_tls off" '
+            'on a trusted network')
+
+
+def test_warns_when_no_client_can_log_in(conf_test):
+    """An nginx mail block without TLS, brought over as it is: every AUTH
+    would be refused, and -t says so at the server block, without
+    failing (the configuration is legal)."""
+    text = make(server="server_name plain.test;").replace(
+        "    smtp_auth_require_tls off;\n", "")
+    g, r = conf_test(text)
+    assert r.returncode == 0, r.stderr
+    line = line_of(text, "    server {")
+    assert re.search(r"\[warn\] .*" + re.escape(
+        f"{g.conf_path}:{line}: {NO_LOGIN}"), r.stderr), r.stderr
+    assert r.stderr.count("no client can log in") == 1, r.stderr
+    assert "test is successful" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["require_tls off", "auth none only",
+                                  "starttls", "listen ssl"])
+def test_no_login_warning_when_a_login_is_possible(conf_test, case):
+    text = make()
+    if case == "auth none only":
+        text = make(server="smtp_auth none;")
+    if case in ("starttls", "listen ssl"):
+        if not pkilib.tls_built():
+            pytest.skip("built without the ssl module")
+        pki = pkilib.shared()
+        tls = (f"ssl_certificate {pki.cert('mx.test')};\n"
+               f"        ssl_certificate_key {pki.key('mx.test')};\n")
+        tls += ("        starttls on;" if case == "starttls" else
+                "        listen 127.0.0.1:@PORTB2@ ssl;")
+        text = make(server=tls)
+    if case != "require_tls off":
+        text = text.replace("    smtp_auth_require_tls off;\n", "")
+    g, r = conf_test(text.replace("@PORTB2@", str(net.free_port())))
+    assert r.returncode == 0, r.stderr
+    assert "no client can log in" not in r.stderr, r.stderr
 
 
 def test_missing_users_file(conf_test):

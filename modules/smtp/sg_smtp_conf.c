@@ -269,6 +269,7 @@ sg_mail_merge_servers(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx)
 }
 
 static char *sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf);
+static void sg_smtp_warn_no_login(sg_conf_t *cf, sg_smtp_main_conf_t *mcf);
 
 static char *
 sg_mail_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
@@ -1097,5 +1098,44 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
         }
         *slot = l[i].server;
     }
+    sg_smtp_warn_no_login(cf, mcf);
     return SG_CONF_OK;
+}
+
+/* A server that offers password mechanisms only over TLS, and has no TLS
+ * at all, refuses every AUTH: legal, and what an nginx mail block
+ * without "starttls" becomes here, so say so before it is found out from
+ * the clients. */
+static void
+sg_smtp_warn_no_login(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
+{
+    sg_smtp_srv_conf_t  **srv = mcf->servers.elts, *sscf;
+    sg_smtp_listen_t     *l = mcf->listens.elts;
+    size_t                i, j, listens;
+    bool                  tls;
+
+    for (i = 0; i < mcf->servers.nelts; i++) {
+        sscf = srv[i];
+        if (!(sscf->auth_methods & SG_SMTP_AUTH_MECHS)
+            || !sscf->auth_require_tls
+            || sscf->starttls != SG_SMTP_STARTTLS_OFF)
+        {
+            continue;
+        }
+        tls = false;
+        listens = 0;
+        for (j = 0; j < mcf->listens.nelts; j++) {
+            if (l[j].server == sscf) {
+                listens++;
+                tls = tls || l[j].ssl;
+            }
+        }
+        if (listens && !tls) {
+            sg_conf_warn_at(cf, &sscf->file, sscf->line, "no client can "
+                "log in to this server: \"smtp_auth_require_tls\" is on "
+                "(the default) and it has neither \"starttls\" nor a "
+                "\"listen ... ssl\"; add TLS, or set "
+                "\"smtp_auth_require_tls off\" on a trusted network");
+        }
+    }
 }
