@@ -246,10 +246,13 @@ sg_redirect_stderr(sg_cycle_t *cycle)
 int
 main(int argc, char **argv)
 {
-    sg_options_t  o;
-    sg_cycle_t    init, *cycle;
-    sg_log_t     *log;
-    char          err[2048];
+    /* static: the bootstrap strings live as long as the process, also
+     * after main() returns on a failed -t (LeakSanitizer runs then). */
+    static sg_cycle_t  init;
+    sg_options_t       o;
+    sg_cycle_t        *cycle;
+    sg_log_t          *log;
+    char               err[2048];
 
     memset(&o, 0, sizeof(o));
     log = sg_log_init();
