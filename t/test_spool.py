@@ -530,6 +530,22 @@ def test_bad_sequences(smtpgate):
     assert stored(g) == []
 
 
+def test_auth_after_login_keeps_credentials_out_of_the_debug_log(smtpgate):
+    """A client that sends AUTH again once the spool has the session is
+    refused, and its credentials reach no log line, at any level."""
+    g = smtpgate(spool_conf(level="debug"))
+    token = plain_token("dave", password("dave"))
+    with g.session() as c:
+        login(c)
+        assert c.cmd("AUTH PLAIN " + token).raw == \
+            b"503 5.5.1 Already authenticated\r\n"
+        assert c.cmd("NOOP").code == 250
+    g.wait_log(r"spool command: NOOP")
+    log = g.error_log()
+    assert "spool command: AUTH" in log
+    assert token not in log and password("dave") not in log
+
+
 def test_bad_addresses_and_parameters(smtpgate):
     g = smtpgate(spool_conf(mail="    max_errors 50;\n"))
     with g.session() as c:

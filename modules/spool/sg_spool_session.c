@@ -773,14 +773,20 @@ static const sg_spool_handler_pt  sg_spool_handlers[SG_SMTP_VERB_COUNT] = {
     [SG_SMTP_XFORWARD] = sg_spool_not_implemented,
 };
 
-/* Debug log of a command, with control characters escaped so that a
- * client cannot forge log lines. */
+/* Debug log of a command: never AUTH arguments (a client may send its
+ * credentials again after AUTH), and control characters escaped so that
+ * a client cannot forge log lines. */
 static void
-sg_spool_log_command(sg_spool_ctx_t *ctx, const sg_str_t *line)
+sg_spool_log_command(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd,
+    const sg_str_t *line)
 {
     u_char  buf[SG_SMTP_CMD_LINE_MAX * 4], *p = buf;
     size_t  i;
 
+    if (cmd->verb == SG_SMTP_AUTH) {
+        sg_log_debug(ctx->s->log, "spool command: AUTH");
+        return;
+    }
     for (i = 0; i < line->len; i++) {
         if (line->data[i] < 0x20 || line->data[i] >= 0x7f
             || line->data[i] == '\\')
@@ -803,7 +809,7 @@ sg_spool_command(sg_spool_ctx_t *ctx, const sg_str_t *line)
         return sg_smtp_error(ctx->s, "500 5.5.1 Command unrecognized");
     }
     if (ctx->s->log->level >= SG_LOG_DEBUG) {
-        sg_spool_log_command(ctx, line);
+        sg_spool_log_command(ctx, &cmd, line);
     }
     return sg_spool_handlers[cmd.verb](ctx, &cmd);
 }
