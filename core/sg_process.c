@@ -114,7 +114,9 @@ sg_daemon(sg_log_t *log)
 size_t
 sg_worker_busy(void)
 {
-    return 0;
+    /* A spool file whose session has gone is removed by a task: a worker
+     * that exited first would leave it in DIR/tmp for good. */
+    return sg_thread_pool_tasks();
 }
 
 static void

@@ -22,8 +22,9 @@ int sg_init_signals(sg_log_t *log);
 void sg_master_process_cycle(sg_cycle_t *cycle);
 int sg_daemon(sg_log_t *log);
 
-/* Modules that keep a worker busy outside of connections (none yet)
- * could hook here; a draining worker exits when this reaches 0. */
+/* What keeps a worker busy outside of connections: the thread pool's
+ * tasks.  A draining worker exits when this and its connections reach 0
+ * (or when worker_shutdown_timeout expires). */
 size_t sg_worker_busy(void);
 
 #endif /* SG_PROCESS_H */

@@ -5,6 +5,8 @@
  * tasks go on a done queue and an eventfd wakes the event loop, which
  * runs their done() handlers.  Cancellation is a flag read under the
  * same mutex, so a cancelled task is freed exactly once, by the loop.
+ * The loop counts the tasks it has posted and not yet seen back, so
+ * that a draining worker waits for them (sg_worker_busy()).
  */
 #include "sg_core.h"
 #include <pthread.h>
@@ -18,6 +20,8 @@ static size_t            sg_tp_waiting;
 static int               sg_tp_efd = -1;
 static bool              sg_tp_started;
 static sg_connection_t  *sg_tp_conn;
+static size_t            sg_tp_out;       /* the loop's own: posted, not
+                                             yet destroyed */
 
 static void *
 sg_tp_thread(void *arg)
@@ -85,6 +89,7 @@ sg_tp_complete(sg_event_t *ev)
             t->done(t);
         }
         t->destroy(t);
+        sg_tp_out--;
     }
 }
 
@@ -153,6 +158,7 @@ sg_task_post(sg_task_t *t, sg_log_t *log)
     sg_tp_waiting++;
     pthread_cond_signal(&sg_tp_cond);
     pthread_mutex_unlock(&sg_tp_lock);
+    sg_tp_out++;
     return SG_OK;
 }
 
@@ -162,6 +168,12 @@ sg_task_cancel(sg_task_t *t)
     pthread_mutex_lock(&sg_tp_lock);
     t->cancelled = true;
     pthread_mutex_unlock(&sg_tp_lock);
+}
+
+size_t
+sg_thread_pool_tasks(void)
+{
+    return sg_tp_out;
 }
 
 size_t

@@ -1,6 +1,6 @@
 /*
- * sg_thread_pool.h: a small pool of threads per worker for CPU-heavy work
- * that must not stall the event loop (password hashing).
+ * sg_thread_pool.h: a small pool of threads per worker for work that
+ * must not stall the event loop (password hashing, spool file I/O).
  *
  * A task is malloc'd by the caller, runs work() on a pool thread, then
  * done() back in the event loop.  A caller that goes away first calls
@@ -26,6 +26,9 @@ struct sg_task_s {
  * SG_ERROR when the pool could not start (logged). */
 int sg_task_post(sg_task_t *t, sg_log_t *log);
 void sg_task_cancel(sg_task_t *t);
+/* Tasks posted whose destroy() has not run yet, cancelled ones included:
+ * their work, such as removing a spool file, is still to be done. */
+size_t sg_thread_pool_tasks(void);
 size_t sg_thread_pool_internal_connections(void);
 
 #endif /* SG_THREAD_POOL_H */

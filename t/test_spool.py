@@ -671,6 +671,34 @@ def test_client_gone_in_the_middle_of_a_message(smtpgate):
         queue_id(c.mail("a@example.org", ["b@example.org"], b"after\r\n"))
 
 
+def test_draining_worker_removes_unfinished_messages_before_exiting(
+        smtpgate):
+    """After a reload the old worker finishes its sessions; when clients
+    leave it in the middle of their messages, their temporary files are
+    removed before the worker exits, not left in tmp/ for good."""
+    g = smtpgate(spool_conf())
+    conns = []
+    for i in range(4):
+        c = g.session()
+        login(c)
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<b@example.org>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"x" * 200000)
+        conns.append(c)
+    net.wait_until(lambda: len(listing(g, "tmp")) == 4, 20,
+                   what="four messages to stream into tmp/")
+    old = g.workers()
+    g.reload()
+    g.wait_log(r"gracefully shutting down, 4 connections open")
+    for c in conns:
+        c.send(b"y" * 100000)
+        c.close()
+    g.wait_old_workers_gone(old)
+    assert listing(g, "tmp") == []
+    assert stored(g) == []
+
+
 # --------------------------------------------------------------------------
 # smtp_auth none, TLS, real clients
 
