@@ -443,3 +443,59 @@ def test_xclient_on_a_kept_connection_clears_the_last_login(
     assert "LOGIN=alice" in xc[0]
     assert "LOGIN=[UNAVAILABLE]" in xc[1], xc[1]
     assert "HELO=anon.example" in xc[1]
+
+
+@pytest.mark.parametrize("verb", ["EHLO", "HELO"])
+def test_client_helo_does_not_reach_the_next_session(smtpgate, backend,
+                                                     verb):
+    # A client that greets again during the relay renames (and, with HELO,
+    # leaves ESMTP) the backend's session.  RSET keeps both, so on a kept
+    # connection the next client's message would come "from" the first
+    # client's name.  Without XCLIENT the backend must see smtpgate's own
+    # server_name for every session, as it does without keepalive.
+    g = ka_gate(smtpgate, backend, level="debug")
+    mark = g.log_mark()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("alice.example")
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd(f"{verb} evil.example").code == 250
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("bob.example")
+        assert c.auth_plain("bob", password("bob")).code == 235
+        c.send(b"MAIL FROM:<bob@example.org> BODY=8BITMIME\r\n")
+        assert c.reply().code == 250
+        assert c.expect("RCPT TO:<b@example.org>", 250).code == 250
+        assert c.expect("DATA", 354).code == 354
+        c.send(b"Subject: bob\r\n\r\nbob's\r\n.\r\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    (m,) = backend.wait_messages(1)
+    assert m.helo == "mx.test", m.helo
+    assert "will not be kept: the client greeted again" \
+        in g.log_since(mark)
+
+
+def test_client_helo_with_xclient_keeps_the_connection(smtpgate,
+                                                       xclient_backend):
+    # With XCLIENT the next session sends XCLIENT and EHLO anew, so a
+    # client that greeted again does not cost the connection.
+    g = smtpgate(gatelib.conf(
+        backend=xclient_backend, level="debug",
+        mail="    proxy_keepalive 4;\n    xclient on;\n"))
+    mark = g.log_mark()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("alice.example")
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("HELO evil.example").code == 250
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    one_session(g, b"Subject: bob\r\n\r\nbob's\r\n", user="bob")
+    (m,) = xclient_backend.wait_messages(1)
+    assert m.helo == "client.example", m.helo
+    assert xclient_backend.connections == 1
+    assert "greeted again" not in g.log_since(mark)

@@ -1631,6 +1631,14 @@ sg_proxy_relay_handler(sg_event_t *ev)
         if (sg_buf_size(&ctx->ubuf)) {
             goto wait;
         }
+        /* RSET keeps the HELO name (and HELO's plain SMTP): the next
+         * session would be relayed under this client's name.  After
+         * XCLIENT the next session sends XCLIENT and EHLO anew. */
+        if (ctx->keepable && ctx->track.greeted && !ctx->cl.xclient_sent) {
+            ctx->keepable = 0;
+            sg_log_debug(s->log, "the backend connection will not be "
+                         "kept: the client greeted again (HELO or EHLO)");
+        }
         /* The 221 is out: the session ends, its backend connection
          * stays, unless the backend spoke out of turn meanwhile. */
         ctx->keep = ctx->keepable && !up_eof

@@ -145,6 +145,8 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
                 t->mail_at = t->sent;
             } else if (i == 2) {
                 t->rset_at = t->sent;
+            } else if (i == 4 || i == 5) {
+                t->greeted = 1;
             }
             return;
         }

@@ -58,6 +58,8 @@ typedef struct {
     unsigned     rcr:1;      /* the reply's last byte was CR */
     unsigned     data_due:1; /* the last reply due is DATA's */
     unsigned     chunking:1; /* the server offered CHUNKING */
+    unsigned     greeted:1;  /* the client sent HELO or EHLO: the server
+                                keeps its name and mode past RSET */
     const char  *why;        /* why tracking stopped, for the log */
 } sg_proxy_track_t;
 

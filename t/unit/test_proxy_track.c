@@ -495,6 +495,31 @@ test_clean(void)
     CHECK(sg_proxy_track_done(&t) && !sg_proxy_track_clean(&t));
 }
 
+/* A client that greets again is still followed, and marked: the
+ * server keeps the name (and HELO's plain SMTP) past RSET. */
+static void
+test_greeted(void)
+{
+    sg_proxy_track_t  t;
+    size_t            step;
+
+    for (step = 0; step < 2; step++) {
+        sg_proxy_track_init(&t, false, true);
+        (void) client(&t, LIT("NOOP\r\nRSET\r\n"), step);
+        CHECK(!t.greeted);
+        (void) client(&t, LIT("helo x.example\r\nQUIT\r\n"), step);
+        CHECK(t.greeted);
+        server(&t, LIT("250 ok\r\n250 ok\r\n250 hi\r\n"), step);
+        CHECK(sg_proxy_track_done(&t));
+
+        sg_proxy_track_init(&t, false, true);
+        (void) client(&t, LIT("EHLO x.example\r\nQUIT\r\n"), step);
+        CHECK(t.greeted);
+        server(&t, LIT("250-hi\r\n250 PIPELINING\r\n"), step);
+        CHECK(sg_proxy_track_done(&t));
+    }
+}
+
 int
 main(void)
 {
@@ -514,6 +539,7 @@ main(void)
     RUN(test_partial_lines);
     RUN(test_line_max);
     RUN(test_clean);
+    RUN(test_greeted);
 
     return sg_test_finish();
 }
