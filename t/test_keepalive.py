@@ -499,3 +499,26 @@ def test_client_helo_with_xclient_keeps_the_connection(smtpgate,
     assert m.helo == "client.example", m.helo
     assert xclient_backend.connections == 1
     assert "greeted again" not in g.log_since(mark)
+
+
+def test_a_started_reply_nobody_asked_for_is_not_kept(smtpgate, scripted):
+    # The backend answers NOOP, then begins a line of its own.  smtpgate's
+    # 221 must not be glued to that half line, and the connection, which
+    # spoke out of turn, must not serve another session.
+    b = scripted("noop_tail")
+    g = smtpgate(gatelib.conf(
+        backend=b, level="debug",
+        mail="    proxy_keepalive 4;\n    xclient off;\n"))
+    mark = g.log_mark()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("NOOP").code == 250
+        time.sleep(0.1)
+        c.send(b"QUIT\r\n")
+        raw = b"".join(r.raw for r in c.read_until_closed())
+    assert b"tail221" not in raw, raw
+    assert raw.endswith(b"221 2.0.0 scripted Bye\r\n"), raw
+    g.wait_log("will not be kept: a reply to no command", since=mark)
+    assert "backend connection kept" not in g.log_since(mark)

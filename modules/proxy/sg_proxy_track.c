@@ -438,6 +438,13 @@ sg_proxy_track_server(sg_proxy_track_t *t, const u_char *p, size_t n)
 
     for ( ; p < end && t->state != SG_TRACK_OFF; p++) {
         ch = *p;
+        if (t->rlen == 0 && t->pending == 0) {
+            /* Known at its first byte: waiting for its end would let
+             * the session end (our 221 glued to the half line) and the
+             * connection be kept with the rest still to come. */
+            sg_proxy_track_off(t, "a reply to no command");
+            return;
+        }
         if (ch == '\n') {
             if (!t->rcr) {
                 sg_proxy_track_off(t, "a reply line ending in a bare LF");

@@ -941,6 +941,9 @@ class ScriptedBackend:
                         and 60-line EHLO reply trickle out a few bytes at a
                         time; it records each message in .messages
       ehlo_garbage      greets, then answers EHLO with a non-reply
+      noop_tail         a plain ESMTP server that answers NOOP and then
+                        starts a reply nobody asked for, "250 tail",
+                        whose "ed" CRLF follows half a second later
       count_quit        a plain ESMTP server that, at QUIT, waits for the
                         client's FIN and records in .quit_segments how
                         many segments came since it answered the command
@@ -1119,6 +1122,20 @@ class ScriptedBackend:
                 return
             elif verb == b"QUIT":
                 conn.sendall(b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 2.0.0 OK\r\n")
+
+    def _do_noop_tail(self, conn, idx):
+        for verb in self._verbs(conn, idx):
+            if verb == b"EHLO":
+                conn.sendall(self.EHLO_REPLY)
+            elif verb == b"NOOP":
+                conn.sendall(b"250 2.0.0 OK\r\n250 tail")
+                time.sleep(0.5)
+                conn.sendall(b"ed\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 2.0.0 scripted Bye\r\n")
                 return
             else:
                 conn.sendall(b"250 2.0.0 OK\r\n")

@@ -372,6 +372,17 @@ test_off(void)
     (void) client(&t, LIT("NOOP\r\n"), 0);
     server(&t, LIT("421 4.4.2 timeout\r\n"), 0);
     CHECK_INT(t.state, SG_TRACK_OFF);
+
+    /* an unasked reply is known at its first byte, not at its end: the
+     * session must not be done with half of it passed on */
+    for (i = 0; i < 2; i++) {
+        sg_proxy_track_init(&t, false, true);
+        (void) client(&t, LIT("NOOP\r\nQUIT\r\n"), 0);
+        server(&t, LIT("250 ok\r\n2"), i);
+        CHECK_INT(t.state, SG_TRACK_OFF);
+        CHECK(!sg_proxy_track_done(&t));
+        CHECK(t.why != NULL && strcmp(t.why, "a reply to no command") == 0);
+    }
 }
 
 static void
