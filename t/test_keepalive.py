@@ -522,3 +522,67 @@ def test_a_started_reply_nobody_asked_for_is_not_kept(smtpgate, scripted):
     assert raw.endswith(b"221 2.0.0 scripted Bye\r\n"), raw
     g.wait_log("will not be kept: a reply to no command", since=mark)
     assert "backend connection kept" not in g.log_since(mark)
+
+
+def test_errors_since_the_last_message_close_the_connection(smtpgate,
+                                                            backend):
+    g = ka_gate(smtpgate, backend, level="debug")
+    mark = g.log_mark()
+    # errors, nothing accepted after them: not kept
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("RCPT TO:<x@example.org>").code == 503
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    g.wait_log("will not be kept: the backend answered an error since the "
+               "last message it accepted", since=mark)
+    assert wait_until(lambda: backend.open_connections == 0)
+    # errors, then a message accepted: kept
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("RCPT TO:<x@example.org>").code == 503
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: 1\r\n\r\none\r\n").code == 250
+        assert c.cmd("QUIT").code == 221
+        c.expect_closed()
+    one_session(g, b"Subject: 2\r\n\r\ntwo\r\n", user="bob")
+    backend.wait_messages(2)
+    assert backend.connections == 2
+    assert g.log_since(mark).count("on a kept connection") == 1
+
+
+@pytest.mark.parametrize("xclient", ["off", "on"])
+def test_postfix_error_count_is_not_inherited(smtpgate, make_postfix,
+                                              xclient):
+    # Postfix counts a client's errors per connection until a message is
+    # delivered (XCLIENT does not reset it): past smtpd_soft_error_limit
+    # each reply waits, at smtpd_hard_error_limit the connection ends.
+    # One client's errors must not slow down or cut off the next client.
+    postfix = make_postfix(main={"smtpd_hard_error_limit": "5",
+                                 "smtpd_soft_error_limit": "3",
+                                 "smtpd_error_sleep_time": "1s"})
+    g = smtpgate(gatelib.conf(
+        proxy_pass=postfix.address,
+        mail=f"    proxy_keepalive 4;\n    xclient {xclient};\n"))
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("alice.example")
+        assert c.auth_plain("alice", password("alice")).code == 235
+        for _ in range(4):
+            assert c.cmd("RCPT TO:<x@example.org>").code == 503
+        assert c.cmd("QUIT").code == 221
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo("bob.example")
+        assert c.auth_plain("bob", password("bob")).code == 235
+        assert c.cmd("RCPT TO:<x@example.org>").code == 503
+        r = c.cmd("NOOP")
+        assert r.code == 250, r
+        assert c.mail("a@example.org", ["b@example.org"],
+                      b"Subject: bob\r\n\r\nbob\r\n").code == 250
+        assert c.cmd("QUIT").code == 221
+    postfix.wait_messages(1)

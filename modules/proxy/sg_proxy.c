@@ -1330,6 +1330,7 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
      * connection may be kept. */
     sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
                         (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
+    ctx->track.erred = mail->len && mail->data[0] != '2';
     ctx->keepable = ctx->conf->keepalive && !cl->auth
         && cl->proxy_protocol == 0
         && ctx->up_sessions < (unsigned) ctx->conf->keepalive_requests;
@@ -1598,6 +1599,26 @@ sg_proxy_splice(sg_connection_t *src, sg_connection_t *dst,
     }
 }
 
+/* What the backend keeps past RSET from a session that was followed
+ * to its end, which the next session must not inherit; NULL: nothing. */
+static const char *
+sg_proxy_keep_refused(sg_proxy_ctx_t *ctx)
+{
+    /* The HELO name (and HELO's plain SMTP).  After XCLIENT the next
+     * session sends XCLIENT and EHLO anew. */
+    if (ctx->track.greeted && !ctx->cl.xclient_sent) {
+        return "the client greeted again (HELO or EHLO)";
+    }
+    /* The count of errors (Postfix: smtpd_soft_error_limit delays every
+     * reply, smtpd_hard_error_limit ends the connection), which XCLIENT
+     * does not reset and an accepted message does. */
+    if (ctx->track.erred) {
+        return "the backend answered an error since the last message it "
+               "accepted";
+    }
+    return NULL;
+}
+
 static void
 sg_proxy_relay_handler(sg_event_t *ev)
 {
@@ -1607,6 +1628,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     unsigned            up_eof, down_eof;
     bool                moved = false, up_empty, down_empty, tracked;
     uint64_t            until;
+    const char         *why;
     int                 rc;
 
     ctx = c->data;
@@ -1631,13 +1653,11 @@ sg_proxy_relay_handler(sg_event_t *ev)
         if (sg_buf_size(&ctx->ubuf)) {
             goto wait;
         }
-        /* RSET keeps the HELO name (and HELO's plain SMTP): the next
-         * session would be relayed under this client's name.  After
-         * XCLIENT the next session sends XCLIENT and EHLO anew. */
-        if (ctx->keepable && ctx->track.greeted && !ctx->cl.xclient_sent) {
+        why = ctx->keepable ? sg_proxy_keep_refused(ctx) : NULL;
+        if (why) {
             ctx->keepable = 0;
             sg_log_debug(s->log, "the backend connection will not be "
-                         "kept: the client greeted again (HELO or EHLO)");
+                         "kept: %s", why);
         }
         /* The 221 is out: the session ends, its backend connection
          * stays, unless the backend spoke out of turn meanwhile. */

@@ -421,6 +421,11 @@ sg_proxy_track_reply_line(sg_proxy_track_t *t)
     if (code / 100 == 2 && (t->got == t->end_at || t->got == t->rset_at)) {
         t->clean_at = t->got;
     }
+    if (code >= 400) {
+        t->erred = 1;
+    } else if (code / 100 == 2 && t->got == t->end_at) {
+        t->erred = 0;                 /* Postfix forgets them here too */
+    }
     if (t->pending == 0 && t->data_due) {
         t->data_due = 0;
         if (t->state == SG_TRACK_WAIT_DATA) {

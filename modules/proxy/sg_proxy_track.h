@@ -60,6 +60,9 @@ typedef struct {
     unsigned     chunking:1; /* the server offered CHUNKING */
     unsigned     greeted:1;  /* the client sent HELO or EHLO: the server
                                 keeps its name and mode past RSET */
+    unsigned     erred:1;    /* a 4xx or 5xx reply since the last message
+                                accepted: servers count those per
+                                connection (Postfix's error limits) */
     const char  *why;        /* why tracking stopped, for the log */
 } sg_proxy_track_t;
 

@@ -531,6 +531,33 @@ test_greeted(void)
     }
 }
 
+/* An error reply marks the session until a message is accepted. */
+static void
+test_erred(void)
+{
+    sg_proxy_track_t  t;
+
+    sg_proxy_track_init(&t, false, true);
+    (void) client(&t, LIT("NOOP\r\nRCPT TO:<a@b>\r\n"), 0);
+    server(&t, LIT("250 ok\r\n"), 0);
+    CHECK(!t.erred);
+    server(&t, LIT("503 need MAIL\r\n"), 0);
+    CHECK(t.erred);
+    (void) client(&t, LIT("RSET\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\n"
+                          "DATA\r\n"), 0);
+    server(&t, LIT("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), 0);
+    CHECK(t.erred);
+    (void) client(&t, LIT("x\r\n.\r\nQUIT\r\n"), 0);
+    server(&t, LIT("250 queued\r\n"), 0);
+    CHECK(sg_proxy_track_done(&t) && !t.erred);
+
+    /* a message refused at its end is one more error */
+    sg_proxy_track_init(&t, false, true);
+    (void) client(&t, LIT("MAIL FROM:<>\r\nBDAT 1 LAST\r\nxQUIT\r\n"), 0);
+    server(&t, LIT("250 ok\r\n554 no\r\n"), 0);
+    CHECK(sg_proxy_track_done(&t) && t.erred);
+}
+
 int
 main(void)
 {
@@ -551,6 +578,7 @@ main(void)
     RUN(test_line_max);
     RUN(test_clean);
     RUN(test_greeted);
+    RUN(test_erred);
 
     return sg_test_finish();
 }
