@@ -586,3 +586,20 @@ def test_postfix_error_count_is_not_inherited(smtpgate, make_postfix,
                       b"Subject: bob\r\n\r\nbob\r\n").code == 250
         assert c.cmd("QUIT").code == 221
     postfix.wait_messages(1)
+
+
+def test_an_unreadable_answer_to_rset_closes_the_connection(smtpgate,
+                                                             scripted):
+    # Not a reply: the connection can serve no one, and must not sit in
+    # the pool until proxy_keepalive_timeout.
+    b = scripted("rset_garbage")
+    g = ka_gate(smtpgate, b)
+    mark = g.log_mark()
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.expect("MAIL FROM:<a@example.org>", 250).code == 250
+        assert c.cmd("QUIT").code == 221
+    g.wait_log("kept connection to backend .* closed: RSET was not "
+               "answered 250", since=mark, timeout=10)

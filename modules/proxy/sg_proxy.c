@@ -645,6 +645,7 @@ sg_proxy_idle_handler(sg_event_t *ev)
     sg_proxy_idle_t  *idle = c->data;
     sg_smtp_reply_t   r;
     ssize_t           n;
+    int               rc;
 
     if (c->close) {
         sg_proxy_idle_close(idle, NULL);
@@ -677,9 +678,15 @@ sg_proxy_idle_handler(sg_event_t *ev)
             return;
         }
         idle->nin += (size_t) n;
-        if (sg_smtp_parse_reply(idle->in, idle->in + idle->nin,
-                                sizeof(idle->in), &r) == SG_OK)
-        {
+        rc = sg_smtp_parse_reply(idle->in, idle->in + idle->nin,
+                                 sizeof(idle->in), &r);
+        if (rc == SG_ERROR) {
+            /* not a reply: it would sit here, never ready, until
+             * proxy_keepalive_timeout */
+            sg_proxy_idle_close(idle, "RSET was not answered 250");
+            return;
+        }
+        if (rc == SG_OK) {
             if (r.code != 250 || r.len != idle->nin) {
                 sg_proxy_idle_close(idle, "RSET was not answered 250");
                 return;

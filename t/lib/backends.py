@@ -944,6 +944,8 @@ class ScriptedBackend:
       noop_tail         a plain ESMTP server that answers NOOP and then
                         starts a reply nobody asked for, "250 tail",
                         whose "ed" CRLF follows half a second later
+      rset_garbage      a plain ESMTP server that answers RSET with a
+                        line that is not an SMTP reply
       count_quit        a plain ESMTP server that, at QUIT, waits for the
                         client's FIN and records in .quit_segments how
                         many segments came since it answered the command
@@ -1134,6 +1136,18 @@ class ScriptedBackend:
                 conn.sendall(b"250 2.0.0 OK\r\n250 tail")
                 time.sleep(0.5)
                 conn.sendall(b"ed\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 2.0.0 scripted Bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 2.0.0 OK\r\n")
+
+    def _do_rset_garbage(self, conn, idx):
+        for verb in self._verbs(conn, idx):
+            if verb == b"EHLO":
+                conn.sendall(self.EHLO_REPLY)
+            elif verb == b"RSET":
+                conn.sendall(b"this is not a reply\r\n")
             elif verb == b"QUIT":
                 conn.sendall(b"221 2.0.0 scripted Bye\r\n")
                 return
