@@ -121,3 +121,22 @@ def test_json_bad_answers_are_temporary(smtpgate, backend, svc, bad):
     g = smtpgate(conf(backend, svc))
     r = login(g, "right")
     assert r.raw == b"454 4.7.0 Temporary authentication failure\r\n", r
+
+
+@pytest.mark.parametrize("bad", [
+    b'{"status": "OK", "user": "bk", "pass": "BackendSecret\\q"}',
+    b'{"status": "OK", "user": "bk", "pass": "BackendSecret',
+    b'{"status": "OK", "pass": "BackendSecret\\ud800"}',
+], ids=["bad-escape", "unterminated", "lone-surrogate"])
+def test_json_bad_answer_keeps_its_values_out_of_the_log(smtpgate, backend,
+                                                          svc, bad):
+    """jansson quotes the text where it stopped parsing; when that is the
+    backend password the service sent, none of it may reach the log."""
+    svc.answer = lambda doc: bad
+    g = smtpgate(conf(backend, svc))
+    mark = g.log_mark()
+    assert login(g, "right").code == 454
+    line = g.wait_log(r"auth_http JSON answer rejected: ", since=mark)
+    log = g.log_since(mark)
+    assert "Secret" not in log, log
+    assert "at offset" in log

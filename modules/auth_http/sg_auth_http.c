@@ -1247,6 +1247,28 @@ sg_auth_http_json_fields(json_t *o, sg_http_auth_response_t *h,
     return NULL;
 }
 
+/*
+ * How much of jansson's message may be logged: it goes on with "near
+ * '...'" (or quotes an escape) from the text where parsing stopped,
+ * which can be the middle of the "pass" the service sent.
+ */
+static int
+sg_auth_http_json_why(const json_error_t *jerr)
+{
+    const char  *near;
+    size_t       n;
+
+    n = strcspn(jerr->text, "'");
+    near = strstr(jerr->text, " near ");
+    if (near != NULL && (size_t) (near - jerr->text) < n) {
+        n = (size_t) (near - jerr->text);
+    }
+    while (n > 0 && jerr->text[n - 1] == ' ') {
+        n--;
+    }
+    return (int) n;
+}
+
 static void
 sg_auth_http_json_answer(sg_auth_http_ctx_t *ctx,
     const sg_http_auth_response_t *head, const u_char *body)
@@ -1263,7 +1285,8 @@ sg_auth_http_json_answer(sg_auth_http_ctx_t *ctx,
                    JSON_REJECT_DUPLICATES, &jerr);
     if (o == NULL) {
         sg_log_error(SG_LOG_ERR, ctx->r->log, 0, "auth_http JSON answer "
-                     "rejected: %s at offset %d", jerr.text, jerr.position);
+                     "rejected: %.*s at offset %d",
+                     sg_auth_http_json_why(&jerr), jerr.text, jerr.position);
         sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "the auth_http service "
                             "sent an invalid JSON answer");
         return;
