@@ -136,7 +136,35 @@ def test_json_bad_answer_keeps_its_values_out_of_the_log(smtpgate, backend,
     g = smtpgate(conf(backend, svc))
     mark = g.log_mark()
     assert login(g, "right").code == 454
-    line = g.wait_log(r"auth_http JSON answer rejected: ", since=mark)
+    g.wait_log(r"auth_http service \S+ failed: invalid JSON answer: .* at "
+               r"offset \d+", since=mark)
     log = g.log_since(mark)
     assert "Secret" not in log, log
-    assert "at offset" in log
+
+
+@pytest.mark.parametrize("bad", [b"not json", b'{"status": "OK", "status": "OK"}',
+                                 b'{"status": ["OK"]}'],
+                         ids=["syntax", "duplicate", "type"])
+def test_json_bad_answer_fails_over_to_the_next_service(smtpgate, backend,
+                                                        bad):
+    """As for a malformed head, a service whose answer is not valid is
+    skipped for auth_http_fail_timeout and the next one asked: the
+    client logs in."""
+    broken, good = JsonService(backend.port), JsonService(backend.port)
+    broken.answer = lambda doc: bad
+    try:
+        g = smtpgate(gatelib.conf(
+            backend=backend, auth_file=None, workers=1,
+            mail=(f"    auth_http http://127.0.0.1:{broken.port}/a "
+                  f"http://127.0.0.1:{good.port}/a;\n"
+                  "    auth_http_format json;\n")))
+        mark = g.log_mark()
+        assert login(g, "right").code == 235
+        assert login(g, "right").code == 235
+        assert (len(broken.requests), len(good.requests)) == (1, 2)
+        g.wait_log(rf"auth_http service http://127.0.0.1:{broken.port}/a "
+                   r"failed: .*; skipping it for auth_http_fail_timeout",
+                   since=mark)
+    finally:
+        broken.stop()
+        good.stop()

@@ -1269,35 +1269,42 @@ sg_auth_http_json_why(const json_error_t *jerr)
     return (int) n;
 }
 
-static void
-sg_auth_http_json_answer(sg_auth_http_ctx_t *ctx,
+/* auth_http_format json: the answer's object, read as the headers would
+ * be (h's values point into o, freed by the caller after use). */
+typedef struct {
+    json_t                   *o;
+    sg_http_auth_response_t   h;
+    u_char                    num[4 * 24];
+    char                      why[128];
+} sg_auth_http_json_t;
+
+/* SG_ERROR (why filled, o NULL): not a valid answer, which makes the
+ * service count as broken, as a malformed head does. */
+static int
+sg_auth_http_json_load(sg_auth_http_json_t *j,
     const sg_http_auth_response_t *head, const u_char *body)
 {
-    sg_http_auth_response_t   h;
-    json_error_t              jerr;
-    json_t                   *o;
-    u_char                    num[4 * 24];
-    const char               *why;
+    json_error_t  jerr;
+    const char   *why;
 
-    memset(&h, 0, sizeof(h));
-    h.status = head->status;
-    o = json_loadb((const char *) body, (size_t) head->content_length,
-                   JSON_REJECT_DUPLICATES, &jerr);
-    if (o == NULL) {
-        sg_log_error(SG_LOG_ERR, ctx->r->log, 0, "auth_http JSON answer "
-                     "rejected: %.*s at offset %d",
-                     sg_auth_http_json_why(&jerr), jerr.text, jerr.position);
-        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "the auth_http service "
-                            "sent an invalid JSON answer");
-        return;
+    memset(&j->h, 0, sizeof(j->h));
+    j->h.status = head->status;
+    j->o = json_loadb((const char *) body, (size_t) head->content_length,
+                      JSON_REJECT_DUPLICATES, &jerr);
+    if (j->o == NULL) {
+        snprintf(j->why, sizeof(j->why), "invalid JSON answer: %.*s at "
+                 "offset %d", sg_auth_http_json_why(&jerr), jerr.text,
+                 jerr.position);
+        return SG_ERROR;
     }
-    why = sg_auth_http_json_fields(o, &h, num, sizeof(num));
-    if (why) {
-        sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, why);
-    } else {
-        sg_auth_http_answer(ctx, &h);
+    why = sg_auth_http_json_fields(j->o, &j->h, j->num, sizeof(j->num));
+    if (why != NULL) {
+        snprintf(j->why, sizeof(j->why), "%s", why);
+        json_decref(j->o);
+        j->o = NULL;
+        return SG_ERROR;
     }
-    json_decref(o);
+    return SG_OK;
 }
 
 /* auth_http_format json: the body, Content-Length bytes after the head,
@@ -1388,17 +1395,49 @@ sg_auth_http_read(sg_auth_http_ctx_t *ctx, sg_http_auth_response_t *h,
     }
 }
 
+/* The whole answer: the head, and with auth_http_format json the body,
+ * parsed into j.  SG_OK, SG_AGAIN, or SG_ERROR with why, and race when
+ * the connection failed before a byte of an answer arrived. */
+static int
+sg_auth_http_receive(sg_auth_http_ctx_t *ctx, sg_http_auth_response_t *h,
+    sg_auth_http_json_t *j, const char **why, bool *race)
+{
+    sg_auth_http_conn_t  *hc = ctx->hc;
+    int                   rc;
+
+    h->error = NULL;
+    rc = sg_auth_http_read(ctx, h, why);
+    if (rc == SG_ERROR) {
+        *race = hc->in.last == hc->in.pos && h->error == NULL;
+        return SG_ERROR;
+    }
+    if (rc != SG_OK || ctx->conf->format != SG_AUTH_HTTP_JSON) {
+        return rc;
+    }
+    rc = sg_auth_http_read_body(ctx, h, why);
+    if (rc != SG_OK) {
+        return rc;
+    }
+    if (sg_auth_http_json_load(j, h, hc->in.pos + h->head_len) != SG_OK) {
+        *why = j->why;
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
 static void
 sg_auth_http_handler(sg_event_t *ev)
 {
     sg_connection_t          *c = ev->data;
     sg_auth_http_conn_t      *hc = c->data;
     sg_auth_http_ctx_t       *ctx = hc->ctx;
-    sg_http_auth_response_t   h;
+    sg_http_auth_response_t   h, *ans;
+    sg_auth_http_json_t       j;
     sg_auth_http_conf_t      *conf;
     const char               *why = NULL;
     size_t                    body;
     int                       rc, err;
+    bool                      race;
 
     if (ev->timedout) {
         sg_auth_http_failed(ctx, ETIMEDOUT, "no answer within "
@@ -1435,43 +1474,33 @@ sg_auth_http_handler(sg_event_t *ev)
     if (rc == SG_AGAIN) {
         return;
     }
-    h.error = NULL;
-    rc = sg_auth_http_read(ctx, &h, &why);
+    j.o = NULL;
+    race = false;
+    rc = sg_auth_http_receive(ctx, &h, &j, &why, &race);
     if (rc == SG_AGAIN) {
         return;
     }
     if (rc == SG_ERROR) {
-        sg_auth_http_failed_race(ctx, 0, why,
-                                 hc->in.last == hc->in.pos && h.error == NULL);
+        sg_auth_http_failed_race(ctx, 0, why, race);
         return;
     }
-    if (ctx->conf->format == SG_AUTH_HTTP_JSON) {
-        rc = sg_auth_http_read_body(ctx, &h, &why);
-        if (rc == SG_AGAIN) {
-            return;
-        }
-        if (rc == SG_ERROR) {
-            sg_auth_http_failed(ctx, 0, why);
-            return;
-        }
-    }
+    ans = j.o ? &j.h : &h;
     sg_log_debug(ctx->r->log, "auth_http answer: HTTP %d, Auth-Status "
                  "\"%.*s\"", h.status,
-                 (int) sg_min(h.h[SG_HTTP_H_AUTH_STATUS].len, 100),
-                 h.h[SG_HTTP_H_AUTH_STATUS].data
-                     ? (char *) h.h[SG_HTTP_H_AUTH_STATUS].data : "");
-    /* The answer is in the head; a body is read no further.  The
-     * connection is kept only when it ends exactly here. */
+                 (int) sg_min(ans->h[SG_HTTP_H_AUTH_STATUS].len, 100),
+                 ans->h[SG_HTTP_H_AUTH_STATUS].data
+                     ? (char *) ans->h[SG_HTTP_H_AUTH_STATUS].data : "");
+    /* The answer is in the head (or the JSON body); nothing more is
+     * read.  The connection is kept only when it ends exactly here. */
     body = (size_t) (hc->in.last - hc->in.pos) - h.head_len;
     conf = ctx->conf;
     ctx->hc = NULL;
     hc->ctx = NULL;
     /* The answer may end the session (and ctx with it); h points into
      * hc's buffer, which stays until the connection is released. */
-    if (conf->format == SG_AUTH_HTTP_JSON) {
-        sg_auth_http_json_answer(ctx, &h, hc->in.pos + h.head_len);
-    } else {
-        sg_auth_http_answer(ctx, &h);
+    sg_auth_http_answer(ctx, ans);
+    if (j.o != NULL) {
+        json_decref(j.o);
     }
     sg_auth_http_release(hc, conf, h.keepalive && h.content_length >= 0
                                    && (size_t) h.content_length == body);
