@@ -24,6 +24,7 @@ import time
 import pytest
 
 from lib import gate as gatelib
+from lib import memscan
 from lib import net
 from lib import pki as pkilib
 from lib.authsvc import Answer, AuthService, Nginx, ok, ok_to, refuse
@@ -1163,6 +1164,28 @@ def test_no_password_in_debug_log(smtpgate, backend, services):
         assert "auth_http request to" in log, "no debug lines"
         for form in forms:
             assert form not in log, f"{form!r} in {gate.error_log_path}"
+
+
+@pytest.mark.skipif(not memscan.can_scan(), reason="reads /proc/PID/mem")
+def test_no_password_left_in_worker_memory(smtpgate, backend, svc):
+    """Once the sessions have ended, neither the client's password (in
+    the request sent to the service) nor the backend password the
+    service answered with (Auth-Pass) is left in the worker's memory:
+    they are wiped, not merely freed."""
+    g = smtpgate(http_conf(svc.url, backend=backend, workers=1))
+    password = "Zq9xClientUNIQUE"
+    svc.queue(ok_to(backend, headers=[("Auth-User", "bk"),
+                                      ("Auth-Pass", "Bk7BackendUNIQUE")]),
+              refuse("No"))
+    assert auth_session(g, password=password + "1").code == 235
+    # the shorter answer leaves the end of the first in the buffer of the
+    # kept connection, unless it was wiped
+    assert auth_session(g, password=password + "2").code == 535
+    assert svc.conns_of() == [0, 0]
+    (worker,) = g.workers()
+    found = memscan.find(worker, [b"Auth-Pass: " + password.encode(),
+                                  password.encode(), b"Bk7BackendUNIQUE"])
+    assert not found, found
 
 
 # ==========================================================================

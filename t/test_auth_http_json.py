@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from lib import gate as gatelib
+from lib import memscan
 from lib import net
 from lib.smtp import plain_token
 
@@ -168,3 +169,21 @@ def test_json_bad_answer_fails_over_to_the_next_service(smtpgate, backend,
     finally:
         broken.stop()
         good.stop()
+
+
+@pytest.mark.skipif(not memscan.can_scan(), reason="reads /proc/PID/mem")
+def test_json_passwords_not_left_in_worker_memory(smtpgate, backend, svc):
+    """The request's "pass" and the "pass" of the answer are wiped once
+    the login is over, not merely freed."""
+    svc.answer = lambda doc: {"status": "OK", "server": "127.0.0.1",
+                              "port": svc.backend_port, "user": "bk",
+                              "pass": "Bk7JsonBackendUNIQUE"}
+    g = gatelib.conf(backend=backend, auth_file=None, workers=1,
+                     mail=(f"    auth_http http://127.0.0.1:{svc.port}/a;\n"
+                           "    auth_http_format json;\n"))
+    g = smtpgate(g)
+    assert login(g, "Zq9JsonClientUNIQUE").code == 235
+    (worker,) = g.workers()
+    found = memscan.find(worker, [b'"pass":"Zq9JsonClientUNIQUE"',
+                                  b"Bk7JsonBackendUNIQUE"])
+    assert not found, found

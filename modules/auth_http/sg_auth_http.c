@@ -629,14 +629,26 @@ sg_json_put_proxy_protocol(json_t *o, const sg_proxy_protocol_t *pp)
     return rc == SG_OK ? SG_OK : SG_ERROR;
 }
 
-static char *
+/* jansson frees without clearing: the "pass" of a request or an
+ * answer is wiped first. */
+static void
+sg_auth_http_json_free(json_t *o)
+{
+    json_t  *v = json_object_get(o, "pass");
+
+    if (json_is_string(v)) {
+        sg_wipe((void *) json_string_value(v), json_string_length(v));
+    }
+    json_decref(o);
+}
+
+static json_t *
 sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
 {
     sg_auth_request_t  *r = ctx->r;
     sg_connection_t    *c = r->connection;
     sg_str_t            v;
     json_t             *o;
-    char               *body = NULL;
     int                 rc = SG_OK;
 
     o = json_object();
@@ -683,35 +695,36 @@ sg_auth_http_json_body(sg_auth_http_ctx_t *ctx)
         }
     }
 #endif
-    if (rc == SG_OK) {
-        body = json_dumps(o, JSON_COMPACT);
+    if (rc != SG_OK) {
+        sg_auth_http_json_free(o);
+        return NULL;
     }
-    json_decref(o);
-    return body;
+    return o;
 }
 
-/* The JSON request: POST with the document as its body. */
+/* The JSON request: POST with the document as its body, written
+ * straight into the request (json_dumps would leave copies of the
+ * password in the buffers it outgrows). */
 static int
 sg_auth_http_build_json(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
 {
     sg_str_t  *h;
-    char      *body;
+    json_t    *o;
     size_t     len, blen, i;
     u_char    *p;
 
-    body = sg_auth_http_json_body(ctx);
-    if (body == NULL) {
+    o = sg_auth_http_json_body(ctx);
+    if (o == NULL) {
         return SG_DECLINED;
     }
-    blen = strlen(body);
+    blen = json_dumpb(o, NULL, 0, JSON_COMPACT);
     len = 256 + srv->uri.len + srv->host.len + blen;
     for (i = 0; ctx->conf->headers && i < ctx->conf->headers->nelts; i++) {
         len += sg_array_elt(ctx->conf->headers, sg_str_t, i)->len;
     }
-    p = sg_pnalloc(ctx->r->pool, len);
+    p = blen ? sg_pnalloc(ctx->r->pool, len) : NULL;
     if (p == NULL) {
-        sg_wipe(body, blen);
-        free(body);
+        sg_auth_http_json_free(o);
         return SG_ERROR;
     }
     ctx->req.data = p;
@@ -726,10 +739,10 @@ sg_auth_http_build_json(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     }
     *p++ = '\r';
     *p++ = '\n';
-    memcpy(p, body, blen);
-    p += blen;
-    sg_wipe(body, blen);            /* it holds the password */
-    free(body);
+    ctx->req.len = (size_t) (p - ctx->req.data);
+    SG_BUG_ON(ctx->req.len + blen > len);
+    p += json_dumpb(o, (char *) p, blen, JSON_COMPACT);
+    sg_auth_http_json_free(o);
     ctx->req.len = (size_t) (p - ctx->req.data);
     return SG_OK;
 }
@@ -738,9 +751,21 @@ sg_auth_http_build_json(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
 
 static void sg_auth_http_handler(sg_event_t *ev);
 
+/* The buffer held an answer, and answers carry backend passwords
+ * (Auth-Pass): nothing of one outlives the request it answered. */
+static void
+sg_auth_http_wipe_in(sg_auth_http_conn_t *hc)
+{
+    if (hc->in.start != NULL && hc->in.last > hc->in.start) {
+        sg_wipe(hc->in.start, (size_t) (hc->in.last - hc->in.start));
+    }
+    sg_buf_reset(&hc->in);
+}
+
 static void
 sg_auth_http_close_conn(sg_auth_http_conn_t *hc)
 {
+    sg_auth_http_wipe_in(hc);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_free_connection(hc->c);
 #endif
@@ -784,6 +809,7 @@ sg_auth_http_release(sg_auth_http_conn_t *hc, sg_auth_http_conf_t *conf,
     hc->ctx = NULL;
     sg_event_del_timer(hc->c->read);
     sg_event_del_timer(hc->c->write);
+    sg_auth_http_wipe_in(hc);
     if (!reusable || sg_exiting || srv->nidle >= (size_t) conf->keepalive) {
         sg_auth_http_close_conn(hc);
         return;
@@ -793,7 +819,6 @@ sg_auth_http_release(sg_auth_http_conn_t *hc, sg_auth_http_conf_t *conf,
     hc->c->read->handler = sg_auth_http_idle_handler;
     hc->c->write->handler = sg_auth_http_idle_handler;
     hc->c->write->ready = 0;
-    sg_buf_reset(&hc->in);
     hc->next = srv->idle;
     srv->idle = hc;
     srv->nidle++;
@@ -844,6 +869,19 @@ sg_auth_http_take(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
     return hc;
 }
 
+/* The request holds the password (escaped, or in the JSON body): wiped
+ * once it has served, whatever the outcome, as it lives in the session
+ * pool, which is freed without being cleared. */
+static void
+sg_auth_http_forget(sg_auth_http_ctx_t *ctx)
+{
+    if (ctx->req.data != NULL) {
+        sg_wipe(ctx->req.data, ctx->req.len);
+        ctx->req.data = NULL;
+        ctx->req.len = 0;
+    }
+}
+
 /* Answers. */
 
 static void
@@ -852,6 +890,7 @@ sg_auth_http_finish(sg_auth_http_ctx_t *ctx, sg_auth_status_e status,
 {
     sg_auth_request_t  *r = ctx->r;
 
+    sg_auth_http_forget(ctx);
     r->status = status;
     if (reason) {
         r->reason = reason;
@@ -935,6 +974,36 @@ sg_auth_http_copy(sg_pool_t *pool, sg_str_t *dst, const sg_str_t *src)
     memcpy(dst->data, src->data, src->len);
     dst->len = src->len;
     return SG_OK;
+}
+
+static void
+sg_auth_http_wipe_str(void *data)
+{
+    sg_str_t  *v = data;
+
+    sg_wipe(v->data, v->len);
+}
+
+/* A copy of Auth-Pass in the session pool, wiped when the pool goes
+ * (whether or not proxy_smtp_auth ever uses it). */
+static int
+sg_auth_http_copy_secret(sg_pool_t *pool, sg_str_t *dst, const sg_str_t *src)
+{
+    sg_str_t  *keep;
+
+    if (sg_auth_http_copy(pool, dst, src) != SG_OK) {
+        return SG_ERROR;
+    }
+    if (dst->len == 0) {
+        return SG_OK;
+    }
+    keep = sg_palloc(pool, sizeof(sg_str_t));
+    if (keep == NULL) {
+        sg_wipe(dst->data, dst->len);
+        return SG_ERROR;
+    }
+    *keep = *dst;
+    return sg_pool_cleanup_add(pool, sg_auth_http_wipe_str, keep);
 }
 
 /* An Auth-Server host name is looked up on the worker's thread pool,
@@ -1141,8 +1210,8 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
     if (sg_auth_http_copy(r->pool, &r->route, &h->h[SG_HTTP_H_AUTH_UPSTREAM])
         || sg_auth_http_copy(r->pool, &r->backend_user,
                              &h->h[SG_HTTP_H_AUTH_USER])
-        || sg_auth_http_copy(r->pool, &r->backend_pass,
-                             &h->h[SG_HTTP_H_AUTH_PASS]))
+        || sg_auth_http_copy_secret(r->pool, &r->backend_pass,
+                                    &h->h[SG_HTTP_H_AUTH_PASS]))
     {
         sg_auth_http_finish(ctx, SG_AUTH_TEMPFAIL, "out of memory");
         return;
@@ -1300,7 +1369,7 @@ sg_auth_http_json_load(sg_auth_http_json_t *j,
     why = sg_auth_http_json_fields(j->o, &j->h, j->num, sizeof(j->num));
     if (why != NULL) {
         snprintf(j->why, sizeof(j->why), "%s", why);
-        json_decref(j->o);
+        sg_auth_http_json_free(j->o);
         j->o = NULL;
         return SG_ERROR;
     }
@@ -1500,7 +1569,7 @@ sg_auth_http_handler(sg_event_t *ev)
      * hc's buffer, which stays until the connection is released. */
     sg_auth_http_answer(ctx, ans);
     if (j.o != NULL) {
-        json_decref(j.o);
+        sg_auth_http_json_free(j.o);
     }
     sg_auth_http_release(hc, conf, h.keepalive && h.content_length >= 0
                                    && (size_t) h.content_length == body);
@@ -1521,6 +1590,7 @@ sg_auth_http_next(sg_auth_http_ctx_t *ctx)
         if (srv->failed_until > sg_current_msec) {
             continue;                     /* failed recently: skip */
         }
+        sg_auth_http_forget(ctx);         /* the one sent before, if any */
         rc = ctx->conf->format == SG_AUTH_HTTP_JSON
              ? sg_auth_http_build_json(ctx, srv)
              : sg_auth_http_build(ctx, srv);
@@ -1592,6 +1662,7 @@ sg_auth_http_cancel(sg_auth_request_t *r, void *conf)
         sg_auth_http_close_conn(ctx->hc);
         ctx->hc = NULL;
     }
+    sg_auth_http_forget(ctx);
     sg_event_unpost(&ctx->start);
     if (ctx->resolving) {
         sg_task_cancel(ctx->resolving);
