@@ -1177,11 +1177,17 @@ def test_no_password_left_in_worker_memory(smtpgate, backend, svc):
     svc.queue(ok_to(backend, headers=[("Auth-User", "bk"),
                                       ("Auth-Pass", "Bk7BackendUNIQUE")]),
               refuse("No"))
+    mark = g.quiet_log_mark()   # past the start-up probe's close
     assert auth_session(g, password=password + "1").code == 235
     # the shorter answer leaves the end of the first in the buffer of the
     # kept connection, unless it was wiped
     assert auth_session(g, password=password + "2").code == 535
     assert svc.conns_of() == [0, 0]
+    # each session's pool goes just after the worker logs its close
+    net.wait_until(lambda: g.log_since(mark).count("session closed")
+                   >= 2, 30, what="both sessions closed")
+    with g.session():       # a greeting: the worker is past those closes
+        pass
     (worker,) = g.workers()
     found = memscan.find(worker, [b"Auth-Pass: " + password.encode(),
                                   password.encode(), b"Bk7BackendUNIQUE"])

@@ -182,7 +182,13 @@ def test_json_passwords_not_left_in_worker_memory(smtpgate, backend, svc):
                      mail=(f"    auth_http http://127.0.0.1:{svc.port}/a;\n"
                            "    auth_http_format json;\n"))
     g = smtpgate(g)
+    mark = g.quiet_log_mark()   # past the start-up probe's close
     assert login(g, "Zq9JsonClientUNIQUE").code == 235
+    # the session's pool (with its copy of the backend password) goes
+    # just after the worker logs the close: scan once it is past it
+    g.wait_log(r"session closed", since=mark)
+    with g.session():       # a greeting: the worker is past that close
+        pass
     (worker,) = g.workers()
     found = memscan.find(worker, [b'"pass":"Zq9JsonClientUNIQUE"',
                                   b"Bk7JsonBackendUNIQUE"])

@@ -11,8 +11,9 @@
  * several services are tried in order, and one that fails is skipped
  * for auth_http_fail_timeout; every answer is parsed strictly and every
  * failure (down, slow, garbage) is a temporary failure that names its
- * cause in the log.  Refuses https:// (not in this build) and host
- * names in Auth-Server (resolving them would block the worker).
+ * cause in the log.  Host names in Auth-Server are looked up on the
+ * worker's thread pool, never in the event loop.  Every block jansson
+ * frees is wiped first: requests and answers carry passwords.
  */
 #include "sg_smtp.h"
 #include "sg_http_parse.h"
@@ -21,6 +22,7 @@
 #endif
 #include <sys/un.h>
 #include <netdb.h>
+#include <malloc.h>
 #include <jansson.h>
 
 #define SG_AUTH_HTTP_HEAD_MAX   8192
@@ -141,12 +143,41 @@ static const sg_mail_module_ctx_t  sg_auth_http_module_ctx = {
     NULL, NULL, sg_auth_http_create_conf, sg_auth_http_merge_conf, NULL
 };
 
+static int sg_auth_http_init_module(sg_cycle_t *cycle);
+
 sg_module_t  sg_auth_http_module = {
     .name = "auth_http",
     .type = SG_MAIL_MODULE,
     .ctx = &sg_auth_http_module_ctx,
     .commands = sg_auth_http_commands,
+    .init_module = sg_auth_http_init_module,
 };
+
+static void *
+sg_auth_http_json_alloc(size_t size)
+{
+    return malloc(size);
+}
+
+/* jansson frees without clearing, and the parser's and printer's own
+ * buffers (not only the values) hold copies of the "pass" of a request
+ * or an answer: each block is wiped whole before it goes back. */
+static void
+sg_auth_http_json_release(void *p)
+{
+    if (p != NULL) {
+        sg_wipe(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static int
+sg_auth_http_init_module(sg_cycle_t *cycle)
+{
+    (void) cycle;
+    json_set_alloc_funcs(sg_auth_http_json_alloc, sg_auth_http_json_release);
+    return SG_OK;
+}
 
 static const sg_smtp_auth_backend_t  sg_auth_http_backend = {
     "auth_http",
