@@ -1,6 +1,7 @@
 """The client side of smtpgate before relay: replies to each command,
 pipelining, malformed input, limits and timeouts."""
 
+import socket
 import time
 
 import pytest
@@ -423,6 +424,27 @@ def test_heavy_pipelining_with_backpressure(smtpgate, backend):
         t.join(60)
         assert not errors, errors
         assert c.cmd("QUIT").code == 221
+
+
+@pytest.mark.time_limit(240)
+def test_commands_arriving_while_replies_back_up(smtpgate, backend):
+    """A client that pipelines without reading until smtpgate's replies
+    back up, then sends more commands a packet at a time: they wait
+    until the replies drain, then every one is answered, in order."""
+    g = smtpgate(gatelib.conf(backend=backend))
+    with g.session(timeout=60, rcvbuf=4096) as c:
+        n = smtp.back_up_replies(c)
+        # One segment per command, each a read event for smtpgate.
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(100):
+            c.send(b"HELP\r\n")
+            time.sleep(0.01)
+        c.send(b"QUIT\r\n")
+        replies = c.read_until_closed()
+    codes = [r.code for r in replies]
+    assert codes == [214] * (n + 100) + [221], \
+        (len(codes), codes[-5:], [i for i, r in enumerate(codes)
+                                  if r not in (214, 221)][:5])
 
 
 def test_commands_pipelined_after_auth_are_replayed(gate, backend):

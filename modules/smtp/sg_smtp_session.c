@@ -762,6 +762,16 @@ sg_smtp_early_talker(sg_smtp_session_t *s)
     return true;
 }
 
+/* Room for one more reply of any length. */
+static bool
+sg_smtp_out_room(sg_smtp_session_t *s)
+{
+    if (sg_buf_free(&s->out) < SG_SMTP_OUT_SLACK) {
+        sg_buf_compact(&s->out);
+    }
+    return sg_buf_free(&s->out) >= SG_SMTP_OUT_SLACK;
+}
+
 void
 sg_smtp_run(sg_smtp_session_t *s)
 {
@@ -778,20 +788,24 @@ sg_smtp_run(sg_smtp_session_t *s)
          * before reading more. */
         buffered = false;
         if (!s->quit && !sg_smtp_waiting(s)) {
-            rc = sg_smtp_next_line(s);
-            if (rc == SG_ERROR) {
-                goto close;
-            }
-            if (rc == SG_OK) {
-                /* A whole command arrived in time: the deadline for
-                 * the next one starts when we wait for it. */
-                sg_event_del_timer(c->read);
+            if (!sg_smtp_out_room(s)) {
+                /* Replies are backed up and we were woken by more
+                 * input: no command is handled until they drain, or
+                 * its reply would not fit. */
                 buffered = true;
-                if (sg_buf_free(&s->out) < SG_SMTP_OUT_SLACK) {
-                    sg_buf_compact(&s->out);
+            } else {
+                rc = sg_smtp_next_line(s);
+                if (rc == SG_ERROR) {
+                    goto close;
                 }
-                if (sg_buf_free(&s->out) >= SG_SMTP_OUT_SLACK) {
-                    continue;
+                if (rc == SG_OK) {
+                    /* A whole command arrived in time: the deadline for
+                     * the next one starts when we wait for it. */
+                    sg_event_del_timer(c->read);
+                    buffered = true;
+                    if (sg_smtp_out_room(s)) {
+                        continue;
+                    }
                 }
             }
         }

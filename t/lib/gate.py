@@ -430,15 +430,15 @@ class Smtpgate:
             self.signal(sig)
         return self.wait_exit(timeout)
 
-    def connect(self, host=None, port=None, timeout=30.0):
+    def connect(self, host=None, port=None, timeout=30.0, rcvbuf=None):
         if host is None:
             host, p = self.listen_addresses()[0]
             port = port or p
-        return RawSmtp(host, port, timeout)
+        return RawSmtp(host, port, timeout, rcvbuf)
 
-    def session(self, timeout=30.0):
+    def session(self, timeout=30.0, rcvbuf=None):
         """Connect and read the 220 greeting."""
-        c = self.connect(timeout=timeout)
+        c = self.connect(timeout=timeout, rcvbuf=rcvbuf)
         r = c.greeting()
         assert r.code == 220, f"greeting: {r!r}"
         return c

@@ -43,10 +43,14 @@ def parse_hostport(text):
     return host, int(port)
 
 
-def connect(host, port, timeout=30.0):
+def connect(host, port, timeout=30.0, rcvbuf=None):
+    """rcvbuf: a small receive buffer, set before the handshake so that
+    the window stays small, for tests of a client that does not read."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         s.connect((host, port))
     except BaseException:
@@ -89,3 +93,23 @@ def segments_until_fin(sock, since, timeout=10.0):
     wait_until(lambda: tcp_info(sock)[0] == TCP_CLOSE_WAIT, timeout,
                interval=0.001, what="the peer's FIN")
     return tcp_info(sock)[1] - since
+
+
+def peer_unread(sock):
+    """Bytes that the other end of a loopback connection has received
+    but not yet read (its rx_queue in /proc/net/tcp): how a test sees a
+    server stop reading."""
+    local = sock.getsockname()[1]
+    remote = sock.getpeername()[1]
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if (int(fields[1].rsplit(":", 1)[1], 16) == remote
+                    and int(fields[2].rsplit(":", 1)[1], 16) == local):
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no socket {remote} -> {local} in /proc/net/tcp")

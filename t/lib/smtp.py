@@ -7,6 +7,7 @@ socket timeout, and a reply line that does not end in CRLF is an error.
 
 import base64
 import re
+import time
 
 from . import net
 
@@ -56,10 +57,10 @@ class Reply:
 
 
 class RawSmtp:
-    def __init__(self, host, port, timeout=30.0):
+    def __init__(self, host, port, timeout=30.0, rcvbuf=None):
         self.host = host
         self.port = port
-        self.sock = net.connect(host, port, timeout)
+        self.sock = net.connect(host, port, timeout, rcvbuf)
         self.buf = b""
         self.closed_by_peer = False
 
@@ -191,6 +192,23 @@ class RawSmtp:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def back_up_replies(c, command=b"HELP", chunk=5000, limit=400):
+    """Pipeline a command without reading its replies until the server
+    has more replies than the connection takes and stops reading
+    (its unread input stays put); return how many were sent.  A small
+    rcvbuf on c makes this quicker."""
+    n = 0
+    for _ in range(limit):
+        c.send((command + CRLF) * chunk)
+        n += chunk
+        time.sleep(0.2)
+        unread = net.peer_unread(c.sock)
+        time.sleep(0.3)
+        if unread and net.peer_unread(c.sock) == unread:
+            return n
+    raise AssertionError(f"the server kept reading after {n} commands")
 
 
 def ehlo_keywords(reply):
