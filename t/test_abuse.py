@@ -17,6 +17,7 @@ import pytest
 
 from lib import gate as gatelib
 from lib import pki as pkilib
+from lib import smtp
 from lib.pki import TlsSmtp, tls_conf
 from lib.smtp import b64, plain_token
 from lib.users import password
@@ -357,6 +358,30 @@ def test_client_completing_lines_keeps_going(short_timeout_gate):
         c.send(b"OP\r\n")
         assert c.reply().raw == b"250 2.0.0 OK\r\n"
         assert c.cmd("QUIT").raw == b"221 2.0.0 Bye\r\n"
+
+
+@pytest.mark.time_limit(240)
+def test_client_not_reading_replies_is_cut_off(short_timeout_gate):
+    """A client that lets the replies back up and never reads them is
+    disconnected once "timeout" passes, however often it sends more."""
+    g = short_timeout_gate
+    mark = g.log_mark()
+    with g.session(timeout=60, rcvbuf=4096) as c:
+        smtp.back_up_replies(c)
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = time.monotonic()
+        while time.monotonic() - start < 20:      # ten times the deadline
+            if "while we were sending" in g.log_since(mark):
+                break
+            try:
+                c.sock.send(b"N")
+            except OSError:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - start
+    g.wait_log(r"\[info\] .*client timed out while we were sending replies",
+               since=mark, timeout=1)
+    assert elapsed < 20, elapsed
 
 
 # -- max_errors and failed AUTH -----------------------------------------------

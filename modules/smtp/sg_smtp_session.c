@@ -645,17 +645,24 @@ sg_smtp_flush(sg_smtp_session_t *s)
 {
     sg_connection_t  *c = s->connection;
     ssize_t           n;
+    bool              progress = false;
 
     while (sg_buf_size(&s->out)) {
         n = c->send(c, s->out.pos, sg_buf_size(&s->out));
         if (n == SG_AGAIN) {
-            sg_event_add_timer(c->write, s->conf->timeout);
+            /* The deadline moves only when the client takes some of
+             * the replies: a flush tried because more input arrived
+             * must not keep a client that never reads alive. */
+            if (progress || !sg_event_timer_set(c->write)) {
+                sg_event_add_timer(c->write, s->conf->timeout);
+            }
             return SG_AGAIN;
         }
         if (n < 0) {
             return SG_ERROR;
         }
         s->out.pos += n;
+        progress = progress || n > 0;
     }
     sg_buf_reset(&s->out);
     sg_event_del_timer(c->write);
