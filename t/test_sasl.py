@@ -552,3 +552,70 @@ def test_debug_log_shows_no_secrets(smtpgate, backend):
             text = f.read().decode("utf-8", "replace")
         for s in secrets:
             assert s not in text, f"{s!r} appears in {path}"
+
+
+# -- nothing secret left in the worker's memory -------------------------------
+
+
+def memory_holds(pid, needle):
+    """Whether a writable anonymous mapping of pid holds needle (huge
+    reservations, such as a sanitizer's shadow memory, are left out)."""
+    with open(f"/proc/{pid}/maps") as maps, \
+            open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            f = line.split()
+            start, end = (int(x, 16) for x in f[0].split("-"))
+            if (not f[1].startswith("rw") or end - start > 1 << 28
+                    or (len(f) > 5 and f[5].startswith("/"))):
+                continue
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return False
+
+
+def auth_plain_initial(c):
+    secret = plain_token("alice", "ir-wrong-Ht5vQ8")
+    assert c.cmd("AUTH PLAIN " + secret).raw == INVALID
+    return secret
+
+
+def auth_plain_continued(c):
+    secret = plain_token("bob", "cont-wrong-Lm3wR6")
+    assert c.cmd("AUTH PLAIN").code == 334
+    assert c.cmd(secret).raw == INVALID
+    return secret
+
+
+def auth_login(c):
+    assert c.auth_login("carol", "login-wrong-Zp8nB1").raw == INVALID
+    return b64("login-wrong-Zp8nB1")
+
+
+def auth_login_too_long(c):
+    secret = b64("toolong-" + "Qw9" * 6000)
+    assert c.cmd("AUTH LOGIN").code == 334
+    assert c.cmd(b64("carol")).code == 334
+    assert c.cmd(secret).code == 500
+    return secret
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads the worker's memory")
+@pytest.mark.parametrize("exchange", [auth_plain_initial, auth_plain_continued,
+                                      auth_login, auth_login_too_long])
+def test_no_base64_credentials_left_in_memory(smtpgate, backend, exchange):
+    """The input buffer outlives the session (the next one takes it):
+    the lines that carried credentials must not stay in it.  The
+    session ends with the client leaving, so that nothing overwrites
+    them by chance."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=mail_conf()))
+    mark = g.log_mark()
+    with g.session() as c:
+        c.ehlo()
+        secret = exchange(c)
+    g.wait_log("session closed", since=mark)
+    # The first bytes of a buffer may be reused; the rest must be gone.
+    assert not memory_holds(g.workers()[0], secret[-16:].encode())

@@ -537,6 +537,7 @@ static int
 sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
 {
     sg_smtp_cmd_t  cmd;
+    int            rc;
 
     if (sg_smtp_parse_command(line, &cmd) != SG_OK) {
         return sg_smtp_error(s, "500 5.5.1 Command unrecognized");
@@ -553,7 +554,11 @@ sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
         return sg_smtp_error(s, "530 5.7.0 Must issue a STARTTLS command "
                              "first");
     }
-    return sg_smtp_handlers[cmd.verb](s, &cmd);
+    rc = sg_smtp_handlers[cmd.verb](s, &cmd);
+    if (cmd.verb == SG_SMTP_AUTH) {
+        sg_wipe(line->data, line->len);      /* its initial response */
+    }
+    return rc;
 }
 
 /* Input. */
@@ -579,17 +584,21 @@ sg_smtp_bad_line(sg_smtp_session_t *s, sg_smtp_line_e r)
 }
 
 /* Handle one complete line from the input: SG_OK, or SG_AGAIN when no
- * complete line is buffered. */
+ * complete line is buffered.  Lines that may carry credentials (AUTH
+ * and the answers to its challenges; over-long lines, which could be
+ * either) are wiped once handled: the buffer outlives the session. */
 static int
 sg_smtp_next_line(sg_smtp_session_t *s)
 {
     sg_smtp_line_t  line;
     sg_smtp_line_e  r;
     size_t          consumed;
+    int             rc;
 
     if (s->skipping) {
         bool found = sg_smtp_skip_line(s->in.pos, s->in.last, &consumed);
 
+        sg_wipe(s->in.pos, consumed);
         s->in.pos += consumed;
         if (!found) {
             return SG_AGAIN;
@@ -602,13 +611,17 @@ sg_smtp_next_line(sg_smtp_session_t *s)
     }
     s->in.pos += line.consumed;
     if (r != SG_SMTP_LINE_OK) {
+        if (s->state != SG_SMTP_ST_COMMAND || r == SG_SMTP_LINE_TOO_LONG) {
+            sg_wipe(s->in.pos - line.consumed, line.consumed);
+        }
         return sg_smtp_bad_line(s, r) == SG_ERROR ? SG_ERROR : SG_OK;
     }
     if (s->state == SG_SMTP_ST_COMMAND) {
         return sg_smtp_command(s, &line.line) == SG_ERROR ? SG_ERROR : SG_OK;
     }
-    return sg_smtp_auth_response(s, &line.line) == SG_ERROR ? SG_ERROR
-                                                           : SG_OK;
+    rc = sg_smtp_auth_response(s, &line.line);
+    sg_wipe(line.line.data, line.line.len);
+    return rc == SG_ERROR ? SG_ERROR : SG_OK;
 }
 
 /* Read what the socket has into the input buffer. */
