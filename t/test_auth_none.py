@@ -92,6 +92,28 @@ def test_rset_forgets_the_sender(smtpgate, backend):
         assert c.cmd("RCPT TO:<c@d>").code == 503
 
 
+def test_auth_during_anonymous_transaction_is_refused(smtpgate, backend):
+    """RFC 4954 4: AUTH inside a mail transaction gets 503.  Taking it
+    would relay the anonymous MAIL with no RCPT kept to replay, and the
+    replies would no longer match the commands."""
+    from lib.smtp import plain_token
+    from lib.users import password
+    g = smtpgate(none_conf(backend))
+    with g.session() as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<anon@example.org>").code == 250
+        assert c.cmd("AUTH PLAIN " + plain_token("alice", password("alice"))
+                     ).raw == (b"503 5.5.1 AUTH not permitted during a mail "
+                               b"transaction\r\n")
+        assert c.cmd("RSET").code == 250
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("MAIL FROM:<alice@example.org>").code == 250
+        assert c.cmd("RCPT TO:<rcpt@example.net>").raw == \
+            b"250 2.1.5 Recipient OK\r\n"
+        assert c.cmd("QUIT").code == 221
+    assert backend.seen("MAIL") == ["alice@example.org"]
+
+
 def test_without_none_transaction_needs_auth(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend))
     with g.session() as c:

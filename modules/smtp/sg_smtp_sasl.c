@@ -444,6 +444,12 @@ sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
     if (s->helo.len == 0) {
         return sg_smtp_error(s, "503 5.5.1 Send HELO/EHLO first");
     }
+    if (sg_smtp_has_mail(s)) {
+        /* RFC 4954 4; and the relay would replay a MAIL (kept under
+         * smtp_auth none) with no RCPT behind it. */
+        return sg_smtp_error(s, "503 5.5.1 AUTH not permitted during a "
+                             "mail transaction");
+    }
     if (!sg_smtp_auth_allowed(s)) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "AUTH refused over plaintext "
                      "(smtp_auth_require_tls)");
