@@ -1,17 +1,20 @@
 """What the client sees, and what the log says, when the backend is down
 or misbehaves: at AUTH time a 451 and a closed connection; in the relay,
-a closed connection."""
+a 421 and a closed connection (or the close alone, where a 421 would land
+inside a reply)."""
 
 import re
 
 import pytest
 
 from lib import gate as gatelib
-from lib import net
+from lib import net, pki as pkilib
 from lib.smtp import plain_token
 from lib.users import password
 
 NO_BACKEND = b"451 4.4.1 No backend available, try again later\r\n"
+LOST = (b"421 4.4.2 mx.test Connection to the backend lost, try again "
+        b"later\r\n")
 
 
 def _auth_gets_451(g):
@@ -76,11 +79,58 @@ def test_backend_closes_mid_session(smtpgate, scripted):
         assert c.auth_plain("alice", password("alice")).code == 235
         c.send(b"MAIL FROM:<a@example.org>\r\n")
         rest = c.read_until_closed()
-        # Nothing the backend did not say: at most a 4xx from smtpgate.
-        assert all(400 <= r.code < 500 for r in rest), rest
+    assert [r.raw for r in rest] == [LOST], rest
     assert b"MAIL FROM:<a@example.org>" in b.received[0]
-    g.wait_log(r"\[(info|notice|warn|error)\] .*(?i:closed|close|backend|"
-               r"upstream)", since=mark)
+    g.wait_log(r"\[info\] .*backend " + re.escape(b.address)
+               + r" closed the connection", since=mark)
+
+
+def test_backend_closes_mid_session_over_tls(smtpgate, scripted):
+    """The 421 reaches a TLS client too, before close_notify."""
+    if not pkilib.tls_built():
+        pytest.skip("built without the ssl module")
+    pki = pkilib.shared()
+    b = scripted("close_after_mail")
+    g = smtpgate(pkilib.tls_conf(pki, b))
+    with pkilib.implicit_session(g, pki) as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.send(b"MAIL FROM:<a@example.org>\r\n")
+        rest = c.read_until_closed()
+    assert [r.raw for r in rest] == [LOST], rest
+
+
+@pytest.mark.time_limit(60)
+def test_backend_silent_past_proxy_timeout(smtpgate, scripted):
+    b = scripted("silent_after_mail")
+    g = smtpgate(gatelib.conf(backend=b, proxy_timeout="2s"))
+    mark = g.log_mark()
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.send(b"MAIL FROM:<a@example.org>\r\n")
+        rest = c.read_until_closed()
+    assert [r.raw for r in rest] == [
+        b"421 4.4.2 mx.test Error: timeout exceeded\r\n"], rest
+    g.wait_log(r"relay idle for longer than proxy_timeout", since=mark)
+
+
+def test_backend_closes_inside_a_reply(smtpgate, scripted):
+    """A 421 after half a reply would read as its next line: the client
+    gets what the backend sent, then the close."""
+    b = scripted("half_reply_close")
+    g = smtpgate(gatelib.conf(backend=b))
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.send(b"MAIL FROM:<a@example.org>\r\n")
+        got = b""
+        while True:
+            chunk = c.sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    assert got == b"250-first of two lines\r\n", got
 
 
 def test_backend_down_does_not_affect_other_sessions(smtpgate, backend):

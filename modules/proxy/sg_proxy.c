@@ -35,6 +35,9 @@
  * the QUIT answered here saves (a backend round trip). */
 #define SG_PROXY_FOLLOW_MAX    (128 * 1024)
 
+/* What a client is told when its backend goes away mid-session. */
+#define SG_PROXY_LOST  "Connection to the backend lost, try again later"
+
 #define SG_PROXY_SSL_OFF       0
 #define SG_PROXY_SSL_ON        1
 #define SG_PROXY_SSL_STARTTLS  2
@@ -1606,6 +1609,35 @@ sg_proxy_splice(sg_connection_t *src, sg_connection_t *dst,
     }
 }
 
+/*
+ * The relay ends without the backend (it closed, fell silent for
+ * proxy_timeout, or failed) while the client is still there: the client
+ * is told why with a 421 (RFC 5321 4.2.2), but only where the replies
+ * it got so far end cleanly -- the session was followed, and no reply
+ * is half passed on -- so that the 421 cannot read as part of another
+ * reply.  Best effort: the session ends either way.
+ */
+static void
+sg_proxy_lost(sg_proxy_ctx_t *ctx, const char *text)
+{
+    sg_smtp_session_t  *s = ctx->s;
+    sg_connection_t    *down = s->connection;
+    sg_proxy_track_t   *t = &ctx->track;
+    u_char              line[SG_SMTP_REPLY_MAX], *p;
+
+    if (t->state == SG_TRACK_OFF || t->rlen != 0 || t->rhead[3] == '-'
+        || sg_buf_size(&ctx->ubuf) != 0 || ctx->down_eof
+        || down->last_write || !down->write->ready)
+    {
+        return;
+    }
+    p = sg_slprintf(line, line + sizeof(line) - 2, "421 4.4.2 %.*s %s",
+                    SG_STR_ARG(&s->conf->server_name), text);
+    *p++ = '\r';
+    *p++ = '\n';
+    (void) down->send(down, line, (size_t) (p - line));
+}
+
 /* What the backend keeps past RSET from a session that was followed
  * to its end, which the next session must not inherit; NULL: nothing. */
 static const char *
@@ -1644,6 +1676,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "relay idle for longer than "
                      "proxy_timeout, closing");
+        sg_proxy_lost(ctx, "Error: timeout exceeded");
         sg_smtp_close_session(s);
         return;
     }
@@ -1744,6 +1777,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (rc == SG_ERROR) {
         sg_log_error(SG_LOG_INFO, s->log, errno, "relay with backend %.*s "
                      "ended by an I/O error", SG_STR_ARG(&ctx->peer->name));
+        sg_proxy_lost(ctx, SG_PROXY_LOST);
         sg_smtp_close_session(s);
         return;
     }
@@ -1759,6 +1793,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (ctx->up_eof && up_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s closed the "
                      "connection", SG_STR_ARG(&ctx->peer->name));
+        sg_proxy_lost(ctx, SG_PROXY_LOST);
         sg_smtp_close_session(s);
         return;
     }

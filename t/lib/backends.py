@@ -936,6 +936,10 @@ class ScriptedBackend:
       greet_close       send a 220 greeting, then close
       garbage           send a line that is not an SMTP reply, then wait
       close_after_mail  a plain ESMTP server that closes when MAIL arrives
+      silent_after_mail a plain ESMTP server that never answers MAIL (and
+                        holds the connection until stop)
+      half_reply_close  a plain ESMTP server that answers MAIL with the
+                        first line of a multi-line reply, then closes
       refuse_greeting   send "554 go away", then wait
       fragmented        a working ESMTP server whose multi-line greeting
                         and 60-line EHLO reply trickle out a few bytes at a
@@ -1127,6 +1131,29 @@ class ScriptedBackend:
                 return
             else:
                 conn.sendall(b"250 2.0.0 OK\r\n")
+
+    def _plain_until_mail(self, conn, idx):
+        """Answer like close_after_mail until MAIL; True when MAIL came."""
+        for verb in self._verbs(conn, idx):
+            if verb == b"EHLO":
+                conn.sendall(self.EHLO_REPLY)
+            elif verb == b"MAIL":
+                return True
+            elif verb == b"QUIT":
+                conn.sendall(b"221 2.0.0 Bye\r\n")
+                return False
+            else:
+                conn.sendall(b"250 2.0.0 OK\r\n")
+        return False
+
+    def _do_silent_after_mail(self, conn, idx):
+        if self._plain_until_mail(conn, idx):
+            self._hold(conn, idx)
+
+    def _do_half_reply_close(self, conn, idx):
+        if self._plain_until_mail(conn, idx):
+            conn.sendall(b"250-first of two lines\r\n")
+            time.sleep(0.2)
 
     def _do_noop_tail(self, conn, idx):
         for verb in self._verbs(conn, idx):
