@@ -696,6 +696,32 @@ def test_auth_error_code_is_used(smtpgate, backend, svc):
                      b"allowed\r\n")
 
 
+@pytest.mark.parametrize("code,reply", [
+    ("535", b"535 5.7.8 No\r\n"), ("550", b"550 5.7.1 No\r\n"),
+    ("454", b"454 4.7.0 No\r\n")])
+def test_bare_auth_error_code_gets_an_enhanced_code(smtpgate, backend, svc,
+                                                     code, reply):
+    """RFC 2034: every reply carries an enhanced status code, also when
+    the service sends the bare code."""
+    svc.default = refuse("No", headers=[("Auth-Error-Code", code)])
+    g = smtpgate(http_conf(svc.url, backend=backend))
+    assert auth_session(g).raw == reply
+
+
+def test_auth_error_code_421_closes_the_connection(smtpgate, backend, svc):
+    """421 says the server closes the connection, and so it does."""
+    svc.default = refuse("Service shutting down",
+                         headers=[("Auth-Error-Code", "421 4.3.2")])
+    g = smtpgate(http_conf(svc.url, backend=backend))
+    with g.session() as c:
+        c.ehlo()
+        c.send(b"AUTH PLAIN " + plain_token("alice", "pw").encode()
+               + b"\r\n")
+        rest = c.read_until_closed()
+    assert [r.raw for r in rest] == [
+        b"421 4.3.2 Service shutting down\r\n"], rest
+
+
 def test_temporary_error_code_is_not_counted(smtpgate, backend, svc):
     """A 4xx Auth-Error-Code is a temporary failure: smtp_auth_attempts
     does not count it, while two 535s end the session."""

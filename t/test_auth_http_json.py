@@ -101,6 +101,15 @@ def test_json_refusal_with_error_code(smtpgate, backend, svc):
     assert login(g, "x").raw == b"550 5.7.1 Mailbox disabled\r\n"
 
 
+def test_json_refusal_text_control_characters_become_spaces(smtpgate,
+                                                             backend, svc):
+    """JSON can carry any control character in a string; none reaches the
+    SMTP reply (CR, LF and NUL make the answer invalid as before)."""
+    svc.answer = lambda doc: {"status": "Mailbox\tdisabled\u0001\u001b[0m"}
+    g = smtpgate(conf(backend, svc))
+    assert login(g, "x").raw == b"535 5.7.8 Mailbox disabled  [0m\r\n"
+
+
 def test_json_unicode_credentials(smtpgate, backend, svc):
     seen = []
 

@@ -990,6 +990,40 @@ sg_auth_http_code_ok(const sg_str_t *code)
                && code->data[5] == '.');
 }
 
+/*
+ * The reply to a refusal: Auth-Error-Code (or 535 5.7.8), then the text
+ * of Auth-Status.  A bare code gets the enhanced code RFC 2034 wants
+ * (535 5.7.8, 4xx 4.7.0, other 5xx 5.7.1); a control character in the
+ * text (a JSON answer may hold one) becomes a space.  Returns the length
+ * written at buf.
+ */
+static size_t
+sg_auth_http_reply(u_char *buf, u_char *last, const sg_str_t *code,
+    const sg_str_t *st)
+{
+    const char  *enh;
+    u_char      *p, *text;
+
+    if (!sg_auth_http_code_ok(code)) {
+        p = sg_slprintf(buf, last, "535 5.7.8 ");
+    } else if (code->len == 3) {
+        enh = code->data[0] == '4' ? "4.7.0"
+              : memcmp(code->data, "535", 3) == 0 ? "5.7.8" : "5.7.1";
+        p = sg_slprintf(buf, last, "%.*s %s ", SG_STR_ARG(code), enh);
+    } else {
+        p = sg_slprintf(buf, last, "%.*s ", SG_STR_ARG(code));
+    }
+    text = p;
+    p = sg_slprintf(p, last, "%.*s", (int) sg_min(st->len, 200),
+                    (char *) st->data);
+    for ( ; text < p; text++) {
+        if (*text < 0x20 || *text == 0x7f) {
+            *text = ' ';
+        }
+    }
+    return (size_t) (p - buf);
+}
+
 static int
 sg_auth_http_copy(sg_pool_t *pool, sg_str_t *dst, const sg_str_t *src)
 {
@@ -1261,12 +1295,9 @@ sg_auth_http_answer(sg_auth_http_ctx_t *ctx, const sg_http_auth_response_t *h)
     }
     r->reply.data = sg_pnalloc(r->pool, 32 + sg_min(st->len, 200));
     if (r->reply.data) {
-        r->reply.len = (size_t) (sg_slprintf(r->reply.data,
-            r->reply.data + 32 + sg_min(st->len, 200), "%.*s %.*s",
-            sg_auth_http_code_ok(code) ? (int) code->len : 9,
-            sg_auth_http_code_ok(code) ? (char *) code->data : "535 5.7.8",
-            (int) sg_min(st->len, 200), (char *) st->data)
-            - r->reply.data);
+        r->reply.len = sg_auth_http_reply(r->reply.data,
+                                          r->reply.data + 32
+                                          + sg_min(st->len, 200), code, st);
     }
     sg_auth_http_finish(ctx, r->reply.len && r->reply.data[0] == '4'
                              ? SG_AUTH_TEMPFAIL : SG_AUTH_FAIL,

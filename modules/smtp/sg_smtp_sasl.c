@@ -687,6 +687,9 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         s->sasl->rcpt_line.len = 0;
         if (r->reply.len) {
             (void) sg_smtp_error(s, "%.*s", SG_STR_ARG(&r->reply));
+            if (r->reply.len >= 3 && memcmp(r->reply.data, "421", 3) == 0) {
+                s->quit = 1;         /* 421 says the server closes */
+            }
         } else {
             (void) sg_smtp_error(s, "454 4.7.0 Temporary authentication "
                                  "failure");
