@@ -484,6 +484,31 @@ def test_cancel(smtpgate, backend, mech):
         assert c.auth_plain("dave", password("dave")).raw == OK
 
 
+@pytest.mark.parametrize("end", ["cancel", "bad base64", "wrong password"])
+def test_log_lines_name_no_user_after_an_exchange_without_login(
+        smtpgate, backend, end):
+    """An AUTH LOGIN that named a user and then ended without a login
+    leaves that user out of the session's later log lines."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=mail_conf(
+        "smtp_auth plain login;")))
+    mark = g.quiet_log_mark()
+    with g.session() as c:
+        c.ehlo()
+        assert c.cmd("AUTH LOGIN").code == 334
+        assert c.cmd(smtp.b64("mallory")).code == 334
+        if end == "cancel":
+            assert c.cmd("*").raw == CANCELLED
+        elif end == "bad base64":
+            assert c.cmd("%%%").code == 501
+        else:
+            assert c.cmd(smtp.b64("wrong")).code == 535
+        assert c.expect("QUIT", 221)
+    g.wait_log(r"session closed", since=mark)
+    closed = [l for l in g.log_since(mark).splitlines()
+              if "session closed" in l]
+    assert closed and 'login: "mallory"' not in closed[-1], closed
+
+
 def test_unconfigured_and_unknown_mechanisms(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend,
                               mail=mail_conf("max_errors 50;")))

@@ -55,6 +55,11 @@ sg_smtp_auth_cleanup(sg_smtp_session_t *s)
         s->auth->pass.len = 0;
         s->auth->pass.data = NULL;
     }
+    if (s->state < SG_SMTP_ST_RELAY_START) {
+        /* The exchange ended without a login (cancelled, refused, bad
+         * input): log lines stop naming the user it was for. */
+        s->login.len = 0;
+    }
 }
 
 sg_smtp_sasl_t *
