@@ -158,6 +158,14 @@ sg_url_add(sg_pool_t *pool, sg_url_t *u, const struct sockaddr *sa,
     return SG_OK;
 }
 
+bool
+sg_inet_sloppy_ipv4(const char *host)
+{
+    struct in_addr  in;
+
+    return inet_pton(AF_INET, host, &in) != 1 && inet_aton(host, &in) != 0;
+}
+
 static int
 sg_parse_literal(sg_pool_t *pool, sg_url_t *u, const char *host)
 {
@@ -172,6 +180,11 @@ sg_parse_literal(sg_pool_t *pool, sg_url_t *u, const char *host)
     } else if (inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1) {
         sin6.sin6_family = AF_INET6;
         sin6.sin6_port = htons((uint16_t) u->port);
+    } else if (sg_inet_sloppy_ipv4(host)) {
+        /* getaddrinfo() would take it, as inet_aton() does */
+        u->err = "invalid IPv4 address (four decimal numbers, 0 to 255, "
+                 "without leading zeros)";
+        return SG_ERROR;
     } else {
         return SG_DECLINED;          /* a name, or a scoped address */
     }

@@ -34,6 +34,12 @@ typedef struct {
  */
 int sg_parse_url(sg_pool_t *pool, sg_url_t *u);
 
+/* host (NUL-terminated) is an IPv4 address only in the forms inet_aton()
+ * also takes: fewer than four parts ("10.1" is 10.0.0.1), octal
+ * ("010.0.0.1" is 8.0.0.1) or hex.  Never a host name, and never what
+ * was meant: refused wherever an address is read. */
+bool sg_inet_sloppy_ipv4(const char *host);
+
 /* Print an address ("1.2.3.4", "::1"; with port "1.2.3.4:25",
  * "[::1]:25").  Returns the length written (no NUL). */
 size_t sg_sock_ntop(const struct sockaddr *sa, u_char *text, size_t len,

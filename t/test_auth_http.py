@@ -641,7 +641,9 @@ def test_auth_server_host_name_is_resolved_off_the_loop(smtpgate, backend,
     (ok("bad_host!", 25), r"neither an address and port nor a host name"),
     (ok("127.0.0.1"), r"Auth-Server without Auth-Port"),
     (ok("127.0.0.1", "smtp"), r"neither an address and port nor"),
-], ids=["bad-name", "no-port", "port-name"])
+    (ok("127.1", 25), r"neither an address and port nor a host name"),
+    (ok("010.0.0.1", 25), r"neither an address and port nor a host name"),
+], ids=["bad-name", "no-port", "port-name", "short-ipv4", "octal-ipv4"])
 def test_auth_server_unusable_is_454(smtpgate, backend, svc, answer, why):
     svc.default = answer
     g = smtpgate(http_conf(svc.url))

@@ -327,6 +327,22 @@ def test_no_login_warning_when_a_login_is_possible(conf_test, case):
     assert "no client can log in" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("where,old,new", [
+    ("proxy_pass", "proxy_pass 127.0.0.1:", "proxy_pass 127.1:"),
+    ("proxy_pass", "proxy_pass 127.0.0.1:", "proxy_pass 0127.0.0.1:"),
+    ("listen", "listen 127.0.0.1:", "listen 0x7f.0.0.1:")])
+def test_ipv4_address_in_a_form_only_inet_aton_takes(conf_test, where, old,
+                                                     new):
+    """127.1 or an octal or hex part: getaddrinfo() would read them (as
+    127.0.0.1, or 0127 as 87), which is never what was meant."""
+    text = make().replace(old, new)
+    g, r = conf_test(text)
+    assert_failed(g, r, "invalid IPv4 address (four decimal numbers, 0 to "
+                  "255, without leading zeros) in ",
+                  line=line_of(text, new))
+    assert f'of the "{where}" directive' in r.stderr, r.stderr
+
+
 def test_missing_users_file(conf_test):
     text = make().replace("auth_file users;", "auth_file no-such-users;")
     g, r = conf_test(text)

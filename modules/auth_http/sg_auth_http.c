@@ -1162,6 +1162,8 @@ sg_auth_http_hostname_ok(const sg_str_t *h)
 {
     size_t  i;
 
+    char    name[254];
+
     if (h->len == 0 || h->len > 253) {
         return false;
     }
@@ -1174,7 +1176,9 @@ sg_auth_http_hostname_ok(const sg_str_t *h)
             return false;
         }
     }
-    return true;
+    memcpy(name, h->data, h->len);
+    name[h->len] = '\0';
+    return !sg_inet_sloppy_ipv4(name);     /* "1.2.3": not a name */
 }
 
 /* SG_OK: resolving in the background, the answer comes later. */

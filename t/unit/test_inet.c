@@ -1,7 +1,7 @@
 /*
  * test_inet.c: unit tests for the address helpers of core/sg_inet.c
  * that need no name resolution: access-list networks (sg_parse_cidr,
- * sg_cidr_match) and printing.
+ * sg_cidr_match), printing, and the IPv4 forms refused as addresses.
  */
 #include "sg_core.h"
 #include "sg_test.h"
@@ -183,6 +183,29 @@ test_sock_ntop(void)
     CHECK_MEM(text, n, "2001:db8::1", 11);
 }
 
+static void
+test_sloppy_ipv4(void)
+{
+    static const char  *sloppy[] = { "1.2.3", "10.1", "127.1", "1",
+                                     "010.0.0.1", "0x7f.0.0.1",
+                                     "0x7f000001", "4294967295" };
+    static const char  *fine[] = { "1.2.3.4", "0.0.0.0", "255.255.255.255",
+                                   "mx.example.org", "localhost", "::1",
+                                   "1.2.3.4.5", "256.1.1.1", "1e3", "" };
+    size_t              i;
+
+    for (i = 0; i < sizeof(sloppy) / sizeof(sloppy[0]); i++) {
+        if (CHECK(sg_inet_sloppy_ipv4(sloppy[i]))) {
+            printf("    \"%s\"\n", sloppy[i]);
+        }
+    }
+    for (i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        if (CHECK(!sg_inet_sloppy_ipv4(fine[i]))) {
+            printf("    \"%s\"\n", fine[i]);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -192,6 +215,7 @@ main(void)
     RUN(test_cidr_refused);
     RUN(test_cidr_match);
     RUN(test_sock_ntop);
+    RUN(test_sloppy_ipv4);
 
     return sg_test_finish();
 }
