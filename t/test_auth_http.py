@@ -1053,6 +1053,17 @@ def test_broken_answer_on_reused_connection(smtpgate, backend, svc, case):
     g.wait_log(why, since=mark)
 
 
+def test_url_without_a_scheme_is_http(smtpgate, backend, svc):
+    """nginx's own example writes "auth_http localhost:9000/cgi-bin/
+    nginxauth.cgi": without a scheme the URL is http://, as there."""
+    url = svc.url
+    assert url.startswith("http://")
+    g = smtpgate(http_conf(url[len("http://"):], backend=backend))
+    r = auth_session(g)
+    assert (r.code, r.last) == OK, r
+    assert svc.requests[-1].path == svc.path
+
+
 @pytest.mark.parametrize("config,error", [
     ("auth_http ftp://127.0.0.1/auth;", r"must start with http://"),
     ("auth_http http://127.0.0.1:9/auth;\n    auth_file users;",

@@ -220,6 +220,7 @@ sg_auth_http_url(sg_conf_t *cf, sg_auth_http_server_t *srv, sg_str_t *v)
 {
     sg_url_t   u;
     u_char    *slash;
+    size_t     skip = 0;
 
     srv->url = *v;
     sg_str_set(&srv->uri, "/");
@@ -230,19 +231,24 @@ sg_auth_http_url(sg_conf_t *cf, sg_auth_http_server_t *srv, sg_str_t *v)
     {
 #if (SG_HAVE_SSL_MODULE)
         srv->https = 1;
+        skip = 8;
 #else
         return sg_conf_invalid_value(cf, v, "https:// needs the ssl module, "
                                      "left out of this build");
 #endif
-    } else if (v->len <= 7
-               || sg_strncasecmp(v->data, (u_char *) "http://", 7))
+    } else if (v->len > 7
+               && sg_strncasecmp(v->data, (u_char *) "http://", 7) == 0)
     {
+        skip = 7;
+    } else if (memmem(v->data, v->len, "://", 3) != NULL) {
         return sg_conf_invalid_value(cf, v, "it must start with http://, "
                                      "https:// or unix:");
     }
+    /* Without a scheme it is http://, as in nginx, whose documentation
+     * writes "auth_http localhost:9000/cgi-bin/nginxauth.cgi". */
     memset(&u, 0, sizeof(u));
-    u.url.data = v->data + (srv->https ? 8 : 7);
-    u.url.len = v->len - (srv->https ? 8 : 7);
+    u.url.data = v->data + skip;
+    u.url.len = v->len - skip;
     slash = memchr(u.url.data, '/', u.url.len);
     if (slash) {
         srv->uri.data = slash;
