@@ -62,6 +62,28 @@ def test_backend_bad_handshake(smtpgate, scripted, behaviour):
     g.wait_log(re.escape(b.address), since=mark)
 
 
+@pytest.mark.parametrize("behaviour,reply", [
+    ("refuse_greeting", b"554 5.3.2 scripted.test go away\r\n"),
+    ("greet_close", NO_BACKEND)])
+def test_proxy_pass_error_message(smtpgate, scripted, behaviour, reply):
+    """With proxy_pass_error_message on (nginx's directive), a backend
+    that refuses the handshake is heard by the client in its own words;
+    a backend that says nothing still gives the 451."""
+    b = scripted(behaviour)
+    g = smtpgate(gatelib.conf(backend=b, proxy_connect_timeout="5s",
+                              mail="    proxy_pass_error_message on;"))
+    mark = g.log_mark()
+    with g.session(timeout=90) as c:
+        c.ehlo()
+        c.send(b"AUTH PLAIN "
+               + plain_token("alice", password("alice")).encode() + b"\r\n")
+        rest = c.read_until_closed()
+    assert [r.raw for r in rest] == [reply], rest
+    if reply != NO_BACKEND:
+        g.wait_log(r"answering with the backend's reply "
+                   r"\(proxy_pass_error_message\)", since=mark)
+
+
 def test_backend_unresolvable_hostname_is_a_config_error(tmp_path, users):
     g = gatelib.Smtpgate(tmp_path, gatelib.conf(
         proxy_pass="no-such-host.invalid:25"), users_text=users[1])

@@ -69,6 +69,7 @@ typedef struct {
     int           xclient;
     size_t        buffer_size;
     int           splice;
+    int           pass_error_message;
     unsigned      ssl;
     int           ssl_verify;
     int           ssl_compact;
@@ -130,6 +131,7 @@ typedef struct {
     sg_msec_t           started;
     sg_buf_t            ubuf;       /* backend -> client */
     sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
+    sg_str_t            refusal;    /* the last attempt's, if a reply */
     sg_proxy_track_t    track;      /* the session as it passes */
     size_t              fwd;        /* of s->in, what may pass */
     unsigned            up_sessions; /* the backend connection's, this
@@ -200,6 +202,9 @@ static const sg_command_t  sg_proxy_commands[] = {
       &sg_proxy_buffer_bounds },
     { "proxy_splice", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, splice), NULL },
+    { "proxy_pass_error_message", SG_SRV | SG_CONF_FLAG,
+      sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, pass_error_message), NULL },
     { "proxy_ssl", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, ssl),
       sg_proxy_ssl_modes },
@@ -388,6 +393,7 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->xclient = SG_CONF_UNSET;
     pcf->buffer_size = SG_CONF_UNSET_SIZE;
     pcf->splice = SG_CONF_UNSET;
+    pcf->pass_error_message = SG_CONF_UNSET;
     pcf->ssl = (unsigned) SG_CONF_UNSET;
     pcf->ssl_verify = SG_CONF_UNSET;
     pcf->ssl_compact = SG_CONF_UNSET;
@@ -522,6 +528,8 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->xclient, prev->xclient, 1);
     sg_conf_merge_size(conf->buffer_size, prev->buffer_size, 16384);
     sg_conf_merge_value(conf->splice, prev->splice, 0);
+    sg_conf_merge_value(conf->pass_error_message, prev->pass_error_message,
+                        0);
     if (conf->ssl == (unsigned) SG_CONF_UNSET) {
         conf->ssl = prev->ssl == (unsigned) SG_CONF_UNSET ? SG_PROXY_SSL_OFF
                                                           : prev->ssl;
@@ -900,12 +908,21 @@ static void
 sg_proxy_all_failed(sg_proxy_ctx_t *ctx, const char *why)
 {
     sg_smtp_session_t  *s = ctx->s;
+    bool                pass;
 
+    pass = ctx->conf->pass_error_message && ctx->refusal.len;
     sg_log_error(SG_LOG_ERR, s->log, 0, "no backend available for %s "
-                 "after %u attempt%s%s%s, answering 451: check that the "
+                 "after %u attempt%s%s%s, answering %s: check that the "
                  "backend servers are running and reachable",
                  ctx->route, ctx->tries, ctx->tries == 1 ? "" : "s",
-                 why ? ": " : "", why ? why : "");
+                 why ? ": " : "", why ? why : "",
+                 pass ? "with the backend's reply (proxy_pass_error_message)"
+                      : "451");
+    if (pass) {
+        /* the backend's own words, as nginx passes them on */
+        sg_smtp_relay_refused(s, &ctx->refusal);
+        return;
+    }
     sg_smtp_relay_failed(s);
 }
 
@@ -932,6 +949,7 @@ sg_proxy_handshake_done(sg_smtp_client_t *cl)
     }
     sg_log_error(SG_LOG_ERR, ctx->s->log, 0, "backend %.*s failed: %s",
                  SG_STR_ARG(&ctx->peer->name), cl->error);
+    ctx->refusal = cl->refusal;         /* in the session's pool */
 #if (SG_HAVE_UPSTREAM_MODULE)
     if (ctx->picking) {
         sg_upstream_done(&ctx->pick, SG_UPSTREAM_FAILED);
@@ -987,6 +1005,7 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
     cl->data = ctx;
     ctx->tries++;
     ctx->reused = 0;
+    ctx->refusal.len = 0;
     ctx->up_sessions = 1;
     if (ctx->conf->keepalive && !ctx->no_reuse && !cl->auth
         && cl->proxy_protocol == 0)

@@ -179,6 +179,8 @@ typedef struct {
     sg_mail_conf_ctx_t            *ctx;
     sg_str_t                       file;      /* where the block is */
     size_t                         line;
+    const char                    *skipped;   /* "imap", "pop3": an nginx
+                                                 server not served */
 
     sg_str_t                       server_name;   /* the greeting name */
     sg_array_t                    *names;         /* sg_smtp_name_t */
@@ -496,6 +498,9 @@ int sg_smtp_complex_value(sg_smtp_session_t *s,
 int sg_smtp_relay_ready(sg_smtp_session_t *s);     /* SG_ERROR: out of
                                                      memory, close */
 void sg_smtp_relay_failed(sg_smtp_session_t *s);
+/* The same, answering with reply (a whole 4xx/5xx reply of the backend's,
+ * CRLFs included) instead of 451 4.4.1. */
+void sg_smtp_relay_refused(sg_smtp_session_t *s, const sg_str_t *reply);
 
 void sg_smtp_close_session(sg_smtp_session_t *s);
 /* Make sure s->in and s->out exist (they are given back while the

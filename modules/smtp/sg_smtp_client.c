@@ -472,6 +472,14 @@ sg_smtp_client_on_reply(sg_smtp_client_t *cl, const sg_smtp_reply_t *r)
     default:
         break;
     }
+    if (r->code >= 400 && r->code < 600) {
+        /* for proxy_pass_error_message */
+        cl->refusal.data = sg_pnalloc(cl->pool, r->len);
+        if (cl->refusal.data) {
+            memcpy(cl->refusal.data, r->start, r->len);
+            cl->refusal.len = r->len;
+        }
+    }
     sg_smtp_client_fail(cl, "%s reply \"%d %.*s\"", sg_smtp_client_step(cl),
                         r->code, (int) sg_min(r->text.len, 200),
                         (char *) r->text.data);

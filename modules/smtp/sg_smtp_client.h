@@ -69,6 +69,9 @@ struct sg_smtp_client_s {
     char                         error[320];    /* why it failed */
     sg_smtp_ehlo_t               ehlo;
     sg_str_t                     mail_reply;    /* whole reply, CRLFs */
+    sg_str_t                     refusal;       /* the 4xx/5xx reply that
+                                                   ended the handshake,
+                                                   whole, with CRLFs */
     sg_buf_t                     in;            /* bytes past the last
                                                    reply (none normally) */
     unsigned                     xclient_sent:1; /* and answered 2xx */

@@ -38,6 +38,12 @@ static char *sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
+static char *sg_smtp_not_served(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_smtp_error_log(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
 static char *sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_smtp_capabilities(sg_conf_t *cf, const sg_command_t *cmd,
@@ -121,6 +127,25 @@ static const sg_command_t  sg_smtp_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_smtp_srv_conf_t, auth_require_tls), NULL },
     { "smtp_capabilities", SG_SRV | SG_CONF_1MORE, sg_smtp_capabilities,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    /* nginx mail directives for what smtpgate does not do: read, so
+     * that an nginx mail block carries over, and without effect
+     * (docs/directives.md, "nginx directives without effect"). */
+    { "imap_auth", SG_SRV | SG_CONF_1MORE, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "imap_capabilities", SG_SRV | SG_CONF_1MORE, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "imap_client_buffer", SG_SRV | SG_CONF_TAKE1, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "pop3_auth", SG_SRV | SG_CONF_1MORE, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "pop3_capabilities", SG_SRV | SG_CONF_1MORE, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "resolver", SG_SRV | SG_CONF_1MORE, sg_smtp_resolver,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "resolver_timeout", SG_SRV | SG_CONF_TAKE1, sg_smtp_not_served,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "error_log", SG_SRV | SG_CONF_1MORE, sg_smtp_error_log,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     sg_null_command
 };
@@ -269,6 +294,8 @@ sg_mail_merge_servers(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx)
 }
 
 static char *sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf);
+static void sg_smtp_skip_server(sg_conf_t *cf, sg_smtp_main_conf_t *mcf,
+    sg_smtp_srv_conf_t *sscf);
 static void sg_smtp_warn_no_login(sg_conf_t *cf, sg_smtp_main_conf_t *mcf);
 
 static char *
@@ -321,6 +348,7 @@ sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_mail_conf_ctx_t    *parent = cf->ctx, *ctx;
     sg_smtp_main_conf_t   *mcf;
     sg_smtp_srv_conf_t    *sscf, **slot;
+    char                  *rv;
 
     (void) cmd;
     (void) conf;
@@ -343,7 +371,33 @@ sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return SG_CONF_ERROR;
     }
     *slot = sscf;
-    return sg_mail_parse_block(cf, ctx, SG_MAIL_SRV_CONF);
+    rv = sg_mail_parse_block(cf, ctx, SG_MAIL_SRV_CONF);
+    if (rv != SG_CONF_OK || sscf->skipped == NULL) {
+        return rv;
+    }
+    sg_smtp_skip_server(cf, mcf, sscf);
+    return SG_CONF_OK;
+}
+
+/* An nginx IMAP or POP3 server: read whole (so that its errors are
+ * found), then dropped with its listens, which stay closed. */
+static void
+sg_smtp_skip_server(sg_conf_t *cf, sg_smtp_main_conf_t *mcf,
+    sg_smtp_srv_conf_t *sscf)
+{
+    sg_smtp_listen_t  *l = mcf->listens.elts;
+    size_t             i, kept = 0;
+
+    mcf->servers.nelts--;                 /* it was pushed last */
+    for (i = 0; i < mcf->listens.nelts; i++) {
+        if (l[i].server != sscf) {
+            l[kept++] = l[i];
+        }
+    }
+    mcf->listens.nelts = kept;
+    sg_conf_warn_at(cf, &sscf->file, sscf->line, "this server (protocol "
+                    "%s) is skipped and its addresses are not listened on: "
+                    "smtpgate proxies SMTP only", sscf->skipped);
 }
 
 /* Directives. */
@@ -440,12 +494,66 @@ sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_str_t  *value = cf->args->elts;
 
+    sg_smtp_srv_conf_t  *sscf = conf;
+
     (void) cmd;
-    (void) conf;
+    if (sg_str_eq(&value[1], "imap") || sg_str_eq(&value[1], "pop3")) {
+        sscf->skipped = sg_str_eq(&value[1], "imap") ? "imap" : "pop3";
+        return SG_CONF_OK;
+    }
     if (!sg_str_eq(&value[1], "smtp")) {
         return sg_conf_invalid_value(cf, &value[1], "only \"smtp\" is "
-                                     "supported");
+                                     "served (\"imap\" and \"pop3\" "
+                                     "servers are read and skipped)");
     }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_smtp_not_served(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    (void) cf;
+    (void) cmd;
+    (void) conf;
+    return SG_CONF_OK;
+}
+
+/* nginx looks client host names up with it (for Client-Host and XCLIENT
+ * NAME); smtpgate never does, which is nginx without a resolver. */
+static char *
+sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_str_t  *value = cf->args->elts;
+
+    (void) cmd;
+    (void) conf;
+    if (cf->args->nelts == 2 && sg_str_eq(&value[1], "off")) {
+        return SG_CONF_OK;
+    }
+    sg_conf_warn(cf, "\"resolver\" is not used: smtpgate does not look "
+                 "client host names up (Client-Host and XCLIENT NAME say "
+                 "[UNAVAILABLE], as nginx's do without a resolver)");
+    return SG_CONF_OK;
+}
+
+/* One error log for everything; a mail or server error_log of nginx is
+ * checked and its lines go there. */
+static char *
+sg_smtp_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_str_t  *value = cf->args->elts;
+
+    (void) cmd;
+    (void) conf;
+    if (cf->args->nelts > 3
+        || (cf->args->nelts == 3
+            && sg_log_level_by_name(&value[2]) < 0))
+    {
+        return sg_conf_invalid_value(cf, &value[cf->args->nelts - 1],
+                                     "expected \"error_log file [level]\"");
+    }
+    sg_conf_warn(cf, "\"error_log\" in a mail or server block is not "
+                 "used: these sessions log to the main error_log");
     return SG_CONF_OK;
 }
 

@@ -1040,3 +1040,18 @@ sg_smtp_relay_failed(sg_smtp_session_t *s)
                          "later");
     sg_smtp_run(s);
 }
+
+void
+sg_smtp_relay_refused(sg_smtp_session_t *s, const sg_str_t *reply)
+{
+    s->state = SG_SMTP_ST_COMMAND;
+    s->quit = 1;
+    sg_buf_compact(&s->out);
+    if (sg_smtp_buffers(s) != SG_OK
+        || sg_buf_append(&s->out, reply->data, reply->len) != SG_OK)
+    {
+        sg_smtp_relay_failed(s);
+        return;
+    }
+    sg_smtp_run(s);
+}

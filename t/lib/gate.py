@@ -45,6 +45,11 @@ PLACEHOLDER = re.compile(r"@(PORT\w*|PREFIX|CONFDIR)@")
 LISTEN = re.compile(r"^\s*listen\s+(\S+?)(?:;|\s)", re.M)
 LISTEN_PARAMS = re.compile(r"^\s*listen\s+([^;\s]+)([^;]*);", re.M)
 WORKERS = re.compile(r"^\s*worker_processes\s+(\d+)\s*;", re.M)
+# An nginx server block smtpgate reads and skips (protocol imap or pop3):
+# its listens stay closed.
+SKIPPED_SERVER = re.compile(
+    r"^\s*server\s*\{[^{}]*?^\s*protocol\s+(?:imap|pop3)\s*;[^{}]*\}",
+    re.M)
 
 _live = set()
 
@@ -285,19 +290,23 @@ class Smtpgate:
     def port(self):
         return self.ports["PORT"]
 
+    def _served_text(self):
+        return SKIPPED_SERVER.sub("", self.conf_text)
+
     def listen_addresses(self):
-        return [net.parse_hostport(a) for a in LISTEN.findall(self.conf_text)]
+        return [net.parse_hostport(a)
+                for a in LISTEN.findall(self._served_text())]
 
     def tls_listen_addresses(self):
         """The listen addresses with the `ssl` parameter (implicit TLS)."""
         return [net.parse_hostport(a)
-                for a, params in LISTEN_PARAMS.findall(self.conf_text)
+                for a, params in LISTEN_PARAMS.findall(self._served_text())
                 if "ssl" in params.split()]
 
     def proxy_protocol_listen_addresses(self):
         """The listen addresses with the `proxy_protocol` parameter."""
         return [net.parse_hostport(a)
-                for a, params in LISTEN_PARAMS.findall(self.conf_text)
+                for a, params in LISTEN_PARAMS.findall(self._served_text())
                 if "proxy_protocol" in params.split()]
 
     # -- process ----------------------------------------------------------

@@ -1,0 +1,134 @@
+"""An nginx mail block carried over unchanged: the example of nginx's own
+documentation (IMAP and POP3 servers, imap_*/pop3_* directives,
+proxy_pass_error_message, an auth_http URL without a scheme), with the
+directives smtpgate reads without using (resolver, a mail-level
+error_log), is accepted with a warning for each thing it does not do,
+and its SMTP servers work."""
+
+import os
+import re
+import socket
+
+import pytest
+
+from lib import gate as gatelib
+from lib import net
+from lib.authsvc import AuthService, ok_to
+from lib.smtp import plain_token
+
+# nginx.org's "Setting up a mail proxy" example, on loopback ports, with
+# the auth service and a backend of the test's own.
+NGINX_MAIL = """\
+daemon off;
+worker_processes 1;
+pid logs/smtpgate.pid;
+error_log logs/error.log info;
+events {
+    worker_connections 1024;
+}
+mail {
+    server_name       mail.example.com;
+    auth_http         @AUTH@;
+    error_log         logs/mail.log info;
+    resolver          127.0.0.1 valid=30s;
+    resolver_timeout  5s;
+
+    imap_capabilities IMAP4rev1 UIDPLUS IDLE LITERAL+ QUOTA;
+    imap_client_buffer 4k;
+
+    pop3_auth         plain apop cram-md5;
+    pop3_capabilities LAST TOP USER PIPELINING UIDL;
+
+    smtp_auth         login plain cram-md5;
+    smtp_capabilities "SIZE 10485760" ENHANCEDSTATUSCODES 8BITMIME DSN;
+    xclient           off;
+
+    server {
+        listen   127.0.0.1:@PORT@;
+        protocol smtp;
+        smtp_auth_require_tls off;
+    }
+    server {
+        listen   127.0.0.1:@PORTPOP@;
+        protocol pop3;
+        proxy_pass_error_message on;
+    }
+    server {
+        listen   127.0.0.1:@PORTIMAP@;
+        protocol imap;
+        imap_auth plain login;
+    }
+    server {
+        listen   127.0.0.1:@PORTSUB@;
+        protocol smtp;
+    }
+}
+"""
+
+
+@pytest.fixture
+def svc():
+    s = AuthService().start()
+    yield s
+    s.stop()
+
+
+def warnings_of(text):
+    return [l for l in text.splitlines() if "[warn]" in l]
+
+
+def test_nginx_mail_example_carries_over(smtpgate, backend, svc):
+    text = NGINX_MAIL.replace("@AUTH@", svc.url[len("http://"):])
+    g = smtpgate(text, start=False)
+    r = g.ctl("-t")
+    assert r.returncode == 0, r.stderr
+    lines = text.splitlines()
+
+    def at(needle, index=0):
+        hits = [i + 1 for i, l in enumerate(lines) if needle in l]
+        return f"{g.conf_path}:{hits[index]}: "
+
+    warns = warnings_of(r.stderr)
+    expected = [
+        at("error_log         logs/mail.log") + '"error_log" in a mail or '
+        "server block is not used: these sessions log to the main "
+        "error_log",
+        at("resolver          127") + '"resolver" is not used: smtpgate '
+        "does not look client host names up (Client-Host and XCLIENT NAME "
+        "say [UNAVAILABLE], as nginx's do without a resolver)",
+        at("    server {", 1) + "this server (protocol pop3) is skipped and "
+        "its addresses are not listened on: smtpgate proxies SMTP only",
+        at("    server {", 2) + "this server (protocol imap) is skipped and "
+        "its addresses are not listened on: smtpgate proxies SMTP only",
+        # the submission server is nginx's too: no TLS, and AUTH only
+        # over TLS by default here
+        at("    server {", 3) + "no client can log in to this server",
+    ]
+    for want in expected:
+        assert any(want in w for w in warns), (want, warns)
+    assert len(warns) == len(expected), warns
+
+    g.start()
+    svc.default = ok_to(backend)
+    with g.session() as c:
+        c.ehlo()
+        c.send(b"AUTH PLAIN " + plain_token("alice", "pw").encode()
+               + b"\r\n")
+        assert c.reply().code == 235
+        assert c.expect("MAIL FROM:<a@example.org>", 250)
+        assert c.expect("QUIT", 221)
+    assert svc.requests[0].path == svc.path        # http://, no scheme
+    for name in ("PORTPOP", "PORTIMAP"):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", g.ports[name]), 2)
+    assert not os.path.exists(os.path.join(g.logdir, "mail.log"))
+
+
+@pytest.mark.parametrize("bad", ["protocol gopher;",
+                                 "error_log logs/mail.log loud;"])
+def test_nginx_directives_are_still_checked(smtpgate, backend, bad):
+    text = gatelib.conf(backend=backend, server=f"        {bad}")
+    g = smtpgate(text, start=False)
+    r = g.ctl("-t")
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"\[emerg\] .*invalid value", r.stderr), r.stderr
