@@ -843,6 +843,55 @@ def test_auth_upstream_header_routes_to_a_group(smtpgate, make_backend):
         ["bob@example.org"]
 
 
+def test_max_conns_freed_when_a_worker_dies(smtpgate, make_backend):
+    """A worker killed while it relays a session cannot say that the
+    session ended: the worker the master starts in its place gives the
+    peer's max_conns slot back, so the peer is not full for good."""
+    a = make_backend()
+    mail = upstream_conf("pool", [f"{a.address} max_conns=1"])
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail))
+    g.allow(r"worker process \d+ exited on signal 9")
+    (worker,) = g.workers()
+    held = hold_relay(g)
+    a.wait_open(1)
+    r = auth_reply(g)
+    assert (r.code, r.last) == NO_BACKEND       # full, as it should be
+    os.kill(worker, 9)
+    held.close()
+    g.wait_workers(1, exclude=(worker,))
+    g.wait_log(rf"upstream pool: 1 session of worker {worker}, which "
+               r"exited without ending them, no longer counted")
+    a.wait_open(0)
+    r = auth_reply(g)
+    assert r.code == 235, r
+    send_one(g.port)
+    a.wait_messages(1)
+
+
+def test_max_conns_freed_after_worker_shutdown_timeout(smtpgate,
+                                                       make_backend):
+    """An old worker that worker_shutdown_timeout ends with a session
+    still relayed gives that session's max_conns slot back: the new
+    workers share the group's counters (its server list is the same)."""
+    a = make_backend()
+    mail = upstream_conf("pool", [f"{a.address} max_conns=1"])
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail,
+                              top="worker_shutdown_timeout 500ms;"))
+    held = hold_relay(g)
+    try:
+        a.wait_open(1)
+        old = g.workers()
+        g.reload()
+        g.wait_old_workers_gone(old)
+        a.wait_open(0)
+        r = auth_reply(g)
+        assert r.code == 235, r
+        send_one(g.port)
+        a.wait_messages(1)
+    finally:
+        held.close()
+
+
 def test_reload_keeps_the_health_of_an_unchanged_group(smtpgate,
                                                        make_backend):
     """A peer marked down stays down across a reload that keeps the

@@ -13,7 +13,14 @@
  * Each group's peer state lives in a shared memory zone named after the
  * group and its server list, so every worker balances over the same
  * counters and a reload that keeps the group keeps its state.
+ *
+ * Each worker also counts, in a slot of the zone, the sessions it has
+ * added to the peers' totals: a worker that exits without ending them
+ * (worker_shutdown_timeout) hands them back, and the slot of one that
+ * died (a crash, SIGKILL) is emptied by the next worker to start, so
+ * max_conns and least_conn do not count sessions nobody holds.
  */
+#include <signal.h>
 #include "sg_upstream.h"
 #if (SG_HAVE_SPOOL_MODULE)
 #include "sg_spool.h"
@@ -21,6 +28,10 @@
 
 #define SG_UPSTREAM_RING_POINTS  160
 #define SG_UPSTREAM_HASH_TRIES   20
+/* Workers counted per group: the workers of a generation and those of
+ * older ones still draining.  A worker past this many counts its
+ * sessions in the totals only, as before slots existed. */
+#define SG_UPSTREAM_SLOTS        128
 
 typedef struct {
     sg_array_t   upstreams;          /* sg_upstream_t * */
@@ -412,7 +423,11 @@ sg_upstream_add_zone(sg_conf_t *cf, sg_upstream_t *u)
         return SG_CONF_ERROR;
     }
     memcpy(name.data, buf, name.len);
-    size = u->peers.nelts * sizeof(sg_upstream_state_t);
+    /* The peers' state, the slots' pids, then per peer the sessions of
+     * each slot. */
+    size = u->peers.nelts * sizeof(sg_upstream_state_t)
+           + SG_UPSTREAM_SLOTS * sizeof(pid_t)
+           + u->peers.nelts * SG_UPSTREAM_SLOTS * sizeof(uint32_t);
     size = (size + 4095) & ~(size_t) 4095;
     u->zone = sg_shm_zone_add(cf, &name, size, &sg_upstream_module);
     if (u->zone == NULL) {
@@ -458,6 +473,7 @@ sg_upstream_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     u->file = cf->file->name;
     u->line = sg_conf_line(cf);
     u->balancer = SG_UPSTREAM_RR;
+    u->slot = -1;
 
     cf->handler = sg_upstream_directive;
     cf->handler_conf = u;
@@ -517,6 +533,7 @@ sg_upstream_implicit(sg_conf_t *cf, sg_url_t *url)
     u->file = cf->file->name;
     u->line = sg_conf_line(cf);
     u->implicit = true;
+    u->slot = -1;
     for (i = 0; i < url->naddrs; i++) {
         p = sg_array_push(&u->peers);
         if (p == NULL) {
@@ -536,6 +553,104 @@ sg_upstream_implicit(sg_conf_t *cf, sg_url_t *url)
     }
     *slot = u;
     return u;
+}
+
+/* The zone's table of workers: after the peers' state, one pid per
+ * slot, then for each peer the sessions each slot counts. */
+static pid_t *
+sg_upstream_slot_pids(sg_upstream_t *u)
+{
+    return (pid_t *) ((sg_upstream_state_t *) u->zone->data
+                      + u->peers.nelts);
+}
+
+static uint32_t *
+sg_upstream_held(sg_upstream_t *u, size_t peer, size_t slot)
+{
+    uint32_t  *held;
+
+    held = (uint32_t *) (sg_upstream_slot_pids(u) + SG_UPSTREAM_SLOTS);
+    return held + peer * SG_UPSTREAM_SLOTS + slot;
+}
+
+/* Take the sessions of slot i out of the totals and free the slot;
+ * with the lock held.  Returns how many there were. */
+static uint64_t
+sg_upstream_slot_release(sg_upstream_t *u, size_t i)
+{
+    pid_t                *pid = sg_upstream_slot_pids(u);
+    sg_upstream_state_t  *st;
+    uint32_t             *held;
+    uint64_t              n = 0;
+    size_t                j;
+
+    for (j = 0; j < u->peers.nelts; j++) {
+        st = sg_upstream_state(u, j);
+        held = sg_upstream_held(u, j, i);
+        st->conns -= sg_min(st->conns, *held);
+        n += *held;
+        *held = 0;
+        if (st->probe_pid == pid[i]) {
+            st->probe_pid = 0;
+        }
+    }
+    pid[i] = 0;
+    return n;
+}
+
+/* A starting worker: empty the slots of workers that are gone, and take
+ * one.  The master reaps a dead worker before it starts the next, so a
+ * gone worker's pid no longer names a process; one that is our own was
+ * a dead worker's whose pid came round again. */
+static void
+sg_upstream_slot_claim(sg_cycle_t *cycle, sg_upstream_t *u)
+{
+    pid_t     *pid, dead;
+    uint64_t   n;
+    size_t     i;
+    int        slot = -1;
+
+    sg_upstream_lock(u);
+    pid = sg_upstream_slot_pids(u);
+    for (i = 0; i < SG_UPSTREAM_SLOTS; i++) {
+        if (pid[i] != 0
+            && (pid[i] == sg_pid
+                || (kill(pid[i], 0) == -1 && errno == ESRCH)))
+        {
+            dead = pid[i];
+            n = sg_upstream_slot_release(u, i);
+            if (n) {
+                sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "upstream "
+                             "%.*s: %llu session%s of worker %d, which "
+                             "exited without ending them, no longer "
+                             "counted", SG_STR_ARG(&u->name),
+                             (unsigned long long) n, n == 1 ? "" : "s",
+                             (int) dead);
+            }
+        }
+        if (pid[i] == 0 && slot < 0) {
+            slot = (int) i;
+        }
+    }
+    if (slot >= 0) {
+        pid[slot] = sg_pid;
+    }
+    sg_upstream_unlock(u);
+    u->slot = slot;
+}
+
+/* An exiting worker hands back the sessions it still counts: a worker
+ * that worker_shutdown_timeout ends leaves them open. */
+static void
+sg_upstream_slot_leave(sg_upstream_t *u)
+{
+    if (u->slot >= 0) {
+        sg_upstream_lock(u);
+        (void) sg_upstream_slot_release(u, (size_t) u->slot);
+        sg_upstream_unlock(u);
+        u->slot = -1;
+    }
+    u->released = true;
 }
 
 /* Balancing. */
@@ -703,6 +818,9 @@ sg_upstream_get(sg_upstream_pick_t *pk)
     }
     if (p) {
         sg_upstream_state(u, p->index)->conns++;
+        if (u->slot >= 0) {
+            (*sg_upstream_held(u, p->index, (size_t) u->slot))++;
+        }
     }
     sg_upstream_unlock(u);
     pk->peer = p;
@@ -722,6 +840,7 @@ sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome)
     sg_upstream_t        *u = pk->upstream;
     sg_upstream_peer_t   *p = pk->peer;
     sg_upstream_state_t  *st;
+    uint32_t             *held;
     bool                  marked = false;
 
     if (p == NULL || !pk->counted) {
@@ -730,8 +849,15 @@ sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome)
     pk->counted = false;
     sg_upstream_lock(u);
     st = sg_upstream_state(u, p->index);
-    if (st->conns) {
-        st->conns--;
+    if (!u->released) {           /* else handed back already */
+        held = u->slot >= 0 ? sg_upstream_held(u, p->index, (size_t) u->slot)
+                            : NULL;
+        if (st->conns) {
+            st->conns--;
+        }
+        if (held && *held) {
+            (*held)--;
+        }
     }
     if (failed && p->max_fails) {
         st->fails++;
@@ -792,6 +918,9 @@ sg_upstream_init_process(sg_cycle_t *cycle)
     }
     u = umcf->upstreams.elts;
     for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (u[i]->zone) {
+            sg_upstream_slot_claim(cycle, u[i]);
+        }
         if (u[i]->check) {
             sg_upstream_check_start(cycle, u[i]);
         }
@@ -813,6 +942,9 @@ sg_upstream_exit_process(sg_cycle_t *cycle)
     for (i = 0; i < umcf->upstreams.nelts; i++) {
         if (u[i]->check) {
             sg_upstream_check_stop(u[i]);
+        }
+        if (u[i]->zone) {
+            sg_upstream_slot_leave(u[i]);
         }
     }
 }

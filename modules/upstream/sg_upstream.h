@@ -79,6 +79,10 @@ struct sg_upstream_s {
     sg_upstream_state_t   *local;         /* the state without a zone */
     bool                   implicit;
     bool                   used;
+    /* Worker: its slot in the zone's table of the sessions each worker
+     * counts (-1: none), and whether it has handed them back. */
+    int                    slot;
+    bool                   released;
     /* Worker: the health check timer. */
     sg_event_t             check_timer;
     sg_log_t              *log;
