@@ -465,6 +465,27 @@ def test_down_is_never_used(smtpgate, make_backend):
     assert a.connections == 0
 
 
+def test_failures_older_than_fail_timeout_do_not_count(smtpgate):
+    """max_fails=2 fail_timeout=500ms: two failures a second apart are
+    not two failures within fail_timeout, so the peer is not rested and
+    the next session still tries it."""
+    dead = f"127.0.0.1:{net.free_port()}"
+    mail = upstream_conf("pool", [f"{dead} max_fails=2 fail_timeout=500ms"])
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail))
+    mark = g.log_mark()
+    for _ in range(2):
+        r = auth_reply(g)
+        assert (r.code, r.last) == NO_BACKEND
+        time.sleep(1)
+    r = auth_reply(g)
+    assert (r.code, r.last) == NO_BACKEND
+    net.wait_until(lambda: g.log_since(mark).count("no backend available")
+                   == 3, 10, what="three 451 lines")
+    log = g.log_since(mark)
+    assert "not used for" not in log, log
+    assert log.count(f"backend {dead} failed") == 3, log
+
+
 def test_next_upstream_tries_1_stops_after_one_peer(smtpgate, make_backend):
     good = make_backend()
     dead = f"127.0.0.1:{net.free_port()}"

@@ -860,6 +860,13 @@ sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome)
         }
     }
     if (failed && p->max_fails) {
+        /* Only failures within fail_timeout of each other add up; once
+         * they marked the peer, one more after its rest marks it again. */
+        if (st->fails < (uint32_t) p->max_fails
+            && sg_current_msec - st->failed_at >= p->fail_timeout)
+        {
+            st->fails = 0;
+        }
         st->fails++;
         st->failed_at = sg_current_msec;
         marked = st->fails == (uint32_t) p->max_fails;
