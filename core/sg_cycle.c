@@ -264,6 +264,7 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
     }
     if (!test_only) {
         sg_cycle_commit_listening(cycle);
+        sg_shm_cycle_commit(cycle);
         cycle->log = &cycle->new_log;
         pool->log = cycle->log;
     }

@@ -8,6 +8,7 @@
 typedef struct {
     pthread_mutex_t   mutex;
     uint64_t          magic;
+    uint64_t          generation;  /* the committed cycle's */
 } sg_shm_header_t;
 
 #define SG_SHM_MAGIC   0x736d74706761746bULL
@@ -113,10 +114,12 @@ sg_shm_cycle_init(sg_cycle_t *cycle, char *errbuf, size_t errlen)
         z = zp[i];
         oz = sg_shm_find_old(cycle->old_cycle, z);
         old_data = NULL;
+        z->generation = 1;
         if (oz) {
             z->shm = oz->shm;
             z->shm_size = oz->shm_size;
             z->addr = oz->addr;
+            z->generation = oz->generation + 1;
             old_data = oz->data;
         } else if (sg_shm_map(z) != SG_OK) {
             snprintf(errbuf, errlen, "mmap() of %zu bytes for shared memory "
@@ -157,6 +160,29 @@ sg_shm_cycle_release(sg_cycle_t *cycle, sg_cycle_t *keep)
         }
         z[i]->shm = NULL;
     }
+}
+
+void
+sg_shm_cycle_commit(sg_cycle_t *cycle)
+{
+    sg_shm_zone_t    **zp = sg_shm_zones(cycle);
+    sg_shm_header_t   *h;
+    size_t             i;
+
+    for (i = 0; i < cycle->shm_zones.nelts; i++) {
+        h = zp[i]->shm;
+        sg_shm_lock(zp[i]);
+        h->generation = zp[i]->generation;
+        sg_shm_unlock(zp[i]);
+    }
+}
+
+bool
+sg_shm_current(const sg_shm_zone_t *zone)
+{
+    const sg_shm_header_t  *h = zone->shm;
+
+    return h->generation == zone->generation;
 }
 
 void

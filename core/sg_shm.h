@@ -29,6 +29,9 @@ struct sg_shm_zone_s {
     sg_shm_init_pt    init;
     void             *shm;         /* the whole mapping (with header) */
     size_t            shm_size;
+    uint64_t          generation;  /* 1 for the first cycle to map the
+                                    * memory, one more for each reload
+                                    * that keeps it */
 };
 
 /* Declare (or find, when the same name and owner ask again) a zone.
@@ -41,6 +44,15 @@ sg_shm_zone_t *sg_shm_zone_add(sg_conf_t *cf, const sg_str_t *name,
  * match) and run the init hooks; unmap the old cycle's that are gone. */
 int sg_shm_cycle_init(sg_cycle_t *cycle, char *errbuf, size_t errlen);
 void sg_shm_cycle_release(sg_cycle_t *cycle, sg_cycle_t *keep);
+
+/* Once nothing can fail any more: make cycle's the newest generation of
+ * each of its zones.  Workers of an older configuration go on sharing
+ * the memory until they exit; sg_shm_current() tells them apart. */
+void sg_shm_cycle_commit(sg_cycle_t *cycle);
+
+/* Whether zone belongs to the newest configuration that uses its memory.
+ * Call with the zone locked. */
+bool sg_shm_current(const sg_shm_zone_t *zone);
 
 void sg_shm_lock(sg_shm_zone_t *zone);
 void sg_shm_unlock(sg_shm_zone_t *zone);

@@ -74,3 +74,29 @@ def test_bad_auth_cache_is_a_config_error(smtpgate, backend):
         r = g.ctl("-t")
         assert r.returncode == 1 and "auth_cache" in r.stderr, (bad,
                                                                 r.stderr)
+
+
+def test_old_worker_does_not_refill_the_cache_after_reload(smtpgate, backend,
+                                                          users):
+    """A session that began before a reload is served by an old worker
+    with the old users file.  Its answers must not reach the cache the
+    new workers read: a changed password would go on working there for
+    the whole ttl."""
+    conf = cache_conf(backend, "zone=ac:1m ttl=60s", workers=1)
+    g = smtpgate(conf)
+    old = g.workers()
+    early = g.session()                  # stays with the old worker
+    early.ehlo()
+    g.write_file("users", users[1].replace("{PLAIN}dave-secret",
+                                           "{PLAIN}dave-changed"))
+    mark = g.log_mark()
+    g.reload(conf + "\n# changed\n")
+    g.wait_log("configuration reloaded", since=mark)
+    g.wait_workers(1, exclude=old)
+    with early:
+        r = early.cmd(f"AUTH PLAIN {plain_token('dave', 'dave-secret')}")
+        assert r.code == 235, r          # the old worker, the old file
+        early.cmd("QUIT")
+    g.wait_old_workers_gone(old)
+    assert login(g, "dave", "dave-secret") == 535
+    assert login(g, "dave", "dave-changed") == 235

@@ -9,7 +9,10 @@
  * of the mechanism, the user and the password: no password or plain
  * digest of one is stored.  Temporary failures are never cached.  The
  * zone is emptied on every reload (with its hit and miss counts logged),
- * so edited users take effect at once.
+ * so edited users take effect at once: each entry carries the zone
+ * generation it was made in, and only the newest configuration's workers
+ * read or write the cache.  Old workers finishing their sessions with
+ * the old users file neither answer from it nor fill it.
  */
 #include "sg_smtp.h"
 #include <openssl/evp.h>
@@ -21,6 +24,7 @@
 
 typedef struct {
     u_char                   key[32];     /* all zero: free */
+    uint64_t                 generation;  /* the zone's, when stored */
     int64_t                  expires;     /* seconds */
     uint32_t                 status;      /* SG_AUTH_OK / SG_AUTH_FAIL */
     uint32_t                 reply_len;
@@ -44,12 +48,20 @@ sg_cache_init(sg_shm_zone_t *zone, void *old_data)
 {
     sg_cache_t  *c = zone->addr;
 
+    /* The old workers still use the zone: a reload leaves the entries
+     * (the new generation ignores them) and their count alone. */
     if (old_data) {
+        sg_shm_lock(zone);
         sg_log_error(SG_LOG_INFO, sg_cycle ? sg_cycle->log : sg_log_init(), 0,
                      "auth_cache \"%.*s\": %llu hits, %llu misses since "
                      "the last reload; emptied", SG_STR_ARG(&zone->name),
                      (unsigned long long) c->hits,
                      (unsigned long long) c->misses);
+        c->hits = 0;
+        c->misses = 0;
+        sg_shm_unlock(zone);
+        zone->data = c;
+        return SG_OK;
     }
     memset(c, 0, zone->size);
     c->nentries = (uint32_t) ((zone->size - sizeof(sg_cache_t))
@@ -212,9 +224,15 @@ sg_smtp_cache_lookup(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
     c = zone->data;
     memcpy(&h, key + 4, sizeof(h));
     sg_shm_lock(zone);
+    if (!sg_shm_current(zone)) {
+        sg_shm_unlock(zone);
+        return SG_DECLINED;             /* a reload replaced our users */
+    }
     for (i = 0; i < SG_CACHE_PROBE; i++) {
         e = &c->e[(h + i) % c->nentries];
-        if (e->expires > now && CRYPTO_memcmp(e->key, key, 32) == 0) {
+        if (e->generation == zone->generation && e->expires > now
+            && CRYPTO_memcmp(e->key, key, 32) == 0)
+        {
             r->status = e->status;
             r->reason = "cached answer (auth_cache)";
             if (e->route_len && (r->route_addr = sg_pcalloc(r->pool,
@@ -263,9 +281,15 @@ sg_smtp_cache_store(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
     c = zone->data;
     memcpy(&h, key + 4, sizeof(h));
     sg_shm_lock(zone);
+    if (!sg_shm_current(zone)) {
+        sg_shm_unlock(zone);
+        return;                         /* answered under old users */
+    }
     for (i = 0; i < SG_CACHE_PROBE; i++) {
         e = &c->e[(h + i) % c->nentries];
-        if (CRYPTO_memcmp(e->key, key, 32) == 0 || e->expires <= now) {
+        if (e->generation != zone->generation || e->expires <= now
+            || CRYPTO_memcmp(e->key, key, 32) == 0)
+        {
             victim = e;
             break;
         }
@@ -274,6 +298,7 @@ sg_smtp_cache_store(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
         }
     }
     memcpy(victim->key, key, 32);
+    victim->generation = zone->generation;
     victim->status = r->status;
     victim->expires = now + (r->status == SG_AUTH_OK
                              ? sscf->cache_ttl : sscf->cache_negative_ttl)
