@@ -129,8 +129,10 @@ sg_close_connection(sg_connection_t *c)
     sg_event_del_timer(c->write);
     sg_event_unpost(c->read);
     sg_event_unpost(c->write);
-    /* close(2) removes the fd from epoll since nothing else holds it. */
-    c->instance = !c->instance;
+    /* close(2) removes the fd from epoll since nothing else holds it.
+     * The instance bit is left alone: sg_get_connection() flips it, and
+     * a second flip here would undo that for a slot closed and taken
+     * again while events for its old use are still being dispatched. */
     sg_free_connection(c);
     if (close(fd) == -1) {
         sg_log_error(SG_LOG_ALERT, c->log, errno, "close(%d) failed", fd);

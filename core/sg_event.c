@@ -4,9 +4,10 @@
  *
  * Timers live in a binary min-heap of event pointers; each event knows
  * its slot, so deleting a timer is O(log n).  The epoll data pointer is
- * the connection with its "instance" bit in the low bit: closing a
- * connection flips the bit, so an event already fetched for an old use
- * of the same slot is recognised as stale and dropped.
+ * the connection with its "instance" bit in the low bit: taking a slot
+ * for a new connection flips the bit, so an event already fetched for an
+ * old use of the same slot is recognised as stale and dropped (and one
+ * for a slot closed and not yet reused, by its fd of -1).
  */
 #include "sg_core.h"
 #include <sys/epoll.h>
