@@ -434,7 +434,11 @@ sg_conf_run(sg_conf_t *cf, bool block)
             }
             return SG_CONF_OK;
         }
-        if (cf->handler) {
+        /* A block read by its own handler (upstream, map) still takes
+         * include, which works in any context. */
+        if (cf->handler
+            && !sg_str_eq((sg_str_t *) cf->args->elts, "include"))
+        {
             if (rc == SG_TOK_BLOCK_START) {
                 return sg_conf_error(cf, 0, "unexpected \"{\"");
             }

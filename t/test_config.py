@@ -406,3 +406,19 @@ def test_error_log_to_stderr(smtpgate, backend):
         assert c.auth_plain("alice", "wrong").code == 535
     net.wait_until(lambda: "client: 127.0.0.1" in open(g.stderr_path).read(),
                    30, what="session lines on stderr")
+
+
+def test_include_inside_upstream_block(conf_test):
+    """include works in any context (directives.md), the upstream block
+    included: its servers may come from a file of their own."""
+    text = make(mail="    upstream pool {\n        include pool.conf;\n"
+                     "    }\n").replace("proxy_pass 127.0.0.1:@PORTB@;",
+                                       "proxy_pass pool;")
+    g, r = conf_test(text, files={
+        "pool.conf": "# first line\nserver 127.0.0.1:25;\n"
+                     "server 127.0.0.1:26;\n"})
+    assert r.returncode == 0, r.stderr
+    g, r = conf_test(text, files={
+        "pool.conf": "# first line\nserver 127.0.0.1:25 colour=red;\n"})
+    assert_failed(g, r, 'invalid', 2, path=f"{g.confdir}/pool.conf")
+
