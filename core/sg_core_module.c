@@ -7,6 +7,7 @@
 #include <glob.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/stat.h>
 
 static void *sg_core_create_conf(sg_cycle_t *cycle);
 static char *sg_core_init_conf(sg_cycle_t *cycle, void *conf);
@@ -249,6 +250,38 @@ sg_events_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return rv;
 }
 
+/* The directory part of an include mask, when it has no wildcard of its
+ * own, must exist: glob() reports a missing one as no match at all. */
+static char *
+sg_include_dir_exists(sg_conf_t *cf, const sg_str_t *mask)
+{
+    struct stat  st;
+    u_char      *slash, *dir;
+    size_t       len;
+
+    slash = (u_char *) strrchr((const char *) mask->data, '/');
+    if (slash == NULL || slash == mask->data) {
+        return SG_CONF_OK;
+    }
+    len = (size_t) (slash - mask->data);
+    if (memchr(mask->data, '*', len) || memchr(mask->data, '?', len)
+        || memchr(mask->data, '[', len))
+    {
+        return SG_CONF_OK;
+    }
+    dir = sg_pnalloc(cf->pool, len + 1);
+    if (dir == NULL) {
+        return SG_CONF_ERROR;
+    }
+    memcpy(dir, mask->data, len);
+    dir[len] = '\0';
+    if (stat((const char *) dir, &st) == -1) {
+        return sg_conf_error(cf, errno, "include \"%.*s\": no directory "
+                             "\"%s\"", SG_STR_ARG(mask), (char *) dir);
+    }
+    return SG_CONF_OK;
+}
+
 static char *
 sg_include(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
@@ -269,7 +302,8 @@ sg_include(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     }
     rc = glob((const char *) file.data, 0, NULL, &gl);
     if (rc == GLOB_NOMATCH) {
-        return SG_CONF_OK;              /* an empty conf.d/ is fine */
+        /* An empty conf.d/ is fine; a missing one is a typo. */
+        return sg_include_dir_exists(cf, &file);
     }
     if (rc != 0) {
         return sg_conf_error(cf, 0, "glob() \"%.*s\" failed%s",

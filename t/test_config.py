@@ -422,3 +422,15 @@ def test_include_inside_upstream_block(conf_test):
         "pool.conf": "# first line\nserver 127.0.0.1:25 colour=red;\n"})
     assert_failed(g, r, 'invalid', 2, path=f"{g.confdir}/pool.conf")
 
+
+def test_include_mask_in_missing_directory(conf_test):
+    """A mask in a directory that does not exist is an error (an empty
+    directory is not)."""
+    text = make(mail="    include nowhere/*.conf;")
+    g, r = conf_test(text)
+    assert_failed(g, r, f'include "{g.confdir}/nowhere/*.conf": no '
+                        f'directory "{g.confdir}/nowhere" (2: No such file',
+                  line_of(text, "nowhere"))
+    os.makedirs(os.path.join(g.confdir, "nowhere"))
+    r = g.ctl("-t")
+    assert r.returncode == 0, r.stderr
