@@ -323,6 +323,16 @@ sg_reopen_files(sg_cycle_t *cycle, uid_t user)
         }
         close(fd);
     }
+    /* stderr still points at the file just rotated away */
+    sg_cycle_redirect_stderr(cycle);
+}
+
+void
+sg_cycle_redirect_stderr(sg_cycle_t *cycle)
+{
+    if (cycle->log->file && cycle->log->file->fd > STDERR_FILENO) {
+        (void) dup2(cycle->log->file->fd, STDERR_FILENO);
+    }
 }
 
 int

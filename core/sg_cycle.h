@@ -67,6 +67,10 @@ void sg_destroy_cycle(sg_cycle_t *cycle, sg_cycle_t *next);
 
 /* Reopen every log file (SIGUSR1); files are chowned to user when root. */
 void sg_reopen_files(sg_cycle_t *cycle, uid_t user);
+/* Point stderr (sanitizer reports, library complaints) at the error log,
+ * unless the error log is stderr itself: at start, after a reload and
+ * after the logs are reopened. */
+void sg_cycle_redirect_stderr(sg_cycle_t *cycle);
 
 int sg_create_pidfile(sg_cycle_t *cycle, sg_log_t *log);
 void sg_delete_pidfile(sg_cycle_t *cycle);

@@ -410,9 +410,7 @@ sg_master_reload(sg_cycle_t *cycle)
     }
     sg_cycle = new;
     sg_generation++;
-    if (new->log->file && new->log->file->fd > STDERR_FILENO) {
-        (void) dup2(new->log->file->fd, STDERR_FILENO);
-    }
+    sg_cycle_redirect_stderr(new);
     sg_reload_pidfile(cycle, new);
     /* Close what the old configuration alone held (listeners it dropped,
      * its log files) before forking, or the new workers would inherit

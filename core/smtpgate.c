@@ -233,16 +233,6 @@ sg_send_signal(sg_cycle_t *init, const char *name)
     return sg_signal_process(cycle, name);
 }
 
-/* Send what lands on stderr (sanitizer reports, library complaints) to
- * the error log, unless the error log is stderr itself. */
-static void
-sg_redirect_stderr(sg_cycle_t *cycle)
-{
-    if (cycle->log->file && cycle->log->file->fd > STDERR_FILENO) {
-        (void) dup2(cycle->log->file->fd, STDERR_FILENO);
-    }
-}
-
 int
 main(int argc, char **argv)
 {
@@ -298,7 +288,7 @@ main(int argc, char **argv)
     }
     sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "smtpgate/%s started",
                  SG_VERSION);
-    sg_redirect_stderr(cycle);
+    sg_cycle_redirect_stderr(cycle);
     sg_master_process_cycle(cycle);
     return 0;
 }

@@ -197,6 +197,20 @@ def test_reopen_logs(smtpgate):
         assert f"127.0.0.1:{port}" not in f.read()
 
 
+def test_reopen_moves_stderr_to_the_new_log(smtpgate, backend):
+    """stderr carries what is not a log line (a sanitizer report, a
+    library's complaint) into the error log: after a reopen it goes to
+    the new file, in the master and in the workers, not to the rotated
+    one."""
+    g = smtpgate(gatelib.conf(backend=backend, workers=2))
+    new = os.path.realpath(g.error_log_path)
+    os.rename(g.error_log_path, g.error_log_path + ".1")
+    g.signal(signal.SIGUSR1)
+    for pid in [g.pid] + g.workers():
+        net.wait_until(lambda: os.readlink(f"/proc/{pid}/fd/2") == new, 30,
+                       what=f"stderr of {pid} on the new error.log")
+
+
 def test_s_reopen(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend))
     os.rename(g.error_log_path, g.error_log_path + ".1")
