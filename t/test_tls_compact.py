@@ -22,6 +22,7 @@ import time
 import pytest
 
 from lib import pki as pkilib
+from lib import tls13rec
 from lib.messages import make_message
 from lib.pki import (cert_directives, implicit_session, indent,
                      starttls_session, tls_conf)
@@ -429,3 +430,48 @@ def test_sni_server_decides(smtpgate, backend, pki, off, sni):
             assert c.cmd("QUIT").code == 221
         line = established(g, mark)
         assert ("compact state" in line) == (sni != off), line
+
+
+
+# -- records that carry nothing ---------------------------------------------
+
+
+def idle_records(kind, sealer, n):
+    """n records of one kind that carry no application data."""
+    if kind == "empty":
+        return b"".join(sealer.data(b"") for _ in range(n))
+    if kind == "user_canceled":
+        return b"".join(sealer.seal(21, b"\x01\x5a") for _ in range(n))
+    return b"".join(sealer.key_update() for _ in range(n))
+
+
+@pytest.mark.parametrize("kind", ["empty", "user_canceled", "key_update"])
+def test_records_without_data_in_bulk(smtpgate, backend, pki, tmp_path,
+                                      kind):
+    """Records that carry no data (empty ones, user_canceled alerts,
+    KeyUpdates): 32 in a row are taken, the 33rd ends the session with
+    unexpected_message, as OpenSSL ends it after 32 empty records.
+    Without a limit a client sending them without end holds the worker:
+    one read opens them all while more keep coming."""
+    g = smtpgate(tls_conf(pki, backend))
+    mark = g.log_mark()
+    sock, obj, inc, sealer = tls13rec.session(
+        g.ports["PORTS"], pki.client_context(), str(tmp_path / "keylog"))
+    with sock:
+        sock.sendall(idle_records(kind, sealer, 32)
+                     + sealer.data(b"NOOP\r\n"))
+        got = b""
+        while not got.endswith(b"\r\n"):
+            try:
+                got += obj.read(4096)
+            except ssl.SSLWantReadError:
+                inc.write(sock.recv(65536))
+        assert got == b"250 2.0.0 OK\r\n"
+        sock.sendall(idle_records(kind, sealer, 33)
+                     + sealer.data(b"NOOP\r\n"))
+        got, err = tls13rec.replies(sock, obj, inc)
+    assert got == b"", got
+    assert "UNEXPECTED_MESSAGE" in str(err), err
+    g.wait_log(r"TLS read failed: the client sent more than 32 records in "
+               r"a row without data.*client: 127\.0\.0\.1", since=mark)
+    g.wait_log(r"session closed", since=mark)

@@ -51,6 +51,12 @@
 /* A post-handshake message split over records is gathered up to this
  * size (a NewSessionTicket's ticket is at most 2^16 - 1 octets). */
 #define SG_SSL_HS_MAX         (SG_SSL_REC_PLAIN_MAX * 5)
+/* Records in a row that carry no application data (empty ones, ignored
+ * alerts, KeyUpdates, tickets): each costs an AEAD pass or a key
+ * derivation, and a read takes them all while more keep coming, so a
+ * peer sending them without end would hold the worker.  OpenSSL allows
+ * 32 empty records and 32 KeyUpdates in a row. */
+#define SG_SSL_REC_IDLE_MAX   32
 
 typedef struct {
     unsigned       id;
@@ -112,6 +118,8 @@ struct sg_ssl_rec_s {
                                               over records, so far */
     size_t                 hs_len;
     unsigned               goodbye_queued:1; /* close_notify is in out */
+    unsigned               idle;           /* records in a row without
+                                              application data */
 };
 
 /* Held bytes (sg_ssl_rec_hold) up to this many leave in one send with
@@ -780,6 +788,13 @@ sg_ssl_rec_open(sg_ssl_rec_t *r, sg_log_t *log)
         return SG_ERROR;
     }
     r->in_start += SG_SSL_REC_HEADER + clen;
+    if (type == SG_SSL_REC_APPLICATION && len) {
+        r->idle = 0;
+    } else if (++r->idle > SG_SSL_REC_IDLE_MAX) {
+        snprintf(why, sizeof(why), "%s sent more than %d records in a row "
+                 "without data", sg_ssl_rec_peer(r), SG_SSL_REC_IDLE_MAX);
+        return sg_ssl_rec_fail(r, log, SG_SSL_ALERT_UNEXPECTED_MESSAGE, why);
+    }
 
     switch (type) {
     case SG_SSL_REC_APPLICATION:
