@@ -695,6 +695,23 @@ def test_encrypted_key_without_password_file(tmp_path, backend, pki):
     assert pki.encrypted_key in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("cert,key", [("mx.test", "mx.test-ec"),
+                                      ("mx.test-ec", "mx.test")])
+def test_key_of_another_type_fails_check(tmp_path, backend, pki, cert,
+                                         key):
+    """An RSA certificate with an ECDSA key (or the reverse) fails `-t`
+    naming the key: OpenSSL files such a key beside the certificate
+    without a word, and every handshake would then fail."""
+    text = tls_conf(pki, backend, certs=(), extra=f"""
+        ssl_certificate {pki.cert(cert)};
+        ssl_certificate_key {pki.key(key)};""")
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    assert (f'loading certificate key "{pki.key(key)}" failed: '
+            "no certificate assigned") in r.stderr, r.stderr
+
+
 def test_relative_certificate_paths(smtpgate, backend, pki):
     """Relative certificate paths are relative to the config directory."""
     files = {}

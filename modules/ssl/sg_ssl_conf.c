@@ -466,7 +466,12 @@ sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
                 (const char *) cert[i].data) != 1)
         {
             rv = sg_ssl_fail(cf, scf, "loading certificate", &cert[i]);
-        } else if (sg_ssl_use_key(ctx, &key[i], passwords) != SG_OK) {
+        } else if (sg_ssl_use_key(ctx, &key[i], passwords) != SG_OK
+                   /* A key of another type than its certificate goes
+                    * to that type's empty slot without a complaint,
+                    * and every handshake would then fail. */
+                   || SSL_CTX_check_private_key(ctx) != 1)
+        {
             rv = sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
         }
     }
