@@ -712,6 +712,25 @@ def test_key_of_another_type_fails_check(tmp_path, backend, pki, cert,
             "no certificate assigned") in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("which", ["certificate", "key"])
+def test_missing_file_names_the_system_error(tmp_path, backend, pki, which):
+    """A certificate or key that cannot be opened: `-t` says why in the
+    system's words, once, not OpenSSL's "unknown; system lib; system
+    lib"."""
+    missing = pki.path("no-such-file.pem")
+    cert = missing if which == "certificate" else pki.cert("mx.test")
+    key = missing if which == "key" else pki.key("mx.test")
+    text = tls_conf(pki, backend, certs=(), extra=f"""
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""")
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    what = "certificate" if which == "certificate" else "certificate key"
+    assert (f'loading {what} "{missing}" failed: No such file or '
+            'directory; system lib\n') in r.stderr, r.stderr
+
+
 def test_relative_certificate_paths(smtpgate, backend, pki):
     """Relative certificate paths are relative to the config directory."""
     files = {}

@@ -321,8 +321,31 @@ static int            sg_ssl_conf_index = -1;
 static u_char         sg_ssl_ticket_secret[32];
 static bool           sg_ssl_ticket_secret_set;
 
-/* Every reason OpenSSL queued, outermost last: the first is often the
- * system error ("No such file or directory"), the last the context. */
+/* Whether reason is one of the "; "-separated reasons in buf already. */
+static bool
+sg_ssl_said(const char *buf, const char *reason)
+{
+    size_t       len = strlen(reason);
+    const char  *p = buf;
+
+    while (*p) {
+        if (strncmp(p, reason, len) == 0 && (p[len] == ';' || !p[len])) {
+            return true;
+        }
+        p = strstr(p, "; ");
+        if (p == NULL) {
+            return false;
+        }
+        p += 2;
+    }
+    return false;
+}
+
+/* Every reason OpenSSL queued, outermost last, each once: the first is
+ * often the system error ("No such file or directory"), the last the
+ * context.  OpenSSL 3 has no reason string for a system error, only its
+ * errno; and a failure repeats reasons on its way up ("system lib" for
+ * each layer a failed fopen() passes). */
 static const char *
 sg_ssl_errstr(char *buf, size_t len)
 {
@@ -332,9 +355,13 @@ sg_ssl_errstr(char *buf, size_t len)
 
     buf[0] = '\0';
     while ((e = ERR_get_error()) != 0 && n + 4 < len) {
-        r = ERR_reason_error_string(e);
-        n += (size_t) snprintf(buf + n, len - n, "%s%s", n ? "; " : "",
-                               r ? r : "unknown");
+        r = ERR_SYSTEM_ERROR(e) ? strerror((int) ERR_GET_REASON(e))
+                                : ERR_reason_error_string(e);
+        r = r ? r : "unknown";
+        if (sg_ssl_said(buf, r)) {
+            continue;
+        }
+        n += (size_t) snprintf(buf + n, len - n, "%s%s", n ? "; " : "", r);
     }
     ERR_clear_error();
     if (n == 0) {
