@@ -22,7 +22,8 @@ import time
 import pytest
 
 from lib import pki as pkilib
-from lib import tls13rec
+from lib import memscan, net, tls13rec
+from lib.smtp import plain_token
 from lib.messages import make_message
 from lib.pki import (cert_directives, implicit_session, indent,
                      starttls_session, tls_conf)
@@ -475,3 +476,32 @@ def test_records_without_data_in_bulk(smtpgate, backend, pki, tmp_path,
     g.wait_log(r"TLS read failed: the client sent more than 32 records in "
                r"a row without data.*client: 127\.0\.0\.1", since=mark)
     g.wait_log(r"session closed", since=mark)
+
+
+
+@pytest.mark.skipif(not memscan.can_scan(), reason="reads /proc/PID/mem")
+@pytest.mark.parametrize("compact", ["on", "off"])
+def test_auth_line_not_left_in_worker_memory(smtpgate, backend, pki,
+                                             compact):
+    """Records are opened in place, in smtpgate's record buffer or in
+    OpenSSL's: once the session has ended, the AUTH PLAIN line the
+    client sent is not left there, freed but whole.  (Freed memory
+    keeps its bytes longest under AddressSanitizer's quarantine, where
+    this test is sharpest.)"""
+    g = smtpgate(tls_conf(pki, backend,
+                          extra=f"ssl_compact_state {compact};"))
+    mark = g.quiet_log_mark()
+    line = f"AUTH PLAIN {plain_token('alice', password('alice'))}"
+    with implicit_session(g, pki) as c:
+        c.ehlo()
+        assert c.cmd(line).raw == AUTH_OK
+        assert c.cmd("QUIT").code == 221
+    net.wait_until(lambda: "session closed" in g.log_since(mark), 30,
+                   what="the session closed")
+    with g.session():       # a greeting: the worker is past that close
+        pass
+    (worker,) = g.workers()
+    # from "PLAIN": a freed block's first bytes hold the allocator's
+    # own data
+    found = memscan.find(worker, [line[5:].encode() + b"\r\n"])
+    assert not found, found

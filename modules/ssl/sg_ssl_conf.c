@@ -918,8 +918,11 @@ sg_ssl_build_ctx(sg_conf_t *cf, sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
                                                      NULL);
     }
     SSL_CTX_set_ex_data(ctx, sg_ssl_conf_index, scf);
+    /* OpenSSL opens records in place and leaves what the client sent
+     * (an AUTH line) in its buffer, freed as it is: wipe it once read. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
-                             | SSL_OP_IGNORE_UNEXPECTED_EOF);
+                             | SSL_OP_IGNORE_UNEXPECTED_EOF
+                             | SSL_OP_CLEANSE_PLAINTEXT);
     if (scf->prefer_server_ciphers) {
         SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     }

@@ -695,6 +695,9 @@ sg_ssl_client_ctx(sg_pool_t *pool, bool verify, const sg_str_t *trusted,
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* what a service answers (Auth-Pass) is wiped from OpenSSL's
+     * buffer once read */
+    SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                           | SSL_MODE_RELEASE_BUFFERS);

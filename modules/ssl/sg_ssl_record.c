@@ -383,6 +383,19 @@ sg_ssl_rec_new_tls12(int cipher_nid, const char *prf_digest,
     return r;
 }
 
+/* Records are opened in place: the wire buffer holds the plaintext the
+ * client sent (an AUTH line), wiped before the memory goes back.  Past
+ * in_end it holds nothing (sg_ssl_rec_buffer). */
+static void
+sg_ssl_rec_free_in(sg_ssl_rec_t *r)
+{
+    if (r->in) {
+        OPENSSL_cleanse(r->in, r->in_end);
+        free(r->in);
+        r->in = NULL;
+    }
+}
+
 void
 sg_ssl_rec_as_client(sg_ssl_rec_t *r)
 {
@@ -397,7 +410,7 @@ sg_ssl_rec_free(sg_ssl_rec_t *r)
     }
     EVP_CIPHER_CTX_free(r->rd.ctx);
     EVP_CIPHER_CTX_free(r->wr.ctx);
-    free(r->in);
+    sg_ssl_rec_free_in(r);
     free(r->out);
     free(r->hs);
     OPENSSL_cleanse(r, sizeof(*r));
@@ -838,8 +851,7 @@ static void
 sg_ssl_rec_drop_idle_buffer(sg_ssl_rec_t *r)
 {
     if (r->in && r->in_start == r->in_end && r->plain_pos == r->plain_end) {
-        free(r->in);
-        r->in = NULL;
+        sg_ssl_rec_free_in(r);
         r->in_start = r->in_end = r->plain_pos = r->plain_end = 0;
     }
 }
@@ -858,6 +870,8 @@ sg_ssl_rec_buffer(sg_ssl_rec_t *r)
     }
     if (r->plain_pos == r->plain_end && r->in_start) {
         memmove(r->in, r->in + r->in_start, r->in_end - r->in_start);
+        /* what the move left behind may be opened records */
+        OPENSSL_cleanse(r->in + r->in_end - r->in_start, r->in_start);
         r->in_end -= r->in_start;
         r->in_start = 0;
         r->plain_pos = r->plain_end = 0;
