@@ -343,6 +343,15 @@ def test_ipv4_address_in_a_form_only_inet_aton_takes(conf_test, where, old,
     assert f'of the "{where}" directive' in r.stderr, r.stderr
 
 
+def test_server_without_listen(conf_test):
+    """No client could reach it: an error, as in nginx."""
+    text = make(mail="    server {\n        server_name lost.test;\n"
+                     "    }")
+    g, r = conf_test(text)
+    assert_failed(g, r, 'no "listen" is defined for this server',
+                  line_of(text, "    server {"))
+
+
 def test_missing_users_file(conf_test):
     text = make().replace("auth_file users;", "auth_file no-such-users;")
     g, r = conf_test(text)

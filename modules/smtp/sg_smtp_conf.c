@@ -348,6 +348,7 @@ sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_mail_conf_ctx_t    *parent = cf->ctx, *ctx;
     sg_smtp_main_conf_t   *mcf;
     sg_smtp_srv_conf_t    *sscf, **slot;
+    size_t                 listens;
     char                  *rv;
 
     (void) cmd;
@@ -371,11 +372,20 @@ sg_smtp_server_block(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return SG_CONF_ERROR;
     }
     *slot = sscf;
+    listens = mcf->listens.nelts;
     rv = sg_mail_parse_block(cf, ctx, SG_MAIL_SRV_CONF);
-    if (rv != SG_CONF_OK || sscf->skipped == NULL) {
+    if (rv != SG_CONF_OK) {
         return rv;
     }
-    sg_smtp_skip_server(cf, mcf, sscf);
+    if (sscf->skipped) {
+        sg_smtp_skip_server(cf, mcf, sscf);
+        return SG_CONF_OK;
+    }
+    if (mcf->listens.nelts == listens) {
+        /* no client could ever reach it (as in nginx, an error) */
+        return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
+                                "\"listen\" is defined for this server");
+    }
     return SG_CONF_OK;
 }
 
