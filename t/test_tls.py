@@ -870,6 +870,24 @@ def test_sni_server_settings_apply(smtpgate, backend, pki):
     assert outcome == "ok", what
 
 
+def test_sni_with_a_control_character_picks_no_server(smtpgate, backend,
+                                                       pki):
+    """A name that is no host name (here a 0x01 byte, which *.wild.test
+    would match) chooses nothing and is not written into the log."""
+    g = smtpgate(sni_conf(pki, backend).replace("error_log logs/error.log "
+                                                "info;", "error_log "
+                                                "logs/error.log debug;"))
+    mark = g.log_mark()
+    rc, out = s_client("-connect", f"127.0.0.1:{g.ports['PORTS']}",
+                       "-servername", "host\x01.wild.test", "-CAfile",
+                       pki.ca)
+    assert subject_line(pki, "mx.test") in out, out
+    assert "220 mx.test ESMTP ready" in out, out
+    g.wait_log(r"TLS SNI with a space, control or non-ASCII character "
+               r"ignored", since=mark)
+    assert "\x01" not in g.log_since(mark)
+
+
 def test_sni_regex_name_as_in_nginx(smtpgate, backend, pki):
     """A regex server_name written as in nginx (\\d, \\.) matches."""
     body = indent(f"""

@@ -518,6 +518,9 @@ sg_smtp_srv_conf_t *sg_smtp_select_server(sg_connection_t *c,
     const sg_str_t *host);
 /* The same lookup without changing the session: NULL when no name
  * matches (the default server then serves). */
+/* name is 1 to 255 printable ASCII characters without spaces: a server
+ * name, or an SNI name worth choosing a server by. */
+bool sg_smtp_name_ok(const sg_str_t *name);
 sg_smtp_srv_conf_t *sg_smtp_find_server(sg_connection_t *c,
     const sg_str_t *host);
 sg_smtp_srv_conf_t *sg_smtp_default_server(sg_connection_t *c);

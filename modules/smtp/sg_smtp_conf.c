@@ -699,8 +699,8 @@ sg_smtp_find_server(sg_connection_t *c, const sg_str_t *host)
     unsigned              kind;
     size_t                i, j;
 
-    if (host->len == 0 || host->len > 255) {
-        return NULL;
+    if (!sg_smtp_name_ok(host)) {
+        return NULL;                  /* no host name: chooses nothing */
     }
     /* Exact names first, then wildcards, then regexes, as in nginx. */
     for (kind = SG_SMTP_NAME_EXACT; kind <= SG_SMTP_NAME_REGEX; kind++) {
@@ -967,7 +967,7 @@ sg_smtp_ehlo_auto(sg_smtp_session_t *s, unsigned ext, int64_t size)
     return sg_buf_append(&s->out, buf, (size_t) (p - buf));
 }
 
-static bool
+bool
 sg_smtp_name_ok(const sg_str_t *name)
 {
     size_t  i;

@@ -876,6 +876,14 @@ sg_ssl_servername(SSL *ssl, int *ad, void *arg)
     }
     host.data = (u_char *) name;
     host.len = strlen(name);
+    if (!sg_smtp_name_ok(&host)) {
+        /* RFC 6066: an ASCII host name (IDNs as A-labels).  Not one to
+         * choose a server by (sg_smtp_find_server agrees), or to write
+         * into a log line. */
+        sg_log_debug(c->log, "TLS SNI with a space, control or non-ASCII "
+                     "character ignored");
+        return SSL_TLSEXT_ERR_OK;
+    }
     sscf = sg_smtp_select_server(c, &host);
     if (sscf == NULL) {
         return SSL_TLSEXT_ERR_OK;      /* keep the default server */
