@@ -1201,5 +1201,8 @@ class ScriptedBackend:
                 return
             else:
                 reply = b"250 2.0.0 OK\r\n"
-            conn.sendall(reply)
+            # The mark goes before the reply: nothing arrives until the
+            # reply is out, and after it the client's next command can
+            # come back before this thread runs again.
             mark = (time.monotonic(), net.tcp_info(conn)[1])
+            conn.sendall(reply)
