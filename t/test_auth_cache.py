@@ -100,3 +100,35 @@ def test_old_worker_does_not_refill_the_cache_after_reload(smtpgate, backend,
     g.wait_old_workers_gone(old)
     assert login(g, "dave", "dave-secret") == 535
     assert login(g, "dave", "dave-changed") == 235
+
+
+def login_at(g, port, user, secret):
+    with g.connect(port=port) as c:
+        assert c.greeting().code == 220
+        c.ehlo()
+        r = c.cmd(f"AUTH PLAIN {plain_token(user, secret)}")
+        if r.code == 235:
+            c.cmd("QUIT")
+        return r.code
+
+
+def test_servers_sharing_a_zone_do_not_share_answers(smtpgate, backend):
+    """auth_cache set in mail{} serves every server, but each server has
+    its own users.  An answer of one server's backend must not be given
+    by another: a password of the first would open the second."""
+    other = ("        listen 127.0.0.1:@PORT2@;\n"
+             "        protocol smtp;\n"
+             "        auth_file users2;\n")
+    conf = gatelib.conf(backend=backend, workers=1, level="debug",
+                        auth_file=None, server="        auth_file users;",
+                        mail="    auth_cache zone=ac:1m ttl=60s "
+                             "negative_ttl=60s;\n"
+                             "    smtp_auth_fail_delay 0;\n",
+                        servers=(other,))
+    g = smtpgate(conf, files={"users2": "alice:{PLAIN}second-file\n"})
+    first, second = g.port, g.ports["PORT2"]
+    assert login_at(g, first, "alice", password("alice")) == 235
+    assert login_at(g, second, "alice", password("alice")) == 535
+    assert login_at(g, second, "alice", "second-file") == 235
+    assert login_at(g, first, "alice", "second-file") == 535
+    assert "answered from auth_cache" not in g.error_log()

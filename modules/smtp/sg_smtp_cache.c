@@ -6,8 +6,9 @@
  * logs in again and again (a busy sender opening a connection per
  * message) does not reach the backend each time, whichever worker it
  * lands on.  The key is an HMAC, under a secret the master draws once,
- * of the mechanism, the user and the password: no password or plain
- * digest of one is stored.  Temporary failures are never cached.  The
+ * of the server's backend, the mechanism, the user and the password: no
+ * password or plain digest of one is stored, and no server is answered
+ * with another's users.  Temporary failures are never cached.  The
  * zone is emptied on every reload (with its hit and miss counts logged),
  * so edited users take effect at once: each entry carries the zone
  * generation it was made in, and only the newest configuration's workers
@@ -172,10 +173,16 @@ sg_cache_mac(void)
     return keyed ? EVP_MAC_CTX_dup(keyed) : NULL;
 }
 
+/* The key covers the server's backend configuration too: a zone set in
+ * mail{} serves servers with different users files or services, and
+ * one server's answer must never open another.  Every worker of a
+ * configuration inherits the same pointer from the master, and entries
+ * of an older configuration are never read (the zone's generation). */
 static int
-sg_cache_key(const sg_auth_request_t *r, u_char key[32])
+sg_cache_key(const sg_smtp_srv_conf_t *sscf, const sg_auth_request_t *r,
+    u_char key[32])
 {
-    u_char        msg[4 + 256 + 1], mac[EVP_MAX_MD_SIZE];
+    u_char        msg[4 + sizeof(void *) + 256 + 1], mac[EVP_MAX_MD_SIZE];
     size_t        n = 0, maclen = 0;
     EVP_MAC_CTX  *ctx;
     int           ok;
@@ -184,6 +191,8 @@ sg_cache_key(const sg_auth_request_t *r, u_char key[32])
         return SG_ERROR;
     }
     msg[n++] = (u_char) r->mech;
+    memcpy(msg + n, &sscf->auth_conf, sizeof(void *));
+    n += sizeof(void *);
     memcpy(msg + n, r->user.data, r->user.len);
     n += r->user.len;
     msg[n++] = 0;
@@ -217,7 +226,7 @@ sg_smtp_cache_lookup(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
     int                rc = SG_DECLINED;
 
     if (zone == NULL || r->mech == SG_SMTP_AUTH_CRAM_MD5
-        || sg_cache_key(r, key) != SG_OK)
+        || sg_cache_key(sscf, r, key) != SG_OK)
     {
         return SG_DECLINED;
     }
@@ -274,7 +283,7 @@ sg_smtp_cache_store(sg_smtp_srv_conf_t *sscf, sg_auth_request_t *r)
         || (r->status != SG_AUTH_OK && r->status != SG_AUTH_FAIL)
         || r->route.len                 /* upstream names: not cached */
         || r->backend_user.len || r->backend_pass.len   /* nor secrets */
-        || sg_cache_key(r, key) != SG_OK)
+        || sg_cache_key(sscf, r, key) != SG_OK)
     {
         return;
     }
