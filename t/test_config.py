@@ -369,6 +369,29 @@ def test_malformed_users_file_line(conf_test, users, bad):
     assert f"{g.confdir}/users:3:" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("bad", [
+    # cut off: the hash part is shorter than its scheme makes
+    "frank:$y$j9T$5c.vbbUqRvaqygTIZvmaW/$WIY90CHZoKi6XaiAfUD",
+    "frank:$6$e97e7Rjoqzzo3UPB$KPEdrnhnTwoHFYAoxXqgeId53nZafxYoO",
+    "frank:$2b$05$bkzk.Pelut09pT0tuT7Mc.rXTpJ8LkdN.cptUpl",
+    # a setting (salt) with no hash at all
+    "frank:$6$e97e7Rjoqzzo3UPB",
+    "frank:$y$j9T$5c.vbbUqRvaqygTIZvmaW/",
+    "frank:$2b$05$",
+])
+def test_cut_off_hash_in_users_file(conf_test, users, bad):
+    """libcrypt's crypt_checksalt() looks at the setting only: a hash cut
+    short by a copy and paste would load, and its user would then be
+    refused with every password, the log saying only "password
+    mismatch".  It is a malformed hash, refused when the file loads."""
+    good = users[1].splitlines()
+    text = "\n".join(good[:2] + [bad] + good[2:]) + "\n"
+    g, r = conf_test(make(), users_text=text)
+    assert r.returncode == 1, r.stderr
+    assert (f"{g.confdir}/users:3: malformed or disabled password hash"
+            in r.stderr), r.stderr
+
+
 def test_config_error_prevents_start(smtpgate):
     g = smtpgate(make(mail="    foo bar;"), start=False)
     g.allow(r'\[emerg\] .*unknown directive "foo"')

@@ -152,6 +152,49 @@ sg_auth_file_user_ok(const sg_str_t *u)
     return true;
 }
 
+/* Whether h is a whole hash and not a cut-off one or a bare setting
+ * ("$6$salt"): crypt_checksalt() looks at the setting alone, and a
+ * truncated hash would load and then refuse every password.  The hash
+ * proper, after the last '$', has one length per scheme. */
+static bool
+sg_auth_file_hash_whole(const sg_str_t *h)
+{
+    size_t  i, dollars = 0, last = 0, want, min_dollars;
+    u_char  c;
+
+    if (h->data[1] == 'y') {
+        want = 43;
+        min_dollars = 4;                /* $y$params$salt$hash */
+    } else if (h->data[1] == '7') {
+        want = 43;
+        min_dollars = 3;                /* $7$params+salt$hash */
+    } else if (h->data[1] == '6') {
+        want = 86;
+        min_dollars = 3;                /* $6$[rounds=N$]salt$hash */
+    } else {
+        want = 53;
+        min_dollars = 3;                /* $2b$cost$salt+hash */
+    }
+    for (i = 0; i < h->len; i++) {
+        if (h->data[i] == '$') {
+            dollars++;
+            last = i;
+        }
+    }
+    if (dollars < min_dollars || h->len - last - 1 != want) {
+        return false;
+    }
+    for (i = last + 1; i < h->len; i++) {
+        c = h->data[i];                 /* crypt's base64: ./0-9A-Za-z */
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z')
+              || (c >= 'a' && c <= 'z') || c == '.' || c == '/'))
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* NULL when the hash is one we can verify, else why not. */
 static const char *
 sg_auth_file_hash_error(const sg_str_t *h)
@@ -172,7 +215,9 @@ sg_auth_file_hash_error(const sg_str_t *h)
         return "unsupported password hash: use yescrypt ($y$), SHA-512 "
                "($6$), bcrypt ($2b$), scrypt ($7$) or {PLAIN}secret";
     }
-    if (crypt_checksalt((const char *) h->data) != CRYPT_SALT_OK) {
+    if (crypt_checksalt((const char *) h->data) != CRYPT_SALT_OK
+        || !sg_auth_file_hash_whole(h))
+    {
         return "malformed or disabled password hash";
     }
     return NULL;
