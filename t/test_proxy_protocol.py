@@ -557,6 +557,28 @@ def test_auth_fail_limit_counts_the_real_client(smtpgate, backend):
                r"client: 203\.0\.113\.7,")
 
 
+def test_auth_fail_limit_counts_ipv6_clients_per_64(smtpgate, backend):
+    """An IPv6 host holds a whole /64 and may send from any address in
+    it: counted per address, it would never reach the limit.  Clients
+    in one /64 share a count; the next /64 has its own."""
+    g = smtpgate(pp_conf(backend, mail=(
+        "    auth_fail_limit zone=af:64k address=2 user=0;\n"
+        "    smtp_auth_fail_delay 0;\n")))
+
+    def attempt(src, secret):
+        with connect(g, v1(src, "2001:db8:ffff::1", 1000, 25)) as c:
+            assert c.greeting().code == 220
+            c.ehlo()
+            return c.cmd(f"AUTH PLAIN {plain_token('alice', secret)}").code
+
+    assert attempt("2001:db8:0:1::7", "wrong") == 535
+    assert attempt("2001:db8:0:1:aaaa:bbbb:cccc:dddd", "wrong") == 535
+    assert attempt("2001:db8:0:1::8", password("alice")) == 454
+    assert attempt("2001:db8:0:2::7", password("alice")) == 235
+    g.wait_log(r"too many failed AUTH attempts for this address .*"
+               r"client: 2001:db8:0:1::8,")
+
+
 @pytest.fixture
 def svc():
     s = AuthService().start()

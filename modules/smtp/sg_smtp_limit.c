@@ -1,8 +1,8 @@
 /*
  * sg_smtp_limit.c: brute-force protection for AUTH ("auth_fail_limit").
  *
- * Failed AUTH attempts are counted per client address and per user in a
- * shared memory zone, so every worker sees the same counts.  Past the
+ * Failed AUTH attempts are counted per client address (per /64 for
+ * IPv6) and per user in a shared memory zone, so every worker sees the same counts.  Past the
  * limit within the window, further attempts from that address or for
  * that user are refused with a 454 before the authentication backend is
  * contacted, and the first refusal of a window is logged (not every
@@ -140,6 +140,37 @@ sg_limit_key(char kind, const sg_str_t *s)
     return h ? h : 1;
 }
 
+/* An IPv6 client is counted by its /64: one host or home is given a
+ * whole /64 and may send from any address in it (privacy addresses
+ * change on their own), so a count per address would never fill.  An
+ * IPv4-mapped address counts as the IPv4 address it is.  The address
+ * is the one set_real_ip_from trusted, as in every log line. */
+static uint64_t
+sg_limit_address_key(const sg_connection_t *c)
+{
+    const struct sockaddr_in6  *sin6;
+    sg_str_t                    a;
+
+    if (c->sockaddr.ss_family == AF_INET) {
+        a.data = (u_char *) &((const struct sockaddr_in *)
+                              &c->sockaddr)->sin_addr;
+        a.len = 4;
+        return sg_limit_key('4', &a);
+    }
+    if (c->sockaddr.ss_family == AF_INET6) {
+        sin6 = (const struct sockaddr_in6 *) &c->sockaddr;
+        a.data = (u_char *) sin6->sin6_addr.s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+            a.data += 12;
+            a.len = 4;
+            return sg_limit_key('4', &a);
+        }
+        a.len = 8;
+        return sg_limit_key('6', &a);
+    }
+    return sg_limit_key('a', &c->addr_text);
+}
+
 /* The entry for key, made (or taken over) when create is set. */
 static sg_limit_entry_t *
 sg_limit_find(sg_limit_table_t *t, uint64_t key, int64_t now,
@@ -194,7 +225,7 @@ sg_smtp_limit_refused(sg_smtp_session_t *s)
     t = sscf->fail_limit->data;
     sg_shm_lock(sscf->fail_limit);
     if (sscf->fail_limit_address) {
-        e = sg_limit_find(t, sg_limit_key('a', &s->connection->addr_text),
+        e = sg_limit_find(t, sg_limit_address_key(s->connection),
                           now, window, false);
         if (e && e->count >= sscf->fail_limit_address) {
             what = "address";
@@ -237,7 +268,7 @@ sg_smtp_limit_account(sg_smtp_session_t *s, bool failed)
     t = sscf->fail_limit->data;
     sg_shm_lock(sscf->fail_limit);
     if (failed && sscf->fail_limit_address) {
-        e = sg_limit_find(t, sg_limit_key('a', &s->connection->addr_text),
+        e = sg_limit_find(t, sg_limit_address_key(s->connection),
                           now, window, true);
         if (e && e->count < UINT32_MAX) {
             e->count++;
