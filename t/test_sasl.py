@@ -129,6 +129,22 @@ def test_cram_md5_challenge_with_long_server_name(smtpgate, backend):
                             challenge), challenge
 
 
+def test_cram_md5_login_with_longest_server_name(smtpgate, backend):
+    """server_name may be 255 characters, so the challenge is some 290
+    bytes: the users file must check an answer to it, not turn every
+    CRAM-MD5 login into a 454."""
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 58, "test"])
+    assert len(name) == 255
+    g = smtpgate(gatelib.conf(backend=backend, server_name=name,
+                              mail=mail_conf("smtp_auth cram-md5;")))
+    with g.session() as c:
+        c.ehlo()
+        challenge = cram_challenge(c.cmd("AUTH CRAM-MD5"))
+        assert c.cmd(cram_answer("dave", password("dave"),
+                                 challenge)).raw == OK
+        relay_works(c)
+
+
 def test_cram_md5_challenges_differ(cram_gate):
     with cram_gate.session() as c:
         c.ehlo()

@@ -36,7 +36,7 @@ typedef struct {
     sg_task_t           task;
     sg_auth_request_t  *r;
     unsigned            mech;
-    u_char              salt[256];
+    u_char              salt[SG_SMTP_CHALLENGE_MAX];
     size_t              salt_len;
     const sg_auth_user_t *entry;   /* NULL: unknown user */
     char                *pass;     /* copy, wiped in destroy */
@@ -514,6 +514,7 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
     if (at == NULL) {
         return SG_ERROR;
     }
+    at->task.data = at;                 /* destroy() finds it there */
     at->pass = malloc(r->pass.len + 1);
     if (at->pass == NULL) {
         free(at);
@@ -542,7 +543,6 @@ sg_auth_file_start(sg_auth_request_t *r, void *conf)
     at->task.work = sg_auth_file_work;
     at->task.done = sg_auth_file_done;
     at->task.destroy = sg_auth_file_destroy;
-    at->task.data = at;
     if (sg_auth_file_cheap(at)) {
         /* Nothing to hash: no trip through the thread pool, but the
          * answer still comes from the event loop, after start(). */

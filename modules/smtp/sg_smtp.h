@@ -77,6 +77,10 @@ typedef enum {
     SG_AUTH_TEMPFAIL       /* backend unavailable: 454 */
 } sg_auth_status_e;
 
+/* The longest CRAM-MD5 challenge: "<20 digits.20 digits@server_name>"
+ * with a server_name of up to 255 characters. */
+#define SG_SMTP_CHALLENGE_MAX  320
+
 struct sg_auth_request_s {
     sg_pool_t          *pool;          /* the session's */
     sg_log_t           *log;
@@ -86,7 +90,8 @@ struct sg_auth_request_s {
     sg_str_t            pass;          /* password, CRAM-MD5 digest (hex)
                                           or OAuth token; wiped */
     sg_str_t            authzid;
-    sg_str_t            salt;          /* the CRAM-MD5 challenge */
+    sg_str_t            salt;          /* the CRAM-MD5 challenge, up to
+                                          SG_SMTP_CHALLENGE_MAX */
     sg_str_t            helo;
     sg_str_t            mail_from;     /* smtp_auth none: the envelope */
     sg_str_t            rcpt_to;

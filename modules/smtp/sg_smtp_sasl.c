@@ -407,7 +407,8 @@ sg_smtp_find_mech(unsigned bit)
 static int
 sg_smtp_first_challenge(sg_smtp_session_t *s)
 {
-    u_char    raw[320], b64[sg_base64_encoded_len(320) + 1];
+    u_char    raw[SG_SMTP_CHALLENGE_MAX];
+    u_char    b64[sg_base64_encoded_len(SG_SMTP_CHALLENGE_MAX) + 1];
     sg_str_t  src, dst;
     uint64_t  rnd = 0;
 
