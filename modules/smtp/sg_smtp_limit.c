@@ -2,11 +2,11 @@
  * sg_smtp_limit.c: brute-force protection for AUTH ("auth_fail_limit").
  *
  * Failed AUTH attempts are counted per client address (per /64 for
- * IPv6) and per user in a shared memory zone, so every worker sees the same counts.  Past the
- * limit within the window, further attempts from that address or for
- * that user are refused with a 454 before the authentication backend is
- * contacted, and the first refusal of a window is logged (not every
- * attempt).  The table is a fixed array probed by hash: a full table
+ * IPv6) and per user in a shared memory zone, so every worker sees the
+ * same counts.  Past the limit within the window, further attempts from
+ * that address or for that user are refused with a 454 before the
+ * authentication backend is contacted, and the first refusal of a window
+ * is logged (not every attempt).  The table is a fixed array probed by hash: a full table
  * replaces the oldest entry, so memory never grows and an attacker
  * cannot exhaust it, only age out other entries early.
  */
