@@ -213,16 +213,23 @@ static char *
 sg_set_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_core_conf_t  *ccf = conf;
-    sg_str_t        *value = cf->args->elts;
-    int              level = SG_LOG_ERR;
 
     (void) cmd;
     if (ccf->error_log.data) {
         return sg_conf_duplicate(cf);
     }
+    return sg_conf_error_log_args(cf, &ccf->error_log, &ccf->error_log_level);
+}
+
+char *
+sg_conf_error_log_args(sg_conf_t *cf, sg_str_t *name, int *level)
+{
+    sg_str_t  *value = cf->args->elts;
+
+    *level = SG_LOG_ERR;
     if (cf->args->nelts == 3) {
-        level = sg_log_level_by_name(&value[2]);
-        if (level < 0) {
+        *level = sg_log_level_by_name(&value[2]);
+        if (*level < 0) {
             return sg_conf_invalid_value(cf, &value[2],
                 "it must be one of: debug info notice warn error crit "
                 "alert emerg");
@@ -231,8 +238,7 @@ sg_set_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     if (value[1].len == 0) {
         return sg_conf_invalid_value(cf, &value[1], "a path is expected");
     }
-    ccf->error_log = value[1];
-    ccf->error_log_level = level;
+    *name = value[1];
     return SG_CONF_OK;
 }
 

@@ -67,6 +67,29 @@ sg_cycle_init_confs(sg_cycle_t *cycle)
     return SG_CONF_OK;
 }
 
+typedef struct {
+    sg_str_t          name;
+    sg_open_file_t  **where;
+    size_t            index;       /* in open_files, once open */
+} sg_cycle_log_want_t;
+
+int
+sg_cycle_log_file(sg_cycle_t *cycle, const sg_str_t *name,
+    sg_open_file_t **where)
+{
+    sg_cycle_log_want_t  *w;
+
+    *where = NULL;
+    w = sg_array_push(&cycle->log_wants);
+    if (w == NULL) {
+        return SG_ERROR;
+    }
+    w->name = *name;
+    w->where = where;
+    w->index = 0;
+    return SG_OK;
+}
+
 static sg_open_file_t *
 sg_cycle_open_log(sg_cycle_t *cycle, const sg_str_t *name, char *errbuf,
     size_t errlen)
@@ -94,6 +117,42 @@ sg_cycle_open_log(sg_cycle_t *cycle, const sg_str_t *name, char *errbuf,
     }
     f->fd = fd;
     return f;
+}
+
+/* The main error log first, then each file a mail or server block asked
+ * for, each name once.  Pointers into open_files are handed out only
+ * when every file is in: a push may move the array. */
+static int
+sg_cycle_open_logs(sg_cycle_t *cycle, const sg_str_t *main_log,
+    char *errbuf, size_t errlen)
+{
+    sg_cycle_log_want_t  *w = cycle->log_wants.elts;
+    sg_open_file_t       *f;
+    size_t                i, j;
+
+    if (sg_cycle_open_log(cycle, main_log, errbuf, errlen) == NULL) {
+        return SG_ERROR;
+    }
+    for (i = 0; i < cycle->log_wants.nelts; i++) {
+        f = cycle->open_files.elts;
+        for (j = 0; j < cycle->open_files.nelts; j++) {
+            if (sg_str_eq(&f[j].name, (const char *) w[i].name.data)) {
+                break;
+            }
+        }
+        if (j == cycle->open_files.nelts
+            && sg_cycle_open_log(cycle, &w[i].name, errbuf, errlen) == NULL)
+        {
+            return SG_ERROR;
+        }
+        w[i].index = j;
+    }
+    f = cycle->open_files.elts;
+    cycle->new_log.file = &f[0];
+    for (i = 0; i < cycle->log_wants.nelts; i++) {
+        *w[i].where = &f[w[i].index];
+    }
+    return SG_OK;
 }
 
 static int
@@ -206,7 +265,6 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
     sg_cycle_t      *cycle;
     sg_pool_t       *pool;
     sg_core_conf_t  *ccf;
-    sg_open_file_t  *log_file;
 
     errbuf[0] = '\0';
     pool = sg_pool_create(16384, old->log);
@@ -219,7 +277,9 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
         || sg_array_init(&cycle->listening, pool, 8, sizeof(sg_listening_t))
         || sg_array_init(&cycle->open_files, pool, 4, sizeof(sg_open_file_t))
         || sg_array_init(&cycle->conf_files, pool, 4, sizeof(sg_conf_file_t))
-        || sg_array_init(&cycle->shm_zones, pool, 4, sizeof(sg_shm_zone_t *)))
+        || sg_array_init(&cycle->shm_zones, pool, 4, sizeof(sg_shm_zone_t *))
+        || sg_array_init(&cycle->log_wants, pool, 2,
+                         sizeof(sg_cycle_log_want_t)))
     {
         sg_pool_destroy(pool);
         snprintf(errbuf, errlen, "out of memory");
@@ -244,11 +304,11 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
     }
 
     if (!test_only) {
-        log_file = sg_cycle_open_log(cycle, &ccf->error_log, errbuf, errlen);
-        if (log_file == NULL) {
+        if (sg_cycle_open_logs(cycle, &ccf->error_log, errbuf, errlen)
+            != SG_OK)
+        {
             goto failed;
         }
-        cycle->new_log.file = log_file;
         cycle->new_log.level = ccf->error_log_level;
         if (sg_open_listening_sockets(cycle) != SG_OK) {
             snprintf(errbuf, errlen, "could not open the listening sockets; "

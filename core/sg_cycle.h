@@ -34,6 +34,7 @@ struct sg_cycle_s {
     sg_array_t          open_files;      /* sg_open_file_t */
     sg_array_t          conf_files;      /* sg_conf_file_t, for -T */
     sg_array_t          shm_zones;       /* sg_shm_zone_t * */
+    sg_array_t          log_wants;       /* sg_cycle_log_want_t */
 
     sg_connection_t    *connections;
     sg_event_t         *read_events;
@@ -67,6 +68,15 @@ void sg_destroy_cycle(sg_cycle_t *cycle, sg_cycle_t *next);
 
 /* Reopen every log file (SIGUSR1); files are chowned to user when root. */
 void sg_reopen_files(sg_cycle_t *cycle, uid_t user);
+/* A log file besides the main error_log (an error_log in a mail or
+ * server block), asked for while the configuration is read: *where is
+ * set when the cycle opens its logs, to the file of that name (opened
+ * once however many ask), and stays NULL under -t.  name is absolute. */
+int sg_cycle_log_file(sg_cycle_t *cycle, const sg_str_t *name,
+    sg_open_file_t **where);
+/* The arguments of an error_log directive ("file [level]"): name and
+ * level, or a configuration error. */
+char *sg_conf_error_log_args(sg_conf_t *cf, sg_str_t *name, int *level);
 /* Point stderr (sanitizer reports, library complaints) at the error log,
  * unless the error log is stderr itself: at start, after a reload and
  * after the logs are reopened. */

@@ -3,8 +3,10 @@ credential, even at debug level."""
 
 import os
 import re
+import signal
 
 from lib import gate as gatelib
+from lib import net
 from lib.smtp import b64, plain_token
 from lib.users import password
 
@@ -152,6 +154,46 @@ def test_no_log_injection(smtpgate, backend):
     assert not any(l.startswith("2024/01/01") for l in text.splitlines()), \
         text
     assert "\x1b" not in text and "\x07" not in text, text
+
+
+def test_error_log_per_server(smtpgate, backend):
+    """error_log in a server (as in nginx): its sessions log there, at
+    its level; another server's go to the mail block's error_log, and the
+    main error_log keeps the rest.  USR1 reopens them all."""
+    g = smtpgate(gatelib.conf(
+        backend=backend,
+        mail="    error_log logs/mail.log info;",
+        server="        error_log logs/first.log debug;",
+        servers=["        listen 127.0.0.1:@PORT2@;\n"
+                 "        server_name second.test;\n"]))
+    first = os.path.join(g.logdir, "first.log")
+    mail = os.path.join(g.logdir, "mail.log")
+    for port in (g.port, g.ports["PORT2"]):
+        with g.connect(port=port) as c:
+            c.greeting()
+            c.ehlo()
+            assert c.auth_plain("alice", password("alice")).code == 235
+            assert c.expect("QUIT", 221)
+    def done(path):
+        return any("session closed" in l and 'login: "alice"' in l
+                   for l in open(path).read().splitlines())
+    net.wait_until(lambda: done(mail) and done(first), 30,
+                   what="both sessions in their logs")
+    first_text, mail_text = open(first).read(), open(mail).read()
+    assert "[debug]" in first_text and "[debug]" not in mail_text
+    assert f"server: 127.0.0.1:{g.port}" in first_text
+    assert f"server: 127.0.0.1:{g.ports['PORT2']}" in mail_text
+    assert "client logged in" not in g.error_log()
+    assert "start worker process" in g.error_log()
+
+    os.rename(first, first + ".1")
+    g.signal(signal.SIGUSR1)
+    net.wait_until(lambda: os.path.exists(first), 30, what="first.log again")
+    with g.connect() as c:
+        c.greeting()
+        assert c.expect("QUIT", 221)
+    net.wait_until(lambda: "session closed" in open(first).read(), 30,
+                   what="the next session in the new first.log")
 
 
 def test_start_fails_when_port_in_use(smtpgate, backend):

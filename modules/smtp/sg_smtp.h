@@ -186,6 +186,9 @@ typedef struct {
     size_t                         line;
     const char                    *skipped;   /* "imap", "pop3": an nginx
                                                  server not served */
+    sg_str_t                       log_name;  /* error_log here */
+    int                            log_level;
+    sg_open_file_t                *log_file;  /* set when logs open */
 
     sg_str_t                       server_name;   /* the greeting name */
     sg_array_t                    *names;         /* sg_smtp_name_t */
@@ -529,5 +532,7 @@ bool sg_smtp_name_ok(const sg_str_t *name);
 sg_smtp_srv_conf_t *sg_smtp_find_server(sg_connection_t *c,
     const sg_str_t *host);
 sg_smtp_srv_conf_t *sg_smtp_default_server(sg_connection_t *c);
+/* Point the session's log at its server's error_log, or the main one. */
+void sg_smtp_session_log(sg_smtp_session_t *s);
 
 #endif /* SG_SMTP_H */

@@ -145,7 +145,7 @@ static const sg_command_t  sg_smtp_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "resolver_timeout", SG_SRV | SG_CONF_TAKE1, sg_smtp_not_served,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
-    { "error_log", SG_SRV | SG_CONF_1MORE, sg_smtp_error_log,
+    { "error_log", SG_SRV | SG_CONF_TAKE12, sg_smtp_error_log,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     sg_null_command
 };
@@ -546,24 +546,28 @@ sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
-/* One error log for everything; a mail or server error_log of nginx is
- * checked and its lines go there. */
+/* error_log in mail or server: that server's sessions log there, at
+ * that level, instead of the main error_log (as in nginx).  The file is
+ * opened with the main one (sg_cycle_log_file, at postconfiguration). */
 static char *
 sg_smtp_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
-    sg_str_t  *value = cf->args->elts;
+    sg_smtp_srv_conf_t  *sscf = conf;
+    char                *rv;
 
     (void) cmd;
-    (void) conf;
-    if (cf->args->nelts > 3
-        || (cf->args->nelts == 3
-            && sg_log_level_by_name(&value[2]) < 0))
-    {
-        return sg_conf_invalid_value(cf, &value[cf->args->nelts - 1],
-                                     "expected \"error_log file [level]\"");
+    if (sscf->log_name.data) {
+        return sg_conf_duplicate(cf);
     }
-    sg_conf_warn(cf, "\"error_log\" in a mail or server block is not "
-                 "used: these sessions log to the main error_log");
+    rv = sg_conf_error_log_args(cf, &sscf->log_name, &sscf->log_level);
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    if (!sg_str_eq(&sscf->log_name, "stderr")
+        && sg_conf_full_name(cf, &sscf->log_name, false) != SG_OK)
+    {
+        return SG_CONF_ERROR;
+    }
     return SG_CONF_OK;
 }
 
@@ -686,8 +690,23 @@ sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
     found = sg_smtp_find_server(c, host);
     if (found) {
         s->conf = found;
+        sg_smtp_session_log(s);
     }
     return found;
+}
+
+/* The session logs where its server says (error_log in mail or server),
+ * else to the main error_log. */
+void
+sg_smtp_session_log(sg_smtp_session_t *s)
+{
+    if (s->conf->log_file) {
+        s->log->file = s->conf->log_file;
+        s->log->level = s->conf->log_level;
+    } else {
+        s->log->file = sg_cycle->log->file;
+        s->log->level = sg_cycle->log->level;
+    }
 }
 
 sg_smtp_srv_conf_t *
@@ -1023,6 +1042,10 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
     sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
+    if (conf->log_name.data == NULL) {
+        conf->log_name = prev->log_name;
+        conf->log_level = prev->log_level;
+    }
     if (conf->auth_methods == 0) {
         conf->auth_methods = prev->auth_methods
                              ? prev->auth_methods
@@ -1096,6 +1119,12 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
         }
     }
 
+    if (sscf->log_name.data
+        && sg_cycle_log_file(cf->cycle, &sscf->log_name, &sscf->log_file)
+           != SG_OK)
+    {
+        return SG_CONF_ERROR;
+    }
     if (sscf->auth == NULL) {
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
             "authentication backend for this server: set \"auth_file\"");

@@ -100,6 +100,7 @@ sg_smtp_init_session(sg_connection_t *c)
     c->data = s;
     c->log->handler = sg_smtp_log_handler;
     c->log->data = s;
+    sg_smtp_session_log(s);
 
     /* The buffers are taken when there is something to hold and given
      * back whenever the session waits idle with both empty, and when it
