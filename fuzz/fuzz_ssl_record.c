@@ -143,6 +143,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t          sizes[4096];
     size_t          nsizes = 0;
     bool            exact = true;
+    unsigned        idle = 0;       /* records in a row without data */
     int             type, op, mode;
     bool            tls13;
 
@@ -187,6 +188,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             SG_FUZZ_ASSERT(n == SG_SSL_REC_HEADER + len + SG_SSL_REC_TAG
                                 + (tls13 ? 1 + pad : 0)
                                 + (mode == 1 ? 8 : 0));
+            idle = type == SG_SSL_REC_APPLICATION && len ? 0 : idle + 1;
+            if (idle > SG_SSL_REC_IDLE_MAX) {
+                exact = false;      /* the reader refuses so many */
+            }
             if (type == SG_SSL_REC_APPLICATION && exact) {
                 memcpy(expected + nexpected, p, len);
                 nexpected += len;

@@ -51,12 +51,6 @@
 /* A post-handshake message split over records is gathered up to this
  * size (a NewSessionTicket's ticket is at most 2^16 - 1 octets). */
 #define SG_SSL_HS_MAX         (SG_SSL_REC_PLAIN_MAX * 5)
-/* Records in a row that carry no application data (empty ones, ignored
- * alerts, KeyUpdates, tickets): each costs an AEAD pass or a key
- * derivation, and a read takes them all while more keep coming, so a
- * peer sending them without end would hold the worker.  OpenSSL allows
- * 32 empty records and 32 KeyUpdates in a row. */
-#define SG_SSL_REC_IDLE_MAX   32
 
 typedef struct {
     unsigned       id;

@@ -28,6 +28,13 @@
 #define SG_SSL_REC_HEADER      5
 #define SG_SSL_REC_TAG         16
 #define SG_SSL_REC_PLAIN_MAX   16384          /* 2^14 */
+/* Records in a row that carry no application data (empty ones, ignored
+ * alerts, KeyUpdates, tickets): each costs an AEAD pass or a key
+ * derivation, and a read takes them all while more keep coming, so a
+ * peer sending them without end would hold the worker.  Past this many
+ * the connection fails.  OpenSSL allows 32 empty records and 32
+ * KeyUpdates in a row. */
+#define SG_SSL_REC_IDLE_MAX    32
 /* TLSCiphertext.length at most 2^14 + 256 (RFC 8446 5.2) */
 #define SG_SSL_REC_CIPHER_MAX  (SG_SSL_REC_PLAIN_MAX + 256)
 #define SG_SSL_REC_MAX         (SG_SSL_REC_HEADER + SG_SSL_REC_CIPHER_MAX)
