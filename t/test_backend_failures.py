@@ -17,12 +17,25 @@ LOST = (b"421 4.4.2 mx.test Connection to the backend lost, try again "
         b"later\r\n")
 
 
-def _auth_gets_451(g):
+def _auth_until_closed(g):
+    """EHLO, AUTH with a good password; every reply until the close."""
     with g.session(timeout=90) as c:
         c.ehlo()
         c.send(b"AUTH PLAIN "
                + plain_token("alice", password("alice")).encode() + b"\r\n")
-        rest = c.read_until_closed()
+        return c.read_until_closed()
+
+
+def _mail_until_closed(c):
+    """Log in on c and send MAIL: every reply from then to the close."""
+    c.ehlo()
+    assert c.auth_plain("alice", password("alice")).code == 235
+    c.send(b"MAIL FROM:<a@example.org>\r\n")
+    return c.read_until_closed()
+
+
+def _auth_gets_451(g):
+    rest = _auth_until_closed(g)
     assert [r.raw for r in rest] == [NO_BACKEND], rest
 
 
@@ -73,11 +86,7 @@ def test_proxy_pass_error_message(smtpgate, scripted, behaviour, reply):
     g = smtpgate(gatelib.conf(backend=b, proxy_connect_timeout="5s",
                               mail="    proxy_pass_error_message on;"))
     mark = g.log_mark()
-    with g.session(timeout=90) as c:
-        c.ehlo()
-        c.send(b"AUTH PLAIN "
-               + plain_token("alice", password("alice")).encode() + b"\r\n")
-        rest = c.read_until_closed()
+    rest = _auth_until_closed(g)
     assert [r.raw for r in rest] == [reply], rest
     if reply != NO_BACKEND:
         g.wait_log(r"answering with the backend's reply "
@@ -97,10 +106,7 @@ def test_backend_closes_mid_session(smtpgate, scripted):
     g = smtpgate(gatelib.conf(backend=b))
     mark = g.log_mark()
     with g.session() as c:
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
-        c.send(b"MAIL FROM:<a@example.org>\r\n")
-        rest = c.read_until_closed()
+        rest = _mail_until_closed(c)
     assert [r.raw for r in rest] == [LOST], rest
     assert b"MAIL FROM:<a@example.org>" in b.received[0]
     g.wait_log(r"\[info\] .*backend " + re.escape(b.address)
@@ -115,10 +121,7 @@ def test_backend_closes_mid_session_over_tls(smtpgate, scripted):
     b = scripted("close_after_mail")
     g = smtpgate(pkilib.tls_conf(pki, b))
     with pkilib.implicit_session(g, pki) as c:
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
-        c.send(b"MAIL FROM:<a@example.org>\r\n")
-        rest = c.read_until_closed()
+        rest = _mail_until_closed(c)
     assert [r.raw for r in rest] == [LOST], rest
 
 
@@ -128,10 +131,7 @@ def test_backend_silent_past_proxy_timeout(smtpgate, scripted):
     g = smtpgate(gatelib.conf(backend=b, proxy_timeout="2s"))
     mark = g.log_mark()
     with g.session() as c:
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
-        c.send(b"MAIL FROM:<a@example.org>\r\n")
-        rest = c.read_until_closed()
+        rest = _mail_until_closed(c)
     assert [r.raw for r in rest] == [
         b"421 4.4.2 mx.test Error: timeout exceeded\r\n"], rest
     g.wait_log(r"relay idle for longer than proxy_timeout", since=mark)

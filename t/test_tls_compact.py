@@ -363,17 +363,7 @@ def test_handshake_split_and_joined(smtpgate, backend, pki, compact,
             time.sleep(0.001)
 
     with sock:
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                data = outg.read()
-                if data:
-                    send(data)
-                data = sock.recv(65536)
-                assert data, "closed during the handshake"
-                inc.write(data)
+        tls13rec.bio_handshake(sock, obj, inc, outg, send)
         def read(n):
             got = b""
             deadline = time.monotonic() + 20

@@ -64,6 +64,23 @@ class Sealer:
         return rec
 
 
+def bio_handshake(sock, obj, inc, outg, send=None):
+    """Run obj's handshake (an SSLObject over the BIOs inc and outg)
+    across sock; send(data) writes to the socket (default: sendall)."""
+    send = send or sock.sendall
+    while True:
+        try:
+            obj.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            data = outg.read()
+            if data:
+                send(data)
+            data = sock.recv(65536)
+            assert data, "closed during the handshake"
+            inc.write(data)
+
+
 def session(port, ctx, keylog, sni="mx.test"):
     """An implicit-TLS session on port: (socket, SSLObject, in BIO,
     Sealer), handshake done, greeting read.  ctx must write its key log
@@ -73,17 +90,7 @@ def session(port, ctx, keylog, sni="mx.test"):
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(inc, outg, server_hostname=sni)
-    while True:
-        try:
-            obj.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            data = outg.read()
-            if data:
-                sock.sendall(data)
-            data = sock.recv(65536)
-            assert data, "closed during the handshake"
-            inc.write(data)
+    bio_handshake(sock, obj, inc, outg)
     data = outg.read()
     if data:
         sock.sendall(data)
