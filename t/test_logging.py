@@ -156,6 +156,29 @@ def test_no_log_injection(smtpgate, backend):
     assert "\x1b" not in text and "\x07" not in text, text
 
 
+def test_user_name_cannot_fake_log_fields(smtpgate, backend):
+    """A user name with a quote, a comma (or a backslash, or UTF-8) is
+    written \\xHH inside its quotes, as nginx's access log writes such
+    bytes: it cannot close them or hold a field a log reader would take
+    for the client's (a fail2ban filter banning someone else's
+    address)."""
+    g = smtpgate(gatelib.conf(backend=backend, level="debug"))
+    mark = g.quiet_log_mark()
+    user = 'x", client: 192.0.2.66, login: "y\\é'
+    with g.session() as c:
+        c.ehlo("client.test")
+        assert c.auth_plain(user, "wrong").code == 535
+        c.cmd("QUIT")
+    g.wait_log(r"session closed", since=mark)
+    text = g.log_since(mark)
+    assert "192.0.2.66" in text                 # written, but quoted
+    for line in text.splitlines():
+        fields = re.findall(r', client: ([^,]+)', line)
+        assert fields in ([], ["127.0.0.1"]), line
+    assert ('authentication failed for "x\\x22\\x2C client: 192.0.2.66\\x2C '
+            'login: \\x22y\\x5C\\xC3\\xA9"') in text, text
+
+
 def test_error_log_per_server(smtpgate, backend):
     """error_log in a server (as in nginx): its sessions log there, at
     its level; another server's go to the mail block's error_log, and the

@@ -77,6 +77,9 @@ typedef enum {
     SG_AUTH_TEMPFAIL       /* backend unavailable: 454 */
 } sg_auth_status_e;
 
+/* The longest user name a client may log in with. */
+#define SG_SMTP_LOGIN_MAX  255
+
 /* The longest CRAM-MD5 challenge: "<20 digits.20 digits@server_name>"
  * with a server_name of up to 255 characters. */
 #define SG_SMTP_CHALLENGE_MAX  320
@@ -532,6 +535,13 @@ bool sg_smtp_name_ok(const sg_str_t *name);
 sg_smtp_srv_conf_t *sg_smtp_find_server(sg_connection_t *c,
     const sg_str_t *host);
 sg_smtp_srv_conf_t *sg_smtp_default_server(sg_connection_t *c);
+/* login as log lines quote it: '"', '\\', ',' and bytes outside
+ * printable ASCII written \xHH (as nginx's access log writes such
+ * bytes), so that a user name can neither close its quotes nor hold a
+ * ", client: ..." a log reader would take for a field of the line.  Its
+ * buffer serves one call at a time: the event loop writes one line at a
+ * time. */
+const char *sg_smtp_log_login(const sg_str_t *login);
 /* Point the session's log at its server's error_log, or the main one. */
 void sg_smtp_session_log(sg_smtp_session_t *s);
 

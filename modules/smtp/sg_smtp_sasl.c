@@ -14,8 +14,6 @@
 #endif
 #include <openssl/rand.h>
 
-#define SG_SMTP_LOGIN_MAX  255
-
 static const char  sg_smtp_username_challenge[] = "334 VXNlcm5hbWU6";
 static const char  sg_smtp_password_challenge[] = "334 UGFzc3dvcmQ6";
 
@@ -84,7 +82,9 @@ sg_smtp_auth_buffers(sg_smtp_session_t *s)
         s->sasl->secret = sg_pnalloc(s->pool, s->sasl->secret_size);
         s->login.data = sg_pnalloc(s->pool, SG_SMTP_LOGIN_MAX);
         s->auth = sg_pcalloc(s->pool, sizeof(sg_auth_request_t));
-        if (s->sasl->secret == NULL || s->login.data == NULL || s->auth == NULL) {
+        if (s->sasl->secret == NULL || s->login.data == NULL
+            || s->auth == NULL)
+        {
             return SG_ERROR;
         }
     }
@@ -113,8 +113,8 @@ sg_smtp_auth_timeout(sg_event_t *ev)
     sg_smtp_session_t  *s = ev->data;
 
     sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
-                 "gave no answer for \"%.*s\" within smtp_auth_timeout",
-                 s->conf->auth->name, SG_STR_ARG(&s->login));
+                 "gave no answer for \"%s\" within smtp_auth_timeout",
+                 s->conf->auth->name, sg_smtp_log_login(&s->login));
     sg_smtp_auth_cleanup(s);            /* cancels the request */
     s->state = SG_SMTP_ST_COMMAND;
     s->login.len = 0;
@@ -244,24 +244,24 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     s->state = SG_SMTP_ST_AUTH_WAIT;
     if (sg_smtp_cache_lookup(s->conf, r) == SG_OK) {
         /* answered from auth_cache; done() runs from the loop */
-        sg_log_debug(s->log, "AUTH %s for \"%.*s\" answered from "
+        sg_log_debug(s->log, "AUTH %s for \"%s\" answered from "
                      "auth_cache", sg_smtp_mech_name(s->auth_mech),
-                     SG_STR_ARG(&s->login));
+                     sg_smtp_log_login(&s->login));
         r->from_cache = 1;
         sg_smtp_set_timer(s, sg_smtp_auth_cached, 0);
         return SG_OK;
     }
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
-    sg_log_debug(s->log, "AUTH %s for \"%.*s\" sent to the %s backend",
-                 sg_smtp_mech_name(s->auth_mech), SG_STR_ARG(&s->login),
+    sg_log_debug(s->log, "AUTH %s for \"%s\" sent to the %s backend",
+                 sg_smtp_mech_name(s->auth_mech), sg_smtp_log_login(&s->login),
                  s->conf->auth->name);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
         sg_smtp_del_timer(s);
         s->state = SG_SMTP_ST_COMMAND;
         sg_smtp_auth_cleanup(s);
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
-                     "could not take the request for \"%.*s\"",
-                     s->conf->auth->name, SG_STR_ARG(&s->login));
+                     "could not take the request for \"%s\"",
+                     s->conf->auth->name, sg_smtp_log_login(&s->login));
         s->login.len = 0;
         return sg_smtp_error(s, "454 4.7.0 Temporary authentication "
                              "failure");
@@ -640,7 +640,8 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         r->reason = "out of memory";
     }
     if (s->sasl->secret) {
-        sg_wipe(s->sasl->secret, s->sasl->secret_size);  /* the pass lives in it */
+        /* the pass lives in it */
+        sg_wipe(s->sasl->secret, s->sasl->secret_size);
         if (r->status == SG_AUTH_OK) {
             /* No further AUTH in this session: give its memory back. */
             (void) sg_pfree(s->pool, s->sasl->secret);
@@ -675,7 +676,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
             break;
         }
         sg_log_error(SG_LOG_INFO, s->log, 0, "authentication failed for "
-                     "\"%.*s\" with %s: %s", SG_STR_ARG(&s->login),
+                     "\"%s\" with %s: %s", sg_smtp_log_login(&s->login),
                      sg_smtp_mech_name(s->auth_mech), reason);
         sg_smtp_limit_account(s, true);
         s->login.len = 0;
@@ -686,7 +687,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         break;
     default:
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend "
-                     "unavailable for \"%.*s\": %s", SG_STR_ARG(&s->login),
+                     "unavailable for \"%s\": %s", sg_smtp_log_login(&s->login),
                      reason);
         s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;

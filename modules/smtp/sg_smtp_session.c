@@ -31,6 +31,29 @@ static void sg_smtp_write_handler(sg_event_t *ev);
 static void sg_smtp_tls_start(sg_smtp_session_t *s);
 static void sg_smtp_greet(sg_smtp_session_t *s);
 
+const char *
+sg_smtp_log_login(const sg_str_t *login)
+{
+    static const u_char  hex[] = "0123456789ABCDEF";
+    static u_char        buf[SG_SMTP_LOGIN_MAX * 4 + 1];
+    u_char              *p = buf, c;
+    size_t               i;
+
+    for (i = 0; i < login->len && i < SG_SMTP_LOGIN_MAX; i++) {
+        c = login->data[i];
+        if (c == '"' || c == '\\' || c == ',' || c < 0x20 || c >= 0x7f) {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0x0f];
+        } else {
+            *p++ = c;
+        }
+    }
+    *p = '\0';
+    return (const char *) buf;
+}
+
 static u_char *
 sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
 {
@@ -41,7 +64,8 @@ sg_smtp_log_handler(sg_log_t *log, u_char *p, u_char *last)
                     SG_STR_ARG(&c->addr_text),
                     SG_STR_ARG(&c->listening->addr.name));
     if (s->login.len) {
-        p = sg_slprintf(p, last, ", login: \"%.*s\"", SG_STR_ARG(&s->login));
+        p = sg_slprintf(p, last, ", login: \"%s\"",
+                        sg_smtp_log_login(&s->login));
     }
     return p;
 }
