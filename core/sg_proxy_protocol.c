@@ -397,6 +397,7 @@ sg_pp2_parse(const u_char *p, size_t len, sg_proxy_hdr_t *hdr,
     size_t *consumed, const char **err)
 {
     size_t    blen, alen, have;
+    bool      local;
     unsigned  fam;
 
     if (memcmp(p, sg_pp2_sig, sg_min(len, SG_PP2_SIG_LEN)) != 0) {
@@ -414,16 +415,20 @@ sg_pp2_parse(const u_char *p, size_t len, sg_proxy_hdr_t *hdr,
     }
     fam = p[13] >> 4;
     blen = (size_t) p[14] << 8 | p[15];
-    alen = sg_pp2_addr_len[fam];
+    local = (p[12] & 0x0f) == SG_PP2_CMD_LOCAL;
+    /* LOCAL: "discard the protocol block including the family" (the
+     * specification, 2.2), however long it says it is. */
+    alen = local ? 0 : sg_pp2_addr_len[fam];
     if (blen < alen) {
         *err = "v2 address block too short";
         return SG_ERROR;
     }
     have = len > SG_PP2_HEADER_LEN + alen ? len - SG_PP2_HEADER_LEN - alen
                                           : 0;
-    if (sg_pp2_check_tlvs(p + SG_PP2_HEADER_LEN + alen,
-                          sg_min(have, blen - alen), blen - alen, err)
-        != SG_OK)
+    if (!local
+        && sg_pp2_check_tlvs(p + SG_PP2_HEADER_LEN + alen,
+                             sg_min(have, blen - alen), blen - alen, err)
+           != SG_OK)
     {
         return SG_ERROR;
     }
@@ -432,7 +437,7 @@ sg_pp2_parse(const u_char *p, size_t len, sg_proxy_hdr_t *hdr,
     }
     memset(hdr, 0, sizeof(*hdr));
     hdr->version = 2;
-    if ((p[12] & 0x0f) == SG_PP2_CMD_LOCAL) {
+    if (local) {
         hdr->local = 1;
     } else {
         sg_pp2_addrs(p + SG_PP2_HEADER_LEN, fam, hdr);

@@ -182,7 +182,11 @@ def test_trusted_network_and_ipv6_proxy(smtpgate, xclient_backend):
     (b"PROXY UNKNOWN 2001:db8::1 2001:db8::2 1 2\r\n", "UNKNOWN"),
     (V2_LOCAL, "LOCAL"),
     (V2_SIG + b"\x20\x00\x00\x07" + b"\x03\x00\x04abcd", "LOCAL"),
-], ids=["v1-unknown", "v1-unknown-args", "v2-local", "v2-local-tlv"])
+    # the family is ignored with LOCAL, its addresses too (specification
+    # 2.2, and nginx): here TCP/IPv4 with an empty block
+    (V2_SIG + b"\x20\x11\x00\x00", "LOCAL"),
+], ids=["v1-unknown", "v1-unknown-args", "v2-local", "v2-local-tlv",
+        "v2-local-inet-empty"])
 def test_local_and_unknown_keep_the_address(smtpgate, xclient_backend,
                                             header, kind):
     b = xclient_backend
