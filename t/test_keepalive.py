@@ -27,11 +27,21 @@ from lib.smtp import RawSmtp
 from lib.users import password
 
 
-def ka_gate(smtpgate, backend, mail="", keepalive=4, **kw):
+def ka_gate(smtpgate, backend, mail="", keepalive=4, xclient="off", **kw):
     return smtpgate(gatelib.conf(
         backend=backend,
-        mail=f"    proxy_keepalive {keepalive};\n    xclient off;\n" + mail,
-        **kw))
+        mail=f"    proxy_keepalive {keepalive};\n    xclient {xclient};\n"
+        + mail, **kw))
+
+
+def logged_in(g, user="alice", helo=None):
+    """A RawSmtp to g past the greeting, EHLO (helo, or the default name)
+    and AUTH as user."""
+    c = RawSmtp("127.0.0.1", g.port, 30)
+    c.greeting()
+    c.ehlo(*([helo] if helo else []))
+    assert c.auth_plain(user, password(user)).code == 235
+    return c
 
 
 def one_session(g, msg, user="alice", quit=True):
@@ -455,17 +465,11 @@ def test_client_helo_does_not_reach_the_next_session(smtpgate, backend,
     # server_name for every session, as it does without keepalive.
     g = ka_gate(smtpgate, backend, level="debug")
     mark = g.log_mark()
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo("alice.example")
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g, "alice", "alice.example") as c:
         assert c.cmd(f"{verb} evil.example").code == 250
         assert c.cmd("QUIT").code == 221
         c.expect_closed()
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo("bob.example")
-        assert c.auth_plain("bob", password("bob")).code == 235
+    with logged_in(g, "bob", "bob.example") as c:
         c.send(b"MAIL FROM:<bob@example.org> BODY=8BITMIME\r\n")
         assert c.reply().code == 250
         assert c.expect("RCPT TO:<b@example.org>", 250).code == 250
@@ -483,14 +487,9 @@ def test_client_helo_with_xclient_keeps_the_connection(smtpgate,
                                                        xclient_backend):
     # With XCLIENT the next session sends XCLIENT and EHLO anew, so a
     # client that greeted again does not cost the connection.
-    g = smtpgate(gatelib.conf(
-        backend=xclient_backend, level="debug",
-        mail="    proxy_keepalive 4;\n    xclient on;\n"))
+    g = ka_gate(smtpgate, xclient_backend, xclient="on", level="debug")
     mark = g.log_mark()
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo("alice.example")
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g, "alice", "alice.example") as c:
         assert c.cmd("HELO evil.example").code == 250
         assert c.cmd("QUIT").code == 221
         c.expect_closed()
@@ -506,14 +505,9 @@ def test_a_started_reply_nobody_asked_for_is_not_kept(smtpgate, scripted):
     # 221 must not be glued to that half line, and the connection, which
     # spoke out of turn, must not serve another session.
     b = scripted("noop_tail")
-    g = smtpgate(gatelib.conf(
-        backend=b, level="debug",
-        mail="    proxy_keepalive 4;\n    xclient off;\n"))
+    g = ka_gate(smtpgate, b, level="debug")
     mark = g.log_mark()
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g) as c:
         assert c.cmd("NOOP").code == 250
         time.sleep(0.1)
         c.send(b"QUIT\r\n")
@@ -529,10 +523,7 @@ def test_errors_since_the_last_message_close_the_connection(smtpgate,
     g = ka_gate(smtpgate, backend, level="debug")
     mark = g.log_mark()
     # errors, nothing accepted after them: not kept
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g) as c:
         assert c.cmd("RCPT TO:<x@example.org>").code == 503
         assert c.cmd("QUIT").code == 221
         c.expect_closed()
@@ -540,10 +531,7 @@ def test_errors_since_the_last_message_close_the_connection(smtpgate,
                "last message it accepted", since=mark)
     assert wait_until(lambda: backend.open_connections == 0)
     # errors, then a message accepted: kept
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g) as c:
         assert c.cmd("RCPT TO:<x@example.org>").code == 503
         assert c.mail("a@example.org", ["b@example.org"],
                       b"Subject: 1\r\n\r\none\r\n").code == 250
@@ -565,20 +553,13 @@ def test_postfix_error_count_is_not_inherited(smtpgate, make_postfix,
     postfix = make_postfix(main={"smtpd_hard_error_limit": "5",
                                  "smtpd_soft_error_limit": "3",
                                  "smtpd_error_sleep_time": "1s"})
-    g = smtpgate(gatelib.conf(
-        proxy_pass=postfix.address,
-        mail=f"    proxy_keepalive 4;\n    xclient {xclient};\n"))
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo("alice.example")
-        assert c.auth_plain("alice", password("alice")).code == 235
+    g = ka_gate(smtpgate, None, xclient=xclient,
+                proxy_pass=postfix.address)
+    with logged_in(g, "alice", "alice.example") as c:
         for _ in range(4):
             assert c.cmd("RCPT TO:<x@example.org>").code == 503
         assert c.cmd("QUIT").code == 221
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo("bob.example")
-        assert c.auth_plain("bob", password("bob")).code == 235
+    with logged_in(g, "bob", "bob.example") as c:
         assert c.cmd("RCPT TO:<x@example.org>").code == 503
         r = c.cmd("NOOP")
         assert r.code == 250, r
@@ -595,10 +576,7 @@ def test_an_unreadable_answer_to_rset_closes_the_connection(smtpgate,
     b = scripted("rset_garbage")
     g = ka_gate(smtpgate, b)
     mark = g.log_mark()
-    with RawSmtp("127.0.0.1", g.port, 30) as c:
-        c.greeting()
-        c.ehlo()
-        assert c.auth_plain("alice", password("alice")).code == 235
+    with logged_in(g) as c:
         assert c.expect("MAIL FROM:<a@example.org>", 250).code == 250
         assert c.cmd("QUIT").code == 221
     g.wait_log("kept connection to backend .* closed: RSET was not "
