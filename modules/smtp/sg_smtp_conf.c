@@ -502,8 +502,7 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 static char *
 sg_smtp_protocol(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
-    sg_str_t  *value = cf->args->elts;
-
+    sg_str_t            *value = cf->args->elts;
     sg_smtp_srv_conf_t  *sscf = conf;
 
     (void) cmd;
