@@ -14,8 +14,10 @@ def cache_conf(backend, cache, workers=2):
                              "    smtp_auth_fail_delay 0;\n")
 
 
-def login(g, user, secret):
-    with g.session() as c:
+def login(g, user, secret, port=None):
+    """AUTH PLAIN on g (at port, or its first address): the reply code."""
+    with g.connect(port=port) as c:
+        assert c.greeting().code == 220
         c.ehlo()
         r = c.cmd(f"AUTH PLAIN {plain_token(user, secret)}")
         if r.code == 235:
@@ -102,16 +104,6 @@ def test_old_worker_does_not_refill_the_cache_after_reload(smtpgate, backend,
     assert login(g, "dave", "dave-changed") == 235
 
 
-def login_at(g, port, user, secret):
-    with g.connect(port=port) as c:
-        assert c.greeting().code == 220
-        c.ehlo()
-        r = c.cmd(f"AUTH PLAIN {plain_token(user, secret)}")
-        if r.code == 235:
-            c.cmd("QUIT")
-        return r.code
-
-
 def test_servers_sharing_a_zone_do_not_share_answers(smtpgate, backend):
     """auth_cache set in mail{} serves every server, but each server has
     its own users.  An answer of one server's backend must not be given
@@ -127,8 +119,8 @@ def test_servers_sharing_a_zone_do_not_share_answers(smtpgate, backend):
                         servers=(other,))
     g = smtpgate(conf, files={"users2": "alice:{PLAIN}second-file\n"})
     first, second = g.port, g.ports["PORT2"]
-    assert login_at(g, first, "alice", password("alice")) == 235
-    assert login_at(g, second, "alice", password("alice")) == 535
-    assert login_at(g, second, "alice", "second-file") == 235
-    assert login_at(g, first, "alice", "second-file") == 535
+    assert login(g, "alice", password("alice"), port=first) == 235
+    assert login(g, "alice", password("alice"), port=second) == 535
+    assert login(g, "alice", "second-file", port=second) == 235
+    assert login(g, "alice", "second-file", port=first) == 535
     assert "answered from auth_cache" not in g.error_log()

@@ -540,6 +540,14 @@ def test_plain_listener_beside_a_proxy_protocol_one(smtpgate, backend):
 # -- where the address goes -------------------------------------------------
 
 
+def _auth_behind(g, header, secret):
+    """alice's AUTH PLAIN on a connection announced by header: the code."""
+    with connect(g, header) as c:
+        assert c.greeting().code == 220
+        c.ehlo()
+        return c.cmd(f"AUTH PLAIN {plain_token('alice', secret)}").code
+
+
 def test_auth_fail_limit_counts_the_real_client(smtpgate, backend):
     """auth_fail_limit keys on the header's source: one client behind
     the proxy locked out does not lock out another."""
@@ -548,10 +556,7 @@ def test_auth_fail_limit_counts_the_real_client(smtpgate, backend):
         "    smtp_auth_fail_delay 0;\n")))
 
     def attempt(src, secret):
-        with connect(g, v1(src, "192.0.2.1", 1000, 25)) as c:
-            assert c.greeting().code == 220
-            c.ehlo()
-            return c.cmd(f"AUTH PLAIN {plain_token('alice', secret)}").code
+        return _auth_behind(g, v1(src, "192.0.2.1", 1000, 25), secret)
 
     assert attempt("203.0.113.7", "wrong") == 535
     assert attempt("203.0.113.7", "wrong") == 535
@@ -570,10 +575,8 @@ def test_auth_fail_limit_counts_ipv6_clients_per_64(smtpgate, backend):
         "    smtp_auth_fail_delay 0;\n")))
 
     def attempt(src, secret):
-        with connect(g, v1(src, "2001:db8:ffff::1", 1000, 25)) as c:
-            assert c.greeting().code == 220
-            c.ehlo()
-            return c.cmd(f"AUTH PLAIN {plain_token('alice', secret)}").code
+        return _auth_behind(g, v1(src, "2001:db8:ffff::1", 1000, 25),
+                            secret)
 
     assert attempt("2001:db8:0:1::7", "wrong") == 535
     assert attempt("2001:db8:0:1:aaaa:bbbb:cccc:dddd", "wrong") == 535

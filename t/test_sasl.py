@@ -117,11 +117,18 @@ def test_cram_md5_plain_user(cram_gate):
         relay_works(c)
 
 
+def _cram_gate_named(smtpgate, backend, length):
+    """A CRAM-MD5 gate whose server_name is length characters long (the
+    most a server_name may be is 255): (the name, the gate)."""
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63,
+                     "d" * (length - 197), "test"])
+    assert len(name) == length
+    return name, smtpgate(gatelib.conf(backend=backend, server_name=name,
+                                       mail=mail_conf("smtp_auth cram-md5;")))
+
+
 def test_cram_md5_challenge_with_long_server_name(smtpgate, backend):
-    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 53, "test"])
-    assert len(name) == 250
-    g = smtpgate(gatelib.conf(backend=backend, server_name=name,
-                              mail=mail_conf("smtp_auth cram-md5;")))
+    name, g = _cram_gate_named(smtpgate, backend, 250)
     with g.session() as c:
         c.ehlo()
         challenge = cram_challenge(c.cmd("AUTH CRAM-MD5"))
@@ -133,10 +140,7 @@ def test_cram_md5_login_with_longest_server_name(smtpgate, backend):
     """server_name may be 255 characters, so the challenge is some 290
     bytes: the users file must check an answer to it, not turn every
     CRAM-MD5 login into a 454."""
-    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 58, "test"])
-    assert len(name) == 255
-    g = smtpgate(gatelib.conf(backend=backend, server_name=name,
-                              mail=mail_conf("smtp_auth cram-md5;")))
+    _, g = _cram_gate_named(smtpgate, backend, 255)
     with g.session() as c:
         c.ehlo()
         challenge = cram_challenge(c.cmd("AUTH CRAM-MD5"))
