@@ -86,6 +86,7 @@ typedef int64_t  sg_msec_t;         /* milliseconds */
 #include "sg_thread_pool.h"
 #include "sg_shm.h"
 #include "sg_connection.h"
+#include "sg_resolver.h"
 #include "sg_conf_file.h"
 #include "sg_module.h"
 #include "sg_cycle.h"

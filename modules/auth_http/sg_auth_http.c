@@ -545,6 +545,7 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
           + sg_auth_http_room("Auth-Pass", &r->pass)
           + sg_auth_http_room("Auth-Salt", &r->salt)
           + sg_auth_http_room("Auth-SMTP-Helo", &r->helo)
+          + sg_auth_http_room("Client-Host", &r->host)
           + sg_auth_http_room("Auth-SMTP-From", &r->mail_from)
           + sg_auth_http_room("Auth-SMTP-To", &r->rcpt_to)
           + (c->proxy_protocol ? SG_AUTH_HTTP_PP_ROOM : 0);
@@ -577,7 +578,10 @@ sg_auth_http_build(sg_auth_http_ctx_t *ctx, sg_auth_http_server_t *srv)
                                   r->attempt ? r->attempt : 1) - num);
     p = sg_auth_http_put(p, "Auth-Login-Attempt", &v, SG_ESC_NONE);
     p = sg_auth_http_put(p, "Client-IP", &c->addr_text, SG_ESC_NONE);
-    sg_str_set(&v, "[UNAVAILABLE]");
+    v = r->host;
+    if (v.len == 0) {
+        sg_str_set(&v, "[UNAVAILABLE]");
+    }
     p = sg_auth_http_put(p, "Client-Host", &v, SG_ESC_NONE);
     if (c->proxy_protocol) {
         p = sg_auth_http_put_proxy_protocol(p, c->proxy_protocol);

@@ -851,6 +851,7 @@ sg_proxy_xclient(sg_smtp_client_t *cl, const sg_str_t *attrs, u_char *buf,
     u_char             *p = buf, *last = buf + size;
     u_char              x[255 * 3 + 1];
     size_t              n;
+    sg_str_t            name;
 
     p = sg_slprintf(p, last, "XCLIENT");
     if (sg_proxy_has_word(attrs, "ADDR")) {
@@ -873,7 +874,8 @@ sg_proxy_xclient(sg_smtp_client_t *cl, const sg_str_t *attrs, u_char *buf,
         p = sg_slprintf(p, last, " LOGIN=[UNAVAILABLE]");
     }
     if (sg_proxy_has_word(attrs, "NAME")) {
-        p = sg_slprintf(p, last, " NAME=[UNAVAILABLE]");
+        sg_smtp_client_host(s, &name);
+        p = sg_slprintf(p, last, " NAME=%.*s", SG_STR_ARG(&name));
     }
     if (sg_proxy_has_word(attrs, "HELO") && s->helo.len
         && s->helo.len <= 255)

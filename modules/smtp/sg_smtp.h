@@ -96,6 +96,7 @@ struct sg_auth_request_s {
     sg_str_t            salt;          /* the CRAM-MD5 challenge, up to
                                           SG_SMTP_CHALLENGE_MAX */
     sg_str_t            helo;
+    sg_str_t            host;          /* sg_smtp_client_host() */
     sg_str_t            mail_from;     /* smtp_auth none: the envelope */
     sg_str_t            rcpt_to;
     unsigned            attempt;       /* 1 for the first AUTH */
@@ -212,6 +213,9 @@ typedef struct {
     unsigned                       auth_methods;
     int                            auth_require_tls;
     sg_array_t                    *capabilities;   /* sg_str_t */
+    sg_resolver_t                 *resolver;       /* NULL: client host
+                                                      names unlooked */
+    sg_msec_t                      resolver_timeout;
     int64_t                        size_limit;     /* "SIZE n", 0: none */
 
     /* Prebuilt replies. */
@@ -305,6 +309,10 @@ struct sg_smtp_session_s {
                                             the first read */
     sg_event_t            *timer;        /* delays and the auth timeout,
                                             taken on first use */
+    sg_resolve_host_t     *host;         /* the client's name, with a
+                                            resolver */
+    void                 (*host_then)(sg_smtp_session_t *s);  /* what
+                                            waits for the name */
     unsigned               auth_mech;
 
     unsigned               esmtp:1;
@@ -313,6 +321,8 @@ struct sg_smtp_session_s {
     unsigned               tls:1;
     unsigned               starttls:1;   /* 220 sent, handshake next */
     unsigned               implicit_tls:1;
+    unsigned               host_pending:1;   /* the name is being
+                                                looked up */
 };
 
 /* ---- variables (sg_smtp_variables.c) ---------------------------------
@@ -473,6 +483,16 @@ void sg_smtp_run(sg_smtp_session_t *s);
 void sg_smtp_set_timer(sg_smtp_session_t *s, sg_event_handler_pt h,
     sg_msec_t ms);
 void sg_smtp_del_timer(sg_smtp_session_t *s);
+
+/* The client's host name as Client-Host and XCLIENT NAME carry it: the
+ * name, "[UNAVAILABLE]" (none, or no resolver) or "[TEMPUNAVAIL]" (DNS
+ * failed), as nginx sends them. */
+void sg_smtp_client_host(sg_smtp_session_t *s, sg_str_t *host);
+/* Whether then must wait for the client's host name: true when it was
+ * kept to be called once the name is known (the session in AUTH_WAIT
+ * meanwhile); false when the name is known and the caller goes on. */
+bool sg_smtp_host_wait(sg_smtp_session_t *s,
+    void (*then)(sg_smtp_session_t *s));
 
 /* AUTH (sg_smtp_sasl.c). */
 int sg_smtp_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd);

@@ -143,8 +143,10 @@ static const sg_command_t  sg_smtp_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "resolver", SG_SRV | SG_CONF_1MORE, sg_smtp_resolver,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
-    { "resolver_timeout", SG_SRV | SG_CONF_TAKE1, sg_smtp_not_served,
-      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "resolver_timeout", SG_SRV | SG_CONF_TAKE1, sg_conf_set_msec_slot,
+      SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_smtp_srv_conf_t, resolver_timeout),
+      &sg_smtp_timeout_bounds },
     { "error_log", SG_SRV | SG_CONF_TAKE12, sg_smtp_error_log,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     sg_null_command
@@ -527,21 +529,85 @@ sg_smtp_not_served(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
-/* nginx looks client host names up with it (for Client-Host and XCLIENT
- * NAME); smtpgate never does, which is nginx without a resolver. */
+/* resolver address ... [valid=time] [ipv6=on|off] [status_zone=zone]
+ * | off: the name servers client host names are asked of (Client-Host,
+ * XCLIENT NAME).  Names among the addresses are resolved now, at
+ * configuration time, as nginx does. */
 static char *
 sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
-    sg_str_t  *value = cf->args->elts;
+    sg_str_t            *value = cf->args->elts, v;
+    sg_smtp_srv_conf_t  *sscf = conf;
+    sg_resolver_t       *r;
+    sg_url_t             u;
+    size_t               i, k;
+    int64_t              ms;
 
     (void) cmd;
-    (void) conf;
+    if (sscf->resolver != SG_CONF_UNSET_PTR) {
+        return sg_conf_duplicate(cf);
+    }
     if (cf->args->nelts == 2 && sg_str_eq(&value[1], "off")) {
+        sscf->resolver = NULL;
         return SG_CONF_OK;
     }
-    sg_conf_warn(cf, "\"resolver\" is not used: smtpgate does not look "
-                 "client host names up (Client-Host and XCLIENT NAME say "
-                 "[UNAVAILABLE], as nginx's do without a resolver)");
+    r = sg_pcalloc(cf->pool, sizeof(sg_resolver_t));
+    if (r == NULL) {
+        return SG_CONF_ERROR;
+    }
+    r->addrs = sg_pcalloc(cf->pool,
+                          SG_RESOLVER_ADDRS_MAX * sizeof(sg_addr_t));
+    if (r->addrs == NULL) {
+        return SG_CONF_ERROR;
+    }
+    r->ipv6 = 1;
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len > 6 && memcmp(value[i].data, "valid=", 6) == 0) {
+            v.data = value[i].data + 6;
+            v.len = value[i].len - 6;
+            if (sg_parse_time(&v, &ms) != SG_OK || ms < 1000) {
+                return sg_conf_invalid_value(cf, &value[i], "valid= takes "
+                                             "a time of at least 1s");
+            }
+            r->valid = ms;
+            continue;
+        }
+        if (sg_str_eq(&value[i], "ipv6=on")
+            || sg_str_eq(&value[i], "ipv6=off"))
+        {
+            r->ipv6 = sg_str_eq(&value[i], "ipv6=on");
+            continue;
+        }
+        if (value[i].len > 12
+            && memcmp(value[i].data, "status_zone=", 12) == 0)
+        {
+            continue;           /* nginx's statistics: nothing to count */
+        }
+        if (memchr(value[i].data, '=', value[i].len)) {
+            return sg_conf_invalid_value(cf, &value[i], "the parameters "
+                                         "are valid=, ipv6= and "
+                                         "status_zone=");
+        }
+        memset(&u, 0, sizeof(u));
+        u.url = value[i];
+        u.default_port = 53;
+        if (sg_parse_url(cf->pool, &u) != SG_OK) {
+            return sg_conf_invalid_value(cf, &value[i], u.err);
+        }
+        for (k = 0; k < u.naddrs; k++) {
+            if (r->naddrs == SG_RESOLVER_ADDRS_MAX) {
+                return sg_conf_invalid_value(cf, &value[i], "a resolver "
+                                             "takes at most 16 name server "
+                                             "addresses");
+            }
+            r->addrs[r->naddrs++] = u.addrs[k];
+        }
+    }
+    if (r->naddrs == 0) {
+        return sg_conf_error(cf, 0, "\"resolver\" needs the address of a "
+                             "name server, or \"off\"");
+    }
+    sscf->resolver = r;
     return SG_CONF_OK;
 }
 
@@ -815,6 +881,8 @@ sg_smtp_create_srv_conf(sg_conf_t *cf)
     sscf->client_buffer = SG_CONF_UNSET_SIZE;
     sscf->auth_require_tls = SG_CONF_UNSET;
     sscf->capabilities = SG_CONF_UNSET_PTR;
+    sscf->resolver = SG_CONF_UNSET_PTR;
+    sscf->resolver_timeout = SG_CONF_UNSET_MSEC;
     return sscf;
 }
 
@@ -1051,6 +1119,8 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
                              : SG_SMTP_AUTH_PLAIN | SG_SMTP_AUTH_LOGIN;
     }
     sg_conf_merge_ptr(conf->capabilities, prev->capabilities, NULL);
+    sg_conf_merge_ptr(conf->resolver, prev->resolver, NULL);
+    sg_conf_merge_msec(conf->resolver_timeout, prev->resolver_timeout, 30000);
 
 
     p = sg_slprintf(buf, buf + sizeof(buf), "220 %.*s ESMTP ready\r\n",

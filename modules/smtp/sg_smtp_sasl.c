@@ -202,6 +202,49 @@ sg_smtp_auth_refuse(sg_smtp_session_t *s, const char *why)
     return sg_smtp_error(s, "535 5.7.8 Authentication credentials invalid");
 }
 
+/* The login goes to auth_cache, then to the backend; the client's host
+ * name is known by now (sg_smtp_host_wait). */
+static int
+sg_smtp_auth_ask(sg_smtp_session_t *s)
+{
+    sg_auth_request_t  *r = s->auth;
+
+    sg_smtp_client_host(s, &r->host);
+    s->state = SG_SMTP_ST_AUTH_WAIT;
+    if (sg_smtp_cache_lookup(s->conf, r) == SG_OK) {
+        /* answered from auth_cache; done() runs from the loop */
+        sg_log_debug(s->log, "AUTH %s for \"%s\" answered from "
+                     "auth_cache", sg_smtp_mech_name(s->auth_mech),
+                     sg_smtp_log_login(&s->login));
+        r->from_cache = 1;
+        sg_smtp_set_timer(s, sg_smtp_auth_cached, 0);
+        return SG_OK;
+    }
+    sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
+    sg_log_debug(s->log, "AUTH %s for \"%s\" sent to the %s backend",
+                 sg_smtp_mech_name(s->auth_mech), sg_smtp_log_login(&s->login),
+                 s->conf->auth->name);
+    if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
+        sg_smtp_del_timer(s);
+        s->state = SG_SMTP_ST_COMMAND;
+        sg_smtp_auth_cleanup(s);
+        sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
+                     "could not take the request for \"%s\"",
+                     s->conf->auth->name, sg_smtp_log_login(&s->login));
+        s->login.len = 0;
+        return sg_smtp_error(s, "454 4.7.0 Temporary authentication "
+                             "failure");
+    }
+    return SG_OK;
+}
+
+static void
+sg_smtp_auth_ask_later(sg_smtp_session_t *s)
+{
+    (void) sg_smtp_auth_ask(s);
+    sg_smtp_run(s);
+}
+
 static int
 sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
     const sg_str_t *pass, const sg_str_t *authzid)
@@ -241,32 +284,10 @@ sg_smtp_auth_start(sg_smtp_session_t *s, const sg_str_t *user,
                           sg_max(s->conf->auth_fail_delay, 1000));
         return SG_OK;
     }
-    s->state = SG_SMTP_ST_AUTH_WAIT;
-    if (sg_smtp_cache_lookup(s->conf, r) == SG_OK) {
-        /* answered from auth_cache; done() runs from the loop */
-        sg_log_debug(s->log, "AUTH %s for \"%s\" answered from "
-                     "auth_cache", sg_smtp_mech_name(s->auth_mech),
-                     sg_smtp_log_login(&s->login));
-        r->from_cache = 1;
-        sg_smtp_set_timer(s, sg_smtp_auth_cached, 0);
+    if (sg_smtp_host_wait(s, sg_smtp_auth_ask_later)) {
         return SG_OK;
     }
-    sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
-    sg_log_debug(s->log, "AUTH %s for \"%s\" sent to the %s backend",
-                 sg_smtp_mech_name(s->auth_mech), sg_smtp_log_login(&s->login),
-                 s->conf->auth->name);
-    if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
-        sg_smtp_del_timer(s);
-        s->state = SG_SMTP_ST_COMMAND;
-        sg_smtp_auth_cleanup(s);
-        sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
-                     "could not take the request for \"%s\"",
-                     s->conf->auth->name, sg_smtp_log_login(&s->login));
-        s->login.len = 0;
-        return sg_smtp_error(s, "454 4.7.0 Temporary authentication "
-                             "failure");
-    }
-    return SG_OK;
+    return sg_smtp_auth_ask(s);
 }
 
 /* Mechanisms.  Each sees the decoded client data of one step and
@@ -706,6 +727,15 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     sg_smtp_run(s);
 }
 
+static int sg_smtp_auth_none_ask(sg_smtp_session_t *s);
+
+static void
+sg_smtp_auth_none_later(sg_smtp_session_t *s)
+{
+    (void) sg_smtp_auth_none_ask(s);
+    sg_smtp_run(s);
+}
+
 /* smtp_auth none: the first RCPT asks the backend about an anonymous
  * session, with the envelope so far. */
 int
@@ -728,6 +758,18 @@ sg_smtp_auth_none(sg_smtp_session_t *s)
     r->done = sg_smtp_auth_done;
     r->data = s;
     s->auth_mech = SG_SMTP_AUTH_NONE;
+    if (sg_smtp_host_wait(s, sg_smtp_auth_none_later)) {
+        return SG_OK;
+    }
+    return sg_smtp_auth_none_ask(s);
+}
+
+static int
+sg_smtp_auth_none_ask(sg_smtp_session_t *s)
+{
+    sg_auth_request_t  *r = s->auth;
+
+    sg_smtp_client_host(s, &r->host);
     s->state = SG_SMTP_ST_AUTH_WAIT;
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {

@@ -147,12 +147,100 @@ fail:
     sg_pool_destroy(c->pool);
 }
 
+static void
+sg_smtp_host_log(sg_smtp_session_t *s)
+{
+    sg_resolve_host_t  *h = s->host;
+
+    if (h->status == SG_RESOLVE_OK) {
+        sg_log_error(SG_LOG_INFO, s->log, 0, "client host name: %.*s",
+                     (int) h->name_len, h->name);
+        return;
+    }
+    sg_log_error(SG_LOG_INFO, s->log, 0, "client host name %s: %.*s%s%s",
+                 h->status == SG_RESOLVE_TEMPFAIL ? "[TEMPUNAVAIL]"
+                                                  : "[UNAVAILABLE]",
+                 (int) h->name_len, h->name, h->name_len ? ": " : "",
+                 h->why);
+}
+
+static void
+sg_smtp_host_done(sg_resolve_host_t *h)
+{
+    sg_smtp_session_t  *s = h->data;
+    void              (*then)(sg_smtp_session_t *s) = s->host_then;
+
+    s->host_pending = 0;
+    s->host_then = NULL;
+    sg_smtp_host_log(s);
+    if (then) {
+        then(s);
+    }
+}
+
+/* resolver: the lookup starts with the session and runs beside the
+ * greeting, EHLO and TLS; only what sends the name on (the auth
+ * request, XCLIENT) waits for it. */
+static void
+sg_smtp_host_lookup(sg_smtp_session_t *s)
+{
+    sg_connection_t    *c = s->connection;
+    sg_resolve_host_t  *h;
+
+    h = sg_pcalloc(s->pool, sizeof(sg_resolve_host_t));
+    if (h == NULL) {
+        return;                     /* the name stays [UNAVAILABLE] */
+    }
+    h->resolver = s->conf->resolver;
+    memcpy(&h->addr, &c->sockaddr, sizeof(h->addr));
+    h->timeout = s->conf->resolver_timeout;
+    h->log = s->log;
+    h->handler = sg_smtp_host_done;
+    h->data = s;
+    s->host = h;
+    if (sg_resolve_host(h) == SG_AGAIN) {
+        s->host_pending = 1;
+        return;
+    }
+    sg_smtp_host_log(s);
+}
+
+void
+sg_smtp_client_host(sg_smtp_session_t *s, sg_str_t *host)
+{
+    if (s->host == NULL || s->host_pending
+        || s->host->status == SG_RESOLVE_NOTFOUND)
+    {
+        sg_str_set(host, "[UNAVAILABLE]");
+    } else if (s->host->status == SG_RESOLVE_TEMPFAIL) {
+        sg_str_set(host, "[TEMPUNAVAIL]");
+    } else {
+        host->data = s->host->name;
+        host->len = s->host->name_len;
+    }
+}
+
+bool
+sg_smtp_host_wait(sg_smtp_session_t *s, void (*then)(sg_smtp_session_t *s))
+{
+    if (!s->host_pending) {
+        return false;
+    }
+    sg_log_debug(s->log, "waiting for the client's host name");
+    s->state = SG_SMTP_ST_AUTH_WAIT;
+    s->host_then = then;
+    return true;
+}
+
 void
 sg_smtp_start_session(sg_smtp_session_t *s)
 {
     sg_connection_t      *c = s->connection;
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
 
+    if (s->conf->resolver) {
+        sg_smtp_host_lookup(s);
+    }
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
     if (ac->ssl) {
@@ -171,6 +259,9 @@ sg_smtp_close_session(sg_smtp_session_t *s)
 
     sg_smtp_auth_cleanup(s);
     sg_smtp_del_timer(s);
+    if (s->host_pending) {
+        sg_resolve_host_cancel(s->host);
+    }
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
     sg_ssl_free_connection(c);

@@ -439,15 +439,17 @@ class Smtpgate:
             self.signal(sig)
         return self.wait_exit(timeout)
 
-    def connect(self, host=None, port=None, timeout=30.0, rcvbuf=None):
+    def connect(self, host=None, port=None, timeout=30.0, rcvbuf=None,
+                source=None):
         if host is None:
             host, p = self.listen_addresses()[0]
             port = port or p
-        return RawSmtp(host, port, timeout, rcvbuf)
+        return RawSmtp(host, port, timeout, rcvbuf, source)
 
-    def session(self, timeout=30.0, rcvbuf=None):
-        """Connect and read the 220 greeting."""
-        c = self.connect(timeout=timeout, rcvbuf=rcvbuf)
+    def session(self, timeout=30.0, rcvbuf=None, source=None):
+        """Connect (from the address source, when given) and read the 220
+        greeting."""
+        c = self.connect(timeout=timeout, rcvbuf=rcvbuf, source=source)
         r = c.greeting()
         assert r.code == 220, f"greeting: {r!r}"
         return c

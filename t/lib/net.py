@@ -43,15 +43,18 @@ def parse_hostport(text):
     return host, int(port)
 
 
-def connect(host, port, timeout=30.0, rcvbuf=None):
+def connect(host, port, timeout=30.0, rcvbuf=None, source=None):
     """rcvbuf: a small receive buffer, set before the handshake so that
-    the window stays small, for tests of a client that does not read."""
+    the window stays small, for tests of a client that does not read.
+    source: the client's own address (any of 127.0.0.0/8 is local)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(timeout)
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
+        if source:
+            s.bind((source, 0))
         s.connect((host, port))
     except BaseException:
         s.close()

@@ -57,10 +57,10 @@ class Reply:
 
 
 class RawSmtp:
-    def __init__(self, host, port, timeout=30.0, rcvbuf=None):
+    def __init__(self, host, port, timeout=30.0, rcvbuf=None, source=None):
         self.host = host
         self.port = port
-        self.sock = net.connect(host, port, timeout, rcvbuf)
+        self.sock = net.connect(host, port, timeout, rcvbuf, source)
         self.buf = b""
         self.closed_by_peer = False
 
