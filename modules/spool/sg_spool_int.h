@@ -66,6 +66,19 @@ int sg_spool_file_flush(sg_spool_file_t *f);
  * already. */
 int sg_spool_file_commit(sg_spool_file_t *f);
 
+/*
+ * Move tmp_path to new_path (a buffer of size bytes) without ever
+ * replacing a file there.  When the name is taken, a random part
+ * ("R" and 16 hex digits, SG_SPOOL_MOVE_EXTRA bytes) goes into it before
+ * the host name and the move is tried again, SG_SPOOL_MOVE_TRIES times;
+ * new_path then holds the name used.  Returns 0, or an errno value with
+ * *call naming the call that failed.  Blocking: on the thread pool.
+ */
+#define SG_SPOOL_MOVE_EXTRA  17
+#define SG_SPOOL_MOVE_TRIES  8
+int sg_spool_move(const char *tmp_path, char *new_path, size_t size,
+    const char **call);
+
 bool sg_spool_file_busy(sg_spool_file_t *f);
 bool sg_spool_file_committed(sg_spool_file_t *f);
 /* The errno of the first failure, and the call that failed; 0 while all

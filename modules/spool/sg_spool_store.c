@@ -7,10 +7,11 @@
  * through, and the task that carries every system call off the event
  * loop.  A message is durable before the session hears of it: the file
  * is fsync'ed, renamed, and DIR/new is fsync'ed, in that order, and only
- * then is the session called back.  Refuses to leave anything behind
- * that was not committed: a failed write removes the file at once, and
- * a session that goes away has its file removed after the write in
- * flight, if any, has finished.
+ * then is the session called back.  The rename never replaces a file
+ * already in DIR/new, which would lose a message accepted before.
+ * Refuses to leave anything behind that was not committed: a failed
+ * write removes the file at once, and a session that goes away has its
+ * file removed after the write in flight, if any, has finished.
  *
  * The file object and its task are one malloc'd block, never in the
  * session's pool, because a thread may still be writing from it when
@@ -21,6 +22,7 @@
  */
 #include "sg_spool_int.h"
 #include <fcntl.h>
+#include <sys/random.h>
 
 #define SG_SPOOL_OP_OPEN     0x01
 #define SG_SPOOL_OP_WRITE    0x02
@@ -133,9 +135,10 @@ sg_spool_file_create(sg_spool_t *sp, sg_log_t *log,
                  (char *) sp->dir.data, unique);
     k = snprintf(f->new_dir, sizeof(f->new_dir), "%s/new",
                  (char *) sp->dir.data);
-    /* ",S=" and up to 20 digits are added at the commit. */
+    /* ",S=" and up to 20 digits are added at the commit, and perhaps
+     * the random part of sg_spool_move(). */
     if (n < 0 || m < 0 || k < 0 || (size_t) n >= sizeof(f->tmp_path)
-        || (size_t) m + 24 >= sizeof(f->new_path))
+        || (size_t) m + 24 + SG_SPOOL_MOVE_EXTRA >= sizeof(f->new_path))
     {
         f->err = ENAMETOOLONG;
         f->failed = "snprintf()";
@@ -210,6 +213,89 @@ sg_spool_write_all(sg_spool_file_t *f, const u_char *p, size_t n)
     }
 }
 
+/* rename() that never replaces: RENAME_NOREPLACE, or where the
+ * filesystem or kernel lacks it, link() and unlink(), since link() never
+ * replaces either.  -1 with errno on failure (EEXIST: the name is
+ * taken). */
+static int
+sg_spool_rename(const char *from, const char *to, const char **call)
+{
+    *call = "renameat2()";
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) {
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS) {
+        return -1;
+    }
+    *call = "link()";
+    if (link(from, to) == -1) {
+        return -1;
+    }
+    /* Stored under its new name already: a failure here leaves a second
+     * name in tmp/, which Maildir readers never deliver from. */
+    (void) unlink(from);
+    return 0;
+}
+
+/* Courier's "R" part: a random number that makes a name unique when the
+ * clock, the pid and the delivery count do not (a clock set back, a pid
+ * used again). */
+static uint64_t
+sg_spool_random(unsigned attempt)
+{
+    uint64_t         r;
+    struct timespec  ts;
+
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) == (ssize_t) sizeof(r)) {
+        return r;
+    }
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ((uint64_t) ts.tv_nsec << 20) ^ (uint64_t) ts.tv_sec
+           ^ ((uint64_t) getpid() << 40) ^ attempt;
+}
+
+int
+sg_spool_move(const char *tmp_path, char *new_path, size_t size,
+    const char **call)
+{
+    char      name[PATH_MAX];
+    char     *base, *at;
+    size_t    len = strlen(new_path), head;
+    unsigned  i;
+    int       n;
+
+    if (sg_spool_rename(tmp_path, new_path, call) == 0) {
+        return 0;
+    }
+    if (errno != EEXIST || len >= sizeof(name)) {
+        return errno;
+    }
+    /* Taken: an accepted message must not be replaced, so the name gets
+     * a random part after "M...P...Q...", before the host name. */
+    memcpy(name, new_path, len + 1);
+    base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    at = strchr(base, '.');
+    at = at ? strchr(at + 1, '.') : NULL;
+    head = at ? (size_t) (at - name) : len;
+    for (i = 0; i < SG_SPOOL_MOVE_TRIES; i++) {
+        n = snprintf(new_path, size, "%.*sR%016llx%s", (int) head, name,
+                     (unsigned long long) sg_spool_random(i), name + head);
+        if (n < 0 || (size_t) n >= size) {
+            memcpy(new_path, name, len + 1);
+            *call = "snprintf()";
+            return ENAMETOOLONG;
+        }
+        if (sg_spool_rename(tmp_path, new_path, call) == 0) {
+            return 0;
+        }
+        if (errno != EEXIST) {
+            return errno;
+        }
+    }
+    return EEXIST;
+}
+
 /* Close and remove whatever exists of an uncommitted file. */
 static void
 sg_spool_remove(sg_spool_file_t *f)
@@ -227,8 +313,9 @@ sg_spool_remove(sg_spool_file_t *f)
 static void
 sg_spool_commit(sg_spool_file_t *f)
 {
-    size_t  n = strlen(f->new_path);
-    int     dfd, rc;
+    size_t       n = strlen(f->new_path);
+    int          dfd, rc, err;
+    const char  *call;
 
     if (fsync(f->fd) == -1) {
         sg_spool_fail(f, "fsync()", errno);
@@ -242,8 +329,10 @@ sg_spool_commit(sg_spool_file_t *f)
     }
     (void) snprintf(f->new_path + n, sizeof(f->new_path) - n, ",S=%llu",
                     (unsigned long long) f->size);
-    if (rename(f->tmp_path, f->new_path) == -1) {
-        sg_spool_fail(f, "rename()", errno);
+    err = sg_spool_move(f->tmp_path, f->new_path, sizeof(f->new_path),
+                        &call);
+    if (err) {
+        sg_spool_fail(f, call, err);
         return;
     }
     f->tmp_exists = 0;
