@@ -649,6 +649,43 @@ def test_backend_killed_and_restarted_during_a_run(smtpgate, sinks):
                    what="the restarted sink to take sessions")
 
 
+@pytest.mark.time_limit(90)
+def test_slow_starttls_check_is_not_taken_over(smtpgate, scripted):
+    """A STARTTLS health check whose every step answers just within
+    timeout=1s, and whose TLS handshake never comes, lasts about 4s: more
+    than twice the timeout.  While it runs no other worker probes the
+    same server, so the backend never sees two checks at once, and each
+    check is one failure: with fails=3 the server is marked down only
+    after three checks have ended."""
+    b = scripted("slow_starttls")
+    mail = upstream_conf("pool", [b.address],
+                         body="        health_check interval=1s timeout=1s "
+                              "fails=3 starttls;")
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail, workers=3))
+    g.wait_log(rf"upstream pool: server {b.address} is down: health check "
+               r"failed: timed out", timeout=60)
+    with b._lock:
+        ended = b.connections - b.open_connections
+    assert b.max_open == 1, f"{b.max_open} checks of one server at once"
+    log = g.error_log()
+    failed = log.count(f"health check of server {b.address} failed")
+    assert failed == 2, log
+    assert ended >= 3, f"down after {ended} checks had ended"
+
+
+def test_dribbling_backend_fails_its_check(smtpgate, scripted):
+    """A backend whose greeting never ends, a byte at a time, answers
+    within every step's timeout but never finishes: the check gives up
+    when its steps' timeouts added up (3 x 1s) have passed, and the
+    server is marked down instead of holding the check for ever."""
+    b = scripted("dribble")
+    mail = upstream_conf("pool", [b.address],
+                         body="        health_check interval=1s timeout=1s;")
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail, workers=2))
+    g.wait_log(rf"upstream pool: server {b.address} is down: health check "
+               r"failed: timed out: not done within 3000ms", timeout=30)
+
+
 # --------------------------------------------------------------------------
 # smtp_capabilities auto
 

@@ -46,7 +46,9 @@ typedef struct {
     uint32_t           hc_fails;      /* consecutive failed probes */
     uint32_t           hc_passes;     /* consecutive good probes */
     pid_t              probe_pid;     /* the worker probing it now */
+    uint32_t           probe_seq;     /* counts the probes started */
     sg_msec_t          probe_at;      /* when the last probe started */
+    sg_msec_t          probe_until;   /* when it gives up at the latest */
     unsigned           caps;          /* SG_SMTP_EXT_* of the last probe */
     int64_t            size;
     unsigned           hc_down:1;     /* failed its health checks */

@@ -5,11 +5,16 @@
  * [PROXY header], [TLS], read the greeting (a 421 or any non-220
  * fails), EHLO, [STARTTLS and EHLO again], then QUIT.  Every worker
  * runs a timer per group, but a peer is probed by one worker at a
- * time: the worker claims it in shared memory (probe_pid, probe_at)
- * before connecting.  `fails` failed probes in a row mark the peer down,
- * `passes` good ones mark it up again; the EHLO of each good probe is
- * what smtp_capabilities auto advertises.
+ * time: the worker claims it in shared memory (probe_pid, probe_seq,
+ * probe_at, probe_until) before connecting.  A probe has a deadline of
+ * its own, its steps' timeouts added up, and no other worker takes the
+ * claim over while its owner is alive and within that deadline; a
+ * probe whose claim was taken over all the same (its worker stalled)
+ * counts for nothing, so each check counts once.  `fails` failed probes
+ * in a row mark the peer down, `passes` good ones mark it up again; the
+ * EHLO of each good probe is what smtp_capabilities auto advertises.
  */
+#include <signal.h>
 #include "sg_upstream.h"
 #if (SG_HAVE_SSL_MODULE)
 #include "sg_ssl.h"
@@ -21,7 +26,13 @@ typedef struct {
     sg_upstream_peer_t  *peer;
     sg_pool_t           *pool;
     sg_log_t             log;
+    sg_event_t           deadline;
+    uint32_t             seq;           /* the claim's probe_seq */
 } sg_upstream_probe_t;
+
+/* How long past a claim's deadline another worker still waits before
+ * taking it over: the owner's timer fires on its next loop turn. */
+#define SG_UPSTREAM_CHECK_GRACE  1000
 
 static void sg_upstream_check_timer(sg_event_t *ev);
 
@@ -152,6 +163,38 @@ sg_upstream_check_stop(sg_upstream_t *u)
     sg_event_del_timer(&u->check_timer);
 }
 
+/* The longest a probe may take: every step may use the whole timeout
+ * (connect, the greeting, EHLO; with ssl the handshake; with starttls
+ * STARTTLS, the handshake and EHLO again). */
+static sg_msec_t
+sg_upstream_check_budget(sg_upstream_check_t *hc)
+{
+    return (3 + hc->ssl + 3 * hc->starttls) * hc->timeout;
+}
+
+/* Whether the probe of st is this one's (with the peer locked). */
+static bool
+sg_upstream_probe_owns(sg_upstream_probe_t *pr, sg_upstream_state_t *st)
+{
+    return st->probe_pid == sg_pid && st->probe_seq == pr->seq;
+}
+
+/* Whether a worker may start a probe of st now (with the peer locked):
+ * nobody probes it, or its prober died or is long past its deadline. */
+static bool
+sg_upstream_check_free(sg_upstream_state_t *st, sg_msec_t now)
+{
+    if (st->probe_pid == 0) {
+        return true;
+    }
+    if (st->probe_pid != sg_pid && kill(st->probe_pid, 0) == -1
+        && errno == ESRCH)
+    {
+        return true;
+    }
+    return now - st->probe_until > SG_UPSTREAM_CHECK_GRACE;
+}
+
 static void
 sg_upstream_probe_release(sg_upstream_probe_t *pr)
 {
@@ -159,7 +202,7 @@ sg_upstream_probe_release(sg_upstream_probe_t *pr)
 
     sg_upstream_lock(pr->upstream);
     st = sg_upstream_state(pr->upstream, pr->peer->index);
-    if (st->probe_pid == sg_pid) {
+    if (sg_upstream_probe_owns(pr, st)) {
         st->probe_pid = 0;
     }
     sg_upstream_unlock(pr->upstream);
@@ -170,6 +213,7 @@ sg_upstream_probe_free(sg_upstream_probe_t *pr)
 {
     sg_pool_t  *pool = pr->pool;
 
+    sg_event_del_timer(&pr->deadline);
     sg_smtp_client_close(&pr->cl);
     sg_pool_destroy(pool);
 }
@@ -185,9 +229,15 @@ sg_upstream_probe_result(sg_upstream_probe_t *pr, bool ok, const char *why)
 
     sg_upstream_lock(u);
     st = sg_upstream_state(u, pr->peer->index);
-    if (st->probe_pid == sg_pid) {
-        st->probe_pid = 0;
+    if (!sg_upstream_probe_owns(pr, st)) {
+        /* Taken over: the probe that took it counts this check. */
+        sg_upstream_unlock(u);
+        sg_log_debug(u->log, "upstream %.*s: probe of %.*s taken over, "
+                     "not counted", SG_STR_ARG(&u->name),
+                     SG_STR_ARG(&pr->peer->addr.name));
+        return;
     }
+    st->probe_pid = 0;
     if (ok) {
         st->hc_fails = 0;
         st->hc_passes++;
@@ -241,24 +291,57 @@ sg_upstream_probe_done(sg_smtp_client_t *cl)
     sg_upstream_probe_free(pr);
 }
 
+/* A claim given up before its probe could start. */
 static void
-sg_upstream_probe(sg_cycle_t *cycle, sg_upstream_t *u, sg_upstream_peer_t *p)
+sg_upstream_release_claim(sg_upstream_t *u, sg_upstream_peer_t *p,
+    uint32_t seq)
+{
+    sg_upstream_state_t  *st;
+
+    sg_upstream_lock(u);
+    st = sg_upstream_state(u, p->index);
+    if (st->probe_pid == sg_pid && st->probe_seq == seq) {
+        st->probe_pid = 0;
+    }
+    sg_upstream_unlock(u);
+}
+
+/* The probe's own deadline: whatever step it is in, it fails now, so
+ * that it never outlives its claim. */
+static void
+sg_upstream_probe_expired(sg_event_t *ev)
+{
+    sg_upstream_probe_t  *pr = ev->data;
+    char                  why[64];
+
+    (void) snprintf(why, sizeof(why), "timed out: not done within %lldms",
+                    (long long) sg_upstream_check_budget(pr->upstream->check));
+    sg_upstream_probe_result(pr, false, why);
+    sg_upstream_probe_free(pr);
+}
+
+static void
+sg_upstream_probe(sg_cycle_t *cycle, sg_upstream_t *u, sg_upstream_peer_t *p,
+    uint32_t seq)
 {
     sg_upstream_probe_t  *pr;
     sg_pool_t            *pool;
 
     pool = sg_pool_create(4096, cycle->log);
     if (pool == NULL) {
+        sg_upstream_release_claim(u, p, seq);
         return;
     }
     pr = sg_pcalloc(pool, sizeof(sg_upstream_probe_t));
     if (pr == NULL) {
         sg_pool_destroy(pool);
+        sg_upstream_release_claim(u, p, seq);
         return;
     }
     pr->pool = pool;
     pr->upstream = u;
     pr->peer = p;
+    pr->seq = seq;
     pr->cl.pool = pool;
     pr->cl.log = cycle->log;
     pr->cl.peer = &p->addr;
@@ -290,6 +373,10 @@ sg_upstream_probe(sg_cycle_t *cycle, sg_upstream_t *u, sg_upstream_peer_t *p)
     }
     /* The probe does not hold a draining worker. */
     pr->cl.c->idle = 1;
+    pr->deadline.handler = sg_upstream_probe_expired;
+    pr->deadline.data = pr;
+    pr->deadline.log = cycle->log;
+    sg_event_add_timer(&pr->deadline, sg_upstream_check_budget(u->check));
 }
 
 static void
@@ -301,6 +388,7 @@ sg_upstream_check_timer(sg_event_t *ev)
     sg_upstream_state_t  *st;
     sg_msec_t             now = sg_current_msec, tick;
     size_t                i;
+    uint32_t              seq;
     bool                  mine;
 
     if (sg_exiting) {
@@ -313,17 +401,19 @@ sg_upstream_check_timer(sg_event_t *ev)
         sg_upstream_lock(u);
         st = sg_upstream_state(u, i);
         mine = false;
-        if ((st->probe_pid == 0
-             || now - st->probe_at > 2 * hc->timeout + 1000)
+        seq = 0;
+        if (sg_upstream_check_free(st, now)
             && (st->probe_at == 0 || now - st->probe_at >= hc->interval))
         {
             st->probe_pid = sg_pid;
+            seq = ++st->probe_seq;
             st->probe_at = now ? now : 1;
+            st->probe_until = now + sg_upstream_check_budget(hc);
             mine = true;
         }
         sg_upstream_unlock(u);
         if (mine) {
-            sg_upstream_probe(sg_cycle, u, &p[i]);
+            sg_upstream_probe(sg_cycle, u, &p[i], seq);
         }
     }
     tick = hc->interval / 4;

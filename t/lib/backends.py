@@ -954,6 +954,15 @@ class ScriptedBackend:
                         client's FIN and records in .quit_segments how
                         many segments came since it answered the command
                         before, and how long that took
+      dribble           sends a greeting that never ends, one byte every
+                        0.3 seconds, until the client closes
+      slow_starttls     waits .step_delay seconds (0.9) before each reply:
+                        the greeting, EHLO (offering STARTTLS) and "220"
+                        to STARTTLS; then never starts TLS, holding the
+                        connection until the client closes it
+
+    .open_connections and .max_open (the most open at once) count the
+    connections being served.
     """
 
     EHLO_REPLY = b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
@@ -965,7 +974,10 @@ class ScriptedBackend:
         self.received = []          # bytes read on each connection
         self.messages = []          # (fragmented) message bodies
         self.quit_segments = []     # (count_quit) (segments, seconds)
+        self.step_delay = 0.9       # (slow_starttls)
         self.connections = 0
+        self.open_connections = 0
+        self.max_open = 0
         self._stop = threading.Event()
         self._threads = []
         self._socks = []
@@ -1041,11 +1053,16 @@ class ScriptedBackend:
             pass
 
     def _serve(self, conn, idx):
+        with self._lock:
+            self.open_connections += 1
+            self.max_open = max(self.max_open, self.open_connections)
         try:
             getattr(self, "_do_" + self.behaviour)(conn, idx)
         except OSError:
             pass
         finally:
+            with self._lock:
+                self.open_connections -= 1
             if self.behaviour != "silent" or self._stop.is_set():
                 try:
                     conn.close()
@@ -1057,6 +1074,30 @@ class ScriptedBackend:
 
     def _do_greet_close(self, conn, idx):
         conn.sendall(b"220 scripted.test ESMTP\r\n")
+
+    def _do_dribble(self, conn, idx):
+        conn.settimeout(None)
+        while not self._stop.is_set():
+            for b in b"220-scripted.test still greeting\r\n":
+                conn.sendall(bytes([b]))
+                if self._stop.wait(0.3):
+                    return
+
+    def _do_slow_starttls(self, conn, idx):
+        time.sleep(self.step_delay)
+        conn.sendall(b"220 scripted.test ESMTP\r\n")
+        while (line := self._readline(conn, idx)) is not None:
+            verb = line.split(b" ", 1)[0].strip().upper()
+            time.sleep(self.step_delay)
+            if verb == b"EHLO":
+                conn.sendall(b"250-scripted.test\r\n250 STARTTLS\r\n")
+            elif verb == b"STARTTLS":
+                conn.sendall(b"220 2.0.0 go ahead\r\n")
+                self._hold(conn, idx)
+                return
+            else:
+                conn.sendall(b"221 2.0.0 Bye\r\n")
+                return
 
     def _do_garbage(self, conn, idx):
         conn.sendall(b"HELLO this is not smtp\r\n\x00\xff\r\n")
