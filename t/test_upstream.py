@@ -754,6 +754,31 @@ def test_capabilities_auto_before_the_first_probe(smtpgate, make_backend):
     assert "CHUNKING" in kw and "SIZE" in kw
 
 
+def test_capabilities_auto_learned_again_after_reload(smtpgate,
+                                                      make_backend):
+    """The backend's operator drops CHUNKING and smtpgate is reloaded:
+    the EHLO a client sees after the reload comes from a probe of the new
+    configuration (here before the next interval, an hour away), never
+    from the capabilities learned before it."""
+    a = make_backend(ehlo_add=("CHUNKING", "SMTPUTF8"))
+    g = caps_gate(smtpgate, [a], check="interval=1h timeout=5s")
+    net.wait_until(lambda: "CHUNKING" in ehlo_before_auth(g)[0], 15,
+                   what="the EHLO after the first probe")
+    probes = a.connections
+
+    a.ehlo_add = ["SMTPUTF8"]
+    old = g.workers()
+    g.reload()
+    g.wait_old_workers_gone(old)
+    kw, _ = ehlo_before_auth(g)
+    assert "CHUNKING" not in kw, kw
+    kw = net.wait_until(lambda: (lambda k: k if "SMTPUTF8" in k else None)(
+                            ehlo_before_auth(g)[0]), 15,
+                        what="the EHLO after the new workers' probe")
+    assert "CHUNKING" not in kw, kw
+    assert a.connections > probes
+
+
 # --------------------------------------------------------------------------
 # configuration errors
 

@@ -896,7 +896,11 @@ sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size)
     sg_upstream_lock(u);
     for (i = 0; i < u->peers.nelts; i++) {
         st = sg_upstream_state(u, i);
-        if (p[i].spool || p[i].down || st->hc_down || !st->probed) {
+        /* What was learned under an older configuration may describe
+         * another backend: the operator reloads after changing it. */
+        if (p[i].spool || p[i].down || st->hc_down || !st->probed
+            || st->caps_generation < sg_upstream_generation(u))
+        {
             continue;
         }
         any = true;

@@ -51,6 +51,11 @@ typedef struct {
     sg_msec_t          probe_until;   /* when it gives up at the latest */
     unsigned           caps;          /* SG_SMTP_EXT_* of the last probe */
     int64_t            size;
+    /* The configurations (zone generations) of the workers that made
+     * the last good probe and started the last probe: a reload learns
+     * the capabilities again. */
+    uint64_t           caps_generation;
+    uint64_t           check_generation;
     unsigned           hc_down:1;     /* failed its health checks */
     unsigned           probed:1;      /* caps is known */
 } sg_upstream_state_t;
@@ -124,7 +129,7 @@ void sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome);
 
 /* The extensions every healthy, probed peer of u offers (and the
  * smallest SIZE), for smtp_capabilities auto; false when no peer has
- * been probed yet. */
+ * been probed yet since the configuration was loaded. */
 bool sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size);
 
 /* Health checks (sg_upstream_check.c). */
@@ -138,6 +143,14 @@ sg_upstream_state(sg_upstream_t *u, size_t i)
 {
     return u->zone ? (sg_upstream_state_t *) u->zone->data + i
                    : u->local + i;
+}
+
+/* Which configuration this worker's u belongs to, among those sharing
+ * its state: one more for each reload that kept the group. */
+static inline uint64_t
+sg_upstream_generation(sg_upstream_t *u)
+{
+    return u->zone ? u->zone->generation : 0;
 }
 
 static inline void

@@ -241,9 +241,14 @@ sg_upstream_probe_result(sg_upstream_probe_t *pr, bool ok, const char *why)
     if (ok) {
         st->hc_fails = 0;
         st->hc_passes++;
-        st->caps = pr->cl.ehlo.caps;
-        st->size = pr->cl.ehlo.size;
-        st->probed = 1;
+        /* A draining worker of an older configuration does not replace
+         * what a newer one learned. */
+        if (sg_upstream_generation(u) >= st->caps_generation) {
+            st->caps = pr->cl.ehlo.caps;
+            st->size = pr->cl.ehlo.size;
+            st->caps_generation = sg_upstream_generation(u);
+            st->probed = 1;
+        }
         if (st->hc_down && st->hc_passes >= (uint32_t) hc->passes) {
             st->hc_down = 0;
             change = 1;
@@ -402,10 +407,15 @@ sg_upstream_check_timer(sg_event_t *ev)
         st = sg_upstream_state(u, i);
         mine = false;
         seq = 0;
+        /* The first check under a new configuration does not wait for
+         * the interval: smtp_capabilities auto waits for it. */
         if (sg_upstream_check_free(st, now)
-            && (st->probe_at == 0 || now - st->probe_at >= hc->interval))
+            && (st->probe_at == 0 || now - st->probe_at >= hc->interval
+                || st->check_generation < sg_upstream_generation(u)))
         {
             st->probe_pid = sg_pid;
+            st->check_generation = sg_max(st->check_generation,
+                                          sg_upstream_generation(u));
             seq = ++st->probe_seq;
             st->probe_at = now ? now : 1;
             st->probe_until = now + sg_upstream_check_budget(hc);
