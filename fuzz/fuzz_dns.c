@@ -28,14 +28,9 @@ static int
 sg_fuzz_parse(const u_char *data, size_t n, const sg_str_t *name,
     uint16_t type, sg_dns_answer_t *a, const char **err)
 {
-    u_char  *copy;
+    u_char  *copy = sg_fuzz_copy(data, n);
     int      rc;
 
-    copy = malloc(n ? n : 1);
-    SG_FUZZ_ASSERT(copy != NULL);
-    if (n) {
-        memcpy(copy, data, n);
-    }
     *err = NULL;
     rc = sg_dns_parse(copy, n, name, type, a, err);
     free(copy);

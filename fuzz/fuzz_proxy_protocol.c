@@ -20,14 +20,9 @@ static int
 sg_fuzz_parse(const u_char *data, size_t n, sg_proxy_hdr_t *hdr,
               size_t *consumed, const char **err)
 {
-    u_char *copy;
+    u_char *copy = sg_fuzz_copy(data, n);
     int     rc;
 
-    copy = malloc(n ? n : 1);
-    SG_FUZZ_ASSERT(copy != NULL);
-    if (n) {
-        memcpy(copy, data, n);
-    }
     *consumed = (size_t) -1;
     rc = sg_proxy_protocol_parse(copy, n, hdr, consumed, err);
     free(copy);

@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define SG_FUZZ_ASSERT(cond)                                                   \
     do {                                                                       \
@@ -17,6 +18,20 @@
             abort();                                                           \
         }                                                                      \
     } while (0)
+
+/* An exact-size copy of the input (at least one byte allocated), so
+ * that AddressSanitizer sees any read past its end; free() it. */
+static inline unsigned char *
+sg_fuzz_copy(const unsigned char *data, size_t n)
+{
+    unsigned char  *copy = malloc(n ? n : 1);
+
+    SG_FUZZ_ASSERT(copy != NULL);
+    if (n) {
+        memcpy(copy, data, n);
+    }
+    return copy;
+}
 
 /* The value of an upper-case hex digit, -1 for anything else: the
  * escapers write upper case only. */

@@ -31,33 +31,32 @@ from lib.users import password
 MSG = b"Subject: named\r\n\r\nhello\r\n"
 
 
+def _servers(start):
+    """A factory fixture's body: start(**kw) -> a started server, each
+    stopped at teardown."""
+    started = []
+
+    def make(*args, **kw):
+        d = start(*args, **kw)
+        started.append(d)
+        return d
+    yield make
+    for d in started:
+        d.stop()
+
+
 @pytest.fixture
 def dnsmasq():
     reason = dns.skip_reason()
     if reason:
         pytest.skip(reason)
-    started = []
-
-    def make(**kw):
-        d = dns.Dnsmasq(**kw).start()
-        started.append(d)
-        return d
-    yield make
-    for d in started:
-        d.stop()
+    yield from _servers(lambda **kw: dns.Dnsmasq(**kw).start())
 
 
 @pytest.fixture
 def scripted_dns():
-    started = []
-
-    def make(behaviour, host=net.IPV4):
-        d = dns.ScriptedDns(behaviour, host=host).start()
-        started.append(d)
-        return d
-    yield make
-    for d in started:
-        d.stop()
+    yield from _servers(lambda behaviour, host=net.IPV4:
+                        dns.ScriptedDns(behaviour, host=host).start())
 
 
 @pytest.fixture

@@ -36,6 +36,17 @@ from . import net
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 
+def stop_process(proc, timeout=10):
+    """SIGTERM a child process, SIGKILL it if it lingers, reap it."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class Message:
     """One message a backend took.  tls is the TLS version ("TLSv1.3")
     or None, sni the name the client sent in TLS, login the user it
@@ -863,13 +874,7 @@ class SinkBackend:
             self._log = None
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._close_log()
         shutil.rmtree(self.dir, ignore_errors=True)
 

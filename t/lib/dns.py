@@ -23,6 +23,7 @@ import threading
 import time
 
 from . import net
+from .backends import stop_process
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
@@ -125,13 +126,7 @@ class Dnsmasq:
         return out
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc:
             self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
