@@ -15,6 +15,10 @@ typedef ssize_t (*sg_send_pt)(sg_connection_t *c, const u_char *buf,
     size_t size);
 typedef void (*sg_connection_handler_pt)(sg_connection_t *c);
 
+#define SG_KEEPALIVE_UNSET  0
+#define SG_KEEPALIVE_ON     1
+#define SG_KEEPALIVE_OFF    2
+
 struct sg_listening_s {
     int                       fd;
     sg_addr_t                 addr;
@@ -25,8 +29,17 @@ struct sg_listening_s {
     void                     *servers;     /* the owning module's data */
     sg_connection_t          *connection;
 
+    int                       rcvbuf;      /* SO_RCVBUF, 0: the
+                                              system's */
+    int                       sndbuf;
+    int                       keepalive;   /* SG_KEEPALIVE_* */
+    int                       keepidle;    /* seconds, 0: the system's */
+    int                       keepintvl;
+    int                       keepcnt;
+
     unsigned                  reuseport:1;
-    unsigned                  ipv6only:1;
+    unsigned                  ipv6only:1;  /* IPv6: IPv6 only (the
+                                              default) */
     unsigned                  open:1;
     unsigned                  inherited:1; /* taken over from old cycle */
     unsigned                  nodelay:1;   /* TCP_NODELAY set: accepted

@@ -30,6 +30,7 @@ sg_create_listening(sg_conf_t *cf, const sg_addr_t *addr)
     ls->fd = -1;
     ls->addr = *addr;
     ls->backlog = 511;
+    ls->ipv6only = 1;
     ls->worker = -1;
     ls->pool_size = 1024;
     return ls;
@@ -92,8 +93,9 @@ sg_open_one(sg_cycle_t *cycle, sg_listening_t *ls)
     }
 #endif
     if (ls->addr.sa.ss_family == AF_INET6) {
-        /* "[::]:587" means IPv6 only; list 0.0.0.0 separately, as in
-         * nginx, so that the two never collide. */
+        /* "[::]:587" means IPv6 only unless ipv6only=off: list 0.0.0.0
+         * separately, as in nginx, so that the two never collide. */
+        on = ls->ipv6only;
         (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
     }
     if (bind(fd, (struct sockaddr *) &ls->addr.sa, ls->addr.socklen) == -1) {
@@ -142,6 +144,7 @@ sg_inherit(sg_cycle_t *cycle, sg_listening_t *ls)
     for (i = 0; i < cycle->old_cycle->listening.nelts; i++) {
         if (old[i].fd == -1
             || old[i].reuseport != ls->reuseport
+            || old[i].ipv6only != ls->ipv6only
             || old[i].worker != ls->worker
             || !sg_sockaddr_eq((struct sockaddr *) &old[i].addr.sa,
                                old[i].addr.socklen,
@@ -161,6 +164,50 @@ sg_inherit(sg_cycle_t *cycle, sg_listening_t *ls)
     }
 }
 
+static void
+sg_listen_option(sg_cycle_t *cycle, sg_listening_t *ls, int level, int name,
+    int value, const char *what)
+{
+    if (setsockopt(ls->fd, level, name, &value, sizeof(value)) == -1) {
+        sg_log_error(SG_LOG_CRIT, cycle->log, errno, "setsockopt(%s, %d) "
+                     "for %.*s failed, ignored", what, value,
+                     SG_STR_ARG(&ls->addr.name));
+    }
+}
+
+/* The options accepted sockets inherit from the listener (rcvbuf=,
+ * sndbuf=, so_keepalive=): set on every socket of the configuration,
+ * those kept across a reload too, as the configuration says now. */
+static void
+sg_configure_listening(sg_cycle_t *cycle, sg_listening_t *ls)
+{
+    if (ls->rcvbuf) {
+        sg_listen_option(cycle, ls, SOL_SOCKET, SO_RCVBUF, ls->rcvbuf,
+                         "SO_RCVBUF");
+    }
+    if (ls->sndbuf) {
+        sg_listen_option(cycle, ls, SOL_SOCKET, SO_SNDBUF, ls->sndbuf,
+                         "SO_SNDBUF");
+    }
+    if (ls->keepalive == SG_KEEPALIVE_UNSET && !ls->inherited) {
+        return;
+    }
+    sg_listen_option(cycle, ls, SOL_SOCKET, SO_KEEPALIVE,
+                     ls->keepalive == SG_KEEPALIVE_ON, "SO_KEEPALIVE");
+    if (ls->keepidle) {
+        sg_listen_option(cycle, ls, IPPROTO_TCP, TCP_KEEPIDLE, ls->keepidle,
+                         "TCP_KEEPIDLE");
+    }
+    if (ls->keepintvl) {
+        sg_listen_option(cycle, ls, IPPROTO_TCP, TCP_KEEPINTVL,
+                         ls->keepintvl, "TCP_KEEPINTVL");
+    }
+    if (ls->keepcnt) {
+        sg_listen_option(cycle, ls, IPPROTO_TCP, TCP_KEEPCNT, ls->keepcnt,
+                         "TCP_KEEPCNT");
+    }
+}
+
 int
 sg_open_listening_sockets(sg_cycle_t *cycle)
 {
@@ -174,6 +221,7 @@ sg_open_listening_sockets(sg_cycle_t *cycle)
         if (ls[i].fd == -1 && sg_open_one(cycle, &ls[i]) != SG_OK) {
             return SG_ERROR;
         }
+        sg_configure_listening(cycle, &ls[i]);
     }
     return SG_OK;
 }
@@ -234,6 +282,28 @@ sg_listening_wildcard(const sg_listening_t *ls)
     return true;
 }
 
+/* An IPv4 client of a "listen [::]:587 ipv6only=off" socket arrives as
+ * ::ffff:a.b.c.d: it is an IPv4 client, in logs, XCLIENT ADDR,
+ * Client-IP, set_real_ip_from and every limit by address. */
+static void
+sg_unmap_v4(struct sockaddr_storage *sa, socklen_t *len)
+{
+    struct sockaddr_in6  sin6;
+    struct sockaddr_in  *sin = (struct sockaddr_in *) sa;
+
+    if (sa->ss_family != AF_INET6
+        || !IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *) sa)->sin6_addr))
+    {
+        return;
+    }
+    memcpy(&sin6, sa, sizeof(sin6));
+    memset(sa, 0, sizeof(*sa));
+    sin->sin_family = AF_INET;
+    sin->sin_port = sin6.sin6_port;
+    memcpy(&sin->sin_addr, sin6.sin6_addr.s6_addr + 12, 4);
+    *len = sizeof(struct sockaddr_in);
+}
+
 static void
 sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     socklen_t len)
@@ -262,6 +332,9 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     pool->log = log;
     c->listening = ls;
     c->tcp_nodelay = ls->nodelay;
+    if (!ls->ipv6only) {
+        sg_unmap_v4(sa, &len);
+    }
     memcpy(&c->sockaddr, sa, len);
     c->socklen = len;
     /* The local address is the listener's unless it listens on a
@@ -275,6 +348,8 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
         {
             c->local_sockaddr = ls->addr.sa;
             c->local_socklen = ls->addr.socklen;
+        } else if (!ls->ipv6only) {
+            sg_unmap_v4(&c->local_sockaddr, &c->local_socklen);
         }
     }
     n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);

@@ -241,6 +241,7 @@ typedef struct {
 typedef struct {
     sg_smtp_srv_conf_t   *default_server;
     sg_array_t            servers;       /* sg_smtp_srv_conf_t * */
+    int                   ipv6only;      /* as listed; -1: not said */
     unsigned              explicit_default:1;
     unsigned              ssl:1;         /* implicit TLS */
     unsigned              proxy_protocol:1;  /* a PROXY header first */

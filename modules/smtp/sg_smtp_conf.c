@@ -16,6 +16,13 @@
 typedef struct {
     sg_addr_t             addr;
     int                   backlog;
+    int                   rcvbuf;
+    int                   sndbuf;
+    int                   keepalive;     /* SG_KEEPALIVE_* */
+    int                   keepidle;
+    int                   keepintvl;
+    int                   keepcnt;
+    int                   ipv6only;      /* -1: not given */
     unsigned              reuseport:1;
     unsigned              default_server:1;
     unsigned              ssl:1;
@@ -414,6 +421,114 @@ sg_smtp_skip_server(sg_conf_t *cf, sg_smtp_main_conf_t *mcf,
 
 /* Directives. */
 
+static int
+sg_smtp_listen_size(sg_conf_t *cf, const sg_str_t *arg, size_t skip,
+    int *out)
+{
+    sg_str_t  v;
+    int64_t   n;
+
+    v.data = arg->data + skip;
+    v.len = arg->len - skip;
+    if (sg_parse_size(&v, &n) != SG_OK || n < 1 || n > (1 << 30)) {
+        (void) sg_conf_invalid_value(cf, arg, "a size of 1 to 1g");
+        return SG_ERROR;
+    }
+    *out = (int) n;
+    return SG_OK;
+}
+
+/* One of so_keepalive=[keepidle]:[keepintvl]:[keepcnt]: a time in
+ * seconds (idle, interval) or a count, empty for the system's. */
+static int
+sg_smtp_keepalive_part(const u_char *p, const u_char *end, bool time,
+    int *out)
+{
+    sg_str_t  v;
+    int64_t   n;
+
+    v.data = (u_char *) p;
+    v.len = (size_t) (end - p);
+    if (v.len == 0) {
+        *out = 0;
+        return SG_OK;
+    }
+    if (time) {
+        if (sg_parse_time(&v, &n) != SG_OK || n < 1000 || n > 32767000
+            || n % 1000)
+        {
+            return SG_ERROR;
+        }
+        *out = (int) (n / 1000);
+        return SG_OK;
+    }
+    if (sg_parse_int(&v, &n) != SG_OK || n < 1 || n > 127) {
+        return SG_ERROR;
+    }
+    *out = (int) n;
+    return SG_OK;
+}
+
+static int
+sg_smtp_listen_keepalive(sg_conf_t *cf, sg_smtp_listen_t *ls,
+    const sg_str_t *arg)
+{
+    const u_char  *p = arg->data + 13, *end = arg->data + arg->len, *c1, *c2;
+
+    if (sg_str_eq(arg, "so_keepalive=on")
+        || sg_str_eq(arg, "so_keepalive=off"))
+    {
+        ls->keepalive = arg->len == 15 ? SG_KEEPALIVE_ON : SG_KEEPALIVE_OFF;
+        return SG_OK;
+    }
+    c1 = memchr(p, ':', (size_t) (end - p));
+    c2 = c1 ? memchr(c1 + 1, ':', (size_t) (end - c1 - 1)) : NULL;
+    if (c2 == NULL || (c1 == p && c2 == c1 + 1 && c2 + 1 == end)
+        || sg_smtp_keepalive_part(p, c1, true, &ls->keepidle) != SG_OK
+        || sg_smtp_keepalive_part(c1 + 1, c2, true, &ls->keepintvl) != SG_OK
+        || sg_smtp_keepalive_part(c2 + 1, end, false, &ls->keepcnt) != SG_OK)
+    {
+        (void) sg_conf_invalid_value(cf, arg, "so_keepalive= takes on, off "
+                                     "or [keepidle]:[keepintvl]:[keepcnt] "
+                                     "(times of 1s to 32767s, a count of 1 "
+                                     "to 127)");
+        return SG_ERROR;
+    }
+    ls->keepalive = SG_KEEPALIVE_ON;
+    return SG_OK;
+}
+
+/* The socket options of nginx's mail "listen": rcvbuf=, sndbuf=, bind,
+ * ipv6only=, so_keepalive=.  SG_OK, SG_ERROR (cf->error set, logged) or
+ * SG_DECLINED: not one of them. */
+static int
+sg_smtp_listen_option(sg_conf_t *cf, sg_smtp_listen_t *ls,
+    const sg_str_t *arg)
+{
+    if (arg->len > 7 && memcmp(arg->data, "rcvbuf=", 7) == 0) {
+        return sg_smtp_listen_size(cf, arg, 7, &ls->rcvbuf);
+    }
+    if (arg->len > 7 && memcmp(arg->data, "sndbuf=", 7) == 0) {
+        return sg_smtp_listen_size(cf, arg, 7, &ls->sndbuf);
+    }
+    if (sg_str_eq(arg, "bind")) {
+        return SG_OK;           /* every address has its own socket */
+    }
+    if (sg_str_eq(arg, "ipv6only=on") || sg_str_eq(arg, "ipv6only=off")) {
+        if (ls->addr.sa.ss_family != AF_INET6) {
+            (void) sg_conf_invalid_value(cf, arg, "ipv6only= is for IPv6 "
+                                         "addresses");
+            return SG_ERROR;
+        }
+        ls->ipv6only = arg->len == 11;
+        return SG_OK;
+    }
+    if (arg->len > 13 && memcmp(arg->data, "so_keepalive=", 13) == 0) {
+        return sg_smtp_listen_keepalive(cf, ls, arg);
+    }
+    return SG_DECLINED;
+}
+
 static char *
 sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
@@ -425,6 +540,7 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_str_t              v;
     int64_t               n;
     size_t                i;
+    int                   rc;
 
     (void) cmd;
     memset(&u, 0, sizeof(u));
@@ -459,6 +575,7 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     }
     ls->addr = u.addrs[0];
     ls->backlog = 511;
+    ls->ipv6only = -1;
     ls->server = sscf;
     ls->file = cf->file->name;
     ls->line = sg_conf_line(cf);
@@ -480,6 +597,12 @@ sg_smtp_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 #endif
         } else if (sg_str_eq(&value[i], "default_server")) {
             ls->default_server = 1;
+        } else if ((rc = sg_smtp_listen_option(cf, ls, &value[i]))
+                   != SG_DECLINED)
+        {
+            if (rc != SG_OK) {
+                return SG_CONF_ERROR;
+            }
         } else if (sg_str_eq(&value[i], "ssl")) {
 #if (SG_HAVE_SSL_MODULE)
             ls->ssl = 1;
@@ -1218,6 +1341,59 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
     return SG_CONF_OK;
 }
 
+/* Socket options given by any of the servers that list an address
+ * apply to its socket (as backlog= and reuseport do). */
+static void
+sg_smtp_listen_apply(sg_listening_t *ls, const sg_smtp_listen_t *l)
+{
+    if (l->rcvbuf) {
+        ls->rcvbuf = l->rcvbuf;
+    }
+    if (l->sndbuf) {
+        ls->sndbuf = l->sndbuf;
+    }
+    if (l->keepalive != SG_KEEPALIVE_UNSET) {
+        ls->keepalive = l->keepalive;
+        ls->keepidle = l->keepidle;
+        ls->keepintvl = l->keepintvl;
+        ls->keepcnt = l->keepcnt;
+    }
+    if (l->ipv6only != -1) {
+        ls->ipv6only = (unsigned) l->ipv6only;
+    }
+}
+
+/* "listen [::]:587 ipv6only=off" takes IPv4 connections to port 587 as
+ * well: an IPv4 address on that port could not be bound beside it. */
+static char *
+sg_smtp_check_dual_stack(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
+{
+    sg_smtp_listen_t  *l = mcf->listens.elts;
+    size_t             i, j;
+
+    for (i = 0; i < mcf->listens.nelts; i++) {
+        if (l[i].ipv6only != 0
+            || !IN6_IS_ADDR_UNSPECIFIED(
+                   &((struct sockaddr_in6 *) &l[i].addr.sa)->sin6_addr))
+        {
+            continue;
+        }
+        for (j = 0; j < mcf->listens.nelts; j++) {
+            if (l[j].addr.sa.ss_family == AF_INET
+                && sg_sockaddr_port((struct sockaddr *) &l[j].addr.sa)
+                   == sg_sockaddr_port((struct sockaddr *) &l[i].addr.sa))
+            {
+                return sg_conf_error_at(cf, &l[j].file, l[j].line, "%.*s "
+                    "cannot be listened on beside %.*s ipv6only=off, "
+                    "which takes IPv4 connections to that port too (%.*s:%zu)",
+                    SG_STR_ARG(&l[j].addr.name), SG_STR_ARG(&l[i].addr.name),
+                    SG_STR_ARG(&l[i].file), l[i].line);
+            }
+        }
+    }
+    return SG_CONF_OK;
+}
+
 /* Listening sockets: one per distinct address, shared by the servers
  * that list it; the default server answers clients that name none. */
 static sg_smtp_addr_conf_t *
@@ -1238,6 +1414,7 @@ sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
             if (l->backlog != 511) {
                 ls[i].backlog = l->backlog;
             }
+            sg_smtp_listen_apply(&ls[i], l);
             return ls[i].servers;
         }
     }
@@ -1251,6 +1428,8 @@ sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
     }
     ls->backlog = l->backlog;
     ls->reuseport = l->reuseport;
+    sg_smtp_listen_apply(ls, l);
+    ac->ipv6only = -1;
     ls->handler = sg_smtp_init_session;
     ls->servers = ac;
     /* One chunk holds an idle connection: the log, the address text (45
@@ -1295,6 +1474,16 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
                 "listed both with and without \"proxy_protocol\"",
                 SG_STR_ARG(&l[i].addr.name));
         }
+        if (l[i].ipv6only != -1 && ac->ipv6only != -1
+            && ac->ipv6only != l[i].ipv6only)
+        {
+            return sg_conf_error_at(cf, &l[i].file, l[i].line, "%.*s is "
+                "listed both with ipv6only=on and ipv6only=off",
+                SG_STR_ARG(&l[i].addr.name));
+        }
+        if (l[i].ipv6only != -1) {
+            ac->ipv6only = l[i].ipv6only;
+        }
         ac->ssl = l[i].ssl;
         ac->proxy_protocol = l[i].proxy_protocol;
         if (l[i].default_server) {
@@ -1315,7 +1504,7 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
         *slot = l[i].server;
     }
     sg_smtp_warn_no_login(cf, mcf);
-    return SG_CONF_OK;
+    return sg_smtp_check_dual_stack(cf, mcf);
 }
 
 /* A server that offers password mechanisms only over TLS, and has no TLS
