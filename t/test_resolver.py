@@ -223,6 +223,24 @@ def test_postfix_writes_the_name_into_received(smtpgate, make_postfix,
         received
 
 
+def test_the_address_from_a_proxy_header_is_looked_up(
+        smtpgate, xclient_backend, dnsmasq, svc):
+    """Behind a trusted load balancer the client is the one the PROXY
+    header names, and that address is looked up."""
+    d = dnsmasq(**STANDARD)
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc,
+                      mail="    set_real_ip_from 127.0.0.1;",
+                      listen=("127.0.0.1:@PORT@ proxy_protocol",))
+    with RawSmtp("127.0.0.1", g.port, 30) as c:
+        c.send(b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 587\r\n")
+        assert c.greeting().code == 220
+        c.ehlo("helo.example")
+        assert c.auth_plain("alice", password("alice")).code == 235
+        c.cmd("QUIT")
+    assert client_hosts(svc) == ["client.test"]
+    assert asked(d) == 1
+
+
 def test_anonymous_relay_gets_the_name_too(smtpgate, xclient_backend,
                                            dnsmasq, svc):
     """smtp_auth none: the auth request made at RCPT carries the name."""
