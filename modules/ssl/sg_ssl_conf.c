@@ -9,9 +9,12 @@
  * Session tickets are encrypted with keys derived from a secret the
  * master draws once: every worker derives the same keys, they survive a
  * reload, and they rotate every ssl_session_timeout without any state
- * shared at run time.
+ * shared at run time.  Or, with ssl_session_ticket_key, with keys read
+ * from files that several hosts share (nginx's format); those are wiped
+ * when the configuration is freed and never logged.
  */
 #include "sg_ssl.h"
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -48,6 +51,7 @@ typedef struct {
     sg_msec_t      session_timeout;
     int            session_tickets;
     int            compact;
+    sg_array_t    *ticket_keys;        /* sg_ssl_ticket_key_t *, files */
     sg_str_t       client_certificate;
     int64_t        verify_depth;
     sg_str_t       crl;
@@ -66,6 +70,8 @@ static char *sg_ssl_append(sg_conf_t *cf, const sg_command_t *cmd,
 static char *sg_ssl_session_cache(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_ticket_key(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static void *sg_ssl_create_conf(sg_conf_t *cf);
 static char *sg_ssl_merge_conf(sg_conf_t *cf, void *prev, void *conf);
@@ -127,6 +133,8 @@ static const sg_command_t  sg_ssl_commands[] = {
       &sg_ssl_timeout_bounds },
     { "ssl_session_tickets", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(session_tickets), NULL },
+    { "ssl_session_ticket_key", SG_SRV | SG_CONF_TAKE1, sg_ssl_ticket_key,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     { "ssl_verify_client", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(srv.verify), sg_ssl_verify_values },
     { "ssl_client_certificate", SG_SRV | SG_CONF_TAKE1,
@@ -291,6 +299,106 @@ sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
+/* ssl_session_ticket_key: nginx's file layout, so that the key files of
+ * an nginx setup serve unchanged: 80 bytes are a name, an HMAC-SHA256
+ * key and an AES-256 key; 48 bytes a name, an AES-128 key and an
+ * HMAC-SHA256 key of 16 bytes. */
+typedef struct {
+    u_char  name[16];
+    u_char  aes[32];
+    u_char  hmac[32];
+    size_t  size;                   /* 48 or 80 */
+} sg_ssl_ticket_key_t;
+
+static void
+sg_ssl_ticket_key_wipe(void *data)
+{
+    sg_wipe(data, sizeof(sg_ssl_ticket_key_t));
+}
+
+static char *
+sg_ssl_ticket_key_read(sg_conf_t *cf, const sg_str_t *path,
+    sg_ssl_ticket_key_t *key)
+{
+    u_char   buf[81];              /* one more than 80 tells a longer file */
+    size_t   got = 0;
+    ssize_t  n;
+    int      fd, err = 0;
+
+    fd = open((const char *) path->data, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return sg_conf_error(cf, errno, "open() \"%.*s\" failed",
+                             SG_STR_ARG(path));
+    }
+    while (got < sizeof(buf)) {
+        n = read(fd, buf + got, sizeof(buf) - got);
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            err = n ? errno : 0;
+            break;
+        }
+        got += (size_t) n;
+    }
+    close(fd);
+    if (err == 0 && (got == 48 || got == 80)) {
+        key->size = got;
+        memcpy(key->name, buf, 16);
+        if (got == 48) {
+            memcpy(key->aes, buf + 16, 16);
+            memcpy(key->hmac, buf + 32, 16);
+        } else {
+            memcpy(key->hmac, buf + 16, 32);
+            memcpy(key->aes, buf + 48, 32);
+        }
+    }
+    sg_wipe(buf, sizeof(buf));
+    if (err) {
+        return sg_conf_error(cf, err, "read() \"%.*s\" failed",
+                             SG_STR_ARG(path));
+    }
+    if (key->size == 0) {
+        return sg_conf_error(cf, 0, "\"%.*s\" must be 48 or 80 bytes "
+                             "(\"openssl rand 80\"), not %s%zu",
+                             SG_STR_ARG(path), got > 80 ? "more than " : "",
+                             got > 80 ? (size_t) 80 : got);
+    }
+    return SG_CONF_OK;
+}
+
+/* Read when the directive is, so that a bad file is reported at its
+ * line; the keys live, and are wiped, with the configuration. */
+static char *
+sg_ssl_ticket_key(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t         *scf = conf;
+    sg_str_t               path = ((sg_str_t *) cf->args->elts)[1];
+    sg_ssl_ticket_key_t   *key, **slot;
+
+    (void) cmd;
+    if (scf->ticket_keys == SG_CONF_UNSET_PTR) {
+        scf->ticket_keys = sg_array_create(cf->pool, 2,
+                                           sizeof(sg_ssl_ticket_key_t *));
+        if (scf->ticket_keys == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    if (sg_conf_full_name(cf, &path, true) != SG_OK) {
+        return SG_CONF_ERROR;
+    }
+    key = sg_pcalloc(cf->pool, sizeof(sg_ssl_ticket_key_t));
+    slot = sg_array_push(scf->ticket_keys);
+    if (key == NULL || slot == NULL
+        || sg_pool_cleanup_add(cf->pool, sg_ssl_ticket_key_wipe, key)
+           != SG_OK)
+    {
+        return SG_CONF_ERROR;
+    }
+    *slot = key;
+    return sg_ssl_ticket_key_read(cf, &path, key);
+}
+
 static void *
 sg_ssl_create_conf(sg_conf_t *cf)
 {
@@ -312,6 +420,7 @@ sg_ssl_create_conf(sg_conf_t *cf)
     scf->session_tickets = SG_CONF_UNSET;
     scf->compact = SG_CONF_UNSET;
     scf->verify_depth = SG_CONF_UNSET;
+    scf->ticket_keys = SG_CONF_UNSET_PTR;
     return scf;
 }
 
@@ -558,6 +667,7 @@ typedef struct {
 
 static sg_ssl_ticket_keys_t  sg_ssl_ticket_keys[SG_SSL_TICKET_SLOTS];
 static EVP_CIPHER           *sg_ssl_ticket_cipher;
+static EVP_CIPHER           *sg_ssl_ticket_cipher128;   /* 48-byte files */
 
 static int
 sg_ssl_derive(const char *label, uint64_t period, u_char *out, size_t len)
@@ -606,16 +716,75 @@ sg_ssl_ticket_keys_for(uint64_t period)
 }
 
 static int
+sg_ssl_ticket_init(EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx,
+    const EVP_CIPHER *cipher, const u_char *aes, const u_char *hmac,
+    size_t hmac_len, unsigned char *iv, int enc)
+{
+    OSSL_PARAM  params[3];
+
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+                    (void *) hmac, hmac_len);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *) "SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    if (EVP_CipherInit_ex(ectx, cipher, NULL, aes, iv, enc) != 1
+        || EVP_MAC_CTX_set_params(hctx, params) != 1)
+    {
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+/* ssl_session_ticket_key: the first key encrypts, any of them decrypts,
+ * and a ticket opened with another than the first is renewed (as in
+ * nginx), so that a key can be retired once it has been second for a
+ * session's lifetime. */
+static int
+sg_ssl_ticket_file_cb(sg_ssl_conf_t *scf, unsigned char name[16],
+    unsigned char *iv, EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+    sg_ssl_ticket_key_t  **keys = scf->ticket_keys->elts, *k;
+    size_t                 i;
+
+    for (i = 0; i < scf->ticket_keys->nelts; i++) {
+        k = keys[i];
+        if (enc) {
+            memcpy(name, k->name, 16);
+            if (RAND_bytes(iv, 16) != 1) {
+                return -1;
+            }
+        } else if (memcmp(name, k->name, 16) != 0) {
+            continue;
+        }
+        if (sg_ssl_ticket_init(ectx, hctx, k->size == 80
+                                   ? sg_ssl_ticket_cipher
+                                   : sg_ssl_ticket_cipher128,
+                               k->aes, k->hmac, k->size == 80 ? 32 : 16,
+                               iv, enc) != SG_OK)
+        {
+            return -1;
+        }
+        return (!enc && i > 0) ? 2 : 1;
+    }
+    return 0;
+}
+
+static int
 sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
     EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
 {
     const sg_ssl_ticket_keys_t  *keys;
     sg_ssl_conf_t               *scf;
-    OSSL_PARAM                   params[3];
     uint64_t                     period, now = (uint64_t) time(NULL);
     int                          k;
 
+    /* OpenSSL calls the callback of the context the connection started
+     * with, and opens tickets before SNI has chosen the server: this
+     * context is the default server's then, the chosen one's later. */
     scf = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sg_ssl_conf_index);
+    if (scf->ticket_keys) {
+        return sg_ssl_ticket_file_cb(scf, name, iv, ectx, hctx, enc);
+    }
     period = (uint64_t) sg_max(scf->session_timeout / 1000, 60);
     for (k = 0; k < 2; k++) {
         keys = sg_ssl_ticket_keys_for(now / period - (uint64_t) k);
@@ -630,14 +799,8 @@ sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
         } else if (memcmp(name, keys->name, 16) != 0) {
             continue;
         }
-        params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
-                        (void *) keys->hmac, 32);
-        params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                     (char *) "SHA256", 0);
-        params[2] = OSSL_PARAM_construct_end();
-        if (EVP_CipherInit_ex(ectx, sg_ssl_ticket_cipher, NULL, keys->aes,
-                              iv, enc) != 1
-            || EVP_MAC_CTX_set_params(hctx, params) != 1)
+        if (sg_ssl_ticket_init(ectx, hctx, sg_ssl_ticket_cipher, keys->aes,
+                               keys->hmac, 32, iv, enc) != SG_OK)
         {
             return -1;
         }
@@ -646,28 +809,61 @@ sg_ssl_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv,
     return 0;
 }
 
-/* SHA-256 over what makes a session trustworthy on this server: its
- * identity (name and place in the configuration) and its client
- * certificate policy. */
+/* The server's certificates, by their SHA-256. */
 static int
-sg_ssl_sid_ctx(sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf)
+sg_ssl_digest_certs(EVP_MD_CTX *md, SSL_CTX *ctx)
+{
+    u_char    d[EVP_MAX_MD_SIZE];
+    unsigned  n;
+    X509     *x;
+    long      more;
+
+    for (more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST);
+         more == 1;
+         more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT))
+    {
+        x = SSL_CTX_get0_certificate(ctx);
+        if (x != NULL
+            && (X509_digest(x, EVP_sha256(), d, &n) != 1
+                || EVP_DigestUpdate(md, d, n) != 1))
+        {
+            return SG_ERROR;
+        }
+    }
+    return SG_OK;
+}
+
+/* SHA-256 over what makes a session trustworthy on this server: its
+ * identity and its client certificate policy.  The identity is the
+ * server's name and place in the configuration; but with ticket keys
+ * from files, which other hosts share, it is what those hosts agree on:
+ * the server's name and its certificates. */
+static int
+sg_ssl_sid_ctx(sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf, SSL_CTX *ctx)
 {
     EVP_MD_CTX  *md;
     unsigned     len = 0;
     u_char       out[EVP_MAX_MD_SIZE];
     char         policy[96];
     int          rc = SG_ERROR;
+    bool         ok;
 
     md = EVP_MD_CTX_new();
     if (md == NULL) {
         return SG_ERROR;
     }
-    snprintf(policy, sizeof(policy), "|%zu|%u|%lld|", sscf->line,
-             scf->srv.verify, (long long) scf->verify_depth);
-    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1
-        && EVP_DigestUpdate(md, sscf->server_name.data,
-                            sscf->server_name.len) == 1
-        && EVP_DigestUpdate(md, sscf->file.data, sscf->file.len) == 1
+    snprintf(policy, sizeof(policy), "|%u|%lld|", scf->srv.verify,
+             (long long) scf->verify_depth);
+    ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1
+         && EVP_DigestUpdate(md, sscf->server_name.data,
+                             sscf->server_name.len) == 1;
+    if (scf->ticket_keys) {
+        ok = ok && sg_ssl_digest_certs(md, ctx) == SG_OK;
+    } else {
+        ok = ok && EVP_DigestUpdate(md, sscf->file.data, sscf->file.len) == 1
+             && EVP_DigestUpdate(md, &sscf->line, sizeof(sscf->line)) == 1;
+    }
+    if (ok
         && EVP_DigestUpdate(md, policy, strlen(policy)) == 1
         && EVP_DigestUpdate(md, scf->client_certificate.data,
                             scf->client_certificate.len) == 1
@@ -686,7 +882,7 @@ static char *
 sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
     sg_smtp_srv_conf_t *sscf)
 {
-    if (sg_ssl_sid_ctx(scf, sscf) != SG_OK
+    if (sg_ssl_sid_ctx(scf, sscf, ctx) != SG_OK
         || SSL_CTX_set_session_id_context(ctx, scf->sid_ctx,
                                           scf->sid_ctx_len) != 1)
     {
@@ -738,6 +934,13 @@ sg_ssl_sessions(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
         sg_ssl_ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
         if (sg_ssl_ticket_cipher == NULL) {
             return sg_ssl_fail(cf, scf, "EVP_CIPHER_fetch(AES-256-CBC)",
+                               NULL);
+        }
+    }
+    if (scf->ticket_keys && sg_ssl_ticket_cipher128 == NULL) {
+        sg_ssl_ticket_cipher128 = EVP_CIPHER_fetch(NULL, "AES-128-CBC", NULL);
+        if (sg_ssl_ticket_cipher128 == NULL) {
+            return sg_ssl_fail(cf, scf, "EVP_CIPHER_fetch(AES-128-CBC)",
                                NULL);
         }
     }
@@ -1011,6 +1214,7 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->session_tickets, prev->session_tickets, 1);
     sg_conf_merge_value(conf->compact, prev->compact, 1);
     conf->srv.compact = (unsigned) conf->compact;
+    sg_conf_merge_ptr(conf->ticket_keys, prev->ticket_keys, NULL);
     if (conf->client_certificate.data == NULL) {
         conf->client_certificate = prev->client_certificate;
     }
