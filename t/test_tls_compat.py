@@ -1,6 +1,7 @@
 """ngx_mail_ssl_module directives that nginx mail blocks bring along:
 ssl_session_ticket_key (tickets shared by several instances, and key
-rotation).
+rotation) and ssl_trusted_certificate (CAs that verify client
+certificates without being named to clients).
 
 Sessions are driven by `openssl s_client -sess_out/-sess_in`, which
 prints `New` or `Reused` for each handshake.
@@ -13,7 +14,7 @@ import subprocess
 import pytest
 
 from lib import gate as gatelib, pki as pkilib
-from lib.pki import indent, tls_conf
+from lib.pki import implicit_session, indent, tls_conf
 from test_tls import sni_conf
 
 pytestmark = pytest.mark.skipif(not pkilib.tls_built(),
@@ -218,4 +219,109 @@ def test_ticket_key_unreadable(tmp_path, backend, pki, which):
               if which == "missing"
               else 'read() "{}" failed (21: Is a directory)').format(key)
     assert f"{g.conf_path}:{line}: {reason}" in r.stderr, r.stderr
+
+
+# -- ssl_trusted_certificate --------------------------------------------------
+
+
+AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
+CA_NAMES = "Acceptable client certificate CA names"
+
+
+def trusted_conf(pki, backend, client_ca, trusted, verify="on"):
+    lines = [f"ssl_verify_client {verify};", "smtp_auth plain external;"]
+    if client_ca:
+        lines.append(f"ssl_client_certificate {client_ca};")
+    if trusted:
+        lines.append(f"ssl_trusted_certificate {trusted};")
+    return tls_conf(pki, backend, extra="\n".join(lines))
+
+
+def external_login(g, pki, cert):
+    """AUTH EXTERNAL over implicit TLS with client certificate `cert`;
+    the reply (235 only if the certificate was verified)."""
+    with implicit_session(g, pki, cert=cert) as c:
+        c.ehlo()
+        return c.cmd("AUTH EXTERNAL =").raw
+
+
+def ca_names(g, pki):
+    """What s_client says of the CA names in the CertificateRequest."""
+    out = s_client("-connect", f"127.0.0.1:{g.ports['PORTS']}",
+                   "-servername", "mx.test", "-CAfile", pki.ca)
+    if "No client certificate CA names sent" in out:
+        return ""
+    assert CA_NAMES in out, out
+    return out.split(CA_NAMES, 1)[1].split("---", 1)[0]
+
+
+CERT_USERS = "alice@example.org:{PLAIN}x\nmallory:{PLAIN}x\n"
+
+
+def test_trusted_certificate_verifies_without_naming_its_ca(smtpgate,
+                                                            backend, pki):
+    """mallory's CA is only in ssl_trusted_certificate: its certificate
+    is verified (AUTH EXTERNAL logs in with it) while the CertificateRequest
+    names only the CA of ssl_client_certificate; alice's, from that CA,
+    still verifies."""
+    g = smtpgate(trusted_conf(pki, backend, pki.ca, pki.other_ca),
+                 users_text=CERT_USERS)
+    names = ca_names(g, pki)
+    assert "CN = smtpgate test CA" in names, names
+    assert "unknown CA" not in names, names
+    assert external_login(g, pki, "mallory") == AUTH_OK
+    assert external_login(g, pki, "alice") == AUTH_OK
+
+
+def test_trusted_certificate_alone(smtpgate, backend, pki):
+    """ssl_verify_client with ssl_trusted_certificate and no
+    ssl_client_certificate: no CA names are sent, the certificates of the
+    trusted CA verify, others are refused."""
+    g = smtpgate(trusted_conf(pki, backend, None, pki.other_ca,
+                              verify="optional"),
+                 users_text=CERT_USERS)
+    assert ca_names(g, pki) == ""
+    assert external_login(g, pki, "mallory") == AUTH_OK
+    outcome, what = pkilib.handshake_outcome(
+        "127.0.0.1", g.ports["PORTS"], pki.client_context("alice"),
+        "mx.test")
+    assert outcome == "refused", what
+
+
+def test_without_trusted_certificate_its_ca_is_refused(smtpgate, backend,
+                                                       pki):
+    """The counterpart: with ssl_client_certificate alone mallory's
+    certificate does not verify."""
+    g = smtpgate(trusted_conf(pki, backend, pki.ca, None),
+                 users_text=CERT_USERS)
+    outcome, what = pkilib.handshake_outcome(
+        "127.0.0.1", g.ports["PORTS"], pki.client_context("mallory"),
+        "mx.test")
+    assert outcome == "refused", what
+
+
+def test_trusted_certificate_missing_file(tmp_path, backend, pki):
+    """A trusted CA file that cannot be read fails -t at its line."""
+    missing = pki.path("no-such-ca.pem")
+    text = trusted_conf(pki, backend, pki.ca, missing)
+    line = text.splitlines().index(
+        f"        ssl_trusted_certificate {missing};") + 1
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    assert (f'{g.conf_path}:{line}: loading ssl_trusted_certificate '
+            f'"{missing}" failed: No such file or directory') in r.stderr, \
+        r.stderr
+
+
+def test_verify_client_needs_a_ca(tmp_path, backend, pki):
+    """ssl_verify_client without either CA file fails -t and names both
+    directives."""
+    g = gatelib.Smtpgate(tmp_path / "g",
+                         trusted_conf(pki, backend, None, None),
+                         users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    assert ('"ssl_verify_client" needs "ssl_client_certificate" or '
+            '"ssl_trusted_certificate"') in r.stderr, r.stderr
 

@@ -53,11 +53,14 @@ typedef struct {
     int            compact;
     sg_array_t    *ticket_keys;        /* sg_ssl_ticket_key_t *, files */
     sg_str_t       client_certificate;
+    sg_str_t       trusted_certificate;
     int64_t        verify_depth;
     sg_str_t       crl;
 
     sg_str_t       file;               /* where the settings come from */
     size_t         line;
+    sg_str_t       trusted_file;       /* where ssl_trusted_certificate is */
+    size_t         trusted_line;
 
     /* Sessions (cached or in tickets) resume only on the server, and
      * under the certificate policy, that made them. */
@@ -72,6 +75,8 @@ static char *sg_ssl_session_cache(sg_conf_t *cf, const sg_command_t *cmd,
 static char *sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_ssl_ticket_key(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_trusted(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static void *sg_ssl_create_conf(sg_conf_t *cf);
 static char *sg_ssl_merge_conf(sg_conf_t *cf, void *prev, void *conf);
@@ -140,6 +145,8 @@ static const sg_command_t  sg_ssl_commands[] = {
     { "ssl_client_certificate", SG_SRV | SG_CONF_TAKE1,
       sg_conf_set_path_slot, SG_MAIL_SRV_CONF_OFFSET,
       SG_OFF(client_certificate), NULL },
+    { "ssl_trusted_certificate", SG_SRV | SG_CONF_TAKE1, sg_ssl_trusted,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(trusted_certificate), NULL },
     { "ssl_verify_depth", SG_SRV | SG_CONF_TAKE1, sg_conf_set_num_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(verify_depth), &sg_ssl_depth_bounds },
     { "ssl_crl", SG_SRV | SG_CONF_TAKE1, sg_conf_set_path_slot,
@@ -399,6 +406,20 @@ sg_ssl_ticket_key(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return sg_ssl_ticket_key_read(cf, &path, key);
 }
 
+static char *
+sg_ssl_trusted(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t  *scf = conf;
+    char           *rv;
+
+    rv = sg_conf_set_path_slot(cf, cmd, conf);
+    if (rv == SG_CONF_OK) {
+        scf->trusted_file = cf->file->name;
+        scf->trusted_line = sg_conf_line(cf);
+    }
+    return rv;
+}
+
 static void *
 sg_ssl_create_conf(sg_conf_t *cf)
 {
@@ -480,18 +501,24 @@ sg_ssl_errstr(char *buf, size_t len)
 }
 
 static char *
-sg_ssl_fail(sg_conf_t *cf, sg_ssl_conf_t *scf, const char *what,
-    const sg_str_t *path)
+sg_ssl_fail_at(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *what, const sg_str_t *path)
 {
     char  e[512];
 
     sg_ssl_errstr(e, sizeof(e));
     if (path) {
-        return sg_conf_error_at(cf, &scf->file, scf->line, "%s \"%.*s\" "
-                                "failed: %s", what, SG_STR_ARG(path), e);
+        return sg_conf_error_at(cf, file, line, "%s \"%.*s\" failed: %s",
+                                what, SG_STR_ARG(path), e);
     }
-    return sg_conf_error_at(cf, &scf->file, scf->line, "%s failed: %s",
-                            what, e);
+    return sg_conf_error_at(cf, file, line, "%s failed: %s", what, e);
+}
+
+static char *
+sg_ssl_fail(sg_conf_t *cf, sg_ssl_conf_t *scf, const char *what,
+    const sg_str_t *path)
+{
+    return sg_ssl_fail_at(cf, &scf->file, scf->line, what, path);
 }
 
 static void
@@ -867,6 +894,10 @@ sg_ssl_sid_ctx(sg_ssl_conf_t *scf, sg_smtp_srv_conf_t *sscf, SSL_CTX *ctx)
         && EVP_DigestUpdate(md, policy, strlen(policy)) == 1
         && EVP_DigestUpdate(md, scf->client_certificate.data,
                             scf->client_certificate.len) == 1
+        && EVP_DigestUpdate(md, "|", 1) == 1
+        && EVP_DigestUpdate(md, scf->trusted_certificate.data,
+                            scf->trusted_certificate.len) == 1
+        && EVP_DigestUpdate(md, "|", 1) == 1
         && EVP_DigestUpdate(md, scf->crl.data, scf->crl.len) == 1
         && EVP_DigestFinal_ex(md, out, &len) == 1)
     {
@@ -1022,24 +1053,38 @@ sg_ssl_client_verify(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
     if (scf->srv.verify == SG_SSL_VERIFY_OFF) {
         return SG_CONF_OK;
     }
-    if (scf->client_certificate.data == NULL) {
-        return sg_conf_error_at(cf, &scf->file, scf->line, "\"ssl_verify_"
-            "client\" needs \"ssl_client_certificate\": the CAs that sign "
-            "client certificates");
-    }
-    if (SSL_CTX_load_verify_locations(ctx,
-            (const char *) scf->client_certificate.data, NULL) != 1)
+    if (scf->client_certificate.data == NULL
+        && scf->trusted_certificate.data == NULL)
     {
-        return sg_ssl_fail(cf, scf, "loading ssl_client_certificate",
-                           &scf->client_certificate);
+        return sg_conf_error_at(cf, &scf->file, scf->line, "\"ssl_verify_"
+            "client\" needs \"ssl_client_certificate\" or \"ssl_trusted_"
+            "certificate\": the CAs that sign client certificates");
     }
-    names = SSL_load_client_CA_file(
-                (const char *) scf->client_certificate.data);
-    if (names == NULL) {
-        return sg_ssl_fail(cf, scf, "reading CA names from",
-                           &scf->client_certificate);
+    /* Both files verify; only ssl_client_certificate's names are sent to
+     * clients as the acceptable issuers. */
+    if (scf->trusted_certificate.data
+        && SSL_CTX_load_verify_locations(ctx,
+               (const char *) scf->trusted_certificate.data, NULL) != 1)
+    {
+        return sg_ssl_fail_at(cf, &scf->trusted_file, scf->trusted_line,
+                              "loading ssl_trusted_certificate",
+                              &scf->trusted_certificate);
     }
-    SSL_CTX_set_client_CA_list(ctx, names);
+    if (scf->client_certificate.data) {
+        if (SSL_CTX_load_verify_locations(ctx,
+                (const char *) scf->client_certificate.data, NULL) != 1)
+        {
+            return sg_ssl_fail(cf, scf, "loading ssl_client_certificate",
+                               &scf->client_certificate);
+        }
+        names = SSL_load_client_CA_file(
+                    (const char *) scf->client_certificate.data);
+        if (names == NULL) {
+            return sg_ssl_fail(cf, scf, "reading CA names from",
+                               &scf->client_certificate);
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+    }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER
                             | (scf->srv.verify == SG_SSL_VERIFY_ON
                                ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
@@ -1217,6 +1262,11 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_ptr(conf->ticket_keys, prev->ticket_keys, NULL);
     if (conf->client_certificate.data == NULL) {
         conf->client_certificate = prev->client_certificate;
+    }
+    if (conf->trusted_certificate.data == NULL) {
+        conf->trusted_certificate = prev->trusted_certificate;
+        conf->trusted_file = prev->trusted_file;
+        conf->trusted_line = prev->trusted_line;
     }
     sg_conf_merge_value(conf->verify_depth, prev->verify_depth, 1);
     if (conf->crl.data == NULL) {
