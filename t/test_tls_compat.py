@@ -1,7 +1,7 @@
 """ngx_mail_ssl_module directives that nginx mail blocks bring along:
 ssl_session_ticket_key (tickets shared by several instances, and key
-rotation) and ssl_trusted_certificate (CAs that verify client
-certificates without being named to clients).
+rotation), ssl_trusted_certificate (CAs that verify client certificates
+without being named to clients) and the deprecated `ssl on`.
 
 Sessions are driven by `openssl s_client -sess_out/-sess_in`, which
 prints `New` or `Reused` for each handshake.
@@ -13,8 +13,10 @@ import subprocess
 
 import pytest
 
-from lib import gate as gatelib, pki as pkilib
-from lib.pki import implicit_session, indent, tls_conf
+from lib import gate as gatelib, net, pki as pkilib
+from lib.pki import implicit_session, indent, starttls_session, tls_conf
+from lib.smtp import ehlo_keywords
+from lib.users import password
 from test_tls import sni_conf
 
 pytestmark = pytest.mark.skipif(not pkilib.tls_built(),
@@ -325,3 +327,117 @@ def test_verify_client_needs_a_ca(tmp_path, backend, pki):
     assert ('"ssl_verify_client" needs "ssl_client_certificate" or '
             '"ssl_trusted_certificate"') in r.stderr, r.stderr
 
+
+# -- ssl on | off ---------------------------------------------------------------
+
+
+DEPRECATED = ('the "ssl" directive is deprecated, use the "listen ... ssl" '
+              'directive instead')
+PLAIN_LISTEN = ("127.0.0.1:@PORT@",)
+
+
+def start_implicit(smtpgate, conf):
+    """Start an instance whose plain `listen` speaks implicit TLS (the
+    readiness probe would greet it in plaintext)."""
+    g = smtpgate(conf, start=False)
+    g.start(wait=False)
+    net.wait_until(lambda: gatelib.tls_probe("127.0.0.1", g.port), 60,
+                   what="smtpgate to answer a TLS handshake")
+    return g
+
+
+def line_of(text, directive):
+    return text.splitlines().index(directive) + 1
+
+
+@pytest.mark.parametrize("where", ["server", "mail"])
+def test_ssl_on_makes_listen_implicit_tls(smtpgate, backend, pki, where):
+    """`ssl on` (in the server or in mail {}): a plain `listen` greets
+    inside TLS, as `listen ... ssl` would, and AUTH works over it; -t and
+    the start warn that the directive is deprecated, at its line."""
+    if where == "server":
+        conf = tls_conf(pki, backend, starttls=None, listen=PLAIN_LISTEN,
+                        extra="ssl on;")
+        directive = "        ssl on;"
+    else:
+        conf = tls_conf(pki, backend, starttls=None, listen=PLAIN_LISTEN,
+                        mail="    ssl on;")
+        directive = "    ssl on;"
+    g = start_implicit(smtpgate, conf)
+    warning = f"{g.conf_path}:{line_of(conf, directive)}: {DEPRECATED}"
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\[warn\] \d+#\d+: " + re.escape(warning), r.stderr), \
+        r.stderr
+    assert warning in g.error_log() + open(g.stderr_path).read()
+    with implicit_session(g, pki, port=g.port) as c:
+        assert c.greeting_reply.raw == b"220 mx.test ESMTP ready\r\n"
+        keys = ehlo_keywords(c.ehlo())
+        assert "AUTH" in keys and "STARTTLS" not in keys, keys
+        assert c.auth_plain("alice", password("alice")).raw == AUTH_OK
+
+
+def test_ssl_on_applies_to_its_server_only(smtpgate, backend, pki):
+    """`ssl on` in one server leaves another server's address plain."""
+    conf = tls_conf(pki, backend, starttls=None, listen=PLAIN_LISTEN,
+                    extra="ssl on;", servers=[indent(
+                        "listen 127.0.0.1:@PORT2@;\nprotocol smtp;\n"
+                        "server_name plain.test;")])
+    g = start_implicit(smtpgate, conf)
+    with implicit_session(g, pki, port=g.port) as c:
+        assert c.greeting_reply.code == 220
+    with gatelib.RawSmtp("127.0.0.1", g.ports["PORT2"]) as c:
+        assert c.greeting().raw == b"220 plain.test ESMTP ready\r\n"
+
+
+def test_ssl_off_is_accepted_with_the_warning(smtpgate, backend, pki):
+    """`ssl off`: plain SMTP with STARTTLS as before, and the warning."""
+    conf = tls_conf(pki, backend, extra="ssl off;")
+    g = smtpgate(conf)
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode == 0 and DEPRECATED in r.stderr, r.stderr
+    with starttls_session(g, pki) as c:
+        assert c.ehlo().code == 250
+
+
+@pytest.mark.parametrize("first,second,error", [
+    ("ssl on;", "starttls on;",
+     '"ssl" directive conflicts with "starttls"'),
+    ("starttls only;", "ssl on;",
+     '"starttls" directive conflicts with "ssl on"'),
+], ids=["ssl-then-starttls", "starttls-then-ssl"])
+def test_ssl_on_conflicts_with_starttls(tmp_path, backend, pki, first,
+                                        second, error):
+    """As in nginx, `ssl on` and `starttls on|only` in one block are an
+    error, at the second of the two."""
+    text = tls_conf(pki, backend, starttls=None, listen=PLAIN_LISTEN,
+                    extra=f"{first}\n{second}")
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    line = line_of(text, "        " + second)
+    assert f"{g.conf_path}:{line}: {error}" in r.stderr, r.stderr
+
+
+def test_ssl_on_without_certificate(tmp_path, backend):
+    """`ssl on` in a server without a certificate fails -t at its line."""
+    text = gatelib.conf(backend=backend, server="        ssl on;")
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    line = line_of(text, "        ssl on;")
+    assert (f'{g.conf_path}:{line}: "ssl on" needs "ssl_certificate" and '
+            '"ssl_certificate_key"') in r.stderr, r.stderr
+
+
+def test_ssl_on_server_sharing_a_plain_address(tmp_path, backend, pki):
+    """A server with `ssl on` and one without on the same address: the
+    address would be both, which is refused as for `listen ... ssl`."""
+    text = tls_conf(pki, backend, starttls=None, listen=PLAIN_LISTEN,
+                    extra="ssl on;", servers=[indent(
+                        "listen 127.0.0.1:@PORT@;\nprotocol smtp;\n"
+                        "server_name plain.test;")])
+    g = gatelib.Smtpgate(tmp_path / "g", text, users_text="")
+    r = g.ctl("-t", timeout=30)
+    assert r.returncode != 0, r.stderr
+    assert 'is listed both with and without "ssl"' in r.stderr, r.stderr

@@ -1452,6 +1452,13 @@ sg_smtp_add_listening(sg_conf_t *cf, sg_smtp_main_conf_t *mcf)
     size_t                i;
 
     for (i = 0; i < mcf->listens.nelts; i++) {
+#if (SG_HAVE_SSL_MODULE)
+        /* nginx's deprecated "ssl on" (known only once the server's
+         * settings are merged): its every listen is "listen ... ssl". */
+        if (sg_ssl_srv(l[i].server)->implicit) {
+            l[i].ssl = 1;
+        }
+#endif
         ac = sg_smtp_find_addr(cf, &l[i]);
         if (ac == NULL) {
             return SG_CONF_ERROR;

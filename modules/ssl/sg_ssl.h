@@ -27,6 +27,7 @@ typedef struct {
     unsigned     starttls;
     unsigned     verify;
     unsigned     compact;           /* ssl_compact_state */
+    unsigned     implicit;          /* "ssl on": every listen is "ssl" */
     sg_msec_t    handshake_timeout;
 } sg_ssl_srv_t;
 

@@ -56,9 +56,12 @@ typedef struct {
     sg_str_t       trusted_certificate;
     int64_t        verify_depth;
     sg_str_t       crl;
+    int            enable;             /* "ssl on", nginx's old syntax */
 
     sg_str_t       file;               /* where the settings come from */
     size_t         line;
+    sg_str_t       enable_file;        /* where "ssl on" is */
+    size_t         enable_line;
     sg_str_t       trusted_file;       /* where ssl_trusted_certificate is */
     size_t         trusted_line;
 
@@ -77,6 +80,10 @@ static char *sg_ssl_conf_command(sg_conf_t *cf, const sg_command_t *cmd,
 static char *sg_ssl_ticket_key(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_ssl_trusted(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_enable(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_ssl_starttls(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static void *sg_ssl_create_conf(sg_conf_t *cf);
 static char *sg_ssl_merge_conf(sg_conf_t *cf, void *prev, void *conf);
@@ -110,7 +117,9 @@ static const sg_conf_bounds_t  sg_ssl_depth_bounds = { 0, 100 };
 #define SG_OFF(f)  offsetof(sg_ssl_conf_t, f)
 
 static const sg_command_t  sg_ssl_commands[] = {
-    { "starttls", SG_SRV | SG_CONF_TAKE1, sg_conf_set_enum_slot,
+    { "ssl", SG_SRV | SG_CONF_FLAG, sg_ssl_enable,
+      SG_MAIL_SRV_CONF_OFFSET, SG_OFF(enable), NULL },
+    { "starttls", SG_SRV | SG_CONF_TAKE1, sg_ssl_starttls,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(srv.starttls), sg_ssl_starttls_values },
     { "ssl_certificate", SG_SRV | SG_CONF_TAKE1, sg_ssl_append,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(certificates), NULL },
@@ -420,6 +429,47 @@ sg_ssl_trusted(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return rv;
 }
 
+/* "ssl on": nginx's way, before "listen ... ssl", to make every address
+ * of a server implicit TLS; still in nginx 1.22 (Debian 12) configs. */
+static char *
+sg_ssl_enable(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t  *scf = conf;
+    char           *rv;
+
+    rv = sg_conf_set_flag_slot(cf, cmd, conf);
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    if (scf->enable && scf->srv.starttls != (unsigned) SG_CONF_UNSET
+        && scf->srv.starttls != SG_SSL_STARTTLS_OFF)
+    {
+        return sg_conf_error(cf, 0, "\"starttls\" directive conflicts with "
+                             "\"ssl on\"");
+    }
+    scf->enable_file = cf->file->name;
+    scf->enable_line = sg_conf_line(cf);
+    sg_conf_warn(cf, "the \"ssl\" directive is deprecated, use the "
+                 "\"listen ... ssl\" directive instead");
+    return SG_CONF_OK;
+}
+
+static char *
+sg_ssl_starttls(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_ssl_conf_t  *scf = conf;
+    char           *rv;
+
+    rv = sg_conf_set_enum_slot(cf, cmd, conf);
+    if (rv == SG_CONF_OK && scf->enable == 1
+        && scf->srv.starttls != SG_SSL_STARTTLS_OFF)
+    {
+        return sg_conf_error(cf, 0, "\"ssl\" directive conflicts with "
+                             "\"starttls\"");
+    }
+    return rv;
+}
+
 static void *
 sg_ssl_create_conf(sg_conf_t *cf)
 {
@@ -442,6 +492,7 @@ sg_ssl_create_conf(sg_conf_t *cf)
     scf->compact = SG_CONF_UNSET;
     scf->verify_depth = SG_CONF_UNSET;
     scf->ticket_keys = SG_CONF_UNSET_PTR;
+    scf->enable = SG_CONF_UNSET;
     return scf;
 }
 
@@ -1268,6 +1319,12 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
         conf->trusted_file = prev->trusted_file;
         conf->trusted_line = prev->trusted_line;
     }
+    if (conf->enable == SG_CONF_UNSET) {
+        conf->enable = prev->enable == SG_CONF_UNSET ? 0 : prev->enable;
+        conf->enable_file = prev->enable_file;
+        conf->enable_line = prev->enable_line;
+    }
+    conf->srv.implicit = (unsigned) conf->enable;
     sg_conf_merge_value(conf->verify_depth, prev->verify_depth, 1);
     if (conf->crl.data == NULL) {
         conf->crl = prev->crl;
@@ -1282,6 +1339,11 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
             "certificate_key\" without \"ssl_certificate\"");
     }
     if (conf->certificates == NULL) {
+        if (conf->enable) {
+            return sg_conf_error_at(cf, &conf->enable_file,
+                conf->enable_line, "\"ssl on\" needs \"ssl_certificate\" "
+                "and \"ssl_certificate_key\"");
+        }
         if (conf->srv.starttls != SG_SSL_STARTTLS_OFF) {
             return sg_conf_error_at(cf, &sscf->file, sscf->line, "\"starttls"
                 "\" needs \"ssl_certificate\" and \"ssl_certificate_key\"");
