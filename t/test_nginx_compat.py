@@ -2,7 +2,9 @@
 documentation (IMAP and POP3 servers, imap_*/pop3_* directives,
 proxy_pass_error_message, an auth_http URL without a scheme), with a
 mail-level error_log and a resolver, is accepted with a warning for each
-thing smtpgate does not do, and its SMTP servers work."""
+thing smtpgate does not do, and its SMTP servers work.  And a mail block
+with every directive of nginx's mail modules that an SMTP server can
+carry passes both the real nginx's `nginx -t` and `smtpgate -t`."""
 
 import os
 import re
@@ -12,7 +14,8 @@ import pytest
 
 from lib import gate as gatelib
 from lib import net
-from lib.authsvc import AuthService, ok_to
+from lib import pki as pkilib
+from lib.authsvc import AuthService, Nginx, ok_to
 from lib.smtp import plain_token
 
 # nginx.org's "Setting up a mail proxy" example, on loopback ports, with
@@ -130,3 +133,103 @@ def test_nginx_directives_are_still_checked(smtpgate, backend, bad):
     r = g.ctl("-t")
     assert r.returncode == 1, r.stderr
     assert re.search(r"\[emerg\] .*invalid value", r.stderr), r.stderr
+
+
+# Every directive of nginx's mail modules that an SMTP server can carry
+# (ngx_mail_core, _auth_http, _proxy, _realip, _smtp and _ssl), in the
+# forms nginx documents: the same block must pass both `nginx -t` (the
+# real nginx 1.22 of Debian, with its mail module) and `smtpgate -t`.
+EVERY_DIRECTIVE = """\
+mail {
+    server_name        mail.example.com;
+    auth_http          127.0.0.1:@PORTAUTH@/auth;
+    auth_http_header   X-Auth-Key "secret value";
+    auth_http_timeout  5s;
+    auth_http_pass_client_cert on;
+    error_log          @LOGDIR@/mail.log info;
+    timeout            60s;
+    max_errors         5;
+    resolver           127.0.0.1 [::1]:5353 valid=30s ipv6=off;
+    resolver_timeout   5s;
+    set_real_ip_from   192.0.2.0/24;
+    set_real_ip_from   2001:db8::/32;
+    proxy_buffer       16k;
+    proxy_pass_error_message on;
+    proxy_timeout      10m;
+    proxy_smtp_auth    on;
+    proxy_protocol     on;
+    xclient            on;
+    smtp_auth          login plain cram-md5 external;
+    smtp_capabilities  "SIZE 10485760" ENHANCEDSTATUSCODES 8BITMIME DSN;
+    smtp_client_buffer 4k;
+    smtp_greeting_delay 0;
+    ssl_certificate    @CERT@;
+    ssl_certificate_key @KEY@;
+    ssl_protocols      TLSv1.2 TLSv1.3;
+    ssl_ciphers        HIGH:!aNULL:!MD5;
+    ssl_prefer_server_ciphers on;
+    ssl_ecdh_curve     auto;
+    ssl_dhparam        @DH@;
+    ssl_conf_command   Options PrioritizeChaCha;
+    ssl_session_cache  shared:MAILSSL:1m;
+    ssl_session_timeout 10m;
+    ssl_session_tickets on;
+    ssl_session_ticket_key @TICKETS@;
+    ssl_client_certificate @CA@;
+    ssl_trusted_certificate @CA@;
+    ssl_crl            @CRL@;
+    ssl_verify_client  optional;
+    ssl_verify_depth   2;
+    starttls           on;
+
+    server {
+        listen   127.0.0.1:@PORT@ backlog=128 rcvbuf=64k sndbuf=64k so_keepalive=on;
+        listen   [::1]:@PORT@ ipv6only=on bind;
+        protocol smtp;
+    }
+    server {
+        listen   127.0.0.1:@PORTS@ ssl so_keepalive=30m::10;
+        protocol smtp;
+    }
+    server {
+        listen   127.0.0.1:@PORTOLD@;
+        protocol smtp;
+        starttls off;
+        ssl      on;
+    }
+}
+"""
+
+
+def test_every_nginx_mail_directive_loads_in_both(smtpgate, tmp_path):
+    pki = pkilib.shared()
+    tickets = tmp_path / "tickets.key"
+    tickets.write_bytes(os.urandom(80))
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tickets, 0o644)
+
+    def block(logdir):
+        text = EVERY_DIRECTIVE
+        for key, value in (("CERT", pki.cert("mx.test")),
+                           ("KEY", pki.key("mx.test")), ("DH", pki.dhparam),
+                           ("CA", pki.cert("ca")), ("CRL", pki.crl),
+                           ("TICKETS", str(tickets)), ("LOGDIR", logdir)):
+            text = text.replace(f"@{key}@", value)
+        return text
+
+    nginx = Nginx(block("@DIR@"), mail_module=True)
+    try:
+        r = nginx.check()
+        assert r.returncode == 0, r.stderr
+    finally:
+        nginx.stop()
+
+    g = smtpgate("daemon off;\nworker_processes 1;\npid logs/smtpgate.pid;\n"
+                 "error_log logs/error.log info;\n"
+                 "events {\n    worker_connections 1024;\n}\n"
+                 + block("logs"), start=False)
+    r = g.ctl("-t")
+    assert r.returncode == 0, r.stderr
+    # the one warning nginx 1.22 gives too
+    assert [w for w in warnings_of(r.stderr)
+            if '"ssl" directive is deprecated' not in w] == [], r.stderr

@@ -31,6 +31,7 @@ import threading
 import time
 
 from . import net
+from .backends import stop_process
 
 # A kept-alive connection stays open on the service's side this long at
 # most, far longer than any test, so that a client that leaves it open
@@ -506,14 +507,15 @@ class Nginx:
                 self.access_lines()),
             timeout, what=f"{n} lines in nginx's access log")
 
+    def check(self):
+        """`nginx -t` of this configuration: the CompletedProcess."""
+        return subprocess.run(
+            [self.BIN, "-t", "-p", self.dir + "/", "-c", self.conf_path,
+             "-e", self.error_log_path, "-g", "daemon off;"],
+            capture_output=True, text=True, timeout=60)
+
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self.proc is not None:
             self._out.close()
         shutil.rmtree(self.dir, ignore_errors=True)
