@@ -505,6 +505,38 @@ def test_valid_overrides_ttl(smtpgate, xclient_backend, dnsmasq, svc):
     assert asked(d) == 1
 
 
+def test_cache_keeps_the_most_recent_answers(smtpgate, xclient_backend,
+                                             scripted_dns):
+    """The cache holds at most max(worker_connections, 256) answers: after
+    300 clients from 300 addresses, the first one's answer is gone (asked
+    again) and the last one's is kept."""
+    d = scripted_dns(lambda msg: [dns.answer(msg, rcode=3)])
+    text = gatelib.conf(backend=xclient_backend, level="info",
+                        mail=f"    resolver {d.address} valid=60s;")
+    g = smtpgate(text.replace("worker_connections 1024",
+                              "worker_connections 64"))
+    sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(300)]
+    for source in sources:
+        with g.connect(source=source) as c:
+            assert c.greeting().code == 220
+            c.ehlo("helo.example")
+            assert c.auth_plain("dave", password("dave")).code == 235
+            c.cmd("QUIT")
+
+    def asked_about(source):
+        name = dns.arpa(source)
+        return sum(1 for q in d.queries() if q[1] == name)
+    assert asked_about(sources[0]) == 1 and asked_about(sources[-1]) == 1
+    for source in (sources[0], sources[-1]):
+        with g.connect(source=source) as c:
+            assert c.greeting().code == 220
+            c.ehlo("helo.example")
+            assert c.auth_plain("dave", password("dave")).code == 235
+            c.cmd("QUIT")
+    assert asked_about(sources[0]) == 2       # forgotten, asked again
+    assert asked_about(sources[-1]) == 1      # still known
+
+
 def test_sessions_at_once_share_one_query(smtpgate, xclient_backend,
                                           scripted_dns, svc):
     zone = dns.zone({("2.0.0.127.in-addr.arpa", dns.PTR): ["client.test"],
