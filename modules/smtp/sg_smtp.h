@@ -310,8 +310,13 @@ struct sg_smtp_session_s {
                                             the first read */
     sg_event_t            *timer;        /* delays and the auth timeout,
                                             taken on first use */
-    sg_resolve_host_t     *host;         /* the client's name, with a
-                                            resolver */
+    void                  *host;         /* with a resolver: the lookup
+                                            (sg_resolve_host_t) while it
+                                            runs, then the name found
+                                            (NUL-terminated) or NULL;
+                                            malloc'd, so that an idle
+                                            session's pool keeps its
+                                            size */
     void                 (*host_then)(sg_smtp_session_t *s);  /* what
                                             waits for the name */
     unsigned               auth_mech;
@@ -323,6 +328,8 @@ struct sg_smtp_session_s {
     unsigned               starttls:1;   /* 220 sent, handshake next */
     unsigned               implicit_tls:1;
     unsigned               host_pending:1;   /* the name is being
+                                                looked up */
+    unsigned               host_status:2;    /* SG_RESOLVE_*, once
                                                 looked up */
 };
 

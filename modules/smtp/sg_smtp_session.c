@@ -148,10 +148,8 @@ fail:
 }
 
 static void
-sg_smtp_host_log(sg_smtp_session_t *s)
+sg_smtp_host_log(sg_smtp_session_t *s, const sg_resolve_host_t *h)
 {
-    sg_resolve_host_t  *h = s->host;
-
     if (h->status == SG_RESOLVE_OK) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client host name: %.*s",
                      (int) h->name_len, h->name);
@@ -164,6 +162,28 @@ sg_smtp_host_log(sg_smtp_session_t *s)
                  h->why);
 }
 
+/* The lookup is over: log it, keep the name alone (a few dozen bytes
+ * instead of the lookup's state) for the rest of the session. */
+static void
+sg_smtp_host_keep(sg_smtp_session_t *s, sg_resolve_host_t *h)
+{
+    u_char  *name = NULL;
+
+    sg_smtp_host_log(s, h);
+    s->host_status = h->status;
+    if (h->status == SG_RESOLVE_OK) {
+        name = malloc(h->name_len + 1);
+        if (name == NULL) {
+            s->host_status = SG_RESOLVE_NOTFOUND;
+        } else {
+            memcpy(name, h->name, h->name_len);
+            name[h->name_len] = '\0';
+        }
+    }
+    free(h);
+    s->host = name;
+}
+
 static void
 sg_smtp_host_done(sg_resolve_host_t *h)
 {
@@ -172,7 +192,7 @@ sg_smtp_host_done(sg_resolve_host_t *h)
 
     s->host_pending = 0;
     s->host_then = NULL;
-    sg_smtp_host_log(s);
+    sg_smtp_host_keep(s, h);
     if (then) {
         then(s);
     }
@@ -187,7 +207,8 @@ sg_smtp_host_lookup(sg_smtp_session_t *s)
     sg_connection_t    *c = s->connection;
     sg_resolve_host_t  *h;
 
-    h = sg_pcalloc(s->pool, sizeof(sg_resolve_host_t));
+    s->host_status = SG_RESOLVE_NOTFOUND;
+    h = calloc(1, sizeof(sg_resolve_host_t));
     if (h == NULL) {
         return;                     /* the name stays [UNAVAILABLE] */
     }
@@ -202,22 +223,34 @@ sg_smtp_host_lookup(sg_smtp_session_t *s)
         s->host_pending = 1;
         return;
     }
-    sg_smtp_host_log(s);
+    sg_smtp_host_keep(s, h);
+}
+
+/* At the end of the session. */
+static void
+sg_smtp_host_free(sg_smtp_session_t *s)
+{
+    if (s->host_pending) {
+        sg_resolve_host_cancel(s->host);
+        s->host_pending = 0;
+    }
+    free(s->host);
+    s->host = NULL;
 }
 
 void
 sg_smtp_client_host(sg_smtp_session_t *s, sg_str_t *host)
 {
-    if (s->host == NULL || s->host_pending
-        || s->host->status == SG_RESOLVE_NOTFOUND)
-    {
-        sg_str_set(host, "[UNAVAILABLE]");
-    } else if (s->host->status == SG_RESOLVE_TEMPFAIL) {
-        sg_str_set(host, "[TEMPUNAVAIL]");
-    } else {
-        host->data = s->host->name;
-        host->len = s->host->name_len;
+    if (s->host_pending || s->host == NULL) {
+        if (!s->host_pending && s->host_status == SG_RESOLVE_TEMPFAIL) {
+            sg_str_set(host, "[TEMPUNAVAIL]");
+        } else {
+            sg_str_set(host, "[UNAVAILABLE]");
+        }
+        return;
     }
+    host->data = s->host;           /* only a name found is kept */
+    host->len = strlen((char *) s->host);
 }
 
 bool
@@ -259,9 +292,7 @@ sg_smtp_close_session(sg_smtp_session_t *s)
 
     sg_smtp_auth_cleanup(s);
     sg_smtp_del_timer(s);
-    if (s->host_pending) {
-        sg_resolve_host_cancel(s->host);
-    }
+    sg_smtp_host_free(s);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
     sg_ssl_free_connection(c);
