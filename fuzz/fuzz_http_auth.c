@@ -25,11 +25,7 @@ static int
 sg_fuzz_parse_copy(const u_char *p, size_t n, size_t limit,
                    sg_http_auth_response_t *r, u_char **copy)
 {
-    *copy = malloc(n ? n : 1);
-    SG_FUZZ_ASSERT(*copy != NULL);
-    if (n) {
-        memcpy(*copy, p, n);
-    }
+    *copy = sg_fuzz_copy(p, n);
     return sg_http_parse_auth_response(*copy, *copy + n, limit, r);
 }
 
@@ -162,11 +158,7 @@ sg_fuzz_escape(const u_char *data, size_t size)
     size_t   len, i, n;
     int      hi, lo;
 
-    in = malloc(size ? size : 1);
-    SG_FUZZ_ASSERT(in != NULL);
-    if (size) {
-        memcpy(in, data, size);
-    }
+    in = sg_fuzz_copy(data, size);
     src.data = in;
     src.len = size;
 

@@ -116,15 +116,11 @@ sg_fuzz_lookups(const uint8_t *data, size_t size)
 static void
 sg_fuzz_tokens(const uint8_t *data, size_t size)
 {
-    u_char              *buf = malloc(size ? size : 1);
+    u_char              *buf = sg_fuzz_copy(data, size);
     const u_char        *p, *end, *before;
     sg_smtp_cv_token_t   t;
     sg_smtp_cv_token_e   tok;
 
-    SG_FUZZ_ASSERT(buf != NULL);
-    if (size) {
-        memcpy(buf, data, size);
-    }
     p = buf;
     end = buf + size;
     for ( ;; ) {

@@ -125,11 +125,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     u_char  *p;
 
-    p = malloc(size ? size : 1);
-    SG_FUZZ_ASSERT(p != NULL);
-    if (size) {
-        memcpy(p, data, size);
-    }
+    p = sg_fuzz_copy(data, size);
     sg_fuzz_path(p, size, "FROM:", true);
     sg_fuzz_path(p, size, "TO:", false);
     free(p);

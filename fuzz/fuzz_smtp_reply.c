@@ -25,11 +25,7 @@ sg_fuzz_parse_cut(const u_char *p, size_t n, size_t limit, sg_smtp_reply_t *r)
     u_char *copy;
     int     rc;
 
-    copy = malloc(n ? n : 1);
-    SG_FUZZ_ASSERT(copy != NULL);
-    if (n) {
-        memcpy(copy, p, n);
-    }
+    copy = sg_fuzz_copy(p, n);
     rc = sg_smtp_parse_reply(copy, copy + n, limit, r);
     free(copy);
     return rc;

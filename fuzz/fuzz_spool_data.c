@@ -127,11 +127,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     u_char           *p;
     size_t            i;
 
-    p = malloc(size ? size : 1);
-    SG_FUZZ_ASSERT(p != NULL);
-    if (size) {
-        memcpy(p, data, size);
-    }
+    p = sg_fuzz_copy(data, size);
     for (i = 0; i < size && i < 8; i++) {
         seed = seed * 31 + data[i];
     }
