@@ -241,6 +241,24 @@ def test_the_address_from_a_proxy_header_is_looked_up(
     assert asked(d) == 1
 
 
+def test_map_routes_by_remote_host(smtpgate, make_backend, dnsmasq):
+    """$remote_host is the confirmed name (empty without one): a map
+    over it picks the backend."""
+    d = dnsmasq(**STANDARD)
+    named, other = make_backend(), make_backend()
+    g = smtpgate(gatelib.conf(proxy_pass="$backend", mail=(
+        f"    resolver {d.address};\n"
+        "    map $remote_host $backend {\n"
+        f"        ~\\.test$  {named.address};\n"
+        f"        default     {other.address};\n"
+        "    }")))
+    login_and_send(g, source="127.0.0.2")       # client.test
+    login_and_send(g, source="127.0.0.3")       # liar.test: not confirmed
+    login_and_send(g, source="127.0.0.5")       # no PTR
+    assert len(named.wait_messages(1)) == 1
+    assert len(other.wait_messages(2)) == 2
+
+
 def test_anonymous_relay_gets_the_name_too(smtpgate, xclient_backend,
                                            dnsmasq, svc):
     """smtp_auth none: the auth request made at RCPT carries the name."""

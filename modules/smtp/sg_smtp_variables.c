@@ -770,6 +770,21 @@ sg_smtp_var_remote_addr(sg_smtp_session_t *s, sg_str_t *value,
     return sg_smtp_var_str(value, &s->connection->addr_text);
 }
 
+/* The client's host name as the resolver confirmed it; not set without
+ * one (no resolver, no name, DNS failed, or not looked up yet). */
+static int
+sg_smtp_var_remote_host(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    sg_smtp_client_host(s, value);
+    if (value->len && value->data[0] == '[') {
+        value->len = 0;                 /* [UNAVAILABLE], [TEMPUNAVAIL] */
+        return SG_DECLINED;
+    }
+    return SG_OK;
+}
+
 static int
 sg_smtp_var_remote_port(sg_smtp_session_t *s, sg_str_t *value,
     uintptr_t data)
@@ -888,6 +903,8 @@ static const struct {
 } sg_smtp_builtins[] = {
     { "remote_addr", sg_smtp_var_remote_addr, 0 },
     { "remote_port", sg_smtp_var_remote_port, 0 },
+    /* looked up beside the session: known by AUTH */
+    { "remote_host", sg_smtp_var_remote_host, SG_SMTP_VAR_NOCACHE },
     { "server_addr", sg_smtp_var_server_addr, 0 },
     { "server_port", sg_smtp_var_server_port, 0 },
     /* SNI after STARTTLS may pick another server. */
