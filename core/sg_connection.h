@@ -95,6 +95,9 @@ struct sg_connection_s {
                                                  goes with its bytes */
     unsigned            epoll_err:1;          /* epoll said EPOLLERR or
                                                  EPOLLHUP */
+    unsigned            log_debug:1;          /* debug_connection names
+                                                 the client: its session
+                                                 logs at debug level */
 };
 
 /* TLS is on: OpenSSL's, or smtpgate's record layer after it. */

@@ -297,6 +297,7 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
         goto failed;
     }
     ccf = sg_core_conf(cycle);
+    sg_regex_jit_pending(ccf->pcre_jit, old->log);
     cycle->connection_n = (size_t) ccf->worker_connections;
     if (sg_clone_listening(cycle, ccf->worker_processes) != SG_OK) {
         snprintf(errbuf, errlen, "out of memory");

@@ -22,6 +22,17 @@ typedef struct {
     int64_t      thread_pool_max_queue;
     sg_str_t     error_log;
     int          error_log_level;
+
+    sg_array_t  *cpu_affinity;       /* cpu_set_t, one per mask */
+    int          cpu_affinity_auto;
+    int          priority;           /* worker_priority, -20 to 20 */
+    bool         priority_set;
+    size_t       rlimit_core;        /* worker_rlimit_core, bytes */
+    sg_str_t     working_directory;
+    sg_array_t  *env;                /* sg_str_t: "NAME" or "NAME=value" */
+    int          pcre_jit;
+    int          multi_accept;
+    sg_array_t  *debug_connection;   /* sg_cidr_t */
 } sg_core_conf_t;
 
 struct sg_cycle_s {
@@ -53,6 +64,14 @@ struct sg_cycle_s {
 
 #define sg_core_conf(cycle)                                                  \
     ((sg_core_conf_t *) (cycle)->conf_ctx[sg_core_module.index])
+
+/* The CPUs worker number worker is bound to by worker_cpu_affinity (one
+ * may be built in *one), or NULL when it runs anywhere. */
+const cpu_set_t *sg_core_cpu_affinity(sg_core_conf_t *ccf, int worker,
+    cpu_set_t *one);
+/* Whether a client from sa is logged at debug level (debug_connection). */
+bool sg_core_debug_connection(sg_core_conf_t *ccf,
+    const struct sockaddr *sa);
 
 extern sg_module_t      sg_core_module;
 extern sg_cycle_t      *sg_cycle;

@@ -11,11 +11,6 @@
 #include "sg_core.h"
 #include <netinet/tcp.h>
 
-/* One connection per readiness event, as nginx without multi_accept:
- * the listener is level-triggered, so epoll reports it again at once
- * while more are waiting, and an idle server makes no accept4() call
- * that can only fail with EAGAIN. */
-#define SG_ACCEPT_BATCH      1
 #define SG_ACCEPT_PAUSE_MS   500
 
 sg_listening_t *
@@ -352,7 +347,16 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
             sg_unmap_v4(&c->local_sockaddr, &c->local_socklen);
         }
     }
-    n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);
+    /* debug_connection: this client's session logs at debug level
+     * whatever error_log says.  The address is the socket's, before any
+     * PROXY header, as in nginx. */
+    if (sg_core_debug_connection(sg_core_conf(sg_cycle),
+                                 (struct sockaddr *) sa))
+    {
+        c->log_debug = 1;
+        log->level = SG_LOG_DEBUG;
+    }
+        n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);
     c->addr_text.data = sg_pnalloc(pool, n);
     if (c->addr_text.data == NULL) {
         goto fail_conn;
@@ -385,9 +389,16 @@ sg_event_accept(sg_event_t *ev)
     sg_listening_t          *ls = lc->listening;
     struct sockaddr_storage  sa;
     socklen_t                len;
-    int                      fd, i;
+    int                      fd;
+    bool                     more;
 
-    for (i = 0; i < SG_ACCEPT_BATCH; i++) {
+    /* Without multi_accept, one connection per readiness event, as in
+     * nginx: the listener is level-triggered, so epoll reports it again
+     * at once while more are waiting, and an idle server makes no
+     * accept4() call that can only fail with EAGAIN.  With it, every
+     * connection waiting is taken now, until EAGAIN. */
+    more = sg_core_conf(sg_cycle)->multi_accept;
+    do {
         len = sizeof(sa);
         fd = accept4(lc->fd, (struct sockaddr *) &sa, &len,
                      SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -414,7 +425,7 @@ sg_event_accept(sg_event_t *ev)
             return;
         }
         sg_accept_one(ls, fd, &sa, len);
-    }
+    } while (more && ls->connection == lc);
 }
 
 int

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -170,13 +171,99 @@ sg_worker_set_user(sg_cycle_t *cycle)
     return SG_OK;
 }
 
+/* Where the kernel keeps the environment a process started with, which
+ * is what /proc/PID/environ and ps show: the strings environ pointed to
+ * at start, one after another.  NULL when they are not (something moved
+ * them). */
+static char *
+sg_env_area(char **env, size_t *size)
+{
+    char    *start, *p;
+    size_t   i;
+
+    if (env == NULL || env[0] == NULL) {
+        return NULL;
+    }
+    start = p = env[0];
+    for (i = 0; env[i]; i++) {
+        if (env[i] != p) {
+            return NULL;
+        }
+        p += strlen(p) + 1;
+    }
+    *size = (size_t) (p - start);
+    return start;
+}
+
+/*
+ * As in nginx, a worker keeps only TZ and the variables named by "env"
+ * ("env NAME=value" sets one).  What it keeps is also written over the
+ * environment it started with, so that /proc/PID/environ shows the
+ * worker's real environment and not the master's; a value too long to
+ * fit there stays in the cycle's pool.
+ */
 static int
-sg_worker_init(sg_cycle_t *cycle)
+sg_worker_set_env(sg_cycle_t *cycle)
+{
+    extern char    **environ;
+    sg_core_conf_t  *ccf = sg_core_conf(cycle);
+    sg_str_t        *e = ccf->env->elts;
+    char           **env, *area, *p, *v;
+    size_t           i, j, n = 0, size = 0, len, used = 0;
+
+    env = sg_pcalloc(cycle->pool, (ccf->env->nelts + 1) * sizeof(char *));
+    if (env == NULL) {
+        return SG_ERROR;
+    }
+    for (i = 0; i < ccf->env->nelts; i++) {
+        v = memchr(e[i].data, '=', e[i].len) ? (char *) e[i].data : NULL;
+        for (j = 0; v == NULL && environ && environ[j]; j++) {
+            if (strncmp(environ[j], (char *) e[i].data, e[i].len) == 0
+                && environ[j][e[i].len] == '=')
+            {
+                v = environ[j];
+            }
+        }
+        if (v == NULL) {
+            continue;                 /* "env NAME" with NAME not set */
+        }
+        len = strlen(v) + 1;
+        env[n] = sg_pnalloc(cycle->pool, len);
+        if (env[n] == NULL) {
+            return SG_ERROR;
+        }
+        memcpy(env[n++], v, len);
+    }
+    area = sg_env_area(environ, &size);
+    if (area) {
+        memset(area, 0, size);
+        for (i = 0; i < n; i++) {
+            len = strlen(env[i]) + 1;
+            if (len <= size - used) {
+                p = area + used;
+                memcpy(p, env[i], len);
+                env[i] = p;
+                used += len;
+            }
+        }
+    }
+    environ = env;
+    return SG_OK;
+}
+
+/* What needs root: before the worker drops privileges. */
+static void
+sg_worker_set_limits(sg_cycle_t *cycle)
 {
     sg_core_conf_t  *ccf = sg_core_conf(cycle);
     struct rlimit    rl;
-    size_t           i;
 
+    if (ccf->priority_set && setpriority(PRIO_PROCESS, 0, ccf->priority)
+                             == -1)
+    {
+        sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                     "setpriority(%d) failed", ccf->priority);
+    }
     if (ccf->worker_rlimit_nofile > 0) {
         rl.rlim_cur = (rlim_t) ccf->worker_rlimit_nofile;
         rl.rlim_max = (rlim_t) ccf->worker_rlimit_nofile;
@@ -186,7 +273,74 @@ sg_worker_init(sg_cycle_t *cycle)
                          (long long) ccf->worker_rlimit_nofile);
         }
     }
+    if (ccf->rlimit_core != SG_CONF_UNSET_SIZE) {
+        rl.rlim_cur = (rlim_t) ccf->rlimit_core;
+        rl.rlim_max = (rlim_t) ccf->rlimit_core;
+        if (setrlimit(RLIMIT_CORE, &rl) == -1) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                         "setrlimit(RLIMIT_CORE, %zu) failed",
+                         ccf->rlimit_core);
+        }
+    }
+}
+
+/* What the worker does as its own user: the CPUs it runs on, and what
+ * a core dump needs (a worker that changed its user is not dumpable
+ * until it says so; working_directory is where the core goes). */
+static int
+sg_worker_set_place(sg_cycle_t *cycle, int worker)
+{
+    sg_core_conf_t   *ccf = sg_core_conf(cycle);
+    const cpu_set_t  *set;
+    cpu_set_t         one;
+    char              cpus[256];
+    size_t            len = 0;
+    int               cpu;
+
+    set = sg_core_cpu_affinity(ccf, worker, &one);
+    if (set) {
+        for (cpu = 0; cpu < CPU_SETSIZE && len < sizeof(cpus) - 8; cpu++) {
+            if (CPU_ISSET(cpu, set)) {
+                len += (size_t) snprintf(cpus + len, sizeof(cpus) - len,
+                                         "%s%d", len ? "," : "", cpu);
+            }
+        }
+        if (sched_setaffinity(0, sizeof(*set), set) == -1) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                         "sched_setaffinity(%s) failed", cpus);
+        } else {
+            sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "worker %d runs on "
+                         "CPU %s", worker, cpus);
+        }
+    }
+    if ((ccf->rlimit_core != SG_CONF_UNSET_SIZE
+         || ccf->working_directory.len)
+        && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) == -1)
+    {
+        sg_log_error(SG_LOG_ALERT, cycle->log, errno,
+                     "prctl(PR_SET_DUMPABLE) failed");
+    }
+    if (ccf->working_directory.len
+        && chdir((const char *) ccf->working_directory.data) == -1)
+    {
+        sg_log_error(SG_LOG_EMERG, cycle->log, errno, "chdir(\"%.*s\") "
+                     "failed", SG_STR_ARG(&ccf->working_directory));
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+static int
+sg_worker_init(sg_cycle_t *cycle, int worker)
+{
+    size_t  i;
+
+    if (sg_worker_set_env(cycle) != SG_OK) {
+        return SG_ERROR;
+    }
+    sg_worker_set_limits(cycle);
     if (sg_worker_set_user(cycle) != SG_OK
+        || sg_worker_set_place(cycle, worker) != SG_OK
         || sg_connections_init(cycle) != SG_OK
         || sg_event_init(cycle) != SG_OK)
     {
@@ -245,7 +399,7 @@ sg_worker_process_cycle(sg_cycle_t *cycle, int worker)
     cycle->worker = worker;
     sigemptyset(&sg_event_wait_sigmask);
 
-    if (sg_worker_init(cycle) != SG_OK) {
+    if (sg_worker_init(cycle, worker) != SG_OK) {
         exit(2);                     /* the master does not respawn on 2 */
     }
     for ( ;; ) {

@@ -2,6 +2,8 @@
  * sg_regex.c: PCRE2 wrapper (see sg_regex.h).  Compiled code and match
  * data belong to the configuration cycle's pool and are released with
  * it.  Match limits keep a hostile subject from costing unbounded time.
+ * A regex is JIT-compiled once the whole configuration is read, since
+ * pcre_jit may come after the map or server_name that uses one.
  */
 #include "sg_core.h"
 #include <pcre2.h>
@@ -13,13 +15,25 @@ struct sg_regex_s {
     pcre2_match_data    *md;
     pcre2_match_context *mctx;
     sg_str_t             pattern;
+    sg_regex_t          *next_pending;
 };
+
+/* Compiled since the configuration being read began: sg_regex_jit_pending
+ * takes them.  A configuration that fails frees its regexes, which leave
+ * the list as they go. */
+static sg_regex_t  *sg_regex_pending;
 
 static void
 sg_regex_cleanup(void *data)
 {
-    sg_regex_t  *re = data;
+    sg_regex_t  *re = data, **pp;
 
+    for (pp = &sg_regex_pending; *pp; pp = &(*pp)->next_pending) {
+        if (*pp == re) {
+            *pp = re->next_pending;
+            break;
+        }
+    }
     pcre2_match_data_free(re->md);
     pcre2_match_context_free(re->mctx);
     pcre2_code_free(re->code);
@@ -56,7 +70,6 @@ sg_regex_compile_flags(sg_pool_t *pool, const sg_str_t *pattern,
         snprintf(err, errlen, "%s at offset %zu", (char *) msg, (size_t) off);
         return NULL;
     }
-    (void) pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);  /* optional */
     re->md = pcre2_match_data_create_from_pattern(re->code, NULL);
     re->mctx = pcre2_match_context_create(NULL);
     if (re->md == NULL || re->mctx == NULL) {
@@ -72,7 +85,39 @@ sg_regex_compile_flags(sg_pool_t *pool, const sg_str_t *pattern,
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    re->next_pending = sg_regex_pending;
+    sg_regex_pending = re;
     return re;
+}
+
+bool
+sg_regex_jit_available(void)
+{
+    uint32_t  jit = 0;
+
+    return pcre2_config(PCRE2_CONFIG_JIT, &jit) >= 0 && jit == 1;
+}
+
+void
+sg_regex_jit_pending(bool jit, sg_log_t *log)
+{
+    sg_regex_t  *re;
+    int          rc;
+
+    while ((re = sg_regex_pending) != NULL) {
+        sg_regex_pending = re->next_pending;
+        re->next_pending = NULL;
+        if (!jit || !sg_regex_jit_available()) {
+            continue;
+        }
+        /* JIT only makes matching faster: the interpreter stays. */
+        rc = pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);
+        if (rc != 0) {
+            sg_log_error(SG_LOG_INFO, log, 0, "pcre2_jit_compile() failed: "
+                         "%d in \"%.*s\", ignored", rc,
+                         SG_STR_ARG(&re->pattern));
+        }
+    }
 }
 
 size_t

@@ -1,6 +1,6 @@
 /*
  * sg_regex.h: PCRE2 regular expressions, compiled once when the
- * configuration loads (with JIT where the platform has it) and matched
+ * configuration loads (with JIT unless "pcre_jit off") and matched
  * on session paths without allocation beyond the match data made at
  * compile time.  Patterns are case-sensitive unless written with (?i) or
  * compiled with SG_REGEX_CASELESS.
@@ -18,6 +18,12 @@ sg_regex_t *sg_regex_compile(sg_pool_t *pool, const sg_str_t *pattern,
 /* The same with SG_REGEX_* options. */
 sg_regex_t *sg_regex_compile_flags(sg_pool_t *pool, const sg_str_t *pattern,
     unsigned flags, char *err, size_t errlen);
+
+/* Whether PCRE2 can JIT-compile here. */
+bool sg_regex_jit_available(void);
+/* JIT-compile (jit true) or leave interpreted every regex compiled since
+ * the last call: once the configuration has been read. */
+void sg_regex_jit_pending(bool jit, sg_log_t *log);
 
 /* How many capturing groups the pattern has. */
 size_t sg_regex_captures(const sg_regex_t *re);

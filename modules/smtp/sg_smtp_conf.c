@@ -884,7 +884,8 @@ sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
 }
 
 /* The session logs where its server says (error_log in mail or server),
- * else to the main error_log. */
+ * else to the main error_log; at debug level for a debug_connection
+ * client. */
 void
 sg_smtp_session_log(sg_smtp_session_t *s)
 {
@@ -894,6 +895,9 @@ sg_smtp_session_log(sg_smtp_session_t *s)
     } else {
         s->log->file = sg_cycle->log->file;
         s->log->level = sg_cycle->log->level;
+    }
+    if (s->connection->log_debug) {
+        s->log->level = SG_LOG_DEBUG;
     }
 }
 
