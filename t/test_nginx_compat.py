@@ -137,9 +137,22 @@ def test_nginx_directives_are_still_checked(smtpgate, backend, bad):
 
 # Every directive of nginx's mail modules that an SMTP server can carry
 # (ngx_mail_core, _auth_http, _proxy, _realip, _smtp and _ssl), in the
-# forms nginx documents: the same block must pass both `nginx -t` (the
-# real nginx 1.22 of Debian, with its mail module) and `smtpgate -t`.
+# forms nginx documents, with the main and events directives of a usual
+# nginx.conf: the same text must pass both `nginx -t` (the real nginx
+# 1.22 of Debian, with its mail module) and `smtpgate -t`.
+EVERY_EVENTS = ("worker_connections 768; multi_accept on; use epoll; "
+                "accept_mutex off;")
 EVERY_DIRECTIVE = """\
+worker_processes   auto;
+worker_cpu_affinity auto;
+worker_priority    0;
+worker_rlimit_nofile 4096;
+worker_rlimit_core 10m;
+working_directory  /tmp;
+pcre_jit           on;
+env                TZ;
+master_process     on;
+
 mail {
     server_name        mail.example.com;
     auth_http          127.0.0.1:@PORTAUTH@/auth;
@@ -217,16 +230,17 @@ def test_every_nginx_mail_directive_loads_in_both(smtpgate, tmp_path):
             text = text.replace(f"@{key}@", value)
         return text
 
-    nginx = Nginx(block("@DIR@"), mail_module=True)
+    nginx = Nginx(block("@DIR@"), mail_module=True, events=EVERY_EVENTS)
     try:
         r = nginx.check()
         assert r.returncode == 0, r.stderr
     finally:
         nginx.stop()
 
-    g = smtpgate("daemon off;\nworker_processes 1;\npid logs/smtpgate.pid;\n"
+    g = smtpgate("daemon off;\npid logs/smtpgate.pid;\n"
                  "error_log logs/error.log info;\n"
-                 "events {\n    worker_connections 1024;\n}\n"
+                 "load_module modules/ngx_mail_module.so;\n"
+                 "events { " + EVERY_EVENTS + " }\n"
                  + block("logs"), start=False)
     r = g.ctl("-t")
     assert r.returncode == 0, r.stderr

@@ -421,7 +421,8 @@ class Nginx:
     MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
     START_TIMEOUT = 20.0
 
-    def __init__(self, body, mail_module=False):
+    def __init__(self, body, mail_module=False,
+                 events="worker_connections 256;"):
         self.dir = tempfile.mkdtemp(prefix="smtpgate-nginx-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         self.ports = {}
@@ -434,7 +435,7 @@ class Nginx:
             head.append(f"load_module {self.MAIL_MODULE};")
         head += [f"error_log {self.error_log_path} info;",
                  f"pid {self.dir}/nginx.pid;",
-                 "events { worker_connections 256; }"]
+                 "events { " + events + " }"]
         self.conf_text = self._render("\n".join(head) + "\n" + body)
         with open(self.conf_path, "w") as f:
             f.write(self.conf_text)
