@@ -356,6 +356,36 @@ sg_conf_target(sg_conf_t *cf, const sg_module_t *m, const sg_command_t *cmd)
     return confp ? confp[m->ctx_index] : NULL;
 }
 
+char *
+sg_conf_add_cidr(sg_conf_t *cf, sg_array_t **list)
+{
+    sg_str_t    *value = cf->args->elts;
+    sg_cidr_t   *cidr;
+    const char  *err = NULL;
+    int          rc;
+
+    if (*list == NULL || *list == SG_CONF_UNSET_PTR) {
+        *list = sg_array_create(cf->pool, 4, sizeof(sg_cidr_t));
+        if (*list == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    cidr = sg_array_push(*list);
+    if (cidr == NULL) {
+        return SG_CONF_ERROR;
+    }
+    rc = sg_parse_cidr(&value[1], cidr, &err);
+    if (rc == SG_ERROR) {
+        return sg_conf_invalid_value(cf, &value[1], err);
+    }
+    if (rc == SG_DECLINED) {
+        sg_conf_warn(cf, "low address bits of \"%.*s\" in \"%.*s\" are "
+                     "meaningless", SG_STR_ARG(&value[1]),
+                     SG_STR_ARG(&value[0]));
+    }
+    return SG_CONF_OK;
+}
+
 static char *
 sg_conf_handler(sg_conf_t *cf, int last)
 {

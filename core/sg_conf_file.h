@@ -186,5 +186,9 @@ char *sg_conf_set_bitmask_slot(sg_conf_t *cf, const sg_command_t *cmd,
 char *sg_conf_invalid_value(sg_conf_t *cf, const sg_str_t *value,
     const char *why);
 char *sg_conf_duplicate(sg_conf_t *cf);
+/* The directive's one argument, an address or network, added to *list
+ * (made on first use; NULL or SG_CONF_UNSET_PTR means none yet).  Bits
+ * beyond the prefix are warned about and cleared. */
+char *sg_conf_add_cidr(sg_conf_t *cf, sg_array_t **list);
 
 #endif /* SG_CONF_FILE_H */

@@ -644,32 +644,9 @@ static char *
 sg_set_debug_connection(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_core_conf_t  *ccf = conf;
-    sg_str_t        *value = cf->args->elts;
-    sg_cidr_t       *cidr;
-    const char      *err = NULL;
-    int              rc;
 
     (void) cmd;
-    if (ccf->debug_connection == NULL) {
-        ccf->debug_connection = sg_array_create(cf->pool, 4,
-                                                sizeof(sg_cidr_t));
-        if (ccf->debug_connection == NULL) {
-            return SG_CONF_ERROR;
-        }
-    }
-    cidr = sg_array_push(ccf->debug_connection);
-    if (cidr == NULL) {
-        return SG_CONF_ERROR;
-    }
-    rc = sg_parse_cidr(&value[1], cidr, &err);
-    if (rc == SG_ERROR) {
-        return sg_conf_invalid_value(cf, &value[1], err);
-    }
-    if (rc == SG_DECLINED) {
-        sg_conf_warn(cf, "low address bits of %.*s are meaningless",
-                     SG_STR_ARG(&value[1]));
-    }
-    return SG_CONF_OK;
+    return sg_conf_add_cidr(cf, &ccf->debug_connection);
 }
 
 bool

@@ -280,7 +280,8 @@ def test_debug_connection_errors(conf_test):
     g, r = conf_test(text)
     assert r.returncode == 0, r.stderr
     assert (f"{g.conf_path}:{line_of(text, 'debug_connection')}: "
-            "low address bits of 127.0.0.1/8 are meaningless") in r.stderr
+            'low address bits of "127.0.0.1/8" in "debug_connection" are '
+            'meaningless') in r.stderr
 
 
 def test_use(conf_test):

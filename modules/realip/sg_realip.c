@@ -69,32 +69,9 @@ static char *
 sg_realip_set_from(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_realip_srv_conf_t  *rcf = conf;
-    sg_str_t              *value = cf->args->elts;
-    sg_cidr_t             *cidr;
-    const char            *err;
-    int                    rc;
 
     (void) cmd;
-    if (rcf->from == SG_CONF_UNSET_PTR) {
-        rcf->from = sg_array_create(cf->pool, 4, sizeof(sg_cidr_t));
-        if (rcf->from == NULL) {
-            return SG_CONF_ERROR;
-        }
-    }
-    cidr = sg_array_push(rcf->from);
-    if (cidr == NULL) {
-        return SG_CONF_ERROR;
-    }
-    rc = sg_parse_cidr(&value[1], cidr, &err);
-    if (rc == SG_ERROR) {
-        return sg_conf_invalid_value(cf, &value[1], err);
-    }
-    if (rc == SG_DECLINED) {
-        sg_conf_warn(cf, "low address bits of \"%.*s\" in "
-                     "\"set_real_ip_from\" are meaningless",
-                     SG_STR_ARG(&value[1]));
-    }
-    return SG_CONF_OK;
+    return sg_conf_add_cidr(cf, &rcf->from);
 }
 
 static void *
