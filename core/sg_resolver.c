@@ -61,6 +61,7 @@ struct sg_resolver_rt_s {
     size_t               max_answers;
     size_t               in_flight;
     size_t               next_server;
+    uint32_t             refused_logged;    /* said once per socket */
     sg_connection_t     *udp[SG_RESOLVER_ADDRS_MAX];
     u_char               random[64];
     size_t               random_left;
@@ -212,6 +213,7 @@ sg_resolver_close_idle(sg_resolver_t *r)
             rt->udp[i] = NULL;
         }
     }
+    rt->refused_logged = 0;
 }
 
 static void
@@ -736,9 +738,14 @@ sg_resolver_read(sg_event_t *ev)
                 return;
             }
             if (errno == ECONNREFUSED) {
-                sg_log_error(SG_LOG_ERR, sg_cycle->log, 0, "the name server "
-                             "%.*s is not listening (ICMP port unreachable)",
-                             SG_STR_ARG(&c->addr_text));
+                /* once while the socket lives: with the name server
+                 * down, every query would say it again */
+                if (!(rt->refused_logged & (1u << i))) {
+                    rt->refused_logged |= 1u << i;
+                    sg_log_error(SG_LOG_ERR, sg_cycle->log, 0, "the name "
+                                 "server %.*s is not listening (ICMP port "
+                                 "unreachable)", SG_STR_ARG(&c->addr_text));
+                }
                 sg_resolver_refused(r, i);
                 continue;
             }
