@@ -14,6 +14,8 @@
 #define SG_RESOLVER_BUCKETS  1024
 #define SG_RESOLVER_ID_BUCKETS  256
 #define SG_RESOLVER_TTL_MAX  86400000      /* ms: a day at most */
+#define SG_RESOLVER_TCP_MAX  16384         /* a TCP answer, with its
+                                              2-byte length */
 
 typedef struct sg_dns_entry_s  sg_dns_entry_t;
 
@@ -27,6 +29,12 @@ typedef struct {
     uint32_t             refused;          /* ... that said unreachable */
     size_t               len;
     u_char               msg[SG_DNS_NAME_MAX + 32];
+
+    /* Asked again over TCP after a truncated answer (RFC 7766). */
+    sg_connection_t     *tcp;
+    u_char              *tcp_buf;           /* SG_RESOLVER_TCP_MAX */
+    size_t               tcp_pos;           /* sent, then received */
+    unsigned             tcp_reading:1;
 } sg_dns_query_t;
 
 struct sg_dns_entry_s {
@@ -180,6 +188,22 @@ sg_resolver_lru_push(sg_resolver_rt_t *rt, sg_dns_entry_t *e)
     rt->answers++;
 }
 
+/* The query of e is over: its timer, its TCP retry and its memory. */
+static void
+sg_resolver_query_free(sg_resolver_rt_t *rt, sg_dns_entry_t *e)
+{
+    sg_dns_query_t  *q = e->query;
+
+    sg_event_del_timer(&q->timer);
+    if (q->tcp) {
+        sg_close_connection(q->tcp);
+    }
+    free(q->tcp_buf);
+    free(q);
+    e->query = NULL;
+    rt->in_flight--;
+}
+
 /* Drop an entry with nobody waiting on it. */
 static void
 sg_resolver_free_entry(sg_resolver_rt_t *rt, sg_dns_entry_t *e)
@@ -187,9 +211,7 @@ sg_resolver_free_entry(sg_resolver_rt_t *rt, sg_dns_entry_t *e)
     sg_resolver_unlink(rt, e);
     if (e->query) {
         sg_resolver_unlink_id(rt, e);
-        sg_event_del_timer(&e->query->timer);
-        free(e->query);
-        rt->in_flight--;
+        sg_resolver_query_free(rt, e);
     } else if (e->lru_prev || e->lru_next || rt->lru_head == e) {
         sg_resolver_lru_unlink(rt, e);
     }
@@ -349,7 +371,13 @@ sg_resolver_timer(sg_event_t *ev)
     sg_msec_t        left = q->deadline - sg_current_msec;
 
     if (left <= 0) {
-        sg_resolver_fail(e, "no answer in time (resolver_timeout)");
+        sg_resolver_fail(e, q->tcp ? "no answer over TCP in time "
+                         "(resolver_timeout)"
+                         : "no answer in time (resolver_timeout)");
+        return;
+    }
+    if (q->tcp) {
+        sg_event_add_timer(ev, left);   /* TCP has its own retransmits */
         return;
     }
     if (sg_resolver_send(e, ev->log) != SG_OK) {
@@ -612,10 +640,7 @@ sg_resolver_answered(sg_dns_entry_t *e)
     bool                keep = e->expires > sg_current_msec;
 
     sg_resolver_unlink_id(rt, e);
-    sg_event_del_timer(&e->query->timer);
-    free(e->query);
-    e->query = NULL;
-    rt->in_flight--;
+    sg_resolver_query_free(rt, e);
     if (keep) {
         sg_resolver_lru_push(rt, e);
         sg_resolver_trim(rt);
@@ -716,6 +741,131 @@ sg_resolver_refused(sg_resolver_t *r, size_t i)
     }
 }
 
+/* TCP: the query with its 2-byte length, then the answer with its
+ * own, read whole into q->tcp_buf (RFC 1035 4.2.2, RFC 7766). */
+
+static void
+sg_resolver_tcp_failed(sg_dns_entry_t *e, const char *why)
+{
+    sg_log_error(SG_LOG_INFO, sg_cycle->log, 0, "DNS over TCP to %.*s for "
+                 "\"%.*s\": %s", SG_STR_ARG(&e->query->tcp->addr_text),
+                 SG_STR_ARG(&e->key), why);
+    sg_resolver_fail(e, "the answer was truncated and TCP failed");
+}
+
+static void
+sg_resolver_tcp_read(sg_event_t *ev)
+{
+    sg_connection_t  *c = ev->data;
+    sg_dns_entry_t   *e = c->data;
+    sg_dns_query_t   *q = e->query;
+    sg_dns_answer_t   a;
+    const char       *err;
+    size_t            want;
+    ssize_t           n;
+
+    if (!q->tcp_reading) {
+        return;                     /* nothing is due before the query */
+    }
+    for ( ;; ) {
+        want = q->tcp_pos < 2 ? 2
+               : 2 + (size_t) ((q->tcp_buf[0] << 8) | q->tcp_buf[1]);
+        if (want > SG_RESOLVER_TCP_MAX) {
+            sg_resolver_tcp_failed(e, "the answer is over 16384 bytes");
+            return;
+        }
+        if (q->tcp_pos == want && want > 2) {
+            break;
+        }
+        n = recv(c->fd, q->tcp_buf + q->tcp_pos, want - q->tcp_pos, 0);
+        if (n > 0) {
+            q->tcp_pos += (size_t) n;
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        sg_resolver_tcp_failed(e, n == 0 ? "closed before the whole answer"
+                                         : strerror(errno));
+        return;
+    }
+    if (sg_dns_id(q->tcp_buf + 2, want - 2) != q->id
+        || sg_dns_parse(q->tcp_buf + 2, want - 2, &e->key, e->type, &a,
+                        &err) != SG_OK)
+    {
+        sg_resolver_tcp_failed(e, sg_dns_id(q->tcp_buf + 2, want - 2)
+                                  != q->id ? "an answer with another id"
+                                           : err);
+        return;
+    }
+    sg_resolver_take(e, &a);
+}
+
+static void
+sg_resolver_tcp_write(sg_event_t *ev)
+{
+    sg_connection_t  *c = ev->data;
+    sg_dns_entry_t   *e = c->data;
+    sg_dns_query_t   *q = e->query;
+    int               err, rc;
+
+    if (q->tcp_reading) {
+        return;
+    }
+    if (q->tcp_pos == 0 && sg_connect_result(c, &err) != SG_OK) {
+        sg_resolver_tcp_failed(e, strerror(err));
+        return;
+    }
+    rc = sg_send_rest(c->fd, q->tcp_buf, q->len + 2, &q->tcp_pos);
+    if (rc == SG_AGAIN) {
+        return;
+    }
+    if (rc == SG_ERROR) {
+        sg_resolver_tcp_failed(e, strerror(errno));
+        return;
+    }
+    q->tcp_reading = 1;
+    q->tcp_pos = 0;
+    sg_resolver_tcp_read(c->read);
+}
+
+/* A truncated answer from server i: ask it again over TCP.  SG_OK:
+ * under way; SG_ERROR: the truncated answer is all there is. */
+static int
+sg_resolver_tcp(sg_dns_entry_t *e, size_t i)
+{
+    sg_dns_query_t   *q = e->query;
+    sg_connection_t  *c;
+    int               rc;
+
+    if (q->tcp_buf != NULL) {
+        return SG_ERROR;            /* a second truncated answer */
+    }
+    q->tcp_buf = malloc(SG_RESOLVER_TCP_MAX);
+    if (q->tcp_buf == NULL) {
+        return SG_ERROR;
+    }
+    rc = sg_connect(&e->resolver->addrs[i], sg_cycle->log, &c);
+    if (rc == SG_ERROR) {
+        return SG_ERROR;
+    }
+    q->tcp = c;
+    c->data = e;
+    c->read->handler = sg_resolver_tcp_read;
+    c->write->handler = sg_resolver_tcp_write;
+    q->tcp_buf[0] = (u_char) (q->len >> 8);
+    q->tcp_buf[1] = (u_char) q->len;
+    memcpy(q->tcp_buf + 2, q->msg, q->len);
+    q->tcp_pos = 0;
+    sg_log_debug(sg_cycle->log, "truncated DNS answer for \"%.*s\" from "
+                 "%.*s, asking again over TCP", SG_STR_ARG(&e->key),
+                 SG_STR_ARG(&c->addr_text));
+    if (rc == SG_OK) {
+        sg_resolver_tcp_write(c->write);
+    }
+    return SG_OK;
+}
+
 static void
 sg_resolver_read(sg_event_t *ev)
 {
@@ -767,6 +917,9 @@ sg_resolver_read(sg_event_t *ev)
             sg_log_error(SG_LOG_INFO, sg_cycle->log, 0, "a DNS message from "
                          "%.*s ignored: %s", SG_STR_ARG(&c->addr_text), err);
             continue;
+        }
+        if (a.truncated && sg_resolver_tcp(e, i) == SG_OK) {
+            continue;               /* the whole answer comes over TCP */
         }
         /* the handlers it calls may close c: the loop checks */
         sg_resolver_take(e, &a);

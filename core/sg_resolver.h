@@ -15,7 +15,7 @@
  * valid=, bounded by worker_connections entries.  A query is sent again
  * every SG_RESOLVER_RESEND ms, to the next server in turn, until the
  * lookup's timeout; a server that answers with ICMP port unreachable is
- * skipped at once.
+ * skipped at once; a truncated answer is asked for again over TCP.
  */
 #ifndef SG_RESOLVER_H
 #define SG_RESOLVER_H

@@ -15,6 +15,7 @@ addresses (127.0.0.2, ...) so that each test controls what the PTR says.
 """
 
 import base64
+import re
 import struct
 import threading
 
@@ -55,8 +56,8 @@ def dnsmasq():
 
 @pytest.fixture
 def scripted_dns():
-    yield from _servers(lambda behaviour, host=net.IPV4:
-                        dns.ScriptedDns(behaviour, host=host).start())
+    yield from _servers(lambda behaviour, **kw:
+                        dns.ScriptedDns(behaviour, **kw).start())
 
 
 @pytest.fixture
@@ -480,14 +481,101 @@ def test_cname_chain_is_followed(smtpgate, xclient_backend, scripted_dns,
     assert client_hosts(svc) == ["client.test"]
 
 
-def test_truncated_answer_without_records(smtpgate, xclient_backend,
-                                          scripted_dns, svc):
-    d = scripted_dns(lambda msg: [dns.answer(msg, flags=0x8380)])
+def _truncated_ptr(msg):
+    """UDP: a PTR query gets a truncated answer without records (as a
+    name server does when they do not fit 512 bytes), an A query the
+    client's address."""
+    if dns.query_of(msg)[2] == dns.PTR:
+        return [dns.answer(msg, flags=0x8380)]
+    return [_a_answer_for(msg)]
+
+
+def _many_ptrs(msg):
+    """40 PTR records: over 512 bytes, as for a shared hosting address."""
+    name = dns.query_of(msg)[1]
+    return [dns.answer(msg, [dns.rr(name, dns.PTR, "client.test")]
+                       + [dns.rr(name, dns.PTR, f"alias{i}.example.com")
+                          for i in range(40)])]
+
+
+@pytest.mark.parametrize("how", ["whole", "in pieces"])
+def test_truncated_answer_is_asked_again_over_tcp(
+        smtpgate, xclient_backend, scripted_dns, svc, how):
+    """RFC 7766: a truncated UDP answer is asked for again over TCP, and
+    the whole answer (over 512 bytes here) is taken."""
+    def tcp(msg):
+        whole = dns.framed(_many_ptrs(msg)[0])
+        if how == "whole":
+            return [whole]
+        # the length, the header and the question split byte by byte,
+        # then the rest in pieces
+        return ([(0.01, whole[i:i + 1]) for i in range(40)]
+                + [(0.01, whole[i:i + 97]) for i in range(40, len(whole),
+                                                           97)])
+    d = scripted_dns(_truncated_ptr, tcp=tcp)
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc)
+    mark = g.log_mark()
+    login_and_send(g, source="127.0.0.2")
+    assert client_hosts(svc) == ["client.test"]
+    assert ("2.0.0.127.in-addr.arpa", dns.PTR) in [
+        dns.query_of(m)[1:] for m in d.tcp_received]
+    g.wait_log(r"truncated DNS answer for \"2\.0\.0\.127\.in-addr\.arpa\" "
+               r"from 127\.0\.0\.1:\d+, asking again over TCP", since=mark)
+
+
+def _tcp_cases():
+    def other_id(msg):
+        a = bytearray(_many_ptrs(msg)[0])
+        a[0] ^= 0xff
+        return [dns.framed(bytes(a))]
+    return {
+        "closed at once": (lambda msg: [], "closed before the whole answer"),
+        "closed mid-answer": (lambda msg: [dns.framed(_many_ptrs(msg)[0])
+                                           [:100]],
+                              "closed before the whole answer"),
+        "another id": (other_id, "an answer with another id"),
+        "over 16 KB": (lambda msg: [b"\xff\xff" + b"x" * 100],
+                       "the answer is over 16384 bytes"),
+        "garbage": (lambda msg: [dns.framed(msg[:2] + b"\x00" * 30)],
+                    "not a response to a standard query"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_tcp_cases()))
+def test_tcp_answers_that_fail(smtpgate, xclient_backend, scripted_dns,
+                               svc, case):
+    tcp, why = _tcp_cases()[case]
+    d = scripted_dns(_truncated_ptr, tcp=tcp)
     g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc)
     mark = g.log_mark()
     login_and_send(g, source="127.0.0.2")
     assert client_hosts(svc) == ["[TEMPUNAVAIL]"]
-    g.wait_log(r"truncated \(TC\)", since=mark)
+    g.wait_log(r"DNS over TCP to 127\.0\.0\.1:\d+ for "
+               r"\"2\.0\.0\.127\.in-addr\.arpa\": " + re.escape(why),
+               since=mark)
+    g.wait_log(r"client host name \[TEMPUNAVAIL\]: the answer was "
+               r"truncated and TCP failed", since=mark)
+
+
+def test_no_tcp_listener(smtpgate, xclient_backend, scripted_dns, svc):
+    d = scripted_dns(_truncated_ptr)            # UDP only
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc)
+    mark = g.log_mark()
+    login_and_send(g, source="127.0.0.2")
+    assert client_hosts(svc) == ["[TEMPUNAVAIL]"]
+    g.wait_log(r"DNS over TCP to .*: Connection refused", since=mark)
+
+
+def test_silent_tcp_times_out(smtpgate, xclient_backend, scripted_dns,
+                              svc):
+    d = scripted_dns(_truncated_ptr, tcp=lambda msg: [(10, b"")])
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc,
+                      mail="    resolver_timeout 2s;")
+    mark = g.log_mark()
+    login_and_send(g, source="127.0.0.2")
+    assert client_hosts(svc) == ["[TEMPUNAVAIL]"]
+    g.wait_log(r"client host name \[TEMPUNAVAIL\]: no answer over TCP in "
+               r"time \(resolver_timeout\)", since=mark)
 
 
 # ==========================================================================

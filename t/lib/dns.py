@@ -190,11 +190,20 @@ def answer(q, records=(), rcode=0, flags=0x8180, qid=None, question=None,
             + body + b"".join(records))
 
 
+def framed(msg):
+    """A DNS message as it goes over TCP: its 2-byte length first."""
+    return struct.pack(">H", len(msg)) + msg
+
+
 class ScriptedDns:
     """UDP on 127.0.0.1 (or ::1).  behaviour(msg) -> a list of messages
-    to send back (bytes), or (delay, bytes) pairs; [] sends nothing."""
+    to send back (bytes), or (delay, bytes) pairs; [] sends nothing.
+    With tcp, also TCP on the same port: tcp(msg) -> a list of byte
+    strings written as they are (framed() adds the length), or
+    (delay, bytes) pairs; the connection is closed after them.  TCP
+    queries are recorded in tcp_received."""
 
-    def __init__(self, behaviour, host=net.IPV4):
+    def __init__(self, behaviour, host=net.IPV4, tcp=None):
         self.behaviour = behaviour
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -203,8 +212,20 @@ class ScriptedDns:
         self.port = self.sock.getsockname()[1]
         self.host = host
         self.received = []
+        self.tcp_received = []
+        self.tcp = tcp
+        self.listener = None
+        if tcp is not None:
+            self.listener = socket.socket(family, socket.SOCK_STREAM)
+            self.listener.setsockopt(socket.SOL_SOCKET,
+                                     socket.SO_REUSEADDR, 1)
+            self.listener.bind((host, self.port))
+            self.listener.listen(16)
+            self.listener.settimeout(0.1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tcp_thread = threading.Thread(target=self._run_tcp,
+                                            daemon=True)
         self._timers = []
 
     @property
@@ -216,7 +237,41 @@ class ScriptedDns:
 
     def start(self):
         self._thread.start()
+        if self.listener is not None:
+            self._tcp_thread.start()
         return self
+
+    def _run_tcp(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve_tcp, args=(conn,),
+                             daemon=True).start()
+
+    def _serve_tcp(self, conn):
+        with conn:
+            conn.settimeout(5)
+            try:
+                head = conn.recv(2, socket.MSG_WAITALL)
+                n = struct.unpack(">H", head)[0]
+                msg = conn.recv(n, socket.MSG_WAITALL)
+            except (OSError, struct.error):
+                return
+            self.tcp_received.append(msg)
+            for out in self.tcp(msg):
+                if isinstance(out, tuple):
+                    time.sleep(out[0])
+                    out = out[1]
+                if self._stop.is_set():
+                    return
+                try:
+                    conn.sendall(out)
+                except OSError:
+                    return
 
     def _send_later(self, delay, data, peer):
         t = threading.Timer(delay, self._send, (data, peer))
@@ -252,6 +307,9 @@ class ScriptedDns:
             t.cancel()
         self._thread.join(5)
         self.sock.close()
+        if self.listener is not None:
+            self._tcp_thread.join(5)
+            self.listener.close()
 
 
 def zone(records):
