@@ -15,6 +15,7 @@ addresses (127.0.0.2, ...) so that each test controls what the PTR says.
 """
 
 import base64
+import os
 import re
 import struct
 import threading
@@ -25,7 +26,7 @@ from lib import dns
 from lib import gate as gatelib
 from lib import net
 from lib import postfix as postfixlib
-from lib.authsvc import AuthService
+from lib.authsvc import AuthService, Nginx, ok_to
 from lib.smtp import RawSmtp
 from lib.users import password
 
@@ -206,6 +207,52 @@ def test_without_resolver_the_name_is_unavailable(smtpgate, xclient_backend,
     assert client_hosts(svc) == ["[UNAVAILABLE]"]
     assert xclient_names(xclient_backend) == ["[UNAVAILABLE]"]
     assert "client host name" not in g.error_log()
+
+
+@pytest.mark.parametrize("source", ["127.0.0.2", "127.0.0.3", "127.0.0.4",
+                                    "127.0.0.5"])
+def test_client_host_as_nginx_sends_it(smtpgate, backend, dnsmasq, svc,
+                                       source):
+    """nginx's own mail module with the same resolver, side by side: the
+    same Client-Host for a confirmed name, a PTR that does not resolve
+    back and no PTR.  One known difference: a PTR to something that is
+    no host name ("bad_name!.test") is [TEMPUNAVAIL] in nginx; smtpgate
+    says [UNAVAILABLE], since asking again cannot change it (Postfix
+    calls such a client "unknown" for good too)."""
+    if not (os.access(Nginx.BIN, os.X_OK)
+            and os.path.exists(Nginx.MAIL_MODULE)):
+        pytest.skip("nginx or its mail module (libnginx-mod-mail) missing")
+    d = dnsmasq(**STANDARD)
+    svc.default = ok_to(backend)
+    g = smtpgate(gatelib.conf(auth_file=None, mail=(
+        f"    auth_http {svc.url};\n    resolver {d.address};")))
+    ngx = Nginx(f"""
+mail {{
+    server_name mx.test;
+    auth_http {svc.hostport}/auth;
+    resolver {d.address};
+    xclient off;
+    server {{ listen 127.0.0.1:@PORT@; protocol smtp; }}
+}}
+""", mail_module=True).start()
+    try:
+        hosts = {}
+        for name, port in (("smtpgate", g.port), ("nginx", ngx.port)):
+            first = len(svc.requests)
+            with RawSmtp("127.0.0.1", port, 30, source=source) as c:
+                assert c.greeting().code == 220
+                c.ehlo("helo.example")
+                assert c.auth_plain("alice", password("alice")).code == 235
+                c.cmd("QUIT")
+            (req,) = svc.wait_requests(first + 1)[first:]
+            hosts[name] = req.header("Client-Host")
+    finally:
+        ngx.stop()
+    if source == "127.0.0.4":
+        assert hosts == {"smtpgate": "[UNAVAILABLE]",
+                         "nginx": "[TEMPUNAVAIL]"}, hosts
+    else:
+        assert hosts["smtpgate"] == hosts["nginx"], hosts
 
 
 def test_postfix_writes_the_name_into_received(smtpgate, make_postfix,
