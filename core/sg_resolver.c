@@ -13,6 +13,7 @@
 
 #define SG_RESOLVER_BUCKETS  1024
 #define SG_RESOLVER_ID_BUCKETS  256
+#define SG_RESOLVER_IN_FLIGHT_MAX  32768   /* of 65536 query ids */
 #define SG_RESOLVER_TTL_MAX  86400000      /* ms: a day at most */
 #define SG_RESOLVER_TCP_MAX  16384         /* a TCP answer, with its
                                               2-byte length */
@@ -400,6 +401,12 @@ sg_resolver_query(sg_resolver_t *r, uint16_t type, const u_char *name,
     sg_dns_query_t    *q;
     sg_str_t           qname;
 
+    if (rt->in_flight >= SG_RESOLVER_IN_FLIGHT_MAX) {
+        /* ids must stay unique among the queries in flight */
+        sg_log_error(SG_LOG_ERR, log, 0, "%d DNS queries in flight, no "
+                     "more", SG_RESOLVER_IN_FLIGHT_MAX);
+        return NULL;
+    }
     e = calloc(1, sizeof(sg_dns_entry_t));
     q = calloc(1, sizeof(sg_dns_query_t));
     if (e == NULL || q == NULL) {
