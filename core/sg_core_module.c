@@ -722,14 +722,6 @@ sg_thread_pool_param(sg_conf_t *cf, const sg_str_t *arg, const char *name,
     return SG_CONF_OK;
 }
 
-static bool
-sg_has_prefix(const sg_str_t *s, const char *prefix)
-{
-    size_t  len = strlen(prefix);
-
-    return s->len >= len && memcmp(s->data, prefix, len) == 0;
-}
-
 /* nginx's "thread_pool NAME threads=N [max_queue=N]".  smtpgate has one
  * pool per worker, as nginx's are: the pool named "default" is it. */
 static char *
@@ -742,14 +734,14 @@ sg_set_thread_pool(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 
     (void) cmd;
     for (i = 2; i < cf->args->nelts; i++) {
-        if (sg_has_prefix(&value[i], "threads=")) {
+        if (sg_str_has_prefix(&value[i], "threads=")) {
             if (sg_thread_pool_param(cf, &value[i], "threads=",
                                      &sg_threads_bounds, &threads)
                 != SG_CONF_OK)
             {
                 return SG_CONF_ERROR;
             }
-        } else if (sg_has_prefix(&value[i], "max_queue=")) {
+        } else if (sg_str_has_prefix(&value[i], "max_queue=")) {
             if (sg_thread_pool_param(cf, &value[i], "max_queue=",
                                      &sg_queue_bounds, &queue)
                 != SG_CONF_OK)

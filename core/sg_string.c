@@ -30,6 +30,14 @@ sg_str_eq(const sg_str_t *a, const char *lit)
 }
 
 bool
+sg_str_has_prefix(const sg_str_t *s, const char *prefix)
+{
+    size_t  n = strlen(prefix);
+
+    return s->len >= n && memcmp(s->data, prefix, n) == 0;
+}
+
+bool
 sg_str_caseeq(const sg_str_t *a, const char *lit)
 {
     size_t  n = strlen(lit);

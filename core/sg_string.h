@@ -25,6 +25,7 @@ typedef struct {
 int sg_strncasecmp(const u_char *a, const u_char *b, size_t n);
 bool sg_str_eq(const sg_str_t *a, const char *lit);       /* exact */
 bool sg_str_caseeq(const sg_str_t *a, const char *lit);   /* ASCII case */
+bool sg_str_has_prefix(const sg_str_t *s, const char *prefix);  /* exact */
 
 /* Copy into a new NUL-terminated string from the pool; NULL on ENOMEM. */
 u_char *sg_pstrdup(sg_pool_t *pool, const sg_str_t *src);

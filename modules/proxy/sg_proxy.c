@@ -291,14 +291,6 @@ static const sg_smtp_relay_t  sg_proxy_relay = {
 
 /* Configuration. */
 
-static bool
-sg_proxy_has_prefix(const sg_str_t *v, const char *p)
-{
-    size_t  n = strlen(p);
-
-    return v->len >= n && memcmp(v->data, p, n) == 0;
-}
-
 static char *
 sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
@@ -317,7 +309,7 @@ sg_proxy_pass(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     pcf->pass_file = cf->file->name;
     pcf->pass_line = sg_conf_line(cf);
 
-    if (sg_proxy_has_prefix(&value[1], "spool:")) {
+    if (sg_str_has_prefix(&value[1], "spool:")) {
 #if (SG_HAVE_SPOOL_MODULE)
         sg_str_t  dir;
 

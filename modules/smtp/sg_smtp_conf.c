@@ -505,10 +505,10 @@ static int
 sg_smtp_listen_option(sg_conf_t *cf, sg_smtp_listen_t *ls,
     const sg_str_t *arg)
 {
-    if (arg->len > 7 && memcmp(arg->data, "rcvbuf=", 7) == 0) {
+    if (arg->len > 7 && sg_str_has_prefix(arg, "rcvbuf=")) {
         return sg_smtp_listen_size(cf, arg, 7, &ls->rcvbuf);
     }
-    if (arg->len > 7 && memcmp(arg->data, "sndbuf=", 7) == 0) {
+    if (arg->len > 7 && sg_str_has_prefix(arg, "sndbuf=")) {
         return sg_smtp_listen_size(cf, arg, 7, &ls->sndbuf);
     }
     if (sg_str_eq(arg, "bind")) {
@@ -523,7 +523,7 @@ sg_smtp_listen_option(sg_conf_t *cf, sg_smtp_listen_t *ls,
         ls->ipv6only = arg->len == 11;
         return SG_OK;
     }
-    if (arg->len > 13 && memcmp(arg->data, "so_keepalive=", 13) == 0) {
+    if (arg->len > 13 && sg_str_has_prefix(arg, "so_keepalive=")) {
         return sg_smtp_listen_keepalive(cf, ls, arg);
     }
     return SG_DECLINED;
@@ -685,7 +685,7 @@ sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     }
     r->ipv6 = 1;
     for (i = 1; i < cf->args->nelts; i++) {
-        if (value[i].len > 6 && memcmp(value[i].data, "valid=", 6) == 0) {
+        if (value[i].len > 6 && sg_str_has_prefix(&value[i], "valid=")) {
             v.data = value[i].data + 6;
             v.len = value[i].len - 6;
             if (sg_parse_time(&v, &ms) != SG_OK || ms < 1000) {
@@ -702,7 +702,7 @@ sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
             continue;
         }
         if (value[i].len > 12
-            && memcmp(value[i].data, "status_zone=", 12) == 0)
+            && sg_str_has_prefix(&value[i], "status_zone="))
         {
             continue;           /* nginx's statistics: nothing to count */
         }
