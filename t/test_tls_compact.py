@@ -451,13 +451,7 @@ def test_records_without_data_in_bulk(smtpgate, backend, pki, tmp_path,
     with sock:
         sock.sendall(idle_records(kind, sealer, 32)
                      + sealer.data(b"NOOP\r\n"))
-        got = b""
-        while not got.endswith(b"\r\n"):
-            try:
-                got += obj.read(4096)
-            except ssl.SSLWantReadError:
-                inc.write(sock.recv(65536))
-        assert got == b"250 2.0.0 OK\r\n"
+        assert tls13rec.read_line(sock, obj, inc) == b"250 2.0.0 OK\r\n"
         sock.sendall(idle_records(kind, sealer, 33)
                      + sealer.data(b"NOOP\r\n"))
         got, err = tls13rec.replies(sock, obj, inc)

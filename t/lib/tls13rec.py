@@ -98,14 +98,21 @@ def session(port, ctx, keylog, sni="mx.test"):
         secret = [line.split()[2] for line in f
                   if line.startswith("CLIENT_TRAFFIC_SECRET_0 ")][-1]
     sealer = Sealer(obj.cipher()[0], bytes.fromhex(secret))
-    greeting = b""
-    while not greeting.endswith(b"\r\n"):
-        try:
-            greeting += obj.read(4096)
-        except ssl.SSLWantReadError:
-            inc.write(sock.recv(65536))
+    greeting = read_line(sock, obj, inc)
     assert greeting.startswith(b"220 "), greeting
     return sock, obj, inc, sealer
+
+
+def read_line(sock, obj, inc):
+    """Plaintext through the SSLObject up to the end of a line (one
+    reply of a single line)."""
+    got = b""
+    while not got.endswith(b"\r\n"):
+        try:
+            got += obj.read(4096)
+        except ssl.SSLWantReadError:
+            inc.write(sock.recv(65536))
+    return got
 
 
 def replies(sock, obj, inc, timeout=10):
