@@ -44,6 +44,8 @@ struct sg_listening_s {
     unsigned                  inherited:1; /* taken over from old cycle */
     unsigned                  nodelay:1;   /* TCP_NODELAY set: accepted
                                               sockets have it from here */
+    unsigned                  deferred:1;  /* the client speaks first:
+                                              TCP_DEFER_ACCEPT */
 };
 
 struct sg_connection_s {

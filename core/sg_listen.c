@@ -184,6 +184,15 @@ sg_configure_listening(sg_cycle_t *cycle, sg_listening_t *ls)
         sg_listen_option(cycle, ls, SOL_SOCKET, SO_SNDBUF, ls->sndbuf,
                          "SO_SNDBUF");
     }
+    /* Where the client speaks first (a TLS ClientHello, a PROXY
+     * header), the kernel hands the connection over with its first
+     * bytes: one wake-up and one read that finds nothing fewer per
+     * session.  A client silent for a second is handed over anyway
+     * (the next SYN-ACK's ACK), to meet the handshake's timeout. */
+    if (ls->deferred || ls->inherited) {
+        sg_listen_option(cycle, ls, IPPROTO_TCP, TCP_DEFER_ACCEPT,
+                         ls->deferred ? 1 : 0, "TCP_DEFER_ACCEPT");
+    }
     if (ls->keepalive == SG_KEEPALIVE_UNSET && !ls->inherited) {
         return;
     }

@@ -1365,6 +1365,7 @@ sg_smtp_listen_apply(sg_listening_t *ls, const sg_smtp_listen_t *l)
     if (l->ipv6only != -1) {
         ls->ipv6only = (unsigned) l->ipv6only;
     }
+    ls->deferred = l->ssl || l->proxy_protocol;
 }
 
 /* "listen [::]:587 ipv6only=off" takes IPv4 connections to port 587 as
