@@ -775,3 +775,46 @@ def test_config_accepts_and_warns(smtpgate, backend):
     assert re.search(r"\[warn\] .*:\d+: low address bits of \"10\.1\.2\.3/8\""
                      r" in \"set_real_ip_from\" are meaningless", r.stderr), \
         r.stderr
+
+
+def test_held_by_the_kernel_until_the_header(smtpgate, backend):
+    """The load balancer speaks first, so the listening socket hands a
+    connection over only with its first bytes (TCP_DEFER_ACCEPT): a
+    connection that has sent nothing is no session yet; its header and
+    the session follow as usual."""
+    import subprocess
+    g = smtpgate(pp_conf(backend))
+    mark = g.log_mark()
+    c = RawSmtp("127.0.0.1", g.port, 10)
+    try:
+        time.sleep(0.4)
+        out = subprocess.run(["ss", "-Htn", "state", "syn-recv",
+                              f"sport = :{g.port}"], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.strip(), "the connection is not held back"
+        assert "client connected" not in g.log_since(mark)
+        c.send(v1("192.0.2.7", "127.0.0.1", 40000, 587))
+        assert c.greeting().code == 220
+        relay_one(c)
+    finally:
+        c.close()
+    g.wait_log(r"client 192\.0\.2\.7 connected|client connected",
+               since=mark)
+
+
+def test_greeting_delay_sees_a_command_behind_the_header(smtpgate, backend):
+    """smtp_greeting_delay: a command sent in the same segment as the
+    PROXY header is talking before the greeting, though no read event
+    comes for it (it was read with the header)."""
+    g = smtpgate(pp_conf(backend, server="    smtp_greeting_delay 1s;"))
+    mark = g.log_mark()
+    c = RawSmtp("127.0.0.1", g.port, 10)
+    try:
+        c.send(v1("192.0.2.8", "127.0.0.1", 40000, 587)
+               + b"EHLO eager.test\r\n")
+        r = c.reply()
+        assert r.code == 503, r
+        assert "Talking before the greeting" in r.text, r
+    finally:
+        c.close()
+    g.wait_log("client talked before the greeting", since=mark)

@@ -327,6 +327,9 @@ struct sg_smtp_session_s {
     unsigned               tls:1;
     unsigned               starttls:1;   /* 220 sent, handshake next */
     unsigned               implicit_tls:1;
+    unsigned               tls_early:1;  /* implicit TLS: the handshake
+                                            stepped to its first flight */
+    unsigned               greeted:1;    /* the 220 rode with it */
     unsigned               host_pending:1;   /* the name is being
                                                 looked up */
     unsigned               host_status:2;    /* SG_RESOLVE_*, once

@@ -30,6 +30,7 @@ static void sg_smtp_read_handler(sg_event_t *ev);
 static void sg_smtp_write_handler(sg_event_t *ev);
 static void sg_smtp_tls_start(sg_smtp_session_t *s);
 static void sg_smtp_greet(sg_smtp_session_t *s);
+static bool sg_smtp_early_talker(sg_smtp_session_t *s);
 
 const char *
 sg_smtp_log_login(const sg_str_t *login)
@@ -889,6 +890,10 @@ sg_smtp_greet(sg_smtp_session_t *s)
         s->state = SG_SMTP_ST_GREETING_DELAY;
         sg_smtp_set_timer(s, sg_smtp_greeting_timer,
                           s->conf->greeting_delay);
+        /* Bytes may be in already, with no event to come for them: a
+         * command sent in the same segment as the client's TLS Finished
+         * (read with it) or as its PROXY header. */
+        (void) sg_smtp_early_talker(s);
         sg_smtp_run(s);
         return;
     }
@@ -1067,6 +1072,7 @@ sg_smtp_write_handler(sg_event_t *ev)
 
 #if (SG_HAVE_SSL_MODULE)
 static void sg_smtp_tls_handler(sg_event_t *ev);
+static int sg_smtp_greet_in_handshake(sg_smtp_session_t *s);
 #endif
 
 static void
@@ -1109,7 +1115,21 @@ sg_smtp_tls_handler(sg_event_t *ev)
         sg_smtp_close_session(s);
         return;
     }
-    rc = sg_ssl_handshake(c);
+    if (s->implicit_tls && !s->tls_early
+        && sg_ssl_srv(s->conf)->greeting_in_handshake)
+    {
+        rc = sg_ssl_handshake_early(c);
+        if (rc == SG_DECLINED) {
+            s->tls_early = 1;
+            if (sg_smtp_greet_in_handshake(s) != SG_OK) {
+                sg_smtp_close_session(s);
+                return;
+            }
+            rc = sg_ssl_handshake(c);
+        }
+    } else {
+        rc = sg_ssl_handshake(c);
+    }
     if (rc == SG_AGAIN) {
         return;
     }
@@ -1134,7 +1154,8 @@ sg_smtp_tls_handler(sg_event_t *ev)
     sg_log_error(SG_LOG_INFO, s->log, 0, "TLS established: %s, %s%s",
                  sg_ssl_protocol(c), sg_ssl_cipher(c),
                  c->tls_rec ? ", compact state" : "");
-    if (sg_ssl_push(c, s->implicit_tls && s->conf->greeting_delay == 0)
+    if (sg_ssl_push(c, s->implicit_tls && !s->greeted
+                       && s->conf->greeting_delay == 0)
         == SG_ERROR)
     {
         sg_smtp_close_session(s);
@@ -1151,11 +1172,57 @@ sg_smtp_tls_handler(sg_event_t *ev)
     s->state = SG_SMTP_ST_COMMAND;
     c->read->handler = sg_smtp_read_handler;
     c->write->handler = sg_smtp_write_handler;
-    if (s->implicit_tls) {
+    if (s->implicit_tls && !s->greeted) {
         sg_smtp_greet(s);
         return;
     }
     sg_smtp_run(s);
+}
+
+/*
+ * ssl_greeting_in_handshake: over implicit TLS 1.3 the 220 goes out in
+ * the server's first flight, as 0.5-RTT data, and reaches the client
+ * with the handshake instead of one round trip after it.  The greeting
+ * is what any client connecting is told, so nothing is given away to a
+ * client not yet authenticated.  It is the greeting of the server the
+ * client's SNI chose, which is known by then.  Not when the greeting is
+ * held back (smtp_greeting_delay: whether the client talks first is the
+ * point) or when the server asks for client certificates (the session
+ * may yet be refused for one).  A session resumed under another server
+ * is refused here, before anything is said, as it would be after the
+ * handshake.
+ */
+static int
+sg_smtp_greet_in_handshake(sg_smtp_session_t *s)
+{
+    sg_connection_t  *c = s->connection;
+    sg_str_t          name;
+    int               rc;
+
+    name.data = (u_char *) SSL_get_servername(c->ssl,
+                                               TLSEXT_NAMETYPE_host_name);
+    if (name.data) {
+        name.len = strlen((char *) name.data);
+        (void) sg_smtp_select_server(c, &name);
+    }
+    if (!sg_ssl_srv(s->conf)->greeting_in_handshake
+        || sg_ssl_srv(s->conf)->verify != SG_SSL_VERIFY_OFF
+        || s->conf->greeting_delay > 0)
+    {
+        return SG_OK;
+    }
+    if (sg_ssl_check_session(c, s->conf) != SG_OK) {
+        return SG_ERROR;
+    }
+    rc = sg_ssl_write_early(c, s->conf->greeting.data, s->conf->greeting.len);
+    if (rc == SG_ERROR) {
+        return SG_ERROR;
+    }
+    if (rc == SG_OK) {
+        s->greeted = 1;
+        sg_log_debug(s->log, "greeting sent with the TLS handshake");
+    }
+    return SG_OK;
 }
 
 #endif

@@ -27,6 +27,7 @@ typedef struct {
     unsigned     starttls;
     unsigned     verify;
     unsigned     compact;           /* ssl_compact_state */
+    unsigned     greeting_in_handshake;
     unsigned     implicit;          /* "ssl on": every listen is "ssl" */
     sg_msec_t    handshake_timeout;
 } sg_ssl_srv_t;
@@ -45,6 +46,21 @@ void *sg_ssl_create_main_conf(sg_conf_t *cf);
  */
 int sg_ssl_create_connection(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);
 int sg_ssl_handshake(sg_connection_t *c);
+/*
+ * TLS 1.3 lets a server send data right behind its first flight,
+ * before the client's Finished ("0.5-RTT", RFC 8446 2 and 4.4.4).
+ * sg_ssl_handshake_early() steps the handshake as sg_ssl_handshake()
+ * does, but stops once that flight is written (held in our BIO, not yet
+ * sent): SG_DECLINED.  sg_ssl_write_early() may then add one record to
+ * it, at most SG_SSL_EARLY_MAX bytes (SG_DECLINED for more, or when
+ * the stop was for a HelloRetryRequest, before any key), of data
+ * any client may see: nothing has authenticated the client yet.  Then
+ * sg_ssl_handshake() goes on from there.  A handshake that cannot stop
+ * there (TLS 1.2) runs to its end: SG_OK, as from sg_ssl_handshake().
+ */
+#define SG_SSL_EARLY_MAX  SSL3_RT_MAX_PLAIN_LENGTH
+int sg_ssl_handshake_early(sg_connection_t *c);
+int sg_ssl_write_early(sg_connection_t *c, const u_char *data, size_t len);
 /* After the handshake: the session belongs to sscf and meets its client
  * certificate policy (SG_OK), or the connection must close (logged). */
 int sg_ssl_check_session(sg_connection_t *c, sg_smtp_srv_conf_t *sscf);

@@ -51,6 +51,7 @@ typedef struct {
     sg_msec_t      session_timeout;
     int            session_tickets;
     int            compact;
+    int            greeting_in_handshake;
     sg_array_t    *ticket_keys;        /* sg_ssl_ticket_key_t *, files */
     sg_str_t       client_certificate;
     sg_str_t       trusted_certificate;
@@ -162,6 +163,9 @@ static const sg_command_t  sg_ssl_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(crl), NULL },
     { "ssl_compact_state", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, SG_OFF(compact), NULL },
+    { "ssl_greeting_in_handshake", SG_SRV | SG_CONF_FLAG,
+      sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
+      SG_OFF(greeting_in_handshake), NULL },
     { "ssl_handshake_timeout", SG_SRV | SG_CONF_TAKE1,
       sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
       SG_OFF(srv.handshake_timeout), &sg_ssl_timeout_bounds },
@@ -490,6 +494,7 @@ sg_ssl_create_conf(sg_conf_t *cf)
     scf->session_timeout = SG_CONF_UNSET_MSEC;
     scf->session_tickets = SG_CONF_UNSET;
     scf->compact = SG_CONF_UNSET;
+    scf->greeting_in_handshake = SG_CONF_UNSET;
     scf->verify_depth = SG_CONF_UNSET;
     scf->ticket_keys = SG_CONF_UNSET_PTR;
     scf->enable = SG_CONF_UNSET;
@@ -1310,6 +1315,9 @@ sg_ssl_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->session_tickets, prev->session_tickets, 1);
     sg_conf_merge_value(conf->compact, prev->compact, 1);
     conf->srv.compact = (unsigned) conf->compact;
+    sg_conf_merge_value(conf->greeting_in_handshake,
+                        prev->greeting_in_handshake, 1);
+    conf->srv.greeting_in_handshake = (unsigned) conf->greeting_in_handshake;
     sg_conf_merge_ptr(conf->ticket_keys, prev->ticket_keys, NULL);
     if (conf->client_certificate.data == NULL) {
         conf->client_certificate = prev->client_certificate;

@@ -76,10 +76,11 @@ sg_ssl_log_failure(sg_connection_t *c, int sslerr, int err,
     }
 }
 
-int
-sg_ssl_handshake(sg_connection_t *c)
+/* Before a handshake step: SG_OK to take it, else what to return. */
+static int
+sg_ssl_handshake_step(sg_connection_t *c)
 {
-    int  n, sslerr, rc, err;
+    int  rc;
 
     /* A flight our BIO could not send at once goes first. */
     rc = sg_ssl_bio_flush(c);
@@ -95,28 +96,57 @@ sg_ssl_handshake(sg_connection_t *c)
         return SG_AGAIN;
     }
     ERR_clear_error();
+    return SG_OK;
+}
+
+static int sg_ssl_handshake_done(sg_connection_t *c);
+static int sg_ssl_handshake_failed(sg_connection_t *c, int n);
+
+int
+sg_ssl_handshake(sg_connection_t *c)
+{
+    int  n, rc;
+
+    rc = sg_ssl_handshake_step(c);
+    if (rc != SG_OK) {
+        return rc;
+    }
     n = SSL_do_handshake(c->ssl);
     sg_ssl_keylog_off(c->ssl);
     if (n == 1) {
-        c->recv = sg_ssl_recv;
-        c->send = sg_ssl_send;
-        SSL_set_msg_callback(c->ssl, NULL);
-        /* Reading ahead, the handshake's last read may also have taken
-         * the peer's first records (an implicit-TLS client's command
-         * sent right behind its Finished).  When that read came without
-         * an event (the first step runs straight after accept, before
-         * epoll has said anything), the event will never come: the
-         * bytes are out of the socket, in OpenSSL. */
-        if (SSL_has_pending(c->ssl) || sg_ssl_bio_input_pending(c->ssl)) {
-            c->read->ready = 1;
-        }
-        sg_log_debug(c->log, "TLS handshake done: %s, %s",
-                     SSL_get_version(c->ssl),
-                     SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
-        /* What our BIO still holds (a TLS 1.3 ticket) waits for
-         * sg_ssl_release() and the first reply (sg_ssl_push()). */
-        return SG_OK;
+        return sg_ssl_handshake_done(c);
     }
+    return sg_ssl_handshake_failed(c, n);
+}
+
+static int
+sg_ssl_handshake_done(sg_connection_t *c)
+{
+    c->recv = sg_ssl_recv;
+    c->send = sg_ssl_send;
+    SSL_set_msg_callback(c->ssl, NULL);
+    /* Reading ahead, the handshake's last read may also have taken the
+     * peer's first records (an implicit-TLS client's command sent right
+     * behind its Finished).  When that read came without an event (the
+     * first step runs straight after accept, before epoll has said
+     * anything), the event will never come: the bytes are out of the
+     * socket, in OpenSSL. */
+    if (SSL_has_pending(c->ssl) || sg_ssl_bio_input_pending(c->ssl)) {
+        c->read->ready = 1;
+    }
+    sg_log_debug(c->log, "TLS handshake done: %s, %s",
+                 SSL_get_version(c->ssl),
+                 SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
+    /* What our BIO still holds (a TLS 1.3 ticket) waits for
+     * sg_ssl_release() and the first reply (sg_ssl_push()). */
+    return SG_OK;
+}
+
+static int
+sg_ssl_handshake_failed(sg_connection_t *c, int n)
+{
+    int  sslerr, err;
+
     sslerr = SSL_get_error(c->ssl, n);
     if (sslerr == SSL_ERROR_WANT_READ) {
         c->read->ready = 0;
@@ -151,6 +181,7 @@ typedef struct {
     size_t    rlen;
     size_t    wlen;
     uint64_t  tickets;
+    uint64_t  early;        /* records sent before the client's Finished */
 } sg_ssl_secrets_t;
 
 static int  sg_ssl_secrets_index = -1;
@@ -276,6 +307,81 @@ sg_ssl_ticket_made(SSL *ssl, void *arg)
     return 1;
 }
 
+/*
+ * OpenSSL stops a server handshake after its first flight only for
+ * early data (and after a HelloRetryRequest, where the client's second
+ * ClientHello is next): SSL_read_early_data() runs it, and returns
+ * FINISH there, having read none (no ticket of ours allows early data: max_early_data
+ * stays 0, so a client sends none, and what one sent anyway would be
+ * skipped).  Its state then allows SSL_write_early_data(), and
+ * SSL_do_handshake() takes the handshake on from there.
+ */
+int
+sg_ssl_handshake_early(sg_connection_t *c)
+{
+    u_char  byte;
+    size_t  n;
+    int     rc;
+
+    rc = sg_ssl_handshake_step(c);
+    if (rc != SG_OK) {
+        return rc;
+    }
+    rc = SSL_read_early_data(c->ssl, &byte, 1, &n);
+    sg_ssl_keylog_off(c->ssl);
+    switch (rc) {
+    case SSL_READ_EARLY_DATA_FINISH:
+        if (SSL_is_init_finished(c->ssl)) {
+            return sg_ssl_handshake_done(c);          /* TLS 1.2 */
+        }
+        return SG_DECLINED;
+    case SSL_READ_EARLY_DATA_SUCCESS:
+        c->error = 1;
+        sg_log_error(SG_LOG_INFO, c->log, 0, "TLS handshake failed: early "
+                     "data accepted, which smtpgate never allows");
+        return SG_ERROR;
+    }
+    return sg_ssl_handshake_failed(c, -1);
+}
+
+/* Records sent under the new key before the handshake ends count in
+ * ssl_compact_state's first sequence number, as the tickets do.  The
+ * caller's data is one record: at most SG_SSL_EARLY_MAX bytes (a client
+ * that asked for records smaller than that keeps its state in OpenSSL,
+ * sg_ssl_release()). */
+int
+sg_ssl_write_early(sg_connection_t *c, const u_char *data, size_t len)
+{
+    sg_ssl_secrets_t  *s;
+    size_t             written = 0;
+    u_char             finished[EVP_MAX_MD_SIZE];
+    int                err;
+
+    /* OpenSSL stops after a HelloRetryRequest too, with no key to write
+     * under yet: only once our Finished is out. */
+    if (len == 0 || len > SG_SSL_EARLY_MAX
+        || SSL_get_finished(c->ssl, finished, sizeof(finished)) == 0)
+    {
+        return SG_DECLINED;
+    }
+    ERR_clear_error();
+    if (SSL_write_early_data(c->ssl, data, len, &written) != 1
+        || written != len)
+    {
+        err = errno;
+        c->error = 1;
+        sg_ssl_log_failure(c, SSL_get_error(c->ssl, 0), err,
+                           "TLS write in the handshake");
+        return SG_ERROR;
+    }
+    c->sent += (uint64_t) len;
+    s = sg_ssl_secrets(c->ssl, false);
+    if (s) {
+        s->early++;
+    }
+    return SG_OK;
+}
+
 void
 sg_ssl_compact_ctx(SSL_CTX *ctx, bool compact)
 {
@@ -365,7 +471,7 @@ sg_ssl_release(sg_connection_t *c, bool compact)
             : sg_ssl_rec_new(SSL_CIPHER_get_protocol_id(
                                  SSL_get_current_cipher(ssl)),
                              s->rsecret, s->wsecret, s->rlen, 0,
-                             client ? 0 : s->tickets);
+                             client ? 0 : s->early + s->tickets);
         if (r && client) {
             sg_ssl_rec_as_client(r);
         }
