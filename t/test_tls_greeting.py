@@ -13,6 +13,8 @@ t/test_tls.py, t/test_tls_clients.py and t/test_tls_compact.py, where
 this is the default.
 """
 
+import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -43,14 +45,15 @@ class Client:
     """An implicit-TLS client whose handshake records are sent by hand."""
 
     def __init__(self, g, pki, *, sni="mx.test", version="TLSv1_3",
-                 context=None):
+                 context=None, session=None):
         ctx = context or pki.client_context(check_hostname=False)
         ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion,
                                                             version)
         self.sock = socket.create_connection(("127.0.0.1",
                                               g.ports["PORTS"]), timeout=10)
         self.inc, self.outg = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.inc, self.outg, server_hostname=sni)
+        self.obj = ctx.wrap_bio(self.inc, self.outg, server_hostname=sni,
+                                session=session)
 
     def close(self):
         self.sock.close()
@@ -125,16 +128,10 @@ def smtp_through(c):
     assert c.reply().startswith(b"221 ")
 
 
-@pytest.mark.parametrize("compact", ["on", "off"])
-def test_greeting_before_the_clients_finished(smtpgate, backend, pki,
-                                              compact):
-    """The greeting is readable before the client has sent its Finished,
-    and the session goes on over the same keys (compact state counts the
-    greeting's record in its sequence numbers)."""
-    g = smtpgate(tls_conf(pki, backend, level="debug",
-                          extra=f"ssl_compact_state {compact};"))
+def early_session(g, c):
+    """A whole session through Client c whose greeting must come before
+    its Finished; the session's 'TLS established' line."""
     mark = g.log_mark()
-    c = Client(g, pki)
     try:
         c.flight()
         assert c.plaintext() == GREETING
@@ -143,7 +140,38 @@ def test_greeting_before_the_clients_finished(smtpgate, backend, pki,
     finally:
         c.close()
     g.wait_log(EARLY_LOG, since=mark)
+    return g.wait_log(r"TLS established: [^\n]*", since=mark).group(0)
+
+
+def late_session(g, c, quiet=True):
+    """A whole session through Client c whose greeting must wait for its
+    Finished (quiet: nothing may come before the client's last flight is
+    sent; in TLS 1.2 that flight ends before the server's Finished); the
+    session's 'TLS established' line."""
+    mark = g.log_mark()
+    try:
+        c.flight()
+        if quiet:
+            assert c.plaintext(wait=0.5) == b""
+        c.send()
+        assert c.reply() == GREETING
+        smtp_through(c)
+    finally:
+        c.close()
     line = g.wait_log(r"TLS established: [^\n]*", since=mark).group(0)
+    assert EARLY_LOG not in g.log_since(mark)
+    return line
+
+
+@pytest.mark.parametrize("compact", ["on", "off"])
+def test_greeting_before_the_clients_finished(smtpgate, backend, pki,
+                                              compact):
+    """The greeting is readable before the client has sent its Finished,
+    and the session goes on over the same keys (compact state counts the
+    greeting's record in its sequence numbers)."""
+    g = smtpgate(tls_conf(pki, backend, level="debug",
+                          extra=f"ssl_compact_state {compact};"))
+    line = early_session(g, Client(g, pki))
     assert ("compact state" in line) == (compact == "on"), line
 
 
@@ -169,36 +197,15 @@ def test_off_greets_after_the_handshake(smtpgate, backend, pki):
     Finished is in."""
     g = smtpgate(tls_conf(pki, backend, level="debug",
                           extra="ssl_greeting_in_handshake off;"))
-    mark = g.log_mark()
-    c = Client(g, pki)
-    try:
-        c.flight()
-        assert c.plaintext(wait=0.5) == b""
-        c.send()
-        assert c.reply() == GREETING
-        smtp_through(c)
-    finally:
-        c.close()
-    g.wait_log(r"TLS established", since=mark)
-    assert EARLY_LOG not in g.log_since(mark)
+    late_session(g, Client(g, pki))
 
 
 def test_tls12_greets_after_the_handshake(smtpgate, backend, pki):
     """TLS 1.2 has no 0.5-RTT: the server's Finished comes last in a full
     handshake, and the greeting right behind it; sessions work."""
     g = smtpgate(tls_conf(pki, backend, level="debug"))
-    mark = g.log_mark()
-    c = Client(g, pki, version="TLSv1_2")
-    try:
-        c.flight()
-        c.send()
-        assert c.reply() == GREETING
-        smtp_through(c)
-    finally:
-        c.close()
-    line = g.wait_log(r"TLS established: [^\n]*", since=mark).group(0)
+    line = late_session(g, Client(g, pki, version="TLSv1_2"), quiet=False)
     assert "TLSv1.2" in line, line
-    assert EARLY_LOG not in g.log_since(mark)
 
 
 def test_hello_retry_request(smtpgate, backend, pki):
@@ -208,17 +215,7 @@ def test_hello_retry_request(smtpgate, backend, pki):
     works."""
     g = smtpgate(tls_conf(pki, backend, level="debug",
                           extra="ssl_ecdh_curve secp384r1;"))
-    mark = g.log_mark()
-    c = Client(g, pki)
-    try:
-        c.flight()
-        c.send()
-        assert c.reply() == GREETING
-        smtp_through(c)
-    finally:
-        c.close()
-    g.wait_log(r"TLS established", since=mark)
-    assert EARLY_LOG not in g.log_since(mark)
+    late_session(g, Client(g, pki))
     # openssl s_client, which offers x25519 only, the same way
     out = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{g.ports['PORTS']}",
@@ -257,18 +254,8 @@ def test_client_certificates_wait_for_the_handshake(smtpgate, backend, pki):
     g = smtpgate(tls_conf(pki, backend, level="debug",
                           extra=f"ssl_client_certificate {pki.ca};\n"
                                 "ssl_verify_client optional;"))
-    mark = g.log_mark()
-    c = Client(g, pki, context=pki.client_context("alice",
-                                                  check_hostname=False))
-    try:
-        c.flight()
-        assert c.plaintext(wait=0.5) == b""
-        c.send()
-        assert c.reply() == GREETING
-    finally:
-        c.close()
-    g.wait_log(r"TLS established", since=mark)
-    assert EARLY_LOG not in g.log_since(mark)
+    late_session(g, Client(g, pki, context=pki.client_context(
+        "alice", check_hostname=False)))
 
 
 def two_servers(pki, backend, alt_extra=""):
@@ -305,6 +292,81 @@ def test_the_greeting_of_the_server_sni_chose(smtpgate, backend, pki):
         assert c.plaintext() == GREETING
     finally:
         c.close()
+
+
+def test_resumed_session_greets_in_the_handshake(smtpgate, backend, pki):
+    """A session resumed from its ticket (no certificate, no key exchange
+    but the PSK's) has the greeting in the handshake too, and goes on
+    in compact state with the right sequence numbers."""
+    g = smtpgate(tls_conf(pki, backend, level="debug"))
+    ctx = pki.client_context(check_hostname=False)
+    c = Client(g, pki, context=ctx)
+    try:
+        c.flight()
+        assert c.plaintext() == GREETING
+        c.send(b"EHLO client.test\r\n")
+        assert c.reply().startswith(b"250-mx.test")   # the ticket came too
+        session = c.obj.session
+        c.send(b"QUIT\r\n")
+        assert c.reply().startswith(b"221 ")
+    finally:
+        c.close()
+    assert session is not None and session.has_ticket
+    c = Client(g, pki, context=ctx, session=session)
+    line = early_session(g, c)
+    assert c.obj.session_reused
+    assert "compact state" in line, line
+
+
+def test_session_of_another_server_hears_nothing(smtpgate, backend, pki,
+                                                 tmp_path):
+    """A session made with mx.test offered under SNI alt.test is refused
+    before a word is said: not even mx.test's greeting leaves with the
+    flight."""
+    g = smtpgate(two_servers(pki, backend))
+    sess = str(tmp_path / "session.pem")
+    common = ["openssl", "s_client", "-connect",
+              f"127.0.0.1:{g.ports['PORTS']}", "-tls1_3", "-CAfile", pki.ca,
+              "-ign_eof"]
+    out = subprocess.run(common + ["-servername", "mx.test", "-sess_out",
+                                   sess], input=b"QUIT\r\n",
+                         capture_output=True, timeout=60).stdout
+    assert GREETING in out, out
+    mark = g.log_mark()
+    out = subprocess.run(common + ["-servername", "alt.test", "-sess_in",
+                                   sess], input=b"QUIT\r\n",
+                         capture_output=True, timeout=60).stdout
+    assert b"220 " not in out, out
+    g.wait_log(r'TLS session of server "mx.test" resumed under "alt.test"',
+               since=mark)
+
+
+@pytest.mark.skipif(not shutil.which("msmtp"), reason="msmtp not installed")
+@pytest.mark.parametrize("priority", ["NORMAL:-VERS-ALL:+VERS-TLS1.3",
+                                      "NORMAL:-VERS-ALL:+VERS-TLS1.2"])
+def test_gnutls_client(smtpgate, backend, pki, tmp_path, priority):
+    """msmtp, a GnuTLS client, over implicit TLS: with TLS 1.3 it takes
+    the greeting that came with the handshake, and the message arrives."""
+    g = smtpgate(tls_conf(pki, backend, level="debug"))
+    mark = g.log_mark()
+    rc = tmp_path / "msmtprc"
+    rc.write_text("\n".join([
+        "account gate", "host 127.0.0.1", f"port {g.ports['PORTS']}",
+        "syslog off", "timeout 60", "domain client.test",
+        "from a@example.org", "tls on", "tls_starttls off",
+        f"tls_trust_file {pki.ca}", "tls_host_override mx.test",
+        f"tls_priorities {priority}", "auth plain", "user alice",
+        f"passwordeval echo {password('alice')}"]) + "\n")
+    os.chmod(rc, 0o600)
+    msg = b"Subject: over implicit TLS\r\n\r\nfrom GnuTLS\r\n"
+    p = subprocess.run(["msmtp", "-C", str(rc), "-a", "gate",
+                        "b@example.org"], input=msg, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, p
+    (m,) = backend.wait_messages(1)
+    assert m.content.endswith(msg)
+    early = EARLY_LOG in g.wait_log(r"TLS established", since=mark).string
+    assert early == ("TLS1.3" in priority), g.log_since(mark)
 
 
 def test_client_leaving_after_the_greeting(smtpgate, backend, pki):
