@@ -106,6 +106,36 @@ sg_dns_query(u_char *buf, size_t size, uint16_t id, const sg_str_t *name,
     return (size_t) (p - buf);
 }
 
+size_t
+sg_dns_add_edns(u_char *msg, size_t len, size_t size)
+{
+    u_char  *p = msg + len;
+
+    if (len < SG_DNS_HEADER || size - len < SG_DNS_OPT_LEN
+        || sg_dns_get16(msg + 10) != 0)
+    {
+        return len;
+    }
+    *p++ = 0;                               /* the root */
+    p = sg_dns_put16(p, SG_DNS_OPT);
+    p = sg_dns_put16(p, SG_DNS_EDNS_UDP);   /* in place of the class */
+    memset(p, 0, 6);  /* extended rcode, version 0, flags (no DO), RDLEN */
+    (void) sg_dns_put16(msg + 10, 1);       /* ARCOUNT */
+    return len + SG_DNS_OPT_LEN;
+}
+
+size_t
+sg_dns_drop_edns(u_char *msg, size_t len)
+{
+    if (len < SG_DNS_HEADER + SG_DNS_OPT_LEN || sg_dns_get16(msg + 10) != 1
+        || sg_dns_get16(msg + len - SG_DNS_OPT_LEN + 1) != SG_DNS_OPT)
+    {
+        return len;
+    }
+    (void) sg_dns_put16(msg + 10, 0);
+    return len - SG_DNS_OPT_LEN;
+}
+
 int
 sg_dns_id(const u_char *msg, size_t len)
 {

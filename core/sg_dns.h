@@ -16,15 +16,20 @@
 #define SG_DNS_CNAME      5
 #define SG_DNS_PTR        12
 #define SG_DNS_AAAA       28
+#define SG_DNS_OPT        41
 
 #define SG_DNS_NOERROR    0
 #define SG_DNS_FORMERR    1
 #define SG_DNS_SERVFAIL   2
 #define SG_DNS_NXDOMAIN   3
+#define SG_DNS_NOTIMP     4
 #define SG_DNS_REFUSED    5
 
 #define SG_DNS_NAME_MAX   255      /* dotted text, no final dot */
 #define SG_DNS_UDP_MAX    512      /* without EDNS (RFC 1035 4.2.1) */
+#define SG_DNS_EDNS_UDP   1232     /* the UDP answers we take with EDNS:
+                                      no IP fragments on any usual path */
+#define SG_DNS_OPT_LEN    11       /* an OPT record without options */
 #define SG_DNS_ADDRS_MAX  16       /* addresses kept of one answer */
 #define SG_DNS_CNAMES_MAX 8        /* aliases followed in one answer */
 #define SG_DNS_JUMPS_MAX  32       /* compression pointers in one name */
@@ -39,6 +44,15 @@ size_t sg_dns_arpa_name(const struct sockaddr *sa, u_char *buf);
  * domain name (an empty or over-long label, over 255 bytes). */
 size_t sg_dns_query(u_char *buf, size_t size, uint16_t id,
     const sg_str_t *name, uint16_t type);
+
+/* EDNS (RFC 6891): add to the query of len bytes in msg (size bytes of
+ * room) an OPT record saying that UDP answers of SG_DNS_EDNS_UDP bytes
+ * are taken, so that a long answer needs no TCP; returns the new
+ * length, or len when there is no room or the query has one already.
+ * sg_dns_drop_edns() takes it off again (for a server that answered
+ * FORMERR or NOTIMP to it, 7): the query as it was. */
+size_t sg_dns_add_edns(u_char *msg, size_t len, size_t size);
+size_t sg_dns_drop_edns(u_char *msg, size_t len);
 
 /* The id of a message at least 12 bytes long; -1 when shorter. */
 int sg_dns_id(const u_char *msg, size_t len);

@@ -29,7 +29,8 @@ typedef struct {
     uint32_t             sent;             /* servers it went to */
     uint32_t             refused;          /* ... that said unreachable */
     size_t               len;
-    u_char               msg[SG_DNS_NAME_MAX + 32];
+    u_char               msg[SG_DNS_NAME_MAX + 32 + SG_DNS_OPT_LEN];
+    unsigned             edns:1;            /* msg has an OPT record */
 
     /* Asked again over TCP after a truncated answer (RFC 7766). */
     sg_connection_t     *tcp;
@@ -71,6 +72,8 @@ struct sg_resolver_rt_s {
     size_t               in_flight;
     size_t               next_server;
     uint32_t             refused_logged;    /* said once per socket */
+    uint32_t             no_edns;           /* servers that answered
+                                               FORMERR or NOTIMP to it */
     sg_connection_t     *udp[SG_RESOLVER_ADDRS_MAX];
     u_char               random[64];
     size_t               random_left;
@@ -322,6 +325,10 @@ sg_resolver_send_to(sg_dns_entry_t *e, size_t i, sg_log_t *log)
     }
     q->server = i;
     q->sent |= 1u << i;
+    if (q->edns && (r->rt->no_edns & (1u << i))) {
+        q->len = sg_dns_drop_edns(q->msg, q->len);
+        q->edns = 0;
+    }
     n = send(c->fd, q->msg, q->len, 0);
     if (n == (ssize_t) q->len) {
         return SG_OK;
@@ -431,6 +438,8 @@ sg_resolver_query(sg_resolver_t *r, uint16_t type, const u_char *name,
         free(e);
         return NULL;
     }
+    q->len = sg_dns_add_edns(q->msg, q->len, sizeof(q->msg));
+    q->edns = 1;
     q->timer.data = e;
     q->timer.handler = sg_resolver_timer;
     q->timer.log = sg_cycle->log;
@@ -924,6 +933,20 @@ sg_resolver_read(sg_event_t *ev)
             sg_log_error(SG_LOG_INFO, sg_cycle->log, 0, "a DNS message from "
                          "%.*s ignored: %s", SG_STR_ARG(&c->addr_text), err);
             continue;
+        }
+        if (e->query->edns
+            && (a.rcode == SG_DNS_FORMERR || a.rcode == SG_DNS_NOTIMP))
+        {
+            /* RFC 6891 7: a server that does not know EDNS; it is
+             * asked without from here on, this query at once */
+            rt->no_edns |= 1u << i;
+            sg_log_error(SG_LOG_INFO, sg_cycle->log, 0, "the name server "
+                         "%.*s does not take EDNS (%s), asking again "
+                         "without it", SG_STR_ARG(&c->addr_text),
+                         a.rcode == SG_DNS_FORMERR ? "FORMERR" : "NOTIMP");
+            if (sg_resolver_send_to(e, i, sg_cycle->log) == SG_OK) {
+                continue;
+            }
         }
         if (a.truncated && sg_resolver_tcp(e, i) == SG_OK) {
             continue;               /* the whole answer comes over TCP */

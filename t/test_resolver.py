@@ -570,6 +570,54 @@ def test_truncated_answer_is_asked_again_over_tcp(
                r"from 127\.0\.0\.1:\d+, asking again over TCP", since=mark)
 
 
+def test_edns_takes_a_long_answer_over_udp(smtpgate, xclient_backend,
+                                           scripted_dns, svc):
+    """Queries offer 1232-byte UDP answers (EDNS, RFC 6891): an answer
+    over 512 bytes comes over UDP, with no TCP (there is no TCP listener
+    here)."""
+    def udp(msg):
+        if dns.query_of(msg)[2] != dns.PTR:
+            return [_a_answer_for(msg)]
+        if dns.edns_payload(msg) != 1232:
+            return [dns.answer(msg, flags=0x8380)]     # truncated
+        name = dns.query_of(msg)[1]
+        return [dns.answer(msg, [dns.rr(name, dns.PTR, "client.test")]
+                           + [dns.rr(name, dns.PTR, f"alias{i}.example.com")
+                              for i in range(20)])]     # 1004 bytes
+    d = scripted_dns(udp)
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc)
+    login_and_send(g, source="127.0.0.2")
+    assert client_hosts(svc) == ["client.test"]
+    assert all(dns.edns_payload(m) == 1232 for m in d.received)
+
+
+@pytest.mark.parametrize("rcode", [1, 4], ids=["FORMERR", "NOTIMP"])
+def test_server_without_edns(smtpgate, xclient_backend, scripted_dns, svc,
+                             rcode):
+    """A name server that answers FORMERR or NOTIMP to a query with EDNS
+    is asked again at once without it, and from then on without it
+    (RFC 6891 7)."""
+    def udp(msg):
+        if dns.edns_payload(msg) is not None:
+            return [dns.answer(msg, rcode=rcode)]
+        return [_good(msg)]
+    d = scripted_dns(udp)
+    g = resolver_gate(smtpgate, xclient_backend, d.address, svc=svc)
+    login_and_send(g, source="127.0.0.2")
+    assert client_hosts(svc) == ["client.test"]
+    name = "FORMERR" if rcode == 1 else "NOTIMP"
+    # the first lookup may be the start-up probe's (127.0.0.1)
+    g.wait_log(rf"the name server 127\.0\.0\.1:\d+ does not take EDNS "
+               rf"\({name}\), asking again without it")
+    edns = [dns.edns_payload(m) for m in d.received]
+    first = edns.index(None)
+    assert first >= 1 and set(edns[:first]) == {1232}, edns
+    assert set(edns[first:]) == {None}, edns
+    ours = [dns.query_of(m)[1:] for m in d.received[first:]]
+    assert ours[-2:] == [("2.0.0.127.in-addr.arpa", dns.PTR),
+                         ("client.test", dns.A)], ours
+
+
 def _tcp_cases():
     def other_id(msg):
         a = bytearray(_many_ptrs(msg)[0])

@@ -27,7 +27,7 @@ from .backends import stop_process
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
-A, CNAME, PTR, AAAA = 1, 5, 12, 28
+A, CNAME, PTR, AAAA, OPT = 1, 5, 12, 28, 41
 
 
 def skip_reason():
@@ -162,6 +162,17 @@ def query_of(msg):
         pos += 1 + n
     qtype = struct.unpack(">H", msg[pos + 1:pos + 3])[0]
     return qid, ".".join(labels), qtype
+
+
+def edns_payload(msg):
+    """The UDP payload size a query's OPT record offers (RFC 6891), or
+    None when it has none."""
+    arcount = struct.unpack(">H", msg[10:12])[0]
+    end = msg.index(b"\0", 12) + 5
+    if arcount != 1 or len(msg) < end + 11 or msg[end] != 0:
+        return None
+    rtype, payload = struct.unpack(">HH", msg[end + 1:end + 5])
+    return payload if rtype == OPT else None
 
 
 def rr(name, rtype, rdata, ttl=300):

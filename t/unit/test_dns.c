@@ -173,6 +173,42 @@ test_query(void)
 }
 
 static void
+test_edns(void)
+{
+    static const u_char  opt[] = {
+        0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0    /* payload 1232 */
+    };
+    u_char    buf[300], orig[300];
+    size_t    len, with;
+    sg_str_t  name;
+
+    name.data = (u_char *) "mail.example.org";
+    name.len = 16;
+    len = sg_dns_query(buf, sizeof(buf), 0xbeef, &name, SG_DNS_A);
+    memcpy(orig, buf, len);
+    with = sg_dns_add_edns(buf, len, sizeof(buf));
+    CHECK_UINT(with, len + SG_DNS_OPT_LEN);
+    CHECK_UINT(buf[10] * 256 + buf[11], 1);            /* ARCOUNT */
+    CHECK(memcmp(buf + len, opt, sizeof(opt)) == 0);
+    CHECK(memcmp(buf + 12, orig + 12, len - 12) == 0);
+    /* once only */
+    CHECK_UINT(sg_dns_add_edns(buf, with, sizeof(buf)), with);
+    /* no room: the query as it is */
+    memcpy(buf, orig, len);
+    CHECK_UINT(sg_dns_add_edns(buf, len, len + SG_DNS_OPT_LEN - 1), len);
+    CHECK(memcmp(buf, orig, len) == 0);
+    CHECK_UINT(sg_dns_add_edns(buf, 5, sizeof(buf)), 5);
+
+    /* and off again: the original query */
+    with = sg_dns_add_edns(buf, len, sizeof(buf));
+    CHECK_UINT(sg_dns_drop_edns(buf, with), len);
+    CHECK(memcmp(buf, orig, len) == 0);
+    /* nothing to drop */
+    CHECK_UINT(sg_dns_drop_edns(buf, len), len);
+    CHECK_UINT(sg_dns_drop_edns(buf, 5), 5);
+}
+
+static void
 test_ptr_answer(void)
 {
     msg_t            m;
@@ -433,6 +469,7 @@ main(void)
 
     RUN(test_arpa);
     RUN(test_query);
+    RUN(test_edns);
     RUN(test_ptr_answer);
     RUN(test_a_answer_with_cname);
     RUN(test_errors_and_truncation);
