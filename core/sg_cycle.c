@@ -110,7 +110,8 @@ sg_cycle_open_log(sg_cycle_t *cycle, const sg_str_t *name, char *errbuf,
               O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd == -1) {
         snprintf(errbuf, errlen, "open() \"%.*s\" failed (%d: %s): check "
-                 "the \"error_log\" directive and that the directory exists",
+                 "the \"error_log\" or \"access_log\" directive naming it "
+                 "and that the directory exists",
                  SG_STR_ARG(name), errno, strerror(errno));
         cycle->open_files.nelts--;
         return NULL;
@@ -151,6 +152,62 @@ sg_cycle_open_logs(sg_cycle_t *cycle, const sg_str_t *main_log,
     cycle->new_log.file = &f[0];
     for (i = 0; i < cycle->log_wants.nelts; i++) {
         *w[i].where = &f[w[i].index];
+    }
+    return SG_OK;
+}
+
+/* -t: whether each log file could be opened, without creating it: the
+ * file writable, or its directory there to create it in. */
+static int
+sg_cycle_check_log(const sg_str_t *name, char *errbuf, size_t errlen)
+{
+    char        dir[PATH_MAX];
+    const char *path = (const char *) name->data, *slash;
+    int         err = 0;
+
+    if (sg_str_eq(name, "stderr")) {
+        return SG_OK;
+    }
+    if (access(path, F_OK) == 0) {
+        if (access(path, W_OK) != 0) {
+            err = errno;
+        }
+    } else if (errno != ENOENT) {
+        err = errno;
+    } else {
+        slash = strrchr(path, '/');
+        if (slash && (size_t) (slash - path) < sizeof(dir)) {
+            memcpy(dir, path, (size_t) (slash - path));
+            dir[slash == path ? 1 : slash - path] = '\0';
+            if (access(dir, W_OK | X_OK) != 0) {
+                err = errno;
+            }
+        }
+    }
+    if (err == 0) {
+        return SG_OK;
+    }
+    snprintf(errbuf, errlen, "open() \"%.*s\" would fail (%d: %s): check "
+             "the \"error_log\" or \"access_log\" directive naming it "
+             "and that the directory exists", SG_STR_ARG(name), err,
+             strerror(err));
+    return SG_ERROR;
+}
+
+static int
+sg_cycle_check_logs(sg_cycle_t *cycle, const sg_str_t *main_log,
+    char *errbuf, size_t errlen)
+{
+    sg_cycle_log_want_t  *w = cycle->log_wants.elts;
+    size_t                i;
+
+    if (sg_cycle_check_log(main_log, errbuf, errlen) != SG_OK) {
+        return SG_ERROR;
+    }
+    for (i = 0; i < cycle->log_wants.nelts; i++) {
+        if (sg_cycle_check_log(&w[i].name, errbuf, errlen) != SG_OK) {
+            return SG_ERROR;
+        }
     }
     return SG_OK;
 }
@@ -304,6 +361,12 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
         goto failed;
     }
 
+    if (test_only
+        && sg_cycle_check_logs(cycle, &ccf->error_log, errbuf, errlen)
+           != SG_OK)
+    {
+        goto failed;
+    }
     if (!test_only) {
         if (sg_cycle_open_logs(cycle, &ccf->error_log, errbuf, errlen)
             != SG_OK)

@@ -1064,6 +1064,7 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
             return;
         }
         ctx->peer = &ctx->pick.peer->addr;
+        ctx->s->upstream = &ctx->peer->name;
         ctx->peer_host = ctx->pick.peer->host;
 #if (SG_HAVE_SPOOL_MODULE)
         if (ctx->pick.peer->spool) {
@@ -1082,6 +1083,7 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
         return;
     }
     ctx->peer = &ctx->addrs[ctx->addr_index++];
+    ctx->s->upstream = &ctx->peer->name;
     /* Named at run time: the IP address is the name TLS checks. */
     ctx->peer_host.data = sg_pnalloc(ctx->s->pool, SG_INET_ADDRSTRLEN + 1);
     if (ctx->peer_host.data == NULL) {
@@ -1689,6 +1691,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "relay idle for longer than "
                      "proxy_timeout, closing");
+        sg_smtp_set_end(s, SG_SMTP_END_TIMEOUT);
         sg_proxy_lost(ctx, "Error: timeout exceeded");
         sg_smtp_close_session(s);
         return;
@@ -1702,6 +1705,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     rc = sg_proxy_pump(ctx->up, down, &ctx->ubuf, ctx->conf->buffer_size,
                        &up_eof, &moved, ctx->closing ? 0 : until,
                        tracked ? &ctx->track : NULL);
+    s->messages = ctx->track.accepted;
     if (rc == SG_OK && ctx->closing) {
         if (sg_buf_size(&ctx->ubuf)) {
             goto wait;
@@ -1720,6 +1724,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
         sg_log_error(SG_LOG_INFO, s->log, 0, "client sent QUIT, backend "
                      "connection %s", ctx->keep ? "kept"
                      : ctx->quit_up ? "told QUIT and closed" : "closed");
+        sg_smtp_set_end(s, SG_SMTP_END_QUIT);
         sg_smtp_close_session(s);
         return;
     }
@@ -1806,12 +1811,14 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (ctx->up_eof && up_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "backend %.*s closed the "
                      "connection", SG_STR_ARG(&ctx->peer->name));
+        sg_smtp_set_end(s, SG_SMTP_END_BACKEND_CLOSED);
         sg_proxy_lost(ctx, SG_PROXY_LOST);
         sg_smtp_close_session(s);
         return;
     }
     if (ctx->down_eof && down_empty) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection");
+        sg_smtp_set_end(s, SG_SMTP_END_CLOSED);
         sg_smtp_close_session(s);
         return;
     }

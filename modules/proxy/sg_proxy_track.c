@@ -425,6 +425,7 @@ sg_proxy_track_reply_line(sg_proxy_track_t *t)
         t->erred = 1;
     } else if (code / 100 == 2 && t->got == t->end_at) {
         t->erred = 0;                 /* Postfix forgets them here too */
+        t->accepted++;
     }
     if (t->pending == 0 && t->data_due) {
         t->data_due = 0;

@@ -50,6 +50,7 @@ typedef struct {
                                 BDAT LAST) */
     uint64_t     rset_at;    /* the last RSET's */
     uint64_t     clean_at;   /* the last of those two answered 2xx */
+    uint64_t     accepted;   /* messages the server answered 2xx */
     unsigned     pending;    /* replies due from the server */
     unsigned     state;      /* sg_proxy_track_state_e */
     unsigned     dstate;     /* where in a line of message text */

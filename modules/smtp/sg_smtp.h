@@ -235,6 +235,12 @@ typedef struct {
                                       (proxy_smtp_auth) */
     unsigned                       caps_auto:1;   /* smtp_capabilities
                                                      auto */
+
+    /* Run as a session of this server closes, before anything of it
+     * is freed (the access log sets it at postconfiguration). */
+    void                         (*log_session)(sg_smtp_session_t *s,
+                                                void *conf);
+    void                          *log_conf;
 } sg_smtp_srv_conf_t;
 
 /* What a listening socket serves: the servers sharing its address. */
@@ -320,7 +326,14 @@ struct sg_smtp_session_s {
     void                 (*host_then)(sg_smtp_session_t *s);  /* what
                                             waits for the name */
     unsigned               auth_mech;
+    const char            *status;       /* how it ended: SG_SMTP_END_* */
+    sg_msec_t              start;        /* accepted (monotonic) */
+    uint64_t               messages;     /* accepted by the backend */
+    const sg_str_t        *upstream;     /* the relay's backend, the last
+                                            tried ("192.0.2.9:25") */
 
+    unsigned               auth_result:2;    /* the last AUTH's:
+                                                SG_SMTP_AUTH_RESULT_* */
     unsigned               esmtp:1;
     unsigned               skipping:1;   /* dropping an over-long line */
     unsigned               quit:1;       /* close once out is flushed */
@@ -335,6 +348,33 @@ struct sg_smtp_session_s {
     unsigned               host_status:2;    /* SG_RESOLVE_*, once
                                                 looked up */
 };
+
+/* How a session ended ($status), set where the cause is known; the
+ * first cause set wins.  A session closed with none set ended "refused"
+ * when smtpgate had decided to close it (s->quit), "shutdown" when the
+ * worker was stopping, else "error". */
+#define SG_SMTP_END_QUIT             "quit"
+#define SG_SMTP_END_CLOSED           "closed"
+#define SG_SMTP_END_TIMEOUT          "timeout"
+#define SG_SMTP_END_TLS_ERROR        "tls_error"
+#define SG_SMTP_END_REFUSED          "refused"
+#define SG_SMTP_END_BACKEND_ERROR    "backend_error"
+#define SG_SMTP_END_BACKEND_CLOSED   "backend_closed"
+#define SG_SMTP_END_BACKEND_REFUSED  "backend_refused"
+#define SG_SMTP_END_SHUTDOWN         "shutdown"
+#define SG_SMTP_END_ERROR            "error"
+
+#define sg_smtp_set_end(s, why)                                             \
+    do {                                                                     \
+        if ((s)->status == NULL) {                                           \
+            (s)->status = (why);                                             \
+        }                                                                    \
+    } while (0)
+
+#define SG_SMTP_AUTH_RESULT_NONE      0
+#define SG_SMTP_AUTH_RESULT_OK        1
+#define SG_SMTP_AUTH_RESULT_FAILED    2
+#define SG_SMTP_AUTH_RESULT_TEMPFAIL  3
 
 /* ---- variables (sg_smtp_variables.c) ---------------------------------
  *

@@ -674,6 +674,9 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     r->pass.data = NULL;
     sg_smtp_del_timer(s);
 
+    s->auth_result = r->status == SG_AUTH_OK ? SG_SMTP_AUTH_RESULT_OK
+                     : r->status == SG_AUTH_FAIL ? SG_SMTP_AUTH_RESULT_FAILED
+                     : SG_SMTP_AUTH_RESULT_TEMPFAIL;
     switch (r->status) {
     case SG_AUTH_OK:
         sg_smtp_limit_account(s, false);

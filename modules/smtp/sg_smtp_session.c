@@ -122,6 +122,7 @@ sg_smtp_init_session(sg_connection_t *c)
     s->conf = ac->default_server;
     s->pool = c->pool;
     s->log = c->log;
+    s->start = sg_current_msec;
     c->data = s;
     c->log->handler = sg_smtp_log_handler;
     c->log->data = s;
@@ -294,6 +295,14 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_smtp_auth_cleanup(s);
     sg_smtp_del_timer(s);
     sg_smtp_host_free(s);
+    if (s->status == NULL) {
+        s->status = s->quit ? SG_SMTP_END_REFUSED
+                    : sg_exiting ? SG_SMTP_END_SHUTDOWN : SG_SMTP_END_ERROR;
+    }
+    if (s->conf->log_session) {
+        /* the TLS facts are still there */
+        s->conf->log_session(s, s->conf->log_conf);
+    }
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
     sg_ssl_free_connection(c);
@@ -564,6 +573,7 @@ sg_smtp_quit(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
     (void) cmd;
     s->quit = 1;
+    sg_smtp_set_end(s, SG_SMTP_END_QUIT);
     sg_connection_last_words(s->connection);
     return sg_smtp_reply(s, "221 2.0.0 Bye");
 }
@@ -798,6 +808,9 @@ sg_smtp_read(sg_smtp_session_t *s)
     if (n == 0) {
         return SG_DONE;
     }
+    if (n != SG_AGAIN && (errno == ECONNRESET || errno == EPIPE)) {
+        sg_smtp_set_end(s, SG_SMTP_END_CLOSED);     /* reset by the client */
+    }
     return n == SG_AGAIN ? SG_AGAIN : SG_ERROR;
 }
 
@@ -820,6 +833,9 @@ sg_smtp_flush(sg_smtp_session_t *s)
             return SG_AGAIN;
         }
         if (n < 0) {
+            if (errno == ECONNRESET || errno == EPIPE) {
+                sg_smtp_set_end(s, SG_SMTP_END_CLOSED);
+            }
             return SG_ERROR;
         }
         s->out.pos += n;
@@ -1005,6 +1021,7 @@ sg_smtp_run(sg_smtp_session_t *s)
         if (rc == SG_DONE) {
             sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the "
                          "connection");
+            sg_smtp_set_end(s, SG_SMTP_END_CLOSED);
         }
         if (rc == SG_AGAIN) {
             /* "timeout" is a deadline for a whole command line, not for
@@ -1039,6 +1056,7 @@ sg_smtp_read_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out");
         s->quit = 1;
+        sg_smtp_set_end(s, SG_SMTP_END_TIMEOUT);
         if (sg_smtp_buffers(s) != SG_OK) {
             sg_smtp_close_session(s);
             return;
@@ -1059,6 +1077,7 @@ sg_smtp_write_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "client timed out while we "
                      "were sending replies");
+        sg_smtp_set_end(s, SG_SMTP_END_TIMEOUT);
         sg_smtp_close_session(s);
         return;
     }
@@ -1112,6 +1131,7 @@ sg_smtp_tls_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, s->log, 0, "TLS handshake timed out "
                      "(ssl_handshake_timeout)");
+        sg_smtp_set_end(s, SG_SMTP_END_TIMEOUT);
         sg_smtp_close_session(s);
         return;
     }
@@ -1134,6 +1154,7 @@ sg_smtp_tls_handler(sg_event_t *ev)
         return;
     }
     if (rc == SG_ERROR) {
+        sg_smtp_set_end(s, SG_SMTP_END_TLS_ERROR);
         sg_smtp_close_session(s);
         return;
     }
@@ -1147,6 +1168,7 @@ sg_smtp_tls_handler(sg_event_t *ev)
         (void) sg_smtp_select_server(c, &name);
     }
     if (sg_ssl_check_session(c, s->conf) != SG_OK) {
+        sg_smtp_set_end(s, SG_SMTP_END_TLS_ERROR);
         sg_smtp_close_session(s);
         return;
     }
@@ -1249,6 +1271,7 @@ sg_smtp_relay_failed(sg_smtp_session_t *s)
 {
     s->state = SG_SMTP_ST_COMMAND;
     s->quit = 1;
+    sg_smtp_set_end(s, SG_SMTP_END_BACKEND_ERROR);
     sg_buf_compact(&s->out);
     (void) sg_smtp_reply(s, "451 4.4.1 No backend available, try again "
                          "later");
@@ -1260,6 +1283,7 @@ sg_smtp_relay_refused(sg_smtp_session_t *s, const sg_str_t *reply)
 {
     s->state = SG_SMTP_ST_COMMAND;
     s->quit = 1;
+    sg_smtp_set_end(s, SG_SMTP_END_BACKEND_REFUSED);
     sg_buf_compact(&s->out);
     if (sg_smtp_buffers(s) != SG_OK
         || sg_buf_append(&s->out, reply->data, reply->len) != SG_OK)

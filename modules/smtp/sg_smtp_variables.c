@@ -896,23 +896,171 @@ sg_smtp_var_session_id(sg_smtp_session_t *s, sg_str_t *value,
     return sg_smtp_var_number(s, value, s->connection->number);
 }
 
+static int
+sg_smtp_var_auth_status(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    switch (s->auth_result) {
+    case SG_SMTP_AUTH_RESULT_OK:       sg_str_set(value, "ok"); break;
+    case SG_SMTP_AUTH_RESULT_FAILED:   sg_str_set(value, "failed"); break;
+    case SG_SMTP_AUTH_RESULT_TEMPFAIL: sg_str_set(value, "tempfail"); break;
+    default:
+        return SG_DECLINED;         /* no answer yet */
+    }
+    return SG_OK;
+}
+
+static int
+sg_smtp_var_auth_failures(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    return sg_smtp_var_number(s, value, s->sasl ? s->sasl->failures : 0);
+}
+
+static int
+sg_smtp_var_bytes(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    return sg_smtp_var_number(s, value, data ? s->connection->sent
+                                             : s->connection->received);
+}
+
+static int
+sg_smtp_var_messages(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    (void) data;
+    return sg_smtp_var_number(s, value, s->messages);
+}
+
+static int
+sg_smtp_var_upstream_addr(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    if (s->upstream == NULL) {
+        return SG_DECLINED;
+    }
+    return sg_smtp_var_str(value, s->upstream);
+}
+
+static int
+sg_smtp_var_status(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    (void) data;
+    if (s->status == NULL) {
+        return SG_DECLINED;         /* still running */
+    }
+    value->data = (u_char *) s->status;
+    value->len = strlen(s->status);
+    return SG_OK;
+}
+
+/* Seconds with milliseconds: "12.345". */
+static int
+sg_smtp_var_msec_value(sg_smtp_session_t *s, sg_str_t *value, uint64_t ms)
+{
+    u_char  *p;
+
+    p = sg_pnalloc(s->pool, 32);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    value->data = p;
+    value->len = (size_t) (sg_slprintf(p, p + 32, "%llu.%03u",
+                                       (unsigned long long) (ms / 1000),
+                                       (unsigned) (ms % 1000)) - p);
+    return SG_OK;
+}
+
+static int
+sg_smtp_var_session_time(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    return sg_smtp_var_msec_value(s, value,
+        sg_current_msec >= s->start ? sg_current_msec - s->start : 0);
+}
+
+static int
+sg_smtp_var_msec(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    struct timespec  ts;
+
+    (void) data;
+    (void) clock_gettime(CLOCK_REALTIME, &ts);
+    return sg_smtp_var_msec_value(s, value, (uint64_t) ts.tv_sec * 1000
+                                            + (uint64_t) ts.tv_nsec / 1000000);
+}
+
+/* The local time now: data 0 "2026-12-07T10:15:02+01:00" (ISO 8601),
+ * 1 "07/Dec/2026:10:15:02 +0100" (nginx's $time_local). */
+static int
+sg_smtp_var_time(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    struct tm  tm;
+    time_t     now = sg_current_time;
+    long       off;
+    u_char    *p;
+    size_t     n;
+    char       sign;
+
+    if (localtime_r(&now, &tm) == NULL) {
+        return SG_DECLINED;
+    }
+    off = tm.tm_gmtoff / 60;
+    sign = off < 0 ? '-' : '+';
+    off = off < 0 ? -off : off;
+    p = sg_pnalloc(s->pool, 40);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    n = strftime((char *) p, 40, data ? "%d/%b/%Y:%H:%M:%S"
+                                      : "%Y-%m-%dT%H:%M:%S", &tm);
+    if (n == 0) {
+        return SG_DECLINED;
+    }
+    if (data) {
+        n = (size_t) (sg_slprintf(p + n, p + 40, " %c%02ld%02ld", sign,
+                                  off / 60, off % 60) - p);
+    } else {
+        n = (size_t) (sg_slprintf(p + n, p + 40, "%c%02ld:%02ld", sign,
+                                  off / 60, off % 60) - p);
+    }
+    value->data = p;
+    value->len = n;
+    return SG_OK;
+}
+
 static const struct {
     const char               *name;
     sg_smtp_variable_get_pt   get;
+    uintptr_t                 data;
     unsigned                  flags;
 } sg_smtp_builtins[] = {
-    { "remote_addr", sg_smtp_var_remote_addr, 0 },
-    { "remote_port", sg_smtp_var_remote_port, 0 },
+    { "remote_addr", sg_smtp_var_remote_addr, 0, 0 },
+    { "remote_port", sg_smtp_var_remote_port, 0, 0 },
     /* looked up beside the session: known by AUTH */
-    { "remote_host", sg_smtp_var_remote_host, SG_SMTP_VAR_NOCACHE },
-    { "server_addr", sg_smtp_var_server_addr, 0 },
-    { "server_port", sg_smtp_var_server_port, 0 },
+    { "remote_host", sg_smtp_var_remote_host, 0, SG_SMTP_VAR_NOCACHE },
+    { "server_addr", sg_smtp_var_server_addr, 0, 0 },
+    { "server_port", sg_smtp_var_server_port, 0, 0 },
     /* SNI after STARTTLS may pick another server. */
-    { "server_name", sg_smtp_var_server_name, SG_SMTP_VAR_NOCACHE },
-    { "auth_user", sg_smtp_var_auth_user, SG_SMTP_VAR_NOCACHE },
-    { "auth_method", sg_smtp_var_auth_method, SG_SMTP_VAR_NOCACHE },
-    { "helo", sg_smtp_var_helo, SG_SMTP_VAR_NOCACHE },
-    { "session_id", sg_smtp_var_session_id, 0 },
+    { "server_name", sg_smtp_var_server_name, 0, SG_SMTP_VAR_NOCACHE },
+    { "auth_user", sg_smtp_var_auth_user, 0, SG_SMTP_VAR_NOCACHE },
+    { "auth_method", sg_smtp_var_auth_method, 0, SG_SMTP_VAR_NOCACHE },
+    { "helo", sg_smtp_var_helo, 0, SG_SMTP_VAR_NOCACHE },
+    { "session_id", sg_smtp_var_session_id, 0, 0 },
+    { "auth_status", sg_smtp_var_auth_status, 0, SG_SMTP_VAR_NOCACHE },
+    { "auth_failures", sg_smtp_var_auth_failures, 0, SG_SMTP_VAR_NOCACHE },
+    { "bytes_received", sg_smtp_var_bytes, 0, SG_SMTP_VAR_NOCACHE },
+    { "bytes_sent", sg_smtp_var_bytes, 1, SG_SMTP_VAR_NOCACHE },
+    { "messages", sg_smtp_var_messages, 0, SG_SMTP_VAR_NOCACHE },
+    { "upstream_addr", sg_smtp_var_upstream_addr, 0, SG_SMTP_VAR_NOCACHE },
+    { "status", sg_smtp_var_status, 0, SG_SMTP_VAR_NOCACHE },
+    { "session_time", sg_smtp_var_session_time, 0, SG_SMTP_VAR_NOCACHE },
+    { "msec", sg_smtp_var_msec, 0, SG_SMTP_VAR_NOCACHE },
+    { "time_iso8601", sg_smtp_var_time, 0, SG_SMTP_VAR_NOCACHE },
+    { "time_local", sg_smtp_var_time, 1, SG_SMTP_VAR_NOCACHE },
 };
 
 static void
@@ -924,7 +1072,8 @@ sg_smtp_builtin_variables(sg_conf_t *cf, sg_smtp_variables_t *vs)
     for (i = 0; i < sg_nelems(sg_smtp_builtins); i++) {
         name.data = (u_char *) sg_smtp_builtins[i].name;
         name.len = strlen(sg_smtp_builtins[i].name);
-        if (sg_smtp_var_define(cf, vs, &name, sg_smtp_builtins[i].get, 0,
+        if (sg_smtp_var_define(cf, vs, &name, sg_smtp_builtins[i].get,
+                               sg_smtp_builtins[i].data,
                                sg_smtp_builtins[i].flags, true) != SG_OK)
         {
             return;

@@ -352,6 +352,7 @@ sg_spool_stored(sg_spool_ctx_t *ctx)
                  ctx->nrcpt == 1 ? "" : "s", sg_spool_file_path(f));
     (void) snprintf(id, sizeof(id), "%s", sg_spool_file_id(f));
     sg_spool_reset(ctx);
+    ctx->s->messages++;
     return sg_smtp_reply(ctx->s, "250 2.0.0 Ok: queued as %s", id);
 }
 
@@ -694,6 +695,7 @@ sg_spool_quit(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
 {
     (void) cmd;
     ctx->s->quit = 1;
+    sg_smtp_set_end(ctx->s, SG_SMTP_END_QUIT);
     sg_connection_last_words(ctx->s->connection);
     return sg_smtp_reply(ctx->s, "221 2.0.0 Bye");
 }
@@ -958,6 +960,7 @@ sg_spool_read(sg_spool_ctx_t *ctx)
         sg_log_error(SG_LOG_INFO, s->log, 0, "client closed the connection%s",
                      ctx->phase == SG_SPOOL_CMD ? ""
                      : " in the middle of a message");
+        sg_smtp_set_end(s, SG_SMTP_END_CLOSED);
     }
     return rc;
 }
@@ -1079,6 +1082,7 @@ sg_spool_read_handler(sg_event_t *ev)
                      ctx->phase == SG_SPOOL_CMD ? ""
                      : " in the middle of a message");
         s->quit = 1;
+        sg_smtp_set_end(s, SG_SMTP_END_TIMEOUT);
         sg_buf_compact(&s->out);
         (void) sg_smtp_reply(s, "421 4.4.2 %.*s Error: timeout exceeded",
                              SG_STR_ARG(&s->conf->server_name));
@@ -1095,6 +1099,7 @@ sg_spool_write_handler(sg_event_t *ev)
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "client timed out while "
                      "we were sending replies");
+        sg_smtp_set_end(ctx->s, SG_SMTP_END_TIMEOUT);
         sg_smtp_close_session(ctx->s);
         return;
     }
