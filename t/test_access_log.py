@@ -36,6 +36,7 @@ from lib.smtp import RawSmtp, plain_token
 from lib.users import password
 
 from test_config import assert_failed, conf_test, line_of, make  # noqa: F401
+from test_resolver import STANDARD, dnsmasq  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -290,6 +291,18 @@ def test_tls_facts(smtpgate, backend, pki):
     assert d[-1]["cipher"].startswith("TLS_")
     assert d[-1]["user"] == "alice"
     assert d[-1]["server_port"] == g.ports["PORTS"]
+
+
+def test_client_host_name(smtpgate, backend, dnsmasq):  # noqa: F811
+    d = dnsmasq(**STANDARD)
+    g = smtpgate(conf(backend, mail=f"    resolver {d.address};"))
+    with g.connect(source="127.0.0.2") as c:
+        assert c.greeting().code == 220
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.cmd("QUIT").code == 221
+    d = [x for x in records(g, 1) if x["client"] == "127.0.0.2"]
+    assert d[0]["client_host"] == "client.test"
 
 
 # -- hostile values ---------------------------------------------------------

@@ -91,7 +91,6 @@ typedef struct {
 typedef struct {
     sg_array_t   formats;           /* sg_alog_format_t * */
     sg_array_t   writers;           /* sg_alog_writer_t * */
-    size_t       line_max;          /* the longest line of any format */
 } sg_alog_main_conf_t;
 
 typedef struct {
@@ -251,9 +250,6 @@ sg_alog_add_format(sg_conf_t *cf, sg_alog_main_conf_t *amcf,
         return SG_CONF_ERROR;
     }
     *slot = fmt;
-    if (fmt->max > amcf->line_max) {
-        amcf->line_max = fmt->max;
-    }
     (void) cf;
     return SG_CONF_OK;
 }

@@ -292,17 +292,17 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_connection_t  *c = s->connection;
     sg_pool_t        *pool = s->pool;
 
-    sg_smtp_auth_cleanup(s);
-    sg_smtp_del_timer(s);
-    sg_smtp_host_free(s);
     if (s->status == NULL) {
         s->status = s->quit ? SG_SMTP_END_REFUSED
                     : sg_exiting ? SG_SMTP_END_SHUTDOWN : SG_SMTP_END_ERROR;
     }
     if (s->conf->log_session) {
-        /* the TLS facts are still there */
+        /* first: the host name, the TLS facts are still there */
         s->conf->log_session(s, s->conf->log_conf);
     }
+    sg_smtp_auth_cleanup(s);
+    sg_smtp_del_timer(s);
+    sg_smtp_host_free(s);
 #if (SG_HAVE_SSL_MODULE)
     sg_ssl_shutdown(c);
     sg_ssl_free_connection(c);

@@ -747,19 +747,29 @@ sg_smtp_var_str(sg_str_t *value, const sg_str_t *src)
     return SG_OK;
 }
 
-static int
-sg_smtp_var_number(sg_smtp_session_t *s, sg_str_t *value, uint64_t n)
+/* A short value formatted into the session pool (at most 40 bytes). */
+static int __attribute__((format(printf, 3, 4)))
+sg_smtp_var_printf(sg_smtp_session_t *s, sg_str_t *value, const char *fmt,
+    ...)
 {
-    u_char  *p;
+    u_char   *p;
+    va_list   args;
 
-    p = sg_pnalloc(s->pool, 20);
+    p = sg_pnalloc(s->pool, 40);
     if (p == NULL) {
         return SG_ERROR;
     }
+    va_start(args, fmt);
+    value->len = (size_t) (sg_vslprintf(p, p + 40, fmt, args) - p);
+    va_end(args);
     value->data = p;
-    value->len = (size_t) (sg_slprintf(p, p + 20, "%llu",
-                                       (unsigned long long) n) - p);
     return SG_OK;
+}
+
+static int
+sg_smtp_var_number(sg_smtp_session_t *s, sg_str_t *value, uint64_t n)
+{
+    return sg_smtp_var_printf(s, value, "%llu", (unsigned long long) n);
 }
 
 static int
@@ -960,17 +970,9 @@ sg_smtp_var_status(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
 static int
 sg_smtp_var_msec_value(sg_smtp_session_t *s, sg_str_t *value, uint64_t ms)
 {
-    u_char  *p;
-
-    p = sg_pnalloc(s->pool, 32);
-    if (p == NULL) {
-        return SG_ERROR;
-    }
-    value->data = p;
-    value->len = (size_t) (sg_slprintf(p, p + 32, "%llu.%03u",
-                                       (unsigned long long) (ms / 1000),
-                                       (unsigned) (ms % 1000)) - p);
-    return SG_OK;
+    return sg_smtp_var_printf(s, value, "%llu.%03u",
+                              (unsigned long long) (ms / 1000),
+                              (unsigned) (ms % 1000));
 }
 
 static int
