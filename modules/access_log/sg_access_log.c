@@ -5,7 +5,7 @@
  * for JSON or in nginx's default way; "json" and "text" are built in.
  * "access_log" (mail, server) says where the sessions of a server are
  * logged and in which format.  The line is made as the session closes
- * (the smtp module's log_session hook), while everything it reads -- the
+ * (a close hook of the smtp module), while everything it reads -- the
  * TLS facts, the backend, the counters -- is still there.
  *
  * Nothing here blocks a worker: lines gather in a buffer per file, and a
@@ -586,8 +586,9 @@ sg_alog_postconfiguration(sg_conf_t *cf, void *conf)
     if (ascf->logs && ascf->logs->nelts) {
         sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx,
                                 sg_smtp_module);
-        sscf->log_session = sg_alog_session;
-        sscf->log_conf = ascf;
+        if (sg_smtp_add_hook(sscf, true, sg_alog_session, ascf) != SG_OK) {
+            return sg_conf_error(cf, 0, "too many session hooks");
+        }
     }
     return SG_CONF_OK;
 }

@@ -184,6 +184,17 @@ typedef struct {
     unsigned      kind;
 } sg_smtp_name_t;
 
+/* What runs as a session opens or closes (the access log, the status
+ * counters). */
+typedef void (*sg_smtp_hook_pt)(sg_smtp_session_t *s, void *conf);
+
+typedef struct {
+    sg_smtp_hook_pt   handler;
+    void             *conf;
+} sg_smtp_hook_t;
+
+#define SG_SMTP_HOOKS_MAX  4
+
 typedef struct {
     sg_mail_conf_ctx_t            *ctx;
     sg_str_t                       file;      /* where the block is */
@@ -236,12 +247,21 @@ typedef struct {
     unsigned                       caps_auto:1;   /* smtp_capabilities
                                                      auto */
 
-    /* Run as a session of this server closes, before anything of it
-     * is freed (the access log sets it at postconfiguration). */
-    void                         (*log_session)(sg_smtp_session_t *s,
-                                                void *conf);
-    void                          *log_conf;
+    /* Modules' hooks (sg_smtp_add_hook): open ones run as a session
+     * starts (those of the address's default server), close ones as it
+     * closes, before anything of it is freed (those of the server that
+     * handled it). */
+    sg_smtp_hook_t                 open_hooks[SG_SMTP_HOOKS_MAX];
+    sg_smtp_hook_t                 close_hooks[SG_SMTP_HOOKS_MAX];
+    unsigned                       nopen_hooks;
+    unsigned                       nclose_hooks;
 } sg_smtp_srv_conf_t;
+
+/* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
+ * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already
+ * (a build error: more modules than slots). */
+int sg_smtp_add_hook(sg_smtp_srv_conf_t *sscf, bool close,
+    sg_smtp_hook_pt handler, void *conf);
 
 /* What a listening socket serves: the servers sharing its address. */
 typedef struct {

@@ -193,6 +193,22 @@ sg_smtp_variables_of(void **main_conf)
             main_conf[sg_smtp_module.ctx_index])->variables;
 }
 
+int
+sg_smtp_add_hook(sg_smtp_srv_conf_t *sscf, bool close, sg_smtp_hook_pt handler,
+    void *conf)
+{
+    sg_smtp_hook_t  *h = close ? sscf->close_hooks : sscf->open_hooks;
+    unsigned        *n = close ? &sscf->nclose_hooks : &sscf->nopen_hooks;
+
+    if (*n == SG_SMTP_HOOKS_MAX) {
+        return SG_ERROR;
+    }
+    h[*n].handler = handler;
+    h[*n].conf = conf;
+    (*n)++;
+    return SG_OK;
+}
+
 /* Contexts. */
 
 static int
@@ -1413,6 +1429,12 @@ sg_smtp_find_addr(sg_conf_t *cf, const sg_smtp_listen_t *l)
                            ls[i].addr.socklen,
                            (struct sockaddr *) &l->addr.sa, l->addr.socklen))
         {
+            if (ls[i].handler != sg_smtp_init_session) {
+                (void) sg_conf_error_at(cf, &l->file, l->line, "%.*s is "
+                    "already listened on for another purpose "
+                    "(status_listen)", SG_STR_ARG(&l->addr.name));
+                return NULL;
+            }
             if (l->reuseport) {
                 ls[i].reuseport = 1;
             }

@@ -113,6 +113,7 @@ sg_smtp_init_session(sg_connection_t *c)
 {
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
     sg_smtp_session_t    *s;
+    unsigned              i;
 
     s = sg_pcalloc(c->pool, sizeof(sg_smtp_session_t));
     if (s == NULL) {
@@ -134,6 +135,9 @@ sg_smtp_init_session(sg_connection_t *c)
      * would cost every idle connection its bytes). */
     sg_log_error(SG_LOG_INFO, s->log, 0, "client connected");
     (void) sg_tcp_nodelay(c);
+    for (i = 0; i < s->conf->nopen_hooks; i++) {
+        s->conf->open_hooks[i].handler(s, s->conf->open_hooks[i].conf);
+    }
 
 #if (SG_HAVE_REALIP_MODULE)
     if (ac->proxy_protocol) {
@@ -291,14 +295,15 @@ sg_smtp_close_session(sg_smtp_session_t *s)
 {
     sg_connection_t  *c = s->connection;
     sg_pool_t        *pool = s->pool;
+    unsigned          i;
 
     if (s->status == NULL) {
         s->status = s->quit ? SG_SMTP_END_REFUSED
                     : sg_exiting ? SG_SMTP_END_SHUTDOWN : SG_SMTP_END_ERROR;
     }
-    if (s->conf->log_session) {
-        /* first: the host name, the TLS facts are still there */
-        s->conf->log_session(s, s->conf->log_conf);
+    /* first: the host name, the TLS facts are still there */
+    for (i = 0; i < s->conf->nclose_hooks; i++) {
+        s->conf->close_hooks[i].handler(s, s->conf->close_hooks[i].conf);
     }
     sg_smtp_auth_cleanup(s);
     sg_smtp_del_timer(s);

@@ -681,15 +681,41 @@ sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
 }
 
 static bool
+sg_upstream_healthy(sg_upstream_peer_t *p, sg_upstream_state_t *st)
+{
+    if (p->down || st->hc_down) {
+        return false;
+    }
+    return !(p->max_fails && st->fails >= p->max_fails
+             && sg_current_msec - st->failed_at < p->fail_timeout);
+}
+
+bool
+sg_upstream_peer_up(sg_upstream_t *u, size_t i)
+{
+    sg_upstream_peer_t  *p = u->peers.elts;
+
+    return sg_upstream_healthy(&p[i], sg_upstream_state(u, i));
+}
+
+sg_upstream_t **
+sg_upstream_groups(size_t *n)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(sg_cycle);
+
+    if (umcf == NULL) {
+        *n = 0;
+        return NULL;
+    }
+    *n = umcf->upstreams.nelts;
+    return umcf->upstreams.elts;
+}
+
+static bool
 sg_upstream_available(sg_upstream_pick_t *pk, sg_upstream_peer_t *p,
     sg_upstream_state_t *st)
 {
-    if (pk->tried[p->index] || p->down || st->hc_down) {
-        return false;
-    }
-    if (p->max_fails && st->fails >= p->max_fails
-        && sg_current_msec - st->failed_at < p->fail_timeout)
-    {
+    if (pk->tried[p->index] || !sg_upstream_healthy(p, st)) {
         return false;
     }
     if (p->max_conns && st->conns >= p->max_conns) {

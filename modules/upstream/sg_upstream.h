@@ -132,6 +132,13 @@ void sg_upstream_done(sg_upstream_pick_t *pk, unsigned outcome);
  * been probed yet since the configuration was loaded. */
 bool sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size);
 
+/* For the status module: every group of the current configuration (the
+ * implicit ones, u->implicit, keep their state per worker), and
+ * whether peer i of u takes sessions now (not down, not failing its
+ * health checks, not out for max_fails). */
+sg_upstream_t **sg_upstream_groups(size_t *n);
+bool sg_upstream_peer_up(sg_upstream_t *u, size_t i);
+
 /* Health checks (sg_upstream_check.c). */
 char *sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u);
 void sg_upstream_check_start(sg_cycle_t *cycle, sg_upstream_t *u);

@@ -1,0 +1,1091 @@
+/*
+ * sg_status.c: counters of every worker in shared memory, and a small
+ * HTTP listener that shows them: /metrics in Prometheus's text format,
+ * /status as JSON.
+ *
+ * Counting: a session's open hook counts the connection on its listening
+ * address (connections, active); its close hook takes active back and
+ * counts the session on the server that handled it (how it ended, the
+ * login, failed AUTHs, messages, bytes, TLS).  Every counter is a
+ * 64-bit word in the "status" zone, added to atomically: no lock on the
+ * session path.  Each address and server owns a slot named by a key
+ * ("a 127.0.0.1:587", "s mx.example.org"); a reload finds the slots of
+ * the keys it keeps, so their counters go on, and takes free ones for
+ * new keys.  The master assigns slots (init_module) before the workers
+ * are forked.
+ *
+ * Serving: "status_listen" adds listening sockets whose connections
+ * this module reads: one request of at most SG_STATUS_REQUEST_MAX bytes
+ * under status_timeout, answered and closed (HTTP/1.0 style, "Connection:
+ * close").  GET and HEAD only; a client outside status_allow gets 403.
+ */
+#include "sg_smtp.h"
+#if (SG_HAVE_UPSTREAM_MODULE)
+#include "sg_upstream.h"
+#endif
+#include <jansson.h>
+
+#define SG_STATUS_SLOTS          512
+#define SG_STATUS_KEY            96
+#define SG_STATUS_REQUEST_MAX    4096
+#define SG_STATUS_RESPONSE_MAX   (4 * 1024 * 1024)
+#define SG_STATUS_LINGER         2000    /* ms */
+
+/* $status values, in the order of the counters. */
+static const char  *sg_status_ends[] = {
+    SG_SMTP_END_QUIT, SG_SMTP_END_CLOSED, SG_SMTP_END_TIMEOUT,
+    SG_SMTP_END_TLS_ERROR, SG_SMTP_END_REFUSED, SG_SMTP_END_BACKEND_ERROR,
+    SG_SMTP_END_BACKEND_REFUSED, SG_SMTP_END_BACKEND_CLOSED,
+    SG_SMTP_END_SHUTDOWN, SG_SMTP_END_ERROR
+};
+
+#define SG_STATUS_NENDS  (sizeof(sg_status_ends) / sizeof(sg_status_ends[0]))
+
+enum {
+    SG_ST_CONNECTIONS = 0,          /* an address's */
+    SG_ST_ACTIVE,
+    SG_ST_END,                      /* a server's, one per end */
+    SG_ST_LOGINS = SG_ST_END + SG_STATUS_NENDS,
+    SG_ST_AUTH_FAILURES,
+    SG_ST_MESSAGES,
+    SG_ST_RECEIVED,
+    SG_ST_SENT,
+    SG_ST_TLS,
+    SG_ST_N
+};
+
+typedef struct {
+    char       key[SG_STATUS_KEY];
+    uint64_t   c[SG_ST_N];
+} sg_status_slot_t;
+
+typedef struct {
+    uint64_t           started;     /* wall clock, when first mapped */
+    uint32_t           nslots;
+    sg_status_slot_t   slot[SG_STATUS_SLOTS];
+} sg_status_shm_t;
+
+typedef struct {
+    void       *ac;                 /* the address's sg_smtp_addr_conf_t */
+    sg_str_t    name;               /* "127.0.0.1:587" */
+    int         slot;
+} sg_status_addr_t;
+
+typedef struct sg_status_srv_conf_s  sg_status_srv_conf_t;
+
+typedef struct {
+    sg_array_t      listens;        /* sg_addr_t: status_listen */
+    sg_array_t     *allow;          /* sg_cidr_t; NULL: everyone */
+    sg_msec_t       timeout;
+    sg_shm_zone_t  *zone;
+    sg_array_t      servers;        /* sg_status_srv_conf_t * */
+    sg_array_t      addrs;          /* sg_status_addr_t, by init_module */
+    sg_str_t        file;           /* the first status_listen */
+    size_t          line;
+} sg_status_main_conf_t;
+
+struct sg_status_srv_conf_s {
+    sg_str_t        name;           /* the server label */
+    int             slot;
+};
+
+/* One HTTP connection. */
+typedef struct {
+    sg_status_main_conf_t  *conf;
+    u_char                 *in;
+    size_t                  nin;
+    u_char                 *out;    /* malloc'd response */
+    size_t                  nout;
+    size_t                  sent;
+} sg_status_conn_t;
+
+/* A growing response body, malloc'd, at most SG_STATUS_RESPONSE_MAX. */
+typedef struct {
+    u_char   *data;
+    size_t    len;
+    size_t    cap;
+    bool      failed;
+} sg_status_out_t;
+
+static char *sg_status_listen(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_status_allow(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static void *sg_status_create_main_conf(sg_conf_t *cf);
+static void *sg_status_create_srv_conf(sg_conf_t *cf);
+static char *sg_status_postconfiguration(sg_conf_t *cf, void *conf);
+static int sg_status_init_module(sg_cycle_t *cycle);
+static void sg_status_init_connection(sg_connection_t *c);
+static void sg_status_open(sg_smtp_session_t *s, void *conf);
+static void sg_status_close(sg_smtp_session_t *s, void *conf);
+
+static const sg_conf_bounds_t  sg_status_timeout_bounds = { 1, 3600000LL };
+
+static const sg_command_t  sg_status_commands[] = {
+    { "status_listen", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_status_listen, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
+    { "status_allow", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_status_allow, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
+    { "status_timeout", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_MAIN_CONF_OFFSET,
+      offsetof(sg_status_main_conf_t, timeout), &sg_status_timeout_bounds },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_status_module_ctx = {
+    sg_status_create_main_conf, NULL, sg_status_create_srv_conf, NULL,
+    sg_status_postconfiguration
+};
+
+sg_module_t  sg_status_module = {
+    .name = "status",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_status_module_ctx,
+    .commands = sg_status_commands,
+    .init_module = sg_status_init_module,
+};
+
+
+/* ---- configuration -------------------------------------------------- */
+
+static int
+sg_status_zone_init(sg_shm_zone_t *zone, void *old_data)
+{
+    sg_status_shm_t  *sh = zone->addr;
+
+    zone->data = sh;
+    if (old_data == NULL) {
+        memset(sh, 0, sizeof(*sh));
+        sh->started = (uint64_t) time(NULL);
+    }
+    return SG_OK;
+}
+
+/* status_listen address; */
+static char *
+sg_status_listen(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    static sg_str_t         zname = sg_string("status");
+    sg_status_main_conf_t  *smcf = conf;
+    sg_str_t               *value = cf->args->elts;
+    sg_listening_t         *ls, *all;
+    sg_addr_t              *a;
+    sg_url_t                u;
+    size_t                  i;
+
+    (void) cmd;
+    memset(&u, 0, sizeof(u));
+    u.url = value[1];
+    u.listen = 1;
+    if (sg_parse_url(cf->pool, &u) != SG_OK) {
+        return sg_conf_error(cf, 0, "%s in \"%.*s\" of the "
+                             "\"status_listen\" directive", u.err,
+                             SG_STR_ARG(&u.url));
+    }
+    if (u.naddrs > 1) {
+        return sg_conf_error(cf, 0, "\"%.*s\" of the \"status_listen\" "
+                             "directive resolves to %zu addresses: name "
+                             "each with its own directive",
+                             SG_STR_ARG(&u.url), u.naddrs);
+    }
+    /* The SMTP addresses are made at the end of the mail block: those
+     * clash there; another status_listen clashes here. */
+    all = cf->cycle->listening.elts;
+    for (i = 0; i < cf->cycle->listening.nelts; i++) {
+        if (sg_sockaddr_eq((struct sockaddr *) &all[i].addr.sa,
+                           all[i].addr.socklen,
+                           (struct sockaddr *) &u.addrs[0].sa,
+                           u.addrs[0].socklen))
+        {
+            return sg_conf_error(cf, 0, "duplicate status_listen %.*s",
+                                 SG_STR_ARG(&u.addrs[0].name));
+        }
+    }
+    a = sg_array_push(&smcf->listens);
+    ls = sg_create_listening(cf, &u.addrs[0]);
+    if (a == NULL || ls == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *a = u.addrs[0];
+    ls->handler = sg_status_init_connection;
+    ls->servers = smcf;
+    ls->deferred = 1;              /* the client speaks first */
+    if (smcf->zone == NULL) {
+        smcf->zone = sg_shm_zone_add(cf, &zname,
+                                     (sizeof(sg_status_shm_t) + 4095)
+                                     & ~(size_t) 4095, &sg_status_module);
+        if (smcf->zone == NULL) {
+            return SG_CONF_ERROR;
+        }
+        smcf->zone->init = sg_status_zone_init;
+        smcf->file = cf->file->name;
+        smcf->line = sg_conf_line(cf);
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_status_allow(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_status_main_conf_t  *smcf = conf;
+
+    (void) cmd;
+    return sg_conf_add_cidr(cf, &smcf->allow);
+}
+
+static void *
+sg_status_create_main_conf(sg_conf_t *cf)
+{
+    sg_status_main_conf_t  *smcf;
+
+    smcf = sg_pcalloc(cf->pool, sizeof(sg_status_main_conf_t));
+    if (smcf == NULL
+        || sg_array_init(&smcf->listens, cf->pool, 1, sizeof(sg_addr_t))
+        || sg_array_init(&smcf->servers, cf->pool, 4,
+                         sizeof(sg_status_srv_conf_t *))
+        || sg_array_init(&smcf->addrs, cf->pool, 4,
+                         sizeof(sg_status_addr_t)))
+    {
+        return NULL;
+    }
+    smcf->timeout = SG_CONF_UNSET_MSEC;
+    return smcf;
+}
+
+static void *
+sg_status_create_srv_conf(sg_conf_t *cf)
+{
+    sg_status_srv_conf_t  *sscf;
+
+    sscf = sg_pcalloc(cf->pool, sizeof(sg_status_srv_conf_t));
+    if (sscf) {
+        sscf->slot = -1;
+    }
+    return sscf;
+}
+
+/* Each server: its label, unique among the servers ("mx.test", then
+ * "mx.test#2" for a second server of that name), and its hooks. */
+static char *
+sg_status_postconfiguration(sg_conf_t *cf, void *conf)
+{
+    sg_status_srv_conf_t    *sc = conf, **slot, **all;
+    sg_status_main_conf_t   *smcf;
+    sg_smtp_srv_conf_t      *sscf;
+    unsigned                 same = 1;
+    size_t                   i;
+    u_char                   buf[SG_STATUS_KEY], *p;
+
+    smcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
+                             sg_status_module);
+    if (smcf->timeout == SG_CONF_UNSET_MSEC) {
+        smcf->timeout = 10000;
+    }
+    if (smcf->zone == NULL) {
+        return SG_CONF_OK;              /* no status_listen: no counting */
+    }
+    sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
+    all = smcf->servers.elts;
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        if (all[i]->name.len >= sscf->server_name.len
+            && memcmp(all[i]->name.data, sscf->server_name.data,
+                      sscf->server_name.len) == 0
+            && (all[i]->name.len == sscf->server_name.len
+                || all[i]->name.data[sscf->server_name.len] == '#'))
+        {
+            same++;
+        }
+    }
+    p = sg_slprintf(buf, buf + sizeof(buf) - 8, "%.*s",
+                    SG_STR_ARG(&sscf->server_name));
+    if (same > 1) {
+        p = sg_slprintf(p, buf + sizeof(buf), "#%u", same);
+    }
+    sc->name.len = (size_t) (p - buf);
+    sc->name.data = sg_pnalloc(cf->pool, sc->name.len);
+    slot = sg_array_push(&smcf->servers);
+    if (sc->name.data == NULL || slot == NULL) {
+        return SG_CONF_ERROR;
+    }
+    memcpy(sc->name.data, buf, sc->name.len);
+    *slot = sc;
+    if (sg_smtp_add_hook(sscf, false, sg_status_open, smcf) != SG_OK
+        || sg_smtp_add_hook(sscf, true, sg_status_close, sc) != SG_OK)
+    {
+        return sg_conf_error(cf, 0, "too many session hooks");
+    }
+    return SG_CONF_OK;
+}
+
+static sg_status_main_conf_t *
+sg_status_cycle_conf(sg_cycle_t *cycle)
+{
+    sg_mail_conf_ctx_t  *ctx;
+
+    if (cycle == NULL || cycle->conf_ctx == NULL
+        || (ctx = cycle->conf_ctx[sg_mail_module.index]) == NULL)
+    {
+        return NULL;
+    }
+    return sg_mail_conf_main(ctx, sg_status_module);
+}
+
+/* The slot of key: the one a previous configuration gave it, else a
+ * free one; -1 when all are taken.  Under the zone's lock. */
+static int
+sg_status_slot(sg_status_shm_t *sh, const char *key)
+{
+    uint32_t  i;
+
+    for (i = 0; i < sh->nslots; i++) {
+        if (strcmp(sh->slot[i].key, key) == 0) {
+            return (int) i;
+        }
+    }
+    if (sh->nslots == SG_STATUS_SLOTS) {
+        return -1;
+    }
+    i = sh->nslots++;
+    memset(&sh->slot[i], 0, sizeof(sh->slot[i]));
+    snprintf(sh->slot[i].key, SG_STATUS_KEY, "%s", key);
+    return (int) i;
+}
+
+/* In the master, once the zone is mapped and the listening sockets are
+ * made: every SMTP address and server gets its slot. */
+static int
+sg_status_init_module(sg_cycle_t *cycle)
+{
+    sg_status_main_conf_t  *smcf = sg_status_cycle_conf(cycle);
+    sg_status_srv_conf_t  **srv;
+    sg_status_addr_t       *a, *as;
+    sg_listening_t         *ls;
+    sg_status_shm_t        *sh;
+    size_t                  i, j;
+    char                    key[SG_STATUS_KEY];
+    unsigned                lost = 0;
+
+    if (smcf == NULL || smcf->zone == NULL || smcf->zone->data == NULL) {
+        return SG_OK;                   /* none, or -t */
+    }
+    sh = smcf->zone->data;
+    ls = cycle->listening.elts;
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ls[i].handler != sg_smtp_init_session) {
+            continue;
+        }
+        as = smcf->addrs.elts;
+        for (j = 0; j < smcf->addrs.nelts && as[j].ac != ls[i].servers; j++) {
+            /* a reuseport copy of one seen */
+        }
+        if (j < smcf->addrs.nelts) {
+            continue;
+        }
+        a = sg_array_push(&smcf->addrs);
+        if (a == NULL) {
+            return SG_ERROR;
+        }
+        a->ac = ls[i].servers;
+        a->name = ls[i].addr.name;
+    }
+    sg_shm_lock(smcf->zone);
+    a = smcf->addrs.elts;
+    for (i = 0; i < smcf->addrs.nelts; i++) {
+        snprintf(key, sizeof(key), "a %.*s", SG_STR_ARG(&a[i].name));
+        a[i].slot = sg_status_slot(sh, key);
+        lost += a[i].slot < 0;
+    }
+    srv = smcf->servers.elts;
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        snprintf(key, sizeof(key), "s %.*s", SG_STR_ARG(&srv[i]->name));
+        srv[i]->slot = sg_status_slot(sh, key);
+        lost += srv[i]->slot < 0;
+    }
+    sg_shm_unlock(smcf->zone);
+    if (lost) {
+        sg_log_error(SG_LOG_WARN, cycle->log, 0, "status: %u addresses or "
+                     "servers are not counted: the zone's %d slots are "
+                     "taken (each address and server named since the "
+                     "start keeps one): restart smtpgate to free them",
+                     lost, SG_STATUS_SLOTS);
+    }
+    return SG_OK;
+}
+
+
+/* ---- counting ------------------------------------------------------- */
+
+static uint64_t *
+sg_status_counters(sg_status_main_conf_t *smcf, int slot)
+{
+    sg_status_shm_t  *sh = smcf->zone->data;
+
+    return slot < 0 || sh == NULL ? NULL : sh->slot[slot].c;
+}
+
+#define sg_status_add(c, i, n)                                              \
+    (void) __atomic_add_fetch(&(c)[i], (uint64_t) (n), __ATOMIC_RELAXED)
+
+static int
+sg_status_addr_slot(sg_status_main_conf_t *smcf, sg_connection_t *c)
+{
+    sg_status_addr_t  *a = smcf->addrs.elts;
+    size_t             i;
+
+    for (i = 0; i < smcf->addrs.nelts; i++) {
+        if (a[i].ac == c->listening->servers) {
+            return a[i].slot;
+        }
+    }
+    return -1;
+}
+
+static void
+sg_status_open(sg_smtp_session_t *s, void *conf)
+{
+    uint64_t  *c = sg_status_counters(conf,
+                       sg_status_addr_slot(conf, s->connection));
+
+    if (c) {
+        sg_status_add(c, SG_ST_CONNECTIONS, 1);
+        sg_status_add(c, SG_ST_ACTIVE, 1);
+    }
+}
+
+static void
+sg_status_close(sg_smtp_session_t *s, void *conf)
+{
+    sg_status_srv_conf_t   *sc = conf;
+    sg_status_main_conf_t  *smcf;
+    sg_connection_t        *conn = s->connection;
+    uint64_t               *c;
+    size_t                  i;
+
+    smcf = sg_mail_conf_main(s->conf->ctx, sg_status_module);
+    c = sg_status_counters(smcf, sg_status_addr_slot(smcf, conn));
+    if (c) {
+        (void) __atomic_sub_fetch(&c[SG_ST_ACTIVE], 1, __ATOMIC_RELAXED);
+    }
+    c = sg_status_counters(smcf, sc->slot);
+    if (c == NULL) {
+        return;
+    }
+    for (i = 0; i < SG_STATUS_NENDS; i++) {
+        if (strcmp(s->status, sg_status_ends[i]) == 0) {
+            sg_status_add(c, SG_ST_END + i, 1);
+            break;
+        }
+    }
+    if (s->auth_result == SG_SMTP_AUTH_RESULT_OK) {
+        sg_status_add(c, SG_ST_LOGINS, 1);
+    }
+    if (s->sasl && s->sasl->failures) {
+        sg_status_add(c, SG_ST_AUTH_FAILURES, s->sasl->failures);
+    }
+    sg_status_add(c, SG_ST_MESSAGES, s->messages);
+    sg_status_add(c, SG_ST_RECEIVED, conn->received);
+    sg_status_add(c, SG_ST_SENT, conn->sent);
+    if (sg_connection_tls(conn)) {
+        sg_status_add(c, SG_ST_TLS, 1);
+    }
+}
+
+static uint64_t
+sg_status_read(const uint64_t *c, unsigned i)
+{
+    return __atomic_load_n(&c[i], __ATOMIC_RELAXED);
+}
+
+
+/* ---- responses ------------------------------------------------------ */
+
+static void __attribute__((format(printf, 2, 3)))
+sg_status_printf(sg_status_out_t *o, const char *fmt, ...)
+{
+    va_list   args;
+    int       n;
+    size_t    cap;
+    u_char   *p;
+
+    for ( ;; ) {
+        if (o->failed) {
+            return;
+        }
+        va_start(args, fmt);
+        n = vsnprintf((char *) o->data + o->len, o->cap - o->len, fmt, args);
+        va_end(args);
+        if (n < 0) {
+            o->failed = true;
+            return;
+        }
+        if ((size_t) n < o->cap - o->len) {
+            o->len += (size_t) n;
+            return;
+        }
+        cap = sg_max(o->cap * 2, o->len + (size_t) n + 1);
+        if (cap > SG_STATUS_RESPONSE_MAX) {
+            o->failed = true;
+            return;
+        }
+        p = realloc(o->data, cap);
+        if (p == NULL) {
+            o->failed = true;
+            return;
+        }
+        o->data = p;
+        o->cap = cap;
+    }
+}
+
+/* A label value as Prometheus reads it: '\', '"' and LF escaped. */
+static const char *
+sg_status_label(const sg_str_t *v, char *buf, size_t size)
+{
+    size_t  i, n = 0;
+
+    for (i = 0; i < v->len && n + 3 < size; i++) {
+        if (v->data[i] == '\\' || v->data[i] == '"') {
+            buf[n++] = '\\';
+            buf[n++] = (char) v->data[i];
+        } else if (v->data[i] == '\n') {
+            buf[n++] = '\\';
+            buf[n++] = 'n';
+        } else {
+            buf[n++] = (char) v->data[i];
+        }
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static void
+sg_status_help(sg_status_out_t *o, const char *name, const char *type,
+    const char *help)
+{
+    sg_status_printf(o, "# HELP smtpgate_%s %s\n# TYPE smtpgate_%s %s\n",
+                     name, help, name, type);
+}
+
+static void
+sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
+{
+    sg_status_shm_t        *sh = smcf->zone->data;
+    sg_status_addr_t       *a = smcf->addrs.elts;
+    sg_status_srv_conf_t  **srv = smcf->servers.elts;
+    uint64_t               *c;
+    size_t                  i, e;
+    char                    l[512];
+    static const struct {
+        unsigned     counter;
+        const char  *name;
+        const char  *help;
+    } per_server[] = {
+        { SG_ST_LOGINS, "logins_total",
+          "Sessions that logged in (AUTH answered 235)." },
+        { SG_ST_AUTH_FAILURES, "auth_failures_total",
+          "AUTH attempts refused (535)." },
+        { SG_ST_MESSAGES, "messages_total",
+          "Messages the backend accepted, or the spool stored." },
+        { SG_ST_RECEIVED, "received_bytes_total",
+          "Bytes read from clients." },
+        { SG_ST_SENT, "sent_bytes_total", "Bytes written to clients." },
+        { SG_ST_TLS, "tls_sessions_total",
+          "Sessions that ended over TLS." },
+    };
+
+    sg_status_help(o, "info", "gauge", "The running version.");
+    sg_status_printf(o, "smtpgate_info{version=\"%s\"} 1\n", SG_VERSION);
+    sg_status_help(o, "start_time_seconds", "gauge",
+                   "When the counters started, in seconds since the "
+                   "epoch.");
+    sg_status_printf(o, "smtpgate_start_time_seconds %llu\n",
+                     (unsigned long long) sh->started);
+
+    sg_status_help(o, "connections_total", "counter",
+                   "Client connections accepted, by listening address.");
+    for (i = 0; i < smcf->addrs.nelts; i++) {
+        if ((c = sg_status_counters(smcf, a[i].slot)) != NULL) {
+            sg_status_printf(o, "smtpgate_connections_total{listen=\"%s\"} "
+                             "%llu\n", sg_status_label(&a[i].name, l,
+                                                       sizeof(l)),
+                             (unsigned long long)
+                             sg_status_read(c, SG_ST_CONNECTIONS));
+        }
+    }
+    sg_status_help(o, "sessions_active", "gauge",
+                   "Client sessions open now, by listening address.");
+    for (i = 0; i < smcf->addrs.nelts; i++) {
+        if ((c = sg_status_counters(smcf, a[i].slot)) != NULL) {
+            sg_status_printf(o, "smtpgate_sessions_active{listen=\"%s\"} "
+                             "%lld\n", sg_status_label(&a[i].name, l,
+                                                       sizeof(l)),
+                             (long long) sg_status_read(c, SG_ST_ACTIVE));
+        }
+    }
+    sg_status_help(o, "sessions_total", "counter",
+                   "Client sessions ended, by server and how they ended.");
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        if ((c = sg_status_counters(smcf, srv[i]->slot)) == NULL) {
+            continue;
+        }
+        sg_status_label(&srv[i]->name, l, sizeof(l));
+        for (e = 0; e < SG_STATUS_NENDS; e++) {
+            sg_status_printf(o, "smtpgate_sessions_total{server=\"%s\","
+                             "status=\"%s\"} %llu\n", l, sg_status_ends[e],
+                             (unsigned long long)
+                             sg_status_read(c, SG_ST_END + e));
+        }
+    }
+    for (e = 0; e < sg_nelems(per_server); e++) {
+        sg_status_help(o, per_server[e].name, "counter", per_server[e].help);
+        for (i = 0; i < smcf->servers.nelts; i++) {
+            if ((c = sg_status_counters(smcf, srv[i]->slot)) != NULL) {
+                sg_status_printf(o, "smtpgate_%s{server=\"%s\"} %llu\n",
+                                 per_server[e].name,
+                                 sg_status_label(&srv[i]->name, l,
+                                                 sizeof(l)),
+                                 (unsigned long long)
+                                 sg_status_read(c, per_server[e].counter));
+            }
+        }
+    }
+#if (SG_HAVE_UPSTREAM_MODULE)
+    {
+        sg_upstream_t       **u;
+        sg_upstream_peer_t   *p;
+        size_t                n, k;
+        char                  pl[512];
+        static const char    *kinds[] = { "up", "active", "failures" };
+
+        u = sg_upstream_groups(&n);
+        for (e = 0; e < 3; e++) {
+            sg_status_help(o, e == 0 ? "upstream_peer_up"
+                              : e == 1 ? "upstream_peer_active"
+                              : "upstream_peer_failures", "gauge",
+                           e == 0 ? "1 when the peer takes sessions (not "
+                                    "down, not failing its health checks, "
+                                    "not out after max_fails), else 0."
+                           : e == 1 ? "Sessions relayed to the peer now."
+                           : "Failed attempts counted against the peer "
+                             "(max_fails).");
+            for (i = 0; i < n; i++) {
+                if (u[i]->implicit || u[i]->zone == NULL) {
+                    continue;
+                }
+                sg_status_label(&u[i]->name, l, sizeof(l));
+                p = u[i]->peers.elts;
+                for (k = 0; k < u[i]->peers.nelts; k++) {
+                    sg_status_printf(o, "smtpgate_upstream_peer_%s{"
+                                     "upstream=\"%s\",peer=\"%s\"} %llu\n",
+                                     kinds[e], l,
+                                     sg_status_label(&p[k].addr.name, pl,
+                                                     sizeof(pl)),
+                                     (unsigned long long)
+                                     (e == 0 ? sg_upstream_peer_up(u[i], k)
+                                      : e == 1
+                                      ? sg_upstream_state(u[i], k)->conns
+                                      : sg_upstream_state(u[i], k)->fails));
+                }
+            }
+        }
+    }
+#endif
+}
+
+static json_t *
+sg_status_json_str(const sg_str_t *v)
+{
+    return json_stringn((const char *) v->data, v->len);
+}
+
+static void
+sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
+{
+    sg_status_shm_t        *sh = smcf->zone->data;
+    sg_status_addr_t       *a = smcf->addrs.elts;
+    sg_status_srv_conf_t  **srv = smcf->servers.elts;
+    json_t                 *root, *arr, *obj, *ends;
+    uint64_t               *c;
+    size_t                  i, e;
+    char                   *text;
+
+    root = json_object();
+    json_object_set_new(root, "version", json_string(SG_VERSION));
+    json_object_set_new(root, "start_time", json_integer((json_int_t)
+                                                         sh->started));
+    arr = json_array();
+    for (i = 0; i < smcf->addrs.nelts; i++) {
+        if ((c = sg_status_counters(smcf, a[i].slot)) == NULL) {
+            continue;
+        }
+        obj = json_object();
+        json_object_set_new(obj, "address", sg_status_json_str(&a[i].name));
+        json_object_set_new(obj, "connections", json_integer((json_int_t)
+                            sg_status_read(c, SG_ST_CONNECTIONS)));
+        json_object_set_new(obj, "active", json_integer((json_int_t)
+                            sg_status_read(c, SG_ST_ACTIVE)));
+        json_array_append_new(arr, obj);
+    }
+    json_object_set_new(root, "listen", arr);
+    arr = json_array();
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        if ((c = sg_status_counters(smcf, srv[i]->slot)) == NULL) {
+            continue;
+        }
+        obj = json_object();
+        ends = json_object();
+        for (e = 0; e < SG_STATUS_NENDS; e++) {
+            json_object_set_new(ends, sg_status_ends[e], json_integer(
+                (json_int_t) sg_status_read(c, SG_ST_END + e)));
+        }
+        json_object_set_new(obj, "name", sg_status_json_str(&srv[i]->name));
+        json_object_set_new(obj, "sessions", ends);
+#define SG_STATUS_J(key, i)                                                  \
+        json_object_set_new(obj, key, json_integer((json_int_t)             \
+                                                   sg_status_read(c, i)))
+        SG_STATUS_J("logins", SG_ST_LOGINS);
+        SG_STATUS_J("auth_failures", SG_ST_AUTH_FAILURES);
+        SG_STATUS_J("messages", SG_ST_MESSAGES);
+        SG_STATUS_J("received_bytes", SG_ST_RECEIVED);
+        SG_STATUS_J("sent_bytes", SG_ST_SENT);
+        SG_STATUS_J("tls_sessions", SG_ST_TLS);
+#undef SG_STATUS_J
+        json_array_append_new(arr, obj);
+    }
+    json_object_set_new(root, "servers", arr);
+#if (SG_HAVE_UPSTREAM_MODULE)
+    {
+        sg_upstream_t       **u;
+        sg_upstream_peer_t   *p;
+        sg_upstream_state_t  *st;
+        json_t               *peers, *peer;
+        size_t                n, k;
+
+        u = sg_upstream_groups(&n);
+        arr = json_array();
+        for (i = 0; i < n; i++) {
+            if (u[i]->implicit || u[i]->zone == NULL) {
+                continue;
+            }
+            obj = json_object();
+            peers = json_array();
+            p = u[i]->peers.elts;
+            for (k = 0; k < u[i]->peers.nelts; k++) {
+                st = sg_upstream_state(u[i], k);
+                peer = json_object();
+                json_object_set_new(peer, "address",
+                                    sg_status_json_str(&p[k].addr.name));
+                json_object_set_new(peer, "up", json_boolean(
+                                    sg_upstream_peer_up(u[i], k)));
+                json_object_set_new(peer, "active",
+                                    json_integer((json_int_t) st->conns));
+                json_object_set_new(peer, "failures",
+                                    json_integer((json_int_t) st->fails));
+                json_object_set_new(peer, "backup",
+                                    json_boolean(p[k].backup));
+                json_object_set_new(peer, "down", json_boolean(p[k].down));
+                json_object_set_new(peer, "health_check_failed",
+                                    json_boolean(st->hc_down));
+                json_array_append_new(peers, peer);
+            }
+            json_object_set_new(obj, "name", sg_status_json_str(&u[i]->name));
+            json_object_set_new(obj, "peers", peers);
+            json_array_append_new(arr, obj);
+        }
+        json_object_set_new(root, "upstreams", arr);
+    }
+#endif
+    text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text == NULL) {
+        o->failed = true;
+        return;
+    }
+    sg_status_printf(o, "%s\n", text);
+    free(text);
+}
+
+
+/* ---- HTTP ----------------------------------------------------------- */
+
+static void
+sg_status_close_connection(sg_connection_t *c)
+{
+    sg_status_conn_t  *sc = c->data;
+    sg_pool_t         *pool = c->pool;
+
+    if (sc) {
+        free(sc->out);
+    }
+    sg_close_connection(c);
+    sg_pool_destroy(pool);
+}
+
+/* After the response: the write side closed, what the client still
+ * sends (the rest of an over-long request) is read and dropped until it
+ * closes too, for at most SG_STATUS_LINGER ms.  Closing with unread
+ * bytes would send a reset, which can destroy the response before the
+ * client reads it. */
+static void
+sg_status_drain(sg_event_t *ev)
+{
+    sg_connection_t   *c = ev->data;
+    sg_status_conn_t  *sc = c->data;
+    ssize_t            n;
+
+    if (ev->timedout) {
+        sg_status_close_connection(c);
+        return;
+    }
+    for ( ;; ) {
+        n = c->recv(c, sc->in, SG_STATUS_REQUEST_MAX);
+        if (n == SG_AGAIN) {
+            return;
+        }
+        if (n <= 0) {
+            sg_status_close_connection(c);
+            return;
+        }
+    }
+}
+
+static void
+sg_status_write(sg_event_t *ev)
+{
+    sg_connection_t   *c = ev->data;
+    sg_status_conn_t  *sc = c->data;
+    ssize_t            n;
+
+    if (ev->timedout) {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "status client timed out "
+                     "reading the response (status_timeout)");
+        sg_status_close_connection(c);
+        return;
+    }
+    if (sc->out == NULL) {
+        return;                 /* writable before there is a response */
+    }
+    while (sc->sent < sc->nout) {
+        n = c->send(c, sc->out + sc->sent, sc->nout - sc->sent);
+        if (n == SG_AGAIN) {
+            if (!sg_event_timer_set(c->write)) {
+                sg_event_add_timer(c->write, sc->conf->timeout);
+            }
+            return;
+        }
+        if (n < 0) {
+            sg_status_close_connection(c);
+            return;
+        }
+        sc->sent += (size_t) n;
+    }
+    sg_event_del_timer(c->write);
+    if (shutdown(c->fd, SHUT_WR) == -1) {
+        sg_status_close_connection(c);
+        return;
+    }
+    c->read->handler = sg_status_drain;
+    sg_event_add_timer(c->read, sg_min(sc->conf->timeout, SG_STATUS_LINGER));
+    sg_status_drain(c->read);
+}
+
+/* The whole response, head and body, into sc->out, then sent. */
+static void
+sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
+    sg_status_out_t *body, bool head_only)
+{
+    sg_status_conn_t  *sc = c->data;
+    sg_status_out_t    o = { NULL, 0, 0, false };
+    const char        *reason;
+
+    reason = code == 200 ? "OK" : code == 400 ? "Bad Request"
+             : code == 403 ? "Forbidden" : code == 404 ? "Not Found"
+             : code == 405 ? "Method Not Allowed"
+             : code == 408 ? "Request Timeout"
+             : code == 431 ? "Request Header Fields Too Large"
+             : "Internal Server Error";
+    sg_status_printf(&o, "HTTP/1.1 %u %s\r\nServer: smtpgate/%s\r\n"
+                     "Content-Type: %s\r\nContent-Length: %zu\r\n"
+                     "%sCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                     code, reason, SG_VERSION, type, body->len,
+                     code == 405 ? "Allow: GET, HEAD\r\n" : "");
+    if (!head_only && body->len) {
+        sg_status_printf(&o, "%.*s", (int) body->len, (char *) body->data);
+    }
+    free(body->data);
+    if (o.failed) {
+        free(o.data);
+        sg_status_close_connection(c);
+        return;
+    }
+    sc->out = o.data;
+    sc->nout = o.len;
+    sg_event_del_timer(c->read);
+    c->read->handler = sg_status_drain;     /* (more input is dropped) */
+    c->write->handler = sg_status_write;
+    sg_status_write(c->write);
+}
+
+static void
+sg_status_error(sg_connection_t *c, unsigned code, const char *text,
+    bool head_only)
+{
+    sg_status_out_t  body = { NULL, 0, 0, false };
+
+    sg_status_printf(&body, "%s\n", text);
+    sg_status_respond(c, code, "text/plain; charset=utf-8", &body,
+                      head_only);
+}
+
+/* "GET /metrics HTTP/1.1": the method, the path before any query. */
+static void
+sg_status_request(sg_connection_t *c)
+{
+    sg_status_conn_t  *sc = c->data;
+    sg_status_out_t    body = { NULL, 0, 0, false };
+    u_char            *p = sc->in, *end, *sp, *target, *q;
+    size_t             tlen;
+    bool               head;
+
+    end = memchr(p, '\n', sc->nin);
+    if (end == NULL) {
+        sg_status_error(c, 400, "Bad request", false);
+        return;
+    }
+    if (end > p && end[-1] == '\r') {
+        end--;
+    }
+    if ((size_t) (end - p) > 4 && memcmp(p, "GET ", 4) == 0) {
+        head = false;
+        target = p + 4;
+    } else if ((size_t) (end - p) > 5 && memcmp(p, "HEAD ", 5) == 0) {
+        head = true;
+        target = p + 5;
+    } else {
+        sp = memchr(p, ' ', (size_t) (end - p));
+        if (sp == NULL || sp == p) {
+            sg_status_error(c, 400, "Bad request", false);
+            return;
+        }
+        sg_status_error(c, 405, "Only GET and HEAD", false);
+        return;
+    }
+    sp = memchr(target, ' ', (size_t) (end - target));
+    if (sp == NULL || sp == target || (size_t) (end - sp) != 9
+        || memcmp(sp + 1, "HTTP/1.", 7) != 0
+        || (sp[8] != '0' && sp[8] != '1'))
+    {
+        sg_status_error(c, 400, "Bad request", head);
+        return;
+    }
+    q = memchr(target, '?', (size_t) (sp - target));
+    tlen = (size_t) ((q ? q : sp) - target);
+    if (sc->conf->zone->data == NULL) {
+        sg_status_error(c, 500, "No counters", head);
+        return;
+    }
+    if (tlen == 8 && memcmp(target, "/metrics", 8) == 0) {
+        sg_status_metrics(sc->conf, &body);
+        if (!body.failed) {
+            sg_status_respond(c, 200, "text/plain; version=0.0.4; "
+                              "charset=utf-8", &body, head);
+            return;
+        }
+    } else if (tlen == 7 && memcmp(target, "/status", 7) == 0) {
+        sg_status_json(sc->conf, &body);
+        if (!body.failed) {
+            sg_status_respond(c, 200, "application/json", &body, head);
+            return;
+        }
+    } else if (tlen == 1 && target[0] == '/') {
+        sg_status_printf(&body, "smtpgate %s: /metrics (Prometheus), "
+                         "/status (JSON)\n", SG_VERSION);
+        sg_status_respond(c, 200, "text/plain; charset=utf-8", &body, head);
+        return;
+    } else {
+        sg_status_error(c, 404, "Not found: /metrics or /status", head);
+        return;
+    }
+    free(body.data);
+    sg_log_error(SG_LOG_ERR, c->log, 0, "status: the response could not be "
+                 "made (out of memory, or over %d bytes)",
+                 SG_STATUS_RESPONSE_MAX);
+    sg_status_error(c, 500, "The response could not be made", head);
+}
+
+static void
+sg_status_read_request(sg_event_t *ev)
+{
+    sg_connection_t   *c = ev->data;
+    sg_status_conn_t  *sc = c->data;
+    ssize_t            n;
+    u_char            *last;
+
+    if (ev->timedout) {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "status client sent no whole "
+                     "request within status_timeout");
+        sg_status_error(c, 408, "Request timeout", false);
+        return;
+    }
+    for ( ;; ) {
+        n = c->recv(c, sc->in + sc->nin, SG_STATUS_REQUEST_MAX - sc->nin);
+        if (n == SG_AGAIN) {
+            return;
+        }
+        if (n <= 0) {
+            sg_status_close_connection(c);
+            return;
+        }
+        /* the end of the head may straddle the last read */
+        last = sc->in + (sc->nin > 3 ? sc->nin - 3 : 0);
+        sc->nin += (size_t) n;
+        if (memmem(last, (size_t) (sc->in + sc->nin - last), "\r\n\r\n", 4)
+            || memmem(last, (size_t) (sc->in + sc->nin - last), "\n\n", 2))
+        {
+            sg_status_request(c);
+            return;
+        }
+        if (sc->nin == SG_STATUS_REQUEST_MAX) {
+            sg_status_error(c, 431, "Request too long", false);
+            return;
+        }
+    }
+}
+
+static void
+sg_status_init_connection(sg_connection_t *c)
+{
+    sg_status_main_conf_t  *smcf = c->listening->servers;
+    sg_status_conn_t       *sc;
+    sg_cidr_t              *cidr;
+    size_t                  i;
+
+    sc = sg_pcalloc(c->pool, sizeof(sg_status_conn_t));
+    if (sc == NULL
+        || (sc->in = sg_pnalloc(c->pool, SG_STATUS_REQUEST_MAX)) == NULL)
+    {
+        sg_status_close_connection(c);
+        return;
+    }
+    sc->conf = smcf;
+    c->data = sc;
+    c->read->handler = sg_status_read_request;
+    c->write->handler = sg_status_write;
+    if (smcf->allow) {
+        cidr = smcf->allow->elts;
+        for (i = 0; i < smcf->allow->nelts; i++) {
+            if (sg_cidr_match(&cidr[i], (struct sockaddr *) &c->sockaddr)) {
+                break;
+            }
+        }
+        if (i == smcf->allow->nelts) {
+            sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s "
+                         "refused (status_allow)",
+                         SG_STR_ARG(&c->addr_text));
+            sg_status_error(c, 403, "Forbidden", false);
+            return;
+        }
+    }
+    sg_event_add_timer(c->read, smcf->timeout);
+    sg_status_read_request(c->read);
+}
