@@ -171,7 +171,7 @@ def test_status_json_and_upstreams(smtpgate, backend):
     assert srv["name"] == "mx.test"
     assert srv["logins"] >= 2 and srv["messages"] >= 2
     assert set(srv["sessions"]) == {
-        "quit", "closed", "timeout", "tls_error", "refused",
+        "quit", "closed", "timeout", "tls_error", "refused", "denied",
         "backend_error", "backend_refused", "backend_closed", "shutdown",
         "error"}
     (pool,) = d["upstreams"]

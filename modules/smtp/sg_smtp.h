@@ -195,6 +195,15 @@ typedef struct {
 
 #define SG_SMTP_HOOKS_MAX  4
 
+/* Whether the client may be served: SG_OK, or SG_DECLINED (logged by
+ * the check). */
+typedef int (*sg_smtp_check_pt)(sg_smtp_session_t *s, void *conf);
+
+typedef struct {
+    sg_smtp_check_pt  check;
+    void             *conf;
+} sg_smtp_check_t;
+
 typedef struct {
     sg_mail_conf_ctx_t            *ctx;
     sg_str_t                       file;      /* where the block is */
@@ -255,7 +264,15 @@ typedef struct {
     sg_smtp_hook_t                 close_hooks[SG_SMTP_HOOKS_MAX];
     unsigned                       nopen_hooks;
     unsigned                       nclose_hooks;
+    /* Checks (sg_smtp_add_check) run as the session starts, after any
+     * PROXY header and before TLS, those of the address's default
+     * server: one that says SG_DECLINED refuses the client. */
+    sg_smtp_check_t                checks[SG_SMTP_HOOKS_MAX];
+    unsigned                       nchecks;
 } sg_smtp_srv_conf_t;
+
+int sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
+    void *conf);
 
 /* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
  * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already
@@ -354,6 +371,8 @@ struct sg_smtp_session_s {
 
     unsigned               auth_result:2;    /* the last AUTH's:
                                                 SG_SMTP_AUTH_RESULT_* */
+    unsigned               denied:1;     /* refused by a check: 554,
+                                            then 503 until QUIT */
     unsigned               esmtp:1;
     unsigned               skipping:1;   /* dropping an over-long line */
     unsigned               quit:1;       /* close once out is flushed */
@@ -378,6 +397,7 @@ struct sg_smtp_session_s {
 #define SG_SMTP_END_TIMEOUT          "timeout"
 #define SG_SMTP_END_TLS_ERROR        "tls_error"
 #define SG_SMTP_END_REFUSED          "refused"
+#define SG_SMTP_END_DENIED           "denied"
 #define SG_SMTP_END_BACKEND_ERROR    "backend_error"
 #define SG_SMTP_END_BACKEND_CLOSED   "backend_closed"
 #define SG_SMTP_END_BACKEND_REFUSED  "backend_refused"

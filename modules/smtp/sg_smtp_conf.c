@@ -209,6 +209,19 @@ sg_smtp_add_hook(sg_smtp_srv_conf_t *sscf, bool close, sg_smtp_hook_pt handler,
     return SG_OK;
 }
 
+int
+sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
+    void *conf)
+{
+    if (sscf->nchecks == SG_SMTP_HOOKS_MAX) {
+        return SG_ERROR;
+    }
+    sscf->checks[sscf->nchecks].check = check;
+    sscf->checks[sscf->nchecks].conf = conf;
+    sscf->nchecks++;
+    return SG_OK;
+}
+
 /* Contexts. */
 
 static int

@@ -276,8 +276,23 @@ sg_smtp_start_session(sg_smtp_session_t *s)
 {
     sg_connection_t      *c = s->connection;
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
+    unsigned              i;
 
-    if (s->conf->resolver) {
+    for (i = 0; i < s->conf->nchecks; i++) {
+        if (s->conf->checks[i].check(s, s->conf->checks[i].conf)
+            != SG_OK)
+        {
+            s->denied = 1;
+            sg_smtp_set_end(s, SG_SMTP_END_DENIED);
+            if (ac->ssl) {
+                /* no handshake to say it in */
+                sg_smtp_close_session(s);
+                return;
+            }
+            break;
+        }
+    }
+    if (s->conf->resolver && !s->denied) {
         sg_smtp_host_lookup(s);
     }
     c->read->handler = sg_smtp_read_handler;
@@ -711,6 +726,11 @@ sg_smtp_command(sg_smtp_session_t *s, const sg_str_t *line)
     if (cmd.verb != SG_SMTP_AUTH && line->len + 2 > SG_SMTP_CMD_LINE_MAX) {
         return sg_smtp_error(s, "500 5.5.6 Line too long");
     }
+    if (s->denied && cmd.verb != SG_SMTP_QUIT) {
+        /* RFC 5321, 3.1: after a 554 greeting, only QUIT */
+        return sg_smtp_error(s, "503 5.5.1 Bad sequence of commands: "
+                             "access denied, send QUIT");
+    }
     if (!s->tls && s->conf->starttls == SG_SMTP_STARTTLS_ONLY
         && !sg_smtp_allowed_before_tls(cmd.verb))
     {
@@ -907,6 +927,16 @@ sg_smtp_greeting_timer(sg_event_t *ev)
 static void
 sg_smtp_greet(sg_smtp_session_t *s)
 {
+    if (s->denied) {
+        if (sg_smtp_buffers(s) != SG_OK) {
+            sg_smtp_close_session(s);
+            return;
+        }
+        (void) sg_smtp_reply(s, "554 5.7.1 %.*s Access denied",
+                             SG_STR_ARG(&s->conf->server_name));
+        sg_smtp_run(s);
+        return;
+    }
     if (s->conf->greeting_delay > 0) {
         s->state = SG_SMTP_ST_GREETING_DELAY;
         sg_smtp_set_timer(s, sg_smtp_greeting_timer,
