@@ -172,8 +172,8 @@ def test_status_json_and_upstreams(smtpgate, backend):
     assert srv["logins"] >= 2 and srv["messages"] >= 2
     assert set(srv["sessions"]) == {
         "quit", "closed", "timeout", "tls_error", "refused", "denied",
-        "backend_error", "backend_refused", "backend_closed", "shutdown",
-        "error"}
+        "limited", "backend_error", "backend_refused", "backend_closed",
+        "shutdown", "error"}
     (pool,) = d["upstreams"]
     assert pool["name"] == "pool"
     peers = {p["address"]: p for p in pool["peers"]}

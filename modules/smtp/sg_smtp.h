@@ -195,8 +195,9 @@ typedef struct {
 
 #define SG_SMTP_HOOKS_MAX  4
 
-/* Whether the client may be served: SG_OK, or SG_DECLINED (logged by
- * the check). */
+/* Whether the client may be served: SG_OK; SG_DECLINED, refused for
+ * good (554, then 503 until QUIT); SG_BUSY, not now (421 and close).
+ * The check logs why. */
 typedef int (*sg_smtp_check_pt)(sg_smtp_session_t *s, void *conf);
 
 typedef struct {
@@ -398,6 +399,7 @@ struct sg_smtp_session_s {
 #define SG_SMTP_END_TLS_ERROR        "tls_error"
 #define SG_SMTP_END_REFUSED          "refused"
 #define SG_SMTP_END_DENIED           "denied"
+#define SG_SMTP_END_LIMITED          "limited"
 #define SG_SMTP_END_BACKEND_ERROR    "backend_error"
 #define SG_SMTP_END_BACKEND_CLOSED   "backend_closed"
 #define SG_SMTP_END_BACKEND_REFUSED  "backend_refused"

@@ -277,20 +277,36 @@ sg_smtp_start_session(sg_smtp_session_t *s)
     sg_connection_t      *c = s->connection;
     sg_smtp_addr_conf_t  *ac = c->listening->servers;
     unsigned              i;
+    int                   rc;
 
     for (i = 0; i < s->conf->nchecks; i++) {
-        if (s->conf->checks[i].check(s, s->conf->checks[i].conf)
-            != SG_OK)
-        {
-            s->denied = 1;
-            sg_smtp_set_end(s, SG_SMTP_END_DENIED);
-            if (ac->ssl) {
-                /* no handshake to say it in */
+        rc = s->conf->checks[i].check(s, s->conf->checks[i].conf);
+        if (rc == SG_OK) {
+            continue;
+        }
+        sg_smtp_set_end(s, rc == SG_BUSY ? SG_SMTP_END_LIMITED
+                                         : SG_SMTP_END_DENIED);
+        if (ac->ssl) {
+            sg_smtp_close_session(s);       /* no handshake to say it in */
+            return;
+        }
+        if (rc == SG_BUSY) {
+            if (sg_smtp_buffers(s) != SG_OK) {
                 sg_smtp_close_session(s);
                 return;
             }
-            break;
+            c->read->handler = sg_smtp_read_handler;
+            c->write->handler = sg_smtp_write_handler;
+            (void) sg_smtp_reply(s, "421 4.7.0 %.*s Too many sessions, try "
+                                 "again later",
+                                 SG_STR_ARG(&s->conf->server_name));
+            s->quit = 1;
+            sg_connection_last_words(c);
+            sg_smtp_run(s);
+            return;
         }
+        s->denied = 1;
+        break;
     }
     if (s->conf->resolver && !s->denied) {
         sg_smtp_host_lookup(s);

@@ -1,0 +1,420 @@
+/*
+ * sg_limit.c: "limit_conn_zone" and "limit_conn": how many sessions one
+ * key (a client address, most often) may hold open at once, across all
+ * workers, as nginx's stream limit_conn module says it.
+ *
+ * A zone is a table in shared memory of (key hash, sessions) entries.
+ * A key hashes to a window of SG_LIMIT_WINDOW entries; its entry is the
+ * one in the window with its hash, or, for a new key, the first with no
+ * sessions.  An entry with sessions is never taken by another key: when
+ * a window has none free, the zone is full for that key and the session
+ * is refused, as nginx refuses one when its zone is full.  Each counted
+ * session gives its count back from a cleanup of its pool, so every way
+ * a session ends gives it back once.
+ *
+ * The check runs as the session starts, after any PROXY header (the key
+ * is evaluated then) and before TLS, and says SG_BUSY to refuse: the
+ * client is told "421 4.7.0" and closed, or, on an implicit-TLS
+ * address, closed before any handshake.
+ */
+#include "sg_smtp.h"
+
+#define SG_LIMIT_WINDOW  16
+
+typedef struct {
+    uint64_t   key;                  /* FNV-1a of the key; 0: never used */
+    uint32_t   sessions;
+} sg_limit_entry_t;
+
+typedef struct {
+    uint32_t          nentries;
+    sg_limit_entry_t  e[];
+} sg_limit_table_t;
+
+typedef struct {
+    sg_str_t                  name;
+    sg_shm_zone_t            *zone;
+    sg_smtp_complex_value_t  *key;
+    sg_str_t                  file;
+    size_t                    line;
+} sg_limit_zone_t;
+
+typedef struct {
+    sg_limit_zone_t  *zone;          /* resolved at merge */
+    sg_str_t          zone_name;
+    uint32_t          max;
+    sg_str_t          file;
+    size_t            line;
+} sg_limit_rule_t;
+
+typedef struct {
+    sg_array_t   zones;              /* sg_limit_zone_t * */
+} sg_limit_main_conf_t;
+
+typedef struct {
+    sg_array_t  *rules;              /* sg_limit_rule_t; NULL: not set */
+    int          log_level;
+} sg_limit_srv_conf_t;
+
+/* One counted session, in its pool's cleanup. */
+typedef struct {
+    sg_shm_zone_t  *zone;
+    uint64_t        key;
+} sg_limit_held_t;
+
+static char *sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static char *sg_limit_conn_directive(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
+static void *sg_limit_create_main_conf(sg_conf_t *cf);
+static void *sg_limit_create_srv_conf(sg_conf_t *cf);
+static char *sg_limit_merge_srv_conf(sg_conf_t *cf, void *prev,
+    void *conf);
+static char *sg_limit_postconfiguration(sg_conf_t *cf, void *conf);
+static int sg_limit_check(sg_smtp_session_t *s, void *conf);
+
+static const sg_conf_enum_t  sg_limit_levels[] = {
+    { "info", SG_LOG_INFO },
+    { "notice", SG_LOG_NOTICE },
+    { "warn", SG_LOG_WARN },
+    { "error", SG_LOG_ERR },
+    { NULL, 0 }
+};
+
+static const sg_command_t  sg_limit_commands[] = {
+    { "limit_conn_zone", SG_MAIL_MAIN_CONF | SG_CONF_TAKE2,
+      sg_limit_zone_directive, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
+    { "limit_conn", SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF | SG_CONF_TAKE2,
+      sg_limit_conn_directive, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "limit_conn_log_level", SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF
+                              | SG_CONF_TAKE1,
+      sg_conf_set_enum_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_limit_srv_conf_t, log_level), sg_limit_levels },
+    sg_null_command
+};
+
+static const sg_mail_module_ctx_t  sg_limit_module_ctx = {
+    sg_limit_create_main_conf, NULL, sg_limit_create_srv_conf,
+    sg_limit_merge_srv_conf, sg_limit_postconfiguration
+};
+
+sg_module_t  sg_limit_module = {
+    .name = "limit",
+    .type = SG_MAIL_MODULE,
+    .ctx = &sg_limit_module_ctx,
+    .commands = sg_limit_commands,
+};
+
+
+/* ---- configuration -------------------------------------------------- */
+
+static int
+sg_limit_zone_init(sg_shm_zone_t *zone, void *old_data)
+{
+    sg_limit_table_t  *t = zone->addr;
+
+    zone->data = t;
+    if (old_data == NULL) {
+        memset(t, 0, zone->size);
+        t->nentries = (uint32_t) ((zone->size - sizeof(sg_limit_table_t))
+                                  / sizeof(sg_limit_entry_t));
+    }
+    return SG_OK;
+}
+
+/* limit_conn_zone key zone=NAME:SIZE; */
+static char *
+sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_limit_main_conf_t  *lmcf = conf;
+    sg_limit_zone_t       *z, **slot, **all;
+    sg_str_t              *value = cf->args->elts, v, name;
+    u_char                *colon;
+    int64_t                size;
+    size_t                 i;
+
+    (void) cmd;
+    v = value[2];
+    if (v.len < 6 || memcmp(v.data, "zone=", 5) != 0
+        || (colon = memchr(v.data, ':', v.len)) == NULL
+        || colon == v.data + 5)
+    {
+        return sg_conf_invalid_value(cf, &value[2], "zone=NAME:SIZE");
+    }
+    name.data = v.data + 5;
+    name.len = (size_t) (colon - name.data);
+    v.data = colon + 1;
+    v.len = (size_t) (value[2].data + value[2].len - v.data);
+    if (sg_parse_size(&v, &size) != SG_OK || size < 16384
+        || size > 1024LL * 1024 * 1024)
+    {
+        return sg_conf_invalid_value(cf, &value[2], "SIZE from 16k to 1g");
+    }
+    all = lmcf->zones.elts;
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        if (all[i]->name.len == name.len
+            && memcmp(all[i]->name.data, name.data, name.len) == 0)
+        {
+            return sg_conf_error(cf, 0, "limit_conn_zone \"%.*s\" is "
+                                 "already defined at %.*s:%zu",
+                                 SG_STR_ARG(&name), SG_STR_ARG(&all[i]->file),
+                                 all[i]->line);
+        }
+    }
+    z = sg_pcalloc(cf->pool, sizeof(sg_limit_zone_t));
+    slot = sg_array_push(&lmcf->zones);
+    if (z == NULL || slot == NULL) {
+        return SG_CONF_ERROR;
+    }
+    z->name = name;
+    z->file = cf->file->name;
+    z->line = sg_conf_line(cf);
+    z->key = sg_smtp_compile_complex_value(cf, &value[1]);
+    if (z->key == NULL) {
+        return SG_CONF_ERROR;
+    }
+    if (sg_smtp_complex_value_is_static(z->key)) {
+        return sg_conf_error(cf, 0, "limit_conn_zone \"%.*s\": the key "
+                             "\"%.*s\" has no variable, so every session "
+                             "would share one count: use $remote_addr",
+                             SG_STR_ARG(&name), SG_STR_ARG(&value[1]));
+    }
+    z->zone = sg_shm_zone_add(cf, &name, (size_t) size, &sg_limit_module);
+    if (z->zone == NULL) {
+        return SG_CONF_ERROR;
+    }
+    z->zone->init = sg_limit_zone_init;
+    *slot = z;
+    return SG_CONF_OK;
+}
+
+/* limit_conn NAME NUMBER; */
+static char *
+sg_limit_conn_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_limit_srv_conf_t  *lscf = conf;
+    sg_str_t             *value = cf->args->elts;
+    sg_limit_rule_t      *r;
+    int64_t               n;
+    size_t                i;
+
+    (void) cmd;
+    if (sg_parse_int(&value[2], &n) != SG_OK || n < 1 || n > 1000000) {
+        return sg_conf_invalid_value(cf, &value[2], "a number of sessions "
+                                     "from 1 to 1000000");
+    }
+    if (lscf->rules == NULL) {
+        lscf->rules = sg_array_create(cf->pool, 2, sizeof(sg_limit_rule_t));
+        if (lscf->rules == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    r = lscf->rules->elts;
+    for (i = 0; i < lscf->rules->nelts; i++) {
+        if (r[i].zone_name.len == value[1].len
+            && memcmp(r[i].zone_name.data, value[1].data, value[1].len) == 0)
+        {
+            return sg_conf_error(cf, 0, "limit_conn \"%.*s\" is given "
+                                 "twice in this block",
+                                 SG_STR_ARG(&value[1]));
+        }
+    }
+    r = sg_array_push(lscf->rules);
+    if (r == NULL) {
+        return SG_CONF_ERROR;
+    }
+    memset(r, 0, sizeof(*r));
+    r->zone_name = value[1];
+    r->max = (uint32_t) n;
+    r->file = cf->file->name;
+    r->line = sg_conf_line(cf);
+    return SG_CONF_OK;
+}
+
+static void *
+sg_limit_create_main_conf(sg_conf_t *cf)
+{
+    sg_limit_main_conf_t  *lmcf;
+
+    lmcf = sg_pcalloc(cf->pool, sizeof(sg_limit_main_conf_t));
+    if (lmcf == NULL
+        || sg_array_init(&lmcf->zones, cf->pool, 2,
+                         sizeof(sg_limit_zone_t *)) != SG_OK)
+    {
+        return NULL;
+    }
+    return lmcf;
+}
+
+static void *
+sg_limit_create_srv_conf(sg_conf_t *cf)
+{
+    sg_limit_srv_conf_t  *lscf;
+
+    lscf = sg_pcalloc(cf->pool, sizeof(sg_limit_srv_conf_t));
+    if (lscf) {
+        lscf->log_level = SG_CONF_UNSET;
+    }
+    return lscf;
+}
+
+/* A server with limit_conn lines of its own uses only those (nginx);
+ * each names a zone defined anywhere in the mail block. */
+static char *
+sg_limit_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
+{
+    sg_limit_srv_conf_t   *prev = parent, *conf = child;
+    sg_limit_main_conf_t  *lmcf;
+    sg_limit_zone_t      **z;
+    sg_limit_rule_t       *r;
+    size_t                 i, j;
+
+    sg_conf_merge_value(conf->log_level, prev->log_level, SG_LOG_ERR);
+    if (conf->rules == NULL) {
+        conf->rules = prev->rules;
+    }
+    if (conf->rules == NULL) {
+        return SG_CONF_OK;
+    }
+    lmcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
+                             sg_limit_module);
+    z = lmcf->zones.elts;
+    r = conf->rules->elts;
+    for (i = 0; i < conf->rules->nelts; i++) {
+        if (r[i].zone) {
+            continue;
+        }
+        for (j = 0; j < lmcf->zones.nelts; j++) {
+            if (z[j]->name.len == r[i].zone_name.len
+                && memcmp(z[j]->name.data, r[i].zone_name.data,
+                          z[j]->name.len) == 0)
+            {
+                r[i].zone = z[j];
+                break;
+            }
+        }
+        if (r[i].zone == NULL) {
+            return sg_conf_error_at(cf, &r[i].file, r[i].line, "limit_conn: "
+                                    "no limit_conn_zone \"%.*s\"",
+                                    SG_STR_ARG(&r[i].zone_name));
+        }
+    }
+    return SG_CONF_OK;
+}
+
+static char *
+sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
+{
+    sg_limit_srv_conf_t  *lscf = conf;
+    sg_smtp_srv_conf_t   *sscf;
+
+    if (lscf->rules == NULL || lscf->rules->nelts == 0) {
+        return SG_CONF_OK;
+    }
+    sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
+    if (sg_smtp_add_check(sscf, sg_limit_check, lscf) != SG_OK) {
+        return sg_conf_error(cf, 0, "too many session hooks");
+    }
+    return SG_CONF_OK;
+}
+
+
+/* ---- counting ------------------------------------------------------- */
+
+static uint64_t
+sg_limit_hash(const sg_str_t *key)
+{
+    uint64_t  h = 1469598103934665603ULL;
+    size_t    i;
+
+    for (i = 0; i < key->len; i++) {
+        h = (h ^ key->data[i]) * 1099511628211ULL;
+    }
+    return h ? h : 1;
+}
+
+/* The entry of key in its window, or a free one for it (marked with the
+ * key); NULL when the window has neither.  Under the zone's lock. */
+static sg_limit_entry_t *
+sg_limit_entry(sg_limit_table_t *t, uint64_t key, bool take)
+{
+    sg_limit_entry_t  *free_one = NULL, *e;
+    uint32_t           i, at = (uint32_t) (key % t->nentries);
+
+    for (i = 0; i < SG_LIMIT_WINDOW && i < t->nentries; i++) {
+        e = &t->e[(at + i) % t->nentries];
+        if (e->key == key) {
+            return e;
+        }
+        if (free_one == NULL && e->sessions == 0) {
+            free_one = e;
+        }
+    }
+    if (take && free_one) {
+        free_one->key = key;
+    }
+    return take ? free_one : NULL;
+}
+
+static void
+sg_limit_release(void *data)
+{
+    sg_limit_held_t   *h = data;
+    sg_limit_entry_t  *e;
+
+    sg_shm_lock(h->zone);
+    e = sg_limit_entry(h->zone->data, h->key, false);
+    if (e && e->sessions) {
+        e->sessions--;
+    }
+    sg_shm_unlock(h->zone);
+}
+
+static int
+sg_limit_check(sg_smtp_session_t *s, void *conf)
+{
+    sg_limit_srv_conf_t  *lscf = conf;
+    sg_limit_rule_t      *r = lscf->rules->elts;
+    sg_limit_entry_t     *e;
+    sg_limit_held_t      *h;
+    sg_str_t              key;
+    const char           *why = NULL;
+    size_t                i;
+
+    for (i = 0; i < lscf->rules->nelts; i++) {
+        if (sg_smtp_complex_value(s, r[i].zone->key, &key) != SG_OK
+            || key.len == 0)
+        {
+            continue;                   /* no key: not counted (nginx) */
+        }
+        h = sg_palloc(s->pool, sizeof(sg_limit_held_t));
+        if (h == NULL) {
+            return SG_BUSY;
+        }
+        h->zone = r[i].zone->zone;
+        h->key = sg_limit_hash(&key);
+        sg_shm_lock(h->zone);
+        e = sg_limit_entry(h->zone->data, h->key, true);
+        if (e == NULL) {
+            why = "the zone is full: raise its size";
+        } else if (e->sessions >= r[i].max) {
+            why = "the key holds that many sessions already";
+        } else {
+            e->sessions++;
+        }
+        sg_shm_unlock(h->zone);
+        if (why) {
+            sg_log_error(lscf->log_level, s->log, 0, "limiting sessions by "
+                         "zone \"%.*s\", key \"%.*s\": %s (limit_conn "
+                         "%u at %.*s:%zu)", SG_STR_ARG(&r[i].zone->name),
+                         SG_STR_ARG(&key), why, r[i].max,
+                         SG_STR_ARG(&r[i].file), r[i].line);
+            return SG_BUSY;
+        }
+        if (sg_pool_cleanup_add(s->pool, sg_limit_release, h) != SG_OK) {
+            sg_limit_release(h);
+            return SG_BUSY;
+        }
+    }
+    return SG_OK;
+}

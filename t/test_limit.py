@@ -1,0 +1,243 @@
+"""limit_conn_zone and limit_conn: sessions one client address may hold
+open at once, across the workers.
+
+Clients connect from chosen loopback addresses (127.0.0.2 and up) or
+behind a PROXY header, with raw sockets and smtplib, and hold their
+sessions open while others try.  Checked: the limit per key with two
+workers, other keys unaffected, the count given back by every way a
+session ends (QUIT after a relayed message, a timeout, a client that
+vanishes, a refused AUTH, a session refused by another rule), counts
+kept across a reload, the 421 and the close, implicit TLS closed before
+any handshake, `limited` in the access log and the status counters,
+the log line and its level, and configuration errors.
+"""
+
+import json
+import os
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from lib import gate as gatelib
+from lib import net
+from lib import pki as pkilib
+from lib.smtp import RawSmtp
+from lib.users import password
+
+from test_config import assert_failed, conf_test, line_of, make  # noqa: F401
+
+ZONE = "    limit_conn_zone $remote_addr zone=addr:1m;\n"
+
+
+@pytest.fixture(scope="session")
+def pki():
+    return pkilib.shared()
+
+
+def conf(backend, limit=2, mail="", **kw):
+    return gatelib.conf(backend=backend,
+                        mail=ZONE + f"    limit_conn addr {limit};\n" + mail,
+                        **kw)
+
+
+def hold(g, source, n, port=None):
+    out = []
+    for _ in range(n):
+        c = g.connect(source=source, port=port)
+        assert c.greeting().code == 220
+        out.append(c)
+    return out
+
+
+def refused(g, source, port=None):
+    with g.connect(source=source, port=port) as c:
+        r = c.greeting()
+        assert r.code == 421, r
+        assert r.last == "4.7.0 mx.test Too many sessions, try again later"
+        c.expect_closed()
+
+
+def release(held):
+    for c in held:
+        assert c.cmd("QUIT").code == 221
+        c.close()
+
+
+def test_limit_per_address_across_workers(smtpgate, backend):
+    g = smtpgate(conf(backend, limit=3, workers=2))
+    held = hold(g, "127.0.0.2", 3)
+    refused(g, "127.0.0.2")
+    others = hold(g, "127.0.0.3", 3)
+    g.wait_log(r'\[error\] .*limiting sessions by zone "addr", key '
+               r'"127\.0\.0\.2": the key holds that many sessions already '
+               r"\(limit_conn 3 at .*smtpgate\.conf:\d+\), client: "
+               r"127\.0\.0\.2")
+    release(held[:1])
+    net.wait_until(lambda: try_once(g, "127.0.0.2"), 10,
+                   what="the count given back")
+    release(held[1:] + others)
+
+
+def try_once(g, source):
+    with g.connect(source=source) as c:
+        code = c.greeting().code
+        if code == 220:
+            c.cmd("QUIT")
+        return code == 220
+
+
+def connect_when_free(g, source):
+    """A session from source once the count lets one in (a close the
+    worker has not seen yet still holds its count)."""
+    box = []
+
+    def attempt():
+        c = g.connect(source=source)
+        if c.greeting().code == 220:
+            box.append(c)
+            return True
+        c.close()
+        return False
+    net.wait_until(attempt, 10, what=f"a session from {source}")
+    return box[0]
+
+
+def test_every_end_gives_the_count_back(smtpgate, backend):
+    g = smtpgate(conf(backend, limit=1, timeout="1s"))
+    src = "127.0.0.4"
+    # A relayed message, then QUIT.
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=30,
+                      source_address=(src, 0)) as c:
+        c.login("alice", password("alice"))
+        c.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+    # A refused AUTH, then the client vanishes.
+    c = connect_when_free(g, src)
+    c.ehlo()
+    assert c.auth_plain("alice", "wrong").code == 535
+    c.close()
+    # A silent client, timed out.
+    c = connect_when_free(g, src)
+    assert c.reply().code == 421
+    c.close()
+    # Refused by the limit itself: gives back nothing it did not take.
+    held = connect_when_free(g, src)
+    refused(g, src)
+    held.cmd("QUIT")
+    held.close()
+    # Each gave its count back: the limit of 1 still lets one in.
+    c = connect_when_free(g, src)
+    c.cmd("QUIT")
+    c.close()
+
+
+def test_reload_keeps_the_counts(smtpgate, backend):
+    g = smtpgate(conf(backend, limit=1))
+    (held,) = hold(g, "127.0.0.5", 1)
+    old = g.workers()
+    g.reload()
+    g.wait_workers(1, exclude=old)
+    refused(g, "127.0.0.5")             # counted in the kept zone
+    release([held])
+    g.wait_old_workers_gone(old)
+    assert try_once(g, "127.0.0.5")
+
+
+def test_proxy_protocol_key(smtpgate, backend):
+    g = smtpgate(conf(backend, limit=1, listen=(
+        "127.0.0.1:@PORT@", "127.0.0.1:@PORTP@ proxy_protocol"),
+        mail="    set_real_ip_from 127.0.0.1;"))
+    port = g.ports["PORTP"]
+    a = RawSmtp("127.0.0.1", port)
+    a.send(f"PROXY TCP6 2001:db8::7 ::1 5555 {port}\r\n")
+    assert a.greeting().code == 220
+    with RawSmtp("127.0.0.1", port) as b:
+        b.send(f"PROXY TCP6 2001:db8::7 ::1 5556 {port}\r\n")
+        assert b.greeting().code == 421
+    with RawSmtp("127.0.0.1", port) as b:
+        b.send(f"PROXY TCP6 2001:db8::8 ::1 5556 {port}\r\n")
+        assert b.greeting().code == 220
+        b.cmd("QUIT")
+    a.cmd("QUIT")
+    a.close()
+
+
+def test_implicit_tls_closed_before_the_handshake(smtpgate, backend, pki):
+    g = smtpgate(pkilib.tls_conf(pki, backend, mail=ZONE +
+                                 "    limit_conn addr 1;"))
+    port = g.ports["PORTS"]
+    ctx = pki.client_context()
+    first = pkilib.TlsSmtp.implicit("127.0.0.1", port, ctx, "mx.test")
+    assert first.greeting().code == 220
+    r = subprocess.run(["openssl", "s_client", "-connect",
+                        f"127.0.0.1:{port}", "-servername", "mx.test",
+                        "-brief"], input=b"", capture_output=True,
+                       timeout=30)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    assert "CONNECTION ESTABLISHED" not in out, out
+    first.cmd("QUIT")
+    first.close()
+
+
+def test_limited_in_access_log_and_status(smtpgate, backend):
+    g = smtpgate(conf(backend, limit=1, mail=(
+        "    access_log logs/access.log flush=50ms;\n"
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    limit_conn_log_level notice;")))
+    (held,) = hold(g, "127.0.0.6", 1)
+    refused(g, "127.0.0.6")
+    release([held])
+    g.wait_log(r"\[notice\] .*limiting sessions by zone")
+
+    def lines():
+        try:
+            with open(os.path.join(g.logdir, "access.log")) as f:
+                d = [json.loads(l) for l in f]
+        except FileNotFoundError:
+            return None
+        d = [x for x in d if x["client"] == "127.0.0.6"]
+        return d if len(d) == 2 else None
+    d = net.wait_until(lines, 30, what="two lines")
+    assert sorted(x["status"] for x in d) == ["limited", "quit"]
+    out = subprocess.run(["curl", "-sS", f"http://127.0.0.1:"
+                          f"{g.ports['PORTS']}/metrics"],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'smtpgate_sessions_total{server="mx.test",status="limited"} 1' \
+        in out
+
+
+def test_server_rules_replace_mail_rules(smtpgate, backend):
+    g = smtpgate(gatelib.conf(
+        backend=backend, mail=ZONE + "    limit_conn addr 1;",
+        servers=["        listen 127.0.0.1:@PORTB@;\n"
+                 "        limit_conn addr 3;"]))
+    held = hold(g, "127.0.0.7", 3, port=g.ports["PORTB"])
+    refused(g, "127.0.0.7", port=g.ports["PORTB"])
+    refused(g, "127.0.0.7")             # the same count, a lower limit
+    release(held)
+
+
+@pytest.mark.parametrize("mail,message", [
+    ("limit_conn_zone $remote_addr zone=a;", 'invalid value "zone=a" in '
+     '"limit_conn_zone" directive, zone=NAME:SIZE'),
+    ("limit_conn_zone $remote_addr zone=a:1k;", 'invalid value "zone=a:1k" '
+     'in "limit_conn_zone" directive, SIZE from 16k to 1g'),
+    ("limit_conn_zone $remote_addr size=1m;", 'invalid value "size=1m"'),
+    ("limit_conn_zone client zone=a:1m;", 'limit_conn_zone "a": the key '
+     '"client" has no variable'),
+    ("limit_conn_zone $nosuch zone=a:1m;", 'unknown variable "$nosuch"'),
+    ("limit_conn_zone $remote_addr zone=a:1m; "
+     "limit_conn_zone $remote_addr zone=a:1m;",
+     'limit_conn_zone "a" is already defined at '),
+    ("limit_conn nosuch 1;", 'limit_conn: no limit_conn_zone "nosuch"'),
+    ("limit_conn_zone $remote_addr zone=a:1m; limit_conn a 0;",
+     'invalid value "0" in "limit_conn" directive, a number of sessions'),
+    ("limit_conn_zone $remote_addr zone=a:1m; limit_conn a 1; "
+     "limit_conn a 2;", 'limit_conn "a" is given twice in this block'),
+    ("limit_conn_log_level debug;", 'invalid value "debug"'),
+])
+def test_config_errors(conf_test, mail, message):
+    text = make(mail="    " + mail)
+    g, r = conf_test(text)
+    assert_failed(g, r, message, line_of(text, mail))
