@@ -20,6 +20,7 @@
  * close").  GET and HEAD only; a client outside status_allow gets 403.
  */
 #include "sg_smtp.h"
+#include "sg_status_parse.h"
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
 #endif
@@ -27,7 +28,6 @@
 
 #define SG_STATUS_SLOTS          512
 #define SG_STATUS_KEY            96
-#define SG_STATUS_REQUEST_MAX    4096
 #define SG_STATUS_RESPONSE_MAX   (4 * 1024 * 1024)
 #define SG_STATUS_LINGER         2000    /* ms */
 
@@ -938,67 +938,42 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
                       head_only);
 }
 
-/* "GET /metrics HTTP/1.1": the method, the path before any query. */
+/* A whole request head is in: answer it. */
 static void
 sg_status_request(sg_connection_t *c)
 {
-    sg_status_conn_t  *sc = c->data;
-    sg_status_out_t    body = { NULL, 0, 0, false };
-    u_char            *p = sc->in, *end, *sp, *target, *q;
-    size_t             tlen;
-    bool               head;
+    sg_status_conn_t     *sc = c->data;
+    sg_status_out_t       body = { NULL, 0, 0, false };
+    sg_status_request_t   r;
+    bool                  head;
 
-    end = memchr(p, '\n', sc->nin);
-    if (end == NULL) {
+    if (sg_status_parse_request(sc->in, sc->nin, &r) != SG_OK) {
         sg_status_error(c, 400, "Bad request", false);
         return;
     }
-    if (end > p && end[-1] == '\r') {
-        end--;
-    }
-    if ((size_t) (end - p) > 4 && memcmp(p, "GET ", 4) == 0) {
-        head = false;
-        target = p + 4;
-    } else if ((size_t) (end - p) > 5 && memcmp(p, "HEAD ", 5) == 0) {
-        head = true;
-        target = p + 5;
-    } else {
-        sp = memchr(p, ' ', (size_t) (end - p));
-        if (sp == NULL || sp == p) {
-            sg_status_error(c, 400, "Bad request", false);
-            return;
-        }
+    head = r.method == SG_STATUS_HEAD;
+    if (r.method == SG_STATUS_OTHER) {
         sg_status_error(c, 405, "Only GET and HEAD", false);
         return;
     }
-    sp = memchr(target, ' ', (size_t) (end - target));
-    if (sp == NULL || sp == target || (size_t) (end - sp) != 9
-        || memcmp(sp + 1, "HTTP/1.", 7) != 0
-        || (sp[8] != '0' && sp[8] != '1'))
-    {
-        sg_status_error(c, 400, "Bad request", head);
-        return;
-    }
-    q = memchr(target, '?', (size_t) (sp - target));
-    tlen = (size_t) ((q ? q : sp) - target);
     if (sc->conf->zone->data == NULL) {
         sg_status_error(c, 500, "No counters", head);
         return;
     }
-    if (tlen == 8 && memcmp(target, "/metrics", 8) == 0) {
+    if (sg_str_eq(&r.path, "/metrics")) {
         sg_status_metrics(sc->conf, &body);
         if (!body.failed) {
             sg_status_respond(c, 200, "text/plain; version=0.0.4; "
                               "charset=utf-8", &body, head);
             return;
         }
-    } else if (tlen == 7 && memcmp(target, "/status", 7) == 0) {
+    } else if (sg_str_eq(&r.path, "/status")) {
         sg_status_json(sc->conf, &body);
         if (!body.failed) {
             sg_status_respond(c, 200, "application/json", &body, head);
             return;
         }
-    } else if (tlen == 1 && target[0] == '/') {
+    } else if (sg_str_eq(&r.path, "/")) {
         sg_status_printf(&body, "smtpgate %s: /metrics (Prometheus), "
                          "/status (JSON)\n", SG_VERSION);
         sg_status_respond(c, 200, "text/plain; charset=utf-8", &body, head);
@@ -1020,7 +995,7 @@ sg_status_read_request(sg_event_t *ev)
     sg_connection_t   *c = ev->data;
     sg_status_conn_t  *sc = c->data;
     ssize_t            n;
-    u_char            *last;
+    size_t             from;
 
     if (ev->timedout) {
         sg_log_error(SG_LOG_INFO, c->log, 0, "status client sent no whole "
@@ -1037,12 +1012,11 @@ sg_status_read_request(sg_event_t *ev)
             sg_status_close_connection(c);
             return;
         }
-        /* the end of the head may straddle the last read */
-        last = sc->in + (sc->nin > 3 ? sc->nin - 3 : 0);
+        /* a blank line may straddle the reads ("\n" "\r\n"): look from
+         * two bytes before the new ones */
+        from = sc->nin > 2 ? sc->nin - 2 : 0;
         sc->nin += (size_t) n;
-        if (memmem(last, (size_t) (sc->in + sc->nin - last), "\r\n\r\n", 4)
-            || memmem(last, (size_t) (sc->in + sc->nin - last), "\n\n", 2))
-        {
+        if (sg_status_head_len(sc->in + from, sc->nin - from)) {
             sg_status_request(c);
             return;
         }

@@ -1,0 +1,53 @@
+/*
+ * fuzz_status_request.c: libFuzzer harness for the status listener's
+ * request head.
+ *
+ * Reads arbitrary bytes as what a client sends the status listener,
+ * from an exact-size copy.  Beyond the sanitizers it checks that a head
+ * is found only where a blank line ends it, never before it is whole
+ * (every shorter cut is incomplete) and whatever follows it; that a
+ * parsed request's path lies within the line, starts with '/', and
+ * holds no space, control character or '?'; and that the method is
+ * GET or HEAD only when the line says so.
+ */
+#include "sg_core.h"
+#include "sg_status_parse.h"
+#include "sg_fuzz.h"
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    sg_status_request_t  r;
+    u_char              *copy;
+    size_t               n, len, i;
+
+    n = size < SG_STATUS_REQUEST_MAX ? size : SG_STATUS_REQUEST_MAX;
+    copy = sg_fuzz_copy(data, n);
+    len = sg_status_head_len(copy, n);
+    SG_FUZZ_ASSERT(len <= n);
+    if (len) {
+        SG_FUZZ_ASSERT(len >= 2 && copy[len - 1] == '\n'
+                       && (copy[len - 2] == '\n'
+                           || (len >= 3 && copy[len - 2] == '\r'
+                               && copy[len - 3] == '\n')));
+        SG_FUZZ_ASSERT(sg_status_head_len(copy, len - 1) == 0);
+        SG_FUZZ_ASSERT(sg_status_head_len(copy, len) == len);
+    }
+    if (sg_status_parse_request(copy, n, &r) == SG_OK) {
+        SG_FUZZ_ASSERT(r.path.data > copy && r.path.len >= 1
+                       && r.path.data + r.path.len <= copy + n);
+        SG_FUZZ_ASSERT(r.path.data[0] == '/');
+        for (i = 0; i < r.path.len; i++) {
+            SG_FUZZ_ASSERT(r.path.data[i] > ' ' && r.path.data[i] < 0x7f
+                           && r.path.data[i] != '?');
+        }
+        SG_FUZZ_ASSERT(r.method != SG_STATUS_GET
+                       || memcmp(copy, "GET ", 4) == 0);
+        SG_FUZZ_ASSERT(r.method != SG_STATUS_HEAD
+                       || memcmp(copy, "HEAD ", 5) == 0);
+        SG_FUZZ_ASSERT(r.method >= SG_STATUS_GET
+                       && r.method <= SG_STATUS_OTHER);
+    }
+    free(copy);
+    return 0;
+}

@@ -1,0 +1,84 @@
+/*
+ * sg_status_parse.c: the status listener's request head (see the
+ * header).
+ */
+#include "sg_status_parse.h"
+
+size_t
+sg_status_head_len(const u_char *p, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (p[i] != '\n') {
+            continue;
+        }
+        if (i + 1 < n && p[i + 1] == '\n') {
+            return i + 2;
+        }
+        if (i + 2 < n && p[i + 1] == '\r' && p[i + 2] == '\n') {
+            return i + 3;
+        }
+    }
+    return 0;
+}
+
+/* RFC 9110's token characters. */
+static bool
+sg_status_tchar(u_char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+           || (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~",
+                                                          c) != NULL);
+}
+
+int
+sg_status_parse_request(const u_char *p, size_t n, sg_status_request_t *r)
+{
+    const u_char  *end, *m, *t, *q;
+    size_t         i;
+
+    end = memchr(p, '\n', n);
+    if (end == NULL) {
+        return SG_ERROR;
+    }
+    if (end > p && end[-1] == '\r') {
+        end--;
+    }
+    /* the method: a token, then one space */
+    for (m = p; m < end && sg_status_tchar(*m); m++) {
+        /* void */
+    }
+    if (m == p || m == end || *m != ' ') {
+        return SG_ERROR;
+    }
+    if (m - p == 3 && memcmp(p, "GET", 3) == 0) {
+        r->method = SG_STATUS_GET;
+    } else if (m - p == 4 && memcmp(p, "HEAD", 4) == 0) {
+        r->method = SG_STATUS_HEAD;
+    } else {
+        r->method = SG_STATUS_OTHER;
+    }
+    /* the target: visible characters from '/', then " HTTP/1.x" */
+    t = m + 1;
+    if (end - t < 10 || *t != '/') {
+        return SG_ERROR;
+    }
+    for (q = t; q < end && *q > ' ' && *q < 0x7f; q++) {
+        /* void */
+    }
+    if (end - q != 9 || memcmp(q, " HTTP/1.", 8) != 0
+        || (q[8] != '0' && q[8] != '1'))
+    {
+        return SG_ERROR;
+    }
+    r->path.data = (u_char *) t;
+    r->path.len = (size_t) (q - t);
+    for (i = 0; i < r->path.len; i++) {
+        if (t[i] == '?') {
+            r->path.len = i;
+            break;
+        }
+    }
+    return SG_OK;
+}

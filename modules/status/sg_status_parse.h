@@ -1,0 +1,33 @@
+/*
+ * sg_status_parse.h: the status listener's HTTP request head, as pure
+ * functions of bytes (unit-tested in t/unit/test_status_parse.c,
+ * fuzzed by fuzz/fuzz_status_request.c).
+ */
+#ifndef SG_STATUS_PARSE_H
+#define SG_STATUS_PARSE_H
+
+#include "sg_core.h"
+
+/* The most bytes a request head may take. */
+#define SG_STATUS_REQUEST_MAX  4096
+
+#define SG_STATUS_GET    1
+#define SG_STATUS_HEAD   2
+#define SG_STATUS_OTHER  3          /* a well-formed token: 405 */
+
+typedef struct {
+    unsigned   method;              /* SG_STATUS_* */
+    sg_str_t   path;                /* the target before any '?' */
+} sg_status_request_t;
+
+/* The length of the head in p[0..n) up to and with its blank line
+ * (CRLF CRLF, or LF LF from a lenient client), or 0 while incomplete. */
+size_t sg_status_head_len(const u_char *p, size_t n);
+
+/* Read the request line "METHOD SP TARGET SP HTTP/1.0|1.1" at the start
+ * of a complete head.  SG_OK with r filled (r->path points into p), or
+ * SG_ERROR for anything else: a 400. */
+int sg_status_parse_request(const u_char *p, size_t n,
+    sg_status_request_t *r);
+
+#endif /* SG_STATUS_PARSE_H */

@@ -1,0 +1,103 @@
+/*
+ * test_status_parse.c: unit tests for the status listener's request
+ * head: where it ends, and its request line.
+ */
+#include "sg_core.h"
+#include "sg_status_parse.h"
+#include "sg_test.h"
+
+#define LIT(s) (s), (sizeof(s) - 1)
+
+static size_t
+head_len(const char *s, size_t n)
+{
+    return sg_status_head_len(sg_test_bytes(s, n), n);
+}
+
+static int
+parse(const char *s, size_t n, sg_status_request_t *r)
+{
+    memset(r, 0x5a, sizeof(*r));
+    return sg_status_parse_request(sg_test_bytes(s, n), n, r);
+}
+
+static void
+test_head_end(void)
+{
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\r\n\r\n")), 18);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\n\n")), 16);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\r\nHost: a\r\n\r\nbody")), 27);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\n\r\n")), 17);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\r\n")), 0);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\r\n\r")), 0);
+    CHECK_UINT(head_len(LIT("GET / HTTP/1.1\r\r\r\r")), 0);
+    CHECK_UINT(head_len(LIT("")), 0);
+    CHECK_UINT(head_len(LIT("\n\n")), 2);
+}
+
+static void
+test_request_line(void)
+{
+    sg_status_request_t  r;
+
+    CHECK_INT(parse(LIT("GET /metrics HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_GET);
+    CHECK_STR(r.path, "/metrics");
+    CHECK_INT(parse(LIT("HEAD /status?x=1&y HTTP/1.0\n\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_HEAD);
+    CHECK_STR(r.path, "/status");
+    CHECK_INT(parse(LIT("POST / HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_OTHER);
+    CHECK_STR(r.path, "/");
+    CHECK_INT(parse(LIT("GET /? HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_STR(r.path, "/");
+    /* lower case is another method, as HTTP says */
+    CHECK_INT(parse(LIT("get / HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_OTHER);
+}
+
+static void
+test_bad_request_lines(void)
+{
+    sg_status_request_t  r;
+    static const char   *bad[] = {
+        "GET /metrics\r\n\r\n",
+        "GET /metrics HTTP/2.0\r\n\r\n",
+        "GET /metrics HTTP/1.1 \r\n\r\n",
+        "GET  /metrics HTTP/1.1\r\n\r\n",
+        "GET metrics HTTP/1.1\r\n\r\n",
+        "GET http://x/metrics HTTP/1.1\r\n\r\n",
+        " GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.10\r\n\r\n",
+        "GET /a b HTTP/1.1\r\n\r\n",
+        "GET /\x01 HTTP/1.1\r\n\r\n",
+        "GET /\xff HTTP/1.1\r\n\r\n",
+        "G(T / HTTP/1.1\r\n\r\n",
+        "GET / http/1.1\r\n\r\n",
+        "hello\r\n\r\n",
+        "\r\n\r\n",
+        "\x16\x03\x01\x02\x00\x01\x00\n\n",
+        "GET / HTTP/1.1",
+    };
+    size_t               i;
+
+    for (i = 0; i < sg_nelems(bad); i++) {
+        if (CHECK_INT(parse(bad[i], strlen(bad[i]), &r), SG_ERROR)) {
+            sg_test_show("line", bad[i], strlen(bad[i]));
+        }
+    }
+    /* a NUL in the method */
+    CHECK_INT(parse(LIT("GE\0T / HTTP/1.1\r\n\r\n"), &r), SG_ERROR);
+}
+
+int
+main(void)
+{
+    sg_test_start();
+
+    RUN(test_head_end);
+    RUN(test_request_line);
+    RUN(test_bad_request_lines);
+
+    return sg_test_finish();
+}
