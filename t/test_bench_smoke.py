@@ -4,8 +4,9 @@ The benchmark itself (bench/run) is not part of the suite; this only
 checks that its load generator builds and that its counts are right:
 20 sessions against smtp-sink and through smtpgate (STARTTLS with AUTH
 PLAIN, implicit TLS with AUTH LOGIN from a users file), and a few idle
-connections held after AUTH.  Skipped when the build cannot work here
-(no C compiler or no OpenSSL headers).
+connections held after AUTH; and bench/features, tiny, end to end.
+Skipped when the build cannot work here (no C compiler or no OpenSSL
+headers).
 """
 
 import json
@@ -171,3 +172,22 @@ def test_smtpload_idle_auth(smtpload, smtpgate, sink, cert):
     assert p.returncode == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert (res["sessions"], res["failed"]) == (5, 0), res
+
+
+def test_features_runs(smtpload):
+    """bench/features end to end, tiny: every configuration starts,
+    relays its sessions and gets its line (objs/smtpgate, the build the
+    benchmark measures)."""
+    binary = os.path.join(gatelib.REPO, "objs", "smtpgate")
+    if not os.path.exists(binary):
+        pytest.skip("objs/smtpgate is not built")
+    r = subprocess.run([os.path.join(BENCH, "features"), "-n", "40", "-c",
+                        "4", "-r", "1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = r.stdout.split("CPU per session")[1]
+    for name in ("off", "access_log", "status", "access+limit"):
+        line = [l for l in summary.splitlines() if l.split()[:1] == [name]]
+        assert len(line) == 1, summary
+        assert line[0].split()[2] == "us"
+    assert " 1.00x " in summary
