@@ -23,6 +23,7 @@ import os
 import signal
 import smtplib
 import socket
+import subprocess
 import time
 
 import pytest
@@ -625,3 +626,47 @@ def test_t_finds_a_missing_directory(conf_test):
     assert 'open() "/nonexistent/dir/a.log" would fail (2: No such file ' \
         'or directory): check the "error_log" or "access_log" directive ' \
         "naming it and that the directory exists" in r.stderr, r.stderr
+
+
+def test_sessions_cut_by_the_shutdown_get_their_lines(smtpgate, backend):
+    """worker_shutdown_timeout expiring, and a fast stop (TERM), end the
+    sessions still open through their normal close: each is told 421
+    where it waits for a command, gets its line (status "shutdown"),
+    and gives back its status gauge and its limit_conn count."""
+    g = smtpgate(gatelib.conf(
+        backend=backend, top="worker_shutdown_timeout 1s;",
+        mail="    access_log logs/access.log flush=50ms;\n"
+             "    status_listen 127.0.0.1:@PORTS@;\n"
+             "    limit_conn_zone $remote_addr zone=addr:1m;\n"
+             "    limit_conn addr 1;"))
+    old = g.workers()
+    c = g.connect(source="127.0.0.2")
+    assert c.greeting().code == 220
+    c.ehlo("cut.test")
+    g.reload()
+    g.wait_workers(1, exclude=old)
+    r = c.reply()                       # after worker_shutdown_timeout
+    assert r.code == 421 and r.last == "4.3.2 mx.test Service shutting " \
+        "down", r
+    c.expect_closed()
+    g.wait_old_workers_gone(old)
+    d = [x for x in records(g, 1) if x["helo"] == "cut.test"]
+    assert d and d[0]["status"] == "shutdown"
+    # The count came back: the same address gets its one session.
+    with g.connect(source="127.0.0.2") as c2:
+        assert c2.greeting().code == 220
+        c2.cmd("QUIT")
+    out = subprocess.run(["curl", "-sS", f"http://127.0.0.1:"
+                          f"{g.ports['PORTS']}/metrics"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f'smtpgate_sessions_active{{listen="127.0.0.1:{g.port}"}} 0' \
+        in out
+    # A fast stop: the open session's line is written before the exit.
+    c3 = g.connect(source="127.0.0.3")
+    assert c3.greeting().code == 220
+    c3.ehlo("term.test")
+    g.stop(signal.SIGTERM)
+    c3.close()
+    lines = [json.loads(l) for l in read_lines(g)]
+    assert [x["status"] for x in lines if x["helo"] == "term.test"] == \
+        ["shutdown"]

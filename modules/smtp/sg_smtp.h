@@ -343,6 +343,9 @@ struct sg_smtp_session_s {
     sg_smtp_state_e        state;
     unsigned               errors;
 
+    sg_smtp_session_t     *prev;         /* the worker's open sessions */
+    sg_smtp_session_t     *next;
+
     sg_str_t               helo;
     sg_str_t               login;
     sg_smtp_sasl_t        *sasl;         /* taken by the first AUTH, or
@@ -549,6 +552,11 @@ char *sg_smtp_variables_check(sg_conf_t *cf);
 /* ---- end of variables ------------------------------------------------ */
 
 void sg_smtp_init_session(sg_connection_t *c);
+/* The worker is exiting (a fast stop, or worker_shutdown_timeout
+ * expired): every session still open is told 421 where it can be and
+ * closed, so that each ends through sg_smtp_close_session (its access
+ * log line, its counters, its limit_conn count). */
+void sg_smtp_exit_process(sg_cycle_t *cycle);
 /* After what comes before SMTP on the address (a PROXY protocol header,
  * read by the realip module): the TLS handshake on an implicit-TLS
  * address, else the greeting. */

@@ -172,6 +172,7 @@ sg_module_t  sg_smtp_module = {
     .type = SG_MAIL_MODULE,
     .ctx = &sg_smtp_module_ctx,
     .commands = sg_smtp_commands,
+    .exit_process = sg_smtp_exit_process,
 };
 
 sg_smtp_srv_conf_t *

@@ -108,6 +108,9 @@ sg_smtp_idle_buffers(sg_smtp_session_t *s)
     }
 }
 
+/* The worker's open sessions, for sg_smtp_exit_process(). */
+static sg_smtp_session_t  *sg_smtp_sessions;
+
 void
 sg_smtp_init_session(sg_connection_t *c)
 {
@@ -124,6 +127,11 @@ sg_smtp_init_session(sg_connection_t *c)
     s->pool = c->pool;
     s->log = c->log;
     s->start = sg_current_msec;
+    s->next = sg_smtp_sessions;
+    if (sg_smtp_sessions) {
+        sg_smtp_sessions->prev = s;
+    }
+    sg_smtp_sessions = s;
     c->data = s;
     c->log->handler = sg_smtp_log_handler;
     c->log->data = s;
@@ -336,6 +344,14 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     for (i = 0; i < s->conf->nclose_hooks; i++) {
         s->conf->close_hooks[i].handler(s, s->conf->close_hooks[i].conf);
     }
+    if (s->prev) {
+        s->prev->next = s->next;
+    } else {
+        sg_smtp_sessions = s->next;
+    }
+    if (s->next) {
+        s->next->prev = s->prev;
+    }
     sg_smtp_auth_cleanup(s);
     sg_smtp_del_timer(s);
     sg_smtp_host_free(s);
@@ -349,6 +365,38 @@ sg_smtp_close_session(sg_smtp_session_t *s)
     sg_close_connection(c);
     sg_smtp_free_buffers(s);        /* no cleanup below touches them */
     sg_pool_destroy(pool);          /* runs the relay's cleanups too */
+}
+
+void
+sg_smtp_exit_process(sg_cycle_t *cycle)
+{
+    sg_smtp_session_t  *s;
+    sg_connection_t    *c;
+    u_char              line[SG_SMTP_REPLY_MAX], *p;
+
+    (void) cycle;
+    while ((s = sg_smtp_sessions) != NULL) {
+        c = s->connection;
+        sg_smtp_set_end(s, SG_SMTP_END_SHUTDOWN);
+        /* A word to a client waiting on the front end, when the socket
+         * takes it now and no reply is half written; a relayed session's
+         * bytes are the backend's, and TLS would need the handshake done:
+         * those just close. */
+        if (s->state != SG_SMTP_ST_RELAY && !sg_connection_tls(c)
+            && sg_buf_size(&s->out) == 0 && !s->quit)
+        {
+            p = sg_slprintf(line, line + sizeof(line) - 2,
+                            "421 4.3.2 %.*s Service shutting down",
+                            SG_STR_ARG(&s->conf->server_name));
+            *p++ = '\r';
+            *p++ = '\n';
+            (void) send(c->fd, line, (size_t) (p - line),
+                        MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        sg_log_error(SG_LOG_INFO, s->log, 0, "closing the session: the "
+                     "worker is exiting");
+        sg_smtp_close_session(s);
+    }
 }
 
 /* Replies. */
