@@ -144,6 +144,18 @@ def test_reload_keeps_the_counts(smtpgate, backend):
     assert try_once(g, "127.0.0.5")
 
 
+def test_nginx_key_binary_remote_addr(smtpgate, backend):
+    """nginx's usual key, $binary_remote_addr, works the same."""
+    g = smtpgate(gatelib.conf(
+        backend=backend,
+        mail="    limit_conn_zone $binary_remote_addr zone=bin:1m;\n"
+             "    limit_conn bin 1;"))
+    (held,) = hold(g, "127.0.0.8", 1)
+    refused(g, "127.0.0.8")
+    assert try_once(g, "127.0.0.9")
+    release([held])
+
+
 def test_proxy_protocol_key(smtpgate, backend):
     g = smtpgate(conf(backend, limit=1, listen=(
         "127.0.0.1:@PORT@", "127.0.0.1:@PORTP@ proxy_protocol"),

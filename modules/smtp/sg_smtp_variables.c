@@ -780,6 +780,29 @@ sg_smtp_var_remote_addr(sg_smtp_session_t *s, sg_str_t *value,
     return sg_smtp_var_str(value, &s->connection->addr_text);
 }
 
+/* The client's address in network byte order: 4 bytes for IPv4, 16
+ * for IPv6 (nginx's $binary_remote_addr, the usual key of
+ * limit_conn_zone). */
+static int
+sg_smtp_var_binary_remote_addr(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    struct sockaddr_storage  *sa = &s->connection->sockaddr;
+
+    (void) data;
+    if (sa->ss_family == AF_INET) {
+        value->data = (u_char *) &((struct sockaddr_in *) sa)->sin_addr;
+        value->len = 4;
+        return SG_OK;
+    }
+    if (sa->ss_family == AF_INET6) {
+        value->data = (u_char *) &((struct sockaddr_in6 *) sa)->sin6_addr;
+        value->len = 16;
+        return SG_OK;
+    }
+    return SG_DECLINED;
+}
+
 /* The client's host name as the resolver confirmed it; not set without
  * one (no resolver, no name, DNS failed, or not looked up yet). */
 static int
@@ -1041,6 +1064,9 @@ static const struct {
     unsigned                  flags;
 } sg_smtp_builtins[] = {
     { "remote_addr", sg_smtp_var_remote_addr, 0, 0 },
+    /* c->sockaddr: a trusted PROXY header rewrites it before any read */
+    { "binary_remote_addr", sg_smtp_var_binary_remote_addr, 0,
+      SG_SMTP_VAR_NOCACHE },
     { "remote_port", sg_smtp_var_remote_port, 0, 0 },
     /* looked up beside the session: known by AUTH */
     { "remote_host", sg_smtp_var_remote_host, 0, SG_SMTP_VAR_NOCACHE },
