@@ -629,6 +629,19 @@ sg_alog_line(sg_smtp_session_t *s, const sg_alog_format_t *fmt, u_char *buf)
 /* ---- writing -------------------------------------------------------- */
 
 static void sg_alog_start_write(sg_alog_writer_t *w, sg_log_t *log);
+static void sg_alog_timer(sg_event_t *ev);
+
+/* The flush timer, unless it runs already. */
+static void
+sg_alog_arm(sg_alog_writer_t *w)
+{
+    if (!sg_event_timer_set(&w->timer)) {
+        w->timer.handler = sg_alog_timer;
+        w->timer.data = w;
+        w->timer.log = sg_cycle->log;
+        sg_event_add_timer(&w->timer, w->flush);
+    }
+}
 
 static void
 sg_alog_task_work(sg_task_t *t)
@@ -735,7 +748,8 @@ sg_alog_start_write(sg_alog_writer_t *w, sg_log_t *log)
     at->task.destroy = sg_alog_task_destroy;
     rc = sg_task_post(&at->task, log);
     if (rc == SG_BUSY) {
-        free(at);                       /* the queue is full: later */
+        free(at);                       /* the queue is full: try */
+        sg_alog_arm(w);                 /* again after flush= */
         return;
     }
     w->wait = b->next;
@@ -820,12 +834,7 @@ sg_alog_append(sg_alog_writer_t *w, const u_char *line, size_t len,
     }
     memcpy(w->cur->data + w->cur->len, line, len);
     w->cur->len += len;
-    if (!sg_event_timer_set(&w->timer)) {
-        w->timer.handler = sg_alog_timer;
-        w->timer.data = w;
-        w->timer.log = sg_cycle->log;
-        sg_event_add_timer(&w->timer, w->flush);
-    }
+    sg_alog_arm(w);
 }
 
 static u_char  *sg_alog_scratch;

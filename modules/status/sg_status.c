@@ -508,6 +508,11 @@ sg_status_printf(sg_status_out_t *o, const char *fmt, ...)
     size_t    cap;
     u_char   *p;
 
+    if (o->data == NULL && !o->failed) {
+        o->data = malloc(4096);
+        o->cap = 4096;
+        o->failed = o->data == NULL;
+    }
     for ( ;; ) {
         if (o->failed) {
             return;
@@ -898,6 +903,7 @@ sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
     sg_status_conn_t  *sc = c->data;
     sg_status_out_t    o = { NULL, 0, 0, false };
     const char        *reason;
+    u_char            *p;
 
     reason = code == 200 ? "OK" : code == 400 ? "Bad Request"
              : code == 403 ? "Forbidden" : code == 404 ? "Not Found"
@@ -910,8 +916,20 @@ sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
                      "%sCache-Control: no-cache\r\nConnection: close\r\n\r\n",
                      code, reason, SG_VERSION, type, body->len,
                      code == 405 ? "Allow: GET, HEAD\r\n" : "");
-    if (!head_only && body->len) {
-        sg_status_printf(&o, "%.*s", (int) body->len, (char *) body->data);
+    if (!head_only && body->len && !o.failed) {
+        if (o.cap - o.len < body->len) {
+            p = realloc(o.data, o.len + body->len);
+            if (p == NULL) {
+                o.failed = true;
+            } else {
+                o.data = p;
+                o.cap = o.len + body->len;
+            }
+        }
+        if (!o.failed) {
+            memcpy(o.data + o.len, body->data, body->len);
+            o.len += body->len;
+        }
     }
     free(body->data);
     if (o.failed) {
