@@ -670,3 +670,19 @@ def test_sessions_cut_by_the_shutdown_get_their_lines(smtpgate, backend):
     lines = [json.loads(l) for l in read_lines(g)]
     assert [x["status"] for x in lines if x["helo"] == "term.test"] == \
         ["shutdown"]
+
+
+def test_line_longer_than_the_buffer(smtpgate, backend):
+    """A line over buffer= is written whole, alone, between the others."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=(
+        "    log_format long '$helo " + "x" * 3000 + "' '"
+        + "x" * 3000 + "';\n"
+        "    access_log logs/long.log long buffer=4k flush=50ms;")))
+    for name in ("one.test", "two.test"):
+        with g.session() as c:
+            c.ehlo(name)
+            c.cmd("QUIT")
+    lines = wait_lines(g, 3, "long.log", probe=False)
+    assert [l.split(" ")[0] for l in lines][-2:] == ["one.test",
+                                                     "two.test"]
+    assert all(l.endswith(" " + "x" * 6000) for l in lines)

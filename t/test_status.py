@@ -387,3 +387,20 @@ def test_status_listen_on_an_smtp_address(conf_test):
     assert_failed(g, r, f"127.0.0.1:{g.port} is already listened on for "
                   "another purpose (status_listen)",
                   line_of(text, "  listen 127.0.0.1:@PORT@;"))
+
+
+def test_more_servers_than_slots(smtpgate, backend):
+    """The zone has 512 slots: servers past them are not counted, with a
+    warning, and the listener still answers for the rest."""
+    servers = [f"        listen 127.0.0.1:@PORT@;\n"
+               f"        server_name s{i}.test;" for i in range(520)]
+    g = smtpgate(conf(backend, workers=1, servers=servers))
+    g.wait_log(r"\[warn\] .*status: 10 addresses or servers are not "
+               r"counted: the zone's 512 slots are taken")
+    m = metrics(g)
+    assert value(m, "smtpgate_sessions_total", server="mx.test",
+                 status="quit") >= 1
+    assert ("smtpgate_logins_total", frozenset({("server", "s509.test")})) \
+        in m
+    assert ("smtpgate_logins_total", frozenset({("server", "s510.test")})) \
+        not in m

@@ -404,7 +404,11 @@ sg_status_init_module(sg_cycle_t *cycle)
     }
     sg_shm_unlock(smcf->zone);
     if (lost) {
-        sg_log_error(SG_LOG_WARN, cycle->log, 0, "status: %u addresses or "
+        /* the configuration's own error log: this runs before the cycle
+         * takes it as its log */
+        sg_log_error(SG_LOG_WARN, cycle->new_log.file ? &cycle->new_log
+                                                      : cycle->log, 0,
+                     "status: %u addresses or "
                      "servers are not counted: the zone's %d slots are "
                      "taken (each address and server named since the "
                      "start keeps one): restart smtpgate to free them",
