@@ -3,6 +3,7 @@
  * (see sg_string.h).  Everything is ASCII and locale-independent.
  */
 #include "sg_core.h"
+#include <sys/random.h>
 
 int
 sg_strncasecmp(const u_char *a, const u_char *b, size_t n)
@@ -252,6 +253,86 @@ sg_hash(const u_char *p, size_t n)
         h = (h ^ *p++) * 16777619u;
     }
     return h;
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein, 2012): 64-bit words read little
+ * endian, two compression rounds a word, four finalisation rounds. */
+#define SG_ROTL64(x, b)  (uint64_t) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SG_SIPROUND                                                          \
+    do {                                                                     \
+        v0 += v1; v1 = SG_ROTL64(v1, 13); v1 ^= v0; v0 = SG_ROTL64(v0, 32);  \
+        v2 += v3; v3 = SG_ROTL64(v3, 16); v3 ^= v2;                          \
+        v0 += v3; v3 = SG_ROTL64(v3, 21); v3 ^= v0;                          \
+        v2 += v1; v1 = SG_ROTL64(v1, 17); v1 ^= v2; v2 = SG_ROTL64(v2, 32);  \
+    } while (0)
+
+static uint64_t
+sg_le64(const u_char *p, size_t n)
+{
+    uint64_t  v = 0;
+    size_t    i;
+
+    for (i = 0; i < n; i++) {
+        v |= (uint64_t) p[i] << (8 * i);
+    }
+    return v;
+}
+
+uint64_t
+sg_siphash(const u_char key[16], const u_char *p, size_t n)
+{
+    uint64_t  k0 = sg_le64(key, 8), k1 = sg_le64(key + 8, 8), m;
+    uint64_t  v0 = k0 ^ 0x736f6d6570736575ULL;
+    uint64_t  v1 = k1 ^ 0x646f72616e646f6dULL;
+    uint64_t  v2 = k0 ^ 0x6c7967656e657261ULL;
+    uint64_t  v3 = k1 ^ 0x7465646279746573ULL;
+    size_t    i, whole = n & ~(size_t) 7;
+
+    for (i = 0; i < whole; i += 8) {
+        m = sg_le64(p + i, 8);
+        v3 ^= m;
+        SG_SIPROUND;
+        SG_SIPROUND;
+        v0 ^= m;
+    }
+    m = sg_le64(p + whole, n - whole) | ((uint64_t) n << 56);
+    v3 ^= m;
+    SG_SIPROUND;
+    SG_SIPROUND;
+    v0 ^= m;
+    v2 ^= 0xff;
+    SG_SIPROUND;
+    SG_SIPROUND;
+    SG_SIPROUND;
+    SG_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static u_char  sg_hash_secret[16];
+
+int
+sg_keyed_hash_init(void)
+{
+    size_t   got = 0;
+    ssize_t  n;
+
+    while (got < sizeof(sg_hash_secret)) {
+        n = getrandom(sg_hash_secret + got, sizeof(sg_hash_secret) - got, 0);
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return SG_ERROR;
+        }
+        got += (size_t) n;
+    }
+    return SG_OK;
+}
+
+uint64_t
+sg_keyed_hash(const u_char *p, size_t n)
+{
+    return sg_siphash(sg_hash_secret, p, n);
 }
 
 void

@@ -66,6 +66,17 @@ size_t sg_escape_hex(u_char *dst, const sg_str_t *src, u_char mark,
  * anything an attacker could aim collisions at across a trust line. */
 uint32_t sg_hash(const u_char *p, size_t n);
 
+/* SipHash-2-4 of p[0..n) under a 16-byte key. */
+uint64_t sg_siphash(const u_char key[16], const u_char *p, size_t n);
+
+/* For tables in shared memory keyed by what clients choose (their
+ * addresses, user names): SipHash under a secret drawn once when the
+ * master starts, which every worker inherits, so a client cannot aim
+ * its key at another's.  sg_keyed_hash_init() draws the secret:
+ * SG_ERROR (errno) when the system gives no randomness. */
+int sg_keyed_hash_init(void);
+uint64_t sg_keyed_hash(const u_char *p, size_t n);
+
 /* Wipe a secret so that the compiler cannot drop the store. */
 void sg_wipe(void *p, size_t n);
 

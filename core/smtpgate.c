@@ -248,6 +248,10 @@ main(int argc, char **argv)
     log = sg_log_init();
     tzset();
     sg_time_update();
+    if (sg_keyed_hash_init() != SG_OK) {
+        sg_log_stderr(errno, "getrandom() failed");
+        return 1;
+    }
     sg_modules_init();
     if (sg_get_options(argc, argv, &o) != SG_OK) {
         return 1;

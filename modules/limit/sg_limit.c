@@ -22,7 +22,8 @@
 #define SG_LIMIT_WINDOW  16
 
 typedef struct {
-    uint64_t   key;                  /* FNV-1a of the key; 0: never used */
+    uint64_t   key;                  /* sg_keyed_hash of the key; 0: never
+                                        used */
     uint32_t   sessions;
 } sg_limit_entry_t;
 
@@ -321,15 +322,12 @@ sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
 
 /* ---- counting ------------------------------------------------------- */
 
+/* Keyed: a client cannot choose a key that lands on another's entry. */
 static uint64_t
 sg_limit_hash(const sg_str_t *key)
 {
-    uint64_t  h = 1469598103934665603ULL;
-    size_t    i;
+    uint64_t  h = sg_keyed_hash(key->data, key->len);
 
-    for (i = 0; i < key->len; i++) {
-        h = (h ^ key->data[i]) * 1099511628211ULL;
-    }
     return h ? h : 1;
 }
 

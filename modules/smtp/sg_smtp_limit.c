@@ -127,16 +127,18 @@ sg_smtp_auth_fail_limit(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
+/* Keyed: a client cannot choose an address or user name that shares
+ * another's count. */
 static uint64_t
 sg_limit_key(char kind, const sg_str_t *s)
 {
-    uint64_t  h = 1469598103934665603ULL;
-    size_t    i;
+    u_char    buf[1 + SG_SMTP_LOGIN_MAX];
+    size_t    n = sg_min(s->len, sizeof(buf) - 1);
+    uint64_t  h;
 
-    h = (h ^ (u_char) kind) * 1099511628211ULL;
-    for (i = 0; i < s->len; i++) {
-        h = (h ^ s->data[i]) * 1099511628211ULL;
-    }
+    buf[0] = (u_char) kind;
+    memcpy(buf + 1, s->data, n);
+    h = sg_keyed_hash(buf, n + 1);
     return h ? h : 1;
 }
 
