@@ -156,6 +156,50 @@ def test_nginx_key_binary_remote_addr(smtpgate, backend):
     release([held])
 
 
+def test_remote_net_counts_an_ipv6_64(smtpgate, backend):
+    """$remote_net: the addresses of one /64 share a count; another /64
+    and IPv4 clients have their own."""
+    g = smtpgate(gatelib.conf(
+        backend=backend, listen=("127.0.0.1:@PORT@",
+                                 "127.0.0.1:@PORTP@ proxy_protocol"),
+        mail="    set_real_ip_from 127.0.0.1;\n"
+             "    limit_conn_zone $remote_net zone=net:1m;\n"
+             "    limit_conn net 1;\n"
+             "    access_log logs/access.log flush=50ms;\n"
+             "    log_format net '$remote_addr $remote_net';\n"
+             "    access_log logs/net.log net flush=50ms;"))
+    port = g.ports["PORTP"]
+
+    def proxied(src):
+        c = RawSmtp("127.0.0.1", port)
+        c.send(f"PROXY TCP6 {src} ::1 5555 {port}\r\n")
+        return c
+    a = proxied("2001:db8:1:2::7")
+    assert a.greeting().code == 220
+    for src, code in (("2001:db8:1:2:aaaa::1", 421),
+                      ("2001:db8:1:3::7", 220)):
+        with proxied(src) as c:
+            assert c.greeting().code == code, src
+            if code == 220:
+                c.cmd("QUIT")
+    a.cmd("QUIT")
+    a.close()
+
+    def lines():
+        try:
+            with open(os.path.join(g.logdir, "net.log")) as f:
+                got = [l.split() for l in f]
+        except FileNotFoundError:
+            return None
+        return got if len([l for l in got if ":" in l[0]]) == 3 else None
+    got = net.wait_until(lines, 30, what="three IPv6 lines")
+    nets = {addr: n for addr, n in got}
+    assert nets["2001:db8:1:2::7"] == "2001:db8:1:2::/64"
+    assert nets["2001:db8:1:2:aaaa::1"] == "2001:db8:1:2::/64"
+    assert nets["2001:db8:1:3::7"] == "2001:db8:1:3::/64"
+    assert nets["127.0.0.1"] == "127.0.0.1"
+
+
 def test_proxy_protocol_key(smtpgate, backend):
     g = smtpgate(conf(backend, limit=1, listen=(
         "127.0.0.1:@PORT@", "127.0.0.1:@PORTP@ proxy_protocol"),

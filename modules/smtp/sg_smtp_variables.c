@@ -803,6 +803,40 @@ sg_smtp_var_binary_remote_addr(sg_smtp_session_t *s, sg_str_t *value,
     return SG_DECLINED;
 }
 
+/* The client's network as one host holds it: the IPv4 address, or the
+ * /64 of an IPv6 one ("2001:db8:1:2::/64"), which a home or a host is
+ * given whole and sends from at will (privacy addresses).  The key that
+ * counts a client as auth_fail_limit does. */
+static int
+sg_smtp_var_remote_net(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    struct sockaddr_storage  *sa = &s->connection->sockaddr;
+    struct sockaddr_in6       net;
+    u_char                   *p;
+    size_t                    n;
+
+    (void) data;
+    if (sa->ss_family != AF_INET6
+        || IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *) sa)->sin6_addr))
+    {
+        return sg_smtp_var_str(value, &s->connection->addr_text);
+    }
+    memset(&net, 0, sizeof(net));
+    net.sin6_family = AF_INET6;
+    memcpy(net.sin6_addr.s6_addr,
+           ((struct sockaddr_in6 *) sa)->sin6_addr.s6_addr, 8);
+    p = sg_pnalloc(s->pool, SG_INET_ADDRSTRLEN + 4);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    n = sg_sock_ntop((struct sockaddr *) &net, p, SG_INET_ADDRSTRLEN, false);
+    memcpy(p + n, "/64", 3);
+    value->data = p;
+    value->len = n + 3;
+    return SG_OK;
+}
+
 /* The client's host name as the resolver confirmed it; not set without
  * one (no resolver, no name, DNS failed, or not looked up yet). */
 static int
@@ -1067,6 +1101,7 @@ static const struct {
     /* c->sockaddr: a trusted PROXY header rewrites it before any read */
     { "binary_remote_addr", sg_smtp_var_binary_remote_addr, 0,
       SG_SMTP_VAR_NOCACHE },
+    { "remote_net", sg_smtp_var_remote_net, 0, SG_SMTP_VAR_NOCACHE },
     { "remote_port", sg_smtp_var_remote_port, 0, 0 },
     /* looked up beside the session: known by AUTH */
     { "remote_host", sg_smtp_var_remote_host, 0, SG_SMTP_VAR_NOCACHE },
