@@ -74,6 +74,19 @@ typedef struct {
 } sg_cycle_log_want_t;
 
 int
+sg_cycle_add_helper(sg_cycle_t *cycle, const sg_helper_t *h)
+{
+    sg_helper_t  *n;
+
+    n = sg_array_push(&cycle->helpers);
+    if (n == NULL) {
+        return SG_ERROR;
+    }
+    *n = *h;
+    return SG_OK;
+}
+
+int
 sg_cycle_log_file(sg_cycle_t *cycle, const sg_str_t *name,
     sg_open_file_t **where)
 {
@@ -336,7 +349,8 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
         || sg_array_init(&cycle->conf_files, pool, 4, sizeof(sg_conf_file_t))
         || sg_array_init(&cycle->shm_zones, pool, 4, sizeof(sg_shm_zone_t *))
         || sg_array_init(&cycle->log_wants, pool, 2,
-                         sizeof(sg_cycle_log_want_t)))
+                         sizeof(sg_cycle_log_want_t))
+        || sg_array_init(&cycle->helpers, pool, 1, sizeof(sg_helper_t)))
     {
         sg_pool_destroy(pool);
         snprintf(errbuf, errlen, "out of memory");

@@ -35,6 +35,24 @@ typedef struct {
     sg_array_t  *debug_connection;   /* sg_cidr_t */
 } sg_core_conf_t;
 
+/*
+ * A helper process: one more child of the master beside the workers,
+ * for work that serves no client and may block (the spool's
+ * forwarder).  Modules ask for one while the configuration loads; the
+ * master starts it with the workers, respawns it when it dies, and
+ * replaces it on a reload like a worker.  In the helper, init() runs
+ * once the event loop is ready (no listening socket, no other module's
+ * init_process); the helper then runs the loop, and exits once it is
+ * told to stop (QUIT) and holds no connection, or at once on TERM,
+ * calling exit() first.
+ */
+typedef struct {
+    const char   *name;              /* for the log: "spool forwarder" */
+    int         (*init)(sg_cycle_t *cycle, void *data);
+    void        (*exit)(sg_cycle_t *cycle, void *data);
+    void         *data;
+} sg_helper_t;
+
 struct sg_cycle_s {
     void              **conf_ctx;        /* by module index (core) */
     sg_pool_t          *pool;
@@ -46,6 +64,7 @@ struct sg_cycle_s {
     sg_array_t          conf_files;      /* sg_conf_file_t, for -T */
     sg_array_t          shm_zones;       /* sg_shm_zone_t * */
     sg_array_t          log_wants;       /* sg_cycle_log_want_t */
+    sg_array_t          helpers;         /* sg_helper_t */
 
     sg_connection_t    *connections;
     sg_event_t         *read_events;
@@ -58,9 +77,15 @@ struct sg_cycle_s {
     sg_str_t            conf_param;      /* -g */
     sg_str_t            hostname;
 
-    int                 worker;          /* worker number, -1 master */
+    int                 worker;          /* worker number, -1 master,
+                                            SG_HELPER_PROCESS helper */
     sg_cycle_t         *old_cycle;
 };
+
+#define SG_HELPER_PROCESS  (-2)
+
+/* Ask for a helper process (at configuration time); h is copied. */
+int sg_cycle_add_helper(sg_cycle_t *cycle, const sg_helper_t *h);
 
 #define sg_core_conf(cycle)                                                  \
     ((sg_core_conf_t *) (cycle)->conf_ctx[sg_core_module.index])

@@ -30,6 +30,7 @@ int                    sg_worker = -1;
 typedef struct {
     pid_t     pid;
     int       worker;        /* worker number within its generation */
+    int       helper;        /* index in cycle->helpers; -1: a worker */
     unsigned  generation;
     bool      exiting;       /* told to stop: do not respawn */
 } sg_process_t;
@@ -132,12 +133,23 @@ sg_call_exit_process(sg_cycle_t *cycle)
     }
 }
 
+static int  sg_helper_index = -1;     /* in a helper process */
+
 static void
 sg_worker_shutdown_expired(sg_event_t *ev)
 {
+    sg_helper_t  *h;
+
     sg_log_error(SG_LOG_NOTICE, ev->log, 0, "worker_shutdown_timeout "
                  "expired, closing %zu connections", sg_connections_in_use());
-    sg_call_exit_process(sg_cycle);
+    if (sg_helper_index >= 0) {
+        h = (sg_helper_t *) sg_cycle->helpers.elts + sg_helper_index;
+        if (h->exit) {
+            h->exit(sg_cycle, h->data);
+        }
+    } else {
+        sg_call_exit_process(sg_cycle);
+    }
     exit(0);
 }
 
@@ -297,7 +309,7 @@ sg_worker_set_place(sg_cycle_t *cycle, int worker)
     size_t            len = 0;
     int               cpu;
 
-    set = sg_core_cpu_affinity(ccf, worker, &one);
+    set = worker >= 0 ? sg_core_cpu_affinity(ccf, worker, &one) : NULL;
     if (set) {
         for (cpu = 0; cpu < CPU_SETSIZE && len < sizeof(cpus) - 8; cpu++) {
             if (CPU_ISSET(cpu, set)) {
@@ -428,8 +440,72 @@ sg_worker_process_cycle(sg_cycle_t *cycle, int worker)
     }
 }
 
+/* A helper process (see sg_helper_t): the worker's set-up without the
+ * listening sockets and the modules' init_process, then its own init
+ * and the event loop. */
+static void __attribute__((noreturn))
+sg_helper_process_cycle(sg_cycle_t *cycle, int index)
+{
+    sg_helper_t  *h = (sg_helper_t *) cycle->helpers.elts + index;
+
+    sg_worker = SG_HELPER_PROCESS;
+    sg_helper_index = index;
+    sg_pid = getpid();
+    cycle->worker = SG_HELPER_PROCESS;
+    sigemptyset(&sg_event_wait_sigmask);
+    sg_close_listening_sockets(cycle);
+    /* ps and top show it by its name (at most 15 characters). */
+    (void) prctl(PR_SET_NAME, h->name, 0, 0, 0);
+
+    if (sg_worker_set_env(cycle) != SG_OK) {
+        exit(2);
+    }
+    sg_worker_set_limits(cycle);
+    if (sg_worker_set_user(cycle) != SG_OK
+        || sg_worker_set_place(cycle, SG_HELPER_PROCESS) != SG_OK
+        || sg_connections_init(cycle) != SG_OK
+        || sg_event_init(cycle) != SG_OK
+        || h->init(cycle, h->data) != SG_OK)
+    {
+        exit(2);
+    }
+    for ( ;; ) {
+        if (sg_exiting && sg_connections_in_use() == 0) {
+            break;
+        }
+        sg_event_process(cycle);
+        if (sg_terminate) {
+            break;
+        }
+        if (sg_quit) {
+            sg_quit = 0;
+            sg_worker_drain(cycle);
+        }
+        if (sg_reopen) {
+            sg_reopen = 0;
+            sg_reopen_files(cycle, (uid_t) -1);
+        }
+        sg_reconfigure = 0;
+    }
+    if (h->exit) {
+        h->exit(cycle, h->data);
+    }
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "exiting");
+    exit(0);
+}
+
+static const char *
+sg_process_name(sg_cycle_t *cycle, int helper)
+{
+    if (helper < 0 || (size_t) helper >= cycle->helpers.nelts) {
+        return "worker";
+    }
+    return ((sg_helper_t *) cycle->helpers.elts)[helper].name;
+}
+
+/* Start worker number worker, or (worker -1) helper number helper. */
 static void
-sg_spawn_worker(sg_cycle_t *cycle, int worker)
+sg_spawn(sg_cycle_t *cycle, int worker, int helper)
 {
     sg_process_t  *p;
     pid_t          pid;
@@ -444,15 +520,19 @@ sg_spawn_worker(sg_cycle_t *cycle, int worker)
         return;
     }
     if (pid == 0) {
+        if (helper >= 0) {
+            sg_helper_process_cycle(cycle, helper);
+        }
         sg_worker_process_cycle(cycle, worker);
     }
     p = &sg_processes[sg_nprocesses++];
     p->pid = pid;
     p->worker = worker;
+    p->helper = helper;
     p->generation = sg_generation;
     p->exiting = false;
-    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "start worker process %d",
-                 (int) pid);
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "start %s process %d",
+                 sg_process_name(cycle, helper), (int) pid);
 }
 
 static void
@@ -461,7 +541,10 @@ sg_start_workers(sg_cycle_t *cycle)
     int  i;
 
     for (i = 0; i < sg_core_conf(cycle)->worker_processes; i++) {
-        sg_spawn_worker(cycle, i);
+        sg_spawn(cycle, i, -1);
+    }
+    for (i = 0; (size_t) i < cycle->helpers.nelts; i++) {
+        sg_spawn(cycle, -1, i);
     }
 }
 
@@ -485,18 +568,18 @@ sg_signal_workers(sg_cycle_t *cycle, int signo, bool old_only)
 }
 
 static void
-sg_log_exit(sg_cycle_t *cycle, pid_t pid, int status)
+sg_log_exit(sg_cycle_t *cycle, const char *name, pid_t pid, int status)
 {
     if (WIFSIGNALED(status)) {
-        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d exited "
-                     "on signal %d%s", (int) pid, WTERMSIG(status),
+        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "%s process %d exited "
+                     "on signal %d%s", name, (int) pid, WTERMSIG(status),
                      WCOREDUMP(status) ? " (core dumped)" : "");
     } else if (WEXITSTATUS(status) != 0) {
-        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d exited "
-                     "with code %d", (int) pid, WEXITSTATUS(status));
+        sg_log_error(SG_LOG_ALERT, cycle->log, 0, "%s process %d exited "
+                     "with code %d", name, (int) pid, WEXITSTATUS(status));
     } else {
-        sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "worker process %d exited "
-                     "with code 0", (int) pid);
+        sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "%s process %d exited "
+                     "with code 0", name, (int) pid);
     }
 }
 
@@ -509,15 +592,21 @@ sg_reap_children(sg_cycle_t *cycle)
     int           status;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        sg_log_exit(cycle, pid, status);
         for (i = 0; i < sg_nprocesses; i++) {
             if (sg_processes[i].pid == pid) {
                 break;
             }
         }
         if (i == sg_nprocesses) {
+            sg_log_exit(cycle, "worker", pid, status);
             continue;
         }
+        /* A helper of an older generation is named by its own cycle's
+         * list, which may be gone: say "helper" then. */
+        sg_log_exit(cycle, sg_processes[i].helper < 0 ? "worker"
+                    : sg_processes[i].generation == sg_generation
+                    ? sg_process_name(cycle, sg_processes[i].helper)
+                    : "helper", pid, status);
         p = sg_processes[i];
         sg_processes[i] = sg_processes[--sg_nprocesses];
         if (p.exiting || p.generation != sg_generation || sg_quit
@@ -526,11 +615,12 @@ sg_reap_children(sg_cycle_t *cycle)
             continue;
         }
         if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
-            sg_log_error(SG_LOG_ALERT, cycle->log, 0, "worker process %d "
-                         "could not start; not respawning it", (int) pid);
+            sg_log_error(SG_LOG_ALERT, cycle->log, 0, "%s process %d "
+                         "could not start; not respawning it",
+                         sg_process_name(cycle, p.helper), (int) pid);
             continue;
         }
-        sg_spawn_worker(cycle, p.worker);
+        sg_spawn(cycle, p.worker, p.helper);
     }
 }
 

@@ -205,6 +205,18 @@ def _proc_state(pid):
     return rest[0], int(rest[1])
 
 
+# The names helper processes give themselves (prctl PR_SET_NAME).
+HELPER_NAMES = ("spool forwarder",)
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def children(pid):
     """Live (non-zombie) child pids of pid."""
     out = set()
@@ -394,9 +406,18 @@ class Smtpgate:
         return self
 
     def workers(self):
+        """The worker processes: the master's children but its helpers
+        (see helpers())."""
         pids = children(self.proc.pid)
         self.known_workers.update(pids)
-        return pids
+        return [p for p in pids if _comm(p) not in HELPER_NAMES]
+
+    def helpers(self):
+        """The helper processes (the spool forwarder), known by the
+        name each gives itself."""
+        pids = children(self.proc.pid)
+        self.known_workers.update(pids)
+        return [p for p in pids if _comm(p) in HELPER_NAMES]
 
     def wait_workers(self, n, timeout=START_TIMEOUT, exclude=()):
         """Wait until exactly n workers not in `exclude` run; return them."""
