@@ -15,6 +15,7 @@
  */
 #include "sg_smtp.h"
 #include "sg_smtp_client.h"
+#include "sg_proxy_int.h"
 #include "sg_proxy_track.h"
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
@@ -38,55 +39,6 @@
 /* What a client is told when its backend goes away mid-session. */
 #define SG_PROXY_LOST  "Connection to the backend lost, try again later"
 
-#define SG_PROXY_SSL_OFF       0
-#define SG_PROXY_SSL_ON        1
-#define SG_PROXY_SSL_STARTTLS  2
-
-typedef struct sg_proxy_idle_s  sg_proxy_idle_t;
-
-/* A file named by a directive, with where, for errors found later. */
-typedef struct {
-    sg_str_t      path;           /* first: sg_conf_set_path_slot's */
-    sg_str_t      file;
-    size_t        line;
-} sg_proxy_file_t;
-
-typedef struct {
-    sg_str_t      pass_name;      /* proxy_pass as written */
-    sg_str_t      pass_file;
-    size_t        pass_line;
-#if (SG_HAVE_UPSTREAM_MODULE)
-    sg_upstream_t *upstream;      /* proxy_pass NAME | HOST:PORT */
-#endif
-    void         *pass_value;     /* proxy_pass $variable */
-    void         *spool;          /* proxy_pass spool:DIR */
-    bool          pass_set;
-
-    sg_msec_t     connect_timeout;
-    sg_msec_t     timeout;
-    sg_msec_t     next_timeout;
-    int64_t       next_tries;
-    int           xclient;
-    size_t        buffer_size;
-    int           splice;
-    int           pass_error_message;
-    unsigned      ssl;
-    int           ssl_verify;
-    int           ssl_compact;
-    sg_proxy_file_t  ssl_trusted;
-    sg_str_t      ssl_name;
-    sg_proxy_file_t  ssl_certificate;
-    sg_proxy_file_t  ssl_certificate_key;
-    void         *ssl_ctx;
-    int           smtp_auth;
-    unsigned      proxy_protocol;
-    unsigned      seen_caps;      /* this worker's last backend EHLO */
-    int64_t       keepalive;      /* idle backend connections kept */
-    int64_t       keepalive_requests;
-    sg_msec_t     keepalive_timeout;
-    sg_proxy_idle_t  *idle;       /* this worker's, newest first */
-    size_t        nidle;
-} sg_proxy_conf_t;
 
 /* A backend connection kept between sessions, waiting in its
  * configuration's list: RSET sent, then answered. */
@@ -156,8 +108,9 @@ static char *sg_proxy_protocol_directive(sg_conf_t *cf,
     const sg_command_t *cmd, void *conf);
 static char *sg_proxy_set_file(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
-static void *sg_proxy_create_conf(sg_conf_t *cf);
 static char *sg_proxy_merge_conf(sg_conf_t *cf, void *prev, void *conf);
+static char *sg_proxy_forward_retry(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
 static void sg_proxy_start(sg_smtp_session_t *s, void *conf);
 static void sg_proxy_next(sg_proxy_ctx_t *ctx);
 static void sg_proxy_relay_handler(sg_event_t *ev);
@@ -169,6 +122,11 @@ static const sg_conf_bounds_t  sg_proxy_buffer_bounds = { 1024, 16777216 };
 static const sg_conf_bounds_t  sg_proxy_tries_bounds = { 0, 1000 };
 static const sg_conf_bounds_t  sg_proxy_keepalive_bounds = { 0, 1024 };
 static const sg_conf_bounds_t  sg_proxy_requests_bounds = { 1, 1000000 };
+static const sg_conf_bounds_t  sg_proxy_fwd_interval_bounds = {
+    100, 3600000LL };
+static const sg_conf_bounds_t  sg_proxy_fwd_life_bounds = {
+    1000, 365 * 86400000LL };
+static const sg_conf_bounds_t  sg_proxy_fwd_conns_bounds = { 1, 1000 };
 
 static const sg_conf_enum_t  sg_proxy_ssl_modes[] = {
     { "off", SG_PROXY_SSL_OFF },
@@ -239,6 +197,17 @@ static const sg_command_t  sg_proxy_commands[] = {
       sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, keepalive_timeout),
       &sg_proxy_timeout_bounds },
+    { "spool_forward_interval", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, fwd_interval), &sg_proxy_fwd_interval_bounds },
+    { "spool_forward_retry", SG_MAIL_MAIN_CONF | SG_CONF_TAKE12,
+      sg_proxy_forward_retry, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "spool_forward_lifetime", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, fwd_lifetime), &sg_proxy_fwd_life_bounds },
+    { "spool_forward_connections", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_conf_set_num_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, fwd_connections), &sg_proxy_fwd_conns_bounds },
     sg_null_command
 };
 
@@ -369,7 +338,41 @@ sg_proxy_set_file(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return rv;
 }
 
-static void *
+/* spool_forward_retry MIN [MAX] */
+static char *
+sg_proxy_forward_retry(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_proxy_conf_t  *pcf = conf;
+    sg_str_t         *value = cf->args->elts;
+    int64_t           v[2];
+    size_t            i;
+
+    (void) cmd;
+    if (pcf->fwd_retry_min != SG_CONF_UNSET_MSEC) {
+        return sg_conf_error(cf, 0, "\"spool_forward_retry\" is "
+                             "duplicate");
+    }
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (sg_parse_time(&value[i], &v[i - 1]) != SG_OK
+            || v[i - 1] < 1000 || v[i - 1] > 7 * 86400000LL)
+        {
+            return sg_conf_error(cf, 0, "invalid time \"%.*s\" in "
+                                 "\"spool_forward_retry\": from 1s to 7d",
+                                 SG_STR_ARG(&value[i]));
+        }
+    }
+    if (cf->args->nelts == 2) {
+        v[1] = v[0];
+    } else if (v[1] < v[0]) {
+        return sg_conf_error(cf, 0, "\"spool_forward_retry\": the longest "
+                             "wait must not be shorter than the first");
+    }
+    pcf->fwd_retry_min = (sg_msec_t) v[0];
+    pcf->fwd_retry_max = (sg_msec_t) v[1];
+    return SG_CONF_OK;
+}
+
+void *
 sg_proxy_create_conf(sg_conf_t *cf)
 {
     sg_proxy_conf_t  *pcf;
@@ -394,6 +397,11 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->keepalive = SG_CONF_UNSET;
     pcf->keepalive_requests = SG_CONF_UNSET;
     pcf->keepalive_timeout = SG_CONF_UNSET_MSEC;
+    pcf->fwd_interval = SG_CONF_UNSET_MSEC;
+    pcf->fwd_retry_min = SG_CONF_UNSET_MSEC;
+    pcf->fwd_retry_max = SG_CONF_UNSET_MSEC;
+    pcf->fwd_lifetime = SG_CONF_UNSET_MSEC;
+    pcf->fwd_connections = SG_CONF_UNSET;
     return pcf;
 }
 
@@ -490,29 +498,10 @@ sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
 }
 #endif
 
-static char *
-sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
+char *
+sg_proxy_merge_values(sg_conf_t *cf, sg_proxy_conf_t *prev,
+    sg_proxy_conf_t *conf)
 {
-    sg_proxy_conf_t     *prev = parent, *conf = child;
-    sg_smtp_srv_conf_t  *sscf;
-
-    if (sg_proxy_resolve_pass(cf, prev) != SG_CONF_OK) {
-        return SG_CONF_ERROR;
-    }
-    if (!conf->pass_set && prev->pass_set) {
-        conf->pass_set = true;
-        conf->pass_name = prev->pass_name;
-        conf->pass_file = prev->pass_file;
-        conf->pass_line = prev->pass_line;
-#if (SG_HAVE_UPSTREAM_MODULE)
-        conf->upstream = prev->upstream;
-#endif
-        conf->pass_value = prev->pass_value;
-        conf->spool = prev->spool;
-    }
-    if (sg_proxy_resolve_pass(cf, conf) != SG_CONF_OK) {
-        return SG_CONF_ERROR;
-    }
     sg_conf_merge_msec(conf->connect_timeout, prev->connect_timeout, 10000);
     sg_conf_merge_msec(conf->timeout, prev->timeout, 600000);
     sg_conf_merge_msec(conf->next_timeout, prev->next_timeout, 0);
@@ -551,6 +540,16 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
                                ? 0 : prev->proxy_protocol;
     }
 
+    sg_conf_merge_msec(conf->fwd_interval, prev->fwd_interval, 10000);
+    sg_conf_merge_msec(conf->fwd_retry_min, prev->fwd_retry_min, 60000);
+    sg_conf_merge_msec(conf->fwd_retry_max, prev->fwd_retry_max, 1800000);
+    sg_conf_merge_msec(conf->fwd_lifetime, prev->fwd_lifetime,
+                       5 * 86400000LL);
+    sg_conf_merge_value(conf->fwd_connections, prev->fwd_connections, 10);
+    if (conf->fwd_retry_max < conf->fwd_retry_min) {
+        conf->fwd_retry_max = conf->fwd_retry_min;
+    }
+
     if (conf->ssl != SG_PROXY_SSL_OFF) {
 #if (SG_HAVE_SSL_MODULE)
         if (sg_proxy_ssl_ctx(cf, conf) != SG_CONF_OK) {
@@ -559,6 +558,59 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
 #else
         return sg_conf_error(cf, 0, "\"proxy_ssl\" needs the ssl module");
 #endif
+    }
+
+    return SG_CONF_OK;
+}
+
+/* The configuration whose forwarder has been set up; forgotten with
+ * it, so that a later one at the same address is set up too. */
+static sg_cycle_t  *sg_proxy_forward_cycle;
+
+static void
+sg_proxy_forward_forget(void *data)
+{
+    if (sg_proxy_forward_cycle == data) {
+        sg_proxy_forward_cycle = NULL;
+    }
+}
+
+static char *
+sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
+{
+    sg_proxy_conf_t     *prev = parent, *conf = child;
+    sg_smtp_srv_conf_t  *sscf;
+
+    if (sg_proxy_resolve_pass(cf, prev) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
+    if (!conf->pass_set && prev->pass_set) {
+        conf->pass_set = true;
+        conf->pass_name = prev->pass_name;
+        conf->pass_file = prev->pass_file;
+        conf->pass_line = prev->pass_line;
+#if (SG_HAVE_UPSTREAM_MODULE)
+        conf->upstream = prev->upstream;
+#endif
+        conf->pass_value = prev->pass_value;
+        conf->spool = prev->spool;
+    }
+    if (sg_proxy_resolve_pass(cf, conf) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
+    if (sg_proxy_merge_values(cf, prev, conf) != SG_CONF_OK) {
+        return SG_CONF_ERROR;
+    }
+    /* Once per configuration: the forwarder's settings are the mail
+     * block's. */
+    if (sg_proxy_forward_cycle != cf->cycle) {
+        sg_proxy_forward_cycle = cf->cycle;
+        if (sg_pool_cleanup_add(cf->cycle->pool, sg_proxy_forward_forget,
+                                cf->cycle) != SG_OK
+            || sg_proxy_forward_init(cf, prev) != SG_CONF_OK)
+        {
+            return SG_CONF_ERROR;
+        }
     }
 
     /* Registered even without proxy_pass: an authentication service may

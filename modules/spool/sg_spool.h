@@ -35,4 +35,45 @@ sg_spool_t *sg_spool_create(sg_conf_t *cf, const sg_str_t *dir);
  */
 void sg_spool_start(sg_smtp_session_t *s, sg_spool_t *sp);
 
+/*
+ * Forwarding ("server spool:DIR forward" in an upstream group): the
+ * spool keeps what it stores in DIR/new for the proxy's forwarder,
+ * with the envelope of sg_spool_queue.h at the head of each file.
+ */
+
+/* At configuration time: DIR is forwarded to the group named group (a
+ * second group for the same DIR is an error). */
+int sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp,
+    const sg_str_t *group);
+bool sg_spool_forwarding(sg_spool_t *sp);
+/* Where "forward" was given, for errors found later. */
+const sg_str_t *sg_spool_forward_file(sg_spool_t *sp, size_t *line);
+/* DIR: absolute, NUL-terminated. */
+const sg_str_t *sg_spool_dir(sg_spool_t *sp);
+
+/* The rest is for the forwarder's own process, where blocking on the
+ * disk is allowed, and logs to log.  Each returns SG_OK or SG_ERROR
+ * (logged, naming the call that failed and the spool). */
+
+struct sg_spool_dsn_s;
+/*
+ * Queue a delivery status notification (d: sg_spool_dsn_t, its dsn_id
+ * left empty: the notification's own queue id is used) from the null
+ * sender to d->sender, presented with attrs (the failed message's
+ * X-Smtpgate-Forward value).  Its queue id is written to id.
+ */
+int sg_spool_bounce(sg_spool_t *sp, sg_log_t *log,
+    const struct sg_spool_dsn_s *d, const sg_str_t *attrs, char *id,
+    size_t idlen);
+
+/*
+ * Replace the queued file path (open as fd) by a copy that lists only
+ * the recipients i of env for which keep[i] is true: written in DIR/tmp,
+ * fsync'ed, renamed over path, DIR/new fsync'ed.  env is path's
+ * envelope (sg_spool_envelope_t).
+ */
+struct sg_spool_envelope_s;
+int sg_spool_requeue(sg_spool_t *sp, sg_log_t *log, const char *path,
+    int fd, const struct sg_spool_envelope_s *env, const bool *keep);
+
 #endif /* SG_SPOOL_H */

@@ -207,6 +207,58 @@ sg_spool_create(sg_conf_t *cf, const sg_str_t *dir)
     return sp;
 }
 
+int
+sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp, const sg_str_t *group)
+{
+    char  path[PATH_MAX];
+
+    if (sp->forward) {
+        if (sp->forward_group.len == group->len
+            && memcmp(sp->forward_group.data, group->data, group->len) == 0)
+        {
+            return SG_OK;
+        }
+        sg_conf_error(cf, 0, "upstream \"%.*s\" cannot forward the spool "
+                      "\"%.*s\": upstream \"%.*s\" forwards it already "
+                      "(%.*s:%zu), and one spool directory can be "
+                      "forwarded to one group only", SG_STR_ARG(group),
+                      SG_STR_ARG(&sp->dir), SG_STR_ARG(&sp->forward_group),
+                      SG_STR_ARG(&sp->forward_file), sp->forward_line);
+        return SG_ERROR;
+    }
+    /* The forwarder moves what it gives up on into cur/. */
+    (void) snprintf(path, sizeof(path), "%s/cur", (char *) sp->dir.data);
+    if (access(path, W_OK | X_OK) == -1) {
+        sg_conf_error(cf, errno, "the spool directory \"%s\" is not "
+                      "writable", path);
+        return SG_ERROR;
+    }
+    sp->forward = 1;
+    sp->forward_group = *group;
+    sp->forward_file = cf->file->name;
+    sp->forward_line = sg_conf_line(cf);
+    return SG_OK;
+}
+
+const sg_str_t *
+sg_spool_dir(sg_spool_t *sp)
+{
+    return &sp->dir;
+}
+
+bool
+sg_spool_forwarding(sg_spool_t *sp)
+{
+    return sp->forward;
+}
+
+const sg_str_t *
+sg_spool_forward_file(sg_spool_t *sp, size_t *line)
+{
+    *line = sp->forward_line;
+    return &sp->forward_file;
+}
+
 /* Checks for the workers' user, made by the master as root. */
 
 typedef struct {
@@ -291,7 +343,7 @@ sg_spool_check_user(sg_cycle_t *cycle, sg_spool_t *sp,
         if (i == 0 && !sg_spool_user_may(u, &st, S_IXOTH)) {
             return sg_spool_user_error(cycle, sp, u, path, "searchable");
         }
-        if ((i == 1 || i == 2)
+        if ((i == 1 || i == 2 || (i == 3 && sp->forward))
             && !sg_spool_user_may(u, &st, S_IWOTH | S_IXOTH))
         {
             return sg_spool_user_error(cycle, sp, u, path, "writable");

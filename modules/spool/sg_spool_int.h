@@ -23,6 +23,10 @@ struct sg_spool_s {
     ino_t        ino;
     unsigned     created;        /* which of DIR, tmp, new, cur this
                                     load made (bit i: sg_spool_subdirs) */
+    unsigned     forward:1;      /* "server spool:DIR forward" */
+    sg_str_t     forward_group;  /* the upstream it is forwarded to */
+    sg_str_t     forward_file;
+    size_t       forward_line;
     sg_spool_t  *next;           /* the spools of one configuration */
 };
 
@@ -78,6 +82,12 @@ int sg_spool_file_commit(sg_spool_file_t *f);
 #define SG_SPOOL_MOVE_TRIES  8
 int sg_spool_move(const char *tmp_path, char *new_path, size_t size,
     const char **call);
+
+/* For a process that may block (the forwarder): open, write head and
+ * body, fsync, rename into DIR/new and fsync it, all now.  SG_OK, or
+ * SG_ERROR (see sg_spool_file_error; nothing is left behind). */
+int sg_spool_file_write_now(sg_spool_file_t *f, const u_char *head,
+    size_t hlen, const u_char *body, size_t blen);
 
 bool sg_spool_file_busy(sg_spool_file_t *f);
 bool sg_spool_file_committed(sg_spool_file_t *f);

@@ -13,6 +13,7 @@
  */
 #include "sg_spool_int.h"
 #include "sg_spool_data.h"
+#include "sg_spool_queue.h"
 #if (SG_HAVE_SSL_MODULE)
 #include "sg_ssl.h"
 #endif
@@ -52,6 +53,7 @@ typedef struct {
     unsigned            has_mail:1;
     unsigned            bdat:1;        /* BDAT began it: no DATA now */
     unsigned            smtputf8:1;
+    unsigned            eightbit:1;    /* BODY=8BITMIME */
     unsigned            too_big:1;
     sg_str_t            from;          /* SG_SMTP_PATH_MAX bytes */
     u_char             *rcpts;         /* "addr\0" each, malloc'd */
@@ -88,6 +90,7 @@ sg_spool_reset(sg_spool_ctx_t *ctx)
     ctx->has_mail = 0;
     ctx->bdat = 0;
     ctx->smtputf8 = 0;
+    ctx->eightbit = 0;
     ctx->too_big = 0;
     ctx->from.len = 0;
     ctx->rcpts_len = 0;
@@ -153,22 +156,6 @@ sg_spool_refuse_size(sg_spool_ctx_t *ctx)
                          "maximum message size");
 }
 
-static u_char *
-sg_spool_date(u_char *p, u_char *last, time_t t)
-{
-    static const char  *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri",
-                                   "Sat" };
-    static const char  *months[] = { "Jan", "Feb", "Mar", "Apr", "May",
-                                     "Jun", "Jul", "Aug", "Sep", "Oct",
-                                     "Nov", "Dec" };
-    struct tm           tm;
-
-    (void) gmtime_r(&t, &tm);
-    return sg_slprintf(p, last, "%s, %d %s %d %02d:%02d:%02d +0000",
-                       days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-                       tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-}
-
 /* RFC 3848 and RFC 6531: ESMTP, then S for TLS and A for AUTH. */
 static const char *
 sg_spool_protocol(sg_spool_ctx_t *ctx)
@@ -186,6 +173,54 @@ sg_spool_protocol(sg_spool_ctx_t *ctx)
                                 + 2 * s->tls];
 }
 
+/* Room for X-Smtpgate-Forward: the login, HELO and host name in xtext
+ * (at most 3 octets each), and the rest. */
+#define SG_SPOOL_FORWARD_MAX  (3 * (255 * 3 + 16) + 256 + SG_INET_ADDRSTRLEN)
+
+/*
+ * In a forwarding spool, what the forwarder needs to present the
+ * message as this session would have: the XCLIENT attributes the proxy
+ * sends (sg_proxy_xclient()), already in xtext, and the MAIL
+ * parameters that change how the message is read.  Folded so that no
+ * line passes 998 octets.
+ */
+static u_char *
+sg_spool_forward_header(sg_spool_ctx_t *ctx, u_char *p, u_char *last)
+{
+    sg_smtp_session_t  *s = ctx->s;
+    sg_connection_t    *c = s->connection;
+    u_char              x[255 * 3 + 1];
+    sg_str_t            name;
+    size_t              n;
+
+    p = sg_slprintf(p, last, "%s ADDR=%s%.*s PORT=%d PROTO=%s",
+                    SG_SPOOL_FORWARD_HEADER,
+                    c->sockaddr.ss_family == AF_INET6 ? "IPV6:" : "",
+                    SG_STR_ARG(&c->addr_text),
+                    sg_sockaddr_port((struct sockaddr *) &c->sockaddr),
+                    s->esmtp ? "ESMTP" : "SMTP");
+    if (ctx->eightbit) {
+        p = sg_slprintf(p, last, " BODY=8BITMIME");
+    }
+    if (ctx->smtputf8) {
+        p = sg_slprintf(p, last, " SMTPUTF8");
+    }
+    sg_smtp_client_host(s, &name);
+    if (name.len && name.len <= 255) {
+        n = sg_smtp_xtext_encode(x, &name);
+        p = sg_slprintf(p, last, "\r\n\tNAME=%.*s", (int) n, (char *) x);
+    }
+    if (s->helo.len && s->helo.len <= 255) {
+        n = sg_smtp_xtext_encode(x, &s->helo);
+        p = sg_slprintf(p, last, "\r\n\tHELO=%.*s", (int) n, (char *) x);
+    }
+    if (s->login.len && s->login.len <= 255) {
+        n = sg_smtp_xtext_encode(x, &s->login);
+        p = sg_slprintf(p, last, "\r\n\tLOGIN=%.*s", (int) n, (char *) x);
+    }
+    return sg_slprintf(p, last, "\r\n");
+}
+
 /*
  * The header block put before the message: Return-Path, one
  * X-Original-To per envelope recipient, and a Received line.  malloc'd,
@@ -201,7 +236,8 @@ sg_spool_headers(sg_spool_ctx_t *ctx, size_t *len)
     unsigned            i;
 
     size = 2048 + 2 * SG_SPOOL_HELO_MAX + s->conf->server_name.len
-           + ctx->rcpts_len + ctx->nrcpt * sizeof("X-Original-To: \r\n");
+           + ctx->rcpts_len + ctx->nrcpt * sizeof("X-Original-To: \r\n")
+           + (ctx->sp->forward ? SG_SPOOL_FORWARD_MAX : 0);
     buf = sg_alloc(size, s->log);
     if (buf == NULL) {
         return NULL;
@@ -213,6 +249,9 @@ sg_spool_headers(sg_spool_ctx_t *ctx, size_t *len)
     for (i = 0, r = ctx->rcpts; i < ctx->nrcpt; i++) {
         p = sg_slprintf(p, last, "X-Original-To: %s\r\n", (char *) r);
         r += strlen((char *) r) + 1;
+    }
+    if (ctx->sp->forward) {
+        p = sg_spool_forward_header(ctx, p, last);
     }
     p = sg_slprintf(p, last, "Received: from %.*s ([%s%.*s])\r\n",
                     SG_STR_ARG(&s->helo),
@@ -230,7 +269,7 @@ sg_spool_headers(sg_spool_ctx_t *ctx, size_t *len)
     if (ctx->nrcpt == 1) {
         p = sg_slprintf(p, last, "for <%s>; ", (char *) ctx->rcpts);
     }
-    p = sg_spool_date(p, last - 2, sg_current_time);
+    p = sg_spool_format_date(p, last - 2, sg_current_time);
     *p++ = '\r';
     *p++ = '\n';
     *len = (size_t) (p - buf);
@@ -447,6 +486,7 @@ sg_spool_mail_params(sg_spool_ctx_t *ctx, sg_str_t *rest, bool *utf8)
             {
                 return sg_smtp_error(s, "501 5.5.4 Unsupported BODY type");
             }
+            ctx->eightbit = sg_str_caseeq(&val, "8BITMIME");
         } else if (sg_str_caseeq(&key, "SMTPUTF8") && val.data == NULL) {
             *utf8 = true;
         } else if (sg_str_caseeq(&key, "AUTH") && val.data) {

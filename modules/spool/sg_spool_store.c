@@ -380,6 +380,31 @@ sg_spool_work(sg_task_t *t)
     }
 }
 
+int
+sg_spool_file_write_now(sg_spool_file_t *f, const u_char *head,
+    size_t hlen, const u_char *body, size_t blen)
+{
+    if (f->err == 0) {
+        f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                     0600);
+        if (f->fd == -1) {
+            sg_spool_fail(f, "open()", errno);
+        } else {
+            f->tmp_exists = 1;
+            sg_spool_write_all(f, head, hlen);
+            sg_spool_write_all(f, body, blen);
+        }
+    }
+    if (f->err == 0) {
+        sg_spool_commit(f);
+    }
+    if (f->err) {
+        sg_spool_remove(f);
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
 /* In the event loop. */
 
 static void sg_spool_done(sg_task_t *t);

@@ -229,6 +229,8 @@ sg_upstream_server(sg_conf_t *cf, sg_upstream_t *u)
             proto.backup = 1;
         } else if (sg_str_eq(&value[i], "down")) {
             proto.down = 1;
+        } else if (sg_str_eq(&value[i], "forward") && spool) {
+            proto.forward = 1;
         } else {
             return sg_conf_error(cf, 0, "invalid parameter \"%.*s\" of "
                                  "\"server\"", SG_STR_ARG(&value[i]));
@@ -245,7 +247,10 @@ sg_upstream_server(sg_conf_t *cf, sg_upstream_t *u)
         dir.data = value[1].data + 6;
         dir.len = value[1].len - 6;
         proto.spool = sg_spool_create(cf, &dir);
-        if (proto.spool == NULL) {
+        if (proto.spool == NULL
+            || (proto.forward
+                && sg_spool_set_forward(cf, proto.spool, &u->name) != SG_OK))
+        {
             return SG_CONF_ERROR;
         }
         p = sg_array_push(&u->peers);
@@ -680,6 +685,22 @@ sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
     return SG_OK;
 }
 
+int
+sg_upstream_pick_init_key(sg_upstream_pick_t *pk, sg_upstream_t *u,
+    sg_pool_t *pool, sg_log_t *log, const sg_str_t *key)
+{
+    memset(pk, 0, sizeof(*pk));
+    pk->upstream = u;
+    pk->log = log;
+    pk->no_spool = true;
+    pk->tried = sg_pcalloc(pool, u->peers.nelts);
+    if (pk->tried == NULL) {
+        return SG_ERROR;
+    }
+    pk->hash = sg_hash(key->data, key->len);
+    return SG_OK;
+}
+
 static bool
 sg_upstream_healthy(sg_upstream_peer_t *p, sg_upstream_state_t *st)
 {
@@ -701,7 +722,13 @@ sg_upstream_peer_up(sg_upstream_t *u, size_t i)
 sg_upstream_t **
 sg_upstream_groups(size_t *n)
 {
-    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(sg_cycle);
+    return sg_upstream_groups_of(sg_cycle, n);
+}
+
+sg_upstream_t **
+sg_upstream_groups_of(sg_cycle_t *cycle, size_t *n)
+{
+    sg_upstream_main_conf_t  *umcf = sg_upstream_cycle_conf(cycle);
 
     if (umcf == NULL) {
         *n = 0;
@@ -715,7 +742,9 @@ static bool
 sg_upstream_available(sg_upstream_pick_t *pk, sg_upstream_peer_t *p,
     sg_upstream_state_t *st)
 {
-    if (pk->tried[p->index] || !sg_upstream_healthy(p, st)) {
+    if (pk->tried[p->index] || !sg_upstream_healthy(p, st)
+        || (pk->no_spool && p->spool))
+    {
         return false;
     }
     if (p->max_conns && st->conns >= p->max_conns) {

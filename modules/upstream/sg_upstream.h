@@ -35,6 +35,7 @@ typedef struct {
     size_t             index;
     unsigned           backup:1;
     unsigned           down:1;
+    unsigned           forward:1;     /* "server spool:DIR forward" */
 } sg_upstream_peer_t;
 
 /* What every worker sees of a peer (shared memory). */
@@ -105,6 +106,7 @@ typedef struct {
     unsigned              tries;
     unsigned              hash_tries;
     bool                  counted;      /* peer's conns incremented */
+    bool                  no_spool;     /* skip spool peers */
 } sg_upstream_pick_t;
 
 /* Find a group by name (NULL: none), at configuration time. */
@@ -117,6 +119,10 @@ sg_upstream_t *sg_upstream_implicit(sg_conf_t *cf, sg_url_t *u);
 
 int sg_upstream_pick_init(sg_upstream_pick_t *pk, sg_upstream_t *u,
     sg_smtp_session_t *s);
+/* The same without a session (the spool's forwarder): hash balancers
+ * hash key instead of their key's value. */
+int sg_upstream_pick_init_key(sg_upstream_pick_t *pk, sg_upstream_t *u,
+    sg_pool_t *pool, sg_log_t *log, const sg_str_t *key);
 /* The next peer to try: SG_OK (pk->peer), or SG_DECLINED when none is
  * left. */
 int sg_upstream_get(sg_upstream_pick_t *pk);
@@ -137,6 +143,8 @@ bool sg_upstream_caps(sg_upstream_t *u, unsigned *caps, int64_t *size);
  * whether peer i of u takes sessions now (not down, not failing its
  * health checks, not out for max_fails). */
 sg_upstream_t **sg_upstream_groups(size_t *n);
+/* ... of a given configuration (one being loaded, say). */
+sg_upstream_t **sg_upstream_groups_of(sg_cycle_t *cycle, size_t *n);
 bool sg_upstream_peer_up(sg_upstream_t *u, size_t i);
 
 /* Health checks (sg_upstream_check.c). */

@@ -1,0 +1,1071 @@
+"""Store and forward: an upstream group's spool with the `forward` flag
+("server spool:DIR backup forward") takes the sessions while the
+group's real servers are down, and the spool forwarder, a helper
+process of the master, sends what it stored on once they come back.
+
+Checked: what the queued file holds (the envelope and the
+X-Smtpgate-Forward attributes); the message as the backend gets it
+(the same envelope, the text from the Received: line on, byte for
+byte, dot-stuffed on the wire and ended in CRLF, XCLIENT with the
+original client, a PROXY header with its address); each outcome of a
+delivery (delivered, failed and reported to the sender in a delivery
+status notification, deferred with the file rewritten and put off, a
+null-sender message that fails moved to cur/, a message deferred for
+too long failed with 4.4.7); a queue that waits while no server is
+up; many messages, a reload and a graceful stop without a message lost
+or sent twice; a forwarder killed and started again; hostile files in
+the queue; and the configuration errors.
+
+aiosmtpd answers a command the same way for every recipient, so the
+tests that need one recipient refused and another taken use a small
+scripted backend defined here (ScriptedSmtp).
+"""
+
+import collections
+import email
+import email.policy
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from lib import backends
+from lib import gate as gatelib
+from lib import net
+from lib.backends import Message
+from lib.checks import assert_same_bytes
+from lib.smtp import dot_stuff
+from lib.users import password
+
+QUEUED = re.compile(r"^2\.0\.0 Ok: queued as (\S+)$")
+ACCEPTED = "250 2.0.0 Message accepted by backend"
+
+needs_ipv6 = pytest.mark.skipif(not net.ipv6_available(),
+                                reason="no IPv6 loopback")
+
+
+# --------------------------------------------------------------------------
+# a scripted backend
+
+
+class ScriptedSmtp:
+    """A plain ESMTP server whose replies a test chooses per command and
+    per address, which aiosmtpd cannot do (its `replies` answer every
+    RCPT alike).
+
+    mail(sender), rcpt(sender, recipient), data(sender, recipients) and
+    dot(sender, recipients) return the reply line to send, or None for
+    the usual one; the functions may be swapped while it runs.  A
+    message whose final dot is answered 2xx lands in .messages
+    (lib.backends.Message, content dot-unstuffed, rcpt_tos the
+    recipients taken); .commands lists every command line."""
+
+    EHLO = (b"250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+            b"250-ENHANCEDSTATUSCODES\r\n250 SIZE 10240000\r\n")
+
+    def __init__(self, mail=None, rcpt=None, data=None, dot=None,
+                 host=net.IPV4, dot_delay=0):
+        self.host = host
+        self.port = net.free_port(host)
+        self.mail = mail or (lambda s: None)
+        self.rcpt = rcpt or (lambda s, r: None)
+        self.data = data or (lambda s, rs: None)
+        self.dot = dot or (lambda s, rs: None)
+        self.dot_delay = dot_delay
+        self.messages = []
+        self.commands = []
+        self.connections = 0
+        self.open_transactions = 0      # from MAIL to the final reply
+        self.max_transactions = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._socks = []
+        self._listener = None
+
+    @property
+    def address(self):
+        return net.hostport(self.host, self.port)
+
+    def start(self):
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, self.port))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+        with self._cond:
+            for s in self._socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.connections += 1
+                self._socks.append(conn)
+            threading.Thread(target=self._serve, args=(conn,),
+                             daemon=True).start()
+
+    def _serve(self, conn):
+        sender, rcpts = None, []
+        try:
+            conn.settimeout(60)
+            f = conn.makefile("rb")
+            conn.sendall(b"220 scripted.test ESMTP\r\n")
+            while not self._stop.is_set():
+                line = f.readline()
+                if not line:
+                    return
+                text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                with self._cond:
+                    self.commands.append(text)
+                verb = text.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    conn.sendall(self.EHLO)
+                elif verb == "MAIL":
+                    m = re.match(r"(?i)MAIL FROM:<([^>]*)>", text)
+                    reply = self.mail(m.group(1))
+                    if reply is None:
+                        sender, rcpts = m.group(1), []
+                        self._transaction(+1)
+                    self._reply(conn, reply, "250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    m = re.match(r"(?i)RCPT TO:<([^>]*)>", text)
+                    reply = self.rcpt(sender, m.group(1))
+                    if reply is None or reply.startswith("2"):
+                        rcpts.append(m.group(1))
+                    self._reply(conn, reply, "250 2.1.5 Ok")
+                elif verb == "DATA":
+                    if not rcpts:
+                        conn.sendall(b"554 5.5.1 Error: no valid "
+                                     b"recipients\r\n")
+                        continue
+                    reply = self.data(sender, list(rcpts))
+                    if reply is not None:
+                        self._transaction(-1)
+                        self._reply(conn, reply, None)
+                        sender, rcpts = None, []
+                        continue
+                    conn.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    body = b""
+                    while True:
+                        l = f.readline()
+                        if not l:
+                            return
+                        if l == b".\r\n":
+                            break
+                        body += l[1:] if l.startswith(b".") else l
+                    time.sleep(self.dot_delay)
+                    reply = self.dot(sender, list(rcpts))
+                    self._transaction(-1)
+                    if reply is None or reply.startswith("2"):
+                        with self._cond:
+                            self.messages.append(
+                                Message(sender, list(rcpts), body))
+                            self._cond.notify_all()
+                    self._reply(conn, reply, "250 2.0.0 Ok: queued")
+                    sender, rcpts = None, []
+                elif verb == "RSET":
+                    if sender is not None:
+                        self._transaction(-1)
+                    sender, rcpts = None, []
+                    conn.sendall(b"250 2.0.0 Ok\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                elif verb in ("HELO", "NOOP"):
+                    conn.sendall(b"250 scripted.test\r\n")
+                else:
+                    conn.sendall(b"502 5.5.2 Error: command not "
+                                 b"recognized\r\n")
+        except OSError:
+            pass
+        finally:
+            if sender is not None:
+                self._transaction(-1)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _transaction(self, n):
+        with self._cond:
+            self.open_transactions += n
+            self.max_transactions = max(self.max_transactions,
+                                        self.open_transactions)
+
+    @staticmethod
+    def _reply(conn, reply, default):
+        conn.sendall((reply or default).encode() + b"\r\n")
+
+    def wait_messages(self, n=1, timeout=30.0):
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.messages) >= n,
+                                     timeout)
+            assert ok, (f"scripted backend got {len(self.messages)} "
+                        f"message(s), expected {n} within {timeout}s; "
+                        f"commands: {self.commands[-30:]!r}")
+            return list(self.messages)
+
+
+@pytest.fixture
+def scripted_smtp():
+    """Factory: scripted_smtp(start=True, **kw) -> ScriptedSmtp; with
+    start=False its port refuses connections until .start()."""
+    started = []
+
+    def make(start=True, **kw):
+        b = ScriptedSmtp(**kw)
+        started.append(b)
+        return b.start() if start else b
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def down_backend():
+    """Factory: an AiosmtpdBackend that does not run yet (its port
+    refuses connections) until the test calls .start()."""
+    made = []
+
+    def make(**kw):
+        b = backends.AiosmtpdBackend(**kw)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.stop()
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def fwd_conf(*addresses, mail="", retry="1s 2s", **kw):
+    """The group "grp": each address a real server (never rested, so
+    that the forwarder tries it at once when it comes back), and the
+    forwarding spool PREFIX/queue as its backup."""
+    servers = "".join(f"        server {a} max_fails=0;\n"
+                      for a in addresses)
+    block = ("    spool_forward_interval 1s;\n"
+             f"    spool_forward_retry {retry};\n"
+             + mail
+             + "    upstream grp {\n" + servers
+             + "        server spool:queue backup forward;\n"
+             "    }\n")
+    kw.setdefault("proxy_connect_timeout", "2s")
+    return gatelib.conf(proxy_pass="grp", mail=block, **kw)
+
+
+def qdir(g, sub="new"):
+    return os.path.join(g.prefix, "queue", sub)
+
+
+def queued(g, sub="new"):
+    return sorted(os.listdir(qdir(g, sub)))
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_queued(data):
+    """A queued file -> (sender, [recipients], {attribute: value}, the
+    text from the Received: line on)."""
+    head, sep, _ = data.partition(b"\r\nReceived: ")
+    assert sep, data[:600]
+    text = data[len(head) + 2:]
+    lines = head.split(b"\r\n")
+    m = re.fullmatch(rb"Return-Path: <(.*)>", lines[0])
+    assert m, data[:300]
+    rcpts, attrs, i = [], {}, 1
+    while i < len(lines) and lines[i].startswith(b"X-Original-To: "):
+        rcpts.append(lines[i][len(b"X-Original-To: "):].decode())
+        i += 1
+    if i < len(lines):
+        assert lines[i].startswith(b"X-Smtpgate-Forward: "), data[:600]
+        words = b" ".join([lines[i][len(b"X-Smtpgate-Forward: "):]]
+                          + [l for l in lines[i + 1:]]).split()
+        for w in words:
+            k, _, v = w.decode().partition("=")
+            attrs[k] = v
+        assert all(l.startswith(b"\t") for l in lines[i + 1:]), data[:600]
+    return m.group(1).decode(), rcpts, attrs, text
+
+
+def words(line):
+    """"ADDR=1.2.3.4 LOGIN=x" -> {"ADDR": "1.2.3.4", "LOGIN": "x"}."""
+    return dict(w.partition("=")[::2] for w in (line or "").split())
+
+
+def queue_id(reply):
+    m = QUEUED.match(reply.last)
+    assert reply.code == 250 and m, reply
+    return m.group(1)
+
+
+def session(g, host=None, port=None, helo="client.test", user="alice"):
+    c = g.connect(host, port)
+    assert c.greeting().code == 220
+    c.ehlo(helo)
+    r = c.auth_plain(user, password(user))
+    assert r.code == 235, r
+    return c
+
+
+def transaction(c, sender, rcpts, message, params=""):
+    """MAIL (with params), RCPTs, DATA: the queue id."""
+    c.expect(f"MAIL FROM:<{sender}>{params}", 250)
+    for r in rcpts:
+        c.expect(f"RCPT TO:<{r}>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(message))
+    return queue_id(c.reply())
+
+
+def submit(g, sender, rcpts, message, **kw):
+    """One session, one message: (queue id, the client's address)."""
+    with session(g, **kw) as c:
+        local = c.sock.getsockname()[:2]
+        qid = transaction(c, sender, rcpts, message)
+        c.expect("QUIT", 221)
+    return qid, local
+
+
+def only_file(g):
+    (name,) = queued(g)
+    return name, read(os.path.join(qdir(g), name))
+
+
+def wait_queue_empty(g, timeout=30):
+    net.wait_until(lambda: not queued(g), timeout,
+                   what=f"queue/new to empty; it holds {queued(g)}")
+
+
+def delivered_line(qid, sender, n, peer, reply=ACCEPTED):
+    return (r"\[info\] \d+#\d+: \*\d+ spool forwarder: message "
+            + re.escape(qid) + r" from <" + re.escape(sender)
+            + rf"> delivered to {n} recipients?"
+            + r" through " + re.escape(peer)
+            + r" \(" + re.escape(reply) + r"\)")
+
+
+def parse_dsn(content):
+    """A delivery status notification -> (the message, the per-message
+    fields, [per-recipient fields], the returned headers part)."""
+    msg = email.message_from_bytes(content, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", content[:1500]
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = msg.get_payload()
+    assert len(parts) == 3, [p.get_content_type() for p in parts]
+    assert parts[0].get_content_type() == "text/plain"
+    assert parts[1].get_content_type() == "message/delivery-status"
+    assert parts[2].get_content_type() in ("text/rfc822-headers",
+                                           "message/rfc822")
+    blocks = parts[1].get_payload()
+    return msg, blocks[0], blocks[1:], parts[2]
+
+
+def check_dsn(m, sender, orig_qid):
+    """m: a notification as the backend got it, for `sender` about
+    message orig_qid.  Returns its per-recipient blocks by recipient."""
+    assert m.mail_from == "", m.mail_from
+    assert m.rcpt_tos == [sender]
+    assert m.content.startswith(b"Received: by "), m.content[:300]
+    msg, per_msg, per_rcpt, returned = parse_dsn(m.content)
+    assert re.fullmatch(r"Mail Delivery System <MAILER-DAEMON@[^<>\s]+>",
+                        msg["From"]), msg["From"]
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    assert msg["To"] == f"<{sender}>"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert per_msg["X-Smtpgate-Queue-ID"] == orig_qid
+    assert per_msg["Reporting-MTA"].startswith("dns; ")
+    out = {}
+    for b in per_rcpt:
+        kind, _, rcpt = b["Final-Recipient"].partition("; ")
+        assert kind == "rfc822", b["Final-Recipient"]
+        assert b["Action"] == "failed"
+        out[rcpt] = b
+    return out
+
+
+# --------------------------------------------------------------------------
+# the way through
+
+
+def test_queued_while_down_then_forwarded_with_xclient(smtpgate,
+                                                       down_backend):
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address))
+    # one worker and one forwarder, told apart by name
+    assert len(g.workers()) == 1
+    (helper,) = g.helpers()
+    assert helper not in g.workers()
+    g.wait_log(rf"start spool forwarder process {helper}\b")
+    g.wait_log(r"\[notice\] \d+#\d+: spool forwarder: forwarding \"\S+/"
+               r"queue\" to upstream \"grp\"")
+
+    msg = b"Subject: t\r\n\r\n.body\r\nend\r\n"
+    qid, (caddr, cport) = submit(g, "s@example.org",
+                                 ["r@example.org", "q@example.org"], msg)
+    name, data = only_file(g)
+    sender, rcpts, attrs, text = parse_queued(data)
+    assert sender == "s@example.org"
+    assert rcpts == ["r@example.org", "q@example.org"]
+    assert attrs == {"ADDR": "127.0.0.1", "PORT": str(cport),
+                     "PROTO": "ESMTP", "NAME": "[UNAVAILABLE]",
+                     "HELO": "client.test", "LOGIN": "alice"}, attrs
+    assert data.startswith(
+        b"Return-Path: <s@example.org>\r\nX-Original-To: r@example.org\r\n"
+        b"X-Original-To: q@example.org\r\nX-Smtpgate-Forward: ADDR=")
+    assert text.startswith(b"Received: from client.test ([127.0.0.1])\r\n")
+    assert text.endswith(b"\r\n" + msg)
+
+    # Down: the queue waits, the file is not put off.
+    g.wait_log(r"\[warn\] \d+#\d+: \*\d+ spool forwarder: message "
+               + re.escape(qid) + r" deferred: .*; the queue waits 1000 ms "
+               r"before the next try")
+    assert queued(g) == [name]
+    assert os.stat(os.path.join(qdir(g), name)).st_mtime <= time.time()
+
+    mark = g.log_mark()
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.mail_from == "s@example.org"
+    assert m.rcpt_tos == ["r@example.org", "q@example.org"]
+    assert_same_bytes(m.content, text)
+    x = words(m.xclient)
+    assert x["ADDR"] == "127.0.0.1" and x["LOGIN"] == "alice"
+    assert x["HELO"] == "client.test" and x["PROTO"] == "ESMTP"
+    assert m.helo == "client.test"      # the EHLO after XCLIENT
+    wait_queue_empty(g)
+    g.wait_log(delivered_line(qid, "s@example.org", 2, b.address), mark)
+    assert queued(g, "cur") == [] and queued(g, "tmp") == []
+    assert g.helpers() == [helper]
+    time.sleep(1.5)
+    assert len(b.messages) == 1
+
+
+def test_mail_parameters_and_xtext_helo(smtpgate, down_backend):
+    """BODY=8BITMIME is stored and sent again, SIZE= is the size of what
+    is sent; a HELO name with '+' and '=' is stored in xtext, goes to
+    XCLIENT in xtext and to the EHLO after it decoded."""
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address))
+    msg = b"Subject: 8bit\r\n\r\ncaf\xc3\xa9\r\n"
+    with session(g, helo="h+x=y.test") as c:
+        qid = transaction(c, "s@example.org", ["r@example.org"], msg,
+                          params=" BODY=8BITMIME")
+    _, data = only_file(g)
+    _, _, attrs, text = parse_queued(data)
+    assert attrs["HELO"] == "h+2Bx+3Dy.test", attrs
+    assert attrs["BODY"] == "8BITMIME", attrs
+    mark = g.log_mark()
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert_same_bytes(m.content, text)
+    assert "BODY=8BITMIME" in m.mail_options, m.mail_options
+    assert f"SIZE={len(text)}" in m.mail_options, m.mail_options
+    assert words(m.xclient)["HELO"] == "h+2Bx+3Dy.test", m.xclient
+    assert m.helo == "h+x=y.test"
+    wait_queue_empty(g)
+    g.wait_log(delivered_line(qid, "s@example.org", 1, b.address), mark)
+
+
+def test_dot_stuffing_and_text_without_final_crlf(smtpgate, down_backend):
+    """Lines starting with a dot (one a lone dot) go out stuffed and
+    arrive as they were; a message sent with BDAT that does not end in
+    CRLF arrives ended in one, and its lone-dot line does not end the
+    data early."""
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address))
+    dotted = (b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmiddle.dot\r\n"
+              b". \r\n\r\n")
+    chunked = b"Subject: bdat\r\n\r\nline\r\n.\r\n.x\r\nno final CRLF."
+    with session(g) as c:
+        transaction(c, "s@example.org", ["data@example.org"], dotted)
+        c.expect("MAIL FROM:<s@example.org>", 250)
+        c.expect("RCPT TO:<bdat@example.org>", 250)
+        c.send(b"BDAT %d LAST\r\n" % len(chunked) + chunked)
+        queue_id(c.reply())
+    texts = {}
+    for name in queued(g):
+        _, rcpts, _, text = parse_queued(read(os.path.join(qdir(g), name)))
+        texts[rcpts[0]] = text
+    assert texts["data@example.org"].endswith(b"\r\n" + dotted)
+    assert texts["bdat@example.org"].endswith(b"\r\n" + chunked)
+    b.start()
+    got = {m.rcpt_tos[0]: m.content for m in b.wait_messages(2, 20)}
+    assert_same_bytes(got["data@example.org"], texts["data@example.org"])
+    assert_same_bytes(got["bdat@example.org"],
+                      texts["bdat@example.org"] + b"\r\n")
+    wait_queue_empty(g)
+    # nothing the backend took for commands
+    assert [v for v, _ in b.commands].count("MAIL") == 2
+
+
+# --------------------------------------------------------------------------
+# outcomes
+
+
+def test_delivered_failed_and_deferred_recipients(smtpgate, scripted_smtp):
+    """One recipient taken, one refused for good, one for now: the first
+    gets the message, the sender a notification about the second, and
+    the file stays for the third alone, put off to its next try; when
+    the backend takes the third, it gets the same text."""
+    replies = {"bad@example.org": "550 5.1.1 <bad@example.org>: no such "
+                                  "user",
+               "later@example.org": "451 4.2.0 <later@example.org>: "
+                                    "mailbox busy"}
+    b = scripted_smtp(start=False, rcpt=lambda s, r: replies.get(r))
+    g = smtpgate(fwd_conf(b.address, retry="3s"))
+    qid, _ = submit(g, "s@example.org", ["good@example.org",
+                                         "bad@example.org",
+                                         "later@example.org"],
+                    b"Subject: three\r\n\r\nhello\r\n")
+    name, data = only_file(g)
+    text = parse_queued(data)[3]
+    mark = g.log_mark()
+    b.start()
+
+    m = g.wait_log(r"\[warn\] \d+#\d+: \*\d+ spool forwarder: message "
+                   + re.escape(qid) + r" to <later@example\.org> deferred "
+                   r"\(451 4\.2\.0 <later@example\.org>: mailbox busy\), "
+                   r"next try in (\d+) s", mark)
+    now = time.time()
+    assert m.group(1) == "3"
+    # the same file, rewritten: only the recipient left, the attributes
+    # and the text kept, its time the next try
+    path = os.path.join(qdir(g), name)
+    sender, rcpts, attrs, text2 = parse_queued(read(path))
+    mtime = os.stat(path).st_mtime
+    assert (sender, rcpts) == ("s@example.org", ["later@example.org"])
+    assert attrs["LOGIN"] == "alice"
+    assert text2 == text
+    assert now + 1 <= mtime <= now + 4, (mtime - now)
+
+    g.wait_log(delivered_line(qid, "s@example.org", 1, b.address,
+                              "250 2.0.0 Ok: queued"), mark)
+    n = g.wait_log(r"\[notice\] \d+#\d+: \*\d+ spool forwarder: message "
+                   + re.escape(qid) + r" to <bad@example\.org> failed "
+                   r"\(550 5\.1\.1 <bad@example\.org>: no such user\), "
+                   r"reported to <s@example\.org> in message (\S+)", mark)
+    dsn_id = n.group(1)
+    msgs = b.wait_messages(2, timeout=20)
+    first = [x for x in msgs if x.mail_from == "s@example.org"]
+    assert [x.rcpt_tos for x in first] == [["good@example.org"]]
+    assert_same_bytes(first[0].content, text)
+    (dsn,) = [x for x in msgs if x.mail_from == ""]
+    blocks = check_dsn(dsn, "s@example.org", qid)
+    assert list(blocks) == ["bad@example.org"]
+    bad = blocks["bad@example.org"]
+    assert bad["Status"] == "5.1.1"
+    assert bad["Diagnostic-Code"] == \
+        "smtp; 550 5.1.1 <bad@example.org>: no such user"
+    assert bad["Remote-MTA"] == f"dns; {b.address}"
+    g.wait_log(delivered_line(dsn_id, "", 1, b.address,
+                              "250 2.0.0 Ok: queued"), mark)
+    # the original's headers come back with the report
+    assert b"Subject: three" in dsn.content
+
+    # The backend takes the third recipient now.
+    replies.pop("later@example.org")
+    msgs = b.wait_messages(3, timeout=20)
+    assert msgs[2].mail_from == "s@example.org"
+    assert msgs[2].rcpt_tos == ["later@example.org"]
+    assert_same_bytes(msgs[2].content, text)
+    wait_queue_empty(g)
+    g.wait_log(delivered_line(qid, "s@example.org", 1, b.address,
+                              "250 2.0.0 Ok: queued"), mark)
+    assert queued(g, "cur") == []
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA", "dot"])
+def test_refused_message_is_reported_and_the_report_delivered(
+        smtpgate, scripted_smtp, stage):
+    """A 5xx to MAIL, to every RCPT, to DATA or to the final dot fails
+    the message for each recipient; the notification, from <>, is
+    queued and forwarded to the sender like any message."""
+    refusal = "554 5.7.1 we do not want it"
+
+    def refuse(sender):
+        return refusal if sender == "s@example.org" else None
+    b = scripted_smtp(
+        start=False,
+        mail=refuse if stage == "MAIL" else None,
+        rcpt=(lambda s, r: refuse(s)) if stage == "RCPT" else None,
+        data=(lambda s, rs: refuse(s)) if stage == "DATA" else None,
+        dot=(lambda s, rs: refuse(s)) if stage == "dot" else None)
+    g = smtpgate(fwd_conf(b.address))
+    qid, _ = submit(g, "s@example.org", ["r1@example.org",
+                                         "r2@example.org"],
+                    b"Subject: refused\r\n\r\nno\r\n")
+    mark = g.log_mark()
+    b.start()
+    (dsn,) = b.wait_messages(1, timeout=20)
+    blocks = check_dsn(dsn, "s@example.org", qid)
+    assert sorted(blocks) == ["r1@example.org", "r2@example.org"]
+    for blk in blocks.values():
+        assert blk["Status"] == "5.7.1"
+        assert blk["Diagnostic-Code"] == f"smtp; {refusal}"
+    for r in ("r1", "r2"):
+        g.wait_log(r"\[notice\] \d+#\d+: \*\d+ spool forwarder: message "
+                   + re.escape(qid) + rf" to <{r}@example\.org> failed "
+                   r"\(" + re.escape(refusal) + r"\), reported to "
+                   r"<s@example\.org> in message \S+", mark)
+    wait_queue_empty(g)
+    assert queued(g, "cur") == []
+    assert [m.mail_from for m in b.messages] == [""]
+
+
+def test_null_sender_that_fails_is_moved_to_cur(smtpgate, scripted_smtp):
+    """A message from <> refused for every recipient has nobody to be
+    reported to: it goes to queue/cur/, flagged seen, whole.  (aiosmtpd
+    refuses MAIL FROM:<> itself, hence the scripted backend.)"""
+    b = scripted_smtp(start=False,
+                      rcpt=lambda s, r: "550 5.1.1 no such user")
+    g = smtpgate(fwd_conf(b.address))
+    qid, _ = submit(g, "", ["r@example.org"], b"Subject: bounce\r\n\r\nx\r\n")
+    name, data = only_file(g)
+    mark = g.log_mark()
+    b.start()
+    m = g.wait_log(r"\[error\] \d+#\d+: \*\d+ spool forwarder: message "
+                   + re.escape(qid) + r" cannot be delivered \((.*)\) nor "
+                   r"reported to a sender; moved to \"(\S+)\"", mark)
+    assert m.group(2) == os.path.join(qdir(g, "cur"), name + ":2,S")
+    assert queued(g) == []
+    assert queued(g, "cur") == [name + ":2,S"]
+    assert read(os.path.join(qdir(g, "cur"), name + ":2,S")) == data
+    assert b.messages == []
+    # no notification about a notification
+    assert "reported to <" not in g.log_since(mark)
+
+
+def test_deferred_past_the_lifetime_fails_with_4_4_7(smtpgate,
+                                                     scripted_smtp):
+    b = scripted_smtp(start=False,
+                      rcpt=lambda s, r: "451 4.2.0 mailbox busy"
+                      if r == "r@example.org" else None)
+    g = smtpgate(fwd_conf(b.address, retry="1s",
+                          mail="    spool_forward_lifetime 3s;\n"))
+    mark = g.log_mark()
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: slow\r\n\r\nx\r\n")
+    t0 = time.monotonic()
+    b.start()
+    g.wait_log(r"spool forwarder: message " + re.escape(qid)
+               + r" to <r@example\.org> deferred \(451 4\.2\.0 mailbox "
+               r"busy\), next try in 1 s", mark)
+    (dsn,) = b.wait_messages(1, timeout=20)
+    assert time.monotonic() - t0 >= 2
+    blocks = check_dsn(dsn, "s@example.org", qid)
+    blk = blocks["r@example.org"]
+    # RFC 3463 4.4.7: delivery time expired.  The reply that kept it
+    # deferred is the last word about it and belongs in the report.
+    assert blk["Status"] == "4.4.7", dsn.content.decode()
+    assert blk["Diagnostic-Code"] == "smtp; 451 4.2.0 mailbox busy", \
+        dsn.content.decode()
+    g.wait_log(r"\[notice\] \d+#\d+: \*\d+ spool forwarder: message "
+               + re.escape(qid) + r" to <r@example\.org> failed \(451 "
+               r"4\.2\.0 mailbox busy\), reported to <s@example\.org> in "
+               r"message \S+", mark)
+    wait_queue_empty(g)
+
+
+def find_queued(g, qid):
+    """(directory, name) of the file of message qid in new/ or cur/."""
+    for sub in ("new", "cur"):
+        for name in queued(g, sub):
+            parts = name.split(".")
+            if len(parts) > 2 and parts[0] + parts[1] == qid:
+                return sub, name
+    return None
+
+
+def test_lifetime_runs_out_while_no_server_is_up(smtpgate, down_backend):
+    """A queue that cannot reach any server puts nothing off, but a
+    message's lifetime still runs: it fails, expired (4.4.7), and the
+    notification waits in the queue like any message."""
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, retry="1s",
+                          mail="    spool_forward_lifetime 3s;\n"))
+    mark = g.log_mark()
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: nobody up\r\n\r\nx\r\n")
+    m = g.wait_log(r"\[notice\] \d+#\d+: \*\d+ spool forwarder: message "
+                   + re.escape(qid) + r" to <r@example\.org> failed \(.*\), "
+                   r"reported to <s@example\.org> in message (\S+)", mark,
+                   timeout=20)
+    where = find_queued(g, m.group(1))
+    assert where, (queued(g), queued(g, "cur"))
+    sender, rcpts, _, text = parse_queued(
+        read(os.path.join(qdir(g, where[0]), where[1])))
+    assert (sender, rcpts) == ("", ["s@example.org"])
+    dsn = Message("", ["s@example.org"], text)
+    blocks = check_dsn(dsn, "s@example.org", qid)
+    assert blocks["r@example.org"]["Status"] == "4.4.7", text.decode()
+    assert find_queued(g, qid) is None
+
+
+# --------------------------------------------------------------------------
+# the original client
+
+
+@needs_ipv6
+def test_ipv6_client_in_the_file_and_in_xclient(smtpgate, down_backend):
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address, listen=("[::1]:@PORT6@",)))
+    qid, (caddr, cport) = submit(g, "s@example.org", ["r@example.org"],
+                                 b"Subject: v6\r\n\r\nx\r\n", host="::1",
+                                 port=g.ports["PORT6"])
+    _, data = only_file(g)
+    _, _, attrs, text = parse_queued(data)
+    assert attrs["ADDR"] == "IPV6:::1" and attrs["PORT"] == str(cport)
+    assert text.startswith(b"Received: from client.test ([IPv6:::1])")
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert words(m.xclient)["ADDR"] == "IPV6:::1", m.xclient
+    assert_same_bytes(m.content, text)
+    wait_queue_empty(g)
+
+
+@pytest.mark.parametrize("version,client", [
+    ("on", "4"), ("v2", "4"),
+    pytest.param("on", "6", marks=needs_ipv6)])
+def test_proxy_protocol_carries_the_original_client(smtpgate, down_backend,
+                                                    version, client):
+    b = down_backend(proxy_protocol=True)
+    listen = "[::1]:@PORT6@" if client == "6" else "127.0.0.1:@PORT@"
+    g = smtpgate(fwd_conf(b.address, listen=(listen,),
+                          mail=f"    proxy_protocol {version};\n"))
+    host, port = g.listen_addresses()[0]
+    qid, (caddr, cport) = submit(g, "s@example.org", ["r@example.org"],
+                                 b"Subject: pp\r\n\r\nx\r\n", host=host,
+                                 port=port)
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    pp = m.proxy
+    assert pp is not None and pp.valid, pp
+    assert pp.version == (2 if version == "v2" else 1)
+    assert (str(pp.src_addr), pp.src_port) == (caddr, cport), pp
+    if version == "on":
+        proto = "TCP6" if client == "6" else "TCP4"
+        assert bytes(pp.whole_raw).startswith(
+            f"PROXY {proto} {caddr} ".encode()), pp.whole_raw
+    wait_queue_empty(g)
+
+
+# --------------------------------------------------------------------------
+# the queue
+
+
+def test_many_messages_each_delivered_once(smtpgate, scripted_smtp):
+    """30 messages wait while the backend is down; the queue then tries
+    one message per interval, not all of them.  Once the backend is
+    back each arrives once, at most spool_forward_connections at a
+    time."""
+    b = scripted_smtp(start=False, dot_delay=0.1)
+    g = smtpgate(fwd_conf(b.address,
+                          mail="    spool_forward_connections 4;\n"))
+    mark = g.log_mark()
+    ids = []
+    for k in range(3):
+        with session(g) as c:
+            for j in range(10):
+                ids.append(transaction(
+                    c, "s@example.org", [f"r{k}.{j}@example.org"],
+                    b"Subject: m%d.%d\r\n\r\nbody\r\n" % (k, j)))
+    assert len(set(ids)) == 30
+    assert len(queued(g)) == 30
+
+    # A dead queue: one message per interval, none put off.
+    g.wait_log(r"the queue waits 1000 ms before the next try", mark)
+    time.sleep(0.5)
+    quiet = g.log_mark()
+    time.sleep(2.5)
+    waits = g.log_since(quiet).count("the queue waits")
+    assert 1 <= waits <= 3, g.log_since(quiet)
+    now = time.time()
+    assert all(os.stat(os.path.join(qdir(g), n)).st_mtime <= now
+               for n in queued(g))
+
+    b.start()
+    b.wait_messages(30, timeout=30)
+    wait_queue_empty(g)
+    time.sleep(1.5)
+    subjects = collections.Counter(
+        re.search(rb"Subject: (\S+)", m.content).group(1)
+        for m in b.messages)
+    assert len(subjects) == 30 and set(subjects.values()) == {1}, subjects
+    assert len(b.messages) == 30
+    assert 2 <= b.max_transactions <= 4, b.max_transactions
+    log = g.log_since(mark)
+    for qid in ids:
+        assert f"message {qid} from <s@example.org> delivered to 1 " \
+               "recipient through" in log, qid
+
+
+def test_reload_while_queued_and_graceful_stop(smtpgate, down_backend):
+    b = down_backend(delays={"DATA": 0.3})
+    g = smtpgate(fwd_conf(b.address,
+                          mail="    spool_forward_connections 2;\n"))
+    (old,) = g.helpers()
+    with session(g) as c:
+        for j in range(12):
+            transaction(c, "s@example.org", [f"r{j}@example.org"],
+                        b"Subject: n%d\r\n\r\nbody\r\n" % j)
+    b.start()
+    b.wait_messages(1, timeout=20)
+    mark = g.log_mark()
+    g.reload()
+    m = g.wait_log(r"start spool forwarder process (\d+)", mark)
+    new = int(m.group(1))
+    assert new != old
+    net.wait_until(lambda: g.helpers() == [new], 20,
+                   what=f"the old forwarder {old} to exit")
+    g.wait_log(rf"process {old} exited with code 0", mark)
+    b.wait_messages(12, timeout=30)
+    wait_queue_empty(g)
+    # the new forwarder sent what the old one had not begun
+    g.wait_log(rf"\[info\] {new}#\d+: \*\d+ spool forwarder: message \S+ "
+               r"from <s@example\.org> delivered to 1 recipient", mark)
+    time.sleep(1.5)
+    subjects = collections.Counter(
+        re.search(rb"Subject: (\S+)", m.content).group(1)
+        for m in b.messages)
+    assert len(subjects) == 12 and set(subjects.values()) == {1}, subjects
+
+    # Graceful stop: the forwarder goes with the master.
+    assert g.stop(signal.SIGQUIT) == 0
+    assert not gatelib.alive(new)
+    assert re.search(rf"spool forwarder process {new} exited with code 0",
+                     g.error_log()), g.error_log()[-2000:]
+
+
+def test_killed_forwarder_is_started_again(smtpgate, down_backend):
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address))
+    g.allow(r"spool forwarder process \d+ exited on signal 9")
+    (worker,) = g.workers()
+    (old,) = g.helpers()
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: k\r\n\r\nx\r\n")
+    mark = g.log_mark()
+    os.kill(old, signal.SIGKILL)
+    g.wait_log(rf"\[alert\] \d+#\d+: spool forwarder process {old} exited "
+               r"on signal 9", mark)
+    m = g.wait_log(r"start spool forwarder process (\d+)", mark)
+    new = int(m.group(1))
+    assert new != old
+    net.wait_until(lambda: g.helpers() == [new], 20,
+                   what="the new forwarder")
+    assert g.workers() == [worker]
+    b.start()
+    (msg,) = b.wait_messages(1, timeout=20)
+    assert msg.rcpt_tos == ["r@example.org"]
+    wait_queue_empty(g)
+    g.wait_log(rf"\[info\] {new}#\d+: \*\d+ spool forwarder: message "
+               + re.escape(qid) + " from", mark)
+
+
+def test_hostile_files_are_moved_aside(smtpgate, down_backend):
+    """Files the spool did not write: those that are not a queued
+    message go to cur/ with an error each, a symbolic link and a
+    directory stay where they are untouched, and a well-formed file
+    written by hand (no X-Smtpgate-Forward) is delivered; the forwarder
+    lives on."""
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address))
+    (helper,) = g.helpers()
+    t = int(time.time())
+    bad = {
+        "norp": (b"From: x\r\nSubject: y\r\n\r\nbody\r\n",
+                 "no Return-Path line"),
+        "barelf": (b"Return-Path: <a@example.org>\nX-Original-To: "
+                   b"r@example.org\nReceived: x\n\nbody\n",
+                   "bare LF in the envelope"),
+        "norcpt": (b"Return-Path: <a@example.org>\r\nReceived: x\r\n\r\n"
+                   b"body\r\n", "no X-Original-To line"),
+        "truncated": (b"Return-Path: <a@example.org>\r\nX-Original-To: "
+                      b"r@example.org\r\n", "truncated envelope"),
+        "empty": (b"", None),
+        "binary": (bytes(range(256)) * 4, None),
+        "badrp": (b"Return-Path: a@example.org\r\nX-Original-To: "
+                  b"r@example.org\r\nReceived: x\r\n\r\nb\r\n",
+                  "bad Return-Path line"),
+        "twofwd": (b"Return-Path: <a@example.org>\r\nX-Original-To: "
+                   b"r@example.org\r\nX-Smtpgate-Forward: ADDR=1.2.3.4\r\n"
+                   b"X-Smtpgate-Forward: ADDR=1.2.3.4\r\nReceived: x\r\n"
+                   b"\r\nb\r\n", "two X-Smtpgate-Forward headers"),
+        "manyrcpts": (b"Return-Path: <a@example.org>\r\n"
+                      + b"X-Original-To: r@example.org\r\n" * 10001
+                      + b"Received: x\r\n\r\nb\r\n",
+                      "more recipients than the limit"),
+        "hugehead": (b"Return-Path: <a@example.org>\r\nX-Original-To: "
+                     b"r@example.org\r\nX-Smtpgate-Forward: A=1\r\n"
+                     + (b"\tC=" + b"y" * 900 + b"\r\n") * 1300
+                     + b"Received: x\r\n\r\nb\r\n",
+                     "its envelope is too long"),
+    }
+    stage = os.path.join(g.prefix, "stage")
+    os.makedirs(stage)
+    names = {}
+    for i, (key, (data, _)) in enumerate(bad.items()):
+        names[key] = f"{t}.M{i}P1Q1.{key},S={len(data)}"
+        with open(os.path.join(stage, names[key]), "wb") as f:
+            f.write(data)
+    good = (b"Return-Path: <hand@example.org>\r\n"
+            b"X-Original-To: r@example.org\r\n"
+            b"Received: by hand\r\n\r\nhand-written\r\n")
+    good_name = f"{t}.M99P1Q1.good,S={len(good)}"
+    with open(os.path.join(stage, good_name), "wb") as f:
+        f.write(good)
+    link = f"{t}.M98P1Q1.link"
+    os.symlink("/etc/passwd", os.path.join(qdir(g), link))
+    os.mkdir(os.path.join(qdir(g), f"{t}.M97P1Q1.dir"))
+    mark = g.log_mark()
+    for name in list(names.values()) + [good_name]:
+        os.rename(os.path.join(stage, name), os.path.join(qdir(g), name))
+    b.start()
+
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.mail_from == "hand@example.org" and \
+        m.rcpt_tos == ["r@example.org"]
+    assert m.content == b"Received: by hand\r\n\r\nhand-written\r\n"
+    assert m.xclient is None            # nothing to tell the backend
+    net.wait_until(lambda: len(queued(g, "cur")) == len(bad), 20,
+                   what=f"{len(bad)} files in cur/, it holds "
+                        f"{queued(g, 'cur')}")
+    assert sorted(queued(g, "cur")) == sorted(n + ":2,S"
+                                              for n in names.values())
+    left = sorted([link, f"{t}.M97P1Q1.dir"])
+    net.wait_until(lambda: queued(g) == left, 10,
+                   what=f"only {left} in new/, it holds {queued(g)}")
+    log = g.log_since(mark)
+    for key, (data, why) in bad.items():
+        qid = names[key].split(".")[0] + names[key].split(".")[1]
+        m = re.search(r"\[error\] \d+#\d+: \*\d+ spool forwarder: message "
+                      + re.escape(qid) + r" cannot be delivered \((.*?)\) "
+                      r"nor reported to a sender; moved to", log)
+        assert m, (key, log[-3000:])
+        if why:
+            assert m.group(1).startswith(why), (key, m.group(1))
+        assert read(os.path.join(qdir(g, "cur"), names[key] + ":2,S")) \
+            == data
+    # the link was not followed, the forwarder did not die
+    assert "root:" not in log
+    assert g.helpers() == [helper]
+    time.sleep(1.5)
+    assert len(b.messages) == 1
+
+
+# --------------------------------------------------------------------------
+# configuration errors
+
+
+def _emerg(g):
+    r = g.ctl("-t")
+    assert r.returncode != 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if "[emerg]" in l]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def _line_of(g, text, nth=1):
+    lines = g.conf_text.splitlines()
+    found = [i + 1 for i, l in enumerate(lines) if l.strip() == text]
+    return found[nth - 1]
+
+
+def test_forward_on_a_server_that_is_not_a_spool(smtpgate):
+    g = smtpgate(gatelib.conf(proxy_pass="grp", mail=(
+        "    upstream grp {\n"
+        "        server 127.0.0.1:25 forward;\n"
+        "        server spool:queue backup;\n"
+        "    }\n")), start=False)
+    e = _emerg(g)
+    line = _line_of(g, "server 127.0.0.1:25 forward;")
+    assert f" {g.conf_path}:{line}: " in e, e
+    assert 'invalid parameter "forward" of "server"' in e, e
+
+
+def test_group_with_nothing_to_forward_to(smtpgate):
+    g = smtpgate(gatelib.conf(proxy_pass="grp", mail=(
+        "    upstream grp {\n"
+        "        server spool:queue forward;\n"
+        "    }\n")), start=False)
+    e = _emerg(g)
+    line = _line_of(g, "upstream grp {")
+    assert f" {g.conf_path}:{line}: " in e, e
+    assert ('upstream "grp" forwards its spool "spool:queue", but has no '
+            'other server to forward to') in e, e
+
+
+def test_one_spool_forwarded_by_two_groups(smtpgate):
+    g = smtpgate(gatelib.conf(proxy_pass="one", mail=(
+        "    upstream one {\n"
+        "        server 127.0.0.1:25;\n"
+        "        server spool:queue backup forward;\n"
+        "    }\n"
+        "    upstream two {\n"
+        "        server 127.0.0.1:26;\n"
+        "        server spool:./queue/ backup forward;\n"
+        "    }\n")), start=False)
+    e = _emerg(g)
+    first = _line_of(g, "server spool:queue backup forward;")
+    second = _line_of(g, "server spool:./queue/ backup forward;")
+    assert f" {g.conf_path}:{second}: " in e, e
+    assert f"{g.conf_path}:{first}" in e, e
+    # the message names both groups
+    assert 'upstream "one"' in e, e
+    assert '"two"' in e, ("the error does not name the second group", e)
+
+
+def test_proxy_smtp_auth_with_a_forwarding_spool(smtpgate):
+    g = smtpgate(fwd_conf("127.0.0.1:25", mail="    proxy_smtp_auth on;\n"),
+                 start=False)
+    e = _emerg(g)
+    assert '"proxy_smtp_auth on"' in e and "forwarding spool" in e, e
+    # The place named is the directive at fault, or the spool line that
+    # it cannot go with; not some other line of the mail block.
+    m = re.search(rf" {re.escape(g.conf_path)}:(\d+): ", e)
+    assert m, e
+    places = {_line_of(g, "proxy_smtp_auth on;"),
+              _line_of(g, "server spool:queue backup forward;")}
+    assert int(m.group(1)) in places, \
+        (f"line {m.group(1)} is "
+         f"{g.conf_text.splitlines()[int(m.group(1)) - 1].strip()!r}", e)
+
+
+def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
+        smtpgate):
+    g = smtpgate(gatelib.conf(proxy_pass="grp", mail=(
+        "    upstream grp {\n"
+        "        server 127.0.0.1:25;\n"
+        "        server spool:queue backup;\n"
+        "    }\n")))
+    assert g.ctl("-t").returncode == 0
+    assert len(g.workers()) == 1
+    assert g.helpers() == []
+    assert "spool forwarder" not in g.error_log()
