@@ -68,7 +68,7 @@ class ScriptedSmtp:
             b"250-ENHANCEDSTATUSCODES\r\n250 SIZE 10240000\r\n")
 
     def __init__(self, mail=None, rcpt=None, data=None, dot=None,
-                 host=net.IPV4, dot_delay=0):
+                 host=net.IPV4, dot_delay=0, drop_on_reuse=False):
         self.host = host
         self.port = net.free_port(host)
         self.mail = mail or (lambda s: None)
@@ -76,6 +76,10 @@ class ScriptedSmtp:
         self.data = data or (lambda s, rs: None)
         self.dot = dot or (lambda s, rs: None)
         self.dot_delay = dot_delay
+        # close a connection, unanswered, at the MAIL of its second
+        # message: a server that dropped a connection kept idle
+        self.drop_on_reuse = drop_on_reuse
+        self.dropped = 0
         self.messages = []
         self.commands = []
         self.connections = 0
@@ -127,6 +131,7 @@ class ScriptedSmtp:
 
     def _serve(self, conn):
         sender, rcpts = None, []
+        served = 0
         try:
             conn.settimeout(60)
             f = conn.makefile("rb")
@@ -141,6 +146,10 @@ class ScriptedSmtp:
                 verb = text.split(" ", 1)[0].upper()
                 if verb == "EHLO":
                     conn.sendall(self.EHLO)
+                elif verb == "MAIL" and self.drop_on_reuse and served:
+                    with self._cond:
+                        self.dropped += 1
+                    return
                 elif verb == "MAIL":
                     m = re.match(r"(?i)MAIL FROM:<([^>]*)>", text)
                     reply = self.mail(m.group(1))
@@ -184,6 +193,7 @@ class ScriptedSmtp:
                             self._cond.notify_all()
                     self._reply(conn, reply, "250 2.0.0 Ok: queued")
                     sender, rcpts = None, []
+                    served += 1
                 elif verb == "RSET":
                     if sender is not None:
                         self._transaction(-1)
@@ -1069,3 +1079,155 @@ def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
     assert len(g.workers()) == 1
     assert g.helpers() == []
     assert "spool forwarder" not in g.error_log()
+
+
+def test_queue_counters_in_metrics_and_status(smtpgate, scripted_smtp):
+    """/metrics and /status show a forwarding spool's queue: how many wait
+    and since when while the group is down, then the recipients by result
+    and the notifications, once the forwarder has sent them on."""
+    import json
+    import subprocess
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fetch(g, path):
+        r = subprocess.run(["curl", "-sS", "--max-time", "20",
+                            f"http://127.0.0.1:{g.ports['PORTS']}{path}"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def scrape(g):
+        out = {}
+        for fam in text_string_to_metric_families(fetch(g, "/metrics")):
+            for s in fam.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    b = scripted_smtp(
+        start=False,
+        rcpt=lambda s, r: ("550 5.1.1 no such user"
+                           if r.startswith("gone@") else None))
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n")))
+    spool = os.path.join(g.prefix, "queue")
+    labels = {"upstream": "grp", "spool": spool}
+
+    def val(m, name, **more):
+        return m[(name, frozenset({**labels, **more}.items()))]
+
+    for i in range(3):
+        submit(g, "s@example.org", [f"r{i}@example.org"],
+               f"Subject: {i}\r\n\r\nbody\r\n".encode())
+    submit(g, "s@example.org", ["gone@example.org"],
+           b"Subject: gone\r\n\r\nbody\r\n")
+    time.sleep(1.2)                    # one listing of the queue at least
+
+    def waiting():
+        m = scrape(g)
+        return m if val(m, "smtpgate_spool_queue_messages") == 4 else None
+    m = net.wait_until(waiting, 20, what="4 messages counted as queued")
+    assert val(m, "smtpgate_spool_queue_oldest_seconds") >= 1
+    for r in ("delivered", "deferred", "failed"):
+        assert val(m, "smtpgate_spool_forward_recipients_total",
+                   result=r) == 0
+    st = json.loads(fetch(g, "/status"))
+    (sp,) = st["spools"]
+    assert sp["directory"] == spool and sp["upstream"] == "grp"
+    assert sp["queued"] == 4 and sp["oldest_seconds"] >= 1
+
+    b.start()
+    wait_queue_empty(g)
+
+    def settled():
+        m = scrape(g)
+        return m if (val(m, "smtpgate_spool_forward_recipients_total",
+                         result="delivered") == 4
+                     and val(m, "smtpgate_spool_queue_messages") == 0) \
+            else None
+    # three messages, and the notification about the fourth
+    m = net.wait_until(settled, 30, what="every recipient delivered")
+    assert val(m, "smtpgate_spool_forward_recipients_total",
+               result="failed") == 1
+    assert val(m, "smtpgate_spool_forward_reports_total") == 1
+    assert val(m, "smtpgate_spool_queue_oldest_seconds") == 0
+    st = json.loads(fetch(g, "/status"))
+    (sp,) = st["spools"]
+    assert (sp["queued"], sp["delivered"], sp["failed"], sp["reports"]) \
+        == (0, 4, 1, 1)
+
+
+def test_forwarded_to_a_real_postfix(smtpgate, make_postfix):
+    """Postfix itself as the group's server: down while the client sends,
+    then back.  What Postfix records comes from the XCLIENT attributes the
+    session left in the queued file: the client's HELO name and address
+    in its Received line, its login as the authenticated sender."""
+    from lib import postfix as postfixlib
+
+    p = make_postfix(main={"smtpd_sasl_authenticated_header": "yes"})
+    assert p.stop() == []
+    g = smtpgate(fwd_conf(p.address))
+    message = (b"From: s@example.org\r\nTo: you@example.org\r\n"
+               b"Subject: through postfix\r\n\r\n.dot line\r\nend\r\n")
+    qid, _ = submit(g, "s@example.org", ["you@example.org"], message,
+                    helo="laptop.client.test")
+    assert queued(g)
+    p.start()
+    (raw,) = p.wait_messages(1, timeout=30)
+    wait_queue_empty(g)
+    received = postfixlib.headers(raw, "Received")
+    assert any("from laptop.client.test" in r and "[127.0.0.1]" in r
+               and "(Authenticated sender: alice)" in r
+               for r in received), received
+    # smtpgate's own Received line, then the message as the client sent it
+    assert any(qid in r for r in received), received
+    assert postfixlib.body(raw) == b".dot line\nend\n"
+
+
+def test_connections_kept_between_messages(smtpgate, down_backend):
+    """Within a burst, a connection serves several messages, each
+    introduced by its own XCLIENT (the login of the session that stored
+    it); once the queue is empty the kept connections are closed."""
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    spool_forward_connections 2;\n")))
+    users = ["alice", "bob", "carol", "dave", "erin", "alice", "bob",
+             "carol"]
+    for i, u in enumerate(users):
+        submit(g, f"{u}@example.org", [f"r{i}@example.org"],
+               f"Subject: {i}\r\n\r\nbody {i}\r\n".encode(), user=u)
+    b.start()
+    msgs = b.wait_messages(len(users), timeout=30)
+    wait_queue_empty(g)
+    assert len(msgs) == len(users)
+    for m in msgs:
+        login = dict(w.split("=", 1) for w in m.xclient.split())["LOGIN"]
+        assert m.mail_from == f"{login}@example.org", (m.mail_from,
+                                                         m.xclient)
+    # at most two at once, and fewer connections than messages
+    assert b.connections < len(users), b.connections
+    net.wait_until(lambda: b.open_connections == 0, 10,
+                   what="the kept connections to be closed")
+
+
+def test_a_kept_connection_the_server_dropped(smtpgate, scripted_smtp):
+    """A server that closes a kept connection at its next MAIL: the
+    message goes over a new connection at once, the server is not
+    counted as failing, nothing is deferred."""
+    b = scripted_smtp(start=False, drop_on_reuse=True)
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    spool_forward_connections 1;\n")))
+    for i in range(4):
+        submit(g, "s@example.org", [f"r{i}@example.org"],
+               f"Subject: {i}\r\n\r\nbody {i}\r\n".encode())
+    mark = g.log_mark()
+    b.start()
+    b.wait_messages(4, timeout=30)
+    wait_queue_empty(g)
+    assert sorted(m.rcpt_tos[0] for m in b.messages) == [
+        f"r{i}@example.org" for i in range(4)]
+    assert b.dropped >= 1
+    g.wait_log(r"\[info\] \d+#\d+: \*\d+ spool forwarder: message \S+: "
+               r"a kept connection to \S+ failed \(.*\), connecting anew",
+               mark)
+    log = g.log_since(mark)
+    assert " deferred" not in log, log

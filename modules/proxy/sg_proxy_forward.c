@@ -60,7 +60,22 @@
 #define SG_FWD_IN          8192
 #define SG_FWD_REPLY_LOG   200
 
-typedef struct sg_fwd_s  sg_fwd_t;
+typedef struct sg_fwd_s       sg_fwd_t;
+typedef struct sg_fwd_idle_s  sg_fwd_idle_t;
+
+/* A backend connection kept between two messages of a burst: its last
+ * transaction ended with the reply to the final dot, so the server
+ * waits for the next MAIL (or XCLIENT). */
+struct sg_fwd_idle_s {
+    sg_fwd_idle_t        *next;
+    void                 *q;
+    sg_connection_t      *c;
+    sg_upstream_peer_t   *peer;
+    sg_smtp_ehlo_t        ehlo;
+    u_char                xclient_attrs[256];
+    size_t                xclient_len;
+    unsigned              messages;     /* sent over it so far */
+};
 
 /* One forwarding spool and its group. */
 typedef struct {
@@ -72,6 +87,9 @@ typedef struct {
     unsigned          active;
     sg_fwd_t         *deliveries;
     sg_event_t        kick;         /* posted: start what may start */
+    sg_spool_stats_t *stats;
+    sg_fwd_idle_t    *idle;         /* kept connections, newest first */
+    unsigned          nidle;
     unsigned          dead:1;       /* no server reachable: until the
                                        next interval */
     unsigned          probing:1;    /* one delivery until one works */
@@ -124,6 +142,10 @@ struct sg_fwd_s {
     unsigned              cr:1;         /* its last octet was CR */
     unsigned              dead:1;       /* no server could be reached */
     unsigned              expired:1;    /* spool_forward_lifetime passed */
+    unsigned              pipelined:1;  /* RCPTs and DATA sent with MAIL */
+    unsigned              reused:1;     /* over a kept connection */
+    unsigned              no_reuse:1;   /* a kept one failed: connect */
+    unsigned              conn_messages; /* sent before over f->c */
     u_char                in[SG_FWD_IN];
     size_t                nin;
     sg_buf_t              out;
@@ -142,6 +164,10 @@ static char  sg_fwd_path_buf[PATH_MAX];
 
 static void sg_fwd_run(sg_fwd_queue_t *q);
 static sg_fwd_t *sg_fwd_open(sg_fwd_queue_t *q, const char *name);
+static time_t sg_fwd_arrival(const char *name, time_t fallback);
+static void sg_fwd_line(sg_fwd_t *f, const char *verb, const sg_str_t *addr);
+static int sg_fwd_keep(sg_fwd_t *f);
+static void sg_fwd_idle_close_all(sg_fwd_queue_t *q);
 static void sg_fwd_attempt(sg_fwd_t *f);
 static void sg_fwd_finish(sg_fwd_t *f);
 static void sg_fwd_handler(sg_event_t *ev);
@@ -273,7 +299,8 @@ sg_fwd_scan(sg_fwd_queue_t *q)
     char              path[PATH_MAX];
     struct dirent    *de;
     struct stat       st;
-    time_t            now = time(NULL);
+    time_t            now = time(NULL), arrival, oldest = 0;
+    uint64_t          total = 0;
     DIR              *d;
 
     sg_fwd_free_due(q);
@@ -284,10 +311,19 @@ sg_fwd_scan(sg_fwd_queue_t *q)
                      "forwarder: opendir(\"%s\") failed", path);
         return;
     }
-    while (n < SG_FWD_SCAN_MAX && (de = readdir(d)) != NULL) {
+    while ((de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.'
             || fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0
-            || !S_ISREG(st.st_mode) || st.st_mtime > now
+            || !S_ISREG(st.st_mode))
+        {
+            continue;
+        }
+        total++;
+        arrival = sg_fwd_arrival(de->d_name, st.st_mtime);
+        if (oldest == 0 || arrival < oldest) {
+            oldest = arrival;
+        }
+        if (n == SG_FWD_SCAN_MAX || st.st_mtime > now
             || sg_fwd_in_flight(q, de->d_name))
         {
             continue;
@@ -306,6 +342,13 @@ sg_fwd_scan(sg_fwd_queue_t *q)
         }
         e[n].when = st.st_mtime;
         n++;
+    }
+    if (q->stats) {
+        __atomic_store_n(&q->stats->queued, total, __ATOMIC_RELAXED);
+        __atomic_store_n(&q->stats->oldest, (uint64_t) oldest,
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&q->stats->listed, (uint64_t) now,
+                         __ATOMIC_RELAXED);
     }
     (void) closedir(d);
     if (n == 0) {
@@ -372,9 +415,31 @@ sg_fwd_run(sg_fwd_queue_t *q)
             sg_fwd_attempt(f);
         }
     }
+    if (q->idle && q->active == 0 && (q->next >= q->ndue || q->dead)) {
+        sg_fwd_idle_close_all(q);
+    }
 }
 
 /* ---- one message -------------------------------------------------- */
+
+/* Add n (which may be negative) to a counter of the spool's stats. */
+static void
+sg_fwd_count(sg_fwd_queue_t *q, size_t field, int64_t n)
+{
+    uint64_t  *c;
+
+    if (q->stats == NULL || n == 0) {
+        return;
+    }
+    c = (uint64_t *) ((u_char *) q->stats + field);
+    if (n > 0) {
+        __atomic_add_fetch(c, (uint64_t) n, __ATOMIC_RELAXED);
+    } else if (__atomic_load_n(c, __ATOMIC_RELAXED) >= (uint64_t) -n) {
+        __atomic_sub_fetch(c, (uint64_t) -n, __ATOMIC_RELAXED);
+    }
+}
+
+#define SG_FWD_STAT(field)  offsetof(sg_spool_stats_t, field)
 
 static void
 sg_fwd_free(sg_fwd_t *f)
@@ -425,6 +490,7 @@ sg_fwd_park(sg_fwd_t *f, const char *why)
                      to);
         return;
     }
+    sg_fwd_count(f->q, SG_FWD_STAT(queued), -1);
     sg_log_error(SG_LOG_ERR, &f->log, 0, "spool forwarder: message %s "
                  "cannot be delivered (%s) nor reported to a sender; moved "
                  "to \"%s\"", f->id, why, to);
@@ -691,13 +757,14 @@ sg_fwd_client_addr(sg_fwd_t *f, struct sockaddr_storage *ss)
 static void sg_fwd_handshake_done(sg_smtp_client_t *cl);
 
 /* The next server of the group, or the end of this try. */
+static void sg_fwd_connect(sg_fwd_t *f);
+static sg_fwd_idle_t *sg_fwd_idle_take(sg_fwd_queue_t *q,
+    sg_upstream_peer_t *peer);
+
 static void
 sg_fwd_attempt(sg_fwd_t *f)
 {
-    sg_proxy_conf_t  *pcf = sg_fwd.pcf;
-    sg_smtp_client_t *cl = &f->cl;
-    sg_str_t          key;
-    struct sockaddr_storage  *src;
+    sg_str_t  key;
 
     if (f->pick.upstream == NULL) {
         if (!sg_spool_attr_get(&f->env.attrs, "LOGIN", &key)) {
@@ -721,6 +788,20 @@ sg_fwd_attempt(sg_fwd_t *f)
         return;
     }
     f->peer = (const char *) f->pick.peer->addr.name.data;
+    sg_fwd_connect(f);
+}
+
+/* Connect to f->pick.peer, or take a connection kept to it. */
+static void
+sg_fwd_connect(sg_fwd_t *f)
+{
+    sg_proxy_conf_t  *pcf = sg_fwd.pcf;
+    sg_smtp_client_t *cl = &f->cl;
+    sg_fwd_idle_t    *idle;
+    sg_connection_t  *c;
+    sg_str_t          key;
+    struct sockaddr_storage  *src;
+
     memset(cl, 0, sizeof(*cl));
     cl->pool = f->pool;
     cl->log = &f->log;
@@ -748,7 +829,27 @@ sg_fwd_attempt(sg_fwd_t *f)
     cl->done = sg_fwd_handshake_done;
     cl->data = f;
     f->state = SG_FWD_HANDSHAKE;
-    sg_smtp_client_start(cl);
+    f->reused = 0;
+    idle = f->no_reuse ? NULL : sg_fwd_idle_take(f->q, f->pick.peer);
+    if (idle) {
+        /* What the first handshake learnt; XCLIENT (and its EHLO) now
+         * speak for this message's client. */
+        cl->ehlo = idle->ehlo;
+        cl->xclient_attrs.data = sg_pnalloc(f->pool, idle->xclient_len + 1);
+        if (cl->xclient_attrs.data) {
+            memcpy(cl->xclient_attrs.data, idle->xclient_attrs,
+                   idle->xclient_len);
+            cl->xclient_attrs.len = idle->xclient_len;
+        }
+        c = idle->c;
+        f->reused = 1;
+        f->conn_messages = idle->messages;
+        free(idle);
+        sg_smtp_client_reuse(cl, c);
+    } else {
+        f->conn_messages = 0;
+        sg_smtp_client_start(cl);
+    }
     if (cl->finished) {
         sg_fwd_handshake_done(cl);
     }
@@ -758,8 +859,19 @@ static void
 sg_fwd_handshake_done(sg_smtp_client_t *cl)
 {
     sg_fwd_t  *f = cl->data;
-    size_t     n;
+    size_t     n, i, need;
 
+    if (cl->status != SG_OK && f->reused) {
+        /* A kept connection the server may have closed meanwhile: no
+         * fault of the server's; a new one is tried. */
+        sg_log_error(SG_LOG_INFO, &f->log, 0, "spool forwarder: message %s: "
+                     "a kept connection to %s failed (%s), connecting anew",
+                     f->id, f->peer, cl->error);
+        sg_smtp_client_close(cl);
+        f->no_reuse = 1;
+        sg_fwd_connect(f);
+        return;
+    }
     if (cl->status != SG_OK) {
         sg_log_error(SG_LOG_WARN, &f->log, 0, "spool forwarder: message %s: "
                      "backend %s failed: %s", f->id, f->peer, cl->error);
@@ -803,9 +915,145 @@ sg_fwd_handshake_done(sg_smtp_client_t *cl)
     }
     *f->out.last++ = '\r';
     *f->out.last++ = '\n';
+    /* RFC 2920: MAIL, every RCPT and DATA in one write when the server
+     * takes them so and they fit; their replies are read in order. */
+    if (cl->ehlo.caps & SG_SMTP_EXT_PIPELINING) {
+        need = sizeof("DATA\r\n");
+        for (i = 0; i < f->env.nrcpts; i++) {
+            need += sizeof("RCPT TO:<>\r\n") + f->env.rcpts[i].len;
+        }
+        if (need < sg_buf_free(&f->out)) {
+            f->pipelined = 1;
+            for (i = 0; i < f->env.nrcpts; i++) {
+                sg_fwd_line(f, "RCPT TO:<", &f->env.rcpts[i]);
+            }
+            sg_fwd_line(f, "DATA", NULL);
+        }
+    }
     sg_event_add_timer(f->c->read, sg_fwd.pcf->timeout);
     f->c->write->ready = 1;
     sg_event_post(f->c->write);
+}
+
+/* ---- kept connections ------------------------------------------- */
+
+static void
+sg_fwd_idle_close(sg_fwd_idle_t *idle, bool quit)
+{
+    sg_fwd_queue_t   *q = idle->q;
+    sg_fwd_idle_t   **pp;
+
+    for (pp = &q->idle; *pp; pp = &(*pp)->next) {
+        if (*pp == idle) {
+            *pp = idle->next;
+            q->nidle--;
+            break;
+        }
+    }
+    if (quit) {
+        (void) idle->c->send(idle->c, (u_char *) "QUIT\r\n", 6);
+    }
+#if (SG_HAVE_SSL_MODULE)
+    sg_ssl_free_connection(idle->c);
+#endif
+    sg_close_connection(idle->c);
+    free(idle);
+}
+
+/* A kept connection has nothing to say: any byte, its close, its
+ * timeout or a draining process end it. */
+static void
+sg_fwd_idle_handler(sg_event_t *ev)
+{
+    sg_connection_t  *c = ev->data;
+    u_char            b[64];
+    ssize_t           n;
+
+    if (!c->close && !ev->timedout) {
+        if (ev->write) {
+            return;                   /* writable is no news when idle */
+        }
+        n = c->recv(c, b, sizeof(b));
+        if (n == SG_AGAIN) {
+            return;
+        }
+    }
+    sg_fwd_idle_close(c->data, !c->close);
+}
+
+/* Keep f's connection for the next message to the same server, within
+ * spool_forward_connections and proxy_keepalive_requests. */
+static int
+sg_fwd_keep(sg_fwd_t *f)
+{
+    sg_fwd_queue_t   *q = f->q;
+    sg_connection_t  *c = f->c;
+    sg_fwd_idle_t    *idle;
+
+    if (sg_exiting || c->close || f->nin
+        || q->nidle >= (unsigned) sg_fwd.pcf->fwd_connections
+        || f->conn_messages + 1 >= (unsigned) sg_fwd.pcf->keepalive_requests
+        || f->cl.xclient_attrs.len > sizeof(idle->xclient_attrs))
+    {
+        return SG_DECLINED;
+    }
+    idle = calloc(1, sizeof(sg_fwd_idle_t));
+    if (idle == NULL) {
+        return SG_ERROR;
+    }
+    idle->q = q;
+    idle->c = c;
+    idle->peer = f->pick.peer;
+    idle->ehlo = f->cl.ehlo;
+    if (f->cl.xclient_attrs.len) {
+        memcpy(idle->xclient_attrs, f->cl.xclient_attrs.data,
+               f->cl.xclient_attrs.len);
+    }
+    idle->xclient_len = f->cl.xclient_attrs.len;
+    idle->messages = f->conn_messages + 1;
+    f->c = NULL;
+    c->data = idle;
+    c->log = sg_fwd.cycle->log;
+    c->pool = NULL;
+    c->idle = 1;
+    c->read->handler = sg_fwd_idle_handler;
+    c->write->handler = sg_fwd_idle_handler;
+    sg_event_del_timer(c->write);
+    sg_event_add_timer(c->read, sg_fwd.pcf->keepalive_timeout);
+    idle->next = q->idle;
+    q->idle = idle;
+    q->nidle++;
+    if (c->read->ready) {
+        sg_event_post(c->read);
+    }
+    return SG_OK;
+}
+
+static sg_fwd_idle_t *
+sg_fwd_idle_take(sg_fwd_queue_t *q, sg_upstream_peer_t *peer)
+{
+    sg_fwd_idle_t  **pp, *idle;
+
+    for (pp = &q->idle; *pp; pp = &(*pp)->next) {
+        idle = *pp;
+        if (idle->peer == peer) {
+            *pp = idle->next;
+            q->nidle--;
+            sg_event_del_timer(idle->c->read);
+            idle->c->idle = 0;
+            return idle;
+        }
+    }
+    return NULL;
+}
+
+/* The burst is over: nothing due, nothing in flight. */
+static void
+sg_fwd_idle_close_all(sg_fwd_queue_t *q)
+{
+    while (q->idle) {
+        sg_fwd_idle_close(q->idle, true);
+    }
 }
 
 /* ---- the transaction ---------------------------------------------- */
@@ -960,7 +1208,9 @@ sg_fwd_on_reply(sg_fwd_t *f, const sg_smtp_reply_t *r)
         }
         f->state = SG_FWD_RCPT;
         f->rcpt = 0;
-        sg_fwd_line(f, "RCPT TO:<", &f->env.rcpts[0]);
+        if (!f->pipelined) {
+            sg_fwd_line(f, "RCPT TO:<", &f->env.rcpts[0]);
+        }
         return SG_OK;
 
     case SG_FWD_RCPT:
@@ -968,14 +1218,19 @@ sg_fwd_on_reply(sg_fwd_t *f, const sg_smtp_reply_t *r)
         f->reply[f->rcpt] = reply;
         f->accepted += cls == SG_FWD_DONE;
         if (++f->rcpt < f->env.nrcpts) {
-            sg_fwd_line(f, "RCPT TO:<", &f->env.rcpts[f->rcpt]);
+            if (!f->pipelined) {
+                sg_fwd_line(f, "RCPT TO:<", &f->env.rcpts[f->rcpt]);
+            }
             return SG_OK;
         }
         if (f->accepted == 0) {
+            /* (a pipelined DATA's reply is left unread: QUIT follows) */
             return SG_DONE;
         }
         f->state = SG_FWD_DATA;
-        sg_fwd_line(f, "DATA", NULL);
+        if (!f->pipelined) {
+            sg_fwd_line(f, "DATA", NULL);
+        }
         return SG_OK;
 
     case SG_FWD_DATA:
@@ -1016,6 +1271,24 @@ sg_fwd_end(sg_fwd_t *f)
 static void
 sg_fwd_lost(sg_fwd_t *f)
 {
+    if (f->reused && f->state == SG_FWD_MAIL) {
+        /* A kept connection that died before its first reply: the
+         * server closed it meanwhile, no fault of the message's. */
+        sg_log_error(SG_LOG_INFO, &f->log, 0, "spool forwarder: message %s: "
+                     "a kept connection to %s failed (%s), connecting anew",
+                     f->id, f->peer, f->why);
+#if (SG_HAVE_SSL_MODULE)
+        sg_ssl_free_connection(f->c);
+#endif
+        sg_close_connection(f->c);
+        f->c = NULL;
+        f->nin = 0;
+        f->pipelined = 0;
+        f->why[0] = '\0';
+        f->no_reuse = 1;
+        sg_fwd_connect(f);
+        return;
+    }
     sg_log_error(SG_LOG_WARN, &f->log, 0, "spool forwarder: message %s: %s",
                  f->id, f->why);
     sg_upstream_done(&f->pick, SG_UPSTREAM_FAILED);
@@ -1065,6 +1338,11 @@ sg_fwd_handler(sg_event_t *ev)
             f->nin -= r.len;
             if (rc == SG_DONE) {
                 sg_upstream_done(&f->pick, SG_UPSTREAM_OK);
+                if (f->state == SG_FWD_DOT && sg_fwd_keep(f) == SG_OK) {
+                    f->why[0] = '\0';
+                    sg_fwd_finish(f);
+                    return;
+                }
                 sg_fwd_end(f);
                 return;
             }
@@ -1239,6 +1517,8 @@ sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
     {
         return SG_ERROR;
     }
+    sg_fwd_count(f->q, SG_FWD_STAT(reports), 1);
+    sg_fwd_count(f->q, SG_FWD_STAT(queued), 1);
     for (i = 0; i < k; i++) {
         sg_log_error(SG_LOG_NOTICE, &f->log, 0, "spool forwarder: message "
                      "%s to <%.*s> failed (%.*s%.*s), reported to <%.*s> in "
@@ -1301,6 +1581,7 @@ sg_fwd_finish(sg_fwd_t *f)
     }
     if (failed && f->env.sender.len == 0) {
         if (done == 0 && deferred == 0) {
+            sg_fwd_count(q, SG_FWD_STAT(failed), (int64_t) failed);
             sg_fwd_park(f, "every recipient failed");
             goto out;
         }
@@ -1330,8 +1611,13 @@ sg_fwd_finish(sg_fwd_t *f)
         deferred += failed;
         failed = 0;
     }
+    sg_fwd_count(q, SG_FWD_STAT(delivered), (int64_t) done);
+    sg_fwd_count(q, SG_FWD_STAT(failed), (int64_t) failed);
+    sg_fwd_count(q, SG_FWD_STAT(deferred), (int64_t) deferred);
     if (deferred == 0) {
-        if (unlink(f->path) == -1) {
+        if (unlink(f->path) == 0) {
+            sg_fwd_count(q, SG_FWD_STAT(queued), -1);
+        } else {
             sg_log_error(SG_LOG_ERR, &f->log, errno, "spool forwarder: "
                          "unlink(\"%s\") failed: the message will be sent "
                          "again", f->path);
@@ -1405,6 +1691,7 @@ sg_fwd_init_process(sg_cycle_t *cycle, void *data)
             memset(q, 0, sizeof(*q));
             q->sp = p[j].spool;
             q->u = u[i];
+            q->stats = sg_spool_stats(q->sp);
             q->kick.handler = sg_fwd_kick_handler;
             q->kick.data = q;
             q->kick.log = cycle->log;
@@ -1439,6 +1726,7 @@ sg_fwd_exit_process(sg_cycle_t *cycle, void *data)
             sg_fwd_free(q[i].deliveries);
         }
         sg_fwd_free_due(&q[i]);
+        sg_fwd_idle_close_all(&q[i]);
     }
 }
 

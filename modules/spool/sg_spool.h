@@ -46,6 +46,23 @@ void sg_spool_start(sg_smtp_session_t *s, sg_spool_t *sp);
 int sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp,
     const sg_str_t *group);
 bool sg_spool_forwarding(sg_spool_t *sp);
+/* What the forwarder counts of a forwarding spool, in shared memory
+ * that a reload keeps (the status module shows it).  Written by the
+ * forwarder alone, with atomic stores and adds. */
+typedef struct {
+    uint64_t     queued;        /* files in DIR/new at the last listing */
+    uint64_t     oldest;        /* when the oldest of them arrived (Unix
+                                   time), 0: none */
+    uint64_t     listed;        /* when that listing was made */
+    uint64_t     delivered;     /* recipients delivered */
+    uint64_t     deferred;      /* recipients deferred, once per try */
+    uint64_t     failed;        /* recipients given up on */
+    uint64_t     reports;       /* notifications queued */
+} sg_spool_stats_t;
+
+/* sp's counters, or NULL when sp does not forward. */
+sg_spool_stats_t *sg_spool_stats(sg_spool_t *sp);
+
 /* Where "forward" was given, for errors found later. */
 const sg_str_t *sg_spool_forward_file(sg_spool_t *sp, size_t *line);
 /* DIR: absolute, NUL-terminated. */

@@ -207,10 +207,21 @@ sg_spool_create(sg_conf_t *cf, const sg_str_t *dir)
     return sp;
 }
 
+static int
+sg_spool_stats_init(sg_shm_zone_t *zone, void *old_data)
+{
+    zone->data = zone->addr;
+    if (old_data == NULL) {
+        memset(zone->addr, 0, sizeof(sg_spool_stats_t));
+    }
+    return SG_OK;
+}
+
 int
 sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp, const sg_str_t *group)
 {
-    char  path[PATH_MAX];
+    char      path[PATH_MAX];
+    sg_str_t  name;
 
     if (sp->forward) {
         if (sp->forward_group.len == group->len
@@ -233,11 +244,31 @@ sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp, const sg_str_t *group)
                       "writable", path);
         return SG_ERROR;
     }
+    /* Its counters, kept across reloads by the zone's name. */
+    name.len = sizeof("spool_forward ") - 1 + sp->dir.len;
+    name.data = sg_pnalloc(cf->pool, name.len);
+    if (name.data == NULL) {
+        return SG_ERROR;
+    }
+    memcpy(name.data, "spool_forward ", sizeof("spool_forward ") - 1);
+    memcpy(name.data + sizeof("spool_forward ") - 1, sp->dir.data,
+           sp->dir.len);
+    sp->stats = sg_shm_zone_add(cf, &name, 4096, &sg_spool_module);
+    if (sp->stats == NULL) {
+        return SG_ERROR;
+    }
+    sp->stats->init = sg_spool_stats_init;
     sp->forward = 1;
     sp->forward_group = *group;
     sp->forward_file = cf->file->name;
     sp->forward_line = sg_conf_line(cf);
     return SG_OK;
+}
+
+sg_spool_stats_t *
+sg_spool_stats(sg_spool_t *sp)
+{
+    return sp->stats ? sp->stats->data : NULL;
 }
 
 const sg_str_t *

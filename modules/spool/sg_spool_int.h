@@ -27,6 +27,7 @@ struct sg_spool_s {
     sg_str_t     forward_group;  /* the upstream it is forwarded to */
     sg_str_t     forward_file;
     size_t       forward_line;
+    sg_shm_zone_t  *stats;       /* sg_spool_stats_t */
     sg_spool_t  *next;           /* the spools of one configuration */
 };
 

@@ -24,6 +24,12 @@
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
 #endif
+#if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
+#include "sg_spool.h"
+#define SG_STATUS_SPOOLS  1
+#else
+#define SG_STATUS_SPOOLS  0
+#endif
 #include <jansson.h>
 
 #define SG_STATUS_SLOTS          512
@@ -576,6 +582,151 @@ sg_status_help(sg_status_out_t *o, const char *name, const char *type,
                      name, help, name, type);
 }
 
+#if (SG_STATUS_SPOOLS)
+
+/* The forwarding spools: each "server spool:DIR forward" of a group,
+ * with the counters its forwarder keeps (sg_spool_stats_t). */
+typedef struct {
+    sg_upstream_t       *u;
+    sg_spool_t          *sp;
+    sg_spool_stats_t     st;          /* a copy */
+} sg_status_spool_t;
+
+static size_t
+sg_status_spools(sg_status_spool_t *out, size_t max)
+{
+    sg_upstream_t       **u;
+    sg_upstream_peer_t   *p;
+    sg_spool_stats_t     *st;
+    size_t                n, i, j, k = 0;
+
+    u = sg_upstream_groups(&n);
+    for (i = 0; i < n; i++) {
+        p = u[i]->peers.elts;
+        for (j = 0; j < u[i]->peers.nelts && k < max; j++) {
+            st = p[j].forward ? sg_spool_stats(p[j].spool) : NULL;
+            if (st == NULL) {
+                continue;
+            }
+            out[k].u = u[i];
+            out[k].sp = p[j].spool;
+            out[k].st.queued = __atomic_load_n(&st->queued, __ATOMIC_RELAXED);
+            out[k].st.oldest = __atomic_load_n(&st->oldest, __ATOMIC_RELAXED);
+            out[k].st.listed = __atomic_load_n(&st->listed, __ATOMIC_RELAXED);
+            out[k].st.delivered = __atomic_load_n(&st->delivered,
+                                                  __ATOMIC_RELAXED);
+            out[k].st.deferred = __atomic_load_n(&st->deferred,
+                                                 __ATOMIC_RELAXED);
+            out[k].st.failed = __atomic_load_n(&st->failed, __ATOMIC_RELAXED);
+            out[k].st.reports = __atomic_load_n(&st->reports,
+                                                __ATOMIC_RELAXED);
+            k++;
+        }
+    }
+    return k;
+}
+
+/* Seconds since the oldest queued message arrived, at the listing. */
+static uint64_t
+sg_status_spool_age(const sg_spool_stats_t *st)
+{
+    uint64_t  now = (uint64_t) time(NULL);
+
+    return st->oldest && st->queued && now > st->oldest
+           ? now - st->oldest : 0;
+}
+
+static void
+sg_status_spool_metrics(sg_status_out_t *o)
+{
+    static const struct {
+        const char  *name;
+        const char  *type;
+        const char  *help;
+    } m[] = {
+        { "spool_queue_messages", "gauge",
+          "Messages waiting in a forwarding spool (at its last listing, "
+          "less those sent since)." },
+        { "spool_queue_oldest_seconds", "gauge",
+          "Age of the oldest message waiting, at the last listing." },
+        { "spool_forward_recipients_total", "counter",
+          "Recipients of forwarded messages, by result: delivered, "
+          "deferred (once per try), failed." },
+        { "spool_forward_reports_total", "counter",
+          "Delivery status notifications queued for senders." },
+    };
+    static const char   *results[] = { "delivered", "deferred", "failed" };
+    sg_status_spool_t    sp[64];
+    size_t               n, i, k, r;
+    char                 l[512], d[512];
+    uint64_t             v;
+
+    n = sg_status_spools(sp, sg_nelems(sp));
+    if (n == 0) {
+        return;
+    }
+    for (k = 0; k < sg_nelems(m); k++) {
+        sg_status_help(o, m[k].name, m[k].type, m[k].help);
+        for (i = 0; i < n; i++) {
+            sg_status_label(&sp[i].u->name, l, sizeof(l));
+            sg_status_label(sg_spool_dir(sp[i].sp), d, sizeof(d));
+            if (k == 2) {
+                for (r = 0; r < 3; r++) {
+                    v = r == 0 ? sp[i].st.delivered
+                        : r == 1 ? sp[i].st.deferred : sp[i].st.failed;
+                    sg_status_printf(o, "smtpgate_%s{upstream=\"%s\","
+                                     "spool=\"%s\",result=\"%s\"} %llu\n",
+                                     m[k].name, l, d, results[r],
+                                     (unsigned long long) v);
+                }
+                continue;
+            }
+            v = k == 0 ? sp[i].st.queued
+                : k == 1 ? sg_status_spool_age(&sp[i].st) : sp[i].st.reports;
+            sg_status_printf(o, "smtpgate_%s{upstream=\"%s\",spool=\"%s\"} "
+                             "%llu\n", m[k].name, l, d,
+                             (unsigned long long) v);
+        }
+    }
+}
+
+static json_t *
+sg_status_spool_json(void)
+{
+    sg_status_spool_t   sp[64];
+    const sg_str_t     *dir;
+    json_t             *arr, *obj;
+    size_t              n, i;
+
+    arr = json_array();
+    n = sg_status_spools(sp, sg_nelems(sp));
+    for (i = 0; i < n; i++) {
+        dir = sg_spool_dir(sp[i].sp);
+        obj = json_object();
+        json_object_set_new(obj, "directory", json_stringn(
+                            (const char *) dir->data, dir->len));
+        json_object_set_new(obj, "upstream", json_stringn(
+                            (const char *) sp[i].u->name.data,
+                            sp[i].u->name.len));
+        json_object_set_new(obj, "queued",
+                            json_integer((json_int_t) sp[i].st.queued));
+        json_object_set_new(obj, "oldest_seconds", json_integer(
+                            (json_int_t) sg_status_spool_age(&sp[i].st)));
+        json_object_set_new(obj, "delivered",
+                            json_integer((json_int_t) sp[i].st.delivered));
+        json_object_set_new(obj, "deferred",
+                            json_integer((json_int_t) sp[i].st.deferred));
+        json_object_set_new(obj, "failed",
+                            json_integer((json_int_t) sp[i].st.failed));
+        json_object_set_new(obj, "reports",
+                            json_integer((json_int_t) sp[i].st.reports));
+        json_array_append_new(arr, obj);
+    }
+    return arr;
+}
+
+#endif
+
 static void
 sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
 {
@@ -700,6 +851,9 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         }
     }
 #endif
+#if (SG_STATUS_SPOOLS)
+    sg_status_spool_metrics(o);
+#endif
 }
 
 static json_t *
@@ -804,6 +958,9 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         }
         json_object_set_new(root, "upstreams", arr);
     }
+#endif
+#if (SG_STATUS_SPOOLS)
+    json_object_set_new(root, "spools", sg_status_spool_json());
 #endif
     text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
