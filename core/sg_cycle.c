@@ -511,14 +511,14 @@ sg_signal_process(sg_cycle_t *cycle, const char *name)
 {
     static const struct { const char *name; int signo; } sigs[] = {
         { "stop", SIGTERM }, { "quit", SIGQUIT }, { "reload", SIGHUP },
-        { "reopen", SIGUSR1 },
+        { "reopen", SIGUSR1 }, { "flush", 0 },
     };
     sg_core_conf_t  *ccf = sg_core_conf(cycle);
     char             buf[32];
     ssize_t          n;
     long             pid;
     size_t           i;
-    int              fd;
+    int              fd, signo;
 
     fd = open((const char *) ccf->pid.data, O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
@@ -537,9 +537,11 @@ sg_signal_process(sg_cycle_t *cycle, const char *name)
     }
     for (i = 0; i < sg_nelems(sigs); i++) {
         if (strcmp(name, sigs[i].name) == 0) {
-            if (kill((pid_t) pid, sigs[i].signo) == -1) {
+            /* flush's signal is a real-time one, not a constant */
+            signo = sigs[i].signo ? sigs[i].signo : SG_SIGFLUSH;
+            if (kill((pid_t) pid, signo) == -1) {
                 sg_log_stderr(errno, "[error] kill(%ld, %d) failed", pid,
-                              sigs[i].signo);
+                              signo);
                 return 1;
             }
             return 0;

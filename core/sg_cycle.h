@@ -44,12 +44,13 @@ typedef struct {
  * once the event loop is ready (no listening socket, no other module's
  * init_process); the helper then runs the loop, and exits once it is
  * told to stop (QUIT) and holds no connection, or at once on TERM,
- * calling exit() first.
+ * calling exit() first.  "smtpgate -s flush" calls its flush().
  */
 typedef struct {
     const char   *name;              /* for the log: "spool forwarder" */
     int         (*init)(sg_cycle_t *cycle, void *data);
     void        (*exit)(sg_cycle_t *cycle, void *data);
+    void        (*flush)(sg_cycle_t *cycle, void *data);   /* -s flush */
     void         *data;
 } sg_helper_t;
 

@@ -23,6 +23,7 @@ volatile sig_atomic_t  sg_terminate;
 volatile sig_atomic_t  sg_reconfigure;
 volatile sig_atomic_t  sg_reopen;
 volatile sig_atomic_t  sg_reap;
+volatile sig_atomic_t  sg_flush;
 static volatile sig_atomic_t  sg_sigalrm;
 bool                   sg_exiting;
 int                    sg_worker = -1;
@@ -52,6 +53,11 @@ sg_signal_handler(int signo)
     case SIGUSR1: sg_reopen = 1; break;
     case SIGCHLD: sg_reap = 1; break;
     case SIGALRM: sg_sigalrm = 1; break;
+    default:
+        if (signo == SG_SIGFLUSH) {
+            sg_flush = 1;
+        }
+        break;
     }
     errno = saved;
 }
@@ -73,6 +79,11 @@ sg_init_signals(sg_log_t *log)
                          sigs[i]);
             return SG_ERROR;
         }
+    }
+    if (sigaction(SG_SIGFLUSH, &sa, NULL) == -1) {
+        sg_log_error(SG_LOG_EMERG, log, errno, "sigaction(%d) failed",
+                     SG_SIGFLUSH);
+        return SG_ERROR;
     }
     sa.sa_handler = SIG_IGN;
     (void) sigaction(SIGPIPE, &sa, NULL);
@@ -403,6 +414,22 @@ sg_worker_drain(sg_cycle_t *cycle)
     }
 }
 
+/* What a worker or a helper does for QUIT and USR1 (TERM is each one's
+ * own), once the event loop has returned. */
+static void
+sg_worker_signals(sg_cycle_t *cycle)
+{
+    if (sg_quit) {
+        sg_quit = 0;
+        sg_worker_drain(cycle);
+    }
+    if (sg_reopen) {
+        sg_reopen = 0;
+        sg_reopen_files(cycle, (uid_t) -1);
+    }
+    sg_reconfigure = 0;              /* the master's business */
+}
+
 static void __attribute__((noreturn))
 sg_worker_process_cycle(sg_cycle_t *cycle, int worker)
 {
@@ -428,15 +455,7 @@ sg_worker_process_cycle(sg_cycle_t *cycle, int worker)
             sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "exiting");
             exit(0);
         }
-        if (sg_quit) {
-            sg_quit = 0;
-            sg_worker_drain(cycle);
-        }
-        if (sg_reopen) {
-            sg_reopen = 0;
-            sg_reopen_files(cycle, (uid_t) -1);
-        }
-        sg_reconfigure = 0;          /* the master's business */
+        sg_worker_signals(cycle);
     }
 }
 
@@ -477,15 +496,13 @@ sg_helper_process_cycle(sg_cycle_t *cycle, int index)
         if (sg_terminate) {
             break;
         }
-        if (sg_quit) {
-            sg_quit = 0;
-            sg_worker_drain(cycle);
+        if (sg_flush) {
+            sg_flush = 0;
+            if (h->flush && !sg_exiting) {
+                h->flush(cycle, h->data);
+            }
         }
-        if (sg_reopen) {
-            sg_reopen = 0;
-            sg_reopen_files(cycle, (uid_t) -1);
-        }
-        sg_reconfigure = 0;
+        sg_worker_signals(cycle);
     }
     if (h->exit) {
         h->exit(cycle, h->data);
@@ -565,6 +582,29 @@ sg_signal_workers(sg_cycle_t *cycle, int signo, bool old_only)
                          "failed", (int) sg_processes[i].pid, signo);
         }
     }
+}
+
+/* -s flush: the current configuration's helpers only. */
+static void
+sg_signal_helpers(sg_cycle_t *cycle, int signo)
+{
+    size_t  i, n = 0;
+
+    for (i = 0; i < sg_nprocesses; i++) {
+        if (sg_processes[i].helper < 0 || sg_processes[i].exiting
+            || sg_processes[i].generation != sg_generation)
+        {
+            continue;
+        }
+        if (kill(sg_processes[i].pid, signo) == -1 && errno != ESRCH) {
+            sg_log_error(SG_LOG_ALERT, cycle->log, errno, "kill(%d, %d) "
+                         "failed", (int) sg_processes[i].pid, signo);
+        }
+        n++;
+    }
+    sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "flush: %s", n
+                 ? "passed on to the spool forwarder"
+                 : "nothing to flush, no forwarding spool is configured");
 }
 
 static void
@@ -681,6 +721,7 @@ sg_master_process_cycle(sg_cycle_t *cycle)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SG_SIGFLUSH);
     sigprocmask(SIG_BLOCK, &set, NULL);
     sigemptyset(&empty);
 
@@ -717,6 +758,10 @@ sg_master_process_cycle(sg_cycle_t *cycle)
         if (sg_reconfigure && !sg_quit) {
             sg_reconfigure = 0;
             cycle = sg_master_reload(cycle);
+        }
+        if (sg_flush) {
+            sg_flush = 0;
+            sg_signal_helpers(cycle, SG_SIGFLUSH);
         }
         if (sg_reopen) {
             sg_reopen = 0;

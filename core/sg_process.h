@@ -15,8 +15,14 @@ extern volatile sig_atomic_t  sg_terminate;   /* fast */
 extern volatile sig_atomic_t  sg_reconfigure;
 extern volatile sig_atomic_t  sg_reopen;
 extern volatile sig_atomic_t  sg_reap;
+extern volatile sig_atomic_t  sg_flush;       /* -s flush: helpers */
 extern bool                   sg_exiting;     /* worker is draining */
 extern int                    sg_worker;      /* -1 in the master */
+
+/* "smtpgate -s flush": the master passes it on to its helper processes,
+ * whose flush() runs (the spool forwarder tries its whole queue now).
+ * A real-time signal, so that none of nginx's signals changes meaning. */
+#define SG_SIGFLUSH  (SIGRTMIN + 2)
 
 int sg_init_signals(sg_log_t *log);
 void sg_master_process_cycle(sg_cycle_t *cycle);

@@ -36,7 +36,8 @@ sg_usage(void)
         "  -T            : test the configuration, dump it and exit\n"
         "  -q            : suppress non-error messages while testing\n"
         "  -s signal     : send a signal to the master: stop, quit, "
-        "reopen, reload\n"
+        "reopen, reload,\n"
+        "                  flush\n"
         "  -p prefix     : set the prefix path (default: %s)\n"
         "  -c filename   : set the configuration file (default: %s)\n"
         "  -g directives : set global directives before the file\n",
@@ -84,7 +85,8 @@ sg_get_options(int argc, char **argv, sg_options_t *o)
                 case 'g': o->param = val; break;
                 case 's':
                     if (strcmp(val, "stop") && strcmp(val, "quit")
-                        && strcmp(val, "reopen") && strcmp(val, "reload"))
+                        && strcmp(val, "reopen") && strcmp(val, "reload")
+                        && strcmp(val, "flush"))
                     {
                         sg_log_stderr(0, "invalid option: \"-s %s\"", val);
                         return SG_ERROR;

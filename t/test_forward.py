@@ -786,6 +786,77 @@ def test_proxy_protocol_carries_the_original_client(smtpgate, down_backend,
     wait_queue_empty(g)
 
 
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_forwarded_over_tls_to_the_backend(smtpgate, down_backend, mode):
+    """proxy_ssl in the mail block: the forwarder speaks TLS to the
+    backend, STARTTLS or from the first byte, as a relayed session
+    would."""
+    b = down_backend(tls=mode)
+    g = smtpgate(fwd_conf(b.address, mail=(
+        f"    proxy_ssl {'starttls' if mode == 'starttls' else 'on'};\n")))
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: tls\r\n\r\nover TLS\r\n")
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.tls and m.tls.startswith("TLSv1."), m.tls
+    assert m.content.endswith(b"\r\n\r\nover TLS\r\n"), m.content
+    wait_queue_empty(g)
+
+
+@needs_ipv6
+def test_forwarded_to_an_ipv6_backend(smtpgate, down_backend):
+    """A group's server at [::1]: the forwarder reaches it as the proxy
+    does."""
+    b = down_backend(host=net.IPV6, xclient=True)
+    assert b.address.startswith("[::1]:"), b.address
+    g = smtpgate(fwd_conf(b.address))
+    submit(g, "s@example.org", ["r@example.org"],
+           b"Subject: v6\r\n\r\nsix\r\n")
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.peer[0] == "::1", m.peer
+    assert words(m.xclient)["LOGIN"] == "alice", m.xclient
+    wait_queue_empty(g)
+
+
+def test_large_message_forwarded_intact(smtpgate, down_backend):
+    """3 MB of text with dot lines, passed through the spool and the
+    forwarder's 32 KB reads, arrives byte for byte."""
+    from lib.messages import make_message
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address))
+    message = make_message(3 * 1024 * 1024, seed=7)
+    submit(g, "s@example.org", ["r@example.org"], message)
+    name, data = only_file(g)
+    text = data[data.index(b"Received: "):]
+    b.start()
+    (m,) = b.wait_messages(1, timeout=60)
+    assert_same_bytes(m.content, text)
+    assert ("SIZE=%d" % len(text)) in " ".join(m.mail_options)
+    wait_queue_empty(g)
+
+
+def test_garbage_reply_defers_then_delivers(smtpgate, scripted_smtp):
+    """A reply that is not SMTP, to the final dot: the message is
+    deferred (the server's words are not taken for an answer), tried
+    again after spool_forward_retry, and delivered once the server
+    behaves."""
+    b = scripted_smtp(start=False, dot=lambda s, rs: "this is not SMTP")
+    g = smtpgate(fwd_conf(b.address))
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: g\r\n\r\ngarbage first\r\n")
+    mark = g.log_mark()
+    b.start()
+    g.wait_log(r"\[warn\] \d+#\d+: \*\d+ spool forwarder: message "
+               + re.escape(qid) + r" to <r@example\.org> deferred "
+               r"\(.*an invalid reply\), next try in \d+ s", mark)
+    assert queued(g) and b.messages == []
+    b.dot = lambda s, rs: None
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.content.endswith(b"garbage first\r\n")
+    wait_queue_empty(g)
+
+
 # --------------------------------------------------------------------------
 # the queue
 
@@ -1231,3 +1302,42 @@ def test_a_kept_connection_the_server_dropped(smtpgate, scripted_smtp):
                mark)
     log = g.log_since(mark)
     assert " deferred" not in log, log
+
+
+def test_flush_tries_deferred_messages_at_once(smtpgate, scripted_smtp):
+    """smtpgate -s flush: a message put off by a 4xx for an hour is tried
+    again at once, as "postqueue -f" would do it."""
+    busy = {"on": True}
+    b = scripted_smtp(start=False,
+                      rcpt=lambda s, r: ("451 4.3.0 try later"
+                                         if busy["on"] else None))
+    g = smtpgate(fwd_conf(b.address, retry="1h"))
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: f\r\n\r\nflush me\r\n")
+    mark = g.log_mark()
+    b.start()
+    g.wait_log(r"spool forwarder: message " + re.escape(qid)
+               + r" to <r@example\.org> deferred \(451 4\.3\.0 try later\),"
+               r" next try in 3600 s", mark)
+    busy["on"] = False
+    time.sleep(1.5)                    # two intervals: still put off
+    assert b.messages == [] and queued(g)
+    mark = g.log_mark()
+    r = g.ctl("-s", "flush")
+    assert r.returncode == 0, r
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.content.endswith(b"flush me\r\n")
+    wait_queue_empty(g)
+    g.wait_log(r"\[notice\] \d+#\d+: flush: passed on to the spool "
+               r"forwarder", mark)
+    g.wait_log(r"\[notice\] \d+#\d+: spool forwarder: flush: 1 message of "
+               r"\"[^\"]+/queue\" to try now", mark)
+
+
+def test_flush_without_a_forwarding_spool(smtpgate, backend):
+    g = smtpgate(gatelib.conf(backend=backend))
+    mark = g.log_mark()
+    assert g.ctl("-s", "flush").returncode == 0
+    g.wait_log(r"\[notice\] \d+#\d+: flush: nothing to flush, no "
+               r"forwarding spool is configured", mark)
+    assert g.workers()

@@ -176,6 +176,7 @@ static void sg_fwd_handler(sg_event_t *ev);
 
 static int sg_fwd_init_process(sg_cycle_t *cycle, void *data);
 static void sg_fwd_exit_process(sg_cycle_t *cycle, void *data);
+static void sg_fwd_flush(sg_cycle_t *cycle, void *data);
 
 char *
 sg_proxy_forward_init(sg_conf_t *cf, sg_proxy_conf_t *main)
@@ -235,6 +236,7 @@ sg_proxy_forward_init(sg_conf_t *cf, sg_proxy_conf_t *main)
     h.name = "spool forwarder";
     h.init = sg_fwd_init_process;
     h.exit = sg_fwd_exit_process;
+    h.flush = sg_fwd_flush;
     h.data = fcf;
     if (sg_cycle_add_helper(cf->cycle, &h) != SG_OK) {
         return SG_CONF_ERROR;
@@ -289,9 +291,10 @@ sg_fwd_in_flight(sg_fwd_queue_t *q, const char *name)
     return false;
 }
 
-/* List DIR/new: the files due now, oldest first. */
+/* List DIR/new: the files due now (all of them after -s flush), oldest
+ * first. */
 static void
-sg_fwd_scan(sg_fwd_queue_t *q)
+sg_fwd_scan(sg_fwd_queue_t *q, bool all)
 {
     const sg_str_t   *dir = sg_spool_dir(q->sp);
     sg_fwd_entry_t   *e = NULL, *ne;
@@ -323,7 +326,7 @@ sg_fwd_scan(sg_fwd_queue_t *q)
         if (oldest == 0 || arrival < oldest) {
             oldest = arrival;
         }
-        if (n == SG_FWD_SCAN_MAX || st.st_mtime > now
+        if (n == SG_FWD_SCAN_MAX || (st.st_mtime > now && !all)
             || sg_fwd_in_flight(q, de->d_name))
         {
             continue;
@@ -386,11 +389,32 @@ sg_fwd_timer(sg_event_t *ev)
             q[i].probing = 1;
         }
         if (q[i].next >= q[i].ndue) {
-            sg_fwd_scan(&q[i]);
+            sg_fwd_scan(&q[i], false);
         }
         sg_fwd_run(&q[i]);
     }
     sg_event_add_timer(ev, sg_fwd.pcf->fwd_interval);
+}
+
+/* "smtpgate -s flush": every queued message is due now, and a group
+ * found dead is tried again at once. */
+static void
+sg_fwd_flush(sg_cycle_t *cycle, void *data)
+{
+    sg_fwd_queue_t  *q = sg_fwd.queues.elts;
+    size_t           i;
+
+    (void) data;
+    for (i = 0; i < sg_fwd.queues.nelts; i++) {
+        q[i].dead = 0;
+        q[i].probing = 0;
+        sg_fwd_scan(&q[i], true);
+        sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "spool forwarder: flush: "
+                     "%zu message%s of \"%.*s\" to try now", q[i].ndue,
+                     q[i].ndue == 1 ? "" : "s",
+                     SG_STR_ARG(sg_spool_dir(q[i].sp)));
+        sg_fwd_run(&q[i]);
+    }
 }
 
 /* Start deliveries while there is room and something due. */

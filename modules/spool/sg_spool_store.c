@@ -352,20 +352,26 @@ sg_spool_commit(sg_spool_file_t *f)
     f->committed = 1;
 }
 
+/* Create the file in DIR/tmp, never over another, and write head. */
+static void
+sg_spool_open(sg_spool_file_t *f, const u_char *head, size_t len)
+{
+    f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (f->fd == -1) {
+        sg_spool_fail(f, "open()", errno);
+        return;
+    }
+    f->tmp_exists = 1;
+    sg_spool_write_all(f, head, len);
+}
+
 static void
 sg_spool_work(sg_task_t *t)
 {
     sg_spool_file_t  *f = t->data;
 
     if ((f->ops & SG_SPOOL_OP_OPEN) && f->err == 0) {
-        f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                     0600);
-        if (f->fd == -1) {
-            sg_spool_fail(f, "open()", errno);
-        } else {
-            f->tmp_exists = 1;
-            sg_spool_write_all(f, f->head, f->head_len);
-        }
+        sg_spool_open(f, f->head, f->head_len);
         free(f->head);
         f->head = NULL;
     }
@@ -385,15 +391,8 @@ sg_spool_file_write_now(sg_spool_file_t *f, const u_char *head,
     size_t hlen, const u_char *body, size_t blen)
 {
     if (f->err == 0) {
-        f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                     0600);
-        if (f->fd == -1) {
-            sg_spool_fail(f, "open()", errno);
-        } else {
-            f->tmp_exists = 1;
-            sg_spool_write_all(f, head, hlen);
-            sg_spool_write_all(f, body, blen);
-        }
+        sg_spool_open(f, head, hlen);
+        sg_spool_write_all(f, body, blen);
     }
     if (f->err == 0) {
         sg_spool_commit(f);
