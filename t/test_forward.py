@@ -1341,3 +1341,33 @@ def test_flush_without_a_forwarding_spool(smtpgate, backend):
     g.wait_log(r"\[notice\] \d+#\d+: flush: nothing to flush, no "
                r"forwarding spool is configured", mark)
     assert g.workers()
+
+
+def test_reloads_during_a_drain_send_each_message_once(smtpgate,
+                                                      scripted_smtp):
+    """Five reloads while 80 messages drain: each reload starts a new
+    forwarder beside the old one, which finishes what it began; the file
+    locks keep the two apart, so every message arrives exactly once."""
+    b = scripted_smtp(start=False, dot_delay=0.05)
+    g = smtpgate(fwd_conf(b.address,
+                          mail="    spool_forward_connections 4;\n"))
+    with session(g) as c:
+        for j in range(80):
+            transaction(c, "s@example.org", [f"r{j}@example.org"],
+                        b"Subject: m%d\r\n\r\nbody\r\n" % j)
+    b.start()
+    b.wait_messages(1, timeout=20)
+    for _ in range(5):
+        g.reload()
+        time.sleep(0.2)
+    b.wait_messages(80, timeout=60)
+    wait_queue_empty(g)
+    net.wait_until(lambda: len(g.helpers()) == 1, 30,
+                   what="the old forwarders to exit")
+    time.sleep(1.5)                     # anything sent twice would be here
+    subjects = collections.Counter(
+        re.search(rb"Subject: (\S+)", m.content).group(1)
+        for m in b.messages)
+    assert len(subjects) == 80 and set(subjects.values()) == {1}, \
+        [s for s, n in subjects.items() if n != 1]
+    assert queued(g, "cur") == []
