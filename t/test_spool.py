@@ -925,6 +925,36 @@ def test_bad_spool_directories_are_file_line_errors(smtpgate):
         assert os.path.isdir(os.path.join(g.prefix, "made", sub))
 
 
+def test_failed_load_takes_back_the_directories_it_made(smtpgate):
+    """A configuration that fails after its spool directory was made (here
+    at the access log, which cannot be opened) takes that directory away
+    again: as root it was never handed to the workers' user, and a later
+    start would refuse it.  A directory that was there before stays."""
+    bad = "    access_log /nonexistent-dir/access.log;\n"
+    g = smtpgate(spool_conf(spool="made", mail=bad), start=False)
+    made = os.path.join(g.prefix, "made")
+    r = g.ctl("-t")
+    assert r.returncode == 1, r.stderr
+    assert "access_log" in r.stderr, r.stderr
+    assert not os.path.exists(made)
+
+    os.makedirs(os.path.join(made, "new"))
+    r = g.ctl("-t")
+    assert r.returncode == 1, r.stderr
+    assert os.path.isdir(os.path.join(made, "new"))    # not this load's
+    assert not os.path.exists(os.path.join(made, "tmp"))
+
+    shutil.rmtree(made)
+    g.write_conf(spool_conf(spool="made"))
+    g.start()
+    with smtplib.SMTP("127.0.0.1", g.port, timeout=30) as c:
+        c.ehlo("client.test")
+        c.login("alice", password("alice"))
+        c.sendmail("s@example.org", ["r@example.org"],
+                   b"Subject: after\r\n\r\nstored\r\n")
+    assert len(listing(g, "new", "made")) == 1
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the check is "
                     "for the workers' user")
 def test_spool_the_workers_cannot_write_is_an_error(smtpgate):

@@ -81,14 +81,33 @@ sg_spool_merge_conf(sg_conf_t *cf, void *parent, void *child)
  */
 static sg_cycle_t  *sg_spool_cycle;
 static sg_spool_t  *sg_spool_list;
+static bool         sg_spool_checked;   /* init_module ran for it */
 
+/* The cycle goes.  One that failed before sg_spool_init_module() (a
+ * later error, -t included) takes away the directories it made: as root
+ * they were never handed to the workers' user, and left behind they
+ * would make the next start fail on them. */
 static void
 sg_spool_forget(void *data)
 {
-    if (sg_spool_cycle == data) {
-        sg_spool_cycle = NULL;
-        sg_spool_list = NULL;
+    sg_spool_t  *sp;
+    char         path[PATH_MAX];
+    int          i;
+
+    if (sg_spool_cycle != data) {
+        return;
     }
+    for (sp = sg_spool_checked ? NULL : sg_spool_list; sp; sp = sp->next) {
+        for (i = (int) sg_nelems(sg_spool_subdirs) - 1; i >= 0; i--) {
+            if (sp->created & (1u << i)) {
+                (void) snprintf(path, sizeof(path), "%s%s",
+                                (char *) sp->dir.data, sg_spool_subdirs[i]);
+                (void) rmdir(path);      /* only if still empty */
+            }
+        }
+    }
+    sg_spool_cycle = NULL;
+    sg_spool_list = NULL;
 }
 
 /* Create DIR and its subdirectories where missing and check them. */
@@ -175,6 +194,7 @@ sg_spool_create(sg_conf_t *cf, const sg_str_t *dir)
         }
         sg_spool_cycle = cf->cycle;
         sg_spool_list = NULL;
+        sg_spool_checked = false;
     }
     for (sp = sg_spool_list; sp; sp = sp->next) {
         if (sp->dir.len == name.len
@@ -390,6 +410,9 @@ sg_spool_init_module(sg_cycle_t *cycle)
     sg_spool_user_t   u;
     sg_spool_t       *sp;
 
+    if (sg_spool_cycle == cycle) {
+        sg_spool_checked = true;
+    }
     if (sg_spool_cycle != cycle || sg_spool_list == NULL || geteuid() != 0
         || ccf->user == (uid_t) -1 || ccf->user == 0)
     {
