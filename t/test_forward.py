@@ -1371,3 +1371,50 @@ def test_reloads_during_a_drain_send_each_message_once(smtpgate,
     assert len(subjects) == 80 and set(subjects.values()) == {1}, \
         [s for s, n in subjects.items() if n != 1]
     assert queued(g, "cur") == []
+
+
+def test_delay_warning_is_sent_once(smtpgate, scripted_smtp):
+    """spool_forward_delay_warning: a message still deferred at that age
+    gets its sender one warning (Action: delayed, Will-Retry-Until), not
+    one per try; the file is marked ",W"; the message is still delivered
+    once the server takes it."""
+    busy = {"on": True}
+
+    def rcpt(sender, r):
+        # the original is refused for a while; the warning (from <>) not
+        if sender and busy["on"]:
+            return "452 4.2.2 mailbox full"
+        return None
+    b = scripted_smtp(start=False, rcpt=rcpt)
+    g = smtpgate(fwd_conf(b.address, retry="1s", mail=(
+        "    spool_forward_delay_warning 2s;\n"
+        "    spool_forward_lifetime 1h;\n")))
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: slow\r\n\r\nlater\r\n")
+    mark = g.log_mark()
+    b.start()
+    (w,) = b.wait_messages(1, timeout=20)
+    assert w.mail_from == "" and w.rcpt_tos == ["s@example.org"]
+    msg, per_msg, per_rcpt, _ = parse_dsn(w.content)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    assert per_msg["X-Smtpgate-Queue-ID"] == qid
+    (blk,) = per_rcpt
+    assert blk["Action"] == "delayed"
+    assert blk["Status"] == "4.2.2"
+    assert blk["Diagnostic-Code"] == "smtp; 452 4.2.2 mailbox full"
+    assert "Will-Retry-Until" in blk
+    g.wait_log(r"\[notice\] \d+#\d+: \*\d+ spool forwarder: message "
+               + re.escape(qid) + r" to <r@example\.org> still deferred "
+               r"\(452 4\.2\.2 mailbox full\), warned <s@example\.org> in "
+               r"message \S+", mark)
+    (name,) = queued(g)
+    assert name.endswith(",W"), name
+
+    # more tries: no second warning
+    time.sleep(3)
+    assert len(b.messages) == 1, [m.mail_from for m in b.messages]
+    busy["on"] = False
+    b.wait_messages(2, timeout=20)
+    wait_queue_empty(g)
+    assert b.messages[1].mail_from == "s@example.org"
+    assert b.messages[1].content.endswith(b"later\r\n")

@@ -127,6 +127,8 @@ static const sg_conf_bounds_t  sg_proxy_fwd_interval_bounds = {
 static const sg_conf_bounds_t  sg_proxy_fwd_life_bounds = {
     1000, 365 * 86400000LL };
 static const sg_conf_bounds_t  sg_proxy_fwd_conns_bounds = { 1, 1000 };
+static const sg_conf_bounds_t  sg_proxy_fwd_warn_bounds = {
+    0, 365 * 86400000LL };
 
 static const sg_conf_enum_t  sg_proxy_ssl_modes[] = {
     { "off", SG_PROXY_SSL_OFF },
@@ -205,6 +207,10 @@ static const sg_command_t  sg_proxy_commands[] = {
     { "spool_forward_lifetime", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
       sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, fwd_lifetime), &sg_proxy_fwd_life_bounds },
+    { "spool_forward_delay_warning", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_conf_set_msec_slot, SG_MAIL_SRV_CONF_OFFSET,
+      offsetof(sg_proxy_conf_t, fwd_delay_warning),
+      &sg_proxy_fwd_warn_bounds },
     { "spool_forward_connections", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
       sg_conf_set_num_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, fwd_connections), &sg_proxy_fwd_conns_bounds },
@@ -402,6 +408,7 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->fwd_retry_max = SG_CONF_UNSET_MSEC;
     pcf->fwd_lifetime = SG_CONF_UNSET_MSEC;
     pcf->fwd_connections = SG_CONF_UNSET;
+    pcf->fwd_delay_warning = SG_CONF_UNSET_MSEC;
     return pcf;
 }
 
@@ -546,6 +553,7 @@ sg_proxy_merge_values(sg_conf_t *cf, sg_proxy_conf_t *prev,
     sg_conf_merge_msec(conf->fwd_lifetime, prev->fwd_lifetime,
                        5 * 86400000LL);
     sg_conf_merge_value(conf->fwd_connections, prev->fwd_connections, 10);
+    sg_conf_merge_msec(conf->fwd_delay_warning, prev->fwd_delay_warning, 0);
     if (conf->fwd_retry_max < conf->fwd_retry_min) {
         conf->fwd_retry_max = conf->fwd_retry_min;
     }

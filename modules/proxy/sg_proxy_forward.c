@@ -1431,10 +1431,10 @@ sg_fwd_touch(sg_fwd_t *f, time_t when)
     }
 }
 
-/* The enhanced status code in a 5xx reply ("550 5.1.1 ..."), or
- * 5.0.0. */
+/* The enhanced status code of a reply of class cls ('5': "550 5.1.1
+ * ..."), or cls.0.0. */
 static sg_str_t
-sg_fwd_status(const sg_str_t *reply)
+sg_fwd_status(const sg_str_t *reply, u_char cls)
 {
     sg_str_t  st;
     u_char   *p, *e;
@@ -1447,11 +1447,11 @@ sg_fwd_status(const sg_str_t *reply)
             p++;
         }
         st.len = (size_t) (p - st.data);
-        if (st.len >= 5 && st.data[0] == '5' && st.data[1] == '.') {
+        if (st.len >= 5 && st.data[0] == cls && st.data[1] == '.') {
             return st;
         }
     }
-    st.data = (u_char *) "5.0.0";
+    st.data = (u_char *) (cls == '4' ? "4.0.0" : "5.0.0");
     st.len = 5;
     return st;
 }
@@ -1476,10 +1476,10 @@ sg_fwd_lifetime_text(void)
     return buf;
 }
 
-/* Report the failed recipients to the sender: SG_OK, or SG_ERROR (they
- * stay deferred). */
+/* Report to the sender: the failed recipients, or (delayed) those still
+ * deferred, in a warning.  SG_OK, or SG_ERROR (nothing was queued). */
 static int
-sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
+sg_fwd_report(sg_fwd_t *f, size_t n, time_t now, bool delayed)
 {
     sg_spool_dsn_rcpt_t  *dr;
     sg_spool_dsn_t        d;
@@ -1487,14 +1487,17 @@ sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
     char                  newid[128];
     size_t                i, k = 0;
     char                 *text;
+    bool                  take;
 
-    dr = sg_pcalloc(f->pool, nfailed * sizeof(*dr));
+    dr = sg_pcalloc(f->pool, n * sizeof(*dr));
     if (dr == NULL) {
         return SG_ERROR;
     }
-    for (i = 0; i < f->env.nrcpts; i++) {
-        if (f->result[i] != SG_FWD_FAILED && f->result[i] != SG_FWD_EXPIRED)
-        {
+    for (i = 0; i < f->env.nrcpts && k < n; i++) {
+        take = delayed ? f->result[i] == SG_FWD_DEFERRED
+                       : f->result[i] == SG_FWD_FAILED
+                         || f->result[i] == SG_FWD_EXPIRED;
+        if (!take) {
             continue;
         }
         dr[k].rcpt = f->env.rcpts[i];
@@ -1503,23 +1506,32 @@ sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
             dr[k].remote.data = (u_char *) f->peer;
             dr[k].remote.len = strlen(f->peer);
         }
-        if (f->result[i] == SG_FWD_EXPIRED) {
-            /* RFC 3463: 4.4.7, the message expired in the queue. */
-            dr[k].status.data = (u_char *) "4.4.7";
-            dr[k].status.len = 5;
+        if (f->result[i] == SG_FWD_EXPIRED || delayed) {
+            /* RFC 3463: 4.4.7, the message expired in the queue; a
+             * warning keeps the reply's own code. */
+            dr[k].status = delayed ? sg_fwd_status(&f->reply[i], '4')
+                                   : (sg_str_t) sg_string("4.4.7");
             text = sg_pnalloc(f->pool, 512);
             if (text == NULL) {
                 return SG_ERROR;
             }
-            snprintf(text, 512, "the message could not be delivered "
-                     "within %s%s%.300s", sg_fwd_lifetime_text(),
-                     f->reply[i].len == 0 && f->why[0]
-                     ? "; the last attempt: " : "",
-                     f->reply[i].len ? "" : f->why);
+            if (delayed) {
+                snprintf(text, 512, "not delivered yet after %lld minutes"
+                         "%s%.300s", (long long) ((now - f->arrival) / 60),
+                         f->reply[i].len == 0 && f->why[0]
+                         ? "; the last attempt: " : "",
+                         f->reply[i].len ? "" : f->why);
+            } else {
+                snprintf(text, 512, "the message could not be delivered "
+                         "within %s%s%.300s", sg_fwd_lifetime_text(),
+                         f->reply[i].len == 0 && f->why[0]
+                         ? "; the last attempt: " : "",
+                         f->reply[i].len ? "" : f->why);
+            }
             dr[k].text.data = (u_char *) text;
             dr[k].text.len = strlen(text);
         } else {
-            dr[k].status = sg_fwd_status(&f->reply[i]);
+            dr[k].status = sg_fwd_status(&f->reply[i], '5');
         }
         k++;
     }
@@ -1535,6 +1547,9 @@ sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
     d.nrcpts = k;
     d.message.data = f->head + f->env.body;
     d.message.len = f->nhead - f->env.body;
+    d.delayed = delayed;
+    d.retry_until = f->arrival
+                    + (time_t) (sg_fwd.pcf->fwd_lifetime / 1000);
     attrs = f->env.attrs;
     if (sg_spool_bounce(f->q->sp, &f->log, &d, &attrs, newid,
                         sizeof(newid)) != SG_OK)
@@ -1545,15 +1560,49 @@ sg_fwd_report(sg_fwd_t *f, size_t nfailed, time_t now)
     sg_fwd_count(f->q, SG_FWD_STAT(queued), 1);
     for (i = 0; i < k; i++) {
         sg_log_error(SG_LOG_NOTICE, &f->log, 0, "spool forwarder: message "
-                     "%s to <%.*s> failed (%.*s%.*s), reported to <%.*s> in "
-                     "message %s", f->id, SG_STR_ARG(&dr[i].rcpt),
+                     "%s to <%.*s> %s (%.*s%.*s), %s <%.*s> in message %s",
+                     f->id, SG_STR_ARG(&dr[i].rcpt),
+                     delayed ? "still deferred" : "failed",
                      (int) sg_min(dr[i].reply.len, SG_FWD_REPLY_LOG),
                      (char *) dr[i].reply.data,
                      (int) sg_min(dr[i].text.len, SG_FWD_REPLY_LOG),
                      dr[i].reply.len ? "" : (char *) dr[i].text.data,
+                     delayed ? "warned" : "reported to",
                      SG_STR_ARG(&f->env.sender), newid);
     }
     return SG_OK;
+}
+
+/* spool_forward_delay_warning: once a message still deferred is that
+ * old, its sender is warned, once; ",W" at the end of the file's name
+ * says it was. */
+static void
+sg_fwd_warn(sg_fwd_t *f, size_t deferred, time_t now)
+{
+    char    to[PATH_MAX];
+    size_t  len = strlen(f->path);
+    int     n;
+
+    if (sg_fwd.pcf->fwd_delay_warning == 0 || f->env.sender.len == 0
+        || now - f->arrival < (time_t) (sg_fwd.pcf->fwd_delay_warning / 1000)
+        || (len > 2 && strcmp(f->path + len - 2, ",W") == 0))
+    {
+        return;
+    }
+    n = snprintf(to, sizeof(to), "%s,W", f->path);
+    if (n < 0 || (size_t) n >= sizeof(to)) {
+        return;
+    }
+    /* Marked first: a warning that could not be queued is not sent
+     * again and again at every try. */
+    if (rename(f->path, to) == -1) {
+        sg_log_error(SG_LOG_ERR, &f->log, errno, "spool forwarder: "
+                     "rename() to \"%s\" failed: no delay warning for "
+                     "message %s", to, f->id);
+        return;
+    }
+    memcpy(f->path, to, (size_t) n + 1);
+    (void) sg_fwd_report(f, deferred, now, true);
 }
 
 static void
@@ -1623,7 +1672,7 @@ sg_fwd_finish(sg_fwd_t *f)
                              : "deferred too long");
             }
         }
-    } else if (failed && sg_fwd_report(f, failed, now) != SG_OK) {
+    } else if (failed && sg_fwd_report(f, failed, now, false) != SG_OK) {
         /* Kept until it can be reported. */
         for (i = 0; i < f->env.nrcpts; i++) {
             if (f->result[i] == SG_FWD_FAILED
@@ -1664,6 +1713,7 @@ sg_fwd_finish(sg_fwd_t *f)
     }
     next = now + sg_fwd_backoff(f, now);
     sg_fwd_touch(f, next);
+    sg_fwd_warn(f, deferred, now);
     for (i = 0; i < f->env.nrcpts; i++) {
         if (f->result[i] == SG_FWD_DEFERRED) {
             sg_log_error(SG_LOG_WARN, &f->log, 0, "spool forwarder: message "

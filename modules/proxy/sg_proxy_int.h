@@ -66,6 +66,7 @@ typedef struct {
     sg_msec_t     fwd_retry_max;
     sg_msec_t     fwd_lifetime;
     int64_t       fwd_connections;
+    sg_msec_t     fwd_delay_warning;  /* 0: none */
     sg_str_t      fwd_host;       /* its EHLO name, its reports' host */
 } sg_proxy_conf_t;
 

@@ -37,6 +37,8 @@ typedef struct {
     size_t                 arrival_len;
     u_char                 now[SG_SPOOL_DSN_DATE_LEN];
     size_t                 now_len;
+    u_char                 until[SG_SPOOL_DSN_DATE_LEN];
+    size_t                 until_len;   /* 0: no Will-Retry-Until */
     bool                   global;      /* a non-ASCII address */
     bool                   eightbit;    /* the text part is not ASCII */
 } sg_spool_dsn_ctx_t;
@@ -238,8 +240,24 @@ sg_spool_dsn_text(sg_spool_dsn_out_t *o, const sg_spool_dsn_ctx_t *c)
     sg_spool_dsn_field(o, &d->queue_id);
     sg_spool_dsn_lit(o, ",");
     sg_spool_dsn_crlf(o);
-    sg_spool_dsn_lit(o, "could not be delivered to one or more recipients.");
-    sg_spool_dsn_crlf(o);
+    if (d->delayed) {
+        sg_spool_dsn_lit(o, "has not yet been delivered to one or more "
+                            "recipients.");
+        sg_spool_dsn_crlf(o);
+        sg_spool_dsn_lit(o, "This is a warning only: it is still being "
+                            "tried, and you need not send it again.");
+        sg_spool_dsn_crlf(o);
+        if (c->until_len) {
+            sg_spool_dsn_lit(o, "It will be tried until ");
+            sg_spool_dsn_put(o, c->until, c->until_len);
+            sg_spool_dsn_lit(o, ".");
+            sg_spool_dsn_crlf(o);
+        }
+    } else {
+        sg_spool_dsn_lit(o, "could not be delivered to one or more "
+                            "recipients.");
+        sg_spool_dsn_crlf(o);
+    }
 
     for (i = 0; i < d->nrcpts; i++) {
         r = &d->rcpts[i];
@@ -282,11 +300,17 @@ sg_spool_dsn_rcpt(sg_spool_dsn_out_t *o, const sg_spool_dsn_ctx_t *c,
     }
     sg_spool_dsn_field(o, &r->rcpt);
     sg_spool_dsn_crlf(o);
-    sg_spool_dsn_lit(o, "Action: failed");
+    if (c->d->delayed) {
+        sg_spool_dsn_lit(o, "Action: delayed");
+    } else {
+        sg_spool_dsn_lit(o, "Action: failed");
+    }
     sg_spool_dsn_crlf(o);
     sg_spool_dsn_lit(o, "Status: ");
     if (sg_spool_dsn_status_valid(&r->status)) {
         sg_spool_dsn_put(o, r->status.data, r->status.len);
+    } else if (c->d->delayed) {
+        sg_spool_dsn_lit(o, "4.0.0");
     } else {
         sg_spool_dsn_lit(o, "5.0.0");
     }
@@ -304,6 +328,11 @@ sg_spool_dsn_rcpt(sg_spool_dsn_out_t *o, const sg_spool_dsn_ctx_t *c,
     sg_spool_dsn_lit(o, "Last-Attempt-Date: ");
     sg_spool_dsn_put(o, c->now, c->now_len);
     sg_spool_dsn_crlf(o);
+    if (c->d->delayed && c->until_len) {
+        sg_spool_dsn_lit(o, "Will-Retry-Until: ");
+        sg_spool_dsn_put(o, c->until, c->until_len);
+        sg_spool_dsn_crlf(o);
+    }
 }
 
 static void
@@ -406,7 +435,11 @@ sg_spool_dsn_head(sg_spool_dsn_out_t *o, const sg_spool_dsn_ctx_t *c)
     sg_spool_dsn_field(o, &d->sender);
     sg_spool_dsn_lit(o, ">");
     sg_spool_dsn_crlf(o);
-    sg_spool_dsn_lit(o, "Subject: Undelivered Mail Returned to Sender");
+    if (d->delayed) {
+        sg_spool_dsn_lit(o, "Subject: Delayed Mail (still being retried)");
+    } else {
+        sg_spool_dsn_lit(o, "Subject: Undelivered Mail Returned to Sender");
+    }
     sg_spool_dsn_crlf(o);
     sg_spool_dsn_lit(o, "Date: ");
     sg_spool_dsn_put(o, c->now, c->now_len);
@@ -488,6 +521,12 @@ sg_spool_dsn_compose(const sg_spool_dsn_t *d, size_t *len)
     c.arrival_len = (size_t) (p - c.arrival);
     p = sg_spool_format_date(c.now, c.now + sizeof(c.now), d->now);
     c.now_len = (size_t) (p - c.now);
+    c.until_len = 0;
+    if (d->delayed && d->retry_until) {
+        p = sg_spool_format_date(c.until, c.until + sizeof(c.until),
+                                 d->retry_until);
+        c.until_len = (size_t) (p - c.until);
+    }
     c.global = !sg_spool_dsn_ascii(&d->sender);
     for (i = 0; i < d->nrcpts; i++) {
         c.global = c.global || !sg_spool_dsn_ascii(&d->rcpts[i].rcpt);

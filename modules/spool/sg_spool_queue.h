@@ -92,6 +92,10 @@ typedef struct sg_spool_dsn_s {
     sg_str_t                    message;   /* the failed message from its
                                               Received: line on (or just
                                               its first part) */
+    bool                        delayed;   /* a warning (Action: delayed),
+                                              not a failure */
+    time_t                      retry_until;  /* when delayed: the last
+                                              try, 0: not said */
 } sg_spool_dsn_t;
 
 /* The most of the failed message's header section a notification
@@ -108,7 +112,9 @@ typedef struct sg_spool_dsn_s {
  * non-ASCII address the report is message/global-delivery-status and
  * the headers message/global-headers (RFC 6533).  Every line ends in
  * CRLF, there is no other CR or LF, and no line is longer than 998
- * octets, whatever the inputs hold.
+ * octets, whatever the inputs hold.  With d->delayed it is a warning
+ * instead (RFC 3464 "Action: delayed", Will-Retry-Until): the message
+ * is still being tried, and the sender need not send it again.
  */
 u_char *sg_spool_dsn_compose(const sg_spool_dsn_t *d, size_t *len);
 

@@ -615,6 +615,59 @@ test_dsn_exact(void)
     free(out);
 }
 
+/* A warning: the same report with "delayed" where a failure says
+ * "failed", the retry deadline, the 4.x.y of the reply, and a text
+ * that tells the sender not to send again. */
+static void
+test_dsn_delayed(void)
+{
+    sg_spool_dsn_rcpt_t  r;
+    sg_spool_dsn_t       d;
+    sg_str_t             l;
+    u_char              *out;
+    size_t               len;
+
+    d = dsn_simple(&r);
+    sg_str_set(&r.status, "4.2.2");
+    sg_str_set(&r.reply, "452 4.2.2 <bob@example.net>: Mailbox full\r\n");
+    sg_str_set(&r.text, "not delivered yet after 240 minutes");
+    d.delayed = true;
+    d.retry_until = d.arrival + 5 * 86400;
+    out = compose(&d, &len);
+
+    l = dsn_line(out, len, "Subject: ");
+    CHECK_STR(l, "Subject: Delayed Mail (still being retried)");
+    l = dsn_line(out, len, "Action: ");
+    CHECK_STR(l, "Action: delayed");
+    l = dsn_line(out, len, "Status: ");
+    CHECK_STR(l, "Status: 4.2.2");
+    l = dsn_line(out, len, "Will-Retry-Until: ");
+    CHECK_STR(l, "Will-Retry-Until: Thu, 3 Dec 2026 15:51:44 +0000");
+    l = dsn_line(out, len, "This is a warning only");
+    CHECK_STR(l, "This is a warning only: it is still being tried, and "
+                  "you need not send it again.");
+    l = dsn_line(out, len, "It will be tried until ");
+    CHECK_STR(l, "It will be tried until Thu, 3 Dec 2026 15:51:44 +0000.");
+    l = dsn_line(out, len, "<bob@example.net>: ");
+    CHECK_STR(l, "<bob@example.net>: not delivered yet after 240 minutes");
+    l = dsn_line(out, len, "    host ");
+    CHECK_STR(l, "    host mx.example.net[192.0.2.25] said: 452 4.2.2 "
+                  "<bob@example.net>: Mailbox full");
+    CHECK(memmem(out, len, "could not be delivered", 22) == NULL);
+    CHECK(memmem(out, len, "Action: failed", 14) == NULL);
+    free(out);
+
+    /* no valid status and no deadline: 4.0.0, no Will-Retry-Until */
+    sg_str_set(&r.status, "x");
+    d.retry_until = 0;
+    out = compose(&d, &len);
+    l = dsn_line(out, len, "Status: ");
+    CHECK_STR(l, "Status: 4.0.0");
+    CHECK(memmem(out, len, "Will-Retry-Until", 16) == NULL);
+    CHECK(memmem(out, len, "It will be tried until", 22) == NULL);
+    free(out);
+}
+
 static void
 test_dsn_recipients(void)
 {
@@ -1165,6 +1218,7 @@ main(void)
     RUN(test_attrs_get);
     RUN(test_date);
     RUN(test_dsn_exact);
+    RUN(test_dsn_delayed);
     RUN(test_dsn_recipients);
     RUN(test_dsn_status);
     RUN(test_dsn_headers_cut);
