@@ -5,6 +5,7 @@ process could take it in between, which on a test machine is rare enough
 that a clear failure beats a retry loop that hides a real bind error.
 """
 
+import collections
 import socket
 import struct
 import time
@@ -13,11 +14,22 @@ IPV4 = "127.0.0.1"
 IPV6 = "::1"
 
 
+# Ports handed out lately: the kernel may give the same free port to two
+# binds in a row (each socket is closed before the next asks), and two
+# addresses of one configuration must differ.
+_recent_ports = collections.deque(maxlen=512)
+
+
 def free_port(host=IPV4):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            break
+    _recent_ports.append(port)
+    return port
 
 
 def ipv6_available():
