@@ -1407,7 +1407,9 @@ def test_delay_warning_is_sent_once(smtpgate, scripted_smtp):
                + re.escape(qid) + r" to <r@example\.org> still deferred "
                r"\(452 4\.2\.2 mailbox full\), warned <s@example\.org> in "
                r"message \S+", mark)
-    (name,) = queued(g)
+    # the warning's own file goes once its 250 is read
+    (name,) = net.wait_until(lambda: queued(g) if len(queued(g)) == 1
+                             else None, 10, what="the warning's file to go")
     assert name.endswith(",W"), name
 
     # more tries: no second warning

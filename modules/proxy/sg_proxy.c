@@ -648,7 +648,7 @@ sg_proxy_close_pipes(sg_proxy_ctx_t *ctx)
 
 /* Kept backend connections (proxy_keepalive). */
 
-static void
+void
 sg_proxy_close_backend(sg_connection_t *c)
 {
 #if (SG_HAVE_SSL_MODULE)

@@ -42,9 +42,6 @@
 #if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
 #include "sg_upstream.h"
 #include "sg_spool.h"
-#if (SG_HAVE_SSL_MODULE)
-#include "sg_ssl.h"
-#endif
 #include "sg_spool_queue.h"
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -471,10 +468,7 @@ sg_fwd_free(sg_fwd_t *f)
     sg_fwd_queue_t  *q = f->q;
 
     if (f->c) {
-#if (SG_HAVE_SSL_MODULE)
-        sg_ssl_free_connection(f->c);
-#endif
-        sg_close_connection(f->c);
+        sg_proxy_close_backend(f->c);
         f->c = NULL;
     }
     if (f->cl.c && !f->cl.finished) {
@@ -977,10 +971,7 @@ sg_fwd_idle_close(sg_fwd_idle_t *idle, bool quit)
     if (quit) {
         (void) idle->c->send(idle->c, (u_char *) "QUIT\r\n", 6);
     }
-#if (SG_HAVE_SSL_MODULE)
-    sg_ssl_free_connection(idle->c);
-#endif
-    sg_close_connection(idle->c);
+    sg_proxy_close_backend(idle->c);
     free(idle);
 }
 
@@ -1301,10 +1292,7 @@ sg_fwd_lost(sg_fwd_t *f)
         sg_log_error(SG_LOG_INFO, &f->log, 0, "spool forwarder: message %s: "
                      "a kept connection to %s failed (%s), connecting anew",
                      f->id, f->peer, f->why);
-#if (SG_HAVE_SSL_MODULE)
-        sg_ssl_free_connection(f->c);
-#endif
-        sg_close_connection(f->c);
+        sg_proxy_close_backend(f->c);
         f->c = NULL;
         f->nin = 0;
         f->pipelined = 0;

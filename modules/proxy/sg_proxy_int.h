@@ -74,6 +74,8 @@ typedef struct {
 char *sg_proxy_merge_values(sg_conf_t *cf, sg_proxy_conf_t *prev,
     sg_proxy_conf_t *conf);
 void *sg_proxy_create_conf(sg_conf_t *cf);
+/* Close a backend connection, TLS and all. */
+void sg_proxy_close_backend(sg_connection_t *c);
 
 /* Called with the mail block's conf once per configuration, when its
  * servers are merged: checks the forwarding spools of every upstream
