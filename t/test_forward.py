@@ -52,7 +52,7 @@ needs_ipv6 = pytest.mark.skipif(not net.ipv6_available(),
 # a scripted backend
 
 
-class ScriptedSmtp:
+class ScriptedSmtp(backends.ThreadedServer):
     """A plain ESMTP server whose replies a test chooses per command and
     per address, which aiosmtpd cannot do (its `replies` answer every
     RCPT alike).
@@ -67,10 +67,12 @@ class ScriptedSmtp:
     EHLO = (b"250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
             b"250-ENHANCEDSTATUSCODES\r\n250 SIZE 10240000\r\n")
 
+    # its reads wait up to 60 s: stop() closes the sockets instead
+    join_on_stop = False
+
     def __init__(self, mail=None, rcpt=None, data=None, dot=None,
                  host=net.IPV4, dot_delay=0, drop_on_reuse=False):
-        self.host = host
-        self.port = net.free_port(host)
+        super().__init__(host)
         self.mail = mail or (lambda s: None)
         self.rcpt = rcpt or (lambda s, r: None)
         self.data = data or (lambda s, rs: None)
@@ -82,54 +84,14 @@ class ScriptedSmtp:
         self.dropped = 0
         self.messages = []
         self.commands = []
-        self.connections = 0
         self.open_transactions = 0      # from MAIL to the final reply
         self.max_transactions = 0
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._socks = []
-        self._listener = None
-
-    @property
-    def address(self):
-        return net.hostport(self.host, self.port)
+        self._cond = threading.Condition(self._lock)
 
     def start(self):
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((self.host, self.port))
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
+        return super().start(backlog=64)
 
-    def stop(self):
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.close()
-        with self._cond:
-            for s in self._socks:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._cond:
-                self.connections += 1
-                self._socks.append(conn)
-            threading.Thread(target=self._serve, args=(conn,),
-                             daemon=True).start()
-
-    def _serve(self, conn):
+    def _serve(self, conn, idx):
         sender, rcpts = None, []
         served = 0
         try:

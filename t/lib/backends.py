@@ -933,7 +933,83 @@ class SinkBackend:
 # misbehaving backends
 
 
-class ScriptedBackend:
+class ThreadedServer:
+    """A plain TCP listener on host:port (a free port unless given) that
+    serves each accepted connection on a thread of its own:
+    self._serve(conn, index), index counting the connections from 0.
+    Subclasses write _serve and may extend _accepted(conn), which runs
+    under self._lock before the thread starts and returns the index.
+    .connections counts the connections accepted; stop() closes the
+    listener and every connection (joining the threads first when
+    join_on_stop, for servers whose reads time out quickly)."""
+
+    join_on_stop = True
+
+    def __init__(self, host=net.IPV4, port=None):
+        self.host = host
+        self.port = port or net.free_port(host)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._threads = []
+        self._socks = []
+        self._lock = threading.Lock()
+        self._listener = None
+
+    @property
+    def address(self):
+        return net.hostport(self.host, self.port)
+
+    def start(self, backlog=16):
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, self.port))
+        self._listener.listen(backlog)
+        self._listener.settimeout(0.2)
+        t = threading.Thread(target=self._accept_loop, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self.join_on_stop:
+            for t in self._threads:
+                t.join(10)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for s in self._socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _accepted(self, conn):
+        self.connections += 1
+        self._socks.append(conn)
+        return self.connections - 1
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                idx = self._accepted(conn)
+            t = threading.Thread(target=self._serve, args=(conn, idx),
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn, idx):
+        raise NotImplementedError
+
+
+class ScriptedBackend(ThreadedServer):
     """Accepts connections and runs one behaviour on each.
 
     Behaviours:
@@ -973,67 +1049,19 @@ class ScriptedBackend:
     EHLO_REPLY = b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 
     def __init__(self, behaviour, host=net.IPV4):
+        super().__init__(host)
         self.behaviour = behaviour
-        self.host = host
-        self.port = net.free_port(host)
         self.received = []          # bytes read on each connection
         self.messages = []          # (fragmented) message bodies
         self.quit_segments = []     # (count_quit) (segments, seconds)
         self.step_delay = 0.9       # (slow_starttls)
-        self.connections = 0
         self.open_connections = 0
         self.max_open = 0
-        self._stop = threading.Event()
-        self._threads = []
-        self._socks = []
-        self._lock = threading.Lock()
 
-    @property
-    def address(self):
-        return net.hostport(self.host, self.port)
-
-    def start(self):
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((self.host, self.port))
-        self._listener.listen(16)
-        self._listener.settimeout(0.2)
-        t = threading.Thread(target=self._accept_loop, daemon=True)
-        t.start()
-        self._threads.append(t)
-        return self
-
-    def stop(self):
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-        self._listener.close()
-        with self._lock:
-            for s in self._socks:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._socks.append(conn)
-                idx = len(self.received)
-                self.received.append(b"")
-            conn.settimeout(0.2)
-            t = threading.Thread(target=self._serve, args=(conn, idx),
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
+    def _accepted(self, conn):
+        self.received.append(b"")
+        conn.settimeout(0.2)
+        return super()._accepted(conn)
 
     def _readline(self, conn, idx):
         data = b""
