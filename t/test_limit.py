@@ -7,7 +7,10 @@ sessions open while others try.  Checked: the limit per key with two
 workers, other keys unaffected, the count given back by every way a
 session ends (QUIT after a relayed message, a timeout, a client that
 vanishes, a refused AUTH, a session refused by another rule), counts
-kept across a reload, the 421 and the close, implicit TLS closed before
+kept across a reload, the counts of a worker that dies (kill -9, of
+the current generation and of an older one) or that
+worker_shutdown_timeout ends taken back while the other workers' counts
+stay, the 421 and the close, implicit TLS closed before
 any handshake, `limited` in the access log and the status counters,
 the log line and its level, and configuration errors.
 """
@@ -142,6 +145,105 @@ def test_reload_keeps_the_counts(smtpgate, backend):
     release([held])
     g.wait_old_workers_gone(old)
     assert try_once(g, "127.0.0.5")
+
+
+def eventually_refused(g, source):
+    """Wait until a session from source is refused.  Right after a dead
+    worker's counts are taken out, the live workers count theirs again
+    within a second; a session let in meanwhile is ended at once."""
+    def attempt():
+        with g.connect(source=source) as c:
+            r = c.greeting()
+            if r.code == 421:
+                return True
+            assert r.code == 220, r
+            c.cmd("QUIT")
+            return False
+    net.wait_until(attempt, 10, what=f"a session from {source} refused")
+
+
+def dead_worker_log(worker, n=1):
+    return (r'\[notice\] .*limit_conn_zone "addr": '
+            rf"{n} sessions? of worker {worker}, which exited without "
+            r"ending them, no longer counted; the live workers count "
+            r"theirs again")
+
+
+def test_dead_worker_counts_taken_back(smtpgate, backend):
+    """A worker killed (kill -9) while it holds a key's sessions cannot
+    give their counts back: the worker started in its place takes them
+    out, and the other worker's session of the key stays counted."""
+    src = "127.0.0.10"
+    g = smtpgate(conf(backend, limit=2, workers=2,
+                      listen=("127.0.0.1:@PORT@ reuseport",)))
+    g.allow(r"worker process \d+ exited on signal 9")
+    first = g.session(source=src)
+    doomed = g.worker_of(first)
+    for _ in range(60):
+        second = connect_when_free(g, src)
+        if g.worker_of(second) != doomed:
+            break
+        second.cmd("QUIT")
+        second.close()
+    else:
+        raise AssertionError("all sessions went to one worker")
+    assert g.worker_of(second) not in (doomed, None)
+    os.kill(doomed, 9)
+    first.expect_closed()
+    first.close()
+    g.wait_workers(2, exclude=(doomed,))
+    g.wait_log(dead_worker_log(doomed))
+    # The live worker's session still counts: one more, not two.
+    third = connect_when_free(g, src)
+    eventually_refused(g, src)
+    refused(g, src)
+    release([second, third])
+    # Both given back: two at once again.
+    held = [connect_when_free(g, src), connect_when_free(g, src)]
+    release(held)
+
+
+def test_dead_old_worker_counts_taken_back(smtpgate, backend):
+    """A worker of an older generation, draining after a reload, is not
+    replaced when it dies: the new workers find its slot on their
+    tick."""
+    src = "127.0.0.11"
+    g = smtpgate(conf(backend, limit=1))
+    g.allow(r"worker process \d+ exited on signal 9")
+    (held,) = hold(g, src, 1)
+    (old,) = g.workers()
+    g.reload()
+    g.wait_workers(1, exclude=(old,))
+    refused(g, src)                     # the kept zone counts it
+    os.kill(old, 9)
+    held.expect_closed()
+    held.close()
+    g.wait_log(dead_worker_log(old))
+    c = connect_when_free(g, src)
+    refused(g, src)
+    release([c])
+
+
+def test_worker_shutdown_timeout_gives_the_counts_back(smtpgate, backend):
+    """A worker that worker_shutdown_timeout ends with a relayed session
+    still open gives its count back as it exits; the new workers share
+    the zone.  (A session between commands is told 421 as the drain
+    starts and gives its count back as it ends.)"""
+    src = "127.0.0.12"
+    g = smtpgate(conf(backend, limit=1,
+                      top="worker_shutdown_timeout 300ms;"))
+    (held,) = hold(g, src, 1)
+    held.ehlo()
+    assert held.auth_plain("alice", password("alice")).code == 235
+    old = g.workers()
+    g.reload()
+    g.wait_old_workers_gone(old)
+    held.expect_closed()
+    held.close()
+    assert "which exited without ending them" not in g.error_log()
+    (c,) = hold(g, src, 1)
+    refused(g, src)
+    release([c])
 
 
 def test_nginx_key_binary_remote_addr(smtpgate, backend):

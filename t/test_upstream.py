@@ -342,63 +342,6 @@ def test_least_conn_sends_new_sessions_to_the_idle_peer(smtpgate,
     assert busy.messages, "no session went to the peer that was busy"
 
 
-def _tcp_inode(local, remote):
-    """The inode of the TCP socket with this local and remote address
-    (both (ip, port), IPv4), from /proc/net/tcp."""
-    def enc(addr):
-        ip, port = addr
-        packed = bytes(reversed(bytes(int(x) for x in ip.split("."))))
-        return f"{packed.hex().upper()}:{port:04X}"
-    want = (enc(local), enc(remote))
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if (fields[1], fields[2]) == want:
-                return fields[9]
-    return None
-
-
-def worker_of(g, client):
-    """The worker process holding the server side of a RawSmtp client
-    connection."""
-    local = client.sock.getsockname()[:2]
-    inode = _tcp_inode(("127.0.0.1", g.port), local)
-    assert inode, f"no server socket for client {local}"
-    for pid in g.workers():
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == \
-                        f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                pass
-    return None
-
-
-def one_in_each_worker(g, tries=60):
-    """Two greeted client connections held by different workers."""
-    found, spare = {}, []
-    try:
-        for _ in range(tries):
-            c = g.connect()
-            assert c.greeting().code == 220
-            pid = worker_of(g, c)
-            if pid in found or pid is None:
-                spare.append(c)
-            else:
-                found[pid] = c
-            if len(found) == 2:
-                return list(found.values())
-        raise AssertionError("all connections went to one worker")
-    finally:
-        for c in spare:
-            c.close()
-
-
 def test_max_conns_holds_across_workers(smtpgate, make_backend):
     """max_conns=2 with the two relayed sessions in two different
     workers: each worker sees the other's session, so a third session
@@ -408,7 +351,7 @@ def test_max_conns_holds_across_workers(smtpgate, make_backend):
     mail = upstream_conf("pool", [f"{a.address} max_conns=2"])
     g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail, workers=2,
                               listen=("127.0.0.1:@PORT@ reuseport",)))
-    first, second = one_in_each_worker(g)
+    first, second = g.one_in_each_worker()
     try:
         for c in (first, second):
             c.ehlo()

@@ -12,14 +12,35 @@
  * session gives its count back from a cleanup of its pool, so every way
  * a session ends gives it back once.
  *
+ * A worker that dies (a crash, SIGKILL) cannot give back the counts of
+ * its sessions.  So each worker also keeps a list of the sessions it
+ * counts and takes a slot of the zone (its pid and how many sessions it
+ * counts there).  A worker that finds the slot of a dead one holding
+ * sessions (as it starts, and on a tick each second, which covers a
+ * dead worker of an older generation that nobody replaces) empties the
+ * table and moves the zone to a new epoch; every worker, at its next
+ * look at the zone (its next session, or its tick), counts its own
+ * sessions into the emptied table again.  A worker that exits gives
+ * back whatever its list still holds and frees its slot.
+ *
+ * Until the live workers have counted theirs again, for at most a tick,
+ * a key may be let in more often than its limit: after a crash the count
+ * errs towards letting clients in, never towards locking one out.
+ *
  * The check runs as the session starts, after any PROXY header (the key
  * is evaluated then) and before TLS, and says SG_BUSY to refuse: the
  * client is told "421 4.7.0" and closed, or, on an implicit-TLS
  * address, closed before any handshake.
  */
+#include <signal.h>
 #include "sg_smtp.h"
 
 #define SG_LIMIT_WINDOW  16
+/* Workers with a slot in a zone: those of a generation and those of
+ * older ones still draining.  A worker past this many counts without a
+ * slot, and its counts cannot be taken back should it die. */
+#define SG_LIMIT_SLOTS   128
+#define SG_LIMIT_TICK    1000            /* ms */
 
 typedef struct {
     uint64_t   key;                  /* sg_keyed_hash of the key; 0: never
@@ -29,8 +50,14 @@ typedef struct {
 
 typedef struct {
     uint32_t          nentries;
+    uint32_t          pad;
+    uint64_t          epoch;         /* one more at each recount */
+    pid_t             pid[SG_LIMIT_SLOTS];   /* 0: a free slot */
+    uint32_t          held[SG_LIMIT_SLOTS];  /* sessions each counts */
     sg_limit_entry_t  e[];
 } sg_limit_table_t;
+
+typedef struct sg_limit_held_s  sg_limit_held_t;
 
 typedef struct {
     sg_str_t                  name;
@@ -38,6 +65,13 @@ typedef struct {
     sg_smtp_complex_value_t  *key;
     sg_str_t                  file;
     size_t                    line;
+
+    /* The worker's own, after the fork. */
+    sg_limit_held_t          *held;  /* the sessions it counts */
+    uint64_t                  epoch; /* the table's, when it last counted
+                                        them in */
+    int                       slot;  /* -1: none */
+    bool                      left;  /* exiting: every count given back */
 } sg_limit_zone_t;
 
 typedef struct {
@@ -57,11 +91,16 @@ typedef struct {
     int          log_level;
 } sg_limit_srv_conf_t;
 
-/* One counted session, in its pool's cleanup. */
-typedef struct {
-    sg_shm_zone_t  *zone;
-    uint64_t        key;
-} sg_limit_held_t;
+/* One session counted in a zone, in its pool's cleanup and on its
+ * worker's list for the zone. */
+struct sg_limit_held_s {
+    sg_limit_zone_t  *zone;
+    uint64_t          key;
+    sg_limit_held_t  *prev, *next;
+    bool              linked;        /* on the list */
+    bool              counted;       /* in the table (a recount may have
+                                        found no room for it) */
+};
 
 static char *sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
@@ -73,6 +112,8 @@ static char *sg_limit_merge_srv_conf(sg_conf_t *cf, void *prev,
     void *conf);
 static char *sg_limit_postconfiguration(sg_conf_t *cf, void *conf);
 static int sg_limit_check(sg_smtp_session_t *s, void *conf);
+static int sg_limit_init_process(sg_cycle_t *cycle);
+static void sg_limit_exit_process(sg_cycle_t *cycle);
 
 static const sg_conf_enum_t  sg_limit_levels[] = {
     { "info", SG_LOG_INFO },
@@ -104,6 +145,8 @@ sg_module_t  sg_limit_module = {
     .type = SG_MAIL_MODULE,
     .ctx = &sg_limit_module_ctx,
     .commands = sg_limit_commands,
+    .init_process = sg_limit_init_process,
+    .exit_process = sg_limit_exit_process,
 };
 
 
@@ -168,6 +211,7 @@ sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return SG_CONF_ERROR;
     }
     z->name = name;
+    z->slot = -1;
     z->file = cf->file->name;
     z->line = sg_conf_line(cf);
     z->key = sg_smtp_compile_complex_value(cf, &value[1]);
@@ -354,18 +398,122 @@ sg_limit_entry(sg_limit_table_t *t, uint64_t key, bool take)
     return take ? free_one : NULL;
 }
 
+/* Count this worker's sessions into the table again if another worker
+ * has emptied it since this one last looked.  Under the zone's lock. */
+static void
+sg_limit_sync(sg_limit_zone_t *z)
+{
+    sg_limit_table_t  *t = z->zone->data;
+    sg_limit_entry_t  *e;
+    sg_limit_held_t   *h;
+
+    if (z->epoch == t->epoch) {
+        return;
+    }
+    for (h = z->held; h; h = h->next) {
+        e = sg_limit_entry(t, h->key, true);
+        h->counted = e != NULL;
+        if (e) {
+            e->sessions++;
+        }
+    }
+    z->epoch = t->epoch;
+}
+
+/* Take a dead worker's slot: when it held sessions, empty the table and
+ * start a new epoch, in which every live worker counts its own again
+ * (this one at once).  Under the zone's lock. */
+static void
+sg_limit_reap_slot(sg_limit_zone_t *z, size_t i, sg_log_t *log)
+{
+    sg_limit_table_t  *t = z->zone->data;
+    uint32_t           held = t->held[i];
+    pid_t              dead = t->pid[i];
+
+    t->pid[i] = 0;
+    t->held[i] = 0;
+    if (held == 0) {
+        return;
+    }
+    memset(t->e, 0, (size_t) t->nentries * sizeof(sg_limit_entry_t));
+    t->epoch++;
+    sg_limit_sync(z);
+    sg_log_error(SG_LOG_NOTICE, log, 0, "limit_conn_zone \"%.*s\": %u "
+                 "session%s of worker %d, which exited without ending "
+                 "them, no longer counted; the live workers count theirs "
+                 "again", SG_STR_ARG(&z->name), held, held == 1 ? "" : "s",
+                 (int) dead);
+}
+
+/* Reap the slots of workers that are gone.  The master reaps a dead
+ * worker before it starts the next, so a gone worker's pid no longer
+ * names a process; one that is our own was a dead worker's whose pid
+ * came round again.  Under the zone's lock. */
+static void
+sg_limit_reap(sg_limit_zone_t *z, sg_log_t *log)
+{
+    sg_limit_table_t  *t = z->zone->data;
+    size_t             i;
+
+    for (i = 0; i < SG_LIMIT_SLOTS; i++) {
+        if (t->pid[i] == 0 || (int) i == z->slot) {
+            continue;
+        }
+        if (t->pid[i] == sg_pid
+            || (kill(t->pid[i], 0) == -1 && errno == ESRCH))
+        {
+            sg_limit_reap_slot(z, i, log);
+        }
+    }
+}
+
+static void
+sg_limit_unlink(sg_limit_zone_t *z, sg_limit_held_t *h)
+{
+    sg_limit_table_t  *t = z->zone->data;
+
+    if (h->prev) {
+        h->prev->next = h->next;
+    } else {
+        z->held = h->next;
+    }
+    if (h->next) {
+        h->next->prev = h->prev;
+    }
+    h->linked = false;
+    if (z->slot >= 0 && t->held[z->slot]) {
+        t->held[z->slot]--;
+    }
+}
+
+/* Give h's count back.  Under the zone's lock. */
+static void
+sg_limit_give_back(sg_limit_zone_t *z, sg_limit_held_t *h)
+{
+    sg_limit_entry_t  *e;
+
+    if (h->counted) {
+        e = sg_limit_entry(z->zone->data, h->key, false);
+        if (e && e->sessions) {
+            e->sessions--;
+        }
+    }
+    sg_limit_unlink(z, h);
+}
+
 static void
 sg_limit_release(void *data)
 {
-    sg_limit_held_t   *h = data;
-    sg_limit_entry_t  *e;
+    sg_limit_held_t  *h = data;
+    sg_limit_zone_t  *z = h->zone;
 
-    sg_shm_lock(h->zone);
-    e = sg_limit_entry(h->zone->data, h->key, false);
-    if (e && e->sessions) {
-        e->sessions--;
+    if (!h->linked || z->left) {
+        return;
     }
-    sg_shm_unlock(h->zone);
+    sg_shm_lock(z->zone);
+    sg_limit_sync(z);
+    sg_limit_give_back(z, h);
+    sg_shm_unlock(z->zone);
 }
 
 static int
@@ -373,46 +521,165 @@ sg_limit_check(sg_smtp_session_t *s, void *conf)
 {
     sg_limit_srv_conf_t  *lscf = conf;
     sg_limit_rule_t      *r = lscf->rules->elts;
+    sg_limit_table_t     *t;
     sg_limit_entry_t     *e;
     sg_limit_held_t      *h;
+    sg_limit_zone_t      *z;
     sg_str_t              key;
     const char           *why = NULL;
     size_t                i;
 
     for (i = 0; i < lscf->rules->nelts; i++) {
-        if (sg_smtp_complex_value(s, r[i].zone->key, &key) != SG_OK
+        z = r[i].zone;
+        if (sg_smtp_complex_value(s, z->key, &key) != SG_OK
             || key.len == 0)
         {
             continue;                   /* no key: not counted (nginx) */
         }
-        h = sg_palloc(s->pool, sizeof(sg_limit_held_t));
-        if (h == NULL) {
+        h = sg_pcalloc(s->pool, sizeof(sg_limit_held_t));
+        if (h == NULL
+            || sg_pool_cleanup_add(s->pool, sg_limit_release, h) != SG_OK)
+        {
             return SG_BUSY;
         }
-        h->zone = r[i].zone->zone;
+        h->zone = z;
         h->key = sg_limit_hash(&key);
-        sg_shm_lock(h->zone);
-        e = sg_limit_entry(h->zone->data, h->key, true);
+        t = z->zone->data;
+        sg_shm_lock(z->zone);
+        sg_limit_sync(z);
+        e = sg_limit_entry(t, h->key, true);
         if (e == NULL) {
             why = "the zone is full: raise its size";
         } else if (e->sessions >= r[i].max) {
             why = "the key holds that many sessions already";
         } else {
             e->sessions++;
+            h->counted = true;
+            h->linked = true;
+            h->next = z->held;
+            if (z->held) {
+                z->held->prev = h;
+            }
+            z->held = h;
+            if (z->slot >= 0) {
+                t->held[z->slot]++;
+            }
         }
-        sg_shm_unlock(h->zone);
+        sg_shm_unlock(z->zone);
         if (why) {
             sg_log_error(lscf->log_level, s->log, 0, "limiting sessions by "
                          "zone \"%.*s\", key \"%.*s\": %s (limit_conn "
-                         "%u at %.*s:%zu)", SG_STR_ARG(&r[i].zone->name),
+                         "%u at %.*s:%zu)", SG_STR_ARG(&z->name),
                          SG_STR_ARG(&key), why, r[i].max,
                          SG_STR_ARG(&r[i].file), r[i].line);
             return SG_BUSY;
         }
-        if (sg_pool_cleanup_add(s->pool, sg_limit_release, h) != SG_OK) {
-            sg_limit_release(h);
-            return SG_BUSY;
-        }
     }
     return SG_OK;
+}
+
+
+/* ---- workers' slots ------------------------------------------------- */
+
+static sg_event_t  sg_limit_tick;
+
+static sg_limit_main_conf_t *
+sg_limit_cycle_conf(sg_cycle_t *cycle)
+{
+    sg_mail_conf_ctx_t  *ctx;
+
+    if (cycle == NULL || cycle->conf_ctx == NULL) {
+        return NULL;
+    }
+    ctx = cycle->conf_ctx[sg_mail_module.index];
+    return ctx ? sg_mail_conf_main(ctx, sg_limit_module) : NULL;
+}
+
+/* Each second: count this worker's sessions in again after another
+ * worker's recount, and reap the slots of workers that died without a
+ * replacement to do it (those of an older generation). */
+static void
+sg_limit_tick_handler(sg_event_t *ev)
+{
+    sg_limit_main_conf_t  *lmcf = ev->data;
+    sg_limit_zone_t      **z = lmcf->zones.elts;
+    size_t                 i;
+
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        sg_shm_lock(z[i]->zone);
+        sg_limit_sync(z[i]);
+        sg_limit_reap(z[i], ev->log);
+        sg_shm_unlock(z[i]->zone);
+    }
+    sg_event_add_timer(ev, SG_LIMIT_TICK);
+}
+
+static int
+sg_limit_init_process(sg_cycle_t *cycle)
+{
+    sg_limit_main_conf_t  *lmcf = sg_limit_cycle_conf(cycle);
+    sg_limit_table_t      *t;
+    sg_limit_zone_t      **z;
+    size_t                 i, j;
+
+    if (lmcf == NULL || lmcf->zones.nelts == 0) {
+        return SG_OK;
+    }
+    z = lmcf->zones.elts;
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        t = z[i]->zone->data;
+        sg_shm_lock(z[i]->zone);
+        sg_limit_reap(z[i], cycle->log);
+        for (j = 0; j < SG_LIMIT_SLOTS; j++) {
+            if (t->pid[j] == 0) {
+                t->pid[j] = sg_pid;
+                t->held[j] = 0;
+                z[i]->slot = (int) j;
+                break;
+            }
+        }
+        z[i]->epoch = t->epoch;
+        sg_shm_unlock(z[i]->zone);
+    }
+    sg_limit_tick.handler = sg_limit_tick_handler;
+    sg_limit_tick.data = lmcf;
+    sg_limit_tick.log = cycle->log;
+    sg_event_add_timer(&sg_limit_tick, SG_LIMIT_TICK);
+    return SG_OK;
+}
+
+/* Free the slot.  The smtp module's exit closes the sessions still open
+ * (worker_shutdown_timeout, a fast stop), which gives their counts back;
+ * whichever of the two runs first, each count goes back once. */
+static void
+sg_limit_exit_process(sg_cycle_t *cycle)
+{
+    sg_limit_main_conf_t  *lmcf = sg_limit_cycle_conf(cycle);
+    sg_limit_table_t      *t;
+    sg_limit_zone_t      **z;
+    size_t                 i;
+
+    if (lmcf == NULL || lmcf->zones.nelts == 0) {
+        return;
+    }
+    sg_event_del_timer(&sg_limit_tick);
+    z = lmcf->zones.elts;
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        if (z[i]->left) {
+            continue;
+        }
+        t = z[i]->zone->data;
+        sg_shm_lock(z[i]->zone);
+        sg_limit_sync(z[i]);
+        while (z[i]->held) {
+            sg_limit_give_back(z[i], z[i]->held);
+        }
+        if (z[i]->slot >= 0) {
+            t->pid[z[i]->slot] = 0;
+            t->held[z[i]->slot] = 0;
+            z[i]->slot = -1;
+        }
+        sg_shm_unlock(z[i]->zone);
+        z[i]->left = true;
+    }
 }

@@ -483,6 +483,46 @@ class Smtpgate:
         assert r.code == 220, f"greeting: {r!r}"
         return c
 
+    def worker_of(self, client):
+        """The worker process holding the server side of a RawSmtp
+        client connection (IPv4), found by its socket's inode."""
+        local = client.sock.getsockname()[:2]
+        remote = client.sock.getpeername()[:2]
+        inode = net.tcp_inode(remote, local)
+        assert inode, f"no server socket for client {local}"
+        for pid in self.workers():
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == \
+                            f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    pass
+        return None
+
+    def one_in_each_worker(self, tries=60):
+        """Two greeted client connections held by different workers."""
+        found, spare = {}, []
+        try:
+            for _ in range(tries):
+                c = self.connect()
+                assert c.greeting().code == 220
+                pid = self.worker_of(c)
+                if pid in found or pid is None:
+                    spare.append(c)
+                else:
+                    found[pid] = c
+                if len(found) == 2:
+                    return list(found.values())
+            raise AssertionError("all connections went to one worker")
+        finally:
+            for c in spare:
+                c.close()
+
     # -- logs -------------------------------------------------------------
 
     def error_log(self):

@@ -110,6 +110,23 @@ def segments_until_fin(sock, since, timeout=10.0):
     return tcp_info(sock)[1] - since
 
 
+def tcp_inode(local, remote):
+    """The inode of the IPv4 TCP socket with this local and remote
+    address (both (ip, port)), from /proc/net/tcp; None if there is
+    none."""
+    def enc(addr):
+        ip, port = addr
+        packed = bytes(reversed(bytes(int(x) for x in ip.split("."))))
+        return f"{packed.hex().upper()}:{port:04X}"
+    want = (enc(local), enc(remote))
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return fields[9]
+    return None
+
+
 def peer_unread(sock):
     """Bytes that the other end of a loopback connection has received
     but not yet read (its rx_queue in /proc/net/tcp): how a test sees a
