@@ -70,6 +70,7 @@ typedef struct sg_module_s      sg_module_t;
 typedef struct sg_conf_s        sg_conf_t;
 typedef struct sg_command_s     sg_command_t;
 typedef struct sg_listening_s   sg_listening_t;
+typedef struct sg_syslog_s      sg_syslog_t;
 
 typedef int64_t  sg_msec_t;         /* milliseconds */
 
@@ -80,6 +81,7 @@ typedef int64_t  sg_msec_t;         /* milliseconds */
 #include "sg_times.h"
 #include "sg_log.h"
 #include "sg_inet.h"
+#include "sg_syslog.h"
 #include "sg_proxy_protocol.h"
 #include "sg_base64.h"
 #include "sg_regex.h"

@@ -220,6 +220,7 @@ sg_core_init_conf(sg_cycle_t *cycle, void *conf)
         sg_str_set(&ccf->error_log, SG_ERROR_LOG_PATH);
     }
     if (!sg_str_eq(&ccf->error_log, "stderr")
+        && !sg_syslog_target(&ccf->error_log)
         && sg_conf_full_name(&cf, &ccf->error_log, false) != SG_OK)
     {
         return SG_CONF_ERROR;
@@ -330,6 +331,10 @@ sg_conf_error_log_args(sg_conf_t *cf, sg_str_t *name, int *level)
     }
     if (value[1].len == 0) {
         return sg_conf_invalid_value(cf, &value[1], "a path is expected");
+    }
+    if (sg_syslog_target(&value[1]) && sg_syslog_add(cf, &value[1]) == NULL)
+    {
+        return SG_CONF_ERROR;
     }
     *name = value[1];
     return SG_CONF_OK;

@@ -115,8 +115,20 @@ sg_cycle_open_log(sg_cycle_t *cycle, const sg_str_t *name, char *errbuf,
         return NULL;
     }
     f->name = *name;
+    f->syslog = NULL;
     if (sg_str_eq(name, "stderr")) {
         f->fd = STDERR_FILENO;
+        return f;
+    }
+    if (sg_syslog_target(name)) {
+        f->fd = -1;
+        f->syslog = sg_syslog_find(cycle, name);
+        if (f->syslog == NULL) {
+            snprintf(errbuf, errlen, "\"%.*s\" was not configured",
+                     SG_STR_ARG(name));
+            cycle->open_files.nelts--;
+            return NULL;
+        }
         return f;
     }
     fd = open((const char *) name->data,
@@ -178,8 +190,8 @@ sg_cycle_check_log(const sg_str_t *name, char *errbuf, size_t errlen)
     const char *path = (const char *) name->data, *slash;
     int         err = 0;
 
-    if (sg_str_eq(name, "stderr")) {
-        return SG_OK;
+    if (sg_str_eq(name, "stderr") || sg_syslog_target(name)) {
+        return SG_OK;                   /* checked as it was read */
     }
     if (access(path, F_OK) == 0) {
         if (access(path, W_OK) != 0) {
@@ -301,6 +313,7 @@ sg_cycle_abort(sg_cycle_t *cycle)
             close(f[i].fd);
         }
     }
+    sg_syslog_close(cycle);
     sg_shm_cycle_release(cycle, cycle->old_cycle);
     sg_pool_destroy(cycle->pool);
 }
@@ -350,7 +363,8 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
         || sg_array_init(&cycle->shm_zones, pool, 4, sizeof(sg_shm_zone_t *))
         || sg_array_init(&cycle->log_wants, pool, 2,
                          sizeof(sg_cycle_log_want_t))
-        || sg_array_init(&cycle->helpers, pool, 1, sizeof(sg_helper_t)))
+        || sg_array_init(&cycle->helpers, pool, 1, sizeof(sg_helper_t))
+        || sg_array_init(&cycle->syslogs, pool, 1, sizeof(sg_syslog_t *)))
     {
         sg_pool_destroy(pool);
         snprintf(errbuf, errlen, "out of memory");
@@ -427,6 +441,7 @@ sg_destroy_cycle(sg_cycle_t *cycle, sg_cycle_t *next)
             close(f[i].fd);
         }
     }
+    sg_syslog_close(cycle);
     sg_pool_destroy(cycle->pool);
 }
 

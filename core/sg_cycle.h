@@ -66,6 +66,7 @@ struct sg_cycle_s {
     sg_array_t          shm_zones;       /* sg_shm_zone_t * */
     sg_array_t          log_wants;       /* sg_cycle_log_want_t */
     sg_array_t          helpers;         /* sg_helper_t */
+    sg_array_t          syslogs;         /* sg_syslog_t * */
 
     sg_connection_t    *connections;
     sg_event_t         *read_events;

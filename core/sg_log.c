@@ -3,7 +3,8 @@
  *
  * Each line is built in a stack buffer and written with one write(2) to
  * a file opened O_APPEND, so lines from several workers never interleave.
- * A line longer than SG_LOG_LINE_MAX is cut, never split.
+ * A line longer than SG_LOG_LINE_MAX is cut, never split.  A log whose
+ * file is a "syslog:" target sends the same line as one datagram.
  */
 #include "sg_core.h"
 
@@ -13,7 +14,8 @@ const char *sg_log_levels[] = {
 
 pid_t  sg_pid;
 
-static sg_open_file_t  sg_stderr_file = { STDERR_FILENO, sg_string("stderr") };
+static sg_open_file_t  sg_stderr_file = { STDERR_FILENO, sg_string("stderr"),
+                                         NULL };
 static sg_log_t        sg_stderr_log;
 
 sg_log_t *
@@ -79,6 +81,11 @@ sg_log_error_core(int level, sg_log_t *log, int err, const char *fmt, ...)
     }
     if (log->handler) {
         p = log->handler(log, p, last);
+    }
+    if (log->file && log->file->syslog) {
+        sg_syslog_send(log->file->syslog, level - 1, line,
+                       (size_t) (p - line));
+        return;
     }
     *p++ = '\n';
 

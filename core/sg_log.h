@@ -23,8 +23,9 @@
 #define SG_LOG_LINE_MAX 4096
 
 typedef struct {
-    int       fd;
-    sg_str_t  name;        /* NUL-terminated; "stderr" for fd 2 */
+    int           fd;      /* -1 for syslog */
+    sg_str_t      name;    /* NUL-terminated; "stderr" for fd 2 */
+    sg_syslog_t  *syslog;  /* a "syslog:" target */
 } sg_open_file_t;
 
 /* Appends context (", client: ...") to a line being built. */

@@ -80,7 +80,8 @@ typedef struct {
 } sg_alog_task_t;
 
 typedef struct {
-    sg_alog_writer_t  *writer;
+    sg_alog_writer_t  *writer;        /* NULL: to syslog */
+    sg_syslog_t       *syslog;
     sg_str_t           format_name;  /* resolved at merge */
     sg_alog_format_t  *format;
     ssize_t            cond;          /* if=$var; -1: none */
@@ -368,6 +369,7 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_alog_t            *log;
     int64_t               size = 65536, ms = 1000;
     size_t                i;
+    bool                  buffered = false;
 
     (void) cmd;
     amcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
@@ -388,10 +390,6 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return sg_conf_error(cf, 0, "\"access_log\" together with "
                              "\"access_log off\" in the same block");
     }
-    if (value[1].len > 7 && memcmp(value[1].data, "syslog:", 7) == 0) {
-        return sg_conf_error(cf, 0, "access_log to syslog is not "
-                             "supported: name a file");
-    }
     if (ascf->logs == NULL) {
         ascf->logs = sg_array_create(cf->pool, 2, sizeof(sg_alog_t));
         if (ascf->logs == NULL) {
@@ -410,10 +408,15 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 
     path = value[1];
     if (sg_str_eq(&path, "stderr") || path.len == 0) {
-        return sg_conf_error(cf, 0, "access_log needs a file: \"%.*s\" is "
-                             "not one", SG_STR_ARG(&path));
+        return sg_conf_error(cf, 0, "access_log needs a file or syslog: "
+                             "\"%.*s\" is neither", SG_STR_ARG(&path));
     }
-    if (sg_conf_full_name(cf, &path, false) != SG_OK) {
+    if (sg_syslog_target(&path)) {
+        log->syslog = sg_syslog_add(cf, &path);
+        if (log->syslog == NULL) {
+            return SG_CONF_ERROR;
+        }
+    } else if (sg_conf_full_name(cf, &path, false) != SG_OK) {
         return SG_CONF_ERROR;
     }
     for (i = 2; i < cf->args->nelts; i++) {
@@ -427,6 +430,7 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                 return sg_conf_invalid_value(cf, &value[i], "buffer= takes "
                                              "a size from 4k to 16m");
             }
+            buffered = true;
         } else if (v.len > 6 && memcmp(v.data, "flush=", 6) == 0) {
             v.data += 6;
             v.len -= 6;
@@ -436,6 +440,7 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                 return sg_conf_invalid_value(cf, &value[i], "flush= takes "
                                              "a time from 1ms to 1h");
             }
+            buffered = true;
         } else if (v.len > 3 && memcmp(v.data, "if=", 3) == 0) {
             v.data += 3;
             v.len -= 3;
@@ -467,6 +472,15 @@ sg_alog_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                                          "name (second), buffer=, flush= "
                                          "or if=");
         }
+    }
+    if (log->syslog) {
+        if (buffered) {
+            return sg_conf_error(cf, 0, "access_log to syslog cannot be "
+                                 "buffered: each line is sent as the "
+                                 "session ends; leave out buffer= and "
+                                 "flush=");
+        }
+        return SG_CONF_OK;
     }
     log->writer = sg_alog_writer(cf, amcf, &path, size, (sg_msec_t) ms);
     if (log->writer == NULL) {
@@ -860,12 +874,19 @@ sg_alog_session(sg_smtp_session_t *s, void *conf)
             sg_alog_scratch_size = 0;
             sg_alog_scratch = malloc(log[i].format->max);
             if (sg_alog_scratch == NULL) {
-                log[i].writer->dropped++;
+                if (log[i].writer) {
+                    log[i].writer->dropped++;
+                }
                 continue;
             }
             sg_alog_scratch_size = log[i].format->max;
         }
         len = sg_alog_line(s, log[i].format, sg_alog_scratch);
+        if (log[i].syslog) {
+            sg_syslog_send(log[i].syslog, log[i].syslog->severity,
+                           sg_alog_scratch, len - 1);   /* no LF */
+            continue;
+        }
         sg_alog_append(log[i].writer, sg_alog_scratch, len, s->log);
     }
 }

@@ -782,6 +782,7 @@ sg_smtp_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return rv;
     }
     if (!sg_str_eq(&sscf->log_name, "stderr")
+        && !sg_syslog_target(&sscf->log_name)
         && sg_conf_full_name(cf, &sscf->log_name, false) != SG_OK)
     {
         return SG_CONF_ERROR;
