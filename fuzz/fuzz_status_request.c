@@ -7,12 +7,37 @@
  * is found only where a blank line ends it, never before it is whole
  * (every shorter cut is incomplete) and whatever follows it; that a
  * parsed request's path lies within the line, starts with '/', and
- * holds no space, control character or '?'; and that the method is
- * GET or HEAD only when the line says so.
+ * holds no space, control character or '?'; that the method is GET,
+ * HEAD or POST only when the line says so; and that a path under
+ * /upstreams/ splits into three non-empty parts, decoded into no more
+ * bytes than the path, none of them a control byte.
  */
 #include "sg_core.h"
 #include "sg_status_parse.h"
 #include "sg_fuzz.h"
+
+static void
+sg_fuzz_peer_path(const sg_str_t *path)
+{
+    sg_status_peer_path_t  pp;
+    u_char                *buf;
+    size_t                 i, total;
+
+    buf = malloc(path->len ? path->len : 1);
+    SG_FUZZ_ASSERT(buf != NULL);
+    if (sg_status_parse_peer_path(path, buf, &pp) == SG_OK) {
+        SG_FUZZ_ASSERT(pp.upstream.len && pp.peer.len && pp.action.len);
+        total = pp.upstream.len + pp.peer.len + pp.action.len;
+        SG_FUZZ_ASSERT(total + 2 <= path->len);
+        SG_FUZZ_ASSERT(pp.upstream.data == buf
+                       && pp.peer.data == buf + pp.upstream.len
+                       && pp.action.data == pp.peer.data + pp.peer.len);
+        for (i = 0; i < total; i++) {
+            SG_FUZZ_ASSERT(buf[i] >= 0x20 && buf[i] != 0x7f);
+        }
+    }
+    free(buf);
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -45,8 +70,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        || memcmp(copy, "GET ", 4) == 0);
         SG_FUZZ_ASSERT(r.method != SG_STATUS_HEAD
                        || memcmp(copy, "HEAD ", 5) == 0);
+        SG_FUZZ_ASSERT(r.method != SG_STATUS_POST
+                       || memcmp(copy, "POST ", 5) == 0);
         SG_FUZZ_ASSERT(r.method >= SG_STATUS_GET
-                       && r.method <= SG_STATUS_OTHER);
+                       && r.method <= SG_STATUS_POST);
+        sg_fuzz_peer_path(&r.path);
     }
     free(copy);
     return 0;

@@ -17,7 +17,9 @@
  * Serving: "status_listen" adds listening sockets whose connections
  * this module reads: one request of at most SG_STATUS_REQUEST_MAX bytes
  * under status_timeout, answered and closed (HTTP/1.0 style, "Connection:
- * close").  GET and HEAD only; a client outside status_allow gets 403.
+ * close").  GET and HEAD, and with "status_write on" the one write:
+ * POST /upstreams/GROUP/PEER/drain|ready, which sets a peer's drain
+ * (sg_upstream_drain).  A client outside status_allow gets 403.
  */
 #include "sg_smtp.h"
 #include "sg_status_parse.h"
@@ -84,6 +86,7 @@ typedef struct {
     sg_array_t      listens;        /* sg_addr_t: status_listen */
     sg_array_t     *allow;          /* sg_cidr_t; NULL: everyone */
     sg_msec_t       timeout;
+    int             write;          /* status_write */
     sg_shm_zone_t  *zone;
     sg_array_t      servers;        /* sg_status_srv_conf_t * */
     sg_array_t      addrs;          /* sg_status_addr_t, by init_module */
@@ -104,6 +107,8 @@ typedef struct {
     u_char                 *out;    /* malloc'd response */
     size_t                  nout;
     size_t                  sent;
+    const char             *allow;  /* a 405's Allow header, if not
+                                       GET and HEAD */
 } sg_status_conn_t;
 
 /* A growing response body, malloc'd, at most SG_STATUS_RESPONSE_MAX. */
@@ -136,6 +141,9 @@ static const sg_command_t  sg_status_commands[] = {
     { "status_timeout", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
       sg_conf_set_msec_slot, SG_MAIL_MAIN_CONF_OFFSET,
       offsetof(sg_status_main_conf_t, timeout), &sg_status_timeout_bounds },
+    { "status_write", SG_MAIL_MAIN_CONF | SG_CONF_FLAG,
+      sg_conf_set_flag_slot, SG_MAIL_MAIN_CONF_OFFSET,
+      offsetof(sg_status_main_conf_t, write), NULL },
     sg_null_command
 };
 
@@ -256,6 +264,7 @@ sg_status_create_main_conf(sg_conf_t *cf)
         return NULL;
     }
     smcf->timeout = SG_CONF_UNSET_MSEC;
+    smcf->write = SG_CONF_UNSET;
     return smcf;
 }
 
@@ -288,6 +297,7 @@ sg_status_postconfiguration(sg_conf_t *cf, void *conf)
     if (smcf->timeout == SG_CONF_UNSET_MSEC) {
         smcf->timeout = 10000;
     }
+    sg_conf_init_value(smcf->write, 0);
     if (smcf->zone == NULL) {
         return SG_CONF_OK;              /* no status_listen: no counting */
     }
@@ -816,19 +826,27 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         sg_upstream_peer_t   *p;
         size_t                n, k;
         char                  pl[512];
-        static const char    *kinds[] = { "up", "active", "failures" };
+        static const struct {
+            const char  *name;
+            const char  *help;
+        } kinds[] = {
+            { "up", "1 when the peer takes sessions (not down, not "
+                    "draining, not failing its health checks, not out "
+                    "after max_fails), else 0." },
+            { "active", "Sessions relayed to the peer now." },
+            { "failures", "Failed attempts counted against the peer "
+                          "(max_fails)." },
+            { "draining", "1 while the operator drains the peer (the "
+                          "status API), else 0." },
+        };
+        uint64_t              v;
 
         u = sg_upstream_groups(&n);
-        for (e = 0; e < 3; e++) {
-            sg_status_help(o, e == 0 ? "upstream_peer_up"
-                              : e == 1 ? "upstream_peer_active"
-                              : "upstream_peer_failures", "gauge",
-                           e == 0 ? "1 when the peer takes sessions (not "
-                                    "down, not failing its health checks, "
-                                    "not out after max_fails), else 0."
-                           : e == 1 ? "Sessions relayed to the peer now."
-                           : "Failed attempts counted against the peer "
-                             "(max_fails).");
+        for (e = 0; e < sg_nelems(kinds); e++) {
+            char  name[64];
+
+            snprintf(name, sizeof(name), "upstream_peer_%s", kinds[e].name);
+            sg_status_help(o, name, "gauge", kinds[e].help);
             for (i = 0; i < n; i++) {
                 if (u[i]->implicit || u[i]->zone == NULL) {
                     continue;
@@ -836,16 +854,15 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                 sg_status_label(&u[i]->name, l, sizeof(l));
                 p = u[i]->peers.elts;
                 for (k = 0; k < u[i]->peers.nelts; k++) {
-                    sg_status_printf(o, "smtpgate_upstream_peer_%s{"
-                                     "upstream=\"%s\",peer=\"%s\"} %llu\n",
-                                     kinds[e], l,
+                    v = e == 0 ? sg_upstream_peer_up(u[i], k)
+                        : e == 1 ? sg_upstream_state(u[i], k)->conns
+                        : e == 2 ? sg_upstream_state(u[i], k)->fails
+                        : sg_upstream_state(u[i], k)->drain;
+                    sg_status_printf(o, "smtpgate_%s{upstream=\"%s\","
+                                     "peer=\"%s\"} %llu\n", name, l,
                                      sg_status_label(&p[k].addr.name, pl,
                                                      sizeof(pl)),
-                                     (unsigned long long)
-                                     (e == 0 ? sg_upstream_peer_up(u[i], k)
-                                      : e == 1
-                                      ? sg_upstream_state(u[i], k)->conns
-                                      : sg_upstream_state(u[i], k)->fails));
+                                     (unsigned long long) v);
                 }
             }
         }
@@ -950,6 +967,8 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                 json_object_set_new(peer, "down", json_boolean(p[k].down));
                 json_object_set_new(peer, "health_check_failed",
                                     json_boolean(st->hc_down));
+                json_object_set_new(peer, "draining",
+                                    json_boolean(st->drain));
                 json_array_append_new(peers, peer);
             }
             json_object_set_new(obj, "name", sg_status_json_str(&u[i]->name));
@@ -1076,7 +1095,8 @@ sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
                      "Content-Type: %s\r\nContent-Length: %zu\r\n"
                      "%sCache-Control: no-cache\r\nConnection: close\r\n\r\n",
                      code, reason, SG_VERSION, type, body->len,
-                     code == 405 ? "Allow: GET, HEAD\r\n" : "");
+                     code != 405 ? ""
+                     : sc->allow ? sc->allow : "Allow: GET, HEAD\r\n");
     if (!head_only && body->len && !o.failed) {
         if (o.cap - o.len < body->len) {
             p = realloc(o.data, o.len + body->len);
@@ -1117,6 +1137,105 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
                       head_only);
 }
 
+#if (SG_HAVE_UPSTREAM_MODULE)
+
+/* POST /upstreams/GROUP/PEER/drain|ready: the operator's drain of one
+ * peer of a group, answered with the peer's state as JSON. */
+static void
+sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
+{
+    sg_status_conn_t       *sc = c->data;
+    sg_status_out_t         body = { NULL, 0, 0, false };
+    sg_status_peer_path_t   pp;
+    sg_upstream_t         **u;
+    sg_upstream_peer_t     *p;
+    json_t                 *obj;
+    u_char                  buf[SG_STATUS_REQUEST_MAX];
+    uint32_t                active;
+    size_t                  n, i, k;
+    bool                    drain, was;
+    char                   *text;
+
+    if (!sc->conf->write) {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused "
+                     "a write: status_write is off",
+                     SG_STR_ARG(&c->addr_text));
+        sg_status_error(c, 403, "Writes are off: set status_write on",
+                        false);
+        return;
+    }
+    if (sg_status_parse_peer_path(path, buf, &pp) != SG_OK) {
+        sg_status_error(c, 404, "Not found: POST /upstreams/GROUP/PEER/"
+                        "drain or /ready, with PEER as /status names it",
+                        false);
+        return;
+    }
+    if (sg_str_eq(&pp.action, "drain")) {
+        drain = true;
+    } else if (sg_str_eq(&pp.action, "ready")) {
+        drain = false;
+    } else {
+        sg_status_error(c, 404, "Unknown action: drain or ready", false);
+        return;
+    }
+    u = sg_upstream_groups(&n);
+    for (i = 0; i < n; i++) {
+        if (!u[i]->implicit && u[i]->zone
+            && u[i]->name.len == pp.upstream.len
+            && memcmp(u[i]->name.data, pp.upstream.data,
+                      pp.upstream.len) == 0)
+        {
+            break;
+        }
+    }
+    if (i == n) {
+        sg_status_error(c, 404, "No such upstream group", false);
+        return;
+    }
+    p = u[i]->peers.elts;
+    for (k = 0; k < u[i]->peers.nelts; k++) {
+        if (p[k].addr.name.len == pp.peer.len
+            && memcmp(p[k].addr.name.data, pp.peer.data, pp.peer.len) == 0)
+        {
+            break;
+        }
+    }
+    if (k == u[i]->peers.nelts) {
+        sg_status_error(c, 404, "No such server in the group: name it as "
+                        "/status does (ADDRESS:PORT, [IPv6]:PORT)", false);
+        return;
+    }
+    was = sg_upstream_drain(u[i], k, drain, &active);
+    if (was != drain) {
+        sg_log_error(SG_LOG_NOTICE, c->log, 0, "upstream %.*s: server %.*s "
+                     "%s by status client %.*s (%u session%s open)",
+                     SG_STR_ARG(&u[i]->name), SG_STR_ARG(&p[k].addr.name),
+                     drain ? "draining: no new sessions"
+                           : "ready: takes sessions again",
+                     SG_STR_ARG(&c->addr_text), active,
+                     active == 1 ? "" : "s");
+    }
+    obj = json_object();
+    json_object_set_new(obj, "upstream", sg_status_json_str(&u[i]->name));
+    json_object_set_new(obj, "address", sg_status_json_str(&p[k].addr.name));
+    json_object_set_new(obj, "draining", json_boolean(drain));
+    json_object_set_new(obj, "changed", json_boolean(was != drain));
+    json_object_set_new(obj, "up", json_boolean(
+                        sg_upstream_peer_up(u[i], k)));
+    json_object_set_new(obj, "active", json_integer((json_int_t) active));
+    text = json_dumps(obj, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(obj);
+    if (text == NULL) {
+        sg_status_error(c, 500, "The response could not be made", false);
+        return;
+    }
+    sg_status_printf(&body, "%s\n", text);
+    free(text);
+    sg_status_respond(c, 200, "application/json", &body, false);
+}
+
+#endif
+
 /* A whole request head is in: answer it. */
 static void
 sg_status_request(sg_connection_t *c)
@@ -1131,7 +1250,23 @@ sg_status_request(sg_connection_t *c)
         return;
     }
     head = r.method == SG_STATUS_HEAD;
-    if (r.method == SG_STATUS_OTHER) {
+    if (r.path.len >= sizeof(SG_STATUS_UPSTREAMS) - 1
+        && memcmp(r.path.data, SG_STATUS_UPSTREAMS,
+                  sizeof(SG_STATUS_UPSTREAMS) - 1) == 0)
+    {
+        if (r.method != SG_STATUS_POST) {
+            sc->allow = "Allow: POST\r\n";
+            sg_status_error(c, 405, "Only POST", head);
+            return;
+        }
+#if (SG_HAVE_UPSTREAM_MODULE)
+        sg_status_peer_request(c, &r.path);
+#else
+        sg_status_error(c, 404, "No upstream module", false);
+#endif
+        return;
+    }
+    if (r.method == SG_STATUS_OTHER || r.method == SG_STATUS_POST) {
         sg_status_error(c, 405, "Only GET and HEAD", false);
         return;
     }

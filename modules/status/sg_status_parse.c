@@ -56,6 +56,8 @@ sg_status_parse_request(const u_char *p, size_t n, sg_status_request_t *r)
         r->method = SG_STATUS_GET;
     } else if (m - p == 4 && memcmp(p, "HEAD", 4) == 0) {
         r->method = SG_STATUS_HEAD;
+    } else if (m - p == 4 && memcmp(p, "POST", 4) == 0) {
+        r->method = SG_STATUS_POST;
     } else {
         r->method = SG_STATUS_OTHER;
     }
@@ -79,6 +81,81 @@ sg_status_parse_request(const u_char *p, size_t n, sg_status_request_t *r)
             r->path.len = i;
             break;
         }
+    }
+    return SG_OK;
+}
+
+static int
+sg_status_hex(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int
+sg_status_parse_peer_path(const sg_str_t *path, u_char *buf,
+    sg_status_peer_path_t *out)
+{
+    size_t   pre = sizeof(SG_STATUS_UPSTREAMS) - 1, i, n = 0;
+    u_char  *first, *last, c;
+    int      hi, lo;
+
+    if (path->len < pre
+        || memcmp(path->data, SG_STATUS_UPSTREAMS, pre) != 0)
+    {
+        return SG_ERROR;
+    }
+    /* Split on the raw slashes first: an escaped "%2F" is part of a
+     * name, never a separator. */
+    first = memchr(path->data + pre, '/', path->len - pre);
+    if (first == NULL) {
+        return SG_ERROR;
+    }
+    for (last = path->data + path->len - 1; *last != '/'; last--) {
+        /* void: first is a '/' at or before it */
+    }
+    if (last == first || first == path->data + pre
+        || last == first + 1 || last == path->data + path->len - 1)
+    {
+        return SG_ERROR;
+    }
+    memset(out, 0, sizeof(*out));
+    for (i = pre; i < path->len; i++) {
+        if (path->data + i == first || path->data + i == last) {
+            if (path->data + i == first) {
+                out->upstream.data = buf;
+                out->upstream.len = n;
+                out->peer.data = buf + n;
+            } else {
+                out->peer.len = (size_t) (buf + n - out->peer.data);
+                out->action.data = buf + n;
+            }
+            continue;
+        }
+        c = path->data[i];
+        if (c == '%') {
+            if (i + 2 >= path->len
+                || (hi = sg_status_hex(path->data[i + 1])) < 0
+                || (lo = sg_status_hex(path->data[i + 2])) < 0)
+            {
+                return SG_ERROR;
+            }
+            c = (u_char) (hi << 4 | lo);
+            i += 2;
+        }
+        if (c < 0x20 || c == 0x7f) {
+            return SG_ERROR;
+        }
+        buf[n++] = c;
+    }
+    out->action.len = (size_t) (buf + n - out->action.data);
+    if (out->upstream.len == 0 || out->peer.len == 0
+        || out->action.len == 0)
+    {
+        return SG_ERROR;            /* every part escaped to nothing */
     }
     return SG_OK;
 }

@@ -14,6 +14,7 @@
 #define SG_STATUS_GET    1
 #define SG_STATUS_HEAD   2
 #define SG_STATUS_OTHER  3          /* a well-formed token: 405 */
+#define SG_STATUS_POST   4
 
 typedef struct {
     unsigned   method;              /* SG_STATUS_* */
@@ -29,5 +30,22 @@ size_t sg_status_head_len(const u_char *p, size_t n);
  * SG_ERROR for anything else: a 400. */
 int sg_status_parse_request(const u_char *p, size_t n,
     sg_status_request_t *r);
+
+/* A request on one peer of a group: POST /upstreams/GROUP/PEER/ACTION.
+ * The parts point into the caller's buffer, percent-decoded. */
+typedef struct {
+    sg_str_t   upstream;
+    sg_str_t   peer;                /* may hold '/' ("spool:/var/q") */
+    sg_str_t   action;
+} sg_status_peer_path_t;
+
+#define SG_STATUS_UPSTREAMS  "/upstreams/"
+
+/* Split and percent-decode path, which starts with SG_STATUS_UPSTREAMS,
+ * into buf (at least path->len bytes): GROUP is the first segment,
+ * ACTION the last, PEER everything between.  SG_OK, or SG_ERROR for a
+ * bad escape, an empty part, or a decoded control byte. */
+int sg_status_parse_peer_path(const sg_str_t *path, u_char *buf,
+    sg_status_peer_path_t *out);
 
 #endif /* SG_STATUS_PARSE_H */

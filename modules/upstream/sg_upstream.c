@@ -704,7 +704,7 @@ sg_upstream_pick_init_key(sg_upstream_pick_t *pk, sg_upstream_t *u,
 static bool
 sg_upstream_healthy(sg_upstream_peer_t *p, sg_upstream_state_t *st)
 {
-    if (p->down || st->hc_down) {
+    if (p->down || st->hc_down || st->drain) {
         return false;
     }
     return !(p->max_fails && st->fails >= p->max_fails
@@ -717,6 +717,20 @@ sg_upstream_peer_up(sg_upstream_t *u, size_t i)
     sg_upstream_peer_t  *p = u->peers.elts;
 
     return sg_upstream_healthy(&p[i], sg_upstream_state(u, i));
+}
+
+bool
+sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain, uint32_t *active)
+{
+    sg_upstream_state_t  *st = sg_upstream_state(u, i);
+    bool                  was;
+
+    sg_upstream_lock(u);
+    was = st->drain;
+    st->drain = drain;
+    *active = st->conns;
+    sg_upstream_unlock(u);
+    return was;
 }
 
 sg_upstream_t **

@@ -59,6 +59,8 @@ typedef struct {
     uint64_t           check_generation;
     unsigned           hc_down:1;     /* failed its health checks */
     unsigned           probed:1;      /* caps is known */
+    unsigned           drain:1;       /* set by the operator (the status
+                                         API): no new sessions */
 } sg_upstream_state_t;
 
 typedef struct {
@@ -146,6 +148,12 @@ sg_upstream_t **sg_upstream_groups(size_t *n);
 /* ... of a given configuration (one being loaded, say). */
 sg_upstream_t **sg_upstream_groups_of(sg_cycle_t *cycle, size_t *n);
 bool sg_upstream_peer_up(sg_upstream_t *u, size_t i);
+/* The operator's say on peer i (the status API): drain keeps new
+ * sessions (and the spool forwarder) away from it, while those it has
+ * go on; !drain lets them in again.  Kept across reloads that keep the
+ * group.  Returns whether it was draining; *active: its sessions now. */
+bool sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain,
+    uint32_t *active);
 
 /* Health checks (sg_upstream_check.c). */
 char *sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u);

@@ -47,8 +47,12 @@ test_request_line(void)
     CHECK_UINT(r.method, SG_STATUS_HEAD);
     CHECK_STR(r.path, "/status");
     CHECK_INT(parse(LIT("POST / HTTP/1.1\r\n\r\n"), &r), SG_OK);
-    CHECK_UINT(r.method, SG_STATUS_OTHER);
+    CHECK_UINT(r.method, SG_STATUS_POST);
     CHECK_STR(r.path, "/");
+    CHECK_INT(parse(LIT("PUT / HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_OTHER);
+    CHECK_INT(parse(LIT("POSTS / HTTP/1.1\r\n\r\n"), &r), SG_OK);
+    CHECK_UINT(r.method, SG_STATUS_OTHER);
     CHECK_INT(parse(LIT("GET /? HTTP/1.1\r\n\r\n"), &r), SG_OK);
     CHECK_STR(r.path, "/");
     /* lower case is another method, as HTTP says */
@@ -90,6 +94,63 @@ test_bad_request_lines(void)
     CHECK_INT(parse(LIT("GE\0T / HTTP/1.1\r\n\r\n"), &r), SG_ERROR);
 }
 
+static int
+peer_path(const char *s, sg_status_peer_path_t *out)
+{
+    static u_char  buf[512];
+    sg_str_t       path;
+
+    path.len = strlen(s);
+    path.data = sg_test_bytes(s, path.len);
+    memset(out, 0x5a, sizeof(*out));
+    return sg_status_parse_peer_path(&path, buf, out);
+}
+
+static void
+test_peer_path(void)
+{
+    sg_status_peer_path_t  p;
+
+    CHECK_INT(peer_path("/upstreams/pool/10.0.0.5:25/drain", &p), SG_OK);
+    CHECK_STR(p.upstream, "pool");
+    CHECK_STR(p.peer, "10.0.0.5:25");
+    CHECK_STR(p.action, "drain");
+    CHECK_INT(peer_path("/upstreams/pool/%5B::1%5d:25/ready", &p), SG_OK);
+    CHECK_STR(p.peer, "[::1]:25");
+    CHECK_STR(p.action, "ready");
+    /* the peer may hold slashes; the first and last raw ones split */
+    CHECK_INT(peer_path("/upstreams/g/spool:/var/q/new/drain", &p), SG_OK);
+    CHECK_STR(p.upstream, "g");
+    CHECK_STR(p.peer, "spool:/var/q/new");
+    CHECK_STR(p.action, "drain");
+    /* an escaped slash is part of a name */
+    CHECK_INT(peer_path("/upstreams/a%2Fb/p/x", &p), SG_OK);
+    CHECK_STR(p.upstream, "a/b");
+    CHECK_STR(p.peer, "p");
+    CHECK_INT(peer_path("/upstreams/%41/%42/%43", &p), SG_OK);
+    CHECK_STR(p.upstream, "A");
+    CHECK_STR(p.peer, "B");
+    CHECK_STR(p.action, "C");
+
+    CHECK_INT(peer_path("/upstreams/", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool//drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p/", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams//p/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstream/pool/p/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%4/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%zz/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p/drain%", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p/drain%0", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%00/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%0a/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p%7F/drain", &p), SG_ERROR);
+    CHECK_INT(peer_path("/upstreams/pool/p/%2/", &p), SG_ERROR);
+}
+
 int
 main(void)
 {
@@ -98,6 +159,7 @@ main(void)
     RUN(test_head_end);
     RUN(test_request_line);
     RUN(test_bad_request_lines);
+    RUN(test_peer_path);
 
     return sg_test_finish();
 }

@@ -1,0 +1,224 @@
+"""Draining a backend at run time: POST /upstreams/GROUP/PEER/drain and
+/ready on the status listener (status_write on), driven with curl, with
+sessions through smtpgate to real aiosmtpd backends and two workers, so
+that the drain must hold across workers.
+
+Checked: a drained peer gets no new session while the session it has
+goes on and delivers; the notice line; /status, /metrics
+(upstream_peer_draining, upstream_peer_up); ready lets sessions in
+again; backups take over when every primary drains, 451 when all do; a
+reload keeps the drain; IPv6 peers named with brackets, escaped or
+not; refusals: writes off (403), status_allow (403), other methods
+(405 with Allow: POST), unknown groups, peers and actions and bad
+escapes (404); the configuration error.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from lib import gate as gatelib
+from lib import net
+
+from test_config import assert_failed, conf_test, line_of, make  # noqa: F401
+from test_status import curl, metrics, raw_http, status_line, value
+from test_upstream import (NO_BACKEND, auth_reply, hold_relay, send_one,
+                           upstream_conf)
+
+
+def conf(peers, write=True, extra="", workers=2, **kw):
+    mail = ("    status_listen 127.0.0.1:@PORTS@;\n"
+            + ("    status_write on;\n" if write else "")
+            + upstream_conf("pool", peers) + extra)
+    return gatelib.conf(proxy_pass="pool", workers=workers, mail=mail, **kw)
+
+
+def post(g, group, peer, action, *args):
+    """(HTTP code, body) of one POST, the peer put in the path as is."""
+    r = subprocess.run(
+        ["curl", "-sS", "-g", "--max-time", "20", "-X", "POST", "-o", "-",
+         "-w", "\n%{http_code}", *args,
+         f"http://127.0.0.1:{g.ports['PORTS']}/upstreams/{group}/{peer}/"
+         f"{action}"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    body, code = r.stdout.rsplit("\n", 1)
+    return int(code), body
+
+
+def peer_json(g, address):
+    (group,) = [u for u in json.loads(curl(g, "/status"))["upstreams"]
+                if u["name"] == "pool"]
+    (peer,) = [p for p in group["peers"] if p["address"] == address]
+    return peer
+
+
+def count(backends):
+    return [len(b.messages) for b in backends]
+
+
+def test_drain_and_ready(smtpgate, make_backend):
+    a, b = make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address]))
+    # a session relayed to a before the drain
+    held = []
+    for _ in range(6):
+        c = hold_relay(g)
+        held.append(c)
+        if a.open_connections:
+            break
+    a.wait_open(1)
+    code, body = post(g, "pool", a.address, "drain")
+    assert code == 200, body
+    r = json.loads(body)
+    assert r == {"upstream": "pool", "address": a.address, "draining": True,
+                 "changed": True, "up": False, "active": r["active"]}
+    assert r["active"] >= 1
+    g.wait_log(rf"\[notice\] .*upstream pool: server {a.address} "
+               r"draining: no new sessions by status client 127\.0\.0\.1 "
+               r"\(\d+ sessions? open\)")
+    # idempotent: the same again changes nothing and logs nothing
+    code, body = post(g, "pool", a.address, "drain")
+    assert code == 200 and json.loads(body)["changed"] is False
+    # new sessions all go to b, in both workers
+    before = count([a, b])
+    for _ in range(8):
+        send_one(g.port)
+    b.wait_messages(before[1] + 8)
+    assert len(a.messages) == before[0]
+    # the session a had goes on and delivers there
+    c = held[-1]
+    assert c.cmd("MAIL FROM:<held@example.org>").code == 250
+    assert c.cmd("RCPT TO:<r@example.org>").code == 250
+    assert c.cmd("DATA").code == 354
+    assert c.cmd("Subject: held\r\n\r\nx\r\n.").code == 250
+    assert c.cmd("QUIT").code == 221
+    for h in held:
+        h.close()
+    msgs = [m for m in a.wait_messages(before[0] + 1)
+            if m.mail_from == "held@example.org"]
+    assert len(msgs) == 1
+    # what operators read
+    assert peer_json(g, a.address)["draining"] is True
+    assert peer_json(g, a.address)["up"] is False
+    assert peer_json(g, b.address)["draining"] is False
+    m = metrics(g)
+    assert value(m, "smtpgate_upstream_peer_draining", upstream="pool",
+                 peer=a.address) == 1
+    assert value(m, "smtpgate_upstream_peer_up", upstream="pool",
+                 peer=a.address) == 0
+    assert value(m, "smtpgate_upstream_peer_draining", upstream="pool",
+                 peer=b.address) == 0
+    # ready: a takes sessions again
+    code, body = post(g, "pool", a.address, "ready")
+    assert code == 200 and json.loads(body)["draining"] is False
+    g.wait_log(rf"upstream pool: server {a.address} ready: takes sessions "
+               r"again by status client")
+    n = len(a.messages)
+    for _ in range(8):
+        send_one(g.port)
+    a.wait_messages(n + 1)
+
+
+def test_backups_then_nothing(smtpgate, make_backend):
+    """Draining every primary sends sessions to the backup; draining the
+    backup too leaves nothing, and clients are told 451."""
+    a, b, spare = make_backend(), make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address, f"{spare.address} backup"]))
+    for p in (a, b):
+        assert post(g, "pool", p.address, "drain")[0] == 200
+    send_one(g.port)
+    spare.wait_messages(1)
+    assert post(g, "pool", spare.address, "drain")[0] == 200
+    r = auth_reply(g)
+    assert (r.code, r.last) == NO_BACKEND
+    g.wait_log(r"every server is down or busy")
+    assert count([a, b]) == [0, 0]
+
+
+def test_reload_keeps_the_drain(smtpgate, make_backend):
+    a, b = make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address]))
+    assert post(g, "pool", a.address, "drain")[0] == 200
+    old = g.workers()
+    g.reload()
+    g.wait_workers(2, exclude=old)
+    g.wait_old_workers_gone(old)
+    assert peer_json(g, a.address)["draining"] is True
+    for _ in range(6):
+        send_one(g.port)
+    b.wait_messages(6)
+    assert not a.messages
+
+
+@pytest.mark.skipif(not net.ipv6_available(), reason="no IPv6 loopback")
+def test_ipv6_peer(smtpgate, make_backend):
+    a, b = make_backend(host=net.IPV6), make_backend()
+    g = smtpgate(conf([a.address, b.address]))
+    assert a.address.startswith("[::1]:")
+    code, body = post(g, "pool", a.address, "drain")
+    assert code == 200, body
+    escaped = a.address.replace("[", "%5B").replace("]", "%5d")
+    code, body = post(g, "pool", escaped, "ready")
+    assert code == 200 and json.loads(body)["address"] == a.address
+    assert json.loads(body)["changed"] is True
+
+
+def test_refusals(smtpgate, make_backend):
+    a = make_backend()
+    g = smtpgate(conf([a.address], workers=1))
+    for group, peer, action, text in (
+            ("nosuch", a.address, "drain", "No such upstream group"),
+            ("pool", "127.0.0.1:1", "drain", "No such server in the group"),
+            ("pool", a.address, "maint", "Unknown action: drain or ready"),
+            ("pool", a.address + "%zz", "drain", "Not found: POST "
+             "/upstreams/GROUP/PEER/drain"),
+            ("pool", a.address + "%00", "drain", "Not found"),
+            ("pool", "", "drain", "Not found")):
+        code, body = post(g, group, peer, action)
+        assert (code, body.strip()[:len(text)]) == (404, text), body
+    # other methods: 405 naming POST
+    r = raw_http(g, f"GET /upstreams/pool/{a.address}/drain HTTP/1.1\r\n"
+                    "\r\n".encode())
+    assert status_line(r) == "HTTP/1.1 405 Method Not Allowed"
+    assert b"\r\nAllow: POST\r\n" in r
+    r = raw_http(g, b"POST /status HTTP/1.1\r\n\r\n")
+    assert status_line(r) == "HTTP/1.1 405 Method Not Allowed"
+    assert b"\r\nAllow: GET, HEAD\r\n" in r
+    # a body is read and dropped
+    r = raw_http(g, f"POST /upstreams/pool/{a.address}/drain HTTP/1.1\r\n"
+                    "Content-Length: 5\r\n\r\nhello".encode())
+    assert status_line(r) == "HTTP/1.1 200 OK"
+    assert peer_json(g, a.address)["draining"] is True
+    # nothing else moved
+    assert "smtpgate_info" in curl(g, "/metrics")
+
+
+def test_writes_off_by_default(smtpgate, make_backend):
+    a = make_backend()
+    g = smtpgate(conf([a.address], write=False, workers=1))
+    code, body = post(g, "pool", a.address, "drain")
+    assert (code, body.strip()) == (403, "Writes are off: set status_write "
+                                         "on")
+    assert peer_json(g, a.address)["draining"] is False
+    g.wait_log(r"status: client 127\.0\.0\.1 refused a write: status_write "
+               r"is off")
+    send_one(g.port)
+    a.wait_messages(1)
+
+
+def test_status_allow_still_applies(smtpgate, make_backend):
+    a = make_backend()
+    g = smtpgate(conf([a.address], workers=1,
+                      extra="    status_allow 192.0.2.0/24;\n"))
+    code, _ = post(g, "pool", a.address, "drain")
+    assert code == 403
+    send_one(g.port)                    # not drained: a still takes it
+    a.wait_messages(1)
+
+
+def test_config_error(conf_test):
+    text = make(mail="    status_write yes;")
+    g, r = conf_test(text)
+    assert_failed(g, r, 'invalid value "yes" in "status_write" directive, '
+                  'it must be "on" or "off"', line_of(text, "status_write"))
