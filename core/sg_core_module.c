@@ -309,10 +309,45 @@ sg_set_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_core_conf_t  *ccf = conf;
 
     (void) cmd;
-    if (ccf->error_log.data) {
-        return sg_conf_duplicate(cf);
+    if (ccf->error_log.data == NULL) {
+        return sg_conf_error_log_args(cf, &ccf->error_log,
+                                      &ccf->error_log_level);
     }
-    return sg_conf_error_log_args(cf, &ccf->error_log, &ccf->error_log_level);
+    /* Another target, as nginx allows: opened with the others. */
+    return sg_conf_error_log_sink(cf, &ccf->error_log_more, NULL);
+}
+
+char *
+sg_conf_error_log_sink(sg_conf_t *cf, sg_log_sink_t **list, int *max)
+{
+    sg_log_sink_t  *sink, **tail;
+    sg_str_t        name;
+    char           *rv;
+
+    sink = sg_pcalloc(cf->pool, sizeof(sg_log_sink_t));
+    if (sink == NULL) {
+        return SG_CONF_ERROR;
+    }
+    rv = sg_conf_error_log_args(cf, &name, &sink->level);
+    if (rv != SG_CONF_OK) {
+        return rv;
+    }
+    if (!sg_str_eq(&name, "stderr") && !sg_syslog_target(&name)
+        && sg_conf_full_name(cf, &name, false) != SG_OK)
+    {
+        return SG_CONF_ERROR;
+    }
+    if (sg_cycle_log_file(cf->cycle, &name, &sink->file) != SG_OK) {
+        return SG_CONF_ERROR;
+    }
+    for (tail = list; *tail; tail = &(*tail)->next) {
+        /* void */
+    }
+    *tail = sink;
+    if (max && sink->level > *max) {
+        *max = sink->level;
+    }
+    return SG_CONF_OK;
 }
 
 char *

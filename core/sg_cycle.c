@@ -181,6 +181,29 @@ sg_cycle_open_logs(sg_cycle_t *cycle, const sg_str_t *main_log,
     return SG_OK;
 }
 
+/* The main log with more than one error_log: the first (the cycle's
+ * first file) and the rest, each at its own level. */
+static int
+sg_cycle_log_sinks(sg_cycle_t *cycle, sg_core_conf_t *ccf)
+{
+    sg_log_sink_t  *first, *s;
+
+    first = sg_pcalloc(cycle->pool, sizeof(sg_log_sink_t));
+    if (first == NULL) {
+        return SG_ERROR;
+    }
+    first->file = cycle->new_log.file;
+    first->level = ccf->error_log_level;
+    first->next = ccf->error_log_more;
+    for (s = first; s; s = s->next) {
+        if (s->level > cycle->new_log.level) {
+            cycle->new_log.level = s->level;
+        }
+    }
+    cycle->new_log.sinks = first;
+    return SG_OK;
+}
+
 /* -t: whether each log file could be opened, without creating it: the
  * file writable, or its directory there to create it in. */
 static int
@@ -402,6 +425,12 @@ sg_init_cycle(sg_cycle_t *old, bool test_only, char *errbuf, size_t errlen)
             goto failed;
         }
         cycle->new_log.level = ccf->error_log_level;
+        if (ccf->error_log_more
+            && sg_cycle_log_sinks(cycle, ccf) != SG_OK)
+        {
+            snprintf(errbuf, errlen, "out of memory");
+            goto failed;
+        }
         if (sg_open_listening_sockets(cycle) != SG_OK) {
             snprintf(errbuf, errlen, "could not open the listening sockets; "
                      "the reason is logged above");

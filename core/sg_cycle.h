@@ -22,6 +22,7 @@ typedef struct {
     int64_t      thread_pool_max_queue;
     sg_str_t     error_log;
     int          error_log_level;
+    sg_log_sink_t *error_log_more;   /* the second error_log and on */
 
     sg_array_t  *cpu_affinity;       /* cpu_set_t, one per mask */
     int          cpu_affinity_auto;
@@ -123,6 +124,10 @@ int sg_cycle_log_file(sg_cycle_t *cycle, const sg_str_t *name,
 /* The arguments of an error_log directive ("file [level]"): name and
  * level, or a configuration error. */
 char *sg_conf_error_log_args(sg_conf_t *cf, sg_str_t *name, int *level);
+/* An error_log directive as one more target at the end of *list, opened
+ * with the cycle's logs; *max (when given) raised to its level. */
+char *sg_conf_error_log_sink(sg_conf_t *cf, sg_log_sink_t **list,
+    int *max);
 /* Point stderr (sanitizer reports, library complaints) at the error log,
  * unless the error log is stderr itself: at start, after a reload and
  * after the logs are reopened. */

@@ -364,6 +364,7 @@ sg_accept_one(sg_listening_t *ls, int fd, struct sockaddr_storage *sa,
     {
         c->log_debug = 1;
         log->level = SG_LOG_DEBUG;
+        log->all = true;
     }
     n = sg_sock_ntop((struct sockaddr *) sa, text, sizeof(text), false);
     c->addr_text.data = sg_pnalloc(pool, n);

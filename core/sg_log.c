@@ -52,13 +52,30 @@ sg_log_errno(u_char *p, u_char *last, int err)
                        strerror_r(err, buf, sizeof(buf)));
 }
 
+/* One line (without its line feed; line has room for one more byte
+ * past end) to one target. */
+static void
+sg_log_emit(sg_open_file_t *file, int level, u_char *line, u_char *end)
+{
+    ssize_t  n;
+
+    if (file && file->syslog) {
+        sg_syslog_send(file->syslog, level - 1, line, (size_t) (end - line));
+        return;
+    }
+    *end = '\n';
+    n = write(file ? file->fd : STDERR_FILENO, line,
+              (size_t) (end - line) + 1);
+    (void) n;   /* nowhere left to report a failing log */
+}
+
 void
 sg_log_error_core(int level, sg_log_t *log, int err, const char *fmt, ...)
 {
-    u_char    line[SG_LOG_LINE_MAX];
-    u_char   *p, *last;
-    va_list   args;
-    ssize_t   n;
+    u_char               line[SG_LOG_LINE_MAX];
+    u_char              *p, *last;
+    va_list              args;
+    const sg_log_sink_t *sink;
 
     if (sg_log_time[0] == '\0') {
         sg_time_update();
@@ -82,16 +99,31 @@ sg_log_error_core(int level, sg_log_t *log, int err, const char *fmt, ...)
     if (log->handler) {
         p = log->handler(log, p, last);
     }
-    if (log->file && log->file->syslog) {
-        sg_syslog_send(log->file->syslog, level - 1, line,
-                       (size_t) (p - line));
+    if (log->sinks == NULL) {
+        sg_log_emit(log->file, level, line, p);
         return;
     }
-    *p++ = '\n';
+    for (sink = log->sinks; sink; sink = sink->next) {
+        if (sink->file && (log->all || sink->level >= level)) {
+            sg_log_emit(sink->file, level, line, p);
+        }
+    }
+}
 
-    n = write(log->file ? log->file->fd : STDERR_FILENO, line,
-              (size_t) (p - line));
-    (void) n;   /* nowhere left to report a failing log */
+bool
+sg_log_targets(const sg_log_t *log, const sg_syslog_t *peer)
+{
+    const sg_log_sink_t  *sink;
+
+    if (log->sinks == NULL) {
+        return log->file && log->file->syslog == peer;
+    }
+    for (sink = log->sinks; sink; sink = sink->next) {
+        if (sink->file && sink->file->syslog == peer) {
+            return true;
+        }
+    }
+    return false;
 }
 
 void

@@ -28,13 +28,28 @@ typedef struct {
     sg_syslog_t  *syslog;  /* a "syslog:" target */
 } sg_open_file_t;
 
+/* One target of a log that has several (error_log given more than once
+ * in a context, as nginx allows): its file and its own level. */
+typedef struct sg_log_sink_s  sg_log_sink_t;
+
+struct sg_log_sink_s {
+    sg_open_file_t     *file;      /* set when the cycle opens its logs */
+    int                 level;
+    sg_log_sink_t      *next;
+};
+
 /* Appends context (", client: ...") to a line being built. */
 typedef u_char *(*sg_log_handler_pt)(sg_log_t *log, u_char *buf,
     u_char *last);
 
 struct sg_log_s {
-    int                 level;
-    sg_open_file_t     *file;
+    int                 level;     /* with sinks: the most verbose sink's,
+                                      what sg_log_error() tests */
+    sg_open_file_t     *file;      /* the (first) target */
+    const sg_log_sink_t *sinks;    /* several targets, each with its own
+                                      level; NULL: file at level */
+    bool                all;       /* debug_connection: every line to
+                                      every target */
     uint64_t            session;   /* 0: not a session line */
     const char         *action;    /* "while ..." appended when set */
     sg_log_handler_pt   handler;
@@ -56,6 +71,9 @@ extern pid_t        sg_pid;
 
 void sg_log_error_core(int level, sg_log_t *log, int err,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Whether one of log's targets is the syslog peer. */
+bool sg_log_targets(const sg_log_t *log, const sg_syslog_t *peer);
 
 /* A message on stderr with the "smtpgate: " prefix (start-up, -t). */
 void sg_log_stderr(int err, const char *fmt, ...)

@@ -274,7 +274,7 @@ sg_syslog_failed(sg_syslog_t *peer, int err, bool broken, const char *what)
         return;
     }
     log = sg_cycle->log;
-    if (log->file && log->file->syslog == peer) {
+    if (sg_log_targets(log, peer)) {
         return;
     }
     peer->said = sg_current_msec ? sg_current_msec : 1;

@@ -219,6 +219,79 @@ def test_error_log_per_server(smtpgate, backend):
                    what="the next session in the new first.log")
 
 
+def levels_in(path):
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return set()
+    return set(re.findall(r"^\S+ \S+ \[(\w+)\]", text, re.M))
+
+
+def test_several_error_logs(smtpgate, backend):
+    """error_log given more than once in a context (as nginx allows):
+    every line goes to each target whose level takes it.  Main: the file
+    at warn and another at notice; mail: one at info, one at debug; a
+    debug_connection client's lines reach every target."""
+    text = gatelib.conf(backend=backend, level="warn",
+                        top="error_log logs/main-info.log notice;",
+                        mail="    error_log logs/s-info.log info;\n"
+                             "    error_log logs/s-debug.log debug;")
+    g = smtpgate(text)
+    main_info = os.path.join(g.logdir, "main-info.log")
+    s_info = os.path.join(g.logdir, "s-info.log")
+    s_debug = os.path.join(g.logdir, "s-debug.log")
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 235
+        assert c.expect("QUIT", 221)
+    net.wait_until(lambda: all("session closed" in open(p).read()
+                               for p in (s_info, s_debug)), 30,
+                   what="the session in both of its logs")
+    assert "debug" in levels_in(s_debug) and "info" in levels_in(s_debug)
+    assert levels_in(s_info) == {"info"}
+    info_lines = [l for l in open(s_info).read().splitlines()]
+    debug_text = open(s_debug).read()
+    assert all(l in debug_text for l in info_lines)
+    # the main error_log's two targets: the master's and workers'
+    # notices in one, not in the other (warn)
+    assert "start worker process" in open(main_info).read()
+    assert "start worker process" not in g.error_log()
+    assert "client connected" not in open(main_info).read()
+    g.ctl("-s", "reopen")
+    net.wait_until(lambda: "reopening logs" in open(main_info).read(), 30,
+                   what="the notice in main-info.log")
+    assert "reopening logs" not in g.error_log()
+
+
+def test_several_error_logs_debug_connection(smtpgate, backend):
+    g = smtpgate(gatelib.conf(
+        backend=backend,
+        mail="    error_log logs/a.log error;\n"
+             "    error_log logs/b.log info;").replace(
+        "worker_connections 1024;",
+        "worker_connections 1024;\n    debug_connection 127.0.0.7;"))
+    a = os.path.join(g.logdir, "a.log")
+    b = os.path.join(g.logdir, "b.log")
+    for src in ("127.0.0.7", "127.0.0.8"):
+        with g.session(source=src) as c:
+            c.ehlo()
+            assert c.expect("QUIT", 221)
+    net.wait_until(lambda: "client: 127.0.0.8" in open(b).read()
+                   and "client: 127.0.0.7" in open(b).read(), 30,
+                   what="both sessions in b.log")
+
+    def lines(path, src):
+        return [l for l in open(path).read().splitlines()
+                if f"client: {src}" in l]
+    # the debug client: every line, debug ones too, in both targets
+    assert any("[debug]" in l for l in lines(a, "127.0.0.7"))
+    assert any("[debug]" in l for l in lines(b, "127.0.0.7"))
+    # another client: each target at its own level
+    assert lines(a, "127.0.0.8") == []
+    assert lines(b, "127.0.0.8") and \
+        not any("[debug]" in l for l in lines(b, "127.0.0.8"))
+
+
 def test_start_fails_when_port_in_use(smtpgate, backend):
     import socket
     holder = socket.socket()

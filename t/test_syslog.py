@@ -119,6 +119,29 @@ def test_main_error_log_over_udp(smtpgate, backend, rsyslog):
     assert str(g.pid) in masters
 
 
+def test_file_and_syslog_together(smtpgate, rsyslog):
+    """The usual nginx pair: the file and syslog, each at its own level.
+    A backend that refuses connections makes an error line for both;
+    the session's info lines reach the file only."""
+    dead = net.free_port()
+    g = smtpgate(gatelib.conf(
+        proxy_pass=f"127.0.0.1:{dead}", level="info",
+        top=f"error_log syslog:server={rsyslog.udp},tag=both error;"))
+    with g.session() as c:
+        c.ehlo()
+        assert c.auth_plain("alice", password("alice")).code == 451
+    g.wait_log(r"\[info\] .*session closed")
+    got = rsyslog.wait(lambda ms: any(f"127.0.0.1:{dead}" in msg(m)
+                                      for m in ms),
+                       what="the backend's error line")
+    assert all(m["program"] == "both" and m["severity"] == "err"
+               for m in got), got
+    assert not any("client connected" in msg(m) for m in got)
+    assert "client connected" in g.error_log()
+    line = [msg(m) for m in got if f"127.0.0.1:{dead}" in msg(m)][0]
+    assert line.split("] ", 1)[1] in g.error_log()     # the same line
+
+
 @pytest.mark.skipif(not net.ipv6_available(), reason="no IPv6 loopback")
 def test_access_log_over_ipv6(smtpgate, backend, rsyslog):
     """access_log to syslog over IPv6: one message per session, the

@@ -211,9 +211,9 @@ typedef struct {
     size_t                         line;
     const char                    *skipped;   /* "imap", "pop3": an nginx
                                                  server not served */
-    sg_str_t                       log_name;  /* error_log here */
-    int                            log_level;
-    sg_open_file_t                *log_file;  /* set when logs open */
+    sg_log_sink_t                 *logs;      /* error_log here: each
+                                                 target, in order */
+    int                            log_level; /* the most verbose */
 
     sg_str_t                       server_name;   /* the greeting name */
     sg_array_t                    *names;         /* sg_smtp_name_t */

@@ -765,29 +765,19 @@ sg_smtp_resolver(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 }
 
 /* error_log in mail or server: that server's sessions log there, at
- * that level, instead of the main error_log (as in nginx).  The file is
- * opened with the main one (sg_cycle_log_file, at postconfiguration). */
+ * that level, instead of the main error_log (as in nginx); given more
+ * than once, to each target at its own level.  The files are opened with
+ * the main one. */
 static char *
 sg_smtp_error_log(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_smtp_srv_conf_t  *sscf = conf;
-    char                *rv;
 
     (void) cmd;
-    if (sscf->log_name.data) {
-        return sg_conf_duplicate(cf);
+    if (sscf->logs == NULL) {
+        sscf->log_level = 0;
     }
-    rv = sg_conf_error_log_args(cf, &sscf->log_name, &sscf->log_level);
-    if (rv != SG_CONF_OK) {
-        return rv;
-    }
-    if (!sg_str_eq(&sscf->log_name, "stderr")
-        && !sg_syslog_target(&sscf->log_name)
-        && sg_conf_full_name(cf, &sscf->log_name, false) != SG_OK)
-    {
-        return SG_CONF_ERROR;
-    }
-    return SG_CONF_OK;
+    return sg_conf_error_log_sink(cf, &sscf->logs, &sscf->log_level);
 }
 
 static char *
@@ -920,15 +910,20 @@ sg_smtp_select_server(sg_connection_t *c, const sg_str_t *host)
 void
 sg_smtp_session_log(sg_smtp_session_t *s)
 {
-    if (s->conf->log_file) {
-        s->log->file = s->conf->log_file;
+    const sg_log_t  *main = sg_cycle->log;
+
+    if (s->conf->logs) {
+        s->log->sinks = s->conf->logs->next ? s->conf->logs : NULL;
+        s->log->file = s->conf->logs->file;
         s->log->level = s->conf->log_level;
     } else {
-        s->log->file = sg_cycle->log->file;
-        s->log->level = sg_cycle->log->level;
+        s->log->sinks = main->sinks;
+        s->log->file = main->file;
+        s->log->level = main->level;
     }
     if (s->connection->log_debug) {
         s->log->level = SG_LOG_DEBUG;
+        s->log->all = true;
     }
 }
 
@@ -1267,8 +1262,8 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
     sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
-    if (conf->log_name.data == NULL) {
-        conf->log_name = prev->log_name;
+    if (conf->logs == NULL) {
+        conf->logs = prev->logs;
         conf->log_level = prev->log_level;
     }
     if (conf->auth_methods == 0) {
@@ -1346,12 +1341,6 @@ sg_smtp_postconfiguration(sg_conf_t *cf, void *conf)
         }
     }
 
-    if (sscf->log_name.data
-        && sg_cycle_log_file(cf->cycle, &sscf->log_name, &sscf->log_file)
-           != SG_OK)
-    {
-        return SG_CONF_ERROR;
-    }
     if (sscf->auth == NULL) {
         return sg_conf_error_at(cf, &sscf->file, sscf->line, "no "
             "authentication backend for this server: set \"auth_file\"");
