@@ -160,6 +160,8 @@ mail {
     auth_http_timeout  5s;
     auth_http_pass_client_cert on;
     error_log          @LOGDIR@/mail.log info;
+    error_log          syslog:server=unix:/dev/log,facility=mail,tag=mail_proxy,nohostname warn;
+    error_log          syslog:server=127.0.0.1:514,severity=info crit;
     timeout            60s;
     max_errors         5;
     resolver           127.0.0.1 [::1]:5353 valid=30s ipv6=off;
