@@ -407,7 +407,8 @@ def test_queued_while_down_then_forwarded_with_xclient(smtpgate,
     assert rcpts == ["r@example.org", "q@example.org"]
     assert attrs == {"ADDR": "127.0.0.1", "PORT": str(cport),
                      "PROTO": "ESMTP", "NAME": "[UNAVAILABLE]",
-                     "HELO": "client.test", "LOGIN": "alice"}, attrs
+                     "HELO": "client.test", "LOGIN": "alice",
+                     "SERVER": "mx.test"}, attrs
     assert data.startswith(
         b"Return-Path: <s@example.org>\r\nX-Original-To: r@example.org\r\n"
         b"X-Original-To: q@example.org\r\nX-Smtpgate-Forward: ADDR=")
@@ -762,6 +763,56 @@ def test_forwarded_over_tls_to_the_backend(smtpgate, down_backend, mode):
     (m,) = b.wait_messages(1, timeout=20)
     assert m.tls and m.tls.startswith("TLSv1."), m.tls
     assert m.content.endswith(b"\r\n\r\nover TLS\r\n"), m.content
+    wait_queue_empty(g)
+
+
+def test_each_message_forwarded_with_its_servers_settings(smtpgate,
+                                                         down_backend):
+    """Two servers with different proxy settings (the second with
+    xclient off): each queued message names the server that took it,
+    and the forwarder speaks to the backend as that server's sessions
+    would: XCLIENT for the first, none and its own name in EHLO for the
+    second.  A server no longer in the configuration falls back to the
+    mail block's settings."""
+    b = down_backend(xclient=True)
+    g = smtpgate(fwd_conf(b.address, servers=[
+        "        listen 127.0.0.1:@PORT2@;\n"
+        "        server_name second.test;\n"
+        "        xclient off;\n",
+        "        listen 127.0.0.1:@PORT3@;\n"
+        "        server_name second.test;\n"]))
+    first, _ = submit(g, "one@example.org", ["r@example.org"],
+                      b"Subject: one\r\n\r\n1\r\n")
+    second, _ = submit(g, "two@example.org", ["r@example.org"],
+                       b"Subject: two\r\n\r\n2\r\n",
+                       port=g.ports["PORT2"])
+    third, _ = submit(g, "three@example.org", ["r@example.org"],
+                      b"Subject: three\r\n\r\n3\r\n",
+                      port=g.ports["PORT3"])
+    servers = {parse_queued(read(os.path.join(qdir(g), n)))[0]:
+               parse_queued(read(os.path.join(qdir(g), n)))[2]["SERVER"]
+               for n in queued(g)}
+    assert servers == {"one@example.org": "mx.test",
+                       "two@example.org": "second.test",
+                       "three@example.org": "second.test#2"}, servers
+    # the third server goes away with a reload
+    old = g.helpers()
+    g.reload(fwd_conf(b.address, servers=[
+        "        listen 127.0.0.1:@PORT2@;\n"
+        "        server_name second.test;\n"
+        "        xclient off;\n"]))
+    g.wait_old_workers_gone(old)
+    b.start()
+    got = {m.mail_from: m for m in b.wait_messages(3, timeout=20)}
+    g.wait_log(r"\[info\] .*spool forwarder: message " + re.escape(third)
+               + r' came through server "second\.test#2", which is no '
+               r"longer configured: the mail block's proxy settings are "
+               r"used")
+    assert words(got["one@example.org"].xclient)["LOGIN"] == "alice"
+    assert got["one@example.org"].helo == "client.test"
+    assert not got["two@example.org"].xclient
+    assert got["two@example.org"].helo == "second.test"
+    assert words(got["three@example.org"].xclient)["LOGIN"] == "alice"
     wait_queue_empty(g)
 
 

@@ -68,6 +68,7 @@ struct sg_fwd_idle_s {
     void                 *q;
     sg_connection_t      *c;
     sg_upstream_peer_t   *peer;
+    sg_proxy_conf_t      *pcf;          /* the settings it was made with */
     sg_smtp_ehlo_t        ehlo;
     u_char                xclient_attrs[256];
     size_t                xclient_len;
@@ -126,6 +127,9 @@ struct sg_fwd_s {
     uint8_t              *result;       /* SG_FWD_* per recipient */
     sg_str_t             *reply;        /* the last reply for each */
     sg_str_t              helo;         /* decoded, for XCLIENT's EHLO */
+    sg_proxy_conf_t      *pcf;          /* the proxy settings of the
+                                           server that took it */
+    sg_str_t              ehlo_name;    /* and its name */
 
     sg_upstream_pick_t    pick;
     sg_smtp_client_t      cl;
@@ -160,6 +164,7 @@ static struct {
 static char  sg_fwd_path_buf[PATH_MAX];
 
 static void sg_fwd_run(sg_fwd_queue_t *q);
+static void sg_fwd_server(sg_fwd_t *f, sg_pool_t *pool);
 static sg_fwd_t *sg_fwd_open(sg_fwd_queue_t *q, const char *name);
 static time_t sg_fwd_arrival(const char *name, time_t fallback);
 static void sg_fwd_line(sg_fwd_t *f, const char *verb, const sg_str_t *addr);
@@ -686,7 +691,44 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
             sg_fwd_xtext_decode(&f->helo);
         }
     }
+    sg_fwd_server(f, pool);
     return f;
+}
+
+/* The proxy settings (and name) of the server that took the message,
+ * found by its label in the current configuration; the mail block's
+ * when the file names none, or a server no longer configured. */
+static void
+sg_fwd_server(sg_fwd_t *f, sg_pool_t *pool)
+{
+    sg_smtp_srv_conf_t  **srv;
+    sg_str_t              v, label;
+    size_t                n, i;
+
+    f->pcf = sg_fwd.pcf;
+    f->ehlo_name = sg_fwd.pcf->fwd_host;
+    if (!sg_spool_attr_get(&f->env.attrs, "SERVER", &v)
+        || (label.data = sg_pnalloc(pool, v.len + 1)) == NULL)
+    {
+        return;
+    }
+    memcpy(label.data, v.data, v.len);
+    label.len = v.len;
+    sg_fwd_xtext_decode(&label);
+    srv = sg_smtp_servers(sg_fwd.cycle, &n);
+    for (i = 0; i < n; i++) {
+        if (srv[i]->label.len == label.len
+            && memcmp(srv[i]->label.data, label.data, label.len) == 0)
+        {
+            f->pcf = sg_mail_conf_srv(srv[i]->ctx, sg_proxy_module);
+            f->ehlo_name = srv[i]->server_name;
+            return;
+        }
+    }
+    sg_log_error(SG_LOG_INFO, &f->log, 0, "spool forwarder: message %s "
+                 "came through server \"%.*s\", which is no longer "
+                 "configured: the mail block's proxy settings are used",
+                 f->id, SG_STR_ARG(&label));
 }
 
 static bool
@@ -777,7 +819,7 @@ static void sg_fwd_handshake_done(sg_smtp_client_t *cl);
 /* The next server of the group, or the end of this try. */
 static void sg_fwd_connect(sg_fwd_t *f);
 static sg_fwd_idle_t *sg_fwd_idle_take(sg_fwd_queue_t *q,
-    sg_upstream_peer_t *peer);
+    sg_upstream_peer_t *peer, sg_proxy_conf_t *pcf);
 
 static void
 sg_fwd_attempt(sg_fwd_t *f)
@@ -813,7 +855,7 @@ sg_fwd_attempt(sg_fwd_t *f)
 static void
 sg_fwd_connect(sg_fwd_t *f)
 {
-    sg_proxy_conf_t  *pcf = sg_fwd.pcf;
+    sg_proxy_conf_t  *pcf = f->pcf;
     sg_smtp_client_t *cl = &f->cl;
     sg_fwd_idle_t    *idle;
     sg_connection_t  *c;
@@ -824,7 +866,7 @@ sg_fwd_connect(sg_fwd_t *f)
     cl->pool = f->pool;
     cl->log = &f->log;
     cl->peer = &f->pick.peer->addr;
-    cl->ehlo_name = sg_fwd.pcf->fwd_host;
+    cl->ehlo_name = f->ehlo_name;
     cl->timeout = pcf->connect_timeout;
     cl->tls = pcf->ssl;
     cl->ssl_ctx = pcf->ssl_ctx;
@@ -840,7 +882,7 @@ sg_fwd_connect(sg_fwd_t *f)
     }
     if (pcf->xclient && f->env.attrs.len) {
         cl->xclient = sg_fwd_xclient;
-        cl->xclient_helo = f->helo.len ? f->helo : sg_fwd.pcf->fwd_host;
+        cl->xclient_helo = f->helo.len ? f->helo : f->ehlo_name;
         cl->xclient_esmtp = !sg_spool_attr_get(&f->env.attrs, "PROTO", &key)
                             || sg_str_caseeq(&key, "ESMTP");
     }
@@ -848,7 +890,7 @@ sg_fwd_connect(sg_fwd_t *f)
     cl->data = f;
     f->state = SG_FWD_HANDSHAKE;
     f->reused = 0;
-    idle = f->no_reuse ? NULL : sg_fwd_idle_take(f->q, f->pick.peer);
+    idle = f->no_reuse ? NULL : sg_fwd_idle_take(f->q, f->pick.peer, pcf);
     if (idle) {
         /* What the first handshake learnt; XCLIENT (and its EHLO) now
          * speak for this message's client. */
@@ -948,7 +990,7 @@ sg_fwd_handshake_done(sg_smtp_client_t *cl)
             sg_fwd_line(f, "DATA", NULL);
         }
     }
-    sg_event_add_timer(f->c->read, sg_fwd.pcf->timeout);
+    sg_event_add_timer(f->c->read, f->pcf->timeout);
     f->c->write->ready = 1;
     sg_event_post(f->c->write);
 }
@@ -1007,7 +1049,7 @@ sg_fwd_keep(sg_fwd_t *f)
 
     if (sg_exiting || c->close || f->nin
         || q->nidle >= (unsigned) sg_fwd.pcf->fwd_connections
-        || f->conn_messages + 1 >= (unsigned) sg_fwd.pcf->keepalive_requests
+        || f->conn_messages + 1 >= (unsigned) f->pcf->keepalive_requests
         || f->cl.xclient_attrs.len > sizeof(idle->xclient_attrs))
     {
         return SG_DECLINED;
@@ -1019,6 +1061,7 @@ sg_fwd_keep(sg_fwd_t *f)
     idle->q = q;
     idle->c = c;
     idle->peer = f->pick.peer;
+    idle->pcf = f->pcf;
     idle->ehlo = f->cl.ehlo;
     if (f->cl.xclient_attrs.len) {
         memcpy(idle->xclient_attrs, f->cl.xclient_attrs.data,
@@ -1034,7 +1077,7 @@ sg_fwd_keep(sg_fwd_t *f)
     c->read->handler = sg_fwd_idle_handler;
     c->write->handler = sg_fwd_idle_handler;
     sg_event_del_timer(c->write);
-    sg_event_add_timer(c->read, sg_fwd.pcf->keepalive_timeout);
+    sg_event_add_timer(c->read, f->pcf->keepalive_timeout);
     idle->next = q->idle;
     q->idle = idle;
     q->nidle++;
@@ -1045,13 +1088,14 @@ sg_fwd_keep(sg_fwd_t *f)
 }
 
 static sg_fwd_idle_t *
-sg_fwd_idle_take(sg_fwd_queue_t *q, sg_upstream_peer_t *peer)
+sg_fwd_idle_take(sg_fwd_queue_t *q, sg_upstream_peer_t *peer,
+    sg_proxy_conf_t *pcf)
 {
     sg_fwd_idle_t  **pp, *idle;
 
     for (pp = &q->idle; *pp; pp = &(*pp)->next) {
         idle = *pp;
-        if (idle->peer == peer) {
+        if (idle->peer == peer && idle->pcf == pcf) {
             *pp = idle->next;
             q->nidle--;
             sg_event_del_timer(idle->c->read);
@@ -1380,7 +1424,7 @@ sg_fwd_handler(sg_event_t *ev)
         }
         f->nin += (size_t) n;
     }
-    sg_event_add_timer(c->read, sg_fwd.pcf->timeout);
+    sg_event_add_timer(c->read, f->pcf->timeout);
 }
 
 /* ---- the outcome -------------------------------------------------- */

@@ -15,6 +15,8 @@
 #define SG_PROXY_SSL_ON        1
 #define SG_PROXY_SSL_STARTTLS  2
 
+extern sg_module_t  sg_proxy_module;
+
 typedef struct sg_proxy_idle_s  sg_proxy_idle_t;
 
 /* A file named by a directive, with where, for errors found later. */

@@ -216,6 +216,8 @@ typedef struct {
     int                            log_level; /* the most verbose */
 
     sg_str_t                       server_name;   /* the greeting name */
+    sg_str_t                       label;     /* unique among the servers:
+                                                 "NAME", "NAME#2"... */
     sg_array_t                    *names;         /* sg_smtp_name_t */
     sg_msec_t                      timeout;
     int64_t                        max_errors;
@@ -643,6 +645,8 @@ int sg_smtp_buffers(sg_smtp_session_t *s);
  * SMTP conf, where they register themselves. */
 sg_smtp_srv_conf_t *sg_smtp_conf_of(void **srv_conf);
 sg_smtp_srv_conf_t *sg_smtp_conf_current(sg_conf_t *cf);
+/* The servers of cycle's mail block, in the order they are written. */
+sg_smtp_srv_conf_t **sg_smtp_servers(sg_cycle_t *cycle, size_t *n);
 
 /* SNI: pick the server for host among those sharing c's address and
  * make it the session's.  NULL: no server has that name. */

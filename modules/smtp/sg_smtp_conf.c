@@ -281,6 +281,55 @@ sg_mail_parse_block(sg_conf_t *cf, void *ctx, unsigned cmd_type)
     return rv;
 }
 
+/* A server's label, unique among the servers: its server_name, then
+ * "NAME#2" for a second server of that name, and so on. */
+static int
+sg_smtp_server_label(sg_conf_t *cf, sg_smtp_main_conf_t *mcf,
+    sg_smtp_srv_conf_t *sscf)
+{
+    sg_smtp_srv_conf_t  **srv = mcf->servers.elts;
+    unsigned              same = 1;
+    size_t                i;
+    u_char               *p;
+
+    for (i = 0; i < mcf->servers.nelts && srv[i] != sscf; i++) {
+        same += srv[i]->server_name.len == sscf->server_name.len
+                && memcmp(srv[i]->server_name.data, sscf->server_name.data,
+                          sscf->server_name.len) == 0;
+    }
+    if (same == 1) {
+        sscf->label = sscf->server_name;
+        return SG_OK;
+    }
+    p = sg_pnalloc(cf->pool, sscf->server_name.len + 16);
+    if (p == NULL) {
+        return SG_ERROR;
+    }
+    sscf->label.data = p;
+    sscf->label.len = (size_t) (sg_slprintf(p, p + sscf->server_name.len
+                                            + 16, "%.*s#%u",
+                                            SG_STR_ARG(&sscf->server_name),
+                                            same) - p);
+    return SG_OK;
+}
+
+sg_smtp_srv_conf_t **
+sg_smtp_servers(sg_cycle_t *cycle, size_t *n)
+{
+    sg_mail_conf_ctx_t   *ctx;
+    sg_smtp_main_conf_t  *mcf;
+
+    *n = 0;
+    if (cycle == NULL || cycle->conf_ctx == NULL
+        || (ctx = cycle->conf_ctx[sg_mail_module.index]) == NULL)
+    {
+        return NULL;
+    }
+    mcf = sg_mail_conf_main(ctx, sg_smtp_module);
+    *n = mcf->servers.nelts;
+    return mcf->servers.elts;
+}
+
 static char *
 sg_mail_merge_servers(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx)
 {
@@ -310,6 +359,11 @@ sg_mail_merge_servers(sg_conf_t *cf, sg_mail_conf_ctx_t *ctx)
             if (rv != SG_CONF_OK) {
                 return rv;
             }
+        }
+    }
+    for (s = 0; s < mcf->servers.nelts; s++) {
+        if (sg_smtp_server_label(cf, mcf, srv[s]) != SG_OK) {
+            return SG_CONF_ERROR;
         }
     }
     for (i = 0; sg_modules[i]; i++) {

@@ -173,15 +173,16 @@ sg_spool_protocol(sg_spool_ctx_t *ctx)
                                 + 2 * s->tls];
 }
 
-/* Room for X-Smtpgate-Forward: the login, HELO and host name in xtext
- * (at most 3 octets each), and the rest. */
-#define SG_SPOOL_FORWARD_MAX  (3 * (255 * 3 + 16) + 256 + SG_INET_ADDRSTRLEN)
+/* Room for X-Smtpgate-Forward: the login, HELO, host name and server
+ * label in xtext (at most 3 octets each), and the rest. */
+#define SG_SPOOL_FORWARD_MAX  (4 * (255 * 3 + 16) + 256 + SG_INET_ADDRSTRLEN)
 
 /*
  * In a forwarding spool, what the forwarder needs to present the
  * message as this session would have: the XCLIENT attributes the proxy
- * sends (sg_proxy_xclient()), already in xtext, and the MAIL
- * parameters that change how the message is read.  Folded so that no
+ * sends (sg_proxy_xclient()), already in xtext, the MAIL parameters
+ * that change how the message is read, and the server whose proxy
+ * settings to use.  Folded so that no
  * line passes 998 octets.
  */
 static u_char *
@@ -217,6 +218,12 @@ sg_spool_forward_header(sg_spool_ctx_t *ctx, u_char *p, u_char *last)
     if (s->login.len && s->login.len <= 255) {
         n = sg_smtp_xtext_encode(x, &s->login);
         p = sg_slprintf(p, last, "\r\n\tLOGIN=%.*s", (int) n, (char *) x);
+    }
+    /* Which server took it: the forwarder speaks to the backend with
+     * that server's proxy settings. */
+    if (s->conf->label.len && s->conf->label.len <= 255) {
+        n = sg_smtp_xtext_encode(x, &s->conf->label);
+        p = sg_slprintf(p, last, "\r\n\tSERVER=%.*s", (int) n, (char *) x);
     }
     return sg_slprintf(p, last, "\r\n");
 }

@@ -280,17 +280,16 @@ sg_status_create_srv_conf(sg_conf_t *cf)
     return sscf;
 }
 
-/* Each server: its label, unique among the servers ("mx.test", then
- * "mx.test#2" for a second server of that name), and its hooks. */
+/* Each server: its label (the smtp module's, unique among the servers:
+ * "mx.test", then "mx.test#2" for a second server of that name), and
+ * its hooks. */
 static char *
 sg_status_postconfiguration(sg_conf_t *cf, void *conf)
 {
-    sg_status_srv_conf_t    *sc = conf, **slot, **all;
+    sg_status_srv_conf_t    *sc = conf, **slot;
     sg_status_main_conf_t   *smcf;
     sg_smtp_srv_conf_t      *sscf;
-    unsigned                 same = 1;
-    size_t                   i;
-    u_char                   buf[SG_STATUS_KEY], *p;
+    size_t                   suffix;
 
     smcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
                              sg_status_module);
@@ -302,29 +301,23 @@ sg_status_postconfiguration(sg_conf_t *cf, void *conf)
         return SG_CONF_OK;              /* no status_listen: no counting */
     }
     sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
-    all = smcf->servers.elts;
-    for (i = 0; i < smcf->servers.nelts; i++) {
-        if (all[i]->name.len >= sscf->server_name.len
-            && memcmp(all[i]->name.data, sscf->server_name.data,
-                      sscf->server_name.len) == 0
-            && (all[i]->name.len == sscf->server_name.len
-                || all[i]->name.data[sscf->server_name.len] == '#'))
-        {
-            same++;
+    sc->name = sscf->label;
+    if (sc->name.len > SG_STATUS_KEY - 8) {
+        /* as much of the name as a slot's key holds, and the "#N" */
+        suffix = sscf->label.len - sscf->server_name.len;
+        sc->name.len = SG_STATUS_KEY - 8;
+        sc->name.data = sg_pnalloc(cf->pool, sc->name.len);
+        if (sc->name.data == NULL) {
+            return SG_CONF_ERROR;
         }
+        memcpy(sc->name.data, sscf->label.data, sc->name.len - suffix);
+        memcpy(sc->name.data + sc->name.len - suffix,
+               sscf->label.data + sscf->server_name.len, suffix);
     }
-    p = sg_slprintf(buf, buf + sizeof(buf) - 8, "%.*s",
-                    SG_STR_ARG(&sscf->server_name));
-    if (same > 1) {
-        p = sg_slprintf(p, buf + sizeof(buf), "#%u", same);
-    }
-    sc->name.len = (size_t) (p - buf);
-    sc->name.data = sg_pnalloc(cf->pool, sc->name.len);
     slot = sg_array_push(&smcf->servers);
-    if (sc->name.data == NULL || slot == NULL) {
+    if (slot == NULL) {
         return SG_CONF_ERROR;
     }
-    memcpy(sc->name.data, buf, sc->name.len);
     *slot = sc;
     if (sg_smtp_add_hook(sscf, false, sg_status_open, smcf) != SG_OK
         || sg_smtp_add_hook(sscf, true, sg_status_close, sc) != SG_OK)
