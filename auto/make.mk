@@ -134,7 +134,8 @@ endif
 
 # --- install, clean ---------------------------------------------------
 
-# The prefix layout: sbin/smtpgate, conf/, logs/.  Every file of conf/
+# The prefix layout: sbin/smtpgate, conf/, logs/, and share/ with the
+# systemd unit and the logrotate file configure wrote.  Every file of conf/
 # (not its subdirectories) is installed as NAME.default, and as NAME too
 # unless NAME is already there: an edited configuration is never lost.
 install: all
@@ -155,6 +156,12 @@ install: all
 	        install -m 644 "$$f" "$$d" || exit 1; \
 	    fi; \
 	done
+	install -d '$(DESTDIR)$(PREFIX)share/systemd' \
+	    '$(DESTDIR)$(PREFIX)share/logrotate'
+	install -m 644 $(B)/smtpgate.service \
+	    '$(DESTDIR)$(PREFIX)share/systemd/smtpgate.service'
+	install -m 644 $(B)/smtpgate.logrotate \
+	    '$(DESTDIR)$(PREFIX)share/logrotate/smtpgate'
 	@# The default configuration names a demo certificate; make one for
 	@# the installed tree if it has none, never copying a private key.
 	@if [ ! -s '$(DESTDIR)$(CONF_DIR)demo/cert.pem' ]; then \

@@ -686,10 +686,14 @@ sg_master_reload(sg_cycle_t *cycle)
     char         err[2048];
 
     sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "reconfiguring");
+    sg_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+              sg_notify_monotonic_usec());
     new = sg_init_cycle(cycle, false, err, sizeof(err));
     if (new == NULL) {
         sg_log_error(SG_LOG_ERR, cycle->log, 0, "reload failed, keeping the "
                      "old configuration: %s", err);
+        sg_notify("READY=1\nSTATUS=reload failed, the old configuration "
+                  "serves: %.200s", err);
         return cycle;
     }
     sg_cycle = new;
@@ -704,6 +708,7 @@ sg_master_reload(sg_cycle_t *cycle)
     sg_signal_workers(new, SIGQUIT, true);
     sg_log_error(SG_LOG_NOTICE, new->log, 0, "configuration reloaded, "
                  "old workers are finishing their sessions");
+    sg_notify("READY=1\nSTATUS=serving (configuration reloaded)");
     return new;
 }
 
@@ -726,6 +731,7 @@ sg_master_process_cycle(sg_cycle_t *cycle)
     sigemptyset(&empty);
 
     sg_start_workers(cycle);
+    sg_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int) getpid());
     for ( ;; ) {
         sigsuspend(&empty);
         sg_time_update();
@@ -741,6 +747,7 @@ sg_master_process_cycle(sg_cycle_t *cycle)
         if (sg_terminate) {
             if (!term_sent) {
                 term_sent = true;
+                sg_notify("STOPPING=1\nSTATUS=stopping");
                 sg_signal_workers(cycle, SIGTERM, false);
                 alarm(SG_TERM_GRACE_MS / 1000);
             } else if (sg_sigalrm) {
@@ -751,6 +758,8 @@ sg_master_process_cycle(sg_cycle_t *cycle)
         }
         if (sg_quit && !quit_sent) {
             quit_sent = true;
+            sg_notify("STOPPING=1\nSTATUS=stopping, the workers are "
+                      "finishing their sessions");
             sg_signal_workers(cycle, SIGQUIT, false);
             sg_close_listening_sockets(cycle);
             continue;

@@ -26,6 +26,11 @@ extern int                    sg_worker;      /* -1 in the master */
 
 int sg_init_signals(sg_log_t *log);
 void sg_master_process_cycle(sg_cycle_t *cycle);
+
+/* A state for the service manager (systemd's Type=notify protocol),
+ * "READY=1" and so on; nothing without NOTIFY_SOCKET. */
+void sg_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+unsigned long long sg_notify_monotonic_usec(void);
 int sg_daemon(sg_log_t *log);
 
 /* What keeps a worker busy outside of connections: the thread pool's
