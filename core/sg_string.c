@@ -217,6 +217,16 @@ sg_parse_time(const sg_str_t *s, int64_t *out_ms)
     return SG_OK;
 }
 
+int
+sg_hex_digit(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 size_t
 sg_escape_hex(u_char *dst, const sg_str_t *src, u_char mark,
     const uint32_t table[8])

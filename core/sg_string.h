@@ -61,6 +61,8 @@ int sg_parse_time(const sg_str_t *s, int64_t *out_ms);
  */
 size_t sg_escape_hex(u_char *dst, const sg_str_t *src, u_char mark,
     const uint32_t table[8]);
+/* The value of one hex digit (either case), or -1. */
+int sg_hex_digit(u_char c);
 
 /* FNV-1a: for in-memory tables keyed by names and ids, not for
  * anything an attacker could aim collisions at across a trust line. */

@@ -533,16 +533,6 @@ sg_fwd_arrival(const char *name, time_t fallback)
     return t > fallback ? fallback : t;
 }
 
-static int
-sg_fwd_hex(u_char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 static void
 sg_fwd_xtext_decode(sg_str_t *v)
 {
@@ -551,8 +541,8 @@ sg_fwd_xtext_decode(sg_str_t *v)
 
     while (p < end) {
         if (*p == '+' && end - p >= 3) {
-            hi = sg_fwd_hex(p[1]);
-            lo = sg_fwd_hex(p[2]);
+            hi = sg_hex_digit(p[1]);
+            lo = sg_hex_digit(p[2]);
             if (hi >= 0 && lo >= 0) {
                 *o++ = (u_char) (hi << 4 | lo);
                 p += 3;

@@ -85,16 +85,6 @@ sg_status_parse_request(const u_char *p, size_t n, sg_status_request_t *r)
     return SG_OK;
 }
 
-static int
-sg_status_hex(u_char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 int
 sg_status_parse_peer_path(const sg_str_t *path, u_char *buf,
     sg_status_peer_path_t *out)
@@ -138,8 +128,8 @@ sg_status_parse_peer_path(const sg_str_t *path, u_char *buf,
         c = path->data[i];
         if (c == '%') {
             if (i + 2 >= path->len
-                || (hi = sg_status_hex(path->data[i + 1])) < 0
-                || (lo = sg_status_hex(path->data[i + 2])) < 0)
+                || (hi = sg_hex_digit(path->data[i + 1])) < 0
+                || (lo = sg_hex_digit(path->data[i + 2])) < 0)
             {
                 return SG_ERROR;
             }

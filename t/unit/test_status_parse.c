@@ -94,6 +94,22 @@ test_bad_request_lines(void)
     CHECK_INT(parse(LIT("GE\0T / HTTP/1.1\r\n\r\n"), &r), SG_ERROR);
 }
 
+/* sg_hex_digit (core), which the path's escapes are read with: every
+ * byte against the digits' own values. */
+static void
+test_hex_digit(void)
+{
+    static const char  digits[] = "0123456789abcdef";
+    const char        *d;
+    int                c, want;
+
+    for (c = 0; c < 256; c++) {
+        d = c ? strchr(digits, c >= 'A' && c <= 'F' ? c | 0x20 : c) : NULL;
+        want = d ? (int) (d - digits) : -1;
+        CHECK_INT(sg_hex_digit((u_char) c), want);
+    }
+}
+
 static int
 peer_path(const char *s, sg_status_peer_path_t *out)
 {
@@ -159,6 +175,7 @@ main(void)
     RUN(test_head_end);
     RUN(test_request_line);
     RUN(test_bad_request_lines);
+    RUN(test_hex_digit);
     RUN(test_peer_path);
 
     return sg_test_finish();
