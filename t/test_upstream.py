@@ -894,6 +894,32 @@ def test_max_conns_freed_when_a_worker_dies(smtpgate, make_backend):
     a.wait_messages(1)
 
 
+def test_max_conns_freed_when_an_old_worker_dies(smtpgate, make_backend):
+    """A worker of the configuration before a reload, killed while it
+    relays a session, is not replaced: the new workers find its slot
+    within a second and give the peer's max_conns back."""
+    a = make_backend()
+    mail = upstream_conf("pool", [f"{a.address} max_conns=1"])
+    g = smtpgate(gatelib.conf(proxy_pass="pool", mail=mail))
+    g.allow(r"worker process \d+ exited on signal 9")
+    (old,) = g.workers()
+    held = hold_relay(g)
+    a.wait_open(1)
+    g.reload()
+    g.wait_workers(1, exclude=(old,))
+    r = auth_reply(g)
+    assert (r.code, r.last) == NO_BACKEND       # the kept zone counts it
+    os.kill(old, 9)
+    held.close()
+    g.wait_log(rf"upstream pool: 1 session of worker {old}, which "
+               r"exited without ending them, no longer counted")
+    a.wait_open(0)
+    r = auth_reply(g)
+    assert r.code == 235, r
+    send_one(g.port)
+    a.wait_messages(1)
+
+
 def test_max_conns_freed_after_worker_shutdown_timeout(smtpgate,
                                                        make_backend):
     """An old worker that worker_shutdown_timeout ends with a session

@@ -17,8 +17,10 @@
  * Each worker also counts, in a slot of the zone, the sessions it has
  * added to the peers' totals: a worker that exits without ending them
  * (worker_shutdown_timeout) hands them back, and the slot of one that
- * died (a crash, SIGKILL) is emptied by the next worker to start, so
- * max_conns and least_conn do not count sessions nobody holds.
+ * died (a crash, SIGKILL) is emptied by the next worker to start, or
+ * by any worker within a second (for a dying worker of an older
+ * generation, which nobody replaces), so max_conns and least_conn do
+ * not count sessions nobody holds.
  */
 #include <signal.h>
 #include "sg_upstream.h"
@@ -603,45 +605,77 @@ sg_upstream_slot_release(sg_upstream_t *u, size_t i)
     return n;
 }
 
+/* Empty the slots of workers that are gone; with the lock held.  The
+ * master reaps a dead worker before it starts the next, so a gone
+ * worker's pid no longer names a process; one that is our own (when
+ * this worker has no slot yet) was a dead worker's whose pid came
+ * round again. */
+static void
+sg_upstream_slot_reap(sg_log_t *log, sg_upstream_t *u)
+{
+    pid_t     *pid = sg_upstream_slot_pids(u), dead;
+    uint64_t   n;
+    size_t     i;
+
+    for (i = 0; i < SG_UPSTREAM_SLOTS; i++) {
+        if (pid[i] == 0 || (int) i == u->slot) {
+            continue;
+        }
+        if (pid[i] == sg_pid || (kill(pid[i], 0) == -1 && errno == ESRCH)) {
+            dead = pid[i];
+            n = sg_upstream_slot_release(u, i);
+            if (n) {
+                sg_log_error(SG_LOG_NOTICE, log, 0, "upstream %.*s: %llu "
+                             "session%s of worker %d, which exited without "
+                             "ending them, no longer counted",
+                             SG_STR_ARG(&u->name), (unsigned long long) n,
+                             n == 1 ? "" : "s", (int) dead);
+            }
+        }
+    }
+}
+
 /* A starting worker: empty the slots of workers that are gone, and take
- * one.  The master reaps a dead worker before it starts the next, so a
- * gone worker's pid no longer names a process; one that is our own was
- * a dead worker's whose pid came round again. */
+ * one. */
 static void
 sg_upstream_slot_claim(sg_cycle_t *cycle, sg_upstream_t *u)
 {
-    pid_t     *pid, dead;
-    uint64_t   n;
+    pid_t     *pid;
     size_t     i;
     int        slot = -1;
 
     sg_upstream_lock(u);
+    sg_upstream_slot_reap(cycle->log, u);
     pid = sg_upstream_slot_pids(u);
-    for (i = 0; i < SG_UPSTREAM_SLOTS; i++) {
-        if (pid[i] != 0
-            && (pid[i] == sg_pid
-                || (kill(pid[i], 0) == -1 && errno == ESRCH)))
-        {
-            dead = pid[i];
-            n = sg_upstream_slot_release(u, i);
-            if (n) {
-                sg_log_error(SG_LOG_NOTICE, cycle->log, 0, "upstream "
-                             "%.*s: %llu session%s of worker %d, which "
-                             "exited without ending them, no longer "
-                             "counted", SG_STR_ARG(&u->name),
-                             (unsigned long long) n, n == 1 ? "" : "s",
-                             (int) dead);
-            }
-        }
-        if (pid[i] == 0 && slot < 0) {
+    for (i = 0; i < SG_UPSTREAM_SLOTS && slot < 0; i++) {
+        if (pid[i] == 0) {
             slot = (int) i;
+            pid[i] = sg_pid;
         }
-    }
-    if (slot >= 0) {
-        pid[slot] = sg_pid;
     }
     sg_upstream_unlock(u);
     u->slot = slot;
+}
+
+/* Each second, the slots of workers that died with no worker started in
+ * their place (those of an older generation, draining after a reload). */
+static sg_event_t  sg_upstream_tick;
+
+static void
+sg_upstream_tick_handler(sg_event_t *ev)
+{
+    sg_upstream_t  **u;
+    size_t           n, i;
+
+    u = sg_upstream_groups(&n);
+    for (i = 0; i < n; i++) {
+        if (u[i]->zone && !u[i]->released) {
+            sg_upstream_lock(u[i]);
+            sg_upstream_slot_reap(ev->log, u[i]);
+            sg_upstream_unlock(u[i]);
+        }
+    }
+    sg_event_add_timer(ev, 1000);
 }
 
 /* An exiting worker hands back the sessions it still counts: a worker
@@ -1000,6 +1034,11 @@ sg_upstream_init_process(sg_cycle_t *cycle)
     for (i = 0; i < umcf->upstreams.nelts; i++) {
         if (u[i]->zone) {
             sg_upstream_slot_claim(cycle, u[i]);
+            if (!sg_event_timer_set(&sg_upstream_tick)) {
+                sg_upstream_tick.handler = sg_upstream_tick_handler;
+                sg_upstream_tick.log = cycle->log;
+                sg_event_add_timer(&sg_upstream_tick, 1000);
+            }
         }
         if (u[i]->check) {
             sg_upstream_check_start(cycle, u[i]);
@@ -1017,6 +1056,9 @@ sg_upstream_exit_process(sg_cycle_t *cycle)
 
     if (umcf == NULL) {
         return;
+    }
+    if (sg_event_timer_set(&sg_upstream_tick)) {
+        sg_event_del_timer(&sg_upstream_tick);
     }
     u = umcf->upstreams.elts;
     for (i = 0; i < umcf->upstreams.nelts; i++) {
