@@ -983,6 +983,37 @@ def test_killed_forwarder_is_started_again(smtpgate, down_backend):
                + re.escape(qid) + " from", mark)
 
 
+def test_forwarder_killed_mid_delivery_gives_its_count_back(
+        smtpgate, down_backend):
+    """The forwarder holds a slot in the group's shared state: killed
+    while a backend has its message (max_conns=1 on that backend), the
+    delivery it counted is taken back by a worker within a second, so
+    clients are not refused for a session nobody holds."""
+    b = down_backend(delays={"DATA": 3})
+    g = smtpgate(fwd_conf(f"{b.address} max_conns=1"))
+    g.allow(r"spool forwarder process \d+ exited on signal 9")
+    (old,) = g.helpers()
+    submit(g, "s@example.org", ["r@example.org"], b"Subject: k\r\n\r\nx\r\n")
+    b.start()
+    b.wait_open(1, timeout=20)
+    mark = g.log_mark()
+    os.kill(old, signal.SIGKILL)
+    g.wait_log(rf"\[notice\] .*upstream grp: 1 session of process {old}, "
+               r"which exited without ending them, no longer counted", mark)
+    b.wait_messages(1, timeout=20)
+    wait_queue_empty(g)
+    # nothing holds the server now: a client session is relayed to it
+    with session(g) as c:
+        c.expect("MAIL FROM:<t@example.org>", 250)
+        c.expect("RCPT TO:<r@example.org>", 250)
+        c.expect("DATA", 354)
+        c.send(b"Subject: after\r\n\r\nx\r\n.\r\n")
+        assert c.reply().code == 250
+    net.wait_until(lambda: any(m.mail_from == "t@example.org"
+                               for m in b.messages), 20,
+                   what="the client's message at the backend")
+
+
 def test_hostile_files_are_moved_aside(smtpgate, down_backend):
     """Files the spool did not write: those that are not a queued
     message go to cur/ with an error each, a symbolic link and a

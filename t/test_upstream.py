@@ -885,7 +885,7 @@ def test_max_conns_freed_when_a_worker_dies(smtpgate, make_backend):
     os.kill(worker, 9)
     held.close()
     g.wait_workers(1, exclude=(worker,))
-    g.wait_log(rf"upstream pool: 1 session of worker {worker}, which "
+    g.wait_log(rf"upstream pool: 1 session of process {worker}, which "
                r"exited without ending them, no longer counted")
     a.wait_open(0)
     r = auth_reply(g)
@@ -911,7 +911,7 @@ def test_max_conns_freed_when_an_old_worker_dies(smtpgate, make_backend):
     assert (r.code, r.last) == NO_BACKEND       # the kept zone counts it
     os.kill(old, 9)
     held.close()
-    g.wait_log(rf"upstream pool: 1 session of worker {old}, which "
+    g.wait_log(rf"upstream pool: 1 session of process {old}, which "
                r"exited without ending them, no longer counted")
     a.wait_open(0)
     r = auth_reply(g)

@@ -1787,6 +1787,9 @@ sg_fwd_init_process(sg_cycle_t *cycle, void *data)
             memset(q, 0, sizeof(*q));
             q->sp = p[j].spool;
             q->u = u[i];
+            /* a slot, so that a forwarder that dies does not leave its
+             * deliveries counted against the group's servers */
+            sg_upstream_slot_claim(cycle, u[i]);
             q->stats = sg_spool_stats(q->sp);
             q->kick.handler = sg_fwd_kick_handler;
             q->kick.data = q;
@@ -1823,6 +1826,7 @@ sg_fwd_exit_process(sg_cycle_t *cycle, void *data)
         }
         sg_fwd_free_due(&q[i]);
         sg_fwd_idle_close_all(&q[i]);
+        sg_upstream_slot_leave(q[i].u);
     }
 }
 

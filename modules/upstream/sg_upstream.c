@@ -626,7 +626,7 @@ sg_upstream_slot_reap(sg_log_t *log, sg_upstream_t *u)
             n = sg_upstream_slot_release(u, i);
             if (n) {
                 sg_log_error(SG_LOG_NOTICE, log, 0, "upstream %.*s: %llu "
-                             "session%s of worker %d, which exited without "
+                             "session%s of process %d, which exited without "
                              "ending them, no longer counted",
                              SG_STR_ARG(&u->name), (unsigned long long) n,
                              n == 1 ? "" : "s", (int) dead);
@@ -635,9 +635,9 @@ sg_upstream_slot_reap(sg_log_t *log, sg_upstream_t *u)
     }
 }
 
-/* A starting worker: empty the slots of workers that are gone, and take
- * one. */
-static void
+/* A starting worker (or the spool forwarder): empty the slots of
+ * processes that are gone, and take one. */
+void
 sg_upstream_slot_claim(sg_cycle_t *cycle, sg_upstream_t *u)
 {
     pid_t     *pid;
@@ -680,7 +680,7 @@ sg_upstream_tick_handler(sg_event_t *ev)
 
 /* An exiting worker hands back the sessions it still counts: a worker
  * that worker_shutdown_timeout ends leaves them open. */
-static void
+void
 sg_upstream_slot_leave(sg_upstream_t *u)
 {
     if (u->slot >= 0) {

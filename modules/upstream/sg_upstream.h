@@ -148,6 +148,11 @@ sg_upstream_t **sg_upstream_groups(size_t *n);
 /* ... of a given configuration (one being loaded, say). */
 sg_upstream_t **sg_upstream_groups_of(sg_cycle_t *cycle, size_t *n);
 bool sg_upstream_peer_up(sg_upstream_t *u, size_t i);
+/* A process that relays to u's peers (a worker, as it starts; the spool
+ * forwarder) takes a slot of its zone, so that the sessions it counts
+ * are taken back should it die; and gives it back as it exits. */
+void sg_upstream_slot_claim(sg_cycle_t *cycle, sg_upstream_t *u);
+void sg_upstream_slot_leave(sg_upstream_t *u);
 /* The operator's say on peer i (the status API): drain keeps new
  * sessions (and the spool forwarder) away from it, while those it has
  * go on; !drain lets them in again.  Kept across reloads that keep the
