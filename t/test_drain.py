@@ -1,5 +1,6 @@
-"""Draining a backend at run time: POST /upstreams/GROUP/PEER/drain and
-/ready on the status listener (status_write on), driven with curl, with
+"""Draining a backend and setting its weight at run time: POST
+/upstreams/GROUP/PEER/drain, /ready and /weight=N on the status
+listener (status_write on), driven with curl, with
 sessions through smtpgate to real aiosmtpd backends and two workers, so
 that the drain must hold across workers.
 
@@ -7,7 +8,9 @@ Checked: a drained peer gets no new session while the session it has
 goes on and delivers; the notice line; /status, /metrics
 (upstream_peer_draining, upstream_peer_up); ready lets sessions in
 again; backups take over when every primary drains, 451 when all do; a
-reload keeps the drain; IPv6 peers named with brackets, escaped or
+reload keeps the drain; a weight that shares sessions out anew, back to
+the configured one, refused values, and a consistent hash group's
+refusal (409); IPv6 peers named with brackets, escaped or
 not; refusals: writes off (403), status_allow (403), other methods
 (405 with Allow: POST), unknown groups, peers and actions and bad
 escapes (404); the configuration error.
@@ -72,7 +75,8 @@ def test_drain_and_ready(smtpgate, make_backend):
     assert code == 200, body
     r = json.loads(body)
     assert r == {"upstream": "pool", "address": a.address, "draining": True,
-                 "changed": True, "up": False, "active": r["active"]}
+                 "weight": 1, "changed": True, "up": False,
+                 "active": r["active"]}
     assert r["active"] >= 1
     g.wait_log(rf"\[notice\] .*upstream pool: server {a.address} "
                r"draining: no new sessions by status client 127\.0\.0\.1 "
@@ -136,6 +140,56 @@ def test_backups_then_nothing(smtpgate, make_backend):
     assert count([a, b]) == [0, 0]
 
 
+def test_weight(smtpgate, make_backend):
+    """weight=3 on one of two servers: of the next 8 sessions it takes 6
+    (smooth weighted round robin, shared by both workers); weight=default
+    puts the configured weight back."""
+    a, b = make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address]))
+    code, body = post(g, "pool", a.address, "weight=3")
+    assert code == 200, body
+    r = json.loads(body)
+    assert (r["weight"], r["changed"], r["draining"]) == (3, True, False)
+    g.wait_log(rf"\[notice\] .*upstream pool: server {a.address} weight 3 "
+               r"\(was 1\) by status client 127\.0\.0\.1")
+    assert peer_json(g, a.address)["weight"] == 3
+    assert value(metrics(g), "smtpgate_upstream_peer_weight",
+                 upstream="pool", peer=a.address) == 3
+    n0 = count([a, b])
+    for _ in range(8):
+        send_one(g.port)
+    b.wait_messages(n0[1] + 2)
+    a.wait_messages(n0[0] + 6)
+    assert count([a, b]) == [n0[0] + 6, n0[1] + 2]
+    # kept across a reload of the same group
+    old = g.workers()
+    g.reload()
+    g.wait_workers(2, exclude=old)
+    assert peer_json(g, a.address)["weight"] == 3
+    code, body = post(g, "pool", a.address, "weight=default")
+    assert code == 200 and json.loads(body)["weight"] == 1
+    for bad in ("weight=0", "weight=1001", "weight=x", "weight=-1",
+                "weight=1.5"):
+        code, body = post(g, "pool", a.address, bad)
+        assert code == 400, (bad, body)
+        assert body.strip() == ("weight= takes 1 to 1000, or default (the "
+                                "configured weight)")
+    assert peer_json(g, a.address)["weight"] == 1
+
+
+def test_weight_of_a_consistent_hash_group(smtpgate, make_backend):
+    a, b = make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address], workers=1).replace(
+        "    upstream pool {", "    upstream pool {\n"
+        "        hash $auth_user consistent;"))
+    code, body = post(g, "pool", a.address, "weight=5")
+    assert (code, body.strip()) == (409, "A consistent hash group's "
+                                         "weights are those of the "
+                                         "configuration")
+    # draining one is fine
+    assert post(g, "pool", a.address, "drain")[0] == 200
+
+
 def test_reload_keeps_the_drain(smtpgate, make_backend):
     a, b = make_backend(), make_backend()
     g = smtpgate(conf([a.address, b.address]))
@@ -170,7 +224,8 @@ def test_refusals(smtpgate, make_backend):
     for group, peer, action, text in (
             ("nosuch", a.address, "drain", "No such upstream group"),
             ("pool", "127.0.0.1:1", "drain", "No such server in the group"),
-            ("pool", a.address, "maint", "Unknown action: drain or ready"),
+            ("pool", a.address, "maint", "Unknown action: drain, ready or "
+             "weight=N"),
             ("pool", a.address + "%zz", "drain", "Not found: POST "
              "/upstreams/GROUP/PEER/drain"),
             ("pool", a.address + "%00", "drain", "Not found"),

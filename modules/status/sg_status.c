@@ -18,8 +18,8 @@
  * this module reads: one request of at most SG_STATUS_REQUEST_MAX bytes
  * under status_timeout, answered and closed (HTTP/1.0 style, "Connection:
  * close").  GET and HEAD, and with "status_write on" the one write:
- * POST /upstreams/GROUP/PEER/drain|ready, which sets a peer's drain
- * (sg_upstream_drain).  A client outside status_allow gets 403.
+ * POST /upstreams/GROUP/PEER/drain|ready|weight=N, which sets a peer's
+ * drain or weight (sg_upstream_drain, sg_upstream_set_weight).  A client outside status_allow gets 403.
  */
 #include "sg_smtp.h"
 #include "sg_status_parse.h"
@@ -831,6 +831,8 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                           "(max_fails)." },
             { "draining", "1 while the operator drains the peer (the "
                           "status API), else 0." },
+            { "weight", "The peer's weight now: the configured one, or "
+                        "the operator's (the status API)." },
         };
         uint64_t              v;
 
@@ -850,7 +852,8 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                     v = e == 0 ? sg_upstream_peer_up(u[i], k)
                         : e == 1 ? sg_upstream_state(u[i], k)->conns
                         : e == 2 ? sg_upstream_state(u[i], k)->fails
-                        : sg_upstream_state(u[i], k)->drain;
+                        : e == 3 ? sg_upstream_state(u[i], k)->drain
+                        : (uint64_t) sg_upstream_weight(u[i], k);
                     sg_status_printf(o, "smtpgate_%s{upstream=\"%s\","
                                      "peer=\"%s\"} %llu\n", name, l,
                                      sg_status_label(&p[k].addr.name, pl,
@@ -962,6 +965,9 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                                     json_boolean(st->hc_down));
                 json_object_set_new(peer, "draining",
                                     json_boolean(st->drain));
+                json_object_set_new(peer, "weight", json_integer(
+                                    (json_int_t) sg_upstream_weight(u[i],
+                                                                    k)));
                 json_array_append_new(peers, peer);
             }
             json_object_set_new(obj, "name", sg_status_json_str(&u[i]->name));
@@ -1080,7 +1086,7 @@ sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
 
     reason = code == 200 ? "OK" : code == 400 ? "Bad Request"
              : code == 403 ? "Forbidden" : code == 404 ? "Not Found"
-             : code == 405 ? "Method Not Allowed"
+             : code == 405 ? "Method Not Allowed" : code == 409 ? "Conflict"
              : code == 408 ? "Request Timeout"
              : code == 431 ? "Request Header Fields Too Large"
              : "Internal Server Error";
@@ -1132,8 +1138,8 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
 
 #if (SG_HAVE_UPSTREAM_MODULE)
 
-/* POST /upstreams/GROUP/PEER/drain|ready: the operator's drain of one
- * peer of a group, answered with the peer's state as JSON. */
+/* POST /upstreams/GROUP/PEER/drain|ready|weight=N: the operator's say
+ * on one peer of a group, answered with the peer's state as JSON. */
 static void
 sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
 {
@@ -1145,8 +1151,10 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
     json_t                 *obj;
     u_char                  buf[SG_STATUS_REQUEST_MAX];
     uint32_t                active;
+    int64_t                 weight, before;
+    sg_str_t                v;
     size_t                  n, i, k;
-    bool                    drain, was;
+    bool                    drain = false, was, changed;
     char                   *text;
 
     if (!sc->conf->write) {
@@ -1163,12 +1171,28 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
                         false);
         return;
     }
+    weight = -1;
     if (sg_str_eq(&pp.action, "drain")) {
         drain = true;
     } else if (sg_str_eq(&pp.action, "ready")) {
         drain = false;
+    } else if (pp.action.len > 7
+               && memcmp(pp.action.data, "weight=", 7) == 0)
+    {
+        v.data = pp.action.data + 7;
+        v.len = pp.action.len - 7;
+        if (sg_str_eq(&v, "default")) {
+            weight = 0;
+        } else if (sg_parse_int(&v, &weight) != SG_OK || weight < 1
+                   || weight > 1000)
+        {
+            sg_status_error(c, 400, "weight= takes 1 to 1000, or default "
+                            "(the configured weight)", false);
+            return;
+        }
     } else {
-        sg_status_error(c, 404, "Unknown action: drain or ready", false);
+        sg_status_error(c, 404, "Unknown action: drain, ready or "
+                        "weight=N", false);
         return;
     }
     u = sg_upstream_groups(&n);
@@ -1198,21 +1222,44 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
                         "/status does (ADDRESS:PORT, [IPv6]:PORT)", false);
         return;
     }
-    was = sg_upstream_drain(u[i], k, drain, &active);
-    if (was != drain) {
-        sg_log_error(SG_LOG_NOTICE, c->log, 0, "upstream %.*s: server %.*s "
-                     "%s by status client %.*s (%u session%s open)",
-                     SG_STR_ARG(&u[i]->name), SG_STR_ARG(&p[k].addr.name),
-                     drain ? "draining: no new sessions"
-                           : "ready: takes sessions again",
-                     SG_STR_ARG(&c->addr_text), active,
-                     active == 1 ? "" : "s");
+    before = sg_upstream_weight(u[i], k);
+    if (weight >= 0) {
+        if (sg_upstream_set_weight(u[i], k, weight) != SG_OK) {
+            sg_status_error(c, 409, "A consistent hash group's weights are "
+                            "those of the configuration", false);
+            return;
+        }
+        drain = sg_upstream_drain_state(u[i], k, &active);
+        changed = before != sg_upstream_weight(u[i], k);
+        if (changed) {
+            sg_log_error(SG_LOG_NOTICE, c->log, 0, "upstream %.*s: server "
+                         "%.*s weight %lld (was %lld) by status client %.*s",
+                         SG_STR_ARG(&u[i]->name),
+                         SG_STR_ARG(&p[k].addr.name),
+                         (long long) sg_upstream_weight(u[i], k),
+                         (long long) before, SG_STR_ARG(&c->addr_text));
+        }
+    } else {
+        was = sg_upstream_drain(u[i], k, drain, &active);
+        changed = was != drain;
+        if (changed) {
+            sg_log_error(SG_LOG_NOTICE, c->log, 0, "upstream %.*s: server "
+                         "%.*s %s by status client %.*s (%u session%s "
+                         "open)", SG_STR_ARG(&u[i]->name),
+                         SG_STR_ARG(&p[k].addr.name),
+                         drain ? "draining: no new sessions"
+                               : "ready: takes sessions again",
+                         SG_STR_ARG(&c->addr_text), active,
+                         active == 1 ? "" : "s");
+        }
     }
     obj = json_object();
     json_object_set_new(obj, "upstream", sg_status_json_str(&u[i]->name));
     json_object_set_new(obj, "address", sg_status_json_str(&p[k].addr.name));
     json_object_set_new(obj, "draining", json_boolean(drain));
-    json_object_set_new(obj, "changed", json_boolean(was != drain));
+    json_object_set_new(obj, "weight", json_integer((json_int_t)
+                        sg_upstream_weight(u[i], k)));
+    json_object_set_new(obj, "changed", json_boolean(changed));
     json_object_set_new(obj, "up", json_boolean(
                         sg_upstream_peer_up(u[i], k)));
     json_object_set_new(obj, "active", json_integer((json_int_t) active));

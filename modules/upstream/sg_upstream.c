@@ -767,6 +767,19 @@ sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain, uint32_t *active)
     return was;
 }
 
+bool
+sg_upstream_drain_state(sg_upstream_t *u, size_t i, uint32_t *active)
+{
+    sg_upstream_state_t  *st = sg_upstream_state(u, i);
+    bool                  drain;
+
+    sg_upstream_lock(u);
+    drain = st->drain;
+    *active = st->conns;
+    sg_upstream_unlock(u);
+    return drain;
+}
+
 sg_upstream_t **
 sg_upstream_groups(size_t *n)
 {
@@ -801,15 +814,41 @@ sg_upstream_available(sg_upstream_pick_t *pk, sg_upstream_peer_t *p,
     return true;
 }
 
+static int64_t
+sg_upstream_w(const sg_upstream_peer_t *p, const sg_upstream_state_t *st)
+{
+    return st->weight ? st->weight : p->weight;
+}
+
+int64_t
+sg_upstream_weight(sg_upstream_t *u, size_t i)
+{
+    sg_upstream_peer_t  *p = u->peers.elts;
+
+    return sg_upstream_w(&p[i], sg_upstream_state(u, i));
+}
+
+int
+sg_upstream_set_weight(sg_upstream_t *u, size_t i, int64_t weight)
+{
+    if (u->consistent) {
+        return SG_DECLINED;
+    }
+    sg_upstream_lock(u);
+    sg_upstream_state(u, i)->weight = weight;
+    sg_upstream_unlock(u);
+    return SG_OK;
+}
+
 /* Smooth weighted round robin (and least_conn, which runs it among the
  * peers with the fewest connections per weight). */
 static sg_upstream_peer_t *
 sg_upstream_rr(sg_upstream_pick_t *pk, bool backup)
 {
     sg_upstream_t        *u = pk->upstream;
-    sg_upstream_peer_t   *p = u->peers.elts, *best = NULL, *least = NULL;
+    sg_upstream_peer_t   *p = u->peers.elts, *best = NULL;
     sg_upstream_state_t  *st, *bst = NULL, *lst = NULL;
-    int64_t               total = 0;
+    int64_t               total = 0, w, lw = 0;
     size_t                i;
 
     if (u->balancer == SG_UPSTREAM_LEAST_CONN) {
@@ -820,15 +859,15 @@ sg_upstream_rr(sg_upstream_pick_t *pk, bool backup)
             {
                 continue;
             }
-            if (least == NULL
-                || (int64_t) st->conns * least->weight
-                   < (int64_t) lst->conns * p[i].weight)
+            w = sg_upstream_w(&p[i], st);
+            if (lst == NULL
+                || (int64_t) st->conns * lw < (int64_t) lst->conns * w)
             {
-                least = &p[i];
                 lst = st;
+                lw = w;
             }
         }
-        if (least == NULL) {
+        if (lst == NULL) {
             return NULL;
         }
     }
@@ -837,14 +876,12 @@ sg_upstream_rr(sg_upstream_pick_t *pk, bool backup)
         if (p[i].backup != backup || !sg_upstream_available(pk, &p[i], st)) {
             continue;
         }
-        if (least
-            && (int64_t) st->conns * least->weight
-               != (int64_t) lst->conns * p[i].weight)
-        {
+        w = sg_upstream_w(&p[i], st);
+        if (lst && (int64_t) st->conns * lw != (int64_t) lst->conns * w) {
             continue;
         }
-        st->current_weight += p[i].weight;
-        total += p[i].weight;
+        st->current_weight += w;
+        total += w;
         if (best == NULL || st->current_weight > bst->current_weight) {
             best = &p[i];
             bst = st;
@@ -886,12 +923,12 @@ sg_upstream_hash_peer(sg_upstream_pick_t *pk)
         return NULL;
     }
     for (i = 0; i < u->peers.nelts; i++) {
-        total += p[i].weight;
+        total += sg_upstream_weight(u, i);
     }
     while (pk->hash_tries++ < SG_UPSTREAM_HASH_TRIES) {
         w = (int64_t) (pk->hash % (uint64_t) total);
         for (i = 0; i < u->peers.nelts; i++) {
-            w -= p[i].weight;
+            w -= sg_upstream_weight(u, i);
             if (w < 0) {
                 break;
             }

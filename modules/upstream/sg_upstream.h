@@ -41,6 +41,8 @@ typedef struct {
 /* What every worker sees of a peer (shared memory). */
 typedef struct {
     int64_t            current_weight;
+    int64_t            weight;        /* set by the operator (the status
+                                         API); 0: the configured one */
     uint32_t           conns;
     uint32_t           fails;
     sg_msec_t          failed_at;     /* CLOCK_MONOTONIC */
@@ -152,6 +154,14 @@ bool sg_upstream_peer_up(sg_upstream_t *u, size_t i);
  * forwarder) takes a slot of its zone, so that the sessions it counts
  * are taken back should it die; and gives it back as it exits. */
 void sg_upstream_slot_claim(sg_cycle_t *cycle, sg_upstream_t *u);
+/* Peer i's weight now: the operator's (sg_upstream_set_weight), else
+ * the configured one. */
+int64_t sg_upstream_weight(sg_upstream_t *u, size_t i);
+/* The operator's weight for peer i, 1 to 1000, or 0 for the configured
+ * one again; kept across reloads that keep the group.  SG_DECLINED for
+ * a consistent hash group (its ring is built from the configured
+ * weights), else SG_OK. */
+int sg_upstream_set_weight(sg_upstream_t *u, size_t i, int64_t weight);
 void sg_upstream_slot_leave(sg_upstream_t *u);
 /* The operator's say on peer i (the status API): drain keeps new
  * sessions (and the spool forwarder) away from it, while those it has
@@ -159,6 +169,8 @@ void sg_upstream_slot_leave(sg_upstream_t *u);
  * group.  Returns whether it was draining; *active: its sessions now. */
 bool sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain,
     uint32_t *active);
+/* Whether peer i drains; *active: its sessions now. */
+bool sg_upstream_drain_state(sg_upstream_t *u, size_t i, uint32_t *active);
 
 /* Health checks (sg_upstream_check.c). */
 char *sg_upstream_health_check(sg_conf_t *cf, sg_upstream_t *u);
