@@ -17,6 +17,7 @@ escapes (404); the configuration error.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -140,6 +141,61 @@ def test_backups_then_nothing(smtpgate, make_backend):
     assert count([a, b]) == [0, 0]
 
 
+def hold_on(g, backends, n):
+    """n logged-in sessions, each relayed: {backend: [sessions]}."""
+    out = {be: [] for be in backends}
+    for _ in range(n):
+        before = [be.connections for be in backends]
+        c = hold_relay(g)
+        (landed,) = [be for be, k in zip(backends, before)
+                     if be.connections > k]
+        out[landed].append(c)
+    return out
+
+
+def test_close_takes_a_server_out_at_once(smtpgate, make_backend):
+    """close: the server drains, and the sessions relayed to it are
+    closed within a second (421 at a command boundary, then the close),
+    in both workers, while the other server's go on; ready brings it
+    back."""
+    a, b = make_backend(), make_backend()
+    g = smtpgate(conf([a.address, b.address]))
+    held = hold_on(g, [a, b], 6)
+    n = len(held[a])
+    assert n and held[b], held
+    a.wait_open(n)
+    code, body = post(g, "pool", a.address, "close")
+    assert code == 200, body
+    r = json.loads(body)
+    assert (r["draining"], r["changed"], r["active"]) == (True, True, n), r
+    g.wait_log(rf"\[notice\] .*upstream pool: server {a.address} taken "
+               rf"out of service by status client 127\.0\.0\.1: its {n} "
+               r"sessions? closed within a second")
+    for c in held[a]:
+        reply = c.reply()
+        assert (reply.code, reply.last) == (
+            421, "4.4.2 mx.test Backend taken out of service, try again "
+                 "later"), reply
+        c.expect_closed()
+    a.wait_open(0)
+    g.wait_log(r"\[notice\] .*closing the session: backend "
+               + re.escape(a.address) + r" of upstream pool was taken out "
+               r"of service \(the status API\)")
+    # b's sessions go on
+    for c in held[b]:
+        assert c.cmd("NOOP").code == 250
+    # new sessions go to b only, until ready
+    for _ in range(4):
+        send_one(g.port)
+    assert not a.messages
+    assert post(g, "pool", a.address, "ready")[0] == 200
+    for _ in range(4):
+        send_one(g.port)
+    a.wait_messages(1)
+    for c in held[a] + held[b]:
+        c.close()
+
+
 def test_weight(smtpgate, make_backend):
     """weight=3 on one of two servers: of the next 8 sessions it takes 6
     (smooth weighted round robin, shared by both workers); weight=default
@@ -224,8 +280,8 @@ def test_refusals(smtpgate, make_backend):
     for group, peer, action, text in (
             ("nosuch", a.address, "drain", "No such upstream group"),
             ("pool", "127.0.0.1:1", "drain", "No such server in the group"),
-            ("pool", a.address, "maint", "Unknown action: drain, ready or "
-             "weight=N"),
+            ("pool", a.address, "maint", "Unknown action: drain, close, "
+             "ready or weight=N"),
             ("pool", a.address + "%zz", "drain", "Not found: POST "
              "/upstreams/GROUP/PEER/drain"),
             ("pool", a.address + "%00", "drain", "Not found"),

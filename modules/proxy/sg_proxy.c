@@ -75,6 +75,10 @@ typedef struct {
 #if (SG_HAVE_UPSTREAM_MODULE)
     sg_upstream_pick_t  pick;
     bool                picking;
+    bool                listed;     /* on sg_proxy_picked */
+    uint32_t            close_seq;  /* the peer's when it was picked */
+    void               *picked_next;
+    void               *picked_prev;
 #endif
     const sg_addr_t    *addrs;      /* an address list without a group */
     size_t              naddrs;
@@ -221,11 +225,20 @@ static const sg_mail_module_ctx_t  sg_proxy_module_ctx = {
     NULL, NULL, sg_proxy_create_conf, sg_proxy_merge_conf, NULL
 };
 
+#if (SG_HAVE_UPSTREAM_MODULE)
+static int sg_proxy_init_process(sg_cycle_t *cycle);
+static void sg_proxy_exit_process(sg_cycle_t *cycle);
+#endif
+
 sg_module_t  sg_proxy_module = {
     .name = "proxy",
     .type = SG_MAIL_MODULE,
     .ctx = &sg_proxy_module_ctx,
     .commands = sg_proxy_commands,
+#if (SG_HAVE_UPSTREAM_MODULE)
+    .init_process = sg_proxy_init_process,
+    .exit_process = sg_proxy_exit_process,
+#endif
 };
 
 static unsigned
@@ -838,6 +851,106 @@ sg_proxy_idle_take(sg_proxy_conf_t *pcf, const sg_addr_t *peer)
     return NULL;
 }
 
+#if (SG_HAVE_UPSTREAM_MODULE)
+
+/* The worker's sessions that hold a peer of a group, for the tick that
+ * closes those the operator takes out (sg_upstream_close). */
+static sg_proxy_ctx_t  *sg_proxy_picked;
+static sg_event_t       sg_proxy_close_tick;
+
+static void
+sg_proxy_list(sg_proxy_ctx_t *ctx)
+{
+    ctx->close_seq = sg_upstream_close_seq(ctx->pick.upstream,
+                                           ctx->pick.peer->index);
+    if (ctx->listed) {
+        return;
+    }
+    ctx->listed = true;
+    ctx->picked_prev = NULL;
+    ctx->picked_next = sg_proxy_picked;
+    if (sg_proxy_picked) {
+        sg_proxy_picked->picked_prev = ctx;
+    }
+    sg_proxy_picked = ctx;
+}
+
+static void
+sg_proxy_unlist(sg_proxy_ctx_t *ctx)
+{
+    sg_proxy_ctx_t  *prev = ctx->picked_prev, *next = ctx->picked_next;
+
+    if (!ctx->listed) {
+        return;
+    }
+    if (prev) {
+        prev->picked_next = next;
+    } else {
+        sg_proxy_picked = next;
+    }
+    if (next) {
+        next->picked_prev = prev;
+    }
+    ctx->listed = false;
+}
+
+static void sg_proxy_lost(sg_proxy_ctx_t *ctx, const char *text);
+
+/* Each second: close the relayed sessions whose peer the operator took
+ * out since they picked it. */
+static void
+sg_proxy_close_handler(sg_event_t *ev)
+{
+    sg_proxy_ctx_t     *ctx, *next;
+    sg_smtp_session_t  *s;
+
+    for (ctx = sg_proxy_picked; ctx; ctx = next) {
+        next = ctx->picked_next;
+        if (ctx->up == NULL || ctx->pick.peer == NULL
+            || sg_upstream_close_seq(ctx->pick.upstream,
+                                     ctx->pick.peer->index)
+               == ctx->close_seq)
+        {
+            continue;
+        }
+        s = ctx->s;
+        sg_log_error(SG_LOG_NOTICE, s->log, 0, "closing the session: "
+                     "backend %.*s of upstream %.*s was taken out of "
+                     "service (the status API)",
+                     SG_STR_ARG(&ctx->peer->name),
+                     SG_STR_ARG(&ctx->pick.upstream->name));
+        sg_smtp_set_end(s, SG_SMTP_END_SHUTDOWN);
+        sg_proxy_lost(ctx, "Backend taken out of service, try again "
+                      "later");
+        sg_smtp_close_session(s);
+    }
+    sg_event_add_timer(ev, 1000);
+}
+
+static int
+sg_proxy_init_process(sg_cycle_t *cycle)
+{
+    size_t  n;
+
+    if (sg_upstream_groups_of(cycle, &n) != NULL && n) {
+        sg_proxy_close_tick.handler = sg_proxy_close_handler;
+        sg_proxy_close_tick.log = cycle->log;
+        sg_event_add_timer(&sg_proxy_close_tick, 1000);
+    }
+    return SG_OK;
+}
+
+static void
+sg_proxy_exit_process(sg_cycle_t *cycle)
+{
+    (void) cycle;
+    if (sg_event_timer_set(&sg_proxy_close_tick)) {
+        sg_event_del_timer(&sg_proxy_close_tick);
+    }
+}
+
+#endif
+
 static void
 sg_proxy_cleanup(void *data)
 {
@@ -859,6 +972,7 @@ sg_proxy_cleanup(void *data)
     sg_smtp_client_close(&ctx->cl);
     sg_buf_give(&ctx->ubuf);
 #if (SG_HAVE_UPSTREAM_MODULE)
+    sg_proxy_unlist(ctx);
     if (ctx->picking) {
         /* A session that ends before its backend was ready says
          * nothing about the backend. */
@@ -1126,6 +1240,9 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
         ctx->peer = &ctx->pick.peer->addr;
         ctx->s->upstream = &ctx->peer->name;
         ctx->peer_host = ctx->pick.peer->host;
+        if (ctx->pick.upstream->zone) {
+            sg_proxy_list(ctx);
+        }
 #if (SG_HAVE_SPOOL_MODULE)
         if (ctx->pick.peer->spool) {
             sg_log_debug(ctx->s->log, "upstream chose %.*s",

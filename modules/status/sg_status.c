@@ -18,8 +18,9 @@
  * this module reads: one request of at most SG_STATUS_REQUEST_MAX bytes
  * under status_timeout, answered and closed (HTTP/1.0 style, "Connection:
  * close").  GET and HEAD, and with "status_write on" the one write:
- * POST /upstreams/GROUP/PEER/drain|ready|weight=N, which sets a peer's
- * drain or weight (sg_upstream_drain, sg_upstream_set_weight).  A client outside status_allow gets 403.
+ * POST /upstreams/GROUP/PEER/drain|close|ready|weight=N, which sets a
+ * peer's drain or weight, or closes its sessions (sg_upstream_drain,
+ * sg_upstream_set_weight, sg_upstream_close).  A client outside status_allow gets 403.
  */
 #include "sg_smtp.h"
 #include "sg_status_parse.h"
@@ -1138,8 +1139,8 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
 
 #if (SG_HAVE_UPSTREAM_MODULE)
 
-/* POST /upstreams/GROUP/PEER/drain|ready|weight=N: the operator's say
- * on one peer of a group, answered with the peer's state as JSON. */
+/* POST /upstreams/GROUP/PEER/drain|close|ready|weight=N: the operator's
+ * say on one peer of a group, answered with the peer's state as JSON. */
 static void
 sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
 {
@@ -1154,7 +1155,7 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
     int64_t                 weight, before;
     sg_str_t                v;
     size_t                  n, i, k;
-    bool                    drain = false, was, changed;
+    bool                    drain = false, was, changed, closing;
     char                   *text;
 
     if (!sc->conf->write) {
@@ -1172,8 +1173,11 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
         return;
     }
     weight = -1;
+    closing = false;
     if (sg_str_eq(&pp.action, "drain")) {
         drain = true;
+    } else if (sg_str_eq(&pp.action, "close")) {
+        closing = true;
     } else if (sg_str_eq(&pp.action, "ready")) {
         drain = false;
     } else if (pp.action.len > 7
@@ -1191,7 +1195,7 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
             return;
         }
     } else {
-        sg_status_error(c, 404, "Unknown action: drain, ready or "
+        sg_status_error(c, 404, "Unknown action: drain, close, ready or "
                         "weight=N", false);
         return;
     }
@@ -1223,7 +1227,17 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
         return;
     }
     before = sg_upstream_weight(u[i], k);
-    if (weight >= 0) {
+    if (closing) {
+        sg_upstream_close(u[i], k, &active);
+        drain = true;
+        changed = true;
+        sg_log_error(SG_LOG_NOTICE, c->log, 0, "upstream %.*s: server %.*s "
+                     "taken out of service by status client %.*s: its %u "
+                     "session%s closed within a second",
+                     SG_STR_ARG(&u[i]->name), SG_STR_ARG(&p[k].addr.name),
+                     SG_STR_ARG(&c->addr_text), active,
+                     active == 1 ? "" : "s");
+    } else if (weight >= 0) {
         if (sg_upstream_set_weight(u[i], k, weight) != SG_OK) {
             sg_status_error(c, 409, "A consistent hash group's weights are "
                             "those of the configuration", false);

@@ -767,6 +767,18 @@ sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain, uint32_t *active)
     return was;
 }
 
+void
+sg_upstream_close(sg_upstream_t *u, size_t i, uint32_t *active)
+{
+    sg_upstream_state_t  *st = sg_upstream_state(u, i);
+
+    sg_upstream_lock(u);
+    st->drain = 1;
+    __atomic_add_fetch(&st->close_seq, 1, __ATOMIC_RELAXED);
+    *active = st->conns;
+    sg_upstream_unlock(u);
+}
+
 bool
 sg_upstream_drain_state(sg_upstream_t *u, size_t i, uint32_t *active)
 {

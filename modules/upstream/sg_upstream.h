@@ -63,6 +63,8 @@ typedef struct {
     unsigned           probed:1;      /* caps is known */
     unsigned           drain:1;       /* set by the operator (the status
                                          API): no new sessions */
+    uint32_t           close_seq;     /* one more each time the operator
+                                         closes its sessions */
 } sg_upstream_state_t;
 
 typedef struct {
@@ -169,6 +171,10 @@ void sg_upstream_slot_leave(sg_upstream_t *u);
  * group.  Returns whether it was draining; *active: its sessions now. */
 bool sg_upstream_drain(sg_upstream_t *u, size_t i, bool drain,
     uint32_t *active);
+/* The operator takes peer i out at once: it drains, and every worker
+ * closes the sessions relayed to it within a second (close_seq moves
+ * on).  *active: its sessions as it was taken out. */
+void sg_upstream_close(sg_upstream_t *u, size_t i, uint32_t *active);
 /* Whether peer i drains; *active: its sessions now. */
 bool sg_upstream_drain_state(sg_upstream_t *u, size_t i, uint32_t *active);
 
@@ -183,6 +189,15 @@ sg_upstream_state(sg_upstream_t *u, size_t i)
 {
     return u->zone ? (sg_upstream_state_t *) u->zone->data + i
                    : u->local + i;
+}
+
+/* How many times the operator has closed peer i's sessions: a session
+ * that saw another number when it picked the peer is to be closed. */
+static inline uint32_t
+sg_upstream_close_seq(sg_upstream_t *u, size_t i)
+{
+    return __atomic_load_n(&sg_upstream_state(u, i)->close_seq,
+                           __ATOMIC_RELAXED);
 }
 
 /* Which configuration this worker's u belongs to, among those sharing
