@@ -13,6 +13,7 @@
  * (when it was good) and one from the input cut into nine fields, and
  * each must keep what a receiving MTA relies on: CRLF line ends only,
  * no line over 998 octets, the boundary on exactly its four lines.
+ * Last, the input as a file name: its queue id and arrival.
  */
 #include "sg_core.h"
 #include "sg_spool_queue.h"
@@ -241,6 +242,29 @@ sg_fuzz_dsn_pieces(const uint8_t *data, size_t size)
     }
 }
 
+/* The input as a file name: the queue id fits and has no dot, the
+ * arrival is never after the fallback, and bounded. */
+static void
+sg_fuzz_name(const uint8_t *data, size_t size)
+{
+    char    *name, id[16];
+    size_t   n;
+
+    name = malloc(size + 1);
+    SG_FUZZ_ASSERT(name != NULL);
+    memcpy(name, data, size);
+    name[size] = '\0';
+    n = sg_spool_name_id(name, id, sizeof(id));
+    SG_FUZZ_ASSERT(n < sizeof(id) && id[n] == '\0' && strlen(id) <= n);
+    SG_FUZZ_ASSERT(memchr(id, '.', n) == NULL);
+    SG_FUZZ_ASSERT(sg_spool_name_arrival(name, 1000) <= 1000);
+    /* leading digits stop before they could overflow */
+    SG_FUZZ_ASSERT(name[0] < '0' || name[0] > '9'
+                   || sg_spool_name_arrival(name, (time_t) 1 << 60)
+                      < ((time_t) 1 << 50));
+    free(name);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -276,5 +300,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(whole.data);
 
     sg_fuzz_dsn_pieces(data, size);
+    sg_fuzz_name(data, size);
     return 0;
 }

@@ -1196,6 +1196,66 @@ def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
     assert "spool forwarder" not in g.error_log()
 
 
+def test_queue_listing(smtpgate, down_backend):
+    """GET /queue: each waiting message with its envelope, the next due
+    first, read on the thread pool; a file that is not a message is
+    listed with why; HEAD; empty once delivered."""
+    import json
+    from test_status import curl
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, retry="30s 60s", mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n")))
+    first, _ = submit(g, "s@example.org", ["r@example.org"],
+                      b"Subject: 1\r\n\r\none\r\n")
+    second, _ = submit(g, "t@example.org", ["x@example.org",
+                                            "y@example.org"],
+                       b"Subject: 2\r\n\r\n" + b"two\r\n" * 100)
+    g.wait_log(r"message " + re.escape(second) + r" deferred")
+    bad = os.path.join(qdir(g), f"{int(time.time())}.bad.host")
+    with open(bad, "wb") as f:
+        f.write(b"not a message\r\n")
+    os.utime(bad, (time.time() + 3600, time.time() + 3600))  # due last
+    q = json.loads(curl(g, "/queue"))
+    (sp,) = q["spools"]
+    assert sp["directory"] == os.path.join(g.prefix, "queue")
+    assert sp["upstream"] == "grp"
+    assert (sp["queued"], sp["listed"]) == (3, 3), sp
+    msgs = {m["id"]: m for m in sp["messages"]}
+    assert msgs[first]["sender"] == "s@example.org"
+    assert msgs[first]["recipients"] == ["r@example.org"]
+    assert msgs[second]["recipients"] == ["x@example.org", "y@example.org"]
+    assert msgs[second]["size"] > msgs[first]["size"] > 0
+    for qid in (first, second):
+        assert abs(msgs[qid]["arrival"] - time.time()) < 120
+        assert "error" not in msgs[qid]
+        assert msgs[qid]["warned"] is False
+    assert sp["messages"][-1]["id"].endswith("bad")     # ".bad.host"
+    assert sp["messages"][-1]["error"], sp["messages"][-1]
+    next_tries = [m["next_try"] for m in sp["messages"]]
+    assert next_tries == sorted(next_tries)
+    head = curl(g, "/queue", "-I")
+    assert head.startswith("HTTP/1.1 200 OK") and \
+        "application/json" in head
+    os.unlink(bad)
+    b.start()
+    g.ctl("-s", "flush")
+    b.wait_messages(2, timeout=20)
+    wait_queue_empty(g)
+    q = json.loads(curl(g, "/queue"))
+    assert q["spools"][0]["messages"] == [] and \
+        q["spools"][0]["queued"] == 0
+
+
+def test_queue_listing_without_a_forwarding_spool(smtpgate, backend):
+    import json
+    from test_status import curl
+
+    g = smtpgate(gatelib.conf(backend=backend, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n")))
+    assert json.loads(curl(g, "/queue")) == {"spools": []}
+
+
 def test_queue_counters_in_metrics_and_status(smtpgate, scripted_smtp):
     """/metrics and /status show a forwarding spool's queue: how many wait
     and since when while the group is down, then the recipients by result

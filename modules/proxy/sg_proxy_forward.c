@@ -166,7 +166,6 @@ static char  sg_fwd_path_buf[PATH_MAX];
 static void sg_fwd_run(sg_fwd_queue_t *q);
 static void sg_fwd_server(sg_fwd_t *f, sg_pool_t *pool);
 static sg_fwd_t *sg_fwd_open(sg_fwd_queue_t *q, const char *name);
-static time_t sg_fwd_arrival(const char *name, time_t fallback);
 static void sg_fwd_line(sg_fwd_t *f, const char *verb, const sg_str_t *addr);
 static int sg_fwd_keep(sg_fwd_t *f);
 static void sg_fwd_idle_close_all(sg_fwd_queue_t *q);
@@ -324,7 +323,7 @@ sg_fwd_scan(sg_fwd_queue_t *q, bool all)
             continue;
         }
         total++;
-        arrival = sg_fwd_arrival(de->d_name, st.st_mtime);
+        arrival = sg_spool_name_arrival(de->d_name, st.st_mtime);
         if (oldest == 0 || arrival < oldest) {
             oldest = arrival;
         }
@@ -519,20 +518,6 @@ sg_fwd_park(sg_fwd_t *f, const char *why)
                  "to \"%s\"", f->id, why, to);
 }
 
-static time_t
-sg_fwd_arrival(const char *name, time_t fallback)
-{
-    time_t  t = 0;
-
-    if (*name < '0' || *name > '9') {
-        return fallback;
-    }
-    while (*name >= '0' && *name <= '9' && t < ((time_t) 1 << 40)) {
-        t = t * 10 + (*name++ - '0');
-    }
-    return t > fallback ? fallback : t;
-}
-
 static void
 sg_fwd_xtext_decode(sg_str_t *v)
 {
@@ -579,9 +564,9 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
     sg_pool_t       *pool;
     sg_fwd_t        *f;
     struct stat      st;
-    size_t           len, i, nr;
+    size_t           len, nr;
     ssize_t          n;
-    const char      *err = NULL, *dot;
+    const char      *err = NULL;
     sg_str_t         v;
     int              fd, rc;
 
@@ -614,16 +599,8 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
     f->log.session = sg_next_session_number();
     f->log.action = NULL;
     memcpy(f->path, sg_fwd_path_buf, sizeof(f->path));
-    dot = strchr(name, '.');
-    dot = dot ? strchr(dot + 1, '.') : NULL;
-    len = dot ? (size_t) (dot - name) : strlen(name);
-    for (i = 0, n = 0; i < len && (size_t) n < sizeof(f->id) - 1; i++) {
-        if (name[i] != '.') {
-            f->id[n++] = name[i];
-        }
-    }
-    f->id[n] = '\0';
-    f->arrival = sg_fwd_arrival(name, st.st_mtime);
+    (void) sg_spool_name_id(name, f->id, sizeof(f->id));
+    f->arrival = sg_spool_name_arrival(name, st.st_mtime);
     f->next = q->deliveries;
     if (f->next) {
         f->next->prev = f;

@@ -322,3 +322,38 @@ sg_spool_attr_get(const sg_str_t *attrs, const char *name,
     }
     return false;
 }
+
+size_t
+sg_spool_name_id(const char *name, char *id, size_t size)
+{
+    const char  *dot;
+    size_t       len, i, n = 0;
+
+    if (size == 0) {
+        return 0;
+    }
+    dot = strchr(name, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    len = dot ? (size_t) (dot - name) : strlen(name);
+    for (i = 0; i < len && n < size - 1; i++) {
+        if (name[i] != '.') {
+            id[n++] = name[i];
+        }
+    }
+    id[n] = '\0';
+    return n;
+}
+
+time_t
+sg_spool_name_arrival(const char *name, time_t fallback)
+{
+    time_t  t = 0;
+
+    if (*name < '0' || *name > '9') {
+        return fallback;
+    }
+    while (*name >= '0' && *name <= '9' && t < ((time_t) 1 << 40)) {
+        t = t * 10 + (*name++ - '0');
+    }
+    return t > fallback ? fallback : t;
+}

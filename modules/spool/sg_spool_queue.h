@@ -121,4 +121,15 @@ u_char *sg_spool_dsn_compose(const sg_spool_dsn_t *d, size_t *len);
 /* RFC 5322 date of t, in UTC ("Sat, 28 Nov 2026 15:51:44 +0000"). */
 u_char *sg_spool_format_date(u_char *p, u_char *last, time_t t);
 
+/*
+ * A spool file's name, "SECONDS.MuSECSpPIDqSEQ.HOST[:2,FLAGS]": its
+ * queue id (the name to the second '.', without the dots, as the 250
+ * reply and the log give it) into id, NUL-terminated and cut to size;
+ * returns its length.  And its arrival, the leading seconds, or
+ * fallback when the name does not start with them or says a time after
+ * fallback (the file's mtime, which a later try only moves on).
+ */
+size_t sg_spool_name_id(const char *name, char *id, size_t size);
+time_t sg_spool_name_arrival(const char *name, time_t fallback);
+
 #endif /* SG_SPOOL_QUEUE_H */

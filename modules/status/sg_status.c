@@ -29,7 +29,9 @@
 #endif
 #if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
 #include "sg_spool.h"
+#include "sg_status_queue.h"
 #define SG_STATUS_SPOOLS  1
+#define SG_STATUS_QUEUE_MAX  1000       /* messages listed a spool */
 #else
 #define SG_STATUS_SPOOLS  0
 #endif
@@ -110,6 +112,8 @@ typedef struct {
     size_t                  sent;
     const char             *allow;  /* a 405's Allow header, if not
                                        GET and HEAD */
+    sg_task_t              *task;   /* GET /queue being read */
+    bool                    head;   /* that request was HEAD */
 } sg_status_conn_t;
 
 /* A growing response body, malloc'd, at most SG_STATUS_RESPONSE_MAX. */
@@ -1002,6 +1006,9 @@ sg_status_close_connection(sg_connection_t *c)
 
     if (sc) {
         free(sc->out);
+        if (sc->task) {
+            sg_task_cancel(sc->task);   /* the pool frees it */
+        }
     }
     sg_close_connection(c);
     sg_pool_destroy(pool);
@@ -1088,6 +1095,7 @@ sg_status_respond(sg_connection_t *c, unsigned code, const char *type,
     reason = code == 200 ? "OK" : code == 400 ? "Bad Request"
              : code == 403 ? "Forbidden" : code == 404 ? "Not Found"
              : code == 405 ? "Method Not Allowed" : code == 409 ? "Conflict"
+             : code == 503 ? "Service Unavailable"
              : code == 408 ? "Request Timeout"
              : code == 431 ? "Request Header Fields Too Large"
              : "Internal Server Error";
@@ -1290,6 +1298,105 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
 
 #endif
 
+#if (SG_STATUS_SPOOLS)
+
+/* GET /queue: the listing on the thread pool, the answer when done. */
+typedef struct {
+    sg_task_t                 task;
+    sg_connection_t          *c;
+    sg_status_queue_spool_t  *spools;
+    size_t                    n;
+    char                     *json;
+} sg_status_queue_task_t;
+
+static void
+sg_status_queue_work(sg_task_t *t)
+{
+    sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
+
+    qt->json = sg_status_queue_json(qt->spools, qt->n, SG_STATUS_QUEUE_MAX);
+}
+
+static void
+sg_status_queue_done(sg_task_t *t)
+{
+    sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
+    sg_connection_t         *c = qt->c;
+    sg_status_conn_t        *sc = c->data;
+    sg_status_out_t          body = { NULL, 0, 0, false };
+
+    sc->task = NULL;
+    if (qt->json == NULL) {
+        sg_status_error(c, 500, "The queue could not be read", sc->head);
+        return;
+    }
+    sg_status_printf(&body, "%s\n", qt->json);
+    if (body.failed) {
+        free(body.data);
+        sg_status_error(c, 500, "The response could not be made",
+                        sc->head);
+        return;
+    }
+    sg_status_respond(c, 200, "application/json", &body, sc->head);
+}
+
+static void
+sg_status_queue_destroy(sg_task_t *t)
+{
+    sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
+
+    free(qt->json);
+    free(qt->spools);
+    free(qt);
+}
+
+static void
+sg_status_queue(sg_connection_t *c, bool head)
+{
+    sg_status_conn_t        *sc = c->data;
+    sg_status_spool_t        sp[64];
+    sg_status_queue_task_t  *qt;
+    const sg_str_t          *dir;
+    size_t                   n, i;
+    int                      rc;
+
+    n = sg_status_spools(sp, sg_nelems(sp));
+    qt = calloc(1, sizeof(*qt));
+    if (qt == NULL
+        || (n && (qt->spools = calloc(n, sizeof(*qt->spools))) == NULL))
+    {
+        free(qt);
+        sg_status_error(c, 500, "Out of memory", head);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        dir = sg_spool_dir(sp[i].sp);
+        (void) snprintf(qt->spools[i].dir, sizeof(qt->spools[i].dir),
+                        "%.*s", SG_STR_ARG(dir));
+        (void) snprintf(qt->spools[i].upstream,
+                        sizeof(qt->spools[i].upstream), "%.*s",
+                        SG_STR_ARG(&sp[i].u->name));
+    }
+    qt->n = n;
+    qt->c = c;
+    qt->task.work = sg_status_queue_work;
+    qt->task.done = sg_status_queue_done;
+    qt->task.destroy = sg_status_queue_destroy;
+    rc = sg_task_post(&qt->task, c->log);
+    if (rc != SG_OK) {
+        sg_status_queue_destroy(&qt->task);
+        sg_status_error(c, 503, "Busy: try again", head);
+        return;
+    }
+    sc->task = &qt->task;
+    sc->head = head;
+    /* Until the answer: a client that goes (or status_timeout) closes
+     * the connection, which cancels the listing. */
+    c->read->handler = sg_status_drain;
+}
+
+#endif
+
 /* A whole request head is in: answer it. */
 static void
 sg_status_request(sg_connection_t *c)
@@ -1341,9 +1448,14 @@ sg_status_request(sg_connection_t *c)
             sg_status_respond(c, 200, "application/json", &body, head);
             return;
         }
+#if (SG_STATUS_SPOOLS)
+    } else if (sg_str_eq(&r.path, "/queue")) {
+        sg_status_queue(c, head);
+        return;
+#endif
     } else if (sg_str_eq(&r.path, "/")) {
         sg_status_printf(&body, "smtpgate %s: /metrics (Prometheus), "
-                         "/status (JSON)\n", SG_VERSION);
+                         "/status (JSON), /queue (JSON)\n", SG_VERSION);
         sg_status_respond(c, 200, "text/plain; charset=utf-8", &body, head);
         return;
     } else {

@@ -1204,6 +1204,38 @@ test_random(void)
     }
 }
 
+/* A file's queue id and arrival, from its name. */
+static void
+test_file_names(void)
+{
+    char    id[32];
+    size_t  n;
+
+    n = sg_spool_name_id("1796654461.M419151P18334Q1.mx.test:2,W", id,
+                         sizeof(id));
+    CHECK_UINT(n, strlen("1796654461M419151P18334Q1"));
+    CHECK(strcmp(id, "1796654461M419151P18334Q1") == 0);
+    n = sg_spool_name_id("noDots", id, sizeof(id));
+    CHECK(n == 6 && strcmp(id, "noDots") == 0);
+    n = sg_spool_name_id("a.b", id, sizeof(id));
+    CHECK(n == 2 && strcmp(id, "ab") == 0);
+    n = sg_spool_name_id("1234567890.M1P2Q3.host", id, 8);
+    CHECK(n == 7 && strcmp(id, "1234567") == 0);     /* cut to size */
+    CHECK_UINT(sg_spool_name_id("x", id, 0), 0);
+    n = sg_spool_name_id("", id, sizeof(id));
+    CHECK(n == 0 && id[0] == '\0');
+
+    CHECK_INT(sg_spool_name_arrival("1796654461.M1P2Q3.h", 1796654500),
+              1796654461);
+    /* later than the file's mtime: the mtime */
+    CHECK_INT(sg_spool_name_arrival("1796654461.M1P2Q3.h", 1000), 1000);
+    CHECK_INT(sg_spool_name_arrival("x1796654461", 77), 77);
+    CHECK_INT(sg_spool_name_arrival("", 77), 77);
+    /* an endless number stops, bounded, before it overflows */
+    CHECK(sg_spool_name_arrival("99999999999999999999999.x",
+                                (time_t) 1 << 50) < ((time_t) 1 << 44));
+}
+
 int
 main(void)
 {
@@ -1226,6 +1258,7 @@ main(void)
     RUN(test_dsn_hostile);
     RUN(test_dsn_hostile_headers);
     RUN(test_random);
+    RUN(test_file_names);
 
     return sg_test_finish();
 }
