@@ -1199,13 +1199,21 @@ def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
 def test_queue_listing(smtpgate, down_backend):
     """GET /queue: each waiting message with its envelope, the next due
     first, read on the thread pool; a file that is not a message is
-    listed with why; HEAD; empty once delivered."""
+    listed with why; HEAD.  POST /queue/ID/remove takes one message out,
+    POST /queue/flush has the forwarder try the rest at once; empty once
+    delivered."""
     import json
     from test_status import curl
 
+    def post(path):
+        out = curl(g, path, "-X", "POST", "-w", "\n%{http_code}")
+        body, code = out.rsplit("\n", 1)
+        return int(code), body
+
     b = down_backend()
     g = smtpgate(fwd_conf(b.address, retry="30s 60s", mail=(
-        "    status_listen 127.0.0.1:@PORTS@;\n")))
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n")))
     first, _ = submit(g, "s@example.org", ["r@example.org"],
                       b"Subject: 1\r\n\r\none\r\n")
     second, _ = submit(g, "t@example.org", ["x@example.org",
@@ -1238,9 +1246,32 @@ def test_queue_listing(smtpgate, down_backend):
     assert head.startswith("HTTP/1.1 200 OK") and \
         "application/json" in head
     os.unlink(bad)
+
+    # remove one
+    code, body = post(f"/queue/{first}/remove")
+    assert (code, json.loads(body)) == (200, {"id": first, "removed": True})
+    g.wait_log(rf"\[notice\] .*queue: message {first} removed from "
+               rf'"{re.escape(sp["directory"])}" by status client '
+               r"127\.0\.0\.1")
+    (sp,) = json.loads(curl(g, "/queue"))["spools"]
+    assert [m["id"] for m in sp["messages"]] == [second]
+    for path, want in ((f"/queue/{first}/remove", 404),
+                       ("/queue/no.such/remove", 404),
+                       ("/queue/%00/remove", 404),
+                       ("/queue/x/delete", 404)):
+        assert post(path)[0] == want, path
+    r = curl(g, "/queue/flush", "-w", "%{http_code}", "-o", "/dev/null")
+    assert r == "405"
+
+    # flush: the forwarder tries it now, not in 30 s
     b.start()
-    g.ctl("-s", "flush")
-    b.wait_messages(2, timeout=20)
+    code, body = post("/queue/flush")
+    assert (code, json.loads(body)) == (200, {"spools": 1, "flushed": 1})
+    g.wait_log(r"queue: flush asked by status client 127\.0\.0\.1, 1 of "
+               r"1 forwarding spool told")
+    g.wait_log(r"spool forwarder: flush: 1 message of ")
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.mail_from == "t@example.org"
     wait_queue_empty(g)
     q = json.loads(curl(g, "/queue"))
     assert q["spools"][0]["messages"] == [] and \
@@ -1254,6 +1285,9 @@ def test_queue_listing_without_a_forwarding_spool(smtpgate, backend):
     g = smtpgate(gatelib.conf(backend=backend, mail=(
         "    status_listen 127.0.0.1:@PORTS@;\n")))
     assert json.loads(curl(g, "/queue")) == {"spools": []}
+    # writes are off by default
+    out = curl(g, "/queue/flush", "-X", "POST", "-w", "\n%{http_code}")
+    assert out == "Writes are off: set status_write on\n\n403", out
 
 
 def test_queue_counters_in_metrics_and_status(smtpgate, scripted_smtp):

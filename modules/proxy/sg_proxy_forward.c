@@ -1768,6 +1768,10 @@ sg_fwd_init_process(sg_cycle_t *cycle, void *data)
              * deliveries counted against the group's servers */
             sg_upstream_slot_claim(cycle, u[i]);
             q->stats = sg_spool_stats(q->sp);
+            if (q->stats) {
+                __atomic_store_n(&q->stats->forwarder, (uint64_t) sg_pid,
+                                 __ATOMIC_RELAXED);
+            }
             q->kick.handler = sg_fwd_kick_handler;
             q->kick.data = q;
             q->kick.log = cycle->log;
@@ -1804,6 +1808,15 @@ sg_fwd_exit_process(sg_cycle_t *cycle, void *data)
         sg_fwd_free_due(&q[i]);
         sg_fwd_idle_close_all(&q[i]);
         sg_upstream_slot_leave(q[i].u);
+        if (q[i].stats) {
+            /* unless a newer forwarder has put its own there */
+            uint64_t  mine = (uint64_t) sg_pid;
+
+            (void) __atomic_compare_exchange_n(&q[i].stats->forwarder,
+                                               &mine, 0, false,
+                                               __ATOMIC_RELAXED,
+                                               __ATOMIC_RELAXED);
+        }
     }
 }
 

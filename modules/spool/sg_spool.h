@@ -58,6 +58,8 @@ typedef struct {
     uint64_t     deferred;      /* recipients deferred, once per try */
     uint64_t     failed;        /* recipients given up on */
     uint64_t     reports;       /* notifications queued */
+    uint64_t     forwarder;     /* the pid of the forwarder that runs
+                                   now, for "POST /queue/flush" */
 } sg_spool_stats_t;
 
 /* sp's counters, or NULL when sp does not forward. */

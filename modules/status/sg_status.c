@@ -1307,6 +1307,10 @@ typedef struct {
     sg_status_queue_spool_t  *spools;
     size_t                    n;
     char                     *json;
+    char                      id[128];  /* to remove; "": to list */
+    int                       rc;       /* of the removal */
+    int                       err;
+    size_t                    which;
 } sg_status_queue_task_t;
 
 static void
@@ -1314,7 +1318,45 @@ sg_status_queue_work(sg_task_t *t)
 {
     sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
 
+    if (qt->id[0]) {
+        qt->rc = sg_status_queue_remove(qt->spools, qt->n, qt->id,
+                                        &qt->which);
+        qt->err = errno;
+        return;
+    }
     qt->json = sg_status_queue_json(qt->spools, qt->n, SG_STATUS_QUEUE_MAX);
+}
+
+/* The answer to POST /queue/ID/remove. */
+static void
+sg_status_queue_removed(sg_connection_t *c, sg_status_queue_task_t *qt)
+{
+    sg_status_out_t   body = { NULL, 0, 0, false };
+    const char       *dir = qt->n ? qt->spools[qt->which].dir : "";
+
+    switch (qt->rc) {
+    case SG_OK:
+        sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: message %s removed "
+                     "from \"%s\" by status client %.*s", qt->id, dir,
+                     SG_STR_ARG(&c->addr_text));
+        sg_status_printf(&body, "{\"id\": \"%s\", \"removed\": true}\n",
+                         qt->id);
+        sg_status_respond(c, 200, "application/json", &body, false);
+        return;
+    case SG_DECLINED:
+        sg_status_error(c, 404, "No such message in the forwarding spools",
+                        false);
+        return;
+    case SG_BUSY:
+        sg_status_error(c, 409, "The forwarder is delivering it now: try "
+                        "again", false);
+        return;
+    default:
+        sg_log_error(SG_LOG_ERR, c->log, qt->err, "queue: message %s in "
+                     "\"%s\" could not be removed", qt->id, dir);
+        sg_status_error(c, 500, "It could not be removed: see the error "
+                        "log", false);
+    }
 }
 
 static void
@@ -1326,6 +1368,10 @@ sg_status_queue_done(sg_task_t *t)
     sg_status_out_t          body = { NULL, 0, 0, false };
 
     sc->task = NULL;
+    if (qt->id[0]) {
+        sg_status_queue_removed(c, qt);
+        return;
+    }
     if (qt->json == NULL) {
         sg_status_error(c, 500, "The queue could not be read", sc->head);
         return;
@@ -1351,7 +1397,7 @@ sg_status_queue_destroy(sg_task_t *t)
 }
 
 static void
-sg_status_queue(sg_connection_t *c, bool head)
+sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *remove)
 {
     sg_status_conn_t        *sc = c->data;
     sg_status_spool_t        sp[64];
@@ -1379,6 +1425,10 @@ sg_status_queue(sg_connection_t *c, bool head)
     }
     qt->n = n;
     qt->c = c;
+    if (remove) {
+        (void) snprintf(qt->id, sizeof(qt->id), "%.*s",
+                        SG_STR_ARG(remove));
+    }
     qt->task.work = sg_status_queue_work;
     qt->task.done = sg_status_queue_done;
     qt->task.destroy = sg_status_queue_destroy;
@@ -1393,6 +1443,64 @@ sg_status_queue(sg_connection_t *c, bool head)
     /* Until the answer: a client that goes (or status_timeout) closes
      * the connection, which cancels the listing. */
     c->read->handler = sg_status_drain;
+}
+
+/* POST /queue/flush: every forwarder tries its whole queue now (as
+ * "smtpgate -s flush"); POST /queue/ID/remove: that message goes. */
+static void
+sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
+{
+    sg_status_conn_t   *sc = c->data;
+    sg_status_out_t     body = { NULL, 0, 0, false };
+    sg_status_spool_t   sp[64];
+    sg_spool_stats_t   *st;
+    sg_str_t            id;
+    uint64_t            pid;
+    size_t              n, i, told = 0;
+
+    if (!sc->conf->write) {
+        sg_status_error(c, 403, "Writes are off: set status_write on",
+                        false);
+        return;
+    }
+    if (sg_str_eq(path, "/queue/flush")) {
+        n = sg_status_spools(sp, sg_nelems(sp));
+        for (i = 0; i < n; i++) {
+            st = sg_spool_stats(sp[i].sp);
+            pid = st ? __atomic_load_n(&st->forwarder, __ATOMIC_RELAXED)
+                     : 0;
+            if (pid && kill((pid_t) pid, SG_SIGFLUSH) == 0) {
+                told++;
+            }
+        }
+        sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: flush asked by "
+                     "status client %.*s, %zu of %zu forwarding spool%s "
+                     "told", SG_STR_ARG(&c->addr_text), told, n,
+                     n == 1 ? "" : "s");
+        sg_status_printf(&body, "{\"spools\": %zu, \"flushed\": %zu}\n",
+                         n, told);
+        sg_status_respond(c, 200, "application/json", &body, false);
+        return;
+    }
+    id.data = path->data + 7;
+    id.len = path->len - 7;
+    if (id.len > 7 && memcmp(id.data + id.len - 7, "/remove", 7) == 0) {
+        id.len -= 7;
+        for (i = 0; i < id.len; i++) {
+            if (!((id.data[i] >= '0' && id.data[i] <= '9')
+                  || (id.data[i] >= 'A' && id.data[i] <= 'Z')
+                  || (id.data[i] >= 'a' && id.data[i] <= 'z')))
+            {
+                break;
+            }
+        }
+        if (id.len && id.len < 100 && i == id.len) {
+            sg_status_queue(c, false, &id);
+            return;
+        }
+    }
+    sg_status_error(c, 404, "Not found: POST /queue/flush or "
+                    "/queue/ID/remove", false);
 }
 
 #endif
@@ -1427,6 +1535,17 @@ sg_status_request(sg_connection_t *c)
 #endif
         return;
     }
+#if (SG_STATUS_SPOOLS)
+    if (r.path.len > 7 && memcmp(r.path.data, "/queue/", 7) == 0) {
+        if (r.method != SG_STATUS_POST) {
+            sc->allow = "Allow: POST\r\n";
+            sg_status_error(c, 405, "Only POST", head);
+            return;
+        }
+        sg_status_queue_write(c, &r.path);
+        return;
+    }
+#endif
     if (r.method == SG_STATUS_OTHER || r.method == SG_STATUS_POST) {
         sg_status_error(c, 405, "Only GET and HEAD", false);
         return;
@@ -1450,7 +1569,7 @@ sg_status_request(sg_connection_t *c)
         }
 #if (SG_STATUS_SPOOLS)
     } else if (sg_str_eq(&r.path, "/queue")) {
-        sg_status_queue(c, head);
+        sg_status_queue(c, head, NULL);
         return;
 #endif
     } else if (sg_str_eq(&r.path, "/")) {

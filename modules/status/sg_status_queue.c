@@ -9,6 +9,7 @@
 #if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <jansson.h>
 #include "sg_spool_queue.h"
@@ -159,6 +160,60 @@ done:
     json_object_set_new(obj, "messages", arr);
     free(files);
     return obj;
+}
+
+int
+sg_status_queue_remove(const sg_status_queue_spool_t *spools, size_t n,
+    const char *id, size_t *which)
+{
+    struct dirent  *de;
+    char            path[PATH_MAX + 8], fid[128];
+    size_t          i;
+    DIR            *dir;
+    int             fd, rc, err;
+
+    for (i = 0; i < n; i++) {
+        (void) snprintf(path, sizeof(path), "%s/new", spools[i].dir);
+        dir = opendir(path);
+        if (dir == NULL) {
+            continue;
+        }
+        while ((de = readdir(dir)) != NULL) {
+            if (de->d_name[0] == '.') {
+                continue;
+            }
+            (void) sg_spool_name_id(de->d_name, fid, sizeof(fid));
+            if (strcmp(fid, id) != 0) {
+                continue;
+            }
+            *which = i;
+            fd = openat(dirfd(dir), de->d_name,
+                        O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            if (fd == -1) {
+                err = errno;
+                closedir(dir);
+                errno = err;
+                return SG_ERROR;
+            }
+            /* the forwarder holds the lock while it delivers */
+            if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+                err = errno;
+                close(fd);
+                closedir(dir);
+                errno = err;
+                return err == EWOULDBLOCK ? SG_BUSY : SG_ERROR;
+            }
+            rc = unlinkat(dirfd(dir), de->d_name, 0) == 0 ? SG_OK
+                                                           : SG_ERROR;
+            err = errno;
+            close(fd);
+            closedir(dir);
+            errno = err;
+            return rc;
+        }
+        closedir(dir);
+    }
+    return SG_DECLINED;
 }
 
 char *

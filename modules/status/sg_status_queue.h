@@ -17,4 +17,11 @@ typedef struct {
 char *sg_status_queue_json(const sg_status_queue_spool_t *spools, size_t n,
     size_t max);
 
+/* Remove the message whose queue id is id from the spool that has it
+ * (its index in *which): SG_OK; SG_DECLINED when no spool has it;
+ * SG_BUSY when the forwarder is delivering it (its file is locked);
+ * SG_ERROR with errno. */
+int sg_status_queue_remove(const sg_status_queue_spool_t *spools,
+    size_t n, const char *id, size_t *which);
+
 #endif /* SG_STATUS_QUEUE_H */
