@@ -537,6 +537,12 @@ def test_delivered_failed_and_deferred_recipients(smtpgate, scripted_smtp):
     assert attrs["LOGIN"] == "alice"
     assert text2 == text
     assert now + 1 <= mtime <= now + 4, (mtime - now)
+    # and the forwarder's note of the try, on the new file
+    note = os.getxattr(path, "user.smtpgate.deferred").decode()
+    m = re.fullmatch(r"(\d+) (\d+) 451 4\.2\.0 <later@example\.org>: "
+                     r"mailbox busy", note)
+    assert m and int(m.group(1)) >= 1 and abs(int(m.group(2)) - now) < 60, \
+        note
 
     g.wait_log(delivered_line(qid, "s@example.org", 1, b.address,
                               "250 2.0.0 Ok: queued"), mark)
@@ -1198,8 +1204,8 @@ def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
 
 def test_queue_listing(smtpgate, down_backend):
     """GET /queue: each waiting message with its envelope, the next due
-    first, read on the thread pool; a file that is not a message is
-    listed with why; HEAD.  POST /queue/ID/remove takes one message out,
+    first, read on the thread pool, with the forwarder's note of its
+    last try; a file that is not a message is listed with why; HEAD.  POST /queue/ID/remove takes one message out,
     POST /queue/flush has the forwarder try the rest at once; empty once
     delivered."""
     import json
@@ -1242,6 +1248,13 @@ def test_queue_listing(smtpgate, down_backend):
     assert sp["messages"][-1]["error"], sp["messages"][-1]
     next_tries = [m["next_try"] for m in sp["messages"]]
     assert next_tries == sorted(next_tries)
+    # the forwarder's note of its last try: the group is down
+    tried = [m for m in sp["messages"] if m.get("tries")]
+    assert tried, sp["messages"]
+    for m in tried:
+        assert "Connection refused" in m["last_reason"], m
+        assert abs(m["last_try"] - time.time()) < 120
+    assert msgs[first]["tries"] >= 0
     head = curl(g, "/queue", "-I")
     assert head.startswith("HTTP/1.1 200 OK") and \
         "application/json" in head

@@ -46,6 +46,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/xattr.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 
@@ -130,6 +131,8 @@ struct sg_fwd_s {
     sg_proxy_conf_t      *pcf;          /* the proxy settings of the
                                            server that took it */
     sg_str_t              ehlo_name;    /* and its name */
+    unsigned              tries;        /* before this one (the file's
+                                           SG_SPOOL_DEFERRED_XATTR) */
 
     sg_upstream_pick_t    pick;
     sg_smtp_client_t      cl;
@@ -165,6 +168,7 @@ static char  sg_fwd_path_buf[PATH_MAX];
 
 static void sg_fwd_run(sg_fwd_queue_t *q);
 static void sg_fwd_server(sg_fwd_t *f, sg_pool_t *pool);
+static unsigned sg_fwd_tries(int fd);
 static sg_fwd_t *sg_fwd_open(sg_fwd_queue_t *q, const char *name);
 static void sg_fwd_line(sg_fwd_t *f, const char *verb, const sg_str_t *addr);
 static int sg_fwd_keep(sg_fwd_t *f);
@@ -595,6 +599,7 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
     f->q = q;
     f->fd = fd;
     f->size = st.st_size;
+    f->tries = sg_fwd_tries(fd);
     f->log = *sg_fwd.cycle->log;
     f->log.session = sg_next_session_number();
     f->log.action = NULL;
@@ -1414,6 +1419,47 @@ sg_fwd_backoff(sg_fwd_t *f, time_t now)
     return age < lo ? lo : age > hi ? hi : age;
 }
 
+/* How many tries the file's note counts (0: none yet). */
+static unsigned
+sg_fwd_tries(int fd)
+{
+    char     v[32];
+    ssize_t  n;
+
+    n = fgetxattr(fd, SG_SPOOL_DEFERRED_XATTR, v, sizeof(v) - 1);
+    if (n <= 0) {
+        return 0;
+    }
+    v[n] = '\0';
+    return (unsigned) strtoul(v, NULL, 10);
+}
+
+/* Note on the file why this try did not deliver it, for GET /queue:
+ * "TRIES TIME WHY" in an extended attribute, so that nothing of the
+ * message is rewritten for it.  A file system without them just has
+ * no note. */
+static void
+sg_fwd_note(sg_fwd_t *f, time_t now, const sg_str_t *why)
+{
+    char    v[SG_SPOOL_DEFERRED_MAX];
+    size_t  i, n;
+    int     m;
+
+    m = snprintf(v, sizeof(v), "%u %lld ", f->tries + 1, (long long) now);
+    if (m <= 0 || (size_t) m >= sizeof(v)) {
+        return;
+    }
+    n = (size_t) m;
+    for (i = 0; i < why->len && n < sizeof(v) - 1; i++) {
+        v[n++] = why->data[i] >= 0x20 && why->data[i] < 0x7f
+                 ? (char) why->data[i] : ' ';
+    }
+    if (setxattr(f->path, SG_SPOOL_DEFERRED_XATTR, v, n, 0) == -1) {
+        sg_log_debug(&f->log, "spool forwarder: setxattr(\"%s\") failed "
+                     "(%d): no note of the try", f->path, errno);
+    }
+}
+
 static void
 sg_fwd_touch(sg_fwd_t *f, time_t when)
 {
@@ -1611,7 +1657,7 @@ sg_fwd_finish(sg_fwd_t *f)
     time_t           now = time(NULL), next;
     size_t           i, done = 0, failed = 0, deferred = 0;
     bool             expired, *keep;
-    sg_str_t         none = { 0, NULL };
+    sg_str_t         none = { 0, NULL }, why = { 0, NULL };
 
     /* Whoever had no answer yet: deferred; the cause is in f->why, in
      * our words, not a server's reply. */
@@ -1637,6 +1683,9 @@ sg_fwd_finish(sg_fwd_t *f)
     if (f->dead && !expired) {
         /* Not the message's fault: no backoff, the queue waits. */
         q->dead = 1;
+        why.data = (u_char *) (f->why[0] ? f->why : "no server is up");
+        why.len = strlen((char *) why.data);
+        sg_fwd_note(f, now, &why);
         sg_log_error(SG_LOG_WARN, &f->log, 0, "spool forwarder: message %s "
                      "deferred: %s; the queue waits %lld ms before the next "
                      "try", f->id, f->why[0] ? f->why : "no server is up",
@@ -1712,6 +1761,16 @@ sg_fwd_finish(sg_fwd_t *f)
     }
     next = now + sg_fwd_backoff(f, now);
     sg_fwd_touch(f, next);
+    for (i = 0; i < f->env.nrcpts && why.len == 0; i++) {
+        if (f->result[i] == SG_FWD_DEFERRED) {
+            why = f->reply[i];
+        }
+    }
+    if (why.len == 0) {
+        why.data = (u_char *) f->why;
+        why.len = strlen(f->why);
+    }
+    sg_fwd_note(f, now, &why);
     sg_fwd_warn(f, deferred, now);
     for (i = 0; i < f->env.nrcpts; i++) {
         if (f->result[i] == SG_FWD_DEFERRED) {

@@ -129,6 +129,12 @@ u_char *sg_spool_format_date(u_char *p, u_char *last, time_t t);
  * fallback when the name does not start with them or says a time after
  * fallback (the file's mtime, which a later try only moves on).
  */
+/* The forwarder's note on a deferred file, an extended attribute:
+ * "TRIES TIME WHY" (decimal tries, Unix time of the last, the last
+ * reply or reason in printable ASCII). */
+#define SG_SPOOL_DEFERRED_XATTR  "user.smtpgate.deferred"
+#define SG_SPOOL_DEFERRED_MAX    512
+
 size_t sg_spool_name_id(const char *name, char *id, size_t size);
 time_t sg_spool_name_arrival(const char *name, time_t fallback);
 

@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/xattr.h>
 #include <sys/stat.h>
 #include <jansson.h>
 #include "sg_spool_queue.h"
@@ -40,6 +41,34 @@ static json_t *
 sg_status_qstr(const sg_str_t *v)
 {
     return json_stringn((const char *) v->data, v->len);
+}
+
+/* The forwarder's note of its last try (SG_SPOOL_DEFERRED_XATTR). */
+static void
+sg_status_queue_note(int fd, json_t *obj)
+{
+    char                v[SG_SPOOL_DEFERRED_MAX + 1], *p, *q;
+    unsigned long       tries;
+    long long           when;
+    ssize_t             n;
+
+    n = fgetxattr(fd, SG_SPOOL_DEFERRED_XATTR, v, sizeof(v) - 1);
+    if (n <= 0) {
+        json_object_set_new(obj, "tries", json_integer(0));
+        return;
+    }
+    v[n] = '\0';
+    tries = strtoul(v, &p, 10);
+    when = strtoll(p, &q, 10);
+    if (p == v || q == p) {
+        return;                     /* not one of ours */
+    }
+    while (*q == ' ') {
+        q++;
+    }
+    json_object_set_new(obj, "tries", json_integer((json_int_t) tries));
+    json_object_set_new(obj, "last_try", json_integer((json_int_t) when));
+    json_object_set_new(obj, "last_reason", json_string(q));
 }
 
 /* One file: its envelope, or why it cannot be read as a message. */
@@ -74,6 +103,7 @@ sg_status_queue_file(int dirfd, const sg_status_qfile_t *qf)
         err = fd == -1 ? "it could not be opened" : "out of memory";
         goto done;
     }
+    sg_status_queue_note(fd, obj);
     memset(&env, 0, sizeof(env));
     env.rcpts = rcpts;
     while (len < SG_STATUS_QUEUE_HEAD) {
