@@ -132,9 +132,12 @@ class Rsyslog:
         """Every message so far, as dicts (probes too)."""
         try:
             with open(self.out, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines()
+                text = f.read()
         except FileNotFoundError:
             return []
+        # rsyslog may be in the middle of writing the last line: take
+        # only the lines it has ended
+        lines = text.split("\n")[:-1]
         return [json.loads(l) for l in lines if l.strip()]
 
     def of(self, program):
