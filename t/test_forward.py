@@ -1189,6 +1189,54 @@ def test_proxy_smtp_auth_with_a_forwarding_spool(smtpgate):
          f"{g.conf_text.splitlines()[int(m.group(1)) - 1].strip()!r}", e)
 
 
+def test_proxy_smtp_auth_in_a_server_with_a_forwarding_spool(smtpgate):
+    """Only one server logs in to the backends with its clients'
+    credentials, and its group forwards its spool: -t refuses it, naming
+    that server's block, the group and the spool."""
+    g = smtpgate(fwd_conf("127.0.0.1:25",
+                          server="        proxy_smtp_auth on;\n"),
+                 start=False)
+    e = _emerg(g)
+    assert '"proxy_smtp_auth on" in this server' in e, e
+    assert 'upstream "grp"' in e and '"spool:queue"' in e, e
+    assert "XCLIENT" in e, e
+    assert f" {g.conf_path}:{_line_of(g, 'server {')}: " in e, e
+
+
+def test_proxy_smtp_auth_never_spools_for_a_forwarder(smtpgate,
+                                                      down_backend):
+    """The group named at run time (a map), so no check at start: a
+    session of a server with proxy_smtp_auth on is answered 451 when only
+    the forwarding spool is left, and nothing is queued, since the
+    forwarder would deliver without the login the backends ask for.  A
+    server without it, on the same group, queues as usual."""
+    b = down_backend()
+    g = smtpgate(fwd_conf(
+        b.address,
+        mail="    map $server_port $grp { default grp; }\n",
+        server="        proxy_smtp_auth on;\n        proxy_pass $grp;\n",
+        servers=["        listen 127.0.0.1:@PORT2@;\n"
+                 "        proxy_pass $grp;\n"]))
+    with g.connect() as c:
+        assert c.greeting().code == 220
+        c.ehlo("client.test")
+        # (with proxy_smtp_auth the backend is reached as the client
+        # logs in)
+        r = c.auth_plain("alice", password("alice"))
+        assert r.code == 451 and r.text.startswith("4.4.1 "), r
+    g.wait_log(r"\[error\] .*no backend available for \"proxy_pass \$grp\" "
+               r"\(\"grp\"\) after "
+               r"\d+ attempts?: the spool is the only server left, and it "
+               r"forwards without logging in, while \"proxy_smtp_auth\" "
+               r"is on: not spooling")
+    assert queued(g) == []
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: queued\r\n\r\nkept\r\n",
+                    port=g.ports["PORT2"])
+    (name,) = queued(g)
+    assert name.replace(".", "").startswith(qid), (qid, name)
+
+
 def test_a_group_whose_spool_does_not_forward_starts_no_forwarder(
         smtpgate):
     g = smtpgate(gatelib.conf(proxy_pass="grp", mail=(

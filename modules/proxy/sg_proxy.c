@@ -596,6 +596,44 @@ sg_proxy_forward_forget(void *data)
     }
 }
 
+/* A server that logs in to its backends with the client's credentials
+ * ("proxy_smtp_auth on") cannot hand its messages to a forwarding
+ * spool of its own group: the forwarder never has credentials, and
+ * the backends that want them would refuse (or bounce) every message
+ * the client was told 250 for.  (Set in the mail block, it is refused
+ * by sg_proxy_forward_init, for every group.)  A group named only at
+ * run time is checked as the session picks the spool (sg_proxy_next). */
+static char *
+sg_proxy_check_forward(sg_conf_t *cf, sg_proxy_conf_t *conf)
+{
+#if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
+    sg_smtp_srv_conf_t  *sscf = sg_smtp_conf_current(cf);
+    sg_upstream_peer_t  *p;
+    size_t               i;
+
+    if (conf->smtp_auth != 1 || conf->upstream == NULL) {
+        return SG_CONF_OK;
+    }
+    p = conf->upstream->peers.elts;
+    for (i = 0; i < conf->upstream->peers.nelts; i++) {
+        if (p[i].forward) {
+            return sg_conf_error_at(cf, &sscf->file, sscf->line,
+                "\"proxy_smtp_auth on\" in this server cannot go with "
+                "upstream \"%.*s\", which forwards its spool \"%.*s\": "
+                "the forwarder has no credentials to log in with (it "
+                "never stores them); let the backends trust smtpgate "
+                "through XCLIENT instead",
+                SG_STR_ARG(&conf->upstream->name),
+                SG_STR_ARG(&p[i].addr.name));
+        }
+    }
+#else
+    (void) cf;
+    (void) conf;
+#endif
+    return SG_CONF_OK;
+}
+
 static char *
 sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
 {
@@ -619,7 +657,10 @@ sg_proxy_merge_conf(sg_conf_t *cf, void *parent, void *child)
     if (sg_proxy_resolve_pass(cf, conf) != SG_CONF_OK) {
         return SG_CONF_ERROR;
     }
-    if (sg_proxy_merge_values(cf, prev, conf) != SG_CONF_OK) {
+    if (sg_proxy_merge_values(cf, prev, conf) != SG_CONF_OK
+        || (prev->smtp_auth != 1
+            && sg_proxy_check_forward(cf, conf) != SG_CONF_OK))
+    {
         return SG_CONF_ERROR;
     }
     /* Once per configuration: the forwarder's settings are the mail
@@ -1244,6 +1285,16 @@ sg_proxy_next(sg_proxy_ctx_t *ctx)
             sg_proxy_list(ctx);
         }
 #if (SG_HAVE_SPOOL_MODULE)
+        if (ctx->pick.peer->spool && ctx->pick.peer->forward
+            && pcf->smtp_auth == 1)
+        {
+            /* The backends would see the message without the login
+             * they ask for: the forwarder has no credentials. */
+            sg_proxy_all_failed(ctx, "the spool is the only server left, "
+                "and it forwards without logging in, while "
+                "\"proxy_smtp_auth\" is on: not spooling");
+            return;
+        }
         if (ctx->pick.peer->spool) {
             sg_log_debug(ctx->s->log, "upstream chose %.*s",
                          SG_STR_ARG(&ctx->peer->name));
