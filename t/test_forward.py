@@ -1339,6 +1339,119 @@ def test_queue_listing(smtpgate, down_backend):
         q["spools"][0]["queued"] == 0
 
 
+def test_queue_hold_and_release(smtpgate, down_backend):
+    """POST /queue/ID/hold moves a message to DIR/hold/, where the
+    forwarder never tries it (not on its interval, not on a flush), and
+    /queue lists it as held; POST /queue/ID/release puts it back in
+    DIR/new/, due at once, and it is delivered.  Both answer 200 again
+    for a message already so, 409 while the forwarder has the file
+    locked, 404 for no such message; a held message can be removed."""
+    import fcntl
+    import json
+    from test_status import curl
+
+    def post(path):
+        out = curl(g, path, "-X", "POST", "-w", "\n%{http_code}")
+        body, code = out.rsplit("\n", 1)
+        return int(code), body
+
+    def where(qid):
+        return [sub for sub in ("new", "hold")
+                if os.path.isdir(qdir(g, sub))
+                and any(n.replace(".", "").startswith(qid)
+                        for n in os.listdir(qdir(g, sub)))]
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n")))
+    spool = os.path.join(g.prefix, "queue")
+    held, _ = submit(g, "held@example.org", ["r@example.org"],
+                     b"Subject: held\r\n\r\nwait\r\n")
+    other, _ = submit(g, "other@example.org", ["r@example.org"],
+                      b"Subject: other\r\n\r\ngo\r\n")
+    gone, _ = submit(g, "gone@example.org", ["r@example.org"],
+                     b"Subject: gone\r\n\r\nnever\r\n")
+
+    # while the forwarder has the file locked: 409, nothing moves
+    (name,) = [n for n in queued(g) if n.replace(".", "").startswith(held)]
+    with open(os.path.join(qdir(g), name), "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert post(f"/queue/{held}/hold")[0] == 409
+    assert where(held) == ["new"]
+
+    code, body = post(f"/queue/{held}/hold")
+    assert (code, json.loads(body)) == (200, {"id": held, "held": True})
+    g.wait_log(rf"\[notice\] .*queue: message {held} held in "
+               rf'"{re.escape(spool)}" by status client 127\.0\.0\.1')
+    assert where(held) == ["hold"]
+    code, body = post(f"/queue/{held}/hold")
+    assert (code, json.loads(body)) == \
+        (200, {"id": held, "held": True, "unchanged": True})
+    assert post(f"/queue/{gone}/hold")[0] == 200
+    code, body = post(f"/queue/{gone}/remove")      # held, then removed
+    assert (code, json.loads(body)) == (200, {"id": gone, "removed": True})
+    assert where(gone) == []
+
+    (sp,) = json.loads(curl(g, "/queue"))["spools"]
+    assert (sp["queued"], sp["held"], sp["listed"]) == (1, 1, 2), sp
+    assert [(m["id"], m["held"]) for m in sp["messages"]] == \
+        [(other, False), (held, True)], sp["messages"]
+    assert sp["messages"][1]["next_try"] is None
+    assert sp["messages"][1]["sender"] == "held@example.org"
+
+    # the group comes back: the waiting message goes, the held one stays,
+    # through a flush too
+    b.start()
+    (m,) = b.wait_messages(1, timeout=20)
+    assert m.mail_from == "other@example.org"
+    wait_queue_empty(g)
+    mark = g.log_mark()
+    assert post("/queue/flush")[0] == 200
+    g.wait_log(r"spool forwarder: flush: 0 messages of ", since=mark)
+    time.sleep(1.5)                 # and one more forwarder interval
+    assert len(b.messages) == 1 and where(held) == ["hold"]
+
+    code, body = post(f"/queue/{held}/release")
+    assert (code, json.loads(body)) == (200, {"id": held, "held": False})
+    g.wait_log(rf"\[notice\] .*queue: message {held} released in "
+               rf'"{re.escape(spool)}"')
+    got = b.wait_messages(2, timeout=20)
+    assert got[1].mail_from == "held@example.org"
+    assert got[1].content.endswith(b"\r\n\r\nwait\r\n")
+    wait_queue_empty(g)
+    assert os.listdir(qdir(g, "hold")) == []
+    for path in (f"/queue/{held}/release", f"/queue/{held}/hold",
+                 "/queue/x/hold/release", "/queue//hold"):
+        assert post(path)[0] == 404, path
+
+
+def test_queue_hold_fails_clearly(smtpgate, down_backend):
+    """DIR/hold that is not a directory: the hold gets 500 and the error
+    log says what to check; the message stays where it was, and /queue
+    says the hold/ directory could not be read."""
+    import json
+    from test_status import curl
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n")))
+    with open(qdir(g, "hold"), "w") as f:
+        f.write("in the way\n")
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: x\r\n\r\nx\r\n")
+    out = curl(g, f"/queue/{qid}/hold", "-X", "POST", "-w", "\n%{http_code}")
+    assert out.endswith("\n500"), out
+    g.wait_log(rf"\[error\] .*queue: could not hold message {qid} in "
+               r'".*": check that smtpgate\'s user may create and write '
+               r"its hold/ directory \(20: Not a directory\)")
+    assert len(queued(g)) == 1
+    (sp,) = json.loads(curl(g, "/queue"))["spools"]
+    assert sp["error"] == "its hold/ directory could not be read", sp
+    assert sp["queued"] == 1 and sp["messages"][0]["held"] is False
+
+
 def test_queue_listing_without_a_forwarding_spool(smtpgate, backend):
     import json
     from test_status import curl

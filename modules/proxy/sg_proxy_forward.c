@@ -567,7 +567,7 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
     const sg_str_t  *dir = sg_spool_dir(q->sp);
     sg_pool_t       *pool;
     sg_fwd_t        *f;
-    struct stat      st;
+    struct stat      st, here;
     size_t           len, nr;
     ssize_t          n;
     const char      *err = NULL;
@@ -584,6 +584,13 @@ sg_fwd_open(sg_fwd_queue_t *q, const char *name)
         || st.st_nlink == 0)
     {
         (void) close(fd);            /* another forwarder has it */
+        return NULL;
+    }
+    /* Held (moved to hold/) between the open and the lock: not ours. */
+    if (stat(sg_fwd_path_buf, &here) == -1 || here.st_ino != st.st_ino
+        || here.st_dev != st.st_dev)
+    {
+        (void) close(fd);
         return NULL;
     }
     pool = sg_pool_create(4096, sg_fwd.cycle->log);

@@ -1307,8 +1307,9 @@ typedef struct {
     sg_status_queue_spool_t  *spools;
     size_t                    n;
     char                     *json;
-    char                      id[128];  /* to remove; "": to list */
-    int                       rc;       /* of the removal */
+    char                      id[128];  /* to act on; "": to list */
+    sg_status_queue_action_e  action;
+    int                       rc;       /* of the action */
     int                       err;
     size_t                    which;
 } sg_status_queue_task_t;
@@ -1319,28 +1320,41 @@ sg_status_queue_work(sg_task_t *t)
     sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
 
     if (qt->id[0]) {
-        qt->rc = sg_status_queue_remove(qt->spools, qt->n, qt->id,
-                                        &qt->which);
+        qt->rc = sg_status_queue_act(qt->spools, qt->n, qt->id,
+                                     qt->action, &qt->which);
         qt->err = errno;
         return;
     }
     qt->json = sg_status_queue_json(qt->spools, qt->n, SG_STATUS_QUEUE_MAX);
 }
 
-/* The answer to POST /queue/ID/remove. */
+/* The answer to POST /queue/ID/remove, /hold or /release. */
 static void
-sg_status_queue_removed(sg_connection_t *c, sg_status_queue_task_t *qt)
+sg_status_queue_acted(sg_connection_t *c, sg_status_queue_task_t *qt)
 {
-    sg_status_out_t   body = { NULL, 0, 0, false };
-    const char       *dir = qt->n ? qt->spools[qt->which].dir : "";
+    static const char  *done[] = { "", "removed", "held", "released" };
+    static const char  *verb[] = { "", "remove", "hold", "release" };
+    sg_status_out_t     body = { NULL, 0, 0, false };
+    const char         *dir = qt->n ? qt->spools[qt->which].dir : "";
+    bool                held = qt->action == SG_QUEUE_HOLD;
 
     switch (qt->rc) {
     case SG_OK:
-        sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: message %s removed "
-                     "from \"%s\" by status client %.*s", qt->id, dir,
-                     SG_STR_ARG(&c->addr_text));
-        sg_status_printf(&body, "{\"id\": \"%s\", \"removed\": true}\n",
-                         qt->id);
+        sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: message %s %s "
+                     "%s \"%s\" by status client %.*s", qt->id,
+                     done[qt->action], qt->action == SG_QUEUE_REMOVE
+                     ? "from" : "in", dir, SG_STR_ARG(&c->addr_text));
+        /* fall through */
+    case SG_DONE:
+        if (qt->action == SG_QUEUE_REMOVE) {
+            sg_status_printf(&body, "{\"id\": \"%s\", \"removed\": true}\n",
+                             qt->id);
+        } else {
+            sg_status_printf(&body, "{\"id\": \"%s\", \"held\": %s%s}\n",
+                             qt->id, held ? "true" : "false",
+                             qt->rc == SG_DONE ? ", \"unchanged\": true"
+                                               : "");
+        }
         sg_status_respond(c, 200, "application/json", &body, false);
         return;
     case SG_DECLINED:
@@ -1352,10 +1366,12 @@ sg_status_queue_removed(sg_connection_t *c, sg_status_queue_task_t *qt)
                         "again", false);
         return;
     default:
-        sg_log_error(SG_LOG_ERR, c->log, qt->err, "queue: message %s in "
-                     "\"%s\" could not be removed", qt->id, dir);
-        sg_status_error(c, 500, "It could not be removed: see the error "
-                        "log", false);
+        sg_log_error(SG_LOG_ERR, c->log, qt->err, "queue: could not %s "
+                     "message %s in \"%s\"%s", verb[qt->action], qt->id, dir,
+                     held ? ": check that smtpgate's user may create and "
+                     "write its hold/ directory" : "");
+        sg_status_error(c, 500, "It could not be done: see the error log",
+                        false);
     }
 }
 
@@ -1369,7 +1385,7 @@ sg_status_queue_done(sg_task_t *t)
 
     sc->task = NULL;
     if (qt->id[0]) {
-        sg_status_queue_removed(c, qt);
+        sg_status_queue_acted(c, qt);
         return;
     }
     if (qt->json == NULL) {
@@ -1397,7 +1413,8 @@ sg_status_queue_destroy(sg_task_t *t)
 }
 
 static void
-sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *remove)
+sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *id,
+    sg_status_queue_action_e action)
 {
     sg_status_conn_t        *sc = c->data;
     sg_status_spool_t        sp[64];
@@ -1425,9 +1442,9 @@ sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *remove)
     }
     qt->n = n;
     qt->c = c;
-    if (remove) {
-        (void) snprintf(qt->id, sizeof(qt->id), "%.*s",
-                        SG_STR_ARG(remove));
+    if (id) {
+        (void) snprintf(qt->id, sizeof(qt->id), "%.*s", SG_STR_ARG(id));
+        qt->action = action;
     }
     qt->task.work = sg_status_queue_work;
     qt->task.done = sg_status_queue_done;
@@ -1446,17 +1463,20 @@ sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *remove)
 }
 
 /* POST /queue/flush: every forwarder tries its whole queue now (as
- * "smtpgate -s flush"); POST /queue/ID/remove: that message goes. */
+ * "smtpgate -s flush"); POST /queue/ID/remove: that message goes;
+ * /queue/ID/hold: it stays, untried, until /queue/ID/release. */
 static void
 sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
 {
-    sg_status_conn_t   *sc = c->data;
-    sg_status_out_t     body = { NULL, 0, 0, false };
-    sg_status_spool_t   sp[64];
-    sg_spool_stats_t   *st;
-    sg_str_t            id;
-    uint64_t            pid;
-    size_t              n, i, told = 0;
+    sg_status_conn_t          *sc = c->data;
+    sg_status_out_t            body = { NULL, 0, 0, false };
+    sg_status_spool_t          sp[64];
+    sg_spool_stats_t          *st;
+    sg_str_t                   id, verb;
+    sg_status_queue_action_e   action;
+    uint64_t                   pid;
+    u_char                    *slash;
+    size_t                     n, i, told = 0;
 
     if (!sc->conf->write) {
         sg_status_error(c, 403, "Writes are off: set status_write on",
@@ -1484,8 +1504,14 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
     }
     id.data = path->data + 7;
     id.len = path->len - 7;
-    if (id.len > 7 && memcmp(id.data + id.len - 7, "/remove", 7) == 0) {
-        id.len -= 7;
+    slash = memrchr(id.data, '/', id.len);
+    if (slash) {
+        verb.data = slash + 1;
+        verb.len = (size_t) (id.data + id.len - verb.data);
+        id.len = (size_t) (slash - id.data);
+        action = sg_str_eq(&verb, "remove") ? SG_QUEUE_REMOVE
+                 : sg_str_eq(&verb, "hold") ? SG_QUEUE_HOLD
+                 : sg_str_eq(&verb, "release") ? SG_QUEUE_RELEASE : 0;
         for (i = 0; i < id.len; i++) {
             if (!((id.data[i] >= '0' && id.data[i] <= '9')
                   || (id.data[i] >= 'A' && id.data[i] <= 'Z')
@@ -1494,13 +1520,14 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
                 break;
             }
         }
-        if (id.len && id.len < 100 && i == id.len) {
-            sg_status_queue(c, false, &id);
+        if (action && id.len && id.len < 100 && i == id.len) {
+            sg_status_queue(c, false, &id, action);
             return;
         }
     }
     sg_status_error(c, 404, "Not found: POST /queue/flush or "
-                    "/queue/ID/remove", false);
+                    "/queue/ID/remove, /queue/ID/hold, /queue/ID/release",
+                    false);
 }
 
 #endif
@@ -1569,7 +1596,7 @@ sg_status_request(sg_connection_t *c)
         }
 #if (SG_STATUS_SPOOLS)
     } else if (sg_str_eq(&r.path, "/queue")) {
-        sg_status_queue(c, head, NULL);
+        sg_status_queue(c, head, NULL, 0);
         return;
 #endif
     } else if (sg_str_eq(&r.path, "/")) {

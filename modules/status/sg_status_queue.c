@@ -8,6 +8,7 @@
 #include "sg_smtp.h"
 #if (SG_HAVE_UPSTREAM_MODULE && SG_HAVE_SPOOL_MODULE)
 #include <dirent.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/xattr.h>
@@ -140,30 +141,25 @@ done:
     return obj;
 }
 
-static json_t *
-sg_status_queue_spool(const sg_status_queue_spool_t *sq, size_t max)
+/* The files of DIR/sub, the next due first, appended to arr (at most
+ * *room of them): how many there are, or -1 when the directory could
+ * not be read. */
+static long
+sg_status_queue_dir(const char *spool, const char *sub, bool held,
+    sg_status_qfile_t *files, json_t *arr, size_t *room)
 {
-    sg_status_qfile_t  *files;
     struct dirent      *de;
     struct stat         st;
-    json_t             *obj, *arr;
+    json_t             *m;
     char                path[PATH_MAX + 8];
     size_t              n = 0, i;
     DIR                *dir;
     int                 dfd;
 
-    obj = json_object();
-    json_object_set_new(obj, "directory", json_string(sq->dir));
-    json_object_set_new(obj, "upstream", json_string(sq->upstream));
-    arr = json_array();
-    (void) snprintf(path, sizeof(path), "%s/new", sq->dir);
-    files = malloc(SG_STATUS_QUEUE_SCAN * sizeof(sg_status_qfile_t));
-    dir = files ? opendir(path) : NULL;
+    (void) snprintf(path, sizeof(path), "%s/%s", spool, sub);
+    dir = opendir(path);
     if (dir == NULL) {
-        json_object_set_new(obj, "error", json_string(files
-                            ? "its new/ directory could not be read"
-                            : "out of memory"));
-        goto done;
+        return held && errno == ENOENT ? 0 : -1;
     }
     dfd = dirfd(dir);
     while (n < SG_STATUS_QUEUE_SCAN && (de = readdir(dir)) != NULL) {
@@ -179,71 +175,182 @@ sg_status_queue_spool(const sg_status_queue_spool_t *sq, size_t max)
         n++;
     }
     qsort(files, n, sizeof(sg_status_qfile_t), sg_status_qfile_cmp);
-    for (i = 0; i < n && i < max; i++) {
-        json_array_append_new(arr, sg_status_queue_file(dfd, &files[i]));
+    for (i = 0; i < n && *room; i++, (*room)--) {
+        m = sg_status_queue_file(dfd, &files[i]);
+        json_object_set_new(m, "held", json_boolean(held));
+        if (held) {
+            /* no try is due while it is held */
+            json_object_set_new(m, "next_try", json_null());
+        }
+        json_array_append_new(arr, m);
     }
     closedir(dir);
+    return (long) n;
+}
+
+static json_t *
+sg_status_queue_spool(const sg_status_queue_spool_t *sq, size_t max)
+{
+    sg_status_qfile_t  *files;
+    json_t             *obj, *arr;
+    size_t              room = max;
+    long                queued = 0, held = 0;
+
+    obj = json_object();
+    json_object_set_new(obj, "directory", json_string(sq->dir));
+    json_object_set_new(obj, "upstream", json_string(sq->upstream));
+    arr = json_array();
+    files = malloc(SG_STATUS_QUEUE_SCAN * sizeof(sg_status_qfile_t));
+    if (files == NULL) {
+        json_object_set_new(obj, "error", json_string("out of memory"));
+        goto done;
+    }
+    queued = sg_status_queue_dir(sq->dir, "new", false, files, arr, &room);
+    held = sg_status_queue_dir(sq->dir, "hold", true, files, arr, &room);
+    if (queued < 0 || held < 0) {
+        json_object_set_new(obj, "error", json_string(queued < 0
+                            ? "its new/ directory could not be read"
+                            : "its hold/ directory could not be read"));
+        queued = sg_max(queued, 0);
+        held = sg_max(held, 0);
+    }
 done:
-    json_object_set_new(obj, "queued", json_integer((json_int_t) n));
+    json_object_set_new(obj, "queued", json_integer((json_int_t) queued));
+    json_object_set_new(obj, "held", json_integer((json_int_t) held));
     json_object_set_new(obj, "listed", json_integer((json_int_t)
-                                                    sg_min(n, max)));
+                                                    (max - room)));
     json_object_set_new(obj, "messages", arr);
     free(files);
     return obj;
 }
 
-int
-sg_status_queue_remove(const sg_status_queue_spool_t *spools, size_t n,
-    const char *id, size_t *which)
+/* The file of queue id id in DIR/sub of one spool: its name in
+ * name[256] and its directory open (the caller closes it), or NULL
+ * (errno ENOENT when it is not there). */
+static DIR *
+sg_status_queue_find(const char *spool, const char *sub, const char *id,
+    char *name)
 {
     struct dirent  *de;
     char            path[PATH_MAX + 8], fid[128];
-    size_t          i;
     DIR            *dir;
-    int             fd, rc, err;
 
-    for (i = 0; i < n; i++) {
-        (void) snprintf(path, sizeof(path), "%s/new", spools[i].dir);
-        dir = opendir(path);
-        if (dir == NULL) {
+    (void) snprintf(path, sizeof(path), "%s/%s", spool, sub);
+    dir = opendir(path);
+    if (dir == NULL) {
+        return NULL;
+    }
+    while ((de = readdir(dir)) != NULL) {
+        if (de->d_name[0] == '.' || strlen(de->d_name) >= 256) {
             continue;
         }
-        while ((de = readdir(dir)) != NULL) {
-            if (de->d_name[0] == '.') {
-                continue;
-            }
-            (void) sg_spool_name_id(de->d_name, fid, sizeof(fid));
-            if (strcmp(fid, id) != 0) {
-                continue;
-            }
-            *which = i;
-            fd = openat(dirfd(dir), de->d_name,
-                        O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-            if (fd == -1) {
-                err = errno;
-                closedir(dir);
-                errno = err;
-                return SG_ERROR;
-            }
-            /* the forwarder holds the lock while it delivers */
-            if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
-                err = errno;
-                close(fd);
-                closedir(dir);
-                errno = err;
-                return err == EWOULDBLOCK ? SG_BUSY : SG_ERROR;
-            }
-            rc = unlinkat(dirfd(dir), de->d_name, 0) == 0 ? SG_OK
-                                                           : SG_ERROR;
-            err = errno;
-            close(fd);
-            closedir(dir);
-            errno = err;
-            return rc;
+        (void) sg_spool_name_id(de->d_name, fid, sizeof(fid));
+        if (strcmp(fid, id) == 0) {
+            strcpy(name, de->d_name);
+            return dir;
         }
-        closedir(dir);
+    }
+    closedir(dir);
+    errno = ENOENT;
+    return NULL;
+}
+
+/* Move name from DIR/from to DIR/to, never over a file there, and make
+ * the move durable.  With now, the file is due at once (its time is the
+ * next try's). */
+static int
+sg_status_queue_move(const char *spool, DIR *from, const char *to,
+    const char *name, int fd, bool now)
+{
+    char  path[PATH_MAX + 8];
+    int   tofd, rc = SG_ERROR, err;
+
+    (void) snprintf(path, sizeof(path), "%s/%s", spool, to);
+    if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+        return SG_ERROR;
+    }
+    tofd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (tofd == -1) {
+        return SG_ERROR;
+    }
+    if (now && futimens(fd, NULL) == -1) {
+        goto out;
+    }
+    if (renameat2(dirfd(from), name, tofd, name, RENAME_NOREPLACE) == -1
+        || fsync(tofd) == -1 || fsync(dirfd(from)) == -1)
+    {
+        goto out;
+    }
+    rc = SG_OK;
+out:
+    err = errno;
+    (void) close(tofd);
+    errno = err;
+    return rc;
+}
+
+int
+sg_status_queue_act(const sg_status_queue_spool_t *spools, size_t n,
+    const char *id, sg_status_queue_action_e action, size_t *which)
+{
+    static const char  *subs[] = { "new", "hold" };
+    char                name[256];
+    size_t              i, k;
+    DIR                *dir;
+    int                 fd, rc, err;
+
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < sg_nelems(subs); k++) {
+            dir = sg_status_queue_find(spools[i].dir, subs[k], id, name);
+            if (dir != NULL) {
+                goto found;
+            }
+        }
     }
     return SG_DECLINED;
+
+found:
+    *which = i;
+    if ((action == SG_QUEUE_HOLD && k == 1)
+        || (action == SG_QUEUE_RELEASE && k == 0))
+    {
+        closedir(dir);
+        return SG_DONE;             /* held, or waiting, already */
+    }
+    fd = openat(dirfd(dir), name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1) {
+        err = errno;
+        closedir(dir);
+        errno = err;
+        return SG_ERROR;
+    }
+    /* The forwarder holds the lock while it delivers; one that opened
+     * the file before it moved finds it gone from new/ once it has the
+     * lock, and lets it be. */
+    if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+        err = errno;
+        close(fd);
+        closedir(dir);
+        errno = err;
+        return err == EWOULDBLOCK ? SG_BUSY : SG_ERROR;
+    }
+    switch (action) {
+    case SG_QUEUE_HOLD:
+        rc = sg_status_queue_move(spools[i].dir, dir, "hold", name, fd,
+                                  false);
+        break;
+    case SG_QUEUE_RELEASE:
+        rc = sg_status_queue_move(spools[i].dir, dir, "new", name, fd,
+                                  true);
+        break;
+    default:
+        rc = unlinkat(dirfd(dir), name, 0) == 0 ? SG_OK : SG_ERROR;
+    }
+    err = errno;
+    close(fd);
+    closedir(dir);
+    errno = err;
+    return rc;
 }
 
 char *

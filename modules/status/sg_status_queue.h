@@ -10,18 +10,26 @@ typedef struct {
     char    upstream[256];          /* the group that forwards it */
 } sg_status_queue_spool_t;
 
-/* {"spools": [{"directory", "upstream", "queued", "listed", "messages":
- * [{"id", "arrival", "next_try", "size", "warned", "sender",
- * "recipients"} or with "error"]}]}: at most max messages a spool, the
- * next due first.  malloc'd text, or NULL. */
+/* {"spools": [{"directory", "upstream", "queued", "held", "listed",
+ * "messages": [{"id", "arrival", "next_try", "size", "warned", "held",
+ * "sender", "recipients"} or with "error"]}]}: at most max messages a
+ * spool, those waiting first (the next due first), then those held.
+ * malloc'd text, or NULL. */
 char *sg_status_queue_json(const sg_status_queue_spool_t *spools, size_t n,
     size_t max);
 
-/* Remove the message whose queue id is id from the spool that has it
- * (its index in *which): SG_OK; SG_DECLINED when no spool has it;
- * SG_BUSY when the forwarder is delivering it (its file is locked);
- * SG_ERROR with errno. */
-int sg_status_queue_remove(const sg_status_queue_spool_t *spools,
-    size_t n, const char *id, size_t *which);
+typedef enum {
+    SG_QUEUE_REMOVE = 1,            /* delete it unsent */
+    SG_QUEUE_HOLD,                  /* DIR/new -> DIR/hold: never tried */
+    SG_QUEUE_RELEASE                /* DIR/hold -> DIR/new, due now */
+} sg_status_queue_action_e;
+
+/* Do action to the message whose queue id is id, in the spool that has
+ * it (its index in *which), waiting or held: SG_OK; SG_DONE when it is
+ * held (or waiting) already; SG_DECLINED when no spool has it; SG_BUSY
+ * when the forwarder is delivering it (its file is locked); SG_ERROR
+ * with errno. */
+int sg_status_queue_act(const sg_status_queue_spool_t *spools, size_t n,
+    const char *id, sg_status_queue_action_e action, size_t *which);
 
 #endif /* SG_STATUS_QUEUE_H */
