@@ -1517,6 +1517,12 @@ def test_queue_counters_in_metrics_and_status(smtpgate, scripted_smtp):
     (sp,) = st["spools"]
     assert sp["directory"] == spool and sp["upstream"] == "grp"
     assert sp["queued"] == 4 and sp["oldest_seconds"] >= 1
+    # the spool's free space, as the forwarder saw it at its listing
+    vfs = os.statvfs(spool)
+    free = vfs.f_bavail * vfs.f_frsize
+    for got in (val(m, "smtpgate_spool_free_bytes"), sp["free_bytes"]):
+        assert 0 < got and abs(got - free) < free // 10 + (256 << 20), \
+            (got, free)
 
     b.start()
     wait_queue_empty(g)

@@ -997,27 +997,47 @@ def test_same_directory_named_twice(smtpgate):
     assert len(stored(g)) == 2
 
 
-@pytest.fixture
-def tiny_fs():
-    """A 1 MB tmpfs, for a disk that fills up."""
+def _tmpfs(size):
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    d = "/tmp/smtpgate-tinyfs-%d" % os.getpid()
+    d = "/tmp/smtpgate-tinyfs-%d-%s" % (os.getpid(), size)
     os.makedirs(d, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755",
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755",
                         "tmpfs", d], capture_output=True)
     if p.returncode != 0:
         os.rmdir(d)
         pytest.skip("cannot mount a tmpfs here: "
                     + p.stderr.decode(errors="replace").strip())
-    yield d
+    return d
+
+
+def _untmpfs(d):
     subprocess.run(["umount", "-l", d], capture_output=True)
     os.rmdir(d)
 
 
+@pytest.fixture
+def tiny_fs():
+    """A 1 MB tmpfs, for a disk that fills up."""
+    d = _tmpfs("1m")
+    yield d
+    _untmpfs(d)
+
+
+@pytest.fixture
+def small_fs():
+    """An 8 MB tmpfs, for spool_min_free."""
+    d = _tmpfs("8m")
+    yield d
+    _untmpfs(d)
+
+
 def test_disk_full_is_452_and_leaves_nothing(smtpgate, tiny_fs):
+    """With no headroom kept (spool_min_free 0), the file system itself
+    fills: the write fails, 452, nothing is left behind."""
     spool = os.path.join(tiny_fs, "spool")
-    g = smtpgate(spool_conf(spool=spool))
+    g = smtpgate(spool_conf(spool=spool,
+                            mail="    spool_min_free 0;\n"))
     with g.session() as c:
         login(c)
         # DATA: the failure is answered after the final dot
@@ -1044,3 +1064,70 @@ def test_disk_full_is_452_and_leaves_nothing(smtpgate, tiny_fs):
                + r"\": "
                r"write\(\) failed for message \S+, the message is refused "
                r"\(28: No space left on device\)")
+
+
+def test_min_free_keeps_headroom(smtpgate, small_fs):
+    """spool_min_free 2m on an 8 MB file system: a message is refused
+    with 452 before its 354 once less than that would be left (the free
+    space is looked at as its file is opened, on the thread pool), and
+    MAIL is refused at once while the last look said so, with SIZE=
+    counted in; once there is room again, messages are stored."""
+    spool = os.path.join(small_fs, "spool")
+    g = smtpgate(spool_conf(spool=spool,
+                            mail="    spool_min_free 2m;\n"))
+    ballast = os.path.join(small_fs, "ballast")
+    with g.session() as c:
+        login(c)
+        queue_id(c.mail("a@example.org", ["first@example.org"], b"one\r\n"))
+        # the open just now saw about 8 MB free: 7 MB declared does not
+        # fit with 2 MB kept
+        assert c.cmd("MAIL FROM:<a@example.org> SIZE=7000000").raw == \
+            STORAGE
+        g.wait_log(r"\[warn\] .*spool \"" + re.escape(spool) + r"\": \d+ "
+                   r"bytes free, fewer than spool_min_free \(2097152\) plus "
+                   r"the size the client declared \(7000000\), so MAIL "
+                   r"FROM:<a@example\.org> is refused with 452: free space "
+                   r"on that file system, or lower spool_min_free")
+        assert c.cmd("MAIL FROM:<a@example.org> SIZE=1000").code == 250
+        assert c.cmd("RSET").code == 250
+
+        # something else fills the disk: 1 MB left
+        with open(ballast, "wb") as f:
+            f.write(b"\0" * (7 * 1024 * 1024))
+        time.sleep(2.2)                 # past the last look's trust
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<b@example.org>").code == 250
+        assert c.cmd("DATA").raw == STORAGE    # no 354: nothing uploaded
+        g.wait_log(r"\[warn\] .*spool \"" + re.escape(spool) + r"\": \d+ "
+                   r"bytes free, fewer than spool_min_free \(2097152\), so "
+                   r"message \d+M\d+P\d+Q\d+ is refused with 452")
+        # and MAIL is now refused at once
+        assert c.cmd("MAIL FROM:<a@example.org>").raw == STORAGE
+        # BDAT, once that look is too old to go by: its first chunk
+        time.sleep(2.2)
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<b@example.org>").code == 250
+        assert bdat(c, b"x" * 1000, last=True).raw == STORAGE
+        os.unlink(ballast)
+
+        def stores():
+            if c.cmd("MAIL FROM:<a@example.org>").code != 250:
+                return None
+            assert c.cmd("RCPT TO:<again@example.org>").code == 250
+            assert bdat(c, b"two\r\n", last=True).code == 250
+            return True
+        net.wait_until(stores, 10, what="a message stored once the disk "
+                                        "has room again")
+    wait_tmp_empty(g, spool)
+    assert [split(d)[1] for _, d in stored(g, spool)] == \
+        [["first@example.org"], ["again@example.org"]]
+
+
+def test_min_free_bad_values(smtpgate):
+    for value in ("lots", "-1", "2p"):
+        g = smtpgate(spool_conf(mail=f"    spool_min_free {value};\n"),
+                     start=False)
+        r = g.ctl("-t")
+        assert r.returncode != 0, r.stderr
+        assert "spool_min_free" in r.stderr and \
+            re.search(re.escape(g.conf_path) + r":\d+", r.stderr), r.stderr

@@ -49,6 +49,7 @@
 #include <sys/xattr.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #define SG_FWD_HEAD_FIRST  (128 * 1024)    /* read first */
 #define SG_FWD_HEAD_MAX    (1024 * 1024)   /* the longest envelope */
@@ -307,6 +308,7 @@ sg_fwd_scan(sg_fwd_queue_t *q, bool all)
     char              path[PATH_MAX];
     struct dirent    *de;
     struct stat       st;
+    struct statvfs    vfs;
     time_t            now = time(NULL), arrival, oldest = 0;
     uint64_t          total = 0;
     DIR              *d;
@@ -357,6 +359,10 @@ sg_fwd_scan(sg_fwd_queue_t *q, bool all)
                          __ATOMIC_RELAXED);
         __atomic_store_n(&q->stats->listed, (uint64_t) now,
                          __ATOMIC_RELAXED);
+        if (fstatvfs(dirfd(d), &vfs) == 0) {
+            __atomic_store_n(&q->stats->free, (uint64_t) vfs.f_bavail
+                             * (uint64_t) vfs.f_frsize, __ATOMIC_RELAXED);
+        }
     }
     (void) closedir(d);
     if (n == 0) {

@@ -60,6 +60,8 @@ typedef struct {
     uint64_t     reports;       /* notifications queued */
     uint64_t     forwarder;     /* the pid of the forwarder that runs
                                    now, for "POST /queue/flush" */
+    uint64_t     free;          /* bytes free on its file system for
+                                   the workers' user, at the listing */
 } sg_spool_stats_t;
 
 /* sp's counters, or NULL when sp does not forward. */

@@ -23,6 +23,7 @@ static int sg_spool_init_module(sg_cycle_t *cycle);
 
 static const sg_conf_bounds_t  sg_spool_rcpt_bounds = { 1, 1000 };
 static const sg_conf_bounds_t  sg_spool_size_bounds = { 1024, 1LL << 40 };
+static const sg_conf_bounds_t  sg_spool_free_bounds = { 0, 1LL << 50 };
 
 #define SG_SRV  (SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF)
 
@@ -33,6 +34,9 @@ static const sg_command_t  sg_spool_commands[] = {
     { "spool_max_message_size", SG_SRV | SG_CONF_TAKE1,
       sg_conf_set_size_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_spool_conf_t, max_message_size), &sg_spool_size_bounds },
+    { "spool_min_free", SG_SRV | SG_CONF_TAKE1, sg_conf_set_size_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_spool_conf_t, min_free),
+      &sg_spool_free_bounds },
     sg_null_command
 };
 
@@ -59,6 +63,7 @@ sg_spool_create_conf(sg_conf_t *cf)
     }
     scf->max_recipients = SG_CONF_UNSET;
     scf->max_message_size = SG_CONF_UNSET_SIZE;
+    scf->min_free = SG_CONF_UNSET_SIZE;
     return scf;
 }
 
@@ -71,6 +76,7 @@ sg_spool_merge_conf(sg_conf_t *cf, void *parent, void *child)
     sg_conf_merge_value(conf->max_recipients, prev->max_recipients, 100);
     sg_conf_merge_size(conf->max_message_size, prev->max_message_size,
                        50 * 1024 * 1024);
+    sg_conf_merge_size(conf->min_free, prev->min_free, 100 * 1024 * 1024);
     return SG_CONF_OK;
 }
 

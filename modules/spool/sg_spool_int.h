@@ -28,12 +28,17 @@ struct sg_spool_s {
     sg_str_t     forward_file;
     size_t       forward_line;
     sg_shm_zone_t  *stats;       /* sg_spool_stats_t */
+    /* This process's last look at the free space (each message's
+     * open), for the check at MAIL. */
+    int64_t      free;
+    sg_msec_t    free_at;        /* 0: never */
     sg_spool_t  *next;           /* the spools of one configuration */
 };
 
 typedef struct {
     int64_t      max_recipients;
     size_t       max_message_size;
+    size_t       min_free;       /* spool_min_free; 0: no check */
 } sg_spool_conf_t;
 
 /* Storage: one message on its way into DIR/tmp and then DIR/new. */
@@ -53,8 +58,15 @@ const char *sg_spool_file_path(sg_spool_file_t *f);
 uint64_t sg_spool_file_size(sg_spool_file_t *f);
 
 /* Create DIR/tmp/NAME and write the header block, which the file takes
- * over (malloc'd).  Does not wait: data may be added at once. */
-int sg_spool_file_open(sg_spool_file_t *f, u_char *head, size_t len);
+ * over (malloc'd).  With need_free, the file system must first have that
+ * many bytes free for the workers' user, or the open fails with ENOSPC
+ * (sg_spool_file_free: low).  Does not wait: data may be added at
+ * once. */
+int sg_spool_file_open(sg_spool_file_t *f, u_char *head, size_t len,
+    int64_t need_free);
+/* The bytes free when the open looked (-1: it did not), and whether
+ * that was too few. */
+int64_t sg_spool_file_free(sg_spool_file_t *f, bool *low);
 
 /* Free room in the buffer being filled; then sg_spool_file_add(n) for
  * the bytes put there. */

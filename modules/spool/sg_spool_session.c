@@ -22,6 +22,8 @@
  * flushed once less than one fits, as before AUTH. */
 #define SG_SPOOL_OUT_SLACK  SG_SMTP_REPLY_MAX
 #define SG_SPOOL_HELO_MAX   255
+/* How long a look at the free space is trusted for the check at MAIL. */
+#define SG_SPOOL_FREE_FRESH  2000
 
 typedef enum {
     SG_SPOOL_CMD = 0,           /* reading command lines */
@@ -61,6 +63,7 @@ typedef struct {
     size_t              rcpts_cap;
     unsigned            nrcpt;
     int64_t             size;          /* message octets so far */
+    int64_t             declared;      /* MAIL's SIZE=, 0: none */
     int                 store_err;     /* errno of a storage failure */
     sg_spool_file_t    *file;
 
@@ -96,6 +99,7 @@ sg_spool_reset(sg_spool_ctx_t *ctx)
     ctx->rcpts_len = 0;
     ctx->nrcpt = 0;
     ctx->size = 0;
+    ctx->declared = 0;
     ctx->store_err = 0;
 }
 
@@ -112,19 +116,49 @@ sg_spool_cleanup(void *data)
     ctx->rcpts = NULL;
 }
 
+/* Too little room left on the spool's file system (spool_min_free). */
+static void
+sg_spool_low_log(sg_spool_ctx_t *ctx, int64_t free, const char *what,
+    const sg_str_t *id)
+{
+    char  declared[80] = "";
+
+    if (ctx->declared) {
+        (void) snprintf(declared, sizeof(declared), " plus the size the "
+                        "client declared (%lld)",
+                        (long long) ctx->declared);
+    }
+    sg_log_error(SG_LOG_WARN, ctx->s->log, 0, "spool \"%.*s\": %lld bytes "
+                 "free, fewer than spool_min_free (%zu)%s, so %s%.*s%s is "
+                 "refused with 452: free space on that file system, or "
+                 "lower spool_min_free", SG_STR_ARG(&ctx->sp->dir),
+                 (long long) free, ctx->conf->min_free, declared, what,
+                 SG_STR_ARG(id), what[0] == 'M' ? ">" : "");
+}
+
 /* The file failed: log why once, and go on reading the message into
  * nothing, to answer at its end. */
 static void
 sg_spool_lost(sg_spool_ctx_t *ctx)
 {
     const char  *call;
+    int64_t      free;
+    sg_str_t     idv;
+    bool         low;
     int          err;
 
     err = sg_spool_file_error(ctx->file, &call);
-    sg_log_error(SG_LOG_ERR, ctx->s->log, err, "spool \"%.*s\": %s failed "
-                 "for message %s, the message is refused",
-                 SG_STR_ARG(&ctx->sp->dir), call,
-                 sg_spool_file_id(ctx->file));
+    free = sg_spool_file_free(ctx->file, &low);
+    if (low) {
+        idv.data = (u_char *) sg_spool_file_id(ctx->file);
+        idv.len = strlen((char *) idv.data);
+        sg_spool_low_log(ctx, free, "message ", &idv);
+    } else {
+        sg_log_error(SG_LOG_ERR, ctx->s->log, err, "spool \"%.*s\": %s "
+                     "failed for message %s, the message is refused",
+                     SG_STR_ARG(&ctx->sp->dir), call,
+                     sg_spool_file_id(ctx->file));
+    }
     ctx->store_err = err ? err : EIO;
     sg_spool_file_release(ctx->file);
     ctx->file = NULL;
@@ -308,7 +342,10 @@ sg_spool_begin(sg_spool_ctx_t *ctx)
         ctx->store_err = ENOMEM;
         return SG_ERROR;
     }
-    if (sg_spool_file_open(ctx->file, head, len) != SG_OK) {
+    if (sg_spool_file_open(ctx->file, head, len, ctx->conf->min_free
+                           ? (int64_t) ctx->conf->min_free + ctx->declared
+                           : 0) != SG_OK)
+    {
         sg_spool_lost(ctx);
         return SG_ERROR;
     }
@@ -413,6 +450,15 @@ sg_spool_on_file(sg_spool_file_t *f, void *data)
 
     SG_BUG_ON(f != ctx->file);
     ctx->wait = SG_SPOOL_WAIT_NONE;
+    if (wait == SG_SPOOL_WAIT_OPEN) {
+        bool     low;
+        int64_t  free = sg_spool_file_free(f, &low);
+
+        if (free >= 0) {
+            ctx->sp->free = free;
+            ctx->sp->free_at = sg_current_msec;
+        }
+    }
     if (sg_spool_file_error(f, &call) != 0) {
         sg_spool_lost(ctx);
     }
@@ -471,7 +517,8 @@ sg_spool_helo(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
 }
 
 static int
-sg_spool_mail_params(sg_spool_ctx_t *ctx, sg_str_t *rest, bool *utf8)
+sg_spool_mail_params(sg_spool_ctx_t *ctx, sg_str_t *rest, bool *utf8,
+    int64_t *declared)
 {
     sg_smtp_session_t  *s = ctx->s;
     sg_str_t            key, val;
@@ -487,6 +534,7 @@ sg_spool_mail_params(sg_spool_ctx_t *ctx, sg_str_t *rest, bool *utf8)
                 return sg_smtp_error(s, "552 5.3.4 Message size exceeds "
                                      "fixed maximum message size");
             }
+            *declared = n;
         } else if (sg_str_caseeq(&key, "BODY")) {
             if (val.data == NULL || (!sg_str_caseeq(&val, "7BIT")
                                      && !sg_str_caseeq(&val, "8BITMIME")))
@@ -516,6 +564,7 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     sg_smtp_session_t  *s = ctx->s;
     sg_smtp_path_t      path;
     bool                utf8 = false;
+    int64_t             declared = 0;
     int                 rc;
 
     if (ctx->has_mail) {
@@ -528,9 +577,20 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     if (rc == SG_DECLINED) {
         return sg_smtp_error(s, "501 5.1.7 Bad sender address syntax");
     }
-    rc = sg_spool_mail_params(ctx, &path.params, &utf8);
+    rc = sg_spool_mail_params(ctx, &path.params, &utf8, &declared);
     if (rc != SG_DONE) {
         return rc;
+    }
+    /* The last message's look at the free space, when recent, saves the
+     * client its recipients; the open looks again (RFC 1870 6.1). */
+    if (ctx->conf->min_free && ctx->sp->free_at
+        && sg_current_msec - ctx->sp->free_at < SG_SPOOL_FREE_FRESH
+        && ctx->sp->free < (int64_t) ctx->conf->min_free + declared)
+    {
+        ctx->declared = declared;
+        sg_spool_low_log(ctx, ctx->sp->free, "MAIL FROM:<", &path.addr);
+        ctx->declared = 0;
+        return sg_smtp_reply(s, "452 4.3.1 Insufficient system storage");
     }
     if (path.utf8 && !utf8) {
         return sg_smtp_error(s, "553 5.6.7 Non-ASCII address requires "
@@ -540,6 +600,7 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     ctx->from.len = path.addr.len;
     ctx->has_mail = 1;
     ctx->smtputf8 = utf8;
+    ctx->declared = declared;
     return sg_smtp_reply(s, "250 2.1.0 OK");
 }
 

@@ -23,6 +23,7 @@
 #include "sg_spool_int.h"
 #include <fcntl.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 
 #define SG_SPOOL_OP_OPEN     0x01
 #define SG_SPOOL_OP_WRITE    0x02
@@ -38,12 +39,18 @@ struct sg_spool_file_s {
     size_t                     io_len;
     u_char                    *head;        /* the header block (OPEN) */
     size_t                     head_len;
+    int64_t                    need_free;   /* OPEN: bytes that must be
+                                               free first; 0: no check */
 
     /* The results: written by the thread. */
     int                        fd;
     int                        err;
     const char                *failed;      /* the call that failed */
     uint64_t                   size;
+    int64_t                    free;        /* bytes free at the OPEN,
+                                               -1: not measured */
+    unsigned                   low:1;       /* refused: less than
+                                               need_free */
     unsigned                   tmp_exists:1;
     unsigned                   committed:1;
 
@@ -115,6 +122,7 @@ sg_spool_file_create(sg_spool_t *sp, sg_log_t *log,
     }
     memset(f, 0, offsetof(sg_spool_file_t, buf));
     f->fd = -1;
+    f->free = -1;
     f->fill = f->buf[0];
     f->log = log;
     f->handler = handler;
@@ -162,6 +170,13 @@ uint64_t
 sg_spool_file_size(sg_spool_file_t *f)
 {
     return f->size;
+}
+
+int64_t
+sg_spool_file_free(sg_spool_file_t *f, bool *low)
+{
+    *low = f->low;
+    return f->free;
 }
 
 bool
@@ -352,10 +367,28 @@ sg_spool_commit(sg_spool_file_t *f)
     f->committed = 1;
 }
 
-/* Create the file in DIR/tmp, never over another, and write head. */
+/* Create the file in DIR/tmp, never over another, and write head;
+ * first, with need_free, make sure that much room is left. */
 static void
 sg_spool_open(sg_spool_file_t *f, const u_char *head, size_t len)
 {
+    struct statvfs  vfs;
+
+    if (f->need_free > 0) {
+        if (statvfs(f->new_dir, &vfs) == -1) {
+            sg_spool_fail(f, "statvfs()", errno);
+            return;
+        }
+        /* what an unprivileged user may take: the workers' */
+        f->free = (int64_t) sg_min((uint64_t) vfs.f_bavail
+                                   * (uint64_t) vfs.f_frsize,
+                                   (uint64_t) INT64_MAX);
+        if (f->free < f->need_free) {
+            f->low = 1;
+            sg_spool_fail(f, "statvfs()", ENOSPC);
+            return;
+        }
+    }
     f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (f->fd == -1) {
         sg_spool_fail(f, "open()", errno);
@@ -489,10 +522,12 @@ sg_spool_destroy(sg_task_t *t)
 }
 
 int
-sg_spool_file_open(sg_spool_file_t *f, u_char *head, size_t len)
+sg_spool_file_open(sg_spool_file_t *f, u_char *head, size_t len,
+    int64_t need_free)
 {
     f->head = head;
     f->head_len = len;
+    f->need_free = need_free;
     if (f->err) {
         return SG_ERROR;
     }
