@@ -118,7 +118,7 @@ sg_spool_cleanup(void *data)
 
 /* Too little room left on the spool's file system (spool_min_free). */
 static void
-sg_spool_low_log(sg_spool_ctx_t *ctx, int64_t free, const char *what,
+sg_spool_low_log(sg_spool_ctx_t *ctx, int64_t avail, const char *what,
     const sg_str_t *id)
 {
     char  declared[80] = "";
@@ -132,7 +132,7 @@ sg_spool_low_log(sg_spool_ctx_t *ctx, int64_t free, const char *what,
                  "free, fewer than spool_min_free (%zu)%s, so %s%.*s%s is "
                  "refused with 452: free space on that file system, or "
                  "lower spool_min_free", SG_STR_ARG(&ctx->sp->dir),
-                 (long long) free, ctx->conf->min_free, declared, what,
+                 (long long) avail, ctx->conf->min_free, declared, what,
                  SG_STR_ARG(id), what[0] == 'M' ? ">" : "");
 }
 
@@ -142,17 +142,17 @@ static void
 sg_spool_lost(sg_spool_ctx_t *ctx)
 {
     const char  *call;
-    int64_t      free;
+    int64_t      avail;
     sg_str_t     idv;
     bool         low;
     int          err;
 
     err = sg_spool_file_error(ctx->file, &call);
-    free = sg_spool_file_free(ctx->file, &low);
+    avail = sg_spool_file_free(ctx->file, &low);
     if (low) {
         idv.data = (u_char *) sg_spool_file_id(ctx->file);
         idv.len = strlen((char *) idv.data);
-        sg_spool_low_log(ctx, free, "message ", &idv);
+        sg_spool_low_log(ctx, avail, "message ", &idv);
     } else {
         sg_log_error(SG_LOG_ERR, ctx->s->log, err, "spool \"%.*s\": %s "
                      "failed for message %s, the message is refused",
@@ -452,10 +452,10 @@ sg_spool_on_file(sg_spool_file_t *f, void *data)
     ctx->wait = SG_SPOOL_WAIT_NONE;
     if (wait == SG_SPOOL_WAIT_OPEN) {
         bool     low;
-        int64_t  free = sg_spool_file_free(f, &low);
+        int64_t  avail = sg_spool_file_free(f, &low);
 
-        if (free >= 0) {
-            ctx->sp->free = free;
+        if (avail >= 0) {
+            ctx->sp->free = avail;
             ctx->sp->free_at = sg_current_msec;
         }
     }
