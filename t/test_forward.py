@@ -1427,9 +1427,10 @@ def test_queue_hold_and_release(smtpgate, down_backend):
 
 
 def test_queue_hold_fails_clearly(smtpgate, down_backend):
-    """DIR/hold that is not a directory: the hold gets 500 and the error
-    log says what to check; the message stays where it was, and /queue
-    says the hold/ directory could not be read."""
+    """DIR/hold, made at start, replaced by something that is not a
+    directory: the hold gets 500 and the error log says what to check;
+    the message stays where it was, and /queue says the hold/ directory
+    could not be read.  At the next load it is a file:line error."""
     import json
     from test_status import curl
 
@@ -1437,6 +1438,9 @@ def test_queue_hold_fails_clearly(smtpgate, down_backend):
     g = smtpgate(fwd_conf(b.address, mail=(
         "    status_listen 127.0.0.1:@PORTS@;\n"
         "    status_write on;\n")))
+    assert os.path.isdir(qdir(g, "hold"))
+    assert oct(os.stat(qdir(g, "hold")).st_mode & 0o777) == "0o700"
+    os.rmdir(qdir(g, "hold"))
     with open(qdir(g, "hold"), "w") as f:
         f.write("in the way\n")
     qid, _ = submit(g, "s@example.org", ["r@example.org"],
@@ -1450,6 +1454,11 @@ def test_queue_hold_fails_clearly(smtpgate, down_backend):
     (sp,) = json.loads(curl(g, "/queue"))["spools"]
     assert sp["error"] == "its hold/ directory could not be read", sp
     assert sp["queued"] == 1 and sp["messages"][0]["held"] is False
+    r = g.ctl("-t")
+    assert r.returncode != 0 and re.search(
+        r"\[emerg\] " + re.escape(g.conf_path) + r':\d+: the spool ".*" '
+        r'needs ".*/queue/hold" to be a directory', r.stderr), \
+        r.stderr
 
 
 def test_queue_listing_without_a_forwarding_spool(smtpgate, backend):

@@ -14,8 +14,14 @@
 #include <grp.h>
 #include <pwd.h>
 
-/* DIR itself, then its three subdirectories; bit i of sp->created. */
-static const char  *sg_spool_subdirs[] = { "", "/tmp", "/new", "/cur" };
+/* DIR itself, then its three subdirectories, and for a forwarding spool
+ * hold/, where held messages wait (made by sg_spool_set_forward); bit i
+ * of sp->created. */
+static const char  *sg_spool_subdirs[] = {
+    "", "/tmp", "/new", "/cur", "/hold"
+};
+#define SG_SPOOL_MAILDIR  4             /* the first four */
+#define SG_SPOOL_HOLD     4
 
 static void *sg_spool_create_conf(sg_conf_t *cf);
 static char *sg_spool_merge_conf(sg_conf_t *cf, void *parent, void *child);
@@ -116,45 +122,60 @@ sg_spool_forget(void *data)
     sg_spool_list = NULL;
 }
 
-/* Create DIR and its subdirectories where missing and check them. */
+/* Create DIR's subdirectory i (sg_spool_subdirs) where missing, mark
+ * it in *created when made, and check it; its stat in *out. */
+static int
+sg_spool_make_dir(sg_conf_t *cf, const sg_str_t *dir, size_t i,
+    unsigned *created, struct stat *out)
+{
+    char  path[PATH_MAX];
+
+    (void) snprintf(path, sizeof(path), "%s%s", (char *) dir->data,
+                    sg_spool_subdirs[i]);
+    if (mkdir(path, 0700) == 0) {
+        *created |= 1u << i;
+    } else if (errno != EEXIST) {
+        sg_conf_error(cf, errno, "cannot create the spool directory "
+                      "\"%s\"%s", path, i == 0 && errno == ENOENT
+                      ? ": its parent directory must exist" : "");
+        return SG_ERROR;
+    }
+    if (stat(path, out) == -1) {
+        sg_conf_error(cf, errno, "stat() \"%s\" failed", path);
+        return SG_ERROR;
+    }
+    if (!S_ISDIR(out->st_mode)) {
+        sg_conf_error(cf, 0, "the spool \"%.*s\" needs \"%s\" to be a "
+                      "directory", SG_STR_ARG(dir), path);
+        return SG_ERROR;
+    }
+    /* As root this only catches a read-only file system; the workers'
+     * user is checked by sg_spool_init_module().  cur/ is written only
+     * by a forwarding spool (sg_spool_set_forward checks it then). */
+    if (i != 3 && access(path, W_OK | X_OK) == -1) {
+        sg_conf_error(cf, errno, "the spool directory \"%s\" is not "
+                      "writable", path);
+        return SG_ERROR;
+    }
+    return SG_OK;
+}
+
+/* Create DIR and its Maildir subdirectories where missing and check
+ * them. */
 static int
 sg_spool_make_dirs(sg_conf_t *cf, const sg_str_t *dir, unsigned *created,
     struct stat *top)
 {
     struct stat  st;
-    char         path[PATH_MAX];
     size_t       i;
 
     *created = 0;
-    for (i = 0; i < sg_nelems(sg_spool_subdirs); i++) {
-        (void) snprintf(path, sizeof(path), "%s%s", (char *) dir->data,
-                        sg_spool_subdirs[i]);
-        if (mkdir(path, 0700) == 0) {
-            *created |= 1u << i;
-        } else if (errno != EEXIST) {
-            sg_conf_error(cf, errno, "cannot create the spool directory "
-                          "\"%s\"%s", path, i == 0 && errno == ENOENT
-                          ? ": its parent directory must exist" : "");
-            return SG_ERROR;
-        }
-        if (stat(path, &st) == -1) {
-            sg_conf_error(cf, errno, "stat() \"%s\" failed", path);
-            return SG_ERROR;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            sg_conf_error(cf, 0, "the spool \"%.*s\" needs \"%s\" to be a "
-                          "directory", SG_STR_ARG(dir), path);
+    for (i = 0; i < SG_SPOOL_MAILDIR; i++) {
+        if (sg_spool_make_dir(cf, dir, i, created, &st) != SG_OK) {
             return SG_ERROR;
         }
         if (i == 0) {
             *top = st;
-        }
-        /* As root this only catches a read-only file system; the
-         * workers' user is checked by sg_spool_init_module(). */
-        if (i != 3 && access(path, W_OK | X_OK) == -1) {
-            sg_conf_error(cf, errno, "the spool directory \"%s\" is not "
-                          "writable", path);
-            return SG_ERROR;
         }
     }
     return SG_OK;
@@ -246,8 +267,9 @@ sg_spool_stats_init(sg_shm_zone_t *zone, void *old_data)
 int
 sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp, const sg_str_t *group)
 {
-    char      path[PATH_MAX];
-    sg_str_t  name;
+    char         path[PATH_MAX];
+    sg_str_t     name;
+    struct stat  st;
 
     if (sp->forward) {
         if (sp->forward_group.len == group->len
@@ -268,6 +290,12 @@ sg_spool_set_forward(sg_conf_t *cf, sg_spool_t *sp, const sg_str_t *group)
     if (access(path, W_OK | X_OK) == -1) {
         sg_conf_error(cf, errno, "the spool directory \"%s\" is not "
                       "writable", path);
+        return SG_ERROR;
+    }
+    /* Held messages wait in hold/ (the status API moves them). */
+    if (sg_spool_make_dir(cf, &sp->dir, SG_SPOOL_HOLD, &sp->created, &st)
+        != SG_OK)
+    {
         return SG_ERROR;
     }
     /* Its counters, kept across reloads by the zone's name. */
@@ -381,7 +409,9 @@ sg_spool_check_user(sg_cycle_t *cycle, sg_spool_t *sp,
         }
         *slash = '/';
     }
-    for (i = 0; i < sg_nelems(sg_spool_subdirs); i++) {
+    for (i = 0; i < (sp->forward ? sg_nelems(sg_spool_subdirs)
+                                 : SG_SPOOL_MAILDIR); i++)
+    {
         (void) snprintf(path, sizeof(path), "%s%s", (char *) sp->dir.data,
                         sg_spool_subdirs[i]);
         if ((sp->created & (1u << i)) && chown(path, u->uid, u->gid) == -1)
@@ -400,7 +430,7 @@ sg_spool_check_user(sg_cycle_t *cycle, sg_spool_t *sp,
         if (i == 0 && !sg_spool_user_may(u, &st, S_IXOTH)) {
             return sg_spool_user_error(cycle, sp, u, path, "searchable");
         }
-        if ((i == 1 || i == 2 || (i == 3 && sp->forward))
+        if ((i == 1 || i == 2 || (i >= 3 && sp->forward))
             && !sg_spool_user_may(u, &st, S_IWOTH | S_IXOTH))
         {
             return sg_spool_user_error(cycle, sp, u, path, "writable");
