@@ -497,7 +497,8 @@ class Nginx:
     def access_lines(self):
         try:
             with open(self.access_log_path) as f:
-                return f.read().splitlines()
+                # only whole lines: nginx may be in the middle of one
+                return f.read().split("\n")[:-1]
         except OSError:
             return []
 
