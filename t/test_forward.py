@@ -1395,6 +1395,16 @@ def test_queue_hold_and_release(smtpgate, down_backend):
 
     (sp,) = json.loads(curl(g, "/queue"))["spools"]
     assert (sp["queued"], sp["held"], sp["listed"]) == (1, 1, 2), sp
+    # the forwarder counts it at its next listing, for /metrics and /status
+    held_metric = re.compile(
+        r'^smtpgate_spool_queue_held_messages\{upstream="grp",spool="'
+        + re.escape(spool) + r'"\} (\d+)$', re.M)
+
+    def counted(n):
+        m = held_metric.search(curl(g, "/metrics"))
+        st = json.loads(curl(g, "/status"))["spools"][0]
+        return m and int(m.group(1)) == n and st["held"] == n
+    net.wait_until(lambda: counted(1), 20, what="1 held message counted")
     assert [(m["id"], m["held"]) for m in sp["messages"]] == \
         [(other, False), (held, True)], sp["messages"]
     assert sp["messages"][1]["next_try"] is None
@@ -1421,6 +1431,7 @@ def test_queue_hold_and_release(smtpgate, down_backend):
     assert got[1].content.endswith(b"\r\n\r\nwait\r\n")
     wait_queue_empty(g)
     assert os.listdir(qdir(g, "hold")) == []
+    net.wait_until(lambda: counted(0), 20, what="no held message counted")
     for path in (f"/queue/{held}/release", f"/queue/{held}/hold",
                  "/queue/x/hold/release", "/queue//hold"):
         assert post(path)[0] == 404, path

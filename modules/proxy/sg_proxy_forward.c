@@ -299,6 +299,27 @@ sg_fwd_in_flight(sg_fwd_queue_t *q, const char *name)
 
 /* List DIR/new: the files due now (all of them after -s flush), oldest
  * first. */
+/* Messages held (moved to DIR/hold by the status API), for /metrics. */
+static uint64_t
+sg_fwd_count_held(const sg_str_t *dir)
+{
+    struct dirent  *de;
+    uint64_t        n = 0;
+    char            path[PATH_MAX];
+    DIR            *d;
+
+    (void) snprintf(path, sizeof(path), "%s/hold", (char *) dir->data);
+    d = opendir(path);
+    if (d == NULL) {
+        return 0;
+    }
+    while ((de = readdir(d)) != NULL) {
+        n += de->d_name[0] != '.';
+    }
+    (void) closedir(d);
+    return n;
+}
+
 static void
 sg_fwd_scan(sg_fwd_queue_t *q, bool all)
 {
@@ -363,6 +384,8 @@ sg_fwd_scan(sg_fwd_queue_t *q, bool all)
             __atomic_store_n(&q->stats->free, (uint64_t) vfs.f_bavail
                              * (uint64_t) vfs.f_frsize, __ATOMIC_RELAXED);
         }
+        __atomic_store_n(&q->stats->held, sg_fwd_count_held(dir),
+                         __ATOMIC_RELAXED);
     }
     (void) closedir(d);
     if (n == 0) {

@@ -62,6 +62,7 @@ typedef struct {
                                    now, for "POST /queue/flush" */
     uint64_t     free;          /* bytes free on its file system for
                                    the workers' user, at the listing */
+    uint64_t     held;          /* files in DIR/hold, at the listing */
 } sg_spool_stats_t;
 
 /* sp's counters, or NULL when sp does not forward. */

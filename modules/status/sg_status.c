@@ -629,6 +629,7 @@ sg_status_spools(sg_status_spool_t *out, size_t max)
             out[k].st.reports = __atomic_load_n(&st->reports,
                                                 __ATOMIC_RELAXED);
             out[k].st.free = __atomic_load_n(&st->free, __ATOMIC_RELAXED);
+            out[k].st.held = __atomic_load_n(&st->held, __ATOMIC_RELAXED);
             k++;
         }
     }
@@ -663,6 +664,9 @@ sg_status_spool_metrics(sg_status_out_t *o)
           "deferred (once per try), failed." },
         { "spool_forward_reports_total", "counter",
           "Delivery status notifications queued for senders." },
+        { "spool_queue_held_messages", "gauge",
+          "Messages held in a forwarding spool (POST /queue/ID/hold), at "
+          "its last listing." },
         { "spool_free_bytes", "gauge",
           "Bytes free on the spool's file system for smtpgate's user, at "
           "the last listing (0: not known yet)." },
@@ -695,7 +699,8 @@ sg_status_spool_metrics(sg_status_out_t *o)
             }
             v = k == 0 ? sp[i].st.queued
                 : k == 1 ? sg_status_spool_age(&sp[i].st)
-                : k == 3 ? sp[i].st.reports : sp[i].st.free;
+                : k == 3 ? sp[i].st.reports
+                : k == 4 ? sp[i].st.held : sp[i].st.free;
             sg_status_printf(o, "smtpgate_%s{upstream=\"%s\",spool=\"%s\"} "
                              "%llu\n", m[k].name, l, d,
                              (unsigned long long) v);
@@ -733,6 +738,8 @@ sg_status_spool_json(void)
                             json_integer((json_int_t) sp[i].st.failed));
         json_object_set_new(obj, "reports",
                             json_integer((json_int_t) sp[i].st.reports));
+        json_object_set_new(obj, "held",
+                            json_integer((json_int_t) sp[i].st.held));
         json_object_set_new(obj, "free_bytes",
                             json_integer((json_int_t) sp[i].st.free));
         json_array_append_new(arr, obj);
