@@ -8,9 +8,11 @@
  * (every shorter cut is incomplete) and whatever follows it; that a
  * parsed request's path lies within the line, starts with '/', and
  * holds no space, control character or '?'; that the method is GET,
- * HEAD or POST only when the line says so; and that a path under
+ * HEAD or POST only when the line says so; that a path under
  * /upstreams/ splits into three non-empty parts, decoded into no more
- * bytes than the path, none of them a control byte.
+ * bytes than the path, none of them a control byte; and that a path
+ * under /queue/ is read as a flush, or as an action on a queue id of
+ * letters and digits only.
  */
 #include "sg_core.h"
 #include "sg_status_parse.h"
@@ -37,6 +39,30 @@ sg_fuzz_peer_path(const sg_str_t *path)
         }
     }
     free(buf);
+}
+
+static void
+sg_fuzz_queue_path(const sg_str_t *path)
+{
+    sg_status_queue_action_e  action = 0;
+    sg_str_t                  id;
+    size_t                    i;
+
+    if (sg_status_parse_queue_path(path, &id, &action) != SG_OK) {
+        return;
+    }
+    SG_FUZZ_ASSERT(action >= SG_QUEUE_FLUSH && action <= SG_QUEUE_RELEASE);
+    if (action == SG_QUEUE_FLUSH) {
+        SG_FUZZ_ASSERT(id.len == 0 && path->len == 12);
+        return;
+    }
+    SG_FUZZ_ASSERT(id.len >= 1 && id.len <= SG_STATUS_QUEUE_ID);
+    SG_FUZZ_ASSERT(id.data == path->data + 7 && id.data[id.len] == '/');
+    for (i = 0; i < id.len; i++) {
+        SG_FUZZ_ASSERT((id.data[i] >= '0' && id.data[i] <= '9')
+                       || (id.data[i] >= 'A' && id.data[i] <= 'Z')
+                       || (id.data[i] >= 'a' && id.data[i] <= 'z'));
+    }
 }
 
 int
@@ -75,6 +101,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         SG_FUZZ_ASSERT(r.method >= SG_STATUS_GET
                        && r.method <= SG_STATUS_POST);
         sg_fuzz_peer_path(&r.path);
+        sg_fuzz_queue_path(&r.path);
     }
     free(copy);
     return 0;

@@ -1346,8 +1346,8 @@ sg_status_queue_work(sg_task_t *t)
 static void
 sg_status_queue_acted(sg_connection_t *c, sg_status_queue_task_t *qt)
 {
-    static const char  *done[] = { "", "removed", "held", "released" };
-    static const char  *verb[] = { "", "remove", "hold", "release" };
+    static const char  *done[] = { "", "", "removed", "held", "released" };
+    static const char  *verb[] = { "", "", "remove", "hold", "release" };
     sg_status_out_t     body = { NULL, 0, 0, false };
     const char         *dir = qt->n ? qt->spools[qt->which].dir : "";
     bool                held = qt->action == SG_QUEUE_HOLD;
@@ -1486,10 +1486,9 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
     sg_status_out_t            body = { NULL, 0, 0, false };
     sg_status_spool_t          sp[64];
     sg_spool_stats_t          *st;
-    sg_str_t                   id, verb;
+    sg_str_t                   id;
     sg_status_queue_action_e   action;
     uint64_t                   pid;
-    u_char                    *slash;
     size_t                     n, i, told = 0;
 
     if (!sc->conf->write) {
@@ -1497,51 +1496,30 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
                         false);
         return;
     }
-    if (sg_str_eq(path, "/queue/flush")) {
-        n = sg_status_spools(sp, sg_nelems(sp));
-        for (i = 0; i < n; i++) {
-            st = sg_spool_stats(sp[i].sp);
-            pid = st ? __atomic_load_n(&st->forwarder, __ATOMIC_RELAXED)
-                     : 0;
-            if (pid && kill((pid_t) pid, SG_SIGFLUSH) == 0) {
-                told++;
-            }
-        }
-        sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: flush asked by "
-                     "status client %.*s, %zu of %zu forwarding spool%s "
-                     "told", SG_STR_ARG(&c->addr_text), told, n,
-                     n == 1 ? "" : "s");
-        sg_status_printf(&body, "{\"spools\": %zu, \"flushed\": %zu}\n",
-                         n, told);
-        sg_status_respond(c, 200, "application/json", &body, false);
+    if (sg_status_parse_queue_path(path, &id, &action) != SG_OK) {
+        sg_status_error(c, 404, "Not found: POST /queue/flush or "
+                        "/queue/ID/remove, /queue/ID/hold, "
+                        "/queue/ID/release", false);
         return;
     }
-    id.data = path->data + 7;
-    id.len = path->len - 7;
-    slash = memrchr(id.data, '/', id.len);
-    if (slash) {
-        verb.data = slash + 1;
-        verb.len = (size_t) (id.data + id.len - verb.data);
-        id.len = (size_t) (slash - id.data);
-        action = sg_str_eq(&verb, "remove") ? SG_QUEUE_REMOVE
-                 : sg_str_eq(&verb, "hold") ? SG_QUEUE_HOLD
-                 : sg_str_eq(&verb, "release") ? SG_QUEUE_RELEASE : 0;
-        for (i = 0; i < id.len; i++) {
-            if (!((id.data[i] >= '0' && id.data[i] <= '9')
-                  || (id.data[i] >= 'A' && id.data[i] <= 'Z')
-                  || (id.data[i] >= 'a' && id.data[i] <= 'z')))
-            {
-                break;
-            }
-        }
-        if (action && id.len && id.len < 100 && i == id.len) {
-            sg_status_queue(c, false, &id, action);
-            return;
+    if (action != SG_QUEUE_FLUSH) {
+        sg_status_queue(c, false, &id, action);
+        return;
+    }
+    n = sg_status_spools(sp, sg_nelems(sp));
+    for (i = 0; i < n; i++) {
+        st = sg_spool_stats(sp[i].sp);
+        pid = st ? __atomic_load_n(&st->forwarder, __ATOMIC_RELAXED) : 0;
+        if (pid && kill((pid_t) pid, SG_SIGFLUSH) == 0) {
+            told++;
         }
     }
-    sg_status_error(c, 404, "Not found: POST /queue/flush or "
-                    "/queue/ID/remove, /queue/ID/hold, /queue/ID/release",
-                    false);
+    sg_log_error(SG_LOG_NOTICE, c->log, 0, "queue: flush asked by status "
+                 "client %.*s, %zu of %zu forwarding spool%s told",
+                 SG_STR_ARG(&c->addr_text), told, n, n == 1 ? "" : "s");
+    sg_status_printf(&body, "{\"spools\": %zu, \"flushed\": %zu}\n", n,
+                     told);
+    sg_status_respond(c, 200, "application/json", &body, false);
 }
 
 #endif

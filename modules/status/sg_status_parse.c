@@ -149,3 +149,58 @@ sg_status_parse_peer_path(const sg_str_t *path, u_char *buf,
     }
     return SG_OK;
 }
+
+int
+sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
+    sg_status_queue_action_e *action)
+{
+    static const struct {
+        const char               *name;
+        sg_status_queue_action_e  action;
+    } verbs[] = {
+        { "remove", SG_QUEUE_REMOVE },
+        { "hold", SG_QUEUE_HOLD },
+        { "release", SG_QUEUE_RELEASE },
+    };
+    size_t   pre = sizeof(SG_STATUS_QUEUE) - 1, i, n;
+    u_char  *p, *slash, c;
+
+    if (path->len <= pre || memcmp(path->data, SG_STATUS_QUEUE, pre) != 0)
+    {
+        return SG_ERROR;
+    }
+    p = path->data + pre;
+    n = path->len - pre;
+    if (n == 5 && memcmp(p, "flush", 5) == 0) {
+        id->data = NULL;
+        id->len = 0;
+        *action = SG_QUEUE_FLUSH;
+        return SG_OK;
+    }
+    slash = memchr(p, '/', n);
+    if (slash == NULL || slash == p
+        || (size_t) (slash - p) > SG_STATUS_QUEUE_ID)
+    {
+        return SG_ERROR;
+    }
+    for (i = 0; p + i < slash; i++) {
+        c = p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z')
+              || (c >= 'a' && c <= 'z')))
+        {
+            return SG_ERROR;
+        }
+    }
+    n -= i + 1;
+    for (i = 0; i < sg_nelems(verbs); i++) {
+        if (n == strlen(verbs[i].name)
+            && memcmp(slash + 1, verbs[i].name, n) == 0)
+        {
+            id->data = p;
+            id->len = (size_t) (slash - p);
+            *action = verbs[i].action;
+            return SG_OK;
+        }
+    }
+    return SG_ERROR;
+}

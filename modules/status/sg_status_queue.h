@@ -5,6 +5,8 @@
 #ifndef SG_STATUS_QUEUE_H
 #define SG_STATUS_QUEUE_H
 
+#include "sg_status_parse.h"            /* sg_status_queue_action_e */
+
 typedef struct {
     char    dir[PATH_MAX];          /* the spool's directory */
     char    upstream[256];          /* the group that forwards it */
@@ -18,14 +20,9 @@ typedef struct {
 char *sg_status_queue_json(const sg_status_queue_spool_t *spools, size_t n,
     size_t max);
 
-typedef enum {
-    SG_QUEUE_REMOVE = 1,            /* delete it unsent */
-    SG_QUEUE_HOLD,                  /* DIR/new -> DIR/hold: never tried */
-    SG_QUEUE_RELEASE                /* DIR/hold -> DIR/new, due now */
-} sg_status_queue_action_e;
-
-/* Do action to the message whose queue id is id, in the spool that has
- * it (its index in *which), waiting or held: SG_OK; SG_DONE when it is
+/* Do action (remove, hold or release) to the message whose queue id is
+ * id, in the spool that has it (its index in *which), waiting or held:
+ * SG_OK; SG_DONE when it is
  * held (or waiting) already; SG_DECLINED when no spool has it; SG_BUSY
  * when the forwarder is delivering it (its file is locked); SG_ERROR
  * with errno. */

@@ -167,6 +167,68 @@ test_peer_path(void)
     CHECK_INT(peer_path("/upstreams/pool/p/%2/", &p), SG_ERROR);
 }
 
+static int
+queue_path(const char *s, sg_str_t *id, sg_status_queue_action_e *action)
+{
+    sg_str_t  path;
+
+    path.len = strlen(s);
+    path.data = sg_test_bytes(s, path.len);
+    memset(id, 0x5a, sizeof(*id));
+    *action = 0;
+    return sg_status_parse_queue_path(&path, id, action);
+}
+
+static void
+test_queue_path(void)
+{
+    sg_status_queue_action_e  a;
+    sg_str_t                  id;
+    char                      longest[200];
+
+    CHECK_INT(queue_path("/queue/flush", &id, &a), SG_OK);
+    CHECK_INT(a, SG_QUEUE_FLUSH);
+    CHECK_INT((int) id.len, 0);
+    CHECK_INT(queue_path("/queue/1796654461M419151P18334Q1/remove", &id,
+                         &a), SG_OK);
+    CHECK_INT(a, SG_QUEUE_REMOVE);
+    CHECK_STR(id, "1796654461M419151P18334Q1");
+    CHECK_INT(queue_path("/queue/abc/hold", &id, &a), SG_OK);
+    CHECK_INT(a, SG_QUEUE_HOLD);
+    CHECK_STR(id, "abc");
+    CHECK_INT(queue_path("/queue/Z9/release", &id, &a), SG_OK);
+    CHECK_INT(a, SG_QUEUE_RELEASE);
+    CHECK_STR(id, "Z9");
+    /* the longest id taken, and one more */
+    memset(longest, 'a', sizeof(longest));
+    memcpy(longest, "/queue/", 7);
+    strcpy(longest + 7 + SG_STATUS_QUEUE_ID, "/hold");
+    CHECK_INT(queue_path(longest, &id, &a), SG_OK);
+    CHECK_INT((int) id.len, SG_STATUS_QUEUE_ID);
+    memset(longest, 'a', sizeof(longest));
+    memcpy(longest, "/queue/", 7);
+    strcpy(longest + 8 + SG_STATUS_QUEUE_ID, "/hold");
+    CHECK_INT(queue_path(longest, &id, &a), SG_ERROR);
+
+    CHECK_INT(queue_path("/queue/", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/flush/", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/flushx", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/flush", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue//hold", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/delete", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/Hold", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/hold/", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x/hold/release", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/no.such/remove", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/%41/remove", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/a-b/remove", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queues/x/hold", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/upstreams/x/hold", &id, &a), SG_ERROR);
+}
+
 int
 main(void)
 {
@@ -177,6 +239,7 @@ main(void)
     RUN(test_bad_request_lines);
     RUN(test_hex_digit);
     RUN(test_peer_path);
+    RUN(test_queue_path);
 
     return sg_test_finish();
 }
