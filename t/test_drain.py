@@ -11,7 +11,8 @@ again; backups take over when every primary drains, 451 when all do; a
 reload keeps the drain; a weight that shares sessions out anew, back to
 the configured one, refused values, and a consistent hash group's
 refusal (409); IPv6 peers named with brackets, escaped or
-not; refusals: writes off (403), status_allow (403), other methods
+not; refusals: writes off (403), status_allow and status_write_allow
+(403), other methods
 (405 with Allow: POST), unknown groups, peers and actions and bad
 escapes (404); the configuration error.
 """
@@ -326,6 +327,44 @@ def test_status_allow_still_applies(smtpgate, make_backend):
     assert code == 403
     send_one(g.port)                    # not drained: a still takes it
     a.wait_messages(1)
+
+
+def test_status_write_allow(smtpgate, make_backend):
+    """status_write_allow narrows who may write: reads go on from every
+    client status_allow lets in, a write from elsewhere gets 403 and an
+    info line, one from a listed address (here 127.0.0.2) is done; the
+    queue's writes are held to it too."""
+    a = make_backend()
+    g = smtpgate(conf([a.address], workers=1, extra=(
+        "    status_write_allow 127.0.0.2;\n"
+        "    status_write_allow 2001:db8::/32;\n")))
+    assert "smtpgate_info" in curl(g, "/metrics")
+    code, body = post(g, "pool", a.address, "drain")
+    assert (code, body.strip()) == \
+        (403, "Writes are not allowed from this address "
+              "(status_write_allow)")
+    g.wait_log(r"\[info\] .*status: client 127\.0\.0\.1 refused a write "
+               r"\(status_write_allow\)")
+    code, _ = post(g, "pool", a.address, "drain",
+                   "--interface", "127.0.0.2")
+    assert code == 200
+    assert peer_json(g, a.address)["draining"] is True
+    out = curl(g, "/queue/flush", "-X", "POST", "-w", "\n%{http_code}")
+    assert out.endswith("\n403"), out
+    out = curl(g, "/queue/flush", "-X", "POST", "-w", "\n%{http_code}",
+               "--interface", "127.0.0.2")
+    assert out.endswith("\n200"), out
+
+
+def test_status_write_allow_errors(conf_test):
+    for value, why in (("300.0.0.1", "invalid"), ("10.0.0.0/33", "invalid"),
+                       ("", "invalid")):
+        text = make(mail=f'    status_write_allow "{value}";')
+        g, r = conf_test(text)
+        assert r.returncode != 0, r.stderr
+        assert "status_write_allow" in r.stderr and why in r.stderr \
+            and f"{g.conf_path}:{line_of(text, 'status_write_allow')}" \
+            in r.stderr, r.stderr
 
 
 def test_config_error(conf_test):

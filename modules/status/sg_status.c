@@ -88,6 +88,7 @@ typedef struct sg_status_srv_conf_s  sg_status_srv_conf_t;
 typedef struct {
     sg_array_t      listens;        /* sg_addr_t: status_listen */
     sg_array_t     *allow;          /* sg_cidr_t; NULL: everyone */
+    sg_array_t     *write_allow;    /* sg_cidr_t; NULL: as allow */
     sg_msec_t       timeout;
     int             write;          /* status_write */
     sg_shm_zone_t  *zone;
@@ -126,6 +127,8 @@ typedef struct {
 
 static char *sg_status_listen(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
+static char *sg_status_write_allow(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
 static char *sg_status_allow(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static void *sg_status_create_main_conf(sg_conf_t *cf);
@@ -149,6 +152,8 @@ static const sg_command_t  sg_status_commands[] = {
     { "status_write", SG_MAIL_MAIN_CONF | SG_CONF_FLAG,
       sg_conf_set_flag_slot, SG_MAIL_MAIN_CONF_OFFSET,
       offsetof(sg_status_main_conf_t, write), NULL },
+    { "status_write_allow", SG_MAIL_MAIN_CONF | SG_CONF_TAKE1,
+      sg_status_write_allow, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
     sg_null_command
 };
 
@@ -251,6 +256,15 @@ sg_status_allow(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 
     (void) cmd;
     return sg_conf_add_cidr(cf, &smcf->allow);
+}
+
+static char *
+sg_status_write_allow(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_status_main_conf_t  *smcf = conf;
+
+    (void) cmd;
+    return sg_conf_add_cidr(cf, &smcf->write_allow);
 }
 
 static void *
@@ -1159,6 +1173,40 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
                       head_only);
 }
 
+/* Whether c may change anything (status_write, status_write_allow);
+ * if not, it has its 403. */
+static bool
+sg_status_may_write(sg_connection_t *c)
+{
+    sg_status_conn_t       *sc = c->data;
+    sg_status_main_conf_t  *smcf = sc->conf;
+    sg_cidr_t              *cidr;
+    size_t                  i;
+
+    if (!smcf->write) {
+        sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused "
+                     "a write: status_write is off",
+                     SG_STR_ARG(&c->addr_text));
+        sg_status_error(c, 403, "Writes are off: set status_write on",
+                        false);
+        return false;
+    }
+    if (smcf->write_allow == NULL) {
+        return true;
+    }
+    cidr = smcf->write_allow->elts;
+    for (i = 0; i < smcf->write_allow->nelts; i++) {
+        if (sg_cidr_match(&cidr[i], (struct sockaddr *) &c->sockaddr)) {
+            return true;
+        }
+    }
+    sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused a "
+                 "write (status_write_allow)", SG_STR_ARG(&c->addr_text));
+    sg_status_error(c, 403, "Writes are not allowed from this address "
+                    "(status_write_allow)", false);
+    return false;
+}
+
 #if (SG_HAVE_UPSTREAM_MODULE)
 
 /* POST /upstreams/GROUP/PEER/drain|close|ready|weight=N: the operator's
@@ -1166,7 +1214,6 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
 static void
 sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
 {
-    sg_status_conn_t       *sc = c->data;
     sg_status_out_t         body = { NULL, 0, 0, false };
     sg_status_peer_path_t   pp;
     sg_upstream_t         **u;
@@ -1180,12 +1227,7 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
     bool                    drain = false, was, changed, closing;
     char                   *text;
 
-    if (!sc->conf->write) {
-        sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused "
-                     "a write: status_write is off",
-                     SG_STR_ARG(&c->addr_text));
-        sg_status_error(c, 403, "Writes are off: set status_write on",
-                        false);
+    if (!sg_status_may_write(c)) {
         return;
     }
     if (sg_status_parse_peer_path(path, buf, &pp) != SG_OK) {
@@ -1482,7 +1524,6 @@ sg_status_queue(sg_connection_t *c, bool head, const sg_str_t *id,
 static void
 sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
 {
-    sg_status_conn_t          *sc = c->data;
     sg_status_out_t            body = { NULL, 0, 0, false };
     sg_status_spool_t          sp[64];
     sg_spool_stats_t          *st;
@@ -1491,9 +1532,7 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
     uint64_t                   pid;
     size_t                     n, i, told = 0;
 
-    if (!sc->conf->write) {
-        sg_status_error(c, 403, "Writes are off: set status_write on",
-                        false);
+    if (!sg_status_may_write(c)) {
         return;
     }
     if (sg_status_parse_queue_path(path, &id, &action) != SG_OK) {
