@@ -22,8 +22,16 @@
 extern sg_module_t  sg_ssl_module;
 
 /* What the SMTP front end needs of a server's TLS settings. */
+/* A server certificate as loaded: its file and dates (Unix time). */
+typedef struct {
+    sg_str_t     file;
+    time_t       not_before;
+    time_t       not_after;
+} sg_ssl_cert_info_t;
+
 typedef struct {
     SSL_CTX     *ctx;               /* NULL: no certificate configured */
+    sg_array_t  *certs;             /* sg_ssl_cert_info_t; NULL: none */
     unsigned     starttls;
     unsigned     verify;
     unsigned     compact;           /* ssl_compact_state */

@@ -659,6 +659,128 @@ sg_ssl_use_key(SSL_CTX *ctx, const sg_str_t *key, sg_array_t *passwords)
     return SG_ERROR;
 }
 
+/* The paths whose dates were already warned of in the configuration
+ * being loaded (a certificate of the mail block is every server's). */
+static sg_cycle_t  *sg_ssl_dates_cycle;
+static sg_array_t  *sg_ssl_dates_warned;
+
+static void
+sg_ssl_dates_forget(void *data)
+{
+    if (sg_ssl_dates_cycle == data) {
+        sg_ssl_dates_cycle = NULL;
+        sg_ssl_dates_warned = NULL;
+    }
+}
+
+/* How many days before a certificate's end -t and a load warn. */
+#define SG_SSL_EXPIRY_WARN_DAYS  14
+
+static int
+sg_ssl_asn1_time(const ASN1_TIME *t, time_t *out)
+{
+    struct tm  tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) {
+        return SG_ERROR;
+    }
+    *out = timegm(&tm);
+    return SG_OK;
+}
+
+/* Keep the dates of the certificate just loaded from path, and warn,
+ * once per file and load, when clients would refuse it (expired, not
+ * yet valid) or soon will.  Never an error: an expired certificate
+ * still loads, as in nginx, and the operator hears of it. */
+static char *
+sg_ssl_cert_dates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
+    const sg_str_t *path)
+{
+    sg_ssl_cert_info_t  *ci;
+    X509                *x = SSL_CTX_get0_certificate(ctx);
+    sg_str_t            *seen;
+    time_t               now = time(NULL);
+    struct tm            tm;
+    char                 when[64];
+    size_t               i;
+    long long            days;
+
+    if (x == NULL) {
+        return SG_CONF_OK;
+    }
+    if (scf->srv.certs == NULL) {
+        scf->srv.certs = sg_array_create(cf->pool, 2,
+                                         sizeof(sg_ssl_cert_info_t));
+        if (scf->srv.certs == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    ci = sg_array_push(scf->srv.certs);
+    if (ci == NULL) {
+        return SG_CONF_ERROR;
+    }
+    ci->file = *path;
+    if (sg_ssl_asn1_time(X509_get0_notBefore(x), &ci->not_before) != SG_OK
+        || sg_ssl_asn1_time(X509_get0_notAfter(x), &ci->not_after)
+           != SG_OK)
+    {
+        ci->not_before = ci->not_after = 0;
+        return SG_CONF_OK;
+    }
+
+    if (sg_ssl_dates_cycle != cf->cycle) {
+        if (sg_pool_cleanup_add(cf->cycle->pool, sg_ssl_dates_forget,
+                                cf->cycle) != SG_OK)
+        {
+            return SG_CONF_ERROR;
+        }
+        sg_ssl_dates_cycle = cf->cycle;
+        sg_ssl_dates_warned = sg_array_create(cf->pool, 2,
+                                              sizeof(sg_str_t));
+        if (sg_ssl_dates_warned == NULL) {
+            return SG_CONF_ERROR;
+        }
+    }
+    seen = sg_ssl_dates_warned->elts;
+    for (i = 0; i < sg_ssl_dates_warned->nelts; i++) {
+        if (seen[i].len == path->len
+            && memcmp(seen[i].data, path->data, path->len) == 0)
+        {
+            return SG_CONF_OK;
+        }
+    }
+    seen = sg_array_push(sg_ssl_dates_warned);
+    if (seen == NULL) {
+        return SG_CONF_ERROR;
+    }
+    *seen = *path;
+
+    if (now < ci->not_before) {
+        (void) gmtime_r(&ci->not_before, &tm);
+        (void) strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
+                        "\"%.*s\" is not valid before %s: clients will "
+                        "refuse it until then; check the clock, or the "
+                        "certificate", SG_STR_ARG(path), when);
+        return SG_CONF_OK;
+    }
+    (void) gmtime_r(&ci->not_after, &tm);
+    (void) strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    if (now >= ci->not_after) {
+        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
+                        "\"%.*s\" expired on %s: clients will refuse it; "
+                        "renew it", SG_STR_ARG(path), when);
+    } else if (ci->not_after - now < SG_SSL_EXPIRY_WARN_DAYS * 86400) {
+        days = (long long) ((ci->not_after - now) / 86400);
+        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
+                        "\"%.*s\" expires %s%lld day%s, on %s: renew it",
+                        SG_STR_ARG(path), days ? "in " : "in less than ",
+                        days ? days : 1, days == 1 || days == 0 ? "" : "s",
+                        when);
+    }
+    return SG_CONF_OK;
+}
+
 static char *
 sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
 {
@@ -692,6 +814,8 @@ sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
                    || SSL_CTX_check_private_key(ctx) != 1)
         {
             rv = sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
+        } else {
+            rv = sg_ssl_cert_dates(cf, scf, ctx, &cert[i]);
         }
     }
     for (i = 0; passwords && i < passwords->nelts; i++) {

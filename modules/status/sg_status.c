@@ -24,6 +24,9 @@
  */
 #include "sg_smtp.h"
 #include "sg_status_parse.h"
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#endif
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
 #endif
@@ -101,6 +104,7 @@ typedef struct {
 struct sg_status_srv_conf_s {
     sg_str_t        name;           /* the server label */
     int             slot;
+    sg_smtp_srv_conf_t  *sscf;      /* the server's */
 };
 
 /* One HTTP connection. */
@@ -321,6 +325,7 @@ sg_status_postconfiguration(sg_conf_t *cf, void *conf)
     }
     sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
     sc->name = sscf->label;
+    sc->sscf = sscf;
     if (sc->name.len > SG_STATUS_KEY - 8) {
         /* as much of the name as a slot's key holds, and the "#N" */
         suffix = sscf->label.len - sscf->server_name.len;
@@ -900,6 +905,28 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
 #if (SG_STATUS_SPOOLS)
     sg_status_spool_metrics(o);
 #endif
+#if (SG_HAVE_SSL_MODULE)
+    sg_status_help(o, "ssl_certificate_not_after_seconds", "gauge",
+                   "When each server certificate expires, in seconds "
+                   "since the epoch.");
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        sg_ssl_srv_t        *ss = sg_ssl_srv(srv[i]->sscf);
+        sg_ssl_cert_info_t  *ci;
+        char                 fl[PATH_MAX + 64];
+
+        if (ss == NULL || ss->certs == NULL) {
+            continue;
+        }
+        ci = ss->certs->elts;
+        sg_status_label(&srv[i]->name, l, sizeof(l));
+        for (e = 0; e < ss->certs->nelts; e++) {
+            sg_status_printf(o, "smtpgate_ssl_certificate_not_after_seconds"
+                             "{server=\"%s\",file=\"%s\"} %lld\n", l,
+                             sg_status_label(&ci[e].file, fl, sizeof(fl)),
+                             (long long) ci[e].not_after);
+        }
+    }
+#endif
 }
 
 static json_t *
@@ -907,6 +934,35 @@ sg_status_json_str(const sg_str_t *v)
 {
     return json_stringn((const char *) v->data, v->len);
 }
+
+#if (SG_HAVE_SSL_MODULE)
+/* A server's certificates: "certificates": [{"file", "not_before",
+ * "not_after"}]. */
+static void
+sg_status_json_certs(sg_smtp_srv_conf_t *sscf, json_t *obj)
+{
+    sg_ssl_srv_t        *ss = sg_ssl_srv(sscf);
+    sg_ssl_cert_info_t  *ci;
+    json_t              *arr, *c;
+    size_t               i;
+
+    if (ss == NULL || ss->certs == NULL) {
+        return;
+    }
+    arr = json_array();
+    ci = ss->certs->elts;
+    for (i = 0; i < ss->certs->nelts; i++) {
+        c = json_object();
+        json_object_set_new(c, "file", sg_status_json_str(&ci[i].file));
+        json_object_set_new(c, "not_before",
+                            json_integer((json_int_t) ci[i].not_before));
+        json_object_set_new(c, "not_after",
+                            json_integer((json_int_t) ci[i].not_after));
+        json_array_append_new(arr, c);
+    }
+    json_object_set_new(obj, "certificates", arr);
+}
+#endif
 
 static void
 sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
@@ -960,6 +1016,9 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         SG_STATUS_J("sent_bytes", SG_ST_SENT);
         SG_STATUS_J("tls_sessions", SG_ST_TLS);
 #undef SG_STATUS_J
+#if (SG_HAVE_SSL_MODULE)
+        sg_status_json_certs(srv[i]->sscf, obj);
+#endif
         json_array_append_new(arr, obj);
     }
     json_object_set_new(root, "servers", arr);

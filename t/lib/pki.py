@@ -99,6 +99,25 @@ commonName = supplied
 """
 
 
+DATED_CA_CONF = """\
+[ ca ]
+default_ca = dated_ca
+
+[ dated_ca ]
+database = {dir}/index.txt
+serial = {dir}/serial
+certificate = {ca}/ca.pem
+private_key = {ca}/ca.key
+new_certs_dir = {dir}
+default_md = sha256
+policy = any
+unique_subject = no
+
+[ any ]
+commonName = supplied
+"""
+
+
 class Pki:
     def __init__(self, directory):
         self.dir = str(directory)
@@ -210,6 +229,39 @@ class Pki:
             self._server(name, san, cn=cn)
             for path in (self.cert(name), self.key(name)):
                 os.chmod(path, 0o644)
+        return self.cert(name)
+
+    def add_dated_server(self, name, san, not_before, not_after):
+        """One more server certificate valid from not_before to not_after
+        (datetime, UTC), made on first use by `openssl ca`, which alone
+        takes both dates: expired ones, ones not valid yet, ones about to
+        expire.  Returns the certificate path."""
+        if os.path.exists(self.cert(name)):
+            return self.cert(name)
+        d = self.path("dated")
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "ca.cnf")
+        if not os.path.exists(conf):
+            with open(conf, "w") as f:
+                f.write(DATED_CA_CONF.format(dir=d, ca=self.dir))
+            open(os.path.join(d, "index.txt"), "w").close()
+            with open(os.path.join(d, "serial"), "w") as f:
+                f.write("2000\n")
+        csr = self.path(name + ".csr")
+        extfile = self.path(name + ".ext")
+        with open(extfile, "w") as f:
+            f.write(SERVER_EXT.format(san=san))
+        run([OPENSSL, "req", "-new", "-newkey", "rsa:2048", "-nodes",
+             "-subj", f"/O=smtpgate tests/CN={name}",
+             "-keyout", self.key(name), "-out", csr])
+        run([OPENSSL, "ca", "-batch", "-config", conf, "-notext",
+             "-startdate", not_before.strftime("%Y%m%d%H%M%SZ"),
+             "-enddate", not_after.strftime("%Y%m%d%H%M%SZ"),
+             "-extfile", extfile, "-in", csr, "-out", self.cert(name)])
+        os.unlink(csr)
+        os.unlink(extfile)
+        for path in (self.cert(name), self.key(name)):
+            os.chmod(path, 0o644)
         return self.cert(name)
 
     def backend_cert(self):
