@@ -384,3 +384,21 @@ sg_cidr_match(const sg_cidr_t *cidr, const struct sockaddr *sa)
     }
     return true;
 }
+
+bool
+sg_cidr_list_match(const sg_array_t *list, const struct sockaddr *sa)
+{
+    const sg_cidr_t  *cidr;
+    size_t            i;
+
+    if (list == NULL) {
+        return false;
+    }
+    cidr = list->elts;
+    for (i = 0; i < list->nelts; i++) {
+        if (sg_cidr_match(&cidr[i], sa)) {
+            return true;
+        }
+    }
+    return false;
+}

@@ -70,5 +70,8 @@ int sg_parse_cidr(const sg_str_t *text, sg_cidr_t *cidr, const char **err);
 /* Whether sa lies in cidr.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
  * matches the IPv4 networks its IPv4 address lies in. */
 bool sg_cidr_match(const sg_cidr_t *cidr, const struct sockaddr *sa);
+/* Whether sa lies in any network of list (sg_cidr_t); false for an
+ * empty list or none. */
+bool sg_cidr_list_match(const sg_array_t *list, const struct sockaddr *sa);
 
 #endif /* SG_INET_H */

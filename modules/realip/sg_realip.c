@@ -176,19 +176,7 @@ sg_realip_take(sg_connection_t *c, u_char *buf, size_t n)
 static bool
 sg_realip_trusted(sg_realip_srv_conf_t *rcf, sg_connection_t *c)
 {
-    sg_cidr_t  *cidr;
-    size_t      i;
-
-    if (rcf->from == NULL) {
-        return false;
-    }
-    cidr = rcf->from->elts;
-    for (i = 0; i < rcf->from->nelts; i++) {
-        if (sg_cidr_match(&cidr[i], (struct sockaddr *) &c->sockaddr)) {
-            return true;
-        }
-    }
-    return false;
+    return sg_cidr_list_match(rcf->from, (struct sockaddr *) &c->sockaddr);
 }
 
 /* A trusted header's source becomes the client: its address for logs,

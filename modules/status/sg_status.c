@@ -1239,8 +1239,6 @@ sg_status_may_write(sg_connection_t *c)
 {
     sg_status_conn_t       *sc = c->data;
     sg_status_main_conf_t  *smcf = sc->conf;
-    sg_cidr_t              *cidr;
-    size_t                  i;
 
     if (!smcf->write) {
         sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused "
@@ -1250,14 +1248,11 @@ sg_status_may_write(sg_connection_t *c)
                         false);
         return false;
     }
-    if (smcf->write_allow == NULL) {
+    if (smcf->write_allow == NULL
+        || sg_cidr_list_match(smcf->write_allow,
+                              (struct sockaddr *) &c->sockaddr))
+    {
         return true;
-    }
-    cidr = smcf->write_allow->elts;
-    for (i = 0; i < smcf->write_allow->nelts; i++) {
-        if (sg_cidr_match(&cidr[i], (struct sockaddr *) &c->sockaddr)) {
-            return true;
-        }
     }
     sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused a "
                  "write (status_write_allow)", SG_STR_ARG(&c->addr_text));
@@ -1748,8 +1743,6 @@ sg_status_init_connection(sg_connection_t *c)
 {
     sg_status_main_conf_t  *smcf = c->listening->servers;
     sg_status_conn_t       *sc;
-    sg_cidr_t              *cidr;
-    size_t                  i;
 
     sc = sg_pcalloc(c->pool, sizeof(sg_status_conn_t));
     if (sc == NULL
@@ -1763,13 +1756,9 @@ sg_status_init_connection(sg_connection_t *c)
     c->read->handler = sg_status_read_request;
     c->write->handler = sg_status_write;
     if (smcf->allow) {
-        cidr = smcf->allow->elts;
-        for (i = 0; i < smcf->allow->nelts; i++) {
-            if (sg_cidr_match(&cidr[i], (struct sockaddr *) &c->sockaddr)) {
-                break;
-            }
-        }
-        if (i == smcf->allow->nelts) {
+        if (!sg_cidr_list_match(smcf->allow,
+                                (struct sockaddr *) &c->sockaddr))
+        {
             sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s "
                          "refused (status_allow)",
                          SG_STR_ARG(&c->addr_text));

@@ -206,6 +206,36 @@ test_sloppy_ipv4(void)
     }
 }
 
+static void
+test_cidr_list_match(void)
+{
+    static const char  *nets[] = { "10.0.0.0/8", "2001:db8::/32", "::1" };
+    sg_array_t          list;
+    sg_cidr_t           c[3];
+    const char         *err;
+    size_t              i;
+
+    CHECK(!sg_cidr_list_match(NULL, (struct sockaddr *) addr("10.0.0.1")));
+    list.elts = c;
+    list.nelts = 0;
+    list.size = sizeof(sg_cidr_t);
+    list.nalloc = 3;
+    list.pool = NULL;
+    CHECK(!sg_cidr_list_match(&list, (struct sockaddr *) addr("10.0.0.1")));
+    for (i = 0; i < 3; i++) {
+        CHECK_INT(cidr(nets[i], &c[i], &err), SG_OK);
+    }
+    list.nelts = 3;
+    CHECK(sg_cidr_list_match(&list, (struct sockaddr *) addr("10.9.8.7")));
+    CHECK(sg_cidr_list_match(&list,
+                             (struct sockaddr *) addr("2001:db8:1::5")));
+    CHECK(sg_cidr_list_match(&list, (struct sockaddr *) addr("::1")));
+    CHECK(sg_cidr_list_match(&list,
+                             (struct sockaddr *) addr("::ffff:10.1.2.3")));
+    CHECK(!sg_cidr_list_match(&list, (struct sockaddr *) addr("11.0.0.1")));
+    CHECK(!sg_cidr_list_match(&list, (struct sockaddr *) addr("::2")));
+}
+
 int
 main(void)
 {
@@ -214,6 +244,7 @@ main(void)
     RUN(test_cidr_parse);
     RUN(test_cidr_refused);
     RUN(test_cidr_match);
+    RUN(test_cidr_list_match);
     RUN(test_sock_ntop);
     RUN(test_sloppy_ipv4);
 
