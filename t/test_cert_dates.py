@@ -169,3 +169,26 @@ def test_both_certificates_of_a_server_are_listed(smtpgate, pki):
     end = datetime.datetime.strptime(out.strip().split("=", 1)[1],
                                      "%b %d %H:%M:%S %Y GMT")
     assert int(end.replace(tzinfo=UTC).timestamp()) == not_after(soon)
+
+
+def test_proxy_ssl_certificate_dates(smtpgate, pki):
+    """The client certificate smtpgate shows its backends is checked the
+    same way, naming its own directive."""
+    cert = dated(pki, "old-client.test",
+                 datetime.datetime(2019, 5, 1, tzinfo=UTC),
+                 datetime.datetime(2020, 5, 1, tzinfo=UTC))
+    g = smtpgate(gatelib.conf(
+        auth_file="users", proxy_pass="127.0.0.1:9",
+        mail=("    proxy_ssl on;\n"
+              f"    proxy_ssl_certificate {cert};\n"
+              f"    proxy_ssl_certificate_key {pki.key('old-client.test')};"
+              "\n")), start=False)
+    r = g.ctl("-t")
+    assert r.returncode == 0, r.stderr
+    (w,) = warnings(r.stderr)
+    line = [i + 1 for i, l in enumerate(g.conf_text.splitlines())
+            if "proxy_ssl_certificate " in l][0]
+    assert re.search(r"proxy_ssl_certificate \"" + re.escape(cert)
+                     + r"\" expired on 2020-05-01 00:00:00 UTC: backends "
+                     r"will refuse it; renew it", w), w
+    assert f"{g.conf_path}:{line}" in w, w

@@ -505,6 +505,13 @@ sg_proxy_ssl_ctx(sg_conf_t *cf, sg_proxy_conf_t *pcf)
                                     "(proxy_ssl_certificate_key)",
                                     SG_STR_ARG(&key->path));
         }
+        if (sg_ssl_cert_dates(cf, &cert->file, cert->line,
+                              "proxy_ssl_certificate",
+                              SSL_CTX_get0_certificate(ctx), &cert->path,
+                              &pcf->ssl_cert_info) != SG_CONF_OK)
+        {
+            return SG_CONF_ERROR;
+        }
     } else if (key->path.data) {
         return sg_conf_error_at(cf, &key->file, key->line,
                                 "\"proxy_ssl_certificate_key\" is set but "

@@ -9,6 +9,9 @@
 #include "sg_smtp.h"
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
+#if (SG_HAVE_SSL_MODULE)
+#include "sg_ssl.h"
+#endif
 #endif
 
 #define SG_PROXY_SSL_OFF       0
@@ -52,6 +55,9 @@ typedef struct {
     sg_str_t      ssl_name;
     sg_proxy_file_t  ssl_certificate;
     sg_proxy_file_t  ssl_certificate_key;
+#if (SG_HAVE_SSL_MODULE)
+    sg_ssl_cert_info_t  ssl_cert_info;  /* proxy_ssl_certificate's dates */
+#endif
     void         *ssl_ctx;
     int           smtp_auth;
     unsigned      proxy_protocol;

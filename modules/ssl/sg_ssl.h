@@ -29,6 +29,15 @@ typedef struct {
     time_t       not_after;
 } sg_ssl_cert_info_t;
 
+/* Fill ci with the dates of x (a certificate just loaded from path),
+ * and warn at file:line, once per path and load, when the other side
+ * would refuse it (expired, not valid yet) or soon will (less than 14
+ * days left).  directive names it in the warning.  Never an error but
+ * for memory. */
+char *sg_ssl_cert_dates(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *directive, X509 *x, const sg_str_t *path,
+    sg_ssl_cert_info_t *ci);
+
 typedef struct {
     SSL_CTX     *ctx;               /* NULL: no certificate configured */
     sg_array_t  *certs;             /* sg_ssl_cert_info_t; NULL: none */

@@ -688,41 +688,23 @@ sg_ssl_asn1_time(const ASN1_TIME *t, time_t *out)
     return SG_OK;
 }
 
-/* Keep the dates of the certificate just loaded from path, and warn,
- * once per file and load, when clients would refuse it (expired, not
- * yet valid) or soon will.  Never an error: an expired certificate
- * still loads, as in nginx, and the operator hears of it. */
-static char *
-sg_ssl_cert_dates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
-    const sg_str_t *path)
+char *
+sg_ssl_cert_dates(sg_conf_t *cf, const sg_str_t *file, size_t line,
+    const char *directive, X509 *x, const sg_str_t *path,
+    sg_ssl_cert_info_t *ci)
 {
-    sg_ssl_cert_info_t  *ci;
-    X509                *x = SSL_CTX_get0_certificate(ctx);
-    sg_str_t            *seen;
-    time_t               now = time(NULL);
-    struct tm            tm;
-    char                 when[64];
-    size_t               i;
-    long long            days;
+    sg_str_t   *seen;
+    time_t      now = time(NULL);
+    struct tm   tm;
+    char        when[64];
+    size_t      i;
+    long long   days;
 
-    if (x == NULL) {
-        return SG_CONF_OK;
-    }
-    if (scf->srv.certs == NULL) {
-        scf->srv.certs = sg_array_create(cf->pool, 2,
-                                         sizeof(sg_ssl_cert_info_t));
-        if (scf->srv.certs == NULL) {
-            return SG_CONF_ERROR;
-        }
-    }
-    ci = sg_array_push(scf->srv.certs);
-    if (ci == NULL) {
-        return SG_CONF_ERROR;
-    }
     ci->file = *path;
-    if (sg_ssl_asn1_time(X509_get0_notBefore(x), &ci->not_before) != SG_OK
-        || sg_ssl_asn1_time(X509_get0_notAfter(x), &ci->not_after)
-           != SG_OK)
+    if (x == NULL
+        || sg_ssl_asn1_time(X509_get0_notBefore(x), &ci->not_before)
+           != SG_OK
+        || sg_ssl_asn1_time(X509_get0_notAfter(x), &ci->not_after) != SG_OK)
     {
         ci->not_before = ci->not_after = 0;
         return SG_CONF_OK;
@@ -758,25 +740,26 @@ sg_ssl_cert_dates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
     if (now < ci->not_before) {
         (void) gmtime_r(&ci->not_before, &tm);
         (void) strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
-        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
-                        "\"%.*s\" is not valid before %s: clients will "
-                        "refuse it until then; check the clock, or the "
-                        "certificate", SG_STR_ARG(path), when);
+        sg_conf_warn_at(cf, file, line, "%s \"%.*s\" is not valid before "
+                        "%s: %s will refuse it until then; check the "
+                        "clock, or the certificate", directive,
+                        SG_STR_ARG(path), when,
+                        directive[0] == 'p' ? "backends" : "clients");
         return SG_CONF_OK;
     }
     (void) gmtime_r(&ci->not_after, &tm);
     (void) strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
     if (now >= ci->not_after) {
-        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
-                        "\"%.*s\" expired on %s: clients will refuse it; "
-                        "renew it", SG_STR_ARG(path), when);
+        sg_conf_warn_at(cf, file, line, "%s \"%.*s\" expired on %s: %s "
+                        "will refuse it; renew it", directive,
+                        SG_STR_ARG(path), when,
+                        directive[0] == 'p' ? "backends" : "clients");
     } else if (ci->not_after - now < SG_SSL_EXPIRY_WARN_DAYS * 86400) {
         days = (long long) ((ci->not_after - now) / 86400);
-        sg_conf_warn_at(cf, &scf->file, scf->line, "ssl_certificate "
-                        "\"%.*s\" expires %s%lld day%s, on %s: renew it",
-                        SG_STR_ARG(path), days ? "in " : "in less than ",
-                        days ? days : 1, days == 1 || days == 0 ? "" : "s",
-                        when);
+        sg_conf_warn_at(cf, file, line, "%s \"%.*s\" expires %s%lld day%s, "
+                        "on %s: renew it", directive, SG_STR_ARG(path),
+                        days ? "in " : "in less than ", days ? days : 1,
+                        days <= 1 ? "" : "s", when);
     }
     return SG_CONF_OK;
 }
@@ -784,9 +767,10 @@ sg_ssl_cert_dates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx,
 static char *
 sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
 {
-    sg_str_t    *cert = scf->certificates->elts;
-    sg_str_t    *key = scf->certificate_keys->elts;
-    sg_array_t  *passwords = NULL;
+    sg_str_t            *cert = scf->certificates->elts;
+    sg_str_t            *key = scf->certificate_keys->elts;
+    sg_array_t          *passwords = NULL;
+    sg_ssl_cert_info_t  *ci;
     size_t       i;
     char        *rv;
 
@@ -815,7 +799,16 @@ sg_ssl_certificates(sg_conf_t *cf, sg_ssl_conf_t *scf, SSL_CTX *ctx)
         {
             rv = sg_ssl_fail(cf, scf, "loading certificate key", &key[i]);
         } else {
-            rv = sg_ssl_cert_dates(cf, scf, ctx, &cert[i]);
+            if (scf->srv.certs == NULL) {
+                scf->srv.certs = sg_array_create(cf->pool, 2,
+                                                 sizeof(sg_ssl_cert_info_t));
+            }
+            ci = scf->srv.certs ? sg_array_push(scf->srv.certs) : NULL;
+            rv = ci ? sg_ssl_cert_dates(cf, &scf->file, scf->line,
+                                        "ssl_certificate",
+                                        SSL_CTX_get0_certificate(ctx),
+                                        &cert[i], ci)
+                    : SG_CONF_ERROR;
         }
     }
     for (i = 0; passwords && i < passwords->nelts; i++) {

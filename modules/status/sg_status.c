@@ -1232,8 +1232,10 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
                       head_only);
 }
 
+#if (SG_HAVE_UPSTREAM_MODULE)
+
 /* Whether c may change anything (status_write, status_write_allow);
- * if not, it has its 403. */
+ * if not, it has its 403.  (Every write is on a group or its spool.) */
 static bool
 sg_status_may_write(sg_connection_t *c)
 {
@@ -1260,8 +1262,6 @@ sg_status_may_write(sg_connection_t *c)
                     "(status_write_allow)", false);
     return false;
 }
-
-#if (SG_HAVE_UPSTREAM_MODULE)
 
 /* POST /upstreams/GROUP/PEER/drain|close|ready|weight=N: the operator's
  * say on one peer of a group, answered with the peer's state as JSON. */
