@@ -367,6 +367,17 @@ def test_status_write_allow_errors(conf_test):
             in r.stderr, r.stderr
 
 
+def test_status_write_allow_without_writes_warns(conf_test):
+    text = make(mail="    status_write_allow 127.0.0.1;")
+    g, r = conf_test(text)
+    assert r.returncode == 0, r.stderr
+    w = [l for l in r.stderr.splitlines() if "[warn]" in l]
+    assert len(w) == 1 and '"status_write_allow" has no effect while '\
+        '"status_write" is off' in w[0] and \
+        f"{g.conf_path}:{line_of(text, 'status_write_allow')}" in w[0], \
+        r.stderr
+
+
 def test_config_error(conf_test):
     text = make(mail="    status_write yes;")
     g, r = conf_test(text)

@@ -99,6 +99,9 @@ typedef struct {
     sg_array_t      addrs;          /* sg_status_addr_t, by init_module */
     sg_str_t        file;           /* the first status_listen */
     size_t          line;
+    sg_str_t        write_allow_file;   /* the first status_write_allow */
+    size_t          write_allow_line;
+    bool            checked;        /* once per configuration */
 } sg_status_main_conf_t;
 
 struct sg_status_srv_conf_s {
@@ -268,6 +271,10 @@ sg_status_write_allow(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     sg_status_main_conf_t  *smcf = conf;
 
     (void) cmd;
+    if (smcf->write_allow == NULL) {
+        smcf->write_allow_file = cf->file->name;
+        smcf->write_allow_line = sg_conf_line(cf);
+    }
     return sg_conf_add_cidr(cf, &smcf->write_allow);
 }
 
@@ -320,6 +327,14 @@ sg_status_postconfiguration(sg_conf_t *cf, void *conf)
         smcf->timeout = 10000;
     }
     sg_conf_init_value(smcf->write, 0);
+    if (!smcf->checked) {
+        smcf->checked = true;
+        if (smcf->write_allow && !smcf->write) {
+            sg_conf_warn_at(cf, &smcf->write_allow_file,
+                            smcf->write_allow_line, "\"status_write_allow\" "
+                            "has no effect while \"status_write\" is off");
+        }
+    }
     if (smcf->zone == NULL) {
         return SG_CONF_OK;              /* no status_listen: no counting */
     }
