@@ -613,7 +613,9 @@ def test_server_without_edns(smtpgate, xclient_backend, scripted_dns, svc,
     first = edns.index(None)
     assert first >= 1 and set(edns[:first]) == {1232}, edns
     assert set(edns[first:]) == {None}, edns
-    ours = [dns.query_of(m)[1:] for m in d.received[first:]]
+    # (the readiness probe's lookup of 127.0.0.1 may come in between)
+    ours = [q for q in (dns.query_of(m)[1:] for m in d.received[first:])
+            if q[0] in ("2.0.0.127.in-addr.arpa", "client.test")]
     assert ours[-2:] == [("2.0.0.127.in-addr.arpa", dns.PTR),
                          ("client.test", dns.A)], ours
 
