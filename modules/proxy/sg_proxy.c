@@ -85,6 +85,7 @@ typedef struct {
     size_t              addr_index;
     unsigned            tries;
     sg_msec_t           started;
+    sg_msec_t           attempt_started;    /* the try going on */
     sg_buf_t            ubuf;       /* backend -> client */
     sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
     sg_str_t            refusal;    /* the last attempt's, if a reply */
@@ -1148,6 +1149,8 @@ sg_proxy_handshake_done(sg_smtp_client_t *cl)
     sg_proxy_ctx_t  *ctx = cl->data;
 
     if (cl->status == SG_OK) {
+        ctx->s->upstream_connect_time =
+            (int64_t) (sg_current_msec - ctx->attempt_started);
         sg_proxy_learn_caps(ctx);
         sg_proxy_relay_start(ctx);
         return;
@@ -1186,6 +1189,7 @@ sg_proxy_attempt(sg_proxy_ctx_t *ctx)
     sg_proxy_idle_t    *idle;
     sg_connection_t    *kc;
 
+    ctx->attempt_started = sg_current_msec;
     memset(cl, 0, sizeof(*cl));
     cl->in = in;
     cl->out = out;

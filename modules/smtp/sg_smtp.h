@@ -371,6 +371,13 @@ struct sg_smtp_session_s {
     unsigned               auth_mech;
     const char            *status;       /* how it ended: SG_SMTP_END_* */
     sg_msec_t              start;        /* accepted (monotonic) */
+    /* Timings ($auth_time, $upstream_connect_time, the status
+     * listener's histograms); -1: not measured. */
+    sg_msec_t              auth_began;   /* the last AUTH's request */
+    int64_t                auth_time;    /* ms it took, cache or backend */
+    int64_t                upstream_connect_time;  /* ms from the try
+                                            that took the session to its
+                                            backend being ready */
     uint64_t               messages;     /* accepted by the backend */
     const sg_str_t        *upstream;     /* the relay's backend, the last
                                             tried ("192.0.2.9:25") */

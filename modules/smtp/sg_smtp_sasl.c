@@ -115,6 +115,7 @@ sg_smtp_auth_timeout(sg_event_t *ev)
     sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
                  "gave no answer for \"%s\" within smtp_auth_timeout",
                  s->conf->auth->name, sg_smtp_log_login(&s->login));
+    s->auth_time = (int64_t) (sg_current_msec - s->auth_began);
     sg_smtp_auth_cleanup(s);            /* cancels the request */
     s->state = SG_SMTP_ST_COMMAND;
     s->login.len = 0;
@@ -211,6 +212,7 @@ sg_smtp_auth_ask(sg_smtp_session_t *s)
 
     sg_smtp_client_host(s, &r->host);
     s->state = SG_SMTP_ST_AUTH_WAIT;
+    s->auth_began = sg_current_msec;
     if (sg_smtp_cache_lookup(s->conf, r) == SG_OK) {
         /* answered from auth_cache; done() runs from the loop */
         sg_log_debug(s->log, "AUTH %s for \"%s\" answered from "
@@ -673,6 +675,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     r->pass.len = 0;
     r->pass.data = NULL;
     sg_smtp_del_timer(s);
+    s->auth_time = (int64_t) (sg_current_msec - s->auth_began);
 
     s->auth_result = r->status == SG_AUTH_OK ? SG_SMTP_AUTH_RESULT_OK
                      : r->status == SG_AUTH_FAIL ? SG_SMTP_AUTH_RESULT_FAILED
@@ -774,6 +777,7 @@ sg_smtp_auth_none_ask(sg_smtp_session_t *s)
 
     sg_smtp_client_host(s, &r->host);
     s->state = SG_SMTP_ST_AUTH_WAIT;
+    s->auth_began = sg_current_msec;
     sg_smtp_set_timer(s, sg_smtp_auth_timeout, s->conf->auth_timeout);
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
         sg_smtp_del_timer(s);

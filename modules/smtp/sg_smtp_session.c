@@ -127,6 +127,8 @@ sg_smtp_init_session(sg_connection_t *c)
     s->pool = c->pool;
     s->log = c->log;
     s->start = sg_current_msec;
+    s->auth_time = -1;
+    s->upstream_connect_time = -1;
     s->next = sg_smtp_sessions;
     if (sg_smtp_sessions) {
         sg_smtp_sessions->prev = s;

@@ -1041,6 +1041,18 @@ sg_smtp_var_session_time(sg_smtp_session_t *s, sg_str_t *value,
         sg_current_msec >= s->start ? sg_current_msec - s->start : 0);
 }
 
+/* data 0: $auth_time, 1: $upstream_connect_time; empty until measured. */
+static int
+sg_smtp_var_timing(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    int64_t  ms = data ? s->upstream_connect_time : s->auth_time;
+
+    if (ms < 0) {
+        return SG_DECLINED;
+    }
+    return sg_smtp_var_msec_value(s, value, (uint64_t) ms);
+}
+
 static int
 sg_smtp_var_msec(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
 {
@@ -1121,6 +1133,8 @@ static const struct {
     { "upstream_addr", sg_smtp_var_upstream_addr, 0, SG_SMTP_VAR_NOCACHE },
     { "status", sg_smtp_var_status, 0, SG_SMTP_VAR_NOCACHE },
     { "session_time", sg_smtp_var_session_time, 0, SG_SMTP_VAR_NOCACHE },
+    { "auth_time", sg_smtp_var_timing, 0, SG_SMTP_VAR_NOCACHE },
+    { "upstream_connect_time", sg_smtp_var_timing, 1, SG_SMTP_VAR_NOCACHE },
     { "msec", sg_smtp_var_msec, 0, SG_SMTP_VAR_NOCACHE },
     { "time_iso8601", sg_smtp_var_time, 0, SG_SMTP_VAR_NOCACHE },
     { "time_local", sg_smtp_var_time, 1, SG_SMTP_VAR_NOCACHE },

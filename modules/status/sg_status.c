@@ -56,6 +56,14 @@ static const char  *sg_status_ends[] = {
 
 #define SG_STATUS_NENDS  (sizeof(sg_status_ends) / sizeof(sg_status_ends[0]))
 
+/* The histograms' upper bounds in ms (Prometheus's default buckets),
+ * and +Inf. */
+static const unsigned  sg_status_buckets[] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
+#define SG_STATUS_NBUCKETS  (sizeof(sg_status_buckets)                      \
+                             / sizeof(sg_status_buckets[0]) + 1)
+
 enum {
     SG_ST_CONNECTIONS = 0,          /* an address's */
     SG_ST_ACTIVE,
@@ -66,7 +74,10 @@ enum {
     SG_ST_RECEIVED,
     SG_ST_SENT,
     SG_ST_TLS,
-    SG_ST_N
+    SG_ST_AUTH_HIST,                /* SG_STATUS_NBUCKETS, then the sum
+                                       (ms) and the count */
+    SG_ST_UPC_HIST = SG_ST_AUTH_HIST + SG_STATUS_NBUCKETS + 2,
+    SG_ST_N = SG_ST_UPC_HIST + SG_STATUS_NBUCKETS + 2
 };
 
 typedef struct {
@@ -505,6 +516,25 @@ sg_status_open(sg_smtp_session_t *s, void *conf)
     }
 }
 
+/* One observation of ms (none when negative) in the histogram at h. */
+static void
+sg_status_observe(uint64_t *c, unsigned h, int64_t ms)
+{
+    size_t  b;
+
+    if (ms < 0) {
+        return;
+    }
+    for (b = 0; b + 1 < SG_STATUS_NBUCKETS; b++) {
+        if ((uint64_t) ms <= sg_status_buckets[b]) {
+            break;
+        }
+    }
+    sg_status_add(c, h + b, 1);
+    sg_status_add(c, h + SG_STATUS_NBUCKETS, (uint64_t) ms);
+    sg_status_add(c, h + SG_STATUS_NBUCKETS + 1, 1);
+}
+
 static void
 sg_status_close(sg_smtp_session_t *s, void *conf)
 {
@@ -541,6 +571,8 @@ sg_status_close(sg_smtp_session_t *s, void *conf)
     if (sg_connection_tls(conn)) {
         sg_status_add(c, SG_ST_TLS, 1);
     }
+    sg_status_observe(c, SG_ST_AUTH_HIST, s->auth_time);
+    sg_status_observe(c, SG_ST_UPC_HIST, s->upstream_connect_time);
 }
 
 static uint64_t
@@ -783,6 +815,65 @@ sg_status_spool_json(void)
 
 #endif
 
+/* The timing histograms, per server, cumulative as Prometheus reads
+ * them, in seconds. */
+static void
+sg_status_histograms(sg_status_main_conf_t *smcf, sg_status_out_t *o)
+{
+    static const struct {
+        unsigned     h;
+        const char  *name;
+        const char  *help;
+    } hist[] = {
+        { SG_ST_AUTH_HIST, "auth_duration_seconds",
+          "How long each session's last authentication took (auth_cache "
+          "or the backend), as $auth_time." },
+        { SG_ST_UPC_HIST, "upstream_connect_duration_seconds",
+          "How long the backend connection that took each session took "
+          "to be ready (connect, greeting, TLS, EHLO, XCLIENT, AUTH), as "
+          "$upstream_connect_time." },
+    };
+    sg_status_srv_conf_t  **srv = smcf->servers.elts;
+    uint64_t               *c, sum;
+    size_t                  k, i, b;
+    char                    l[512];
+
+    for (k = 0; k < sg_nelems(hist); k++) {
+        sg_status_help(o, hist[k].name, "histogram", hist[k].help);
+        for (i = 0; i < smcf->servers.nelts; i++) {
+            if ((c = sg_status_counters(smcf, srv[i]->slot)) == NULL) {
+                continue;
+            }
+            sg_status_label(&srv[i]->name, l, sizeof(l));
+            sum = 0;
+            for (b = 0; b < SG_STATUS_NBUCKETS; b++) {
+                sum += sg_status_read(c, hist[k].h + b);
+                if (b + 1 < SG_STATUS_NBUCKETS) {
+                    sg_status_printf(o, "smtpgate_%s_bucket{server=\"%s\","
+                                     "le=\"%u.%03u\"} %llu\n",
+                                     hist[k].name, l,
+                                     sg_status_buckets[b] / 1000,
+                                     sg_status_buckets[b] % 1000,
+                                     (unsigned long long) sum);
+                } else {
+                    sg_status_printf(o, "smtpgate_%s_bucket{server=\"%s\","
+                                     "le=\"+Inf\"} %llu\n", hist[k].name,
+                                     l, (unsigned long long) sum);
+                }
+            }
+            sum = sg_status_read(c, hist[k].h + SG_STATUS_NBUCKETS);
+            sg_status_printf(o, "smtpgate_%s_sum{server=\"%s\"} "
+                             "%llu.%03u\n", hist[k].name, l,
+                             (unsigned long long) (sum / 1000),
+                             (unsigned) (sum % 1000));
+            sg_status_printf(o, "smtpgate_%s_count{server=\"%s\"} %llu\n",
+                             hist[k].name, l, (unsigned long long)
+                             sg_status_read(c, hist[k].h
+                                               + SG_STATUS_NBUCKETS + 1));
+        }
+    }
+}
+
 static void
 sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
 {
@@ -866,6 +957,7 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
             }
         }
     }
+    sg_status_histograms(smcf, o);
 #if (SG_HAVE_UPSTREAM_MODULE)
     {
         sg_upstream_t       **u;
