@@ -12,7 +12,9 @@ the current generation and of an older one) or that
 worker_shutdown_timeout ends taken back while the other workers' counts
 stay, the 421 and the close, implicit TLS closed before
 any handshake, `limited` in the access log and the status counters,
-the log line and its level, and configuration errors.
+the log line and its level, and configuration errors.  Zones keyed by
+the login ($auth_user, $auth_method, at=login) count each session from
+its login: 454 to the login over the limit (451 for an anonymous one).
 """
 
 import json
@@ -400,3 +402,125 @@ def test_config_errors(conf_test, mail, message):
     text = make(mail="    " + mail)
     g, r = conf_test(text)
     assert_failed(g, r, message, line_of(text, mail))
+
+
+# --------------------------------------------------------------------------
+# by login
+
+
+def logged_in(g, user, source="127.0.0.2"):
+    """A session logged in as user (its AUTH reply checked by the
+    caller): (client, AUTH reply)."""
+    c = g.connect(source=source)
+    assert c.greeting().code == 220
+    c.ehlo("client.test")
+    return c, c.auth_plain(user, password(user))
+
+
+def test_limit_by_login(smtpgate, backend):
+    """A zone keyed by $auth_user counts each session as its login
+    succeeds, whatever address it comes from: the login over the limit is
+    answered 454 4.7.0 (a temporary failure: the client tries later) and
+    the session goes on unauthenticated; other users are not touched; a
+    session that ends gives its count back; a login refused for its
+    password is not counted."""
+    g = smtpgate(gatelib.conf(backend=backend, workers=2, mail=(
+        "    limit_conn_zone ${auth_user} zone=users:64k;\n"
+        "    limit_conn users 2;\n"
+        "    smtp_auth_fail_delay 0;\n")))
+    held = []
+    for source in ("127.0.0.2", "127.0.0.3"):
+        c, r = logged_in(g, "alice", source)
+        assert r.code == 235, r
+        held.append(c)
+    c, r = logged_in(g, "alice", "127.0.0.4")
+    assert (r.code, r.last) == (454, "4.7.0 Too many sessions for this "
+                                     "login, try again later"), r
+    g.wait_log(r'\[error\] .*limiting logins by zone "users", key "alice": '
+               r"the key holds that many sessions already \(limit_conn 2 "
+               r"at .*smtpgate\.conf:\d+\), client: 127\.0\.0\.4")
+    # not logged in: no mail goes
+    assert c.cmd("MAIL FROM:<a@example.org>").code == 530
+    assert c.cmd("QUIT").code == 221
+    c.close()
+    # another user is not limited, nor a wrong password counted
+    c, r = logged_in(g, "bob", "127.0.0.4")
+    assert r.code == 235, r
+    held.append(c)
+    bad = g.connect(source="127.0.0.5")
+    assert bad.greeting().code == 220
+    bad.ehlo("client.test")
+    assert bad.auth_plain("alice", "wrong").code == 535
+    bad.cmd("QUIT")
+    bad.close()
+    # a session of alice's ends: she may log in again, and send
+    assert held[0].mail("a@example.org", ["b@example.org"],
+                        b"Subject: x\r\n\r\nx\r\n").code == 250
+    release(held[:1])
+
+    def again():
+        c, r = logged_in(g, "alice", "127.0.0.6")
+        if r.code == 235:
+            return c
+        c.close()
+        return None
+    c = net.wait_until(again, 20, what="alice's count given back")
+    assert c.mail("a@example.org", ["b@example.org"],
+                  b"Subject: y\r\n\r\ny\r\n").code == 250
+    release([c] + held[1:])
+    backend.wait_messages(2)
+
+
+def test_limit_by_a_key_derived_from_the_login(smtpgate, backend):
+    """at=login for a key that a map derives from the login: alice and
+    bob share the "red" team's one session."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=(
+        "    map $auth_user $team { alice red; bob red; default blue; }\n"
+        "    limit_conn_zone $team zone=teams:64k at=login;\n"
+        "    limit_conn teams 1;\n")))
+    a, r = logged_in(g, "alice")
+    assert r.code == 235, r
+    b, r = logged_in(g, "bob")
+    assert r.code == 454, r
+    d, r = logged_in(g, "dave")
+    assert r.code == 235, r
+    g.wait_log(r'limiting logins by zone "teams", key "red"')
+    release([a, b, d])
+
+
+def test_limit_by_login_config_errors(conf_test):
+    text = make(mail="    limit_conn_zone $auth_user zone=u:64k at=auth;")
+    g, r = conf_test(text)
+    assert_failed(g, r, 'invalid value "at=auth" in "limit_conn_zone" '
+                  'directive, at=login or at=connect',
+                  line_of(text, "limit_conn_zone"))
+
+
+def test_limit_anonymous_sessions_by_method(smtpgate, backend):
+    """$auth_method is "none" for an anonymous session (smtp_auth none):
+    over the limit, its first RCPT is answered 451 4.7.0 and nothing is
+    relayed; the first anonymous session goes on."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=(
+        "    smtp_auth none plain;\n"
+        "    limit_conn_zone $auth_method zone=methods:64k;\n"
+        "    limit_conn methods 1;\n")))
+    first = g.connect(source="127.0.0.2")
+    assert first.greeting().code == 220
+    first.ehlo("client.test")
+    assert first.cmd("MAIL FROM:<anon@example.org>").code == 250
+    assert first.cmd("RCPT TO:<r@example.net>").code == 250
+    with g.connect(source="127.0.0.3") as c:
+        assert c.greeting().code == 220
+        c.ehlo("client.test")
+        assert c.cmd("MAIL FROM:<anon@example.org>").code == 250
+        r = c.cmd("RCPT TO:<r@example.net>")
+        assert (r.code, r.last) == (451, "4.7.0 Too many sessions, try "
+                                         "again later"), r
+        assert c.cmd("QUIT").code == 221
+    g.wait_log(r'limiting logins by zone "methods", key "none"')
+    assert first.cmd("DATA").code == 354
+    first.send(b"Subject: a\r\n\r\na\r\n.\r\n")
+    assert first.reply().code == 250
+    release([first])
+    assert [m.mail_from for m in backend.wait_messages(1)] == \
+        ["anon@example.org"]

@@ -30,7 +30,10 @@
  * The check runs as the session starts, after any PROXY header (the key
  * is evaluated then) and before TLS, and says SG_BUSY to refuse: the
  * client is told "421 4.7.0" and closed, or, on an implicit-TLS
- * address, closed before any handshake.
+ * address, closed before any handshake.  A zone whose key is the
+ * login's ($auth_user, $auth_method, or "at=login") is counted instead
+ * by a login check as the login succeeds, where SG_BUSY turns the login
+ * into a temporary failure (454).
  */
 #include <signal.h>
 #include "sg_smtp.h"
@@ -65,6 +68,8 @@ typedef struct {
     sg_smtp_complex_value_t  *key;
     sg_str_t                  file;
     size_t                    line;
+    bool                      at_login;  /* counted as a login succeeds:
+                                            a key of the login */
 
     /* The worker's own, after the fork. */
     sg_limit_held_t          *held;  /* the sessions it counts */
@@ -112,6 +117,7 @@ static char *sg_limit_merge_srv_conf(sg_conf_t *cf, void *prev,
     void *conf);
 static char *sg_limit_postconfiguration(sg_conf_t *cf, void *conf);
 static int sg_limit_check(sg_smtp_session_t *s, void *conf);
+static int sg_limit_login_check(sg_smtp_session_t *s, void *conf);
 static int sg_limit_init_process(sg_cycle_t *cycle);
 static void sg_limit_exit_process(sg_cycle_t *cycle);
 
@@ -124,7 +130,7 @@ static const sg_conf_enum_t  sg_limit_levels[] = {
 };
 
 static const sg_command_t  sg_limit_commands[] = {
-    { "limit_conn_zone", SG_MAIL_MAIN_CONF | SG_CONF_TAKE2,
+    { "limit_conn_zone", SG_MAIL_MAIN_CONF | SG_CONF_TAKE23,
       sg_limit_zone_directive, SG_MAIL_MAIN_CONF_OFFSET, 0, NULL },
     { "limit_conn", SG_MAIL_MAIN_CONF | SG_MAIL_SRV_CONF | SG_CONF_TAKE2,
       sg_limit_conn_directive, SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
@@ -167,6 +173,43 @@ sg_limit_zone_init(sg_shm_zone_t *zone, void *old_data)
 }
 
 /* limit_conn_zone key zone=NAME:SIZE; */
+static bool
+sg_limit_name_char(u_char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+           || (c >= '0' && c <= '9') || c == '_';
+}
+
+/* Whether key names a variable known only once the client has logged
+ * in ($auth_user, $auth_method): such a zone counts at the login. */
+static bool
+sg_limit_login_key(const sg_str_t *key)
+{
+    static const char  *names[] = { "auth_user", "auth_method" };
+    const u_char       *p = key->data, *end = key->data + key->len, *q;
+    size_t              i, n;
+    bool                brace;
+
+    for ( ;; ) {
+        p = memchr(p, '$', (size_t) (end - p));
+        if (p == NULL) {
+            return false;
+        }
+        p++;
+        brace = p < end && *p == '{';
+        q = p + brace;
+        for (i = 0; i < sg_nelems(names); i++) {
+            n = strlen(names[i]);
+            if ((size_t) (end - q) >= n && memcmp(q, names[i], n) == 0
+                && (brace ? q + n < end && q[n] == '}'
+                          : q + n == end || !sg_limit_name_char(q[n])))
+            {
+                return true;
+            }
+        }
+    }
+}
+
 static char *
 sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
@@ -223,6 +266,17 @@ sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                              "\"%.*s\" has no variable, so every session "
                              "would share one count: use $remote_addr",
                              SG_STR_ARG(&name), SG_STR_ARG(&value[1]));
+    }
+    z->at_login = sg_limit_login_key(&value[1]);
+    if (cf->args->nelts == 4) {
+        if (sg_str_eq(&value[3], "at=login")) {
+            z->at_login = true;
+        } else if (sg_str_eq(&value[3], "at=connect")) {
+            z->at_login = false;
+        } else {
+            return sg_conf_invalid_value(cf, &value[3],
+                                         "at=login or at=connect");
+        }
     }
     z->zone = sg_shm_zone_add(cf, &name, (size_t) size, &sg_limit_module);
     if (z->zone == NULL) {
@@ -352,12 +406,23 @@ sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
 {
     sg_limit_srv_conf_t  *lscf = conf;
     sg_smtp_srv_conf_t   *sscf;
+    sg_limit_rule_t      *r;
+    size_t                i;
+    bool                  login = false, connect = false;
 
     if (lscf->rules == NULL || lscf->rules->nelts == 0) {
         return SG_CONF_OK;
     }
     sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
-    if (sg_smtp_add_check(sscf, sg_limit_check, lscf) != SG_OK) {
+    r = lscf->rules->elts;
+    for (i = 0; i < lscf->rules->nelts; i++) {
+        login |= r[i].zone->at_login;
+        connect |= !r[i].zone->at_login;
+    }
+    if ((connect && sg_smtp_add_check(sscf, sg_limit_check, lscf) != SG_OK)
+        || (login && sg_smtp_add_login_check(sscf, sg_limit_login_check,
+                                             lscf) != SG_OK))
+    {
         return sg_conf_error(cf, 0, "too many session hooks");
     }
     return SG_CONF_OK;
@@ -516,10 +581,13 @@ sg_limit_release(void *data)
     sg_shm_unlock(z->zone);
 }
 
+/* Count the session in the zones of its rules that count at this
+ * point (at_login: the login's, else the connection's): SG_OK, or
+ * SG_BUSY over a limit (logged). */
 static int
-sg_limit_check(sg_smtp_session_t *s, void *conf)
+sg_limit_count(sg_smtp_session_t *s, sg_limit_srv_conf_t *lscf,
+    bool at_login)
 {
-    sg_limit_srv_conf_t  *lscf = conf;
     sg_limit_rule_t      *r = lscf->rules->elts;
     sg_limit_table_t     *t;
     sg_limit_entry_t     *e;
@@ -531,6 +599,9 @@ sg_limit_check(sg_smtp_session_t *s, void *conf)
 
     for (i = 0; i < lscf->rules->nelts; i++) {
         z = r[i].zone;
+        if (z->at_login != at_login) {
+            continue;
+        }
         if (sg_smtp_complex_value(s, z->key, &key) != SG_OK
             || key.len == 0)
         {
@@ -567,15 +638,27 @@ sg_limit_check(sg_smtp_session_t *s, void *conf)
         }
         sg_shm_unlock(z->zone);
         if (why) {
-            sg_log_error(lscf->log_level, s->log, 0, "limiting sessions by "
+            sg_log_error(lscf->log_level, s->log, 0, "limiting %s by "
                          "zone \"%.*s\", key \"%.*s\": %s (limit_conn "
-                         "%u at %.*s:%zu)", SG_STR_ARG(&z->name),
-                         SG_STR_ARG(&key), why, r[i].max,
-                         SG_STR_ARG(&r[i].file), r[i].line);
+                         "%u at %.*s:%zu)", at_login ? "logins" : "sessions",
+                         SG_STR_ARG(&z->name), SG_STR_ARG(&key), why,
+                         r[i].max, SG_STR_ARG(&r[i].file), r[i].line);
             return SG_BUSY;
         }
     }
     return SG_OK;
+}
+
+static int
+sg_limit_check(sg_smtp_session_t *s, void *conf)
+{
+    return sg_limit_count(s, conf, false);
+}
+
+static int
+sg_limit_login_check(sg_smtp_session_t *s, void *conf)
+{
+    return sg_limit_count(s, conf, true);
 }
 
 

@@ -272,10 +272,18 @@ typedef struct {
      * server: one that says SG_DECLINED refuses the client. */
     sg_smtp_check_t                checks[SG_SMTP_HOOKS_MAX];
     unsigned                       nchecks;
+    /* Login checks (sg_smtp_add_check, login): run as a login succeeds
+     * (AUTH, or an anonymous session accepted), those of the server
+     * that handles the session: one that says SG_BUSY turns the login
+     * into a temporary failure. */
+    sg_smtp_check_t                login_checks[SG_SMTP_HOOKS_MAX];
+    unsigned                       nlogin_checks;
 } sg_smtp_srv_conf_t;
 
 int sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
     void *conf);
+int sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf,
+    sg_smtp_check_pt check, void *conf);
 
 /* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
  * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already

@@ -223,6 +223,19 @@ sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
     return SG_OK;
 }
 
+int
+sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
+    void *conf)
+{
+    if (sscf->nlogin_checks == SG_SMTP_HOOKS_MAX) {
+        return SG_ERROR;
+    }
+    sscf->login_checks[sscf->nlogin_checks].check = check;
+    sscf->login_checks[sscf->nlogin_checks].conf = conf;
+    sscf->nlogin_checks++;
+    return SG_OK;
+}
+
 /* Contexts. */
 
 static int

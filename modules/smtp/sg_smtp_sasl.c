@@ -647,6 +647,35 @@ sg_smtp_keep_backend_pass(sg_smtp_session_t *s, sg_auth_request_t *r)
     return sg_pool_cleanup_add(s->pool, sg_smtp_wipe_str, copy);
 }
 
+/* The login checks (limit_conn by login): true when one refused the
+ * login, which then ends as a temporary failure (logged by the check). */
+static bool
+sg_smtp_login_refused(sg_smtp_session_t *s)
+{
+    unsigned  i;
+
+    for (i = 0; i < s->conf->nlogin_checks; i++) {
+        if (s->conf->login_checks[i].check(s, s->conf->login_checks[i].conf)
+            == SG_OK)
+        {
+            continue;
+        }
+        s->auth_result = SG_SMTP_AUTH_RESULT_TEMPFAIL;
+        s->state = SG_SMTP_ST_COMMAND;
+        s->login.len = 0;
+        if (s->auth_mech == SG_SMTP_AUTH_NONE) {
+            s->sasl->rcpt_line.len = 0;
+            (void) sg_smtp_error(s, "451 4.7.0 Too many sessions, try "
+                                 "again later");
+        } else {
+            (void) sg_smtp_error(s, "454 4.7.0 Too many sessions for this "
+                                 "login, try again later");
+        }
+        return true;
+    }
+    return false;
+}
+
 static void
 sg_smtp_auth_done(sg_auth_request_t *r)
 {
@@ -683,6 +712,9 @@ sg_smtp_auth_done(sg_auth_request_t *r)
     switch (r->status) {
     case SG_AUTH_OK:
         sg_smtp_limit_account(s, false);
+        if (sg_smtp_login_refused(s)) {
+            break;
+        }
         if (s->auth_mech == SG_SMTP_AUTH_NONE) {
             sg_log_error(SG_LOG_INFO, s->log, 0, "anonymous session "
                          "accepted (smtp_auth none)");
