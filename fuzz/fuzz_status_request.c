@@ -51,13 +51,16 @@ sg_fuzz_queue_path(const sg_str_t *path)
     if (sg_status_parse_queue_path(path, &id, &action) != SG_OK) {
         return;
     }
-    SG_FUZZ_ASSERT(action >= SG_QUEUE_FLUSH && action <= SG_QUEUE_RELEASE);
+    SG_FUZZ_ASSERT(action >= SG_QUEUE_FLUSH && action <= SG_QUEUE_SHOW);
     if (action == SG_QUEUE_FLUSH) {
         SG_FUZZ_ASSERT(id.len == 0 && path->len == 12);
         return;
     }
     SG_FUZZ_ASSERT(id.len >= 1 && id.len <= SG_STATUS_QUEUE_ID);
-    SG_FUZZ_ASSERT(id.data == path->data + 7 && id.data[id.len] == '/');
+    SG_FUZZ_ASSERT(id.data == path->data + 7);
+    SG_FUZZ_ASSERT(action == SG_QUEUE_SHOW
+                   ? id.data + id.len == path->data + path->len
+                   : id.data[id.len] == '/');
     for (i = 0; i < id.len; i++) {
         SG_FUZZ_ASSERT((id.data[i] >= '0' && id.data[i] <= '9')
                        || (id.data[i] >= 'A' && id.data[i] <= 'Z')

@@ -1472,6 +1472,85 @@ def test_queue_hold_fails_clearly(smtpgate, down_backend):
         r.stderr
 
 
+def test_queue_show_one_message(smtpgate, down_backend):
+    """GET /queue/ID: one message's envelope, its session's attributes
+    and its header section (unfolded; bytes that are not UTF-8 shown as
+    '?'), waiting or held; only with the rights of a write, since it
+    shows what senders wrote; 404, 405 and 403 otherwise."""
+    import json
+    from test_status import curl
+
+    def get(path, *args):
+        out = curl(g, path, "-w", "\n%{http_code}", *args)
+        body, code = out.rsplit("\n", 1)
+        return int(code), body
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n"
+        "    status_write_allow 127.0.0.1;\n")))
+    text = (b"From: Alice <alice@example.org>\r\n"
+            b"Subject: a long\r\n subject, folded\r\n"
+            b"X-Odd: caf\xc3\xa9 and \xff\r\n"
+            b"\r\n"
+            b"Body: not a header\r\n")
+    qid, _ = submit(g, "s@example.org", ["r1@example.org", "r2@example.org"],
+                    text)
+    code, body = get(f"/queue/{qid}")
+    assert code == 200, body
+    m = json.loads(body)
+    assert m["id"] == qid and m["held"] is False and m["upstream"] == "grp"
+    assert m["sender"] == "s@example.org"
+    assert m["recipients"] == ["r1@example.org", "r2@example.org"]
+    assert m["attributes"]["LOGIN"] == "alice"
+    assert m["attributes"]["ADDR"] == "127.0.0.1"
+    assert m["attributes"]["SERVER"] == "mx.test"
+    assert m["headers_cut"] is False
+    headers = [tuple(h) for h in m["headers"]]
+    assert headers[0][0] == "Received", headers
+    assert ("From", "Alice <alice@example.org>") in headers
+    assert ("Subject", "a long subject, folded") in headers
+    assert ("X-Odd", "caf?? and ?") in headers, headers
+    assert all(h[0] != "Body" for h in headers)
+    assert m["message_size"] == m["size"] - len(
+        read(os.path.join(qdir(g), only_file(g)[0])).split(
+            b"\r\nReceived: ")[0]) - 2
+    # held: the same, marked
+    assert curl(g, f"/queue/{qid}/hold", "-X", "POST",
+                "-o", "/dev/null", "-w", "%{http_code}") == "200"
+    m = json.loads(get(f"/queue/{qid}")[1])
+    assert m["held"] is True and m["next_try"] is None
+    # HEAD, 404, 405
+    assert curl(g, f"/queue/{qid}", "-I").startswith("HTTP/1.1 200 OK")
+    assert get("/queue/nosuch1")[0] == 404
+    assert get(f"/queue/{qid}.x")[0] == 404
+    assert get(f"/queue/{qid}", "-X", "POST")[0] == 405
+    assert get(f"/queue/{qid}", "-X", "DELETE")[0] == 405
+    # another address: not shown
+    code, body = get(f"/queue/{qid}", "--interface", "127.0.0.2")
+    assert (code, body.strip()) == (403, "Queued messages are not shown to "
+                                         "this address (status_write_allow)")
+    g.wait_log(r"status: client 127\.0\.0\.2 refused a queued message "
+               r"\(status_write_allow\)")
+
+
+def test_queue_show_needs_status_write(smtpgate, down_backend):
+    import json
+    from test_status import curl
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n")))
+    qid, _ = submit(g, "s@example.org", ["r@example.org"],
+                    b"Subject: private\r\n\r\nx\r\n")
+    out = curl(g, f"/queue/{qid}", "-w", "\n%{http_code}")
+    assert out == "Reading a queued message needs status_write on\n\n403", \
+        out
+    # the listing goes on without it
+    assert json.loads(curl(g, "/queue"))["spools"][0]["queued"] == 1
+
+
 def test_queue_listing_without_a_forwarding_spool(smtpgate, backend):
     import json
     from test_status import curl

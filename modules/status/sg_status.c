@@ -1341,20 +1341,23 @@ sg_status_error(sg_connection_t *c, unsigned code, const char *text,
 
 #if (SG_HAVE_UPSTREAM_MODULE)
 
-/* Whether c may change anything (status_write, status_write_allow);
- * if not, it has its 403.  (Every write is on a group or its spool.) */
+/* Whether c may change anything (status_write, status_write_allow), or
+ * with reading, read a queued message's envelope and headers, which
+ * takes the same rights; if not, it has its 403.  (Every write is on a
+ * group or its spool.) */
 static bool
-sg_status_may_write(sg_connection_t *c)
+sg_status_may_write(sg_connection_t *c, bool reading)
 {
     sg_status_conn_t       *sc = c->data;
     sg_status_main_conf_t  *smcf = sc->conf;
 
     if (!smcf->write) {
         sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused "
-                     "a write: status_write is off",
-                     SG_STR_ARG(&c->addr_text));
-        sg_status_error(c, 403, "Writes are off: set status_write on",
-                        false);
+                     "%s: status_write is off", SG_STR_ARG(&c->addr_text),
+                     reading ? "a queued message" : "a write");
+        sg_status_error(c, 403, reading ? "Reading a queued message needs "
+                        "status_write on" : "Writes are off: set "
+                        "status_write on", false);
         return false;
     }
     if (smcf->write_allow == NULL
@@ -1363,10 +1366,13 @@ sg_status_may_write(sg_connection_t *c)
     {
         return true;
     }
-    sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused a "
-                 "write (status_write_allow)", SG_STR_ARG(&c->addr_text));
-    sg_status_error(c, 403, "Writes are not allowed from this address "
-                    "(status_write_allow)", false);
+    sg_log_error(SG_LOG_INFO, c->log, 0, "status: client %.*s refused %s "
+                 "(status_write_allow)", SG_STR_ARG(&c->addr_text),
+                 reading ? "a queued message" : "a write");
+    sg_status_error(c, 403, reading ? "Queued messages are not shown to "
+                    "this address (status_write_allow)" : "Writes are not "
+                    "allowed from this address (status_write_allow)",
+                    false);
     return false;
 }
 
@@ -1388,7 +1394,7 @@ sg_status_peer_request(sg_connection_t *c, const sg_str_t *path)
     bool                    drain = false, was, changed, closing;
     char                   *text;
 
-    if (!sg_status_may_write(c)) {
+    if (!sg_status_may_write(c, false)) {
         return;
     }
     if (sg_status_parse_peer_path(path, buf, &pp) != SG_OK) {
@@ -1536,6 +1542,12 @@ sg_status_queue_work(sg_task_t *t)
 {
     sg_status_queue_task_t  *qt = (sg_status_queue_task_t *) t;
 
+    if (qt->action == SG_QUEUE_SHOW) {
+        qt->json = sg_status_queue_show(qt->spools, qt->n, qt->id, &qt->rc,
+                                        &qt->which);
+        qt->err = errno;
+        return;
+    }
     if (qt->id[0]) {
         qt->rc = sg_status_queue_act(qt->spools, qt->n, qt->id,
                                      qt->action, &qt->which);
@@ -1601,7 +1613,20 @@ sg_status_queue_done(sg_task_t *t)
     sg_status_out_t          body = { NULL, 0, 0, false };
 
     sc->task = NULL;
-    if (qt->id[0]) {
+    if (qt->action == SG_QUEUE_SHOW && qt->rc != SG_OK) {
+        if (qt->rc == SG_DECLINED) {
+            sg_status_error(c, 404, "No such message in the forwarding "
+                            "spools", sc->head);
+            return;
+        }
+        sg_log_error(SG_LOG_ERR, c->log, qt->err, "queue: message %s in "
+                     "\"%s\" could not be read", qt->id,
+                     qt->n ? qt->spools[qt->which].dir : "");
+        sg_status_error(c, 500, "It could not be read: see the error log",
+                        sc->head);
+        return;
+    }
+    if (qt->id[0] && qt->action != SG_QUEUE_SHOW) {
         sg_status_queue_acted(c, qt);
         return;
     }
@@ -1693,10 +1718,12 @@ sg_status_queue_write(sg_connection_t *c, const sg_str_t *path)
     uint64_t                   pid;
     size_t                     n, i, told = 0;
 
-    if (!sg_status_may_write(c)) {
+    if (!sg_status_may_write(c, false)) {
         return;
     }
-    if (sg_status_parse_queue_path(path, &id, &action) != SG_OK) {
+    if (sg_status_parse_queue_path(path, &id, &action) != SG_OK
+        || action == SG_QUEUE_SHOW)
+    {
         sg_status_error(c, 404, "Not found: POST /queue/flush or "
                         "/queue/ID/remove, /queue/ID/hold, "
                         "/queue/ID/release", false);
@@ -1756,6 +1783,26 @@ sg_status_request(sg_connection_t *c)
     }
 #if (SG_STATUS_SPOOLS)
     if (r.path.len > 7 && memcmp(r.path.data, "/queue/", 7) == 0) {
+        sg_str_t                  id;
+        sg_status_queue_action_e  action;
+
+        if (sg_status_parse_queue_path(&r.path, &id, &action) != SG_OK) {
+            sg_status_error(c, 404, "Not found: GET /queue/ID, POST "
+                            "/queue/flush or /queue/ID/remove, "
+                            "/queue/ID/hold, /queue/ID/release", head);
+            return;
+        }
+        if (action == SG_QUEUE_SHOW) {
+            if (r.method != SG_STATUS_GET && r.method != SG_STATUS_HEAD) {
+                sc->allow = "Allow: GET, HEAD\r\n";
+                sg_status_error(c, 405, "Only GET and HEAD", head);
+                return;
+            }
+            if (sg_status_may_write(c, true)) {
+                sg_status_queue(c, head, &id, SG_QUEUE_SHOW);
+            }
+            return;
+        }
         if (r.method != SG_STATUS_POST) {
             sc->allow = "Allow: POST\r\n";
             sg_status_error(c, 405, "Only POST", head);

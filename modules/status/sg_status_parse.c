@@ -178,9 +178,10 @@ sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
         return SG_OK;
     }
     slash = memchr(p, '/', n);
-    if (slash == NULL || slash == p
-        || (size_t) (slash - p) > SG_STATUS_QUEUE_ID)
-    {
+    if (slash == NULL) {
+        slash = p + n;              /* the id alone: show it */
+    }
+    if (slash == p || (size_t) (slash - p) > SG_STATUS_QUEUE_ID) {
         return SG_ERROR;
     }
     for (i = 0; p + i < slash; i++) {
@@ -190,6 +191,12 @@ sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
         {
             return SG_ERROR;
         }
+    }
+    if (slash == p + n) {
+        id->data = p;
+        id->len = n;
+        *action = SG_QUEUE_SHOW;
+        return SG_OK;
     }
     n -= i + 1;
     for (i = 0; i < sg_nelems(verbs); i++) {

@@ -54,16 +54,18 @@ typedef enum {
     SG_QUEUE_FLUSH = 1,             /* every message due now */
     SG_QUEUE_REMOVE,                /* delete it unsent */
     SG_QUEUE_HOLD,                  /* DIR/new -> DIR/hold: never tried */
-    SG_QUEUE_RELEASE                /* DIR/hold -> DIR/new, due now */
+    SG_QUEUE_RELEASE,               /* DIR/hold -> DIR/new, due now */
+    SG_QUEUE_SHOW                   /* GET /queue/ID: one message */
 } sg_status_queue_action_e;
 
 #define SG_STATUS_QUEUE      "/queue/"
 #define SG_STATUS_QUEUE_ID   99     /* the longest queue id taken */
 
-/* Read path, which starts with SG_STATUS_QUEUE: the action, and for one
- * message its queue id (letters and digits, 1 to SG_STATUS_QUEUE_ID of
- * them, pointing into path).  SG_OK, or SG_ERROR for anything else: a
- * 404. */
+/* Read path, which starts with SG_STATUS_QUEUE: the action ("flush",
+ * "ID/remove", "ID/hold", "ID/release", or "ID" alone: show), and for
+ * one message its queue id (letters and digits, 1 to SG_STATUS_QUEUE_ID
+ * of them, pointing into path).  SG_OK, or SG_ERROR for anything else:
+ * a 404. */
 int sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
     sg_status_queue_action_e *action);
 

@@ -20,6 +20,8 @@
 #define SG_STATUS_QUEUE_SCAN   10000     /* files looked at per spool */
 #define SG_STATUS_QUEUE_HEAD   16384     /* bytes read of each */
 #define SG_STATUS_QUEUE_RCPTS  1000
+#define SG_STATUS_QUEUE_SHOW   65536     /* bytes read of one shown */
+#define SG_STATUS_QUEUE_FIELDS 500       /* header fields shown */
 
 typedef struct {
     char     name[256];
@@ -38,10 +40,35 @@ sg_status_qfile_cmp(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* A JSON string of bytes from a file: as they are when UTF-8, else each
+ * byte that is not ASCII as '?' (a header or address a client sent). */
+static json_t *
+sg_status_qtext(const u_char *p, size_t len)
+{
+    json_t  *j;
+    char    *copy;
+    size_t   i;
+
+    j = json_stringn((const char *) p, len);
+    if (j != NULL) {
+        return j;
+    }
+    copy = malloc(len + 1);
+    if (copy == NULL) {
+        return json_string("");
+    }
+    for (i = 0; i < len; i++) {
+        copy[i] = (char) (p[i] < 0x80 && p[i] != 0 ? p[i] : '?');
+    }
+    j = json_stringn(copy, len);
+    free(copy);
+    return j;
+}
+
 static json_t *
 sg_status_qstr(const sg_str_t *v)
 {
-    return json_stringn((const char *) v->data, v->len);
+    return sg_status_qtext(v->data, v->len);
 }
 
 /* The forwarder's note of its last try (SG_SPOOL_DEFERRED_XATTR). */
@@ -351,6 +378,166 @@ found:
     closedir(dir);
     errno = err;
     return rc;
+}
+
+/* The message's header section: [[name, value]...], unfolded, from
+ * text (which starts at the Received: line) up to its empty line or the
+ * end of what was read. */
+static json_t *
+sg_status_queue_headers(const u_char *p, size_t len, bool *cut)
+{
+    const u_char  *end = p + len, *eol, *colon, *v, *vend;
+    json_t        *arr, *pair;
+    u_char        *val;
+    size_t         n, fields = 0;
+
+    arr = json_array();
+    *cut = true;
+    while (p < end && fields < SG_STATUS_QUEUE_FIELDS) {
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            *cut = false;                /* the end of the header section */
+            break;
+        }
+        /* the field: its line and the continuation lines after it */
+        eol = p;
+        for ( ;; ) {
+            eol = memchr(eol, '\n', (size_t) (end - eol));
+            if (eol == NULL || eol + 1 >= end
+                || (eol[1] != ' ' && eol[1] != '\t'))
+            {
+                break;
+            }
+            eol++;
+        }
+        if (eol == NULL) {
+            break;                       /* not whole in what was read */
+        }
+        colon = memchr(p, ':', (size_t) (eol - p));
+        if (colon != NULL) {
+            val = malloc((size_t) (eol - colon) + 1);
+            if (val == NULL) {
+                break;
+            }
+            n = 0;
+            for (v = colon + 1, vend = eol; v < vend; v++) {
+                if (*v == '\r' || *v == '\n') {
+                    continue;            /* unfold */
+                }
+                if (n == 0 && (*v == ' ' || *v == '\t')) {
+                    continue;
+                }
+                val[n++] = *v;
+            }
+            while (n && (val[n - 1] == ' ' || val[n - 1] == '\t')) {
+                n--;
+            }
+            pair = json_array();
+            json_array_append_new(pair, sg_status_qtext(p, (size_t)
+                                                        (colon - p)));
+            json_array_append_new(pair, sg_status_qtext(val, n));
+            json_array_append_new(arr, pair);
+            free(val);
+            fields++;
+        }
+        p = eol + 1;
+    }
+    return arr;
+}
+
+char *
+sg_status_queue_show(const sg_status_queue_spool_t *spools, size_t n,
+    const char *id, int *rc, size_t *which)
+{
+    static const char    *subs[] = { "new", "hold" };
+    sg_status_qfile_t     qf;
+    sg_spool_envelope_t   env;
+    sg_str_t              name, value, *rcpts = NULL;
+    struct stat           st;
+    json_t               *obj, *attrs, *arr;
+    const char           *err = NULL;
+    u_char               *head = NULL;
+    char                  file[256], *text = NULL;
+    size_t                i, k, len = 0, pos;
+    ssize_t               got;
+    bool                  cut;
+    DIR                  *dir = NULL;
+    int                   fd = -1, r;
+
+    *rc = SG_DECLINED;
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < sg_nelems(subs); k++) {
+            dir = sg_status_queue_find(spools[i].dir, subs[k], id, file);
+            if (dir != NULL) {
+                goto found;
+            }
+        }
+    }
+    return NULL;
+
+found:
+    *which = i;
+    *rc = SG_ERROR;
+    fd = openat(dirfd(dir), file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1 || fstat(fd, &st) == -1) {
+        goto done;
+    }
+    strcpy(qf.name, file);
+    qf.mtime = st.st_mtime;
+    qf.size = st.st_size;
+    obj = sg_status_queue_file(dirfd(dir), &qf);
+    json_object_set_new(obj, "held", json_boolean(k == 1));
+    if (k == 1) {
+        json_object_set_new(obj, "next_try", json_null());
+    }
+    json_object_set_new(obj, "upstream", json_string(spools[i].upstream));
+    head = malloc(SG_STATUS_QUEUE_SHOW);
+    rcpts = malloc(SG_STATUS_QUEUE_RCPTS * sizeof(sg_str_t));
+    while (head && len < SG_STATUS_QUEUE_SHOW) {
+        got = read(fd, head + len, SG_STATUS_QUEUE_SHOW - len);
+        if (got <= 0) {
+            break;
+        }
+        len += (size_t) got;
+    }
+    memset(&env, 0, sizeof(env));
+    env.rcpts = rcpts;
+    r = head && rcpts
+        ? sg_spool_envelope_parse(head, len, (off_t) len == st.st_size,
+                                  &env, SG_STATUS_QUEUE_RCPTS, &err)
+        : SG_ERROR;
+    if (r == SG_OK) {
+        attrs = json_object();
+        for (pos = 0; sg_spool_attr_next(&env.attrs, &pos, &name, &value); ) {
+            char  key[64];
+
+            if (name.len == 0 || name.len >= sizeof(key)) {
+                continue;
+            }
+            memcpy(key, name.data, name.len);
+            key[name.len] = '\0';
+            json_object_set_new(attrs, key, value.len
+                                ? sg_status_qstr(&value)
+                                : json_true());
+        }
+        json_object_set_new(obj, "attributes", attrs);
+        json_object_set_new(obj, "message_size", json_integer((json_int_t)
+                            (st.st_size - (off_t) env.body)));
+        arr = sg_status_queue_headers(head + env.body, len - env.body,
+                                      &cut);
+        json_object_set_new(obj, "headers", arr);
+        json_object_set_new(obj, "headers_cut", json_boolean(cut));
+    }
+    text = json_dumps(obj, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(obj);
+    *rc = text ? SG_OK : SG_ERROR;
+done:
+    if (fd != -1) {
+        close(fd);
+    }
+    closedir(dir);
+    free(rcpts);
+    free(head);
+    return text;
 }
 
 char *

@@ -29,4 +29,12 @@ char *sg_status_queue_json(const sg_status_queue_spool_t *spools, size_t n,
 int sg_status_queue_act(const sg_status_queue_spool_t *spools, size_t n,
     const char *id, sg_status_queue_action_e action, size_t *which);
 
+/* GET /queue/ID: the message as JSON (as in the listing, with its
+ * "attributes", "message_size", and "headers": [[name, value]...] of its
+ * header section, "headers_cut" when not all of it was read), malloc'd;
+ * *rc SG_OK, SG_DECLINED (NULL: no spool has it, waiting or held), or
+ * SG_ERROR (NULL, errno). */
+char *sg_status_queue_show(const sg_status_queue_spool_t *spools, size_t n,
+    const char *id, int *rc, size_t *which);
+
 #endif /* SG_STATUS_QUEUE_H */

@@ -213,11 +213,19 @@ test_queue_path(void)
     CHECK_INT(queue_path("/queue/", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue/flush/", &id, &a), SG_ERROR);
-    CHECK_INT(queue_path("/queue/flushx", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/flushx", &id, &a), SG_OK);   /* an id */
+    CHECK_INT(a, SG_QUEUE_SHOW);
     CHECK_INT(queue_path("/queue/x/flush", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue//hold", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue/x/", &id, &a), SG_ERROR);
-    CHECK_INT(queue_path("/queue/x", &id, &a), SG_ERROR);
+    CHECK_INT(queue_path("/queue/x", &id, &a), SG_OK);
+    CHECK_INT(a, SG_QUEUE_SHOW);
+    CHECK_STR(id, "x");
+    CHECK_INT(queue_path("/queue/1796654461M419151P18334Q1", &id, &a),
+              SG_OK);
+    CHECK_INT(a, SG_QUEUE_SHOW);
+    CHECK_STR(id, "1796654461M419151P18334Q1");
+    CHECK_INT(queue_path("/queue/x.y", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue/x/delete", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue/x/Hold", &id, &a), SG_ERROR);
     CHECK_INT(queue_path("/queue/x/hold/", &id, &a), SG_ERROR);
