@@ -12,7 +12,9 @@
  * /upstreams/ splits into three non-empty parts, decoded into no more
  * bytes than the path, none of them a control byte; and that a path
  * under /queue/ is read as a flush, or as an action on a queue id of
- * letters and digits only.
+ * letters and digits only.  The same bytes, read as a message's header
+ * section field by field (GET /queue/ID), give fields that end in a line
+ * feed, lie within the input, and unfold to no CR, LF or edge blank.
  */
 #include "sg_core.h"
 #include "sg_status_parse.h"
@@ -68,6 +70,38 @@ sg_fuzz_queue_path(const sg_str_t *path)
     }
 }
 
+/* The same bytes as a message's header section, field by field. */
+static void
+sg_fuzz_header_fields(const u_char *p, size_t len)
+{
+    sg_str_t  name, value;
+    u_char   *out;
+    size_t    used, n, i;
+
+    while ((used = sg_status_header_field(p, len, &name, &value)) != 0) {
+        SG_FUZZ_ASSERT(used <= len && p[used - 1] == '\n');
+        SG_FUZZ_ASSERT(value.data >= p && value.data + value.len <= p + used);
+        if (name.data != NULL) {
+            SG_FUZZ_ASSERT(name.data == p && value.data == p + name.len + 1
+                           && p[name.len] == ':');
+            SG_FUZZ_ASSERT(memchr(name.data, '\n', name.len) == NULL);
+        }
+        out = malloc(value.len + 1);
+        SG_FUZZ_ASSERT(out != NULL);
+        n = sg_status_header_unfold(&value, out);
+        SG_FUZZ_ASSERT(n <= value.len);
+        for (i = 0; i < n; i++) {
+            SG_FUZZ_ASSERT(out[i] != '\r' && out[i] != '\n');
+        }
+        SG_FUZZ_ASSERT(n == 0 || (out[0] != ' ' && out[0] != '\t'
+                                  && out[n - 1] != ' '
+                                  && out[n - 1] != '\t'));
+        free(out);
+        p += used;
+        len -= used;
+    }
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -77,6 +111,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     n = size < SG_STATUS_REQUEST_MAX ? size : SG_STATUS_REQUEST_MAX;
     copy = sg_fuzz_copy(data, n);
+    sg_fuzz_header_fields(copy, n);
     len = sg_status_head_len(copy, n);
     SG_FUZZ_ASSERT(len <= n);
     if (len) {

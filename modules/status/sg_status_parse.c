@@ -211,3 +211,65 @@ sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
     }
     return SG_ERROR;
 }
+
+size_t
+sg_status_header_field(const u_char *p, size_t len, sg_str_t *name,
+    sg_str_t *value)
+{
+    const u_char  *end = p + len, *eol, *colon, *last, *first;
+
+    if (len >= 2 && p[0] == '\r' && p[1] == '\n') {
+        return 0;                       /* the empty line */
+    }
+    if (len >= 1 && p[0] == '\n') {
+        return 0;
+    }
+    eol = p;
+    for ( ;; ) {
+        eol = memchr(eol, '\n', (size_t) (end - eol));
+        if (eol == NULL || eol + 1 >= end) {
+            return 0;       /* not whole: a continuation may still come */
+        }
+        if (eol[1] != ' ' && eol[1] != '\t') {
+            break;
+        }
+        eol++;
+    }
+    /* the field is p[0..eol], its line end at eol (LF, maybe CR LF);
+     * its name ends at a colon on its first line (RFC 5322 2.2) */
+    last = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+    first = memchr(p, '\n', (size_t) (eol + 1 - p));
+    colon = memchr(p, ':', (size_t) (first - p));
+    if (colon == NULL) {
+        name->data = NULL;
+        name->len = 0;
+        value->data = (u_char *) p;
+        value->len = (size_t) (last - p);
+    } else {
+        name->data = (u_char *) p;
+        name->len = (size_t) (colon - p);
+        value->data = (u_char *) colon + 1;
+        value->len = (size_t) (last - colon - 1);
+    }
+    return (size_t) (eol + 1 - p);
+}
+
+size_t
+sg_status_header_unfold(const sg_str_t *value, u_char *out)
+{
+    size_t  i, n = 0;
+    u_char  c;
+
+    for (i = 0; i < value->len; i++) {
+        c = value->data[i];
+        if (c == '\r' || c == '\n' || (n == 0 && (c == ' ' || c == '\t')))
+        {
+            continue;
+        }
+        out[n++] = c;
+    }
+    while (n && (out[n - 1] == ' ' || out[n - 1] == '\t')) {
+        n--;
+    }
+    return n;
+}

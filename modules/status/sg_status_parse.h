@@ -69,4 +69,19 @@ typedef enum {
 int sg_status_parse_queue_path(const sg_str_t *path, sg_str_t *id,
     sg_status_queue_action_e *action);
 
+/*
+ * One field of a message's header section, from p[0..len): its name
+ * (before the colon, possibly empty or absent: a line without a colon
+ * has name.len 0 and name.data NULL) and its raw value (after the
+ * colon, continuation lines included, up to but without the final
+ * CRLF or LF).  Returns the bytes the field takes with its line end;
+ * 0 at the empty line that ends the section, or when the field is not
+ * whole in p (no line end after it, or its continuation may go on).
+ */
+size_t sg_status_header_field(const u_char *p, size_t len, sg_str_t *name,
+    sg_str_t *value);
+/* Unfold a raw value into out (room for value->len bytes): CR and LF
+ * dropped, leading and trailing blanks trimmed.  The length written. */
+size_t sg_status_header_unfold(const sg_str_t *value, u_char *out);
+
 #endif /* SG_STATUS_PARSE_H */

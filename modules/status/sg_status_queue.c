@@ -382,66 +382,44 @@ found:
 
 /* The message's header section: [[name, value]...], unfolded, from
  * text (which starts at the Received: line) up to its empty line or the
- * end of what was read. */
+ * end of what was read (*cut then). */
 static json_t *
 sg_status_queue_headers(const u_char *p, size_t len, bool *cut)
 {
-    const u_char  *end = p + len, *eol, *colon, *v, *vend;
-    json_t        *arr, *pair;
-    u_char        *val;
-    size_t         n, fields = 0;
+    sg_str_t   name, value;
+    json_t    *arr, *pair;
+    u_char    *val;
+    size_t     used, n, fields = 0;
 
     arr = json_array();
-    *cut = true;
-    while (p < end && fields < SG_STATUS_QUEUE_FIELDS) {
-        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
-            *cut = false;                /* the end of the header section */
-            break;
+    for ( ;; ) {
+        used = fields < SG_STATUS_QUEUE_FIELDS
+               ? sg_status_header_field(p, len, &name, &value) : 0;
+        if (used == 0) {
+            /* the empty line, or not whole in what was read */
+            *cut = !(len >= 1 && (p[0] == '\n'
+                                  || (len >= 2 && p[0] == '\r'
+                                      && p[1] == '\n')));
+            return arr;
         }
-        /* the field: its line and the continuation lines after it */
-        eol = p;
-        for ( ;; ) {
-            eol = memchr(eol, '\n', (size_t) (end - eol));
-            if (eol == NULL || eol + 1 >= end
-                || (eol[1] != ' ' && eol[1] != '\t'))
-            {
-                break;
-            }
-            eol++;
+        p += used;
+        len -= used;
+        if (name.data == NULL) {
+            continue;                   /* not a field: no colon */
         }
-        if (eol == NULL) {
-            break;                       /* not whole in what was read */
+        val = malloc(value.len + 1);
+        if (val == NULL) {
+            *cut = true;
+            return arr;
         }
-        colon = memchr(p, ':', (size_t) (eol - p));
-        if (colon != NULL) {
-            val = malloc((size_t) (eol - colon) + 1);
-            if (val == NULL) {
-                break;
-            }
-            n = 0;
-            for (v = colon + 1, vend = eol; v < vend; v++) {
-                if (*v == '\r' || *v == '\n') {
-                    continue;            /* unfold */
-                }
-                if (n == 0 && (*v == ' ' || *v == '\t')) {
-                    continue;
-                }
-                val[n++] = *v;
-            }
-            while (n && (val[n - 1] == ' ' || val[n - 1] == '\t')) {
-                n--;
-            }
-            pair = json_array();
-            json_array_append_new(pair, sg_status_qtext(p, (size_t)
-                                                        (colon - p)));
-            json_array_append_new(pair, sg_status_qtext(val, n));
-            json_array_append_new(arr, pair);
-            free(val);
-            fields++;
-        }
-        p = eol + 1;
+        n = sg_status_header_unfold(&value, val);
+        pair = json_array();
+        json_array_append_new(pair, sg_status_qstr(&name));
+        json_array_append_new(pair, sg_status_qtext(val, n));
+        json_array_append_new(arr, pair);
+        free(val);
+        fields++;
     }
-    return arr;
 }
 
 char *

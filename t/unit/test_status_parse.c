@@ -237,6 +237,63 @@ test_queue_path(void)
     CHECK_INT(queue_path("/upstreams/x/hold", &id, &a), SG_ERROR);
 }
 
+static size_t
+field(const char *s, const char **name, const char **value)
+{
+    static char  nbuf[256], vbuf[256];
+    sg_str_t     n, v;
+    size_t       used;
+    u_char       out[256];
+
+    used = sg_status_header_field(sg_test_bytes(s, strlen(s)), strlen(s),
+                                  &n, &v);
+    snprintf(nbuf, sizeof(nbuf), "%.*s", (int) n.len,
+             n.data ? (char *) n.data : "");
+    *name = n.data ? nbuf : NULL;
+    if (used) {
+        CHECK(v.len < sizeof(out));
+        snprintf(vbuf, sizeof(vbuf), "%.*s",
+                 (int) sg_status_header_unfold(&v, out), (char *) out);
+    } else {
+        vbuf[0] = '\0';
+    }
+    *value = vbuf;
+    return used;
+}
+
+static void
+test_header_fields(void)
+{
+    const char  *n, *v;
+
+    CHECK_INT((int) field("Subject: hi\r\nFrom: x\r\n", &n, &v), 13);
+    CHECK(n && strcmp(n, "Subject") == 0 && strcmp(v, "hi") == 0);
+    /* folded, then unfolded; blanks trimmed */
+    CHECK_INT((int) field("Subject:  a\r\n\tb \r\n c\r\nX: y\r\n", &n,
+                          &v), 22);
+    CHECK(strcmp(n, "Subject") == 0 && strcmp(v, "a\tb  c") == 0);
+    /* bare LF line ends */
+    CHECK_INT((int) field("A: 1\nB: 2\n", &n, &v), 5);
+    CHECK(strcmp(n, "A") == 0 && strcmp(v, "1") == 0);
+    /* no colon: not a field, but a line all the same */
+    CHECK_INT((int) field("garbage line\r\nA: 1\r\n", &n, &v), 14);
+    CHECK(n == NULL && strcmp(v, "garbage line") == 0);
+    /* empty name, empty value */
+    CHECK_INT((int) field(":\r\nA: 1\r\n", &n, &v), 3);
+    CHECK(n && n[0] == '\0' && v[0] == '\0');
+    /* a colon on a continuation line does not make a name */
+    CHECK_INT((int) field("Foo\r\n bar: x\r\nA: 1\r\n", &n, &v), 14);
+    CHECK(n == NULL && strcmp(v, "Foo bar: x") == 0);
+    /* the end of the section */
+    CHECK_INT((int) field("\r\nbody\r\n", &n, &v), 0);
+    CHECK_INT((int) field("\nbody\n", &n, &v), 0);
+    /* not whole: no line end, or a continuation may follow */
+    CHECK_INT((int) field("Subject: cut", &n, &v), 0);
+    CHECK_INT((int) field("Subject: cut\r\n", &n, &v), 0);
+    CHECK_INT((int) field("", &n, &v), 0);
+    CHECK_INT((int) field("\r", &n, &v), 0);
+}
+
 int
 main(void)
 {
@@ -248,6 +305,7 @@ main(void)
     RUN(test_hex_digit);
     RUN(test_peer_path);
     RUN(test_queue_path);
+    RUN(test_header_fields);
 
     return sg_test_finish();
 }
