@@ -210,30 +210,32 @@ sg_smtp_add_hook(sg_smtp_srv_conf_t *sscf, bool close, sg_smtp_hook_pt handler,
     return SG_OK;
 }
 
+static int
+sg_smtp_add_to(sg_smtp_check_t *checks, unsigned *n, sg_smtp_check_pt check,
+    void *conf)
+{
+    if (*n == SG_SMTP_HOOKS_MAX) {
+        return SG_ERROR;
+    }
+    checks[*n].check = check;
+    checks[*n].conf = conf;
+    (*n)++;
+    return SG_OK;
+}
+
 int
 sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
     void *conf)
 {
-    if (sscf->nchecks == SG_SMTP_HOOKS_MAX) {
-        return SG_ERROR;
-    }
-    sscf->checks[sscf->nchecks].check = check;
-    sscf->checks[sscf->nchecks].conf = conf;
-    sscf->nchecks++;
-    return SG_OK;
+    return sg_smtp_add_to(sscf->checks, &sscf->nchecks, check, conf);
 }
 
 int
 sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
     void *conf)
 {
-    if (sscf->nlogin_checks == SG_SMTP_HOOKS_MAX) {
-        return SG_ERROR;
-    }
-    sscf->login_checks[sscf->nlogin_checks].check = check;
-    sscf->login_checks[sscf->nlogin_checks].conf = conf;
-    sscf->nlogin_checks++;
-    return SG_OK;
+    return sg_smtp_add_to(sscf->login_checks, &sscf->nlogin_checks, check,
+                          conf);
 }
 
 /* Contexts. */
