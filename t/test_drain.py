@@ -356,6 +356,32 @@ def test_status_write_allow(smtpgate, make_backend):
     assert out.endswith("\n200"), out
 
 
+@pytest.mark.skipif(not net.ipv6_available(), reason="no IPv6 loopback")
+def test_status_write_allow_over_ipv6(smtpgate, make_backend):
+    """A status listener on [::1]: status_write_allow ::1 lets a client
+    there write; 2001:db8::/32 alone would not."""
+    a = make_backend()
+    mail = upstream_conf("pool", [a.address])
+
+    def make_conf(allow):
+        return gatelib.conf(proxy_pass="pool", workers=1, mail=(
+            "    status_listen [::1]:@PORTS@;\n"
+            "    status_write on;\n"
+            f"    status_write_allow {allow};\n" + mail))
+    g = smtpgate(make_conf("2001:db8::/32"))
+    out = curl(g, f"/upstreams/pool/{a.address}/drain", "-X", "POST",
+               "-w", "\n%{http_code}", host="::1")
+    assert out.endswith("\n403"), out
+    g.wait_log(r"status: client ::1 refused a write \(status_write_allow\)")
+    g.reload(make_conf("::1"))
+
+    def drained():
+        out = curl(g, f"/upstreams/pool/{a.address}/drain", "-X", "POST",
+                   "-w", "\n%{http_code}", host="::1")
+        return out if out.endswith("\n200") else None
+    net.wait_until(drained, 20, what="the write allowed after the reload")
+
+
 def test_status_write_allow_errors(conf_test):
     for value, why in (("300.0.0.1", "invalid"), ("10.0.0.0/33", "invalid"),
                        ("", "invalid")):
