@@ -128,3 +128,31 @@ def test_failed_authentication_is_timed_too(smtpgate):
         assert scrape(g, "upstream_connect_duration_seconds")["count"] == 0
     finally:
         svc.stop()
+
+
+def test_unavailable_authentication_is_counted(smtpgate):
+    """The service hangs up without answering: the client hears 454, the
+    time is measured, and smtpgate_auth_tempfails_total (and /status's
+    auth_tempfails) count it, apart from the 535s."""
+    import json
+    from lib.authsvc import Answer
+    svc = AuthService().start()
+    try:
+        svc.default = Answer(drop=True)
+        g = smtpgate(timing_conf(svc))
+        with g.session() as c:
+            c.ehlo("client.test")
+            r = c.auth_plain("alice", password("alice"))
+            assert r.code == 454, r
+            c.cmd("QUIT")
+
+        def counted():
+            m = re.search(r'^smtpgate_auth_tempfails_total\{server='
+                          r'"mx\.test"\} (\d+)$', curl(g, "/metrics"), re.M)
+            return m and m.group(1) == "1"
+        net.wait_until(counted, 20, what="the 454 counted")
+        (srv,) = json.loads(curl(g, "/status"))["servers"]
+        assert (srv["auth_tempfails"], srv["auth_failures"]) == (1, 0)
+        assert scrape(g, "auth_duration_seconds")["count"] == 1
+    finally:
+        svc.stop()

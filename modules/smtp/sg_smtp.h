@@ -323,6 +323,9 @@ typedef struct {
     unsigned               step;
     unsigned               attempts;     /* AUTH commands so far */
     unsigned               failures;
+    unsigned               tempfails;    /* answered 454 (or 451 under
+                                            smtp_auth none): no backend
+                                            answer, or a login limit */
     sg_str_t               mail_line;    /* smtp_auth none: replayed */
     sg_str_t               rcpt_line;
 } sg_smtp_sasl_t;

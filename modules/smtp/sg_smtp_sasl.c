@@ -116,6 +116,7 @@ sg_smtp_auth_timeout(sg_event_t *ev)
                  "gave no answer for \"%s\" within smtp_auth_timeout",
                  s->conf->auth->name, sg_smtp_log_login(&s->login));
     s->auth_time = (int64_t) (sg_current_msec - s->auth_began);
+    s->sasl->tempfails++;
     sg_smtp_auth_cleanup(s);            /* cancels the request */
     s->state = SG_SMTP_ST_COMMAND;
     s->login.len = 0;
@@ -229,6 +230,7 @@ sg_smtp_auth_ask(sg_smtp_session_t *s)
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
         sg_smtp_del_timer(s);
         s->state = SG_SMTP_ST_COMMAND;
+        s->sasl->tempfails++;
         sg_smtp_auth_cleanup(s);
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
                      "could not take the request for \"%s\"",
@@ -661,6 +663,7 @@ sg_smtp_login_refused(sg_smtp_session_t *s)
             continue;
         }
         s->auth_result = SG_SMTP_AUTH_RESULT_TEMPFAIL;
+        s->sasl->tempfails++;
         s->state = SG_SMTP_ST_COMMAND;
         s->login.len = 0;
         if (s->auth_mech == SG_SMTP_AUTH_NONE) {
@@ -745,6 +748,7 @@ sg_smtp_auth_done(sg_auth_request_t *r)
         }
         break;
     default:
+        s->sasl->tempfails++;
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend "
                      "unavailable for \"%s\": %s", sg_smtp_log_login(&s->login),
                      reason);
@@ -814,6 +818,7 @@ sg_smtp_auth_none_ask(sg_smtp_session_t *s)
     if (s->conf->auth->start(r, s->conf->auth_conf) != SG_OK) {
         sg_smtp_del_timer(s);
         s->state = SG_SMTP_ST_COMMAND;
+        s->sasl->tempfails++;
         sg_log_error(SG_LOG_ERR, s->log, 0, "authentication backend \"%s\" "
                      "could not take an anonymous request",
                      s->conf->auth->name);

@@ -70,6 +70,7 @@ enum {
     SG_ST_END,                      /* a server's, one per end */
     SG_ST_LOGINS = SG_ST_END + SG_STATUS_NENDS,
     SG_ST_AUTH_FAILURES,
+    SG_ST_AUTH_TEMPFAILS,
     SG_ST_MESSAGES,
     SG_ST_RECEIVED,
     SG_ST_SENT,
@@ -565,6 +566,9 @@ sg_status_close(sg_smtp_session_t *s, void *conf)
     if (s->sasl && s->sasl->failures) {
         sg_status_add(c, SG_ST_AUTH_FAILURES, s->sasl->failures);
     }
+    if (s->sasl && s->sasl->tempfails) {
+        sg_status_add(c, SG_ST_AUTH_TEMPFAILS, s->sasl->tempfails);
+    }
     sg_status_add(c, SG_ST_MESSAGES, s->messages);
     sg_status_add(c, SG_ST_RECEIVED, conn->received);
     sg_status_add(c, SG_ST_SENT, conn->sent);
@@ -892,6 +896,10 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
           "Sessions that logged in (AUTH answered 235)." },
         { SG_ST_AUTH_FAILURES, "auth_failures_total",
           "AUTH attempts refused (535)." },
+        { SG_ST_AUTH_TEMPFAILS, "auth_tempfails_total",
+          "Logins answered as a temporary failure (454; 451 for an "
+          "anonymous session): the authentication backend did not "
+          "answer in time or at all, or a limit_conn by login." },
         { SG_ST_MESSAGES, "messages_total",
           "Messages the backend accepted, or the spool stored." },
         { SG_ST_RECEIVED, "received_bytes_total",
@@ -1118,6 +1126,7 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
                                                    sg_status_read(c, i)))
         SG_STATUS_J("logins", SG_ST_LOGINS);
         SG_STATUS_J("auth_failures", SG_ST_AUTH_FAILURES);
+        SG_STATUS_J("auth_tempfails", SG_ST_AUTH_TEMPFAILS);
         SG_STATUS_J("messages", SG_ST_MESSAGES);
         SG_STATUS_J("received_bytes", SG_ST_RECEIVED);
         SG_STATUS_J("sent_bytes", SG_ST_SENT);
