@@ -156,3 +156,44 @@ def test_unavailable_authentication_is_counted(smtpgate):
         assert scrape(g, "auth_duration_seconds")["count"] == 1
     finally:
         svc.stop()
+
+
+def test_auth_http_services_counted(smtpgate, backend):
+    """Two services, the first not listening: the login goes through
+    the second; /metrics and /status count the first's failure (and say
+    it is skipped now) and the second's answer, across workers."""
+    import json
+    svc = AuthService().start()
+    down = f"127.0.0.1:{net.free_port('127.0.0.1')}"
+    try:
+        svc.default = ok_to(backend)
+        g = smtpgate(gatelib.conf(
+            auth_file=None, proxy_pass=False, workers=2,
+            mail=(f"    auth_http http://{down}/auth {svc.url};\n"
+                  "    auth_http_fail_timeout 60s;\n"
+                  "    status_listen 127.0.0.1:@PORTS@;\n")))
+        with g.session() as c:
+            c.ehlo("client.test")
+            assert c.auth_plain("alice", password("alice")).code == 235
+            c.cmd("QUIT")
+        text = curl(g, "/metrics")
+
+        def metric(name, url):
+            m = re.search(r'^smtpgate_' + name + r'\{service="'
+                          + re.escape(url) + r'"\} (\d+)$', text, re.M)
+            assert m, (name, url, text[-2000:])
+            return int(m.group(1))
+        first = f"http://{down}/auth"
+        assert metric("auth_http_failures_total", first) == 1
+        assert metric("auth_http_answers_total", first) == 0
+        assert metric("auth_http_service_up", first) == 0
+        assert metric("auth_http_answers_total", svc.url) == 1
+        assert metric("auth_http_failures_total", svc.url) == 0
+        assert metric("auth_http_service_up", svc.url) == 1
+        st = json.loads(curl(g, "/status"))["auth_services"]
+        assert st == [{"url": first, "answered": 0, "failed": 1,
+                       "up": False},
+                      {"url": svc.url, "answered": 1, "failed": 0,
+                       "up": True}], st
+    finally:
+        svc.stop()

@@ -20,6 +20,7 @@
 #if (SG_HAVE_SSL_MODULE)
 #include "sg_ssl.h"
 #endif
+#include "sg_auth_http.h"
 #include <sys/un.h>
 #include <netdb.h>
 #include <malloc.h>
@@ -41,6 +42,8 @@ typedef struct {
     unsigned               https:1;
     /* per worker, at run time */
     sg_msec_t              failed_until;
+    int                    slot;        /* in the stats zone; -1: not
+                                           looked up yet */
     sg_auth_http_conn_t   *idle;        /* kept-alive connections */
     size_t                 nidle;
 } sg_auth_http_server_t;
@@ -57,7 +60,22 @@ typedef struct {
     unsigned               format;      /* SG_AUTH_HTTP_NGINX / _JSON */
     sg_str_t               ssl_trusted;
     void                  *ssl_ctx;     /* SSL_CTX for https:// */
+    sg_shm_zone_t         *stats;       /* sg_auth_http_stats_t */
 } sg_auth_http_conf_t;
+
+/* Every service's counts, by URL, shared by the workers. */
+#define SG_AUTH_HTTP_STAT_SLOTS  128
+#define SG_AUTH_HTTP_STAT_URL    232
+
+typedef struct {
+    char                   url[SG_AUTH_HTTP_STAT_URL];
+    sg_auth_http_counts_t  n;
+} sg_auth_http_stat_t;
+
+typedef struct {
+    uint32_t               nslots;
+    sg_auth_http_stat_t    slot[SG_AUTH_HTTP_STAT_SLOTS];
+} sg_auth_http_stats_t;
 
 /* One connection to a service, idle in its server's list or busy with
  * one request.  Lives outside any session: malloc'd, freed on close. */
@@ -288,6 +306,7 @@ sg_auth_http(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         if (srv == NULL) {
             return SG_CONF_ERROR;
         }
+        srv->slot = -1;
         rv = sg_auth_http_url(cf, srv, &value[i]);
         if (rv != SG_CONF_OK) {
             return rv;
@@ -382,6 +401,114 @@ sg_auth_http_create_conf(sg_conf_t *cf)
     return ahc;
 }
 
+static int
+sg_auth_http_stats_init(sg_shm_zone_t *zone, void *old_data)
+{
+    zone->data = zone->addr;
+    if (old_data == NULL) {
+        memset(zone->addr, 0, sizeof(sg_auth_http_stats_t));
+    }
+    return SG_OK;
+}
+
+/* The slot of srv's URL in the zone, or -1; call with it locked. */
+static int
+sg_auth_http_find(sg_auth_http_stats_t *st, const sg_auth_http_server_t *srv)
+{
+    uint32_t  i;
+    size_t    len = sg_min(srv->url.len, SG_AUTH_HTTP_STAT_URL - 1);
+
+    for (i = 0; i < st->nslots && i < SG_AUTH_HTTP_STAT_SLOTS; i++) {
+        if (strlen(st->slot[i].url) == len
+            && memcmp(st->slot[i].url, srv->url.data, len) == 0)
+        {
+            return (int) i;
+        }
+    }
+    return -1;
+}
+
+/* The counts of srv in the zone (looked up by URL, a slot taken for a
+ * new one), or NULL when the zone is full; call with the zone locked. */
+static sg_auth_http_counts_t *
+sg_auth_http_counts(sg_auth_http_stats_t *st, sg_auth_http_server_t *srv)
+{
+    size_t  len = sg_min(srv->url.len, SG_AUTH_HTTP_STAT_URL - 1);
+
+    if (srv->slot < 0) {
+        srv->slot = sg_auth_http_find(st, srv);
+    }
+    if (srv->slot >= 0) {
+        return &st->slot[srv->slot].n;
+    }
+    if (st->nslots >= SG_AUTH_HTTP_STAT_SLOTS) {
+        return NULL;
+    }
+    memcpy(st->slot[st->nslots].url, srv->url.data, len);
+    st->slot[st->nslots].url[len] = '\0';
+    srv->slot = (int) st->nslots++;
+    return &st->slot[srv->slot].n;
+}
+
+/* Count an answer of srv, or a failure (which it is then skipped for). */
+static void
+sg_auth_http_count(sg_auth_http_conf_t *conf, sg_auth_http_server_t *srv,
+    bool failed)
+{
+    sg_auth_http_counts_t  *n;
+    struct timespec         ts;
+
+    if (conf->stats == NULL || conf->stats->data == NULL) {
+        return;
+    }
+    sg_shm_lock(conf->stats);
+    n = sg_auth_http_counts(conf->stats->data, srv);
+    if (n != NULL) {
+        if (failed) {
+            n->failed++;
+            (void) clock_gettime(CLOCK_REALTIME, &ts);
+            n->down_until = (uint64_t) ts.tv_sec * 1000
+                            + (uint64_t) ts.tv_nsec / 1000000
+                            + conf->fail_timeout;
+        } else {
+            n->answered++;
+            n->down_until = 0;
+        }
+    }
+    sg_shm_unlock(conf->stats);
+}
+
+bool
+sg_auth_http_service(sg_smtp_srv_conf_t *sscf, size_t i, sg_str_t *url,
+    sg_auth_http_counts_t *counts)
+{
+    sg_auth_http_conf_t    *conf = sscf->auth_conf;
+    sg_auth_http_server_t  *srv;
+    sg_auth_http_stats_t   *st;
+    int                     k;
+
+    if (sscf->auth != &sg_auth_http_backend || conf->servers == NULL
+        || i >= conf->servers->nelts)
+    {
+        return false;
+    }
+    srv = sg_array_elt(conf->servers, sg_auth_http_server_t, i);
+    *url = srv->url;
+    memset(counts, 0, sizeof(*counts));
+    if (conf->stats == NULL || conf->stats->data == NULL) {
+        return true;
+    }
+    /* looked up without taking a slot for a service never asked */
+    st = conf->stats->data;
+    sg_shm_lock(conf->stats);
+    k = sg_auth_http_find(st, srv);
+    if (k >= 0) {
+        *counts = st->slot[k].n;
+    }
+    sg_shm_unlock(conf->stats);
+    return true;
+}
+
 static char *
 sg_auth_http_merge_conf(sg_conf_t *cf, void *parent, void *child)
 {
@@ -416,6 +543,18 @@ sg_auth_http_merge_conf(sg_conf_t *cf, void *parent, void *child)
     }
     if (sg_auth_http_tls(cf, conf) != SG_CONF_OK) {
         return SG_CONF_ERROR;
+    }
+    if (conf->stats == NULL) {
+        sg_str_t  name = sg_string("auth_http");
+
+        conf->stats = sg_shm_zone_add(cf, &name,
+                                      (sizeof(sg_auth_http_stats_t) + 4095)
+                                      & ~(size_t) 4095,
+                                      &sg_auth_http_module);
+        if (conf->stats == NULL) {
+            return SG_CONF_ERROR;
+        }
+        conf->stats->init = sg_auth_http_stats_init;
     }
     sscf = sg_smtp_conf_current(cf);
     if (sscf->auth && sscf->auth != &sg_auth_http_backend) {
@@ -977,6 +1116,7 @@ sg_auth_http_failed_race(sg_auth_http_ctx_t *ctx, int err, const char *why,
                  "auth_http service %.*s failed: %s; skipping it for "
                  "auth_http_fail_timeout", SG_STR_ARG(&srv->url), why);
     srv->failed_until = sg_current_msec + ctx->conf->fail_timeout;
+    sg_auth_http_count(ctx->conf, srv, true);
     ctx->server++;
     ctx->retried = 0;
     sg_auth_http_next(ctx);
@@ -1641,6 +1781,7 @@ sg_auth_http_handler(sg_event_t *ev)
     conf = ctx->conf;
     ctx->hc = NULL;
     hc->ctx = NULL;
+    sg_auth_http_count(conf, hc->server, false);
     /* The answer may end the session (and ctx with it); h points into
      * hc's buffer, which stays until the connection is released. */
     sg_auth_http_answer(ctx, ans);
@@ -1681,6 +1822,7 @@ sg_auth_http_next(sg_auth_http_ctx_t *ctx)
         ctx->hc = sg_auth_http_take(ctx, srv);
         if (ctx->hc == NULL) {
             srv->failed_until = sg_current_msec + ctx->conf->fail_timeout;
+            sg_auth_http_count(ctx->conf, srv, true);
             continue;                     /* sg_connect logged why */
         }
         sg_log_debug(ctx->r->log, "auth_http request to %.*s%s",

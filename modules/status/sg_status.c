@@ -27,6 +27,9 @@
 #if (SG_HAVE_SSL_MODULE)
 #include "sg_ssl.h"
 #endif
+#if (SG_HAVE_AUTH_HTTP_MODULE)
+#include "sg_auth_http.h"
+#endif
 #if (SG_HAVE_UPSTREAM_MODULE)
 #include "sg_upstream.h"
 #endif
@@ -878,6 +881,115 @@ sg_status_histograms(sg_status_main_conf_t *smcf, sg_status_out_t *o)
     }
 }
 
+#if (SG_HAVE_AUTH_HTTP_MODULE)
+
+#define SG_STATUS_AUTH_MAX  128
+
+typedef struct {
+    sg_str_t               url;
+    sg_auth_http_counts_t  n;
+} sg_status_auth_t;
+
+/* The auth_http services of every server, each once. */
+static size_t
+sg_status_auth_services(sg_status_main_conf_t *smcf, sg_status_auth_t *out)
+{
+    sg_status_srv_conf_t  **srv = smcf->servers.elts;
+    sg_auth_http_counts_t   n;
+    sg_str_t                url;
+    size_t                  i, k, j, count = 0;
+
+    for (i = 0; i < smcf->servers.nelts; i++) {
+        for (k = 0; sg_auth_http_service(srv[i]->sscf, k, &url, &n); k++) {
+            for (j = 0; j < count; j++) {
+                if (out[j].url.len == url.len
+                    && memcmp(out[j].url.data, url.data, url.len) == 0)
+                {
+                    break;
+                }
+            }
+            if (j == count && count < SG_STATUS_AUTH_MAX) {
+                out[count].url = url;
+                out[count].n = n;
+                count++;
+            }
+        }
+    }
+    return count;
+}
+
+static bool
+sg_status_auth_up(const sg_auth_http_counts_t *n)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000
+           >= n->down_until;
+}
+
+static void
+sg_status_auth_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
+{
+    static const char  *help[] = {
+        "Answers read from each auth_http service.",
+        "Requests to each auth_http service that got no usable answer "
+        "(it is then skipped for auth_http_fail_timeout).",
+        "0 while a worker skips the service after a failure "
+        "(auth_http_fail_timeout), else 1.",
+    };
+    static const char  *names[] = {
+        "auth_http_answers_total", "auth_http_failures_total",
+        "auth_http_service_up"
+    };
+    sg_status_auth_t    a[SG_STATUS_AUTH_MAX];
+    size_t              n, i, k;
+    char                l[512];
+    uint64_t            v;
+
+    n = sg_status_auth_services(smcf, a);
+    if (n == 0) {
+        return;
+    }
+    for (k = 0; k < 3; k++) {
+        sg_status_help(o, names[k], k == 2 ? "gauge" : "counter", help[k]);
+        for (i = 0; i < n; i++) {
+            v = k == 0 ? a[i].n.answered : k == 1 ? a[i].n.failed
+                : sg_status_auth_up(&a[i].n);
+            sg_status_printf(o, "smtpgate_%s{service=\"%s\"} %llu\n",
+                             names[k], sg_status_label(&a[i].url, l,
+                                                       sizeof(l)),
+                             (unsigned long long) v);
+        }
+    }
+}
+
+static json_t *
+sg_status_auth_json(sg_status_main_conf_t *smcf)
+{
+    sg_status_auth_t   a[SG_STATUS_AUTH_MAX];
+    json_t            *arr, *obj;
+    size_t             n, i;
+
+    arr = json_array();
+    n = sg_status_auth_services(smcf, a);
+    for (i = 0; i < n; i++) {
+        obj = json_object();
+        json_object_set_new(obj, "url", json_stringn(
+                            (const char *) a[i].url.data, a[i].url.len));
+        json_object_set_new(obj, "answered",
+                            json_integer((json_int_t) a[i].n.answered));
+        json_object_set_new(obj, "failed",
+                            json_integer((json_int_t) a[i].n.failed));
+        json_object_set_new(obj, "up", json_boolean(sg_status_auth_up(
+                                                    &a[i].n)));
+        json_array_append_new(arr, obj);
+    }
+    return arr;
+}
+
+#endif
+
 static void
 sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
 {
@@ -966,6 +1078,9 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         }
     }
     sg_status_histograms(smcf, o);
+#if (SG_HAVE_AUTH_HTTP_MODULE)
+    sg_status_auth_metrics(smcf, o);
+#endif
 #if (SG_HAVE_UPSTREAM_MODULE)
     {
         sg_upstream_t       **u;
@@ -1138,6 +1253,9 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         json_array_append_new(arr, obj);
     }
     json_object_set_new(root, "servers", arr);
+#if (SG_HAVE_AUTH_HTTP_MODULE)
+    json_object_set_new(root, "auth_services", sg_status_auth_json(smcf));
+#endif
 #if (SG_HAVE_UPSTREAM_MODULE)
     {
         sg_upstream_t       **u;
