@@ -471,12 +471,14 @@ def test_limit_by_login(smtpgate, backend):
     backend.wait_messages(2)
 
 
-def test_limit_by_a_key_derived_from_the_login(smtpgate, backend):
-    """at=login for a key that a map derives from the login: alice and
-    bob share the "red" team's one session."""
+@pytest.mark.parametrize("at", ["", " at=login"])
+def test_limit_by_a_key_derived_from_the_login(smtpgate, backend, at):
+    """A key that a map derives from the login counts at the login too
+    (found through the map, or said with at=login): alice and bob share
+    the "red" team's one session."""
     g = smtpgate(gatelib.conf(backend=backend, mail=(
         "    map $auth_user $team { alice red; bob red; default blue; }\n"
-        "    limit_conn_zone $team zone=teams:64k at=login;\n"
+        f"    limit_conn_zone $team zone=teams:64k{at};\n"
         "    limit_conn teams 1;\n")))
     a, r = logged_in(g, "alice")
     assert r.code == 235, r
@@ -486,6 +488,19 @@ def test_limit_by_a_key_derived_from_the_login(smtpgate, backend):
     assert r.code == 235, r
     g.wait_log(r'limiting logins by zone "teams", key "red"')
     release([a, b, d])
+
+
+def test_limit_at_connect_keeps_the_start(smtpgate, backend):
+    """at=connect: the key is evaluated as the session starts, where
+    $auth_user is still empty, so no session is counted (as nginx)."""
+    g = smtpgate(gatelib.conf(backend=backend, mail=(
+        "    limit_conn_zone $auth_user zone=users:64k at=connect;\n"
+        "    limit_conn users 1;\n")))
+    a, r = logged_in(g, "alice")
+    assert r.code == 235, r
+    b, r = logged_in(g, "alice", "127.0.0.3")
+    assert r.code == 235, r
+    release([a, b])
 
 
 def test_limit_by_login_config_errors(conf_test):

@@ -30,10 +30,10 @@
  * The check runs as the session starts, after any PROXY header (the key
  * is evaluated then) and before TLS, and says SG_BUSY to refuse: the
  * client is told "421 4.7.0" and closed, or, on an implicit-TLS
- * address, closed before any handshake.  A zone whose key is the
- * login's ($auth_user, $auth_method, or "at=login") is counted instead
- * by a login check as the login succeeds, where SG_BUSY turns the login
- * into a temporary failure (454).
+ * address, closed before any handshake.  A zone whose key reads the
+ * login ($auth_user, $auth_method, a map of them; or "at=login") is
+ * counted instead by a login check as the login succeeds, where SG_BUSY
+ * turns the login into a temporary failure (454).
  */
 #include <signal.h>
 #include "sg_smtp.h"
@@ -44,6 +44,8 @@
  * slot, and its counts cannot be taken back should it die. */
 #define SG_LIMIT_SLOTS   128
 #define SG_LIMIT_TICK    1000            /* ms */
+#define SG_LIMIT_AT_LOGIN    1
+#define SG_LIMIT_AT_CONNECT  2
 
 typedef struct {
     uint64_t   key;                  /* sg_keyed_hash of the key; 0: never
@@ -68,8 +70,11 @@ typedef struct {
     sg_smtp_complex_value_t  *key;
     sg_str_t                  file;
     size_t                    line;
+    unsigned                  at;        /* 0: by its key, or at= */
     bool                      at_login;  /* counted as a login succeeds:
-                                            a key of the login */
+                                            a key of the login (set at
+                                            postconfiguration) */
+    bool                      resolved;
 
     /* The worker's own, after the fork. */
     sg_limit_held_t          *held;  /* the sessions it counts */
@@ -173,43 +178,6 @@ sg_limit_zone_init(sg_shm_zone_t *zone, void *old_data)
 }
 
 /* limit_conn_zone key zone=NAME:SIZE; */
-static bool
-sg_limit_name_char(u_char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-           || (c >= '0' && c <= '9') || c == '_';
-}
-
-/* Whether key names a variable known only once the client has logged
- * in ($auth_user, $auth_method): such a zone counts at the login. */
-static bool
-sg_limit_login_key(const sg_str_t *key)
-{
-    static const char  *names[] = { "auth_user", "auth_method" };
-    const u_char       *p = key->data, *end = key->data + key->len, *q;
-    size_t              i, n;
-    bool                brace;
-
-    for ( ;; ) {
-        p = memchr(p, '$', (size_t) (end - p));
-        if (p == NULL) {
-            return false;
-        }
-        p++;
-        brace = p < end && *p == '{';
-        q = p + brace;
-        for (i = 0; i < sg_nelems(names); i++) {
-            n = strlen(names[i]);
-            if ((size_t) (end - q) >= n && memcmp(q, names[i], n) == 0
-                && (brace ? q + n < end && q[n] == '}'
-                          : q + n == end || !sg_limit_name_char(q[n])))
-            {
-                return true;
-            }
-        }
-    }
-}
-
 static char *
 sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
@@ -267,12 +235,11 @@ sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
                              "would share one count: use $remote_addr",
                              SG_STR_ARG(&name), SG_STR_ARG(&value[1]));
     }
-    z->at_login = sg_limit_login_key(&value[1]);
     if (cf->args->nelts == 4) {
         if (sg_str_eq(&value[3], "at=login")) {
-            z->at_login = true;
+            z->at = SG_LIMIT_AT_LOGIN;
         } else if (sg_str_eq(&value[3], "at=connect")) {
-            z->at_login = false;
+            z->at = SG_LIMIT_AT_CONNECT;
         } else {
             return sg_conf_invalid_value(cf, &value[3],
                                          "at=login or at=connect");
@@ -407,6 +374,7 @@ sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
     sg_limit_srv_conf_t  *lscf = conf;
     sg_smtp_srv_conf_t   *sscf;
     sg_limit_rule_t      *r;
+    sg_limit_zone_t      *z;
     size_t                i;
     bool                  login = false, connect = false;
 
@@ -416,8 +384,18 @@ sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
     sscf = sg_mail_conf_srv((sg_mail_conf_ctx_t *) cf->ctx, sg_smtp_module);
     r = lscf->rules->elts;
     for (i = 0; i < lscf->rules->nelts; i++) {
-        login |= r[i].zone->at_login;
-        connect |= !r[i].zone->at_login;
+        z = r[i].zone;
+        if (!z->resolved) {
+            /* Every map is known now: a key read from the login, even
+             * through one, counts at the login. */
+            z->resolved = true;
+            z->at_login = z->at == SG_LIMIT_AT_LOGIN
+                          || (z->at == 0
+                              && sg_smtp_complex_value_reads(cf, z->key,
+                                     SG_SMTP_VAR_LOGIN));
+        }
+        login |= z->at_login;
+        connect |= !z->at_login;
     }
     if ((connect && sg_smtp_add_check(sscf, sg_limit_check, lscf) != SG_OK)
         || (login && sg_smtp_add_login_check(sscf, sg_limit_login_check,

@@ -465,6 +465,7 @@ typedef int (*sg_smtp_variable_get_pt)(sg_smtp_session_t *s, sg_str_t *value,
 #define SG_SMTP_VAR_NOCACHE  0x01   /* may change during the session */
 #define SG_SMTP_VAR_BUILTIN  0x02   /* a module's own: the configuration
                                        cannot define the name again */
+#define SG_SMTP_VAR_LOGIN    0x04   /* known once the client logged in */
 
 /* The longest value a complex value may produce; longer is an error
  * (logged) and reads as empty. */
@@ -536,6 +537,12 @@ int sg_smtp_variable_depends(sg_conf_t *cf, size_t index, size_t on);
 /* The same for every variable cv reads. */
 int sg_smtp_complex_value_depends(sg_conf_t *cf, size_t index,
     const sg_smtp_complex_value_t *cv);
+
+/* Whether cv reads a variable with flag (SG_SMTP_VAR_*), directly or
+ * through the variables it reads (a map of $auth_user, say).  For a
+ * module's postconfiguration: every map is known by then. */
+bool sg_smtp_complex_value_reads(sg_conf_t *cf,
+    const sg_smtp_complex_value_t *cv, unsigned flag);
 
 bool sg_smtp_variable_name_ok(const sg_str_t *name);
 

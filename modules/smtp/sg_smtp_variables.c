@@ -271,6 +271,54 @@ sg_smtp_variable_depends(sg_conf_t *cf, size_t index, size_t on)
     return SG_OK;
 }
 
+/* Whether variable x, or one it is computed from, has flag; seen marks
+ * those looked at (a cycle is reported elsewhere). */
+static bool
+sg_smtp_var_reads(sg_smtp_variables_t *vs, size_t x, unsigned flag,
+    bool *seen)
+{
+    sg_smtp_variable_t  *v = vs->vars.elts;
+    sg_smtp_var_dep_t   *d = vs->deps.elts;
+    size_t               j;
+
+    if (x >= vs->vars.nelts || seen[x]) {
+        return false;
+    }
+    seen[x] = true;
+    if (v[x].flags & flag) {
+        return true;
+    }
+    for (j = 0; j < vs->deps.nelts; j++) {
+        if (d[j].index == x && sg_smtp_var_reads(vs, d[j].on, flag, seen)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+sg_smtp_complex_value_reads(sg_conf_t *cf,
+    const sg_smtp_complex_value_t *cv, unsigned flag)
+{
+    sg_smtp_variables_t  *vs = sg_smtp_registry(cf);
+    bool                 *seen;
+    size_t                i;
+
+    seen = sg_pcalloc(cf->temp_pool ? cf->temp_pool : cf->pool,
+                      vs->vars.nelts + 1);
+    if (seen == NULL) {
+        return false;
+    }
+    for (i = 0; i < cv->nparts; i++) {
+        if (cv->parts[i].type == SG_SMTP_PART_VAR
+            && sg_smtp_var_reads(vs, cv->parts[i].index, flag, seen))
+        {
+            return true;
+        }
+    }
+    return false;
+}
+
 int
 sg_smtp_complex_value_depends(sg_conf_t *cf, size_t index,
     const sg_smtp_complex_value_t *cv)
@@ -1121,8 +1169,10 @@ static const struct {
     { "server_port", sg_smtp_var_server_port, 0, 0 },
     /* SNI after STARTTLS may pick another server. */
     { "server_name", sg_smtp_var_server_name, 0, SG_SMTP_VAR_NOCACHE },
-    { "auth_user", sg_smtp_var_auth_user, 0, SG_SMTP_VAR_NOCACHE },
-    { "auth_method", sg_smtp_var_auth_method, 0, SG_SMTP_VAR_NOCACHE },
+    { "auth_user", sg_smtp_var_auth_user, 0,
+      SG_SMTP_VAR_NOCACHE | SG_SMTP_VAR_LOGIN },
+    { "auth_method", sg_smtp_var_auth_method, 0,
+      SG_SMTP_VAR_NOCACHE | SG_SMTP_VAR_LOGIN },
     { "helo", sg_smtp_var_helo, 0, SG_SMTP_VAR_NOCACHE },
     { "session_id", sg_smtp_var_session_id, 0, 0 },
     { "auth_status", sg_smtp_var_auth_status, 0, SG_SMTP_VAR_NOCACHE },
