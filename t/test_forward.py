@@ -1535,6 +1535,43 @@ def test_queue_show_one_message(smtpgate, down_backend):
                r"\(status_write_allow\)")
 
 
+def test_queue_show_a_file_that_is_not_a_message(smtpgate, down_backend):
+    """A file in new/ that is not a queued message (no envelope, a
+    header section that never ends, NUL bytes): shown with why, and no
+    headers; a file whose header section is longer than what is read is
+    shown cut."""
+    import json
+    from test_status import curl
+
+    b = down_backend()
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n")))
+    # (a queue id is read from the file's name: digits, "M", "P", "Q")
+    t = int(time.time())
+    bad = os.path.join(qdir(g), f"{t}.M1P1Q1.host")
+    with open(bad, "wb") as f:
+        f.write(b"\x00garbage\r\nno: envelope")
+    os.utime(bad, (t + 3600, t + 3600))
+    m = json.loads(curl(g, f"/queue/{t}M1P1Q1"))
+    assert m["error"] and "headers" not in m, m
+    # a real envelope, then a header section longer than what is read
+    long = os.path.join(qdir(g), f"{t}.M2P1Q1.host")
+    with open(long, "wb") as f:
+        f.write(b"Return-Path: <s@example.org>\r\n"
+                b"X-Original-To: r@example.org\r\n"
+                b"Received: from x\r\n"
+                + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 200)
+                           for i in range(600)))
+    os.utime(long, (t + 3600, t + 3600))
+    m = json.loads(curl(g, f"/queue/{t}M2P1Q1"))
+    assert m["headers_cut"] is True and 0 < len(m["headers"]) <= 500, \
+        (m.get("headers_cut"), len(m.get("headers", [])))
+    assert m["headers"][0] == ["Received", "from x"]
+    os.unlink(bad)
+    os.unlink(long)
+
+
 def test_queue_show_needs_status_write(smtpgate, down_backend):
     import json
     from test_status import curl
