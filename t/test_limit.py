@@ -471,22 +471,29 @@ def test_limit_by_login(smtpgate, backend):
     backend.wait_messages(2)
 
 
-@pytest.mark.parametrize("at", ["", " at=login"])
-def test_limit_by_a_key_derived_from_the_login(smtpgate, backend, at):
+@pytest.mark.parametrize("maps,at", [
+    ("    map $auth_user $team { alice red; bob red; default blue; }\n", ""),
+    ("    map $auth_user $team { alice red; bob red; default blue; }\n",
+     " at=login"),
+    # two maps deep, the second defined after the zone
+    ("    map $user_team $team { ~(.+) t-$1; }\n", ""),
+], ids=["map", "at=login", "two maps"])
+def test_limit_by_a_key_derived_from_the_login(smtpgate, backend, maps, at):
     """A key that a map derives from the login counts at the login too
-    (found through the map, or said with at=login): alice and bob share
+    (found through the maps, or said with at=login): alice and bob share
     the "red" team's one session."""
+    second = ("    map $auth_user $user_team { alice red; bob red; "
+              "default blue; }\n" if "user_team" in maps else "")
     g = smtpgate(gatelib.conf(backend=backend, mail=(
-        "    map $auth_user $team { alice red; bob red; default blue; }\n"
-        f"    limit_conn_zone $team zone=teams:64k{at};\n"
-        "    limit_conn teams 1;\n")))
+        maps + f"    limit_conn_zone $team zone=teams:64k{at};\n"
+        "    limit_conn teams 1;\n" + second)))
     a, r = logged_in(g, "alice")
     assert r.code == 235, r
     b, r = logged_in(g, "bob")
     assert r.code == 454, r
     d, r = logged_in(g, "dave")
     assert r.code == 235, r
-    g.wait_log(r'limiting logins by zone "teams", key "red"')
+    g.wait_log(r'limiting logins by zone "teams", key "(t-)?red"')
     release([a, b, d])
 
 
