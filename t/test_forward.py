@@ -1437,6 +1437,55 @@ def test_queue_hold_and_release(smtpgate, down_backend):
         assert post(path)[0] == 404, path
 
 
+def test_hold_and_release_while_the_forwarder_delivers(smtpgate,
+                                                       scripted_smtp):
+    """20 messages are delivered (slowly) while a client holds and
+    releases them at random for a bounded time: every hold or release
+    is 200 or 409 (being delivered), and in the end, all released, each
+    message has arrived exactly once: none lost between new/ and hold/,
+    none sent twice."""
+    import json
+    import random
+    from test_status import curl
+
+    b = scripted_smtp(start=False, dot_delay=0.25)
+    g = smtpgate(fwd_conf(b.address, mail=(
+        "    spool_forward_connections 3;\n"
+        "    status_listen 127.0.0.1:@PORTS@;\n"
+        "    status_write on;\n")))
+    ids = []
+    with session(g) as c:
+        for j in range(20):
+            ids.append(transaction(c, "s@example.org", [f"r{j}@example.org"],
+                                   b"Subject: m%d\r\n\r\nbody\r\n" % j))
+    b.start()
+    rnd = random.Random(7)
+    codes = collections.Counter()
+    deadline = time.time() + 4
+    while time.time() < deadline:
+        qid = rnd.choice(ids)
+        action = rnd.choice(["hold", "release"])
+        code = curl(g, f"/queue/{qid}/{action}", "-X", "POST",
+                    "-o", "/dev/null", "-w", "%{http_code}")
+        codes[code] += 1
+    assert set(codes) <= {"200", "404", "409"}, codes
+    assert codes["200"] >= 5, codes     # the moves did happen
+    # release whatever is still held
+    (sp,) = json.loads(curl(g, "/queue"))["spools"]
+    for m in sp["messages"]:
+        if m["held"]:
+            assert curl(g, f"/queue/{m['id']}/release", "-X", "POST",
+                        "-o", "/dev/null", "-w", "%{http_code}") == "200"
+    b.wait_messages(20, timeout=60)
+    wait_queue_empty(g, timeout=60)
+    assert os.listdir(qdir(g, "hold")) == []
+    time.sleep(1.5)                 # nothing more arrives
+    subjects = collections.Counter(
+        re.search(rb"Subject: (\S+)", m.content).group(1)
+        for m in b.messages)
+    assert len(subjects) == 20 and set(subjects.values()) == {1}, subjects
+
+
 def test_queue_hold_fails_clearly(smtpgate, down_backend):
     """DIR/hold, made at start, replaced by something that is not a
     directory: the hold gets 500 and the error log says what to check;
