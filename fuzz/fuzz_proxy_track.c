@@ -15,6 +15,13 @@
  * count of bytes passed never exceeds what was handed in, nothing passes
  * after QUIT or while a DATA waits for its reply, and once tracking is
  * off it stays off.
+ *
+ * The first byte's 0x40 bit plays it strict (proxy_strict), as the relay
+ * does: the line ends it inserts go to the server, the bytes it drops
+ * do not, its own replies wait for every reply due.  Then only the
+ * server's replies may end it, and a plain reader of what the server
+ * got (which takes nothing but CR LF line ends) must count the same
+ * replies due and the same message ends.
  */
 #include "sg_core.h"
 #include "sg_proxy_track.h"
@@ -27,7 +34,54 @@ typedef struct {
     u_char            held[SG_FUZZ_HELD_MAX];
     size_t            nheld;
     size_t            passed;
+    /* Strict: a plain reader of what the server gets (the bytes passed
+     * and the line ends inserted), with what it holds back. */
+    sg_proxy_track_t  shadow;
+    u_char            sheld[SG_FUZZ_HELD_MAX];
+    size_t            nsheld;
 } sg_fuzz_play_t;
+
+/* Strict: bytes the server gets, read by the shadow. */
+static void
+sg_fuzz_shadow(sg_fuzz_play_t *pl, const u_char *p, size_t n)
+{
+    size_t  k;
+
+    if (pl->nsheld + n > SG_FUZZ_HELD_MAX) {
+        n = SG_FUZZ_HELD_MAX - pl->nsheld;
+    }
+    if (n) {
+        memcpy(pl->sheld + pl->nsheld, p, n);
+    }
+    pl->nsheld += n;
+    k = sg_proxy_track_client(&pl->shadow, pl->sheld, pl->nsheld, false);
+    memmove(pl->sheld, pl->sheld + k, pl->nsheld - k);
+    pl->nsheld -= k;
+}
+
+/* Strict: what the relay does for the reader -- inserts, drops, its own
+ * replies once none is due -- until nothing moves. */
+static void
+sg_fuzz_owed(sg_fuzz_play_t *pl)
+{
+    sg_proxy_track_t  *t = &pl->t;
+    size_t             k;
+
+    if (t->ins) {
+        sg_fuzz_shadow(pl, &t->ins, 1);
+        t->ins = 0;
+    }
+    if (t->drop && pl->nheld) {
+        k = sg_min(t->drop, pl->nheld);
+        memmove(pl->held, pl->held + k, pl->nheld - k);
+        pl->nheld -= k;
+        t->drop -= k;
+    }
+    if (t->reply && t->drop == 0 && t->pending == 0) {
+        SG_FUZZ_ASSERT(t->reply <= SG_TRACK_R_BDAT);
+        t->reply = SG_TRACK_R_NONE;
+    }
+}
 
 static void
 sg_fuzz_client(sg_fuzz_play_t *pl, const u_char *p, size_t n)
@@ -42,22 +96,39 @@ sg_fuzz_client(sg_fuzz_play_t *pl, const u_char *p, size_t n)
         memcpy(pl->held + pl->nheld, p, n);
     }
     pl->nheld += n;
-    state = pl->t.state;
-    before = pl->nheld;
-    k = sg_proxy_track_client(&pl->t, pl->held, pl->nheld, false);
-    SG_FUZZ_ASSERT(k <= before);
-    if (state == SG_TRACK_QUIT || state == SG_TRACK_WAIT_DATA) {
-        SG_FUZZ_ASSERT(k == 0);
+    for ( ;; ) {
+        if (pl->t.strict && sg_proxy_track_owed(&pl->t)) {
+            sg_fuzz_owed(pl);
+            if (sg_proxy_track_owed(&pl->t)) {
+                return;                /* waits for the server */
+            }
+        }
+        state = pl->t.state;
+        before = pl->nheld;
+        k = sg_proxy_track_client(&pl->t, pl->held, pl->nheld, false);
+        SG_FUZZ_ASSERT(k <= before);
+        if (state == SG_TRACK_QUIT || state == SG_TRACK_WAIT_DATA) {
+            SG_FUZZ_ASSERT(k == 0 || pl->t.strict);
+        }
+        if (state == SG_TRACK_OFF) {
+            SG_FUZZ_ASSERT(pl->t.state == SG_TRACK_OFF
+                           && k == (pl->t.strict ? 0 : before));
+        }
+        if (pl->t.state == SG_TRACK_OFF) {
+            SG_FUZZ_ASSERT(pl->t.why != NULL || state == SG_TRACK_OFF);
+            /* strict: only the server ends it */
+            SG_FUZZ_ASSERT(!pl->t.strict || state == SG_TRACK_OFF);
+        }
+        if (pl->t.strict) {
+            sg_fuzz_shadow(pl, pl->held, k);
+        }
+        memmove(pl->held, pl->held + k, pl->nheld - k);
+        pl->nheld -= k;
+        pl->passed += k;
+        if (!pl->t.strict || !sg_proxy_track_owed(&pl->t)) {
+            return;
+        }
     }
-    if (state == SG_TRACK_OFF) {
-        SG_FUZZ_ASSERT(pl->t.state == SG_TRACK_OFF && k == before);
-    }
-    if (pl->t.state == SG_TRACK_OFF) {
-        SG_FUZZ_ASSERT(pl->t.why != NULL || state == SG_TRACK_OFF);
-    }
-    memmove(pl->held, pl->held + k, pl->nheld - k);
-    pl->nheld -= k;
-    pl->passed += k;
 }
 
 static void
@@ -69,6 +140,31 @@ sg_fuzz_server(sg_fuzz_play_t *pl, const u_char *p, size_t n)
     if (state == SG_TRACK_OFF) {
         SG_FUZZ_ASSERT(pl->t.state == SG_TRACK_OFF);
     }
+    if (pl->t.strict) {
+        sg_proxy_track_server(&pl->shadow, p, n);
+    }
+}
+
+/* Strict: the server, reading only what it got, must agree with the
+ * reader on every reply due -- and so on where each message ends -- as
+ * long as neither was ended by the server's replies (or the shadow by a
+ * line longer than a plain reader takes, which strict passes). */
+static void
+sg_fuzz_agree(sg_fuzz_play_t *pl)
+{
+    sg_proxy_track_t  *t = &pl->t, *sh = &pl->shadow;
+
+    if (!t->strict || t->state == SG_TRACK_OFF || sh->state == SG_TRACK_OFF) {
+        if (t->strict && sh->state == SG_TRACK_OFF
+            && t->state != SG_TRACK_OFF)
+        {
+            SG_FUZZ_ASSERT(strcmp(sh->why, "a command line too long") == 0
+                           || strcmp(sh->why, "QUIT with an argument") == 0);
+        }
+        return;
+    }
+    SG_FUZZ_ASSERT(t->pending == sh->pending);
+    SG_FUZZ_ASSERT(t->sent == sh->sent && t->end_at == sh->end_at);
 }
 
 /* After a server step the held client bytes may be free to go (the reply
@@ -91,7 +187,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     chunking = size && (data[0] & 0x80);
     sg_proxy_track_init(&a.t, false, chunking);
     sg_proxy_track_init(&b.t, false, chunking);
-    a.nheld = b.nheld = 0;
+    /* Its next bit: strict (proxy_strict). */
+    a.t.strict = b.t.strict = size && (data[0] & 0x40);
+    sg_proxy_track_init(&a.shadow, false, chunking);
+    sg_proxy_track_init(&b.shadow, false, chunking);
+    a.nheld = b.nheld = a.nsheld = b.nsheld = 0;
     a.passed = b.passed = 0;
 
     while (i < size) {
@@ -120,6 +220,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         SG_FUZZ_ASSERT(a.passed == b.passed);
         SG_FUZZ_ASSERT(a.nheld == b.nheld);
         SG_FUZZ_ASSERT(sg_proxy_track_done(&a.t) == sg_proxy_track_done(&b.t));
+        sg_fuzz_agree(&a);
+        sg_fuzz_agree(&b);
     }
     return 0;
 }

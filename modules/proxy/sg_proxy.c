@@ -94,6 +94,9 @@ typedef struct {
     unsigned            up_sessions; /* the backend connection's, this
                                         one included */
     unsigned            closing:1;  /* QUIT answered, 221 going out */
+    unsigned            bail:1;     /* closing after a reply of its own
+                                       (proxy_strict) */
+    unsigned            answered:1; /* a reply of its own is in ubuf */
     unsigned            keep:1;     /* keep the backend connection */
     unsigned            keepable:1; /* proxy_keepalive may keep it */
     unsigned            quit_up:1;  /* tell it QUIT before the close */
@@ -167,6 +170,8 @@ static const sg_command_t  sg_proxy_commands[] = {
       &sg_proxy_buffer_bounds },
     { "proxy_splice", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
       SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, splice), NULL },
+    { "proxy_strict", SG_SRV | SG_CONF_FLAG, sg_conf_set_flag_slot,
+      SG_MAIL_SRV_CONF_OFFSET, offsetof(sg_proxy_conf_t, strict), NULL },
     { "proxy_pass_error_message", SG_SRV | SG_CONF_FLAG,
       sg_conf_set_flag_slot, SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_proxy_conf_t, pass_error_message), NULL },
@@ -408,6 +413,7 @@ sg_proxy_create_conf(sg_conf_t *cf)
     pcf->xclient = SG_CONF_UNSET;
     pcf->buffer_size = SG_CONF_UNSET_SIZE;
     pcf->splice = SG_CONF_UNSET;
+    pcf->strict = SG_CONF_UNSET;
     pcf->pass_error_message = SG_CONF_UNSET;
     pcf->ssl = (unsigned) SG_CONF_UNSET;
     pcf->ssl_verify = SG_CONF_UNSET;
@@ -537,6 +543,7 @@ sg_proxy_merge_values(sg_conf_t *cf, sg_proxy_conf_t *prev,
     sg_conf_merge_value(conf->xclient, prev->xclient, 1);
     sg_conf_merge_size(conf->buffer_size, prev->buffer_size, 16384);
     sg_conf_merge_value(conf->splice, prev->splice, 0);
+    sg_conf_merge_value(conf->strict, prev->strict, 0);
     sg_conf_merge_value(conf->pass_error_message, prev->pass_error_message,
                         0);
     if (conf->ssl == (unsigned) SG_CONF_UNSET) {
@@ -1594,6 +1601,7 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
      * connection may be kept. */
     sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
                         (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
+    ctx->track.strict = ctx->conf->strict != 0;
     ctx->track.erred = mail->len && mail->data[0] != '2';
     ctx->keepable = ctx->conf->keepalive && !cl->auth
         && cl->proxy_protocol == 0
@@ -1645,7 +1653,8 @@ sg_proxy_read_until(sg_proxy_ctx_t *ctx)
     if (ctx->spliced) {
         return 0;
     }
-    if (!ctx->splice_tried && ctx->conf->splice && !sg_connection_tls(ctx->up)
+    if (!ctx->splice_tried && ctx->conf->splice && !ctx->track.strict
+        && !sg_connection_tls(ctx->up)
         && !sg_connection_tls(ctx->s->connection))
     {
         return SG_PROXY_SPLICE_AFTER + 1;
@@ -1724,6 +1733,106 @@ sg_proxy_pump(sg_connection_t *src, sg_connection_t *dst, sg_buf_t *b,
     }
 }
 
+/* proxy_strict: the replies the relay gives itself. */
+static const char *
+sg_proxy_strict_reply(sg_proxy_ctx_t *ctx, unsigned reply,
+    const char **why)
+{
+    sg_smtp_session_t  *s = ctx->s;
+
+    switch (reply) {
+    case SG_TRACK_R_AUTH:
+        *why = "AUTH after the login";
+        return s->login.len ? "503 5.5.1 Error: already authenticated"
+                            : "503 5.5.1 Error: authentication not enabled";
+    case SG_TRACK_R_STARTTLS:
+        *why = "STARTTLS after the login";
+        return s->tls ? "554 5.5.1 Error: TLS already active"
+                      : "503 5.5.1 Error: STARTTLS not allowed now";
+    case SG_TRACK_R_LONG:
+        *why = "a command line too long";
+        return "500 5.5.2 Error: line too long";
+    case SG_TRACK_R_BARE_CR:
+        *why = "a bare CR in a command line";
+        return "500 5.5.2 Error: bare CR in a command line";
+    case SG_TRACK_R_BDAT:
+        *why = "a BDAT command it cannot read, so no telling where its "
+               "chunk ends";
+        return "521 5.5.4 Error: invalid BDAT command, closing the "
+               "connection";
+    default:
+        *why = "a command that is not relayed";
+        return "502 5.5.2 Error: command not recognized";
+    }
+}
+
+/* proxy_strict: what the reader asks of the relay once the bytes it let
+ * pass are out -- a line end completed, bytes dropped, a reply of its
+ * own once every reply due has come.  SG_OK: done one; SG_DECLINED:
+ * none can be done now. */
+static ssize_t
+sg_proxy_owed(sg_proxy_ctx_t *ctx, sg_connection_t *dst, sg_buf_t *b)
+{
+    sg_proxy_track_t  *t = &ctx->track;
+    const char        *text, *why;
+    size_t             k, len;
+    ssize_t            n;
+
+    if (t->ins) {
+        if (!dst->write->ready) {
+            return SG_DECLINED;
+        }
+        n = dst->send(dst, &t->ins, 1);
+        if (n == SG_ERROR) {
+            return SG_ERROR;
+        }
+        if (n <= 0) {
+            return SG_DECLINED;
+        }
+        t->ins = 0;
+        return SG_OK;
+    }
+    if (t->drop) {
+        k = sg_min(t->drop, sg_buf_size(b));
+        if (k == 0) {
+            return SG_DECLINED;
+        }
+        b->pos += k;
+        t->drop -= k;
+        return SG_OK;
+    }
+    if (t->reply == SG_TRACK_R_NONE || t->pending != 0) {
+        return SG_DECLINED;
+    }
+    text = sg_proxy_strict_reply(ctx, t->reply, &why);
+    len = strlen(text);
+    if (sg_buf_take(&ctx->ubuf, ctx->conf->buffer_size) != SG_OK) {
+        return SG_ERROR;
+    }
+    if (sg_buf_free(&ctx->ubuf) < len + 2) {
+        sg_buf_compact(&ctx->ubuf);
+        if (sg_buf_free(&ctx->ubuf) < len + 2) {
+            return SG_DECLINED;     /* the client reads its replies first */
+        }
+    }
+    (void) sg_buf_append(&ctx->ubuf, (const u_char *) text, len);
+    (void) sg_buf_append(&ctx->ubuf, (const u_char *) "\r\n", 2);
+    sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "answered \"%.3s\" to %s "
+                 "(proxy_strict)", text, why);
+    ctx->answered = 1;
+    if (t->reply == SG_TRACK_R_BDAT) {
+        ctx->bail = 1;
+        ctx->closing = 1;
+        ctx->quit_up = 1;
+        ctx->keepable = 0;
+        sg_connection_last_words(ctx->s->connection);
+        sg_buf_reset(b);
+        ctx->fwd = 0;
+    }
+    t->reply = SG_TRACK_R_NONE;
+    return SG_OK;
+}
+
 /* Client to backend while the session is followed: only the bytes the
  * reader let pass go out; nothing is read after QUIT. */
 static int
@@ -1742,8 +1851,10 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
     }
 
     for ( ;; ) {
-        if (ctx->fwd < sg_buf_size(b) && t->state != SG_TRACK_QUIT) {
-            if (t->state == SG_TRACK_DATA && !ctx->keepable
+        if (ctx->fwd < sg_buf_size(b) && t->state != SG_TRACK_QUIT
+            && !sg_proxy_track_owed(t))
+        {
+            if (t->state == SG_TRACK_DATA && !ctx->keepable && !t->strict
                 && src->received > SG_PROXY_FOLLOW_MAX)
             {
                 t->state = SG_TRACK_OFF;        /* all passes from here */
@@ -1766,7 +1877,17 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
                 continue;
             }
         }
-        if (t->state == SG_TRACK_QUIT) {
+        if (ctx->fwd == 0 && sg_proxy_track_owed(t)) {
+            n = sg_proxy_owed(ctx, dst, b);
+            if (n == SG_ERROR) {
+                return SG_ERROR;
+            }
+            if (n == SG_OK) {
+                *moved = true;
+                continue;
+            }
+        }
+        if (t->state == SG_TRACK_QUIT || ctx->bail) {
             return SG_OK;
         }
         if (b->pos == b->last) {
@@ -1937,6 +2058,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
     }
     up_eof = ctx->up_eof;
     down_eof = ctx->down_eof;
+again:
     tracked = ctx->track.state != SG_TRACK_OFF;
     until = sg_proxy_read_until(ctx);
     /* Buffered bytes (the pending replies, what the client pipelined)
@@ -1948,6 +2070,13 @@ sg_proxy_relay_handler(sg_event_t *ev)
     if (rc == SG_OK && ctx->closing) {
         if (sg_buf_size(&ctx->ubuf)) {
             goto wait;
+        }
+        if (ctx->bail) {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "session closed after "
+                         "its last reply, backend connection told QUIT");
+            sg_smtp_set_end(s, SG_SMTP_END_ERROR);
+            sg_smtp_close_session(s);
+            return;
         }
         why = ctx->keepable ? sg_proxy_keep_refused(ctx) : NULL;
         if (why) {
@@ -1979,11 +2108,35 @@ sg_proxy_relay_handler(sg_event_t *ev)
             sg_proxy_relay_handler(ev);   /* the 221 goes out */
             return;
         }
+        if (rc == SG_OK && (ctx->answered || (ctx->track.strict
+                                                && ctx->track.state
+                                                   == SG_TRACK_OFF)))
+        {
+            ctx->answered = 0;            /* its own replies go out */
+            goto again;
+        }
+    } else if (rc == SG_OK && ctx->track.strict) {
+        /* The backend's replies can no longer be followed: what it said
+         * goes to the client, nothing more goes to it. */
+        if (ctx->track.why) {
+            sg_log_error(SG_LOG_WARN, s->log, 0, "backend %.*s: %s, so "
+                         "the session cannot be followed; it ends, as "
+                         "proxy_strict requires",
+                         SG_STR_ARG(&ctx->peer->name), ctx->track.why);
+            ctx->track.why = NULL;
+        }
+        if (sg_buf_size(&ctx->ubuf) == 0) {
+            sg_smtp_set_end(s, SG_SMTP_END_BACKEND_ERROR);
+            sg_smtp_close_session(s);
+            return;
+        }
     } else if (rc == SG_OK) {
         rc = sg_proxy_pump(down, ctx->up, &s->in, s->conf->client_buffer,
                            &down_eof, &moved, until, NULL);
     }
-    if (ctx->track.state == SG_TRACK_OFF && ctx->track.why) {
+    if (ctx->track.state == SG_TRACK_OFF && ctx->track.why
+        && !ctx->track.strict)
+    {
         if (ctx->keepable) {
             sg_log_debug(s->log, "the backend connection will not be "
                          "kept: %s", ctx->track.why);
@@ -2002,7 +2155,7 @@ sg_proxy_relay_handler(sg_event_t *ev)
      * and a pipe is filled and emptied only once its side's buffer is
      * empty.  (Waiting for both to be empty at one moment would leave a
      * fast sender in the buffers for most of its message.) */
-    if (rc == SG_OK && !ctx->splice_tried
+    if (rc == SG_OK && !ctx->splice_tried && !ctx->track.strict
         && down->received + ctx->up->received > SG_PROXY_SPLICE_AFTER
         && ctx->conf->splice && !sg_connection_tls(ctx->up)
         && !sg_connection_tls(down))

@@ -47,6 +47,7 @@ typedef struct {
     int           xclient;
     size_t        buffer_size;
     int           splice;
+    int           strict;         /* proxy_strict */
     int           pass_error_message;
     unsigned      ssl;
     int           ssl_verify;

@@ -105,9 +105,9 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
         return;
     }
     if (sg_proxy_track_verb(p, n, "QUIT")) {
-        if (n != 4) {
+        if (n != 4 && !t->strict) {
             /* RFC 5321 gives QUIT no argument: the server says what it
-             * makes of one. */
+             * makes of one (strict: it ends the session all the same). */
             sg_proxy_track_off(t, "QUIT with an argument");
             return;
         }
@@ -123,11 +123,19 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
     if (sg_proxy_track_verb(p, n, "BDAT")) {
         if (!t->chunking) {
             /* It would take the chunk for commands, unseen here. */
+            if (t->strict) {
+                t->reply = SG_TRACK_R_UNKNOWN;
+                return;
+            }
             sg_proxy_track_off(t, "BDAT to a server that does not offer "
                                "CHUNKING");
             return;
         }
         if (sg_proxy_track_bdat(p, n, &t->skip) != SG_OK) {
+            if (t->strict) {
+                t->reply = SG_TRACK_R_BDAT;
+                return;
+            }
             sg_proxy_track_off(t, "a BDAT command it cannot read");
             return;
         }
@@ -150,6 +158,12 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
             }
             return;
         }
+    }
+    if (t->strict) {
+        t->reply = sg_proxy_track_verb(p, n, "AUTH") ? SG_TRACK_R_AUTH
+                   : sg_proxy_track_verb(p, n, "STARTTLS")
+                     ? SG_TRACK_R_STARTTLS : SG_TRACK_R_UNKNOWN;
+        return;
     }
     sg_proxy_track_off(t, "a command other than those of RFC 5321");
 }
@@ -266,6 +280,11 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
             lf = memchr(p, '\n', (size_t) (end - p));
             cr = memchr(p, '\r', (size_t) ((lf ? lf : end) - p));
             if (cr == NULL) {
+                if (lf && t->strict) {
+                    t->ins = '\r';            /* the LF follows it */
+                    t->dstate = SG_TRACK_D_CR;
+                    return (size_t) (lf - s);
+                }
                 if (lf) {
                     sg_proxy_track_off(t, "a bare LF in the message");
                     return (size_t) (lf - s);
@@ -276,6 +295,11 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
             t->dstate = SG_TRACK_D_CR;
             break;
         case SG_TRACK_D_CR:
+            if (*p != '\n' && t->strict) {
+                t->ins = '\n';                /* the line ends there */
+                t->dstate = SG_TRACK_D_BOL;
+                return (size_t) (p - s);
+            }
             if (*p++ != '\n') {
                 sg_proxy_track_off(t, "a bare CR in the message");
                 return (size_t) (p - 1 - s);
@@ -292,6 +316,11 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
             }
             break;
         case SG_TRACK_D_DOT:
+            if (*p == '\n' && t->strict) {
+                t->ins = '\r';                /* "." CR LF: the end */
+                t->dstate = SG_TRACK_D_DOTCR;
+                return (size_t) (p - s);
+            }
             if (*p == '\r') {
                 t->dstate = SG_TRACK_D_DOTCR;
                 p++;
@@ -300,18 +329,59 @@ sg_proxy_track_data(sg_proxy_track_t *t, const u_char *p, size_t n)
             }
             break;
         case SG_TRACK_D_DOTCR:
-            if (*p != '\n') {
+            if (*p != '\n' && !t->strict) {
                 sg_proxy_track_off(t, "a bare CR in the message");
                 return (size_t) (p - s);
             }
-            p++;
+            if (*p != '\n') {
+                t->ins = '\n';                /* "." CR LF: the end */
+            } else {
+                p++;
+            }
             sg_proxy_track_sent(t);  /* the message's own reply */
             t->end_at = t->sent;
             t->state = SG_TRACK_CMD;
+            if (t->ins) {
+                return (size_t) (p - s);
+            }
             break;
         }
     }
     return (size_t) (p - s);
+}
+
+/* Strict: a command line refused here, [p, p + len) with its LF. */
+static size_t
+sg_proxy_track_refuse(sg_proxy_track_t *t, unsigned reply, size_t len)
+{
+    t->reply = reply;
+    t->drop = len;
+    return 0;
+}
+
+/* A command line waiting for its LF, [p, end): SG_OK to wait for more;
+ * otherwise it is too long: tracking ends, or (strict) it is answered
+ * and dropped through its LF. */
+static int
+sg_proxy_track_partial(sg_proxy_track_t *t, const u_char *p,
+    const u_char *end, bool first, bool full)
+{
+    size_t  max = t->strict ? SG_PROXY_TRACK_STRICT_LINE_MAX
+                            : SG_PROXY_TRACK_LINE_MAX;
+
+    /* The longest line may wait here whole, CR and all, for its LF: the
+     * same limit as for a complete one, however it is split.  A full
+     * buffer with bytes before the line frees them first (strict). */
+    if ((size_t) (end - p) <= max + 1 && !(full && (first || !t->strict))) {
+        return SG_OK;
+    }
+    if (!t->strict) {
+        sg_proxy_track_off(t, "a command line too long");
+        return SG_ERROR;
+    }
+    (void) sg_proxy_track_refuse(t, SG_TRACK_R_LONG, (size_t) (end - p));
+    t->state = SG_TRACK_SKIP;
+    return SG_ERROR;
 }
 
 size_t
@@ -319,12 +389,19 @@ sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p, size_t n,
     bool full)
 {
     const u_char  *s = p, *end = p + n, *lf, *cr;
-    size_t         k;
+    size_t         k, len, max;
 
     while (p < end) {
+        if (t->passlf) {
+            t->passlf = 0;                   /* after the CR inserted */
+            p++;
+            continue;
+        }
         switch (t->state) {
         case SG_TRACK_OFF:
-            return n;
+            /* strict: the server's replies cannot be followed, and the
+             * relay ends the session: nothing more passes */
+            return t->strict ? (size_t) (p - s) : n;
 
         case SG_TRACK_WAIT_DATA:
         case SG_TRACK_QUIT:
@@ -341,38 +418,78 @@ sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p, size_t n,
 
         case SG_TRACK_DATA:
             p += sg_proxy_track_data(t, p, (size_t) (end - p));
+            if (t->ins) {
+                return (size_t) (p - s);
+            }
             break;
 
+        case SG_TRACK_SKIP:
+            lf = memchr(p, '\n', (size_t) (end - p));
+            t->drop = (size_t) ((lf ? lf + 1 : end) - p);
+            if (lf) {
+                t->state = SG_TRACK_CMD;
+            }
+            return (size_t) (p - s);
+
         default: /* SG_TRACK_CMD */
+            if (t->strict && t->pending >= SG_PROXY_TRACK_PENDING_MAX) {
+                return (size_t) (p - s);     /* until replies come */
+            }
+            max = t->strict ? SG_PROXY_TRACK_STRICT_LINE_MAX
+                            : SG_PROXY_TRACK_LINE_MAX;
             lf = memchr(p, '\n', (size_t) (end - p));
             if (lf == NULL) {
-                /* the longest line may wait here whole, CR and all, for
-                 * its LF: the same limit as below, however it is split */
-                if (full || end - p > SG_PROXY_TRACK_LINE_MAX + 1) {
+                if (sg_proxy_track_partial(t, p, end, p == s, full)
+                    == SG_OK)
+                {
+                    return (size_t) (p - s);
+                }
+                return t->strict ? (size_t) (p - s) : n;
+            }
+            len = (size_t) (lf - p);
+            if (len > max + 1) {
+                if (!t->strict) {
                     sg_proxy_track_off(t, "a command line too long");
                     return n;
                 }
-                return (size_t) (p - s);
+                return (size_t) (p - s)
+                       + sg_proxy_track_refuse(t, SG_TRACK_R_LONG, len + 1);
             }
-            if (lf - p > SG_PROXY_TRACK_LINE_MAX + 1) {
-                sg_proxy_track_off(t, "a command line too long");
-                return n;
-            }
-            if (lf == p || lf[-1] != '\r') {
+            if (len && lf[-1] == '\r') {
+                len--;
+            } else if (!t->strict) {
                 sg_proxy_track_off(t, "a command line ending in a bare LF");
                 return n;
+            } else if (len > max) {
+                return (size_t) (p - s)
+                       + sg_proxy_track_refuse(t, SG_TRACK_R_LONG,
+                                               len + 1);
             }
-            cr = memchr(p, '\r', (size_t) (lf - 1 - p));
+            cr = memchr(p, '\r', len);
             if (cr) {
-                sg_proxy_track_off(t, "a bare CR in a command line");
-                return n;
+                if (!t->strict) {
+                    sg_proxy_track_off(t, "a bare CR in a command line");
+                    return n;
+                }
+                return (size_t) (p - s)
+                       + sg_proxy_track_refuse(t, SG_TRACK_R_BARE_CR,
+                                               (size_t) (lf + 1 - p));
             }
-            sg_proxy_track_command(t, p, (size_t) (lf - 1 - p));
+            sg_proxy_track_command(t, p, len);
+            if (t->reply) {
+                t->drop = (size_t) (lf + 1 - p);
+                return (size_t) (p - s);
+            }
             if (t->state == SG_TRACK_QUIT) {
                 return (size_t) (p - s);
             }
             if (t->state == SG_TRACK_OFF) {
                 return n;
+            }
+            if (lf == p || lf[-1] != '\r') {
+                t->ins = '\r';              /* strict: a bare LF */
+                t->passlf = 1;
+                return (size_t) (lf - s);
             }
             p = lf + 1;
             break;

@@ -18,6 +18,15 @@
  * of the session: the bytes still pass unchanged, and the backend
  * connection is closed at the end as without keepalive.  A server and
  * this reader can then never disagree on where a message ends.
+ *
+ * Strict (proxy_strict): the client cannot turn it off.  Every line end
+ * a client sends -- CR LF, a bare LF, a bare CR -- reaches the server as
+ * CR LF (the reader has the relay insert the missing byte), so the
+ * server sees only what the reader read, and a message ends where both
+ * say it does.  A command it would not follow is not passed at all:
+ * the relay answers it (once every earlier reply has come) and drops
+ * its line.  Only the server can still turn it off, and the relay then
+ * ends the session.
  */
 #ifndef SG_PROXY_TRACK_H
 #define SG_PROXY_TRACK_H
@@ -29,6 +38,10 @@
 #define SG_PROXY_TRACK_LINE_MAX  510
 /* More replies due than this (a flood of pipelined commands) too. */
 #define SG_PROXY_TRACK_PENDING_MAX  10000
+/* Strict: the longest command line answered by the server (MAIL and
+ * RCPT with DSN parameters, RFC 3461, grow past 512); a longer one is
+ * answered here.  Postfix's line_length_limit. */
+#define SG_PROXY_TRACK_STRICT_LINE_MAX  2046
 
 typedef enum {
     SG_TRACK_CMD = 0,        /* the server waits for a command */
@@ -36,8 +49,23 @@ typedef enum {
     SG_TRACK_DATA,           /* message text, until CRLF "." CRLF */
     SG_TRACK_CHUNK,          /* a BDAT chunk's octets */
     SG_TRACK_QUIT,           /* the client sent QUIT (not passed on) */
+    SG_TRACK_SKIP,           /* strict: a line too long, dropped up to
+                                and with its LF */
     SG_TRACK_OFF             /* not followed any more */
 } sg_proxy_track_state_e;
+
+/* Strict: the replies the relay gives itself, to lines it drops. */
+typedef enum {
+    SG_TRACK_R_NONE = 0,
+    SG_TRACK_R_UNKNOWN,      /* a verb it does not follow */
+    SG_TRACK_R_AUTH,         /* AUTH: the login is smtpgate's */
+    SG_TRACK_R_STARTTLS,     /* STARTTLS: TLS is smtpgate's */
+    SG_TRACK_R_LONG,         /* a line too long */
+    SG_TRACK_R_BARE_CR,      /* a bare CR in a command line */
+    SG_TRACK_R_BDAT          /* a BDAT it cannot read: the session ends,
+                                there is no telling where its chunk
+                                ends */
+} sg_proxy_track_reply_e;
 
 typedef struct {
     uint64_t     skip;       /* BDAT octets still to pass */
@@ -65,6 +93,17 @@ typedef struct {
                                 accepted: servers count those per
                                 connection (Postfix's error limits) */
     const char  *why;        /* why tracking stopped, for the log */
+
+    /* Strict only.  After the bytes sg_proxy_track_client() let pass
+     * the relay sends ins (when not 0), drops the next drop bytes, and
+     * once every reply due has come (pending 0) writes reply; the reader
+     * takes no more bytes until all three are done (ins and reply
+     * cleared by the relay, drop counted down). */
+    size_t       drop;
+    u_char       ins;        /* CR or LF, a line end completed */
+    unsigned     reply;      /* sg_proxy_track_reply_e */
+    unsigned     strict:1;
+    unsigned     passlf:1;   /* the next byte is the LF of a line read */
 } sg_proxy_track_t;
 
 /* mail: a MAIL was sent (and answered) before the relay began.
@@ -72,12 +111,18 @@ typedef struct {
  * a server that does not know BDAT reads the chunk as commands. */
 void sg_proxy_track_init(sg_proxy_track_t *t, bool mail, bool chunking);
 
+/* Whether the reader waits on the relay (strict): a byte to insert, bytes
+ * to drop, or a reply of its own to write. */
+#define sg_proxy_track_owed(t)                                              \
+    ((t)->ins != 0 || (t)->drop != 0 || (t)->reply != SG_TRACK_R_NONE)
+
 /*
  * Read client bytes [p, p + n).  Returns how many may be passed to the
  * server now; the rest waits: an incomplete command line, or everything
  * after a DATA until the server answered it.  full: no more bytes can
  * arrive before these move (the buffer is full), so an incomplete line
- * that fills it ends tracking.  After QUIT the state is SG_TRACK_QUIT,
+ * that fills it ends tracking (strict: is answered as too long).  After
+ * QUIT the state is SG_TRACK_QUIT,
  * the count excludes the QUIT line, and the caller drops the rest.  Once
  * off, every byte may pass.
  */

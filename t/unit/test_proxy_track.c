@@ -558,6 +558,295 @@ test_erred(void)
     CHECK(sg_proxy_track_done(&t) && t.erred);
 }
 
+/*
+ * Strict: play client bytes through the reader as the relay does --
+ * pass what it lets pass, insert the line end it completes, drop what it
+ * drops, and note each reply of its own once no reply is due -- a step
+ * at a time (0: all at once).  out gets what the server would read,
+ * replies the relay's own replies in order.
+ */
+typedef struct {
+    u_char    held[8192];
+    size_t    nheld;
+    char      out[8192];
+    size_t    nout;
+    unsigned  replies[16];
+    size_t    nreplies;
+} relay_t;
+
+static void
+relay_run(sg_proxy_track_t *t, relay_t *r)
+{
+    size_t  k;
+    bool    moved = true;
+
+    while (moved) {
+        moved = false;
+        if (!sg_proxy_track_owed(t) && r->nheld
+            && t->state != SG_TRACK_QUIT)
+        {
+            k = sg_proxy_track_client(t, r->held, r->nheld, false);
+            if (k) {
+                memcpy(r->out + r->nout, r->held, k);
+                r->nout += k;
+                memmove(r->held, r->held + k, r->nheld - k);
+                r->nheld -= k;
+                moved = true;
+            }
+        }
+        if (t->ins) {
+            r->out[r->nout++] = (char) t->ins;
+            t->ins = 0;
+            moved = true;
+        }
+        if (t->drop && r->nheld) {
+            k = sg_min(t->drop, r->nheld);
+            memmove(r->held, r->held + k, r->nheld - k);
+            r->nheld -= k;
+            t->drop -= k;
+            moved = true;
+        }
+        if (t->reply && t->pending == 0 && t->drop == 0) {
+            if (r->nreplies < sg_nelems(r->replies)) {
+                r->replies[r->nreplies++] = t->reply;
+            }
+            t->reply = SG_TRACK_R_NONE;
+            moved = true;
+        }
+    }
+}
+
+static void
+relay(sg_proxy_track_t *t, relay_t *r, const char *s, size_t n,
+    size_t step)
+{
+    size_t  i, k;
+
+    for (i = 0; i < n; i += k) {
+        k = step ? sg_min(step, n - i) : n;
+        memcpy(r->held + r->nheld, s + i, k);
+        r->nheld += k;
+        relay_run(t, r);
+    }
+}
+
+static void
+strict_init(sg_proxy_track_t *t, relay_t *r, bool chunking)
+{
+    sg_proxy_track_init(t, false, chunking);
+    t->strict = 1;
+    memset(r, 0, sizeof(*r));
+}
+
+/* Strict: every line end reaches the server as CR LF, and the message
+ * ends where the server (reading what was passed) says it does. */
+static void
+test_strict_line_ends(void)
+{
+    static const struct {
+        const char  *body;
+        const char  *out;         /* what the server reads */
+        int          state;       /* after it */
+    } cases[] = {
+        { "a\n.\r\nQUIT\r\n", "a\r\n.\r\n", SG_TRACK_QUIT },
+        { "a\r\n.\nQUIT\r\n", "a\r\n.\r\n", SG_TRACK_QUIT },
+        { "a\r.\r\nQUIT\r\n", "a\r\n.\r\n", SG_TRACK_QUIT },
+        { "a\r\n.\rQUIT\r\n", "a\r\n.\r\n", SG_TRACK_QUIT },
+        { "\n.\r\n", "\r\n.\r\n", SG_TRACK_CMD },
+        { ".\n", ".\r\n", SG_TRACK_CMD },
+        { "a\r\r\n.\r\n", "a\r\n\r\n.\r\n", SG_TRACK_CMD },
+        { "a\n\nb\r\n..\n.\n", "a\r\n\r\nb\r\n..\r\n.\r\n",
+          SG_TRACK_CMD },
+        { "a\n.x\n.\n", "a\r\n.x\r\n.\r\n", SG_TRACK_CMD },
+        { "\r\r\r.\r\r", "\r\n\r\n\r\n.\r\n", SG_TRACK_CMD },
+    };
+    sg_proxy_track_t  t, plain;
+    relay_t           r;
+    size_t            i, step, n;
+
+    for (i = 0; i < sg_nelems(cases); i++) {
+        for (step = 0; step < 2; step++) {
+            strict_init(&t, &r, true);
+            relay(&t, &r, LIT("DATA\r\n"), step);
+            server(&t, LIT("354 go\r\n"), step);
+            r.nout = 0;
+            n = strlen(cases[i].body);
+            relay(&t, &r, cases[i].body, n, step);
+            relay_run(&t, &r);
+            CHECK_INT(t.state, cases[i].state);
+            CHECK_UINT(t.pending, 1);
+            CHECK_UINT(r.nout, strlen(cases[i].out));
+            CHECK(r.nout == strlen(cases[i].out)
+                  && memcmp(r.out, cases[i].out, r.nout) == 0);
+            CHECK_UINT(r.nreplies, 0);
+            /* a reader that takes nothing but CR LF agrees on the end */
+            sg_proxy_track_init(&plain, false, true);
+            (void) client(&plain, LIT("DATA\r\n"), 0);
+            server(&plain, LIT("354 go\r\n"), 0);
+            CHECK_UINT(client(&plain, r.out, r.nout, 0), r.nout);
+            CHECK_INT(plain.state, SG_TRACK_CMD);
+            CHECK_UINT(plain.pending, 1);
+        }
+    }
+    /* long lines with every hazard, over the 16- and 64-byte steps */
+    for (i = 1; i < 150; i++) {
+        char  text[256];
+
+        memset(text, 'x', i);
+        memcpy(text + i, "\n.\n", 3);
+        for (step = 0; step < 2; step++) {
+            strict_init(&t, &r, true);
+            relay(&t, &r, LIT("DATA\r\n"), step);
+            server(&t, LIT("354 go\r\n"), step);
+            r.nout = 0;
+            relay(&t, &r, text, i + 3, step);
+            CHECK_INT(t.state, SG_TRACK_CMD);
+            CHECK_UINT(r.nout, i + 5);
+            CHECK(memcmp(r.out + i, "\r\n.\r\n", 5) == 0);
+        }
+    }
+}
+
+/* Strict: commands it would not follow are answered, in their turn,
+ * and never reach the server. */
+static void
+test_strict_commands(void)
+{
+    static const struct {
+        const char  *in;
+        const char  *out;
+        unsigned     reply;
+        int          state;
+    } cases[] = {
+        { "NOOP\n", "NOOP\r\n", 0, SG_TRACK_CMD },
+        { "AUTH PLAIN AAAA\r\n", "", SG_TRACK_R_AUTH, SG_TRACK_CMD },
+        { "STARTTLS\r\n", "", SG_TRACK_R_STARTTLS, SG_TRACK_CMD },
+        { "XCLIENT ADDR=1.2.3.4\r\n", "", SG_TRACK_R_UNKNOWN,
+          SG_TRACK_CMD },
+        { "ETRN x\r\n", "", SG_TRACK_R_UNKNOWN, SG_TRACK_CMD },
+        { "MAILFROM:<>\r\n", "", SG_TRACK_R_UNKNOWN, SG_TRACK_CMD },
+        { "\r\n", "", SG_TRACK_R_UNKNOWN, SG_TRACK_CMD },
+        { "\n", "", SG_TRACK_R_UNKNOWN, SG_TRACK_CMD },
+        { "NO\rOP\r\n", "", SG_TRACK_R_BARE_CR, SG_TRACK_CMD },
+        { "BDAT x\r\n", "", SG_TRACK_R_BDAT, SG_TRACK_CMD },
+        { "QUIT now\r\n", "", 0, SG_TRACK_QUIT },
+        { "QUIT\n", "", 0, SG_TRACK_QUIT },
+        { "DATA\n", "DATA\r\n", 0, SG_TRACK_WAIT_DATA },
+        { "BDAT 3\nabcNOOP\r\n", "BDAT 3\r\nabcNOOP\r\n", 0,
+          SG_TRACK_CMD },
+        { "BDAT 3\r\n\n\r\nNOOP\n", "BDAT 3\r\n\n\r\nNOOP\r\n", 0,
+          SG_TRACK_CMD },
+    };
+    sg_proxy_track_t  t;
+    relay_t           r;
+    size_t            i, step;
+
+    for (i = 0; i < sg_nelems(cases); i++) {
+        for (step = 0; step < 2; step++) {
+            strict_init(&t, &r, true);
+            relay(&t, &r, cases[i].in, strlen(cases[i].in), step);
+            CHECK_INT(t.state, cases[i].state);
+            CHECK_UINT(r.nout, strlen(cases[i].out));
+            CHECK(memcmp(r.out, cases[i].out, r.nout) == 0);
+            CHECK_UINT(r.nreplies, cases[i].reply != 0);
+            if (cases[i].reply) {
+                CHECK_UINT(r.replies[0], cases[i].reply);
+            }
+            CHECK(t.why == NULL);
+        }
+    }
+
+    /* BDAT to a server without CHUNKING: answered, not passed */
+    strict_init(&t, &r, false);
+    relay(&t, &r, LIT("BDAT 3 LAST\r\n"), 0);
+    CHECK_UINT(r.nout, 0);
+    CHECK_UINT(r.nreplies, 1);
+    CHECK_UINT(r.replies[0], SG_TRACK_R_UNKNOWN);
+
+    /* a reply of its own waits for those due before it */
+    for (step = 0; step < 2; step++) {
+        strict_init(&t, &r, true);
+        relay(&t, &r, LIT("MAIL FROM:<a@b>\r\nXYZ\r\nNOOP\r\n"), step);
+        CHECK_UINT(r.nout, 17);
+        CHECK_UINT(r.nreplies, 0);
+        CHECK_UINT(t.pending, 1);
+        server(&t, LIT("250 ok\r\n"), step);
+        relay_run(&t, &r);
+        CHECK_UINT(r.nreplies, 1);
+        CHECK_UINT(r.nout, 17 + 6);
+        CHECK(memcmp(r.out + 17, "NOOP\r\n", 6) == 0);
+        CHECK_UINT(t.pending, 1);
+    }
+}
+
+/* Strict: a line too long is answered once, dropped through its LF,
+ * however it comes; the next command passes. */
+static void
+test_strict_long_lines(void)
+{
+    static char       line[SG_PROXY_TRACK_STRICT_LINE_MAX + 64];
+    sg_proxy_track_t  t;
+    relay_t           r;
+    size_t            len, step;
+    const size_t      lens[] = {
+        SG_PROXY_TRACK_STRICT_LINE_MAX, SG_PROXY_TRACK_STRICT_LINE_MAX + 1,
+        SG_PROXY_TRACK_STRICT_LINE_MAX + 40
+    };
+    size_t            i;
+
+    for (i = 0; i < sg_nelems(lens); i++) {
+        len = lens[i];
+        memcpy(line, "RCPT TO:<", 9);
+        memset(line + 9, 'a', len - 9);
+        memcpy(line + len, "\r\nNOOP\r\n", 8);
+        for (step = 0; step < 2; step++) {
+            /* a step of 1000: the line comes in pieces */
+            strict_init(&t, &r, true);
+            relay(&t, &r, line, len + 8, step ? 1000 : 0);
+            if (len <= SG_PROXY_TRACK_STRICT_LINE_MAX) {
+                CHECK_UINT(r.nreplies, 0);
+                CHECK_UINT(r.nout, len + 8);
+                CHECK_UINT(t.pending, 2);
+            } else {
+                CHECK_UINT(r.nreplies, 1);
+                CHECK_UINT(r.replies[0], SG_TRACK_R_LONG);
+                CHECK_UINT(r.nout, 6);
+                CHECK(memcmp(r.out, "NOOP\r\n", 6) == 0);
+                CHECK_UINT(t.pending, 1);
+            }
+            CHECK_INT(t.state, SG_TRACK_CMD);
+        }
+    }
+    /* a full buffer holding only part of a line: too long too */
+    strict_init(&t, &r, true);
+    CHECK_UINT(sg_proxy_track_client(&t, (u_char *) "NOOP", 4, true), 0);
+    CHECK_UINT(t.reply, SG_TRACK_R_LONG);
+    CHECK_UINT(t.drop, 4);
+    CHECK_INT(t.state, SG_TRACK_SKIP);
+    /* ... unless what is before it may go first */
+    strict_init(&t, &r, true);
+    CHECK_UINT(sg_proxy_track_client(&t, (u_char *) "NOOP\r\nNO", 8, true),
+               6);
+    CHECK_UINT(t.reply, 0);
+}
+
+/* Strict: the server can still end it (the relay then ends the session),
+ * and then nothing of the client's passes. */
+static void
+test_strict_off(void)
+{
+    sg_proxy_track_t  t;
+    relay_t           r;
+
+    strict_init(&t, &r, true);
+    relay(&t, &r, LIT("NOOP\r\n"), 0);
+    server(&t, LIT("250 ok\r\n250 again\r\n"), 0);
+    CHECK_INT(t.state, SG_TRACK_OFF);
+    r.nout = 0;
+    relay(&t, &r, LIT("MAIL FROM:<a@b>\r\n"), 0);
+    CHECK_UINT(r.nout, 0);
+}
+
 int
 main(void)
 {
@@ -579,6 +868,10 @@ main(void)
     RUN(test_clean);
     RUN(test_greeted);
     RUN(test_erred);
+    RUN(test_strict_line_ends);
+    RUN(test_strict_commands);
+    RUN(test_strict_long_lines);
+    RUN(test_strict_off);
 
     return sg_test_finish();
 }
