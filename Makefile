@@ -14,7 +14,8 @@
 
 SHELL   := /bin/sh
 PYTHON  ?= /usr/bin/python3
-AUTO    := configure $(wildcard auto/*)
+# (A module directory's "module" file names the modules it defines.)
+AUTO    := configure $(wildcard auto/*) $(wildcard modules/*/module)
 
 ASAN_CONFIGURE := --builddir=objs-asan --with-sanitizers --with-debug
 FUZZ_CONFIGURE := --builddir=objs-fuzz --with-cc=clang --with-fuzzer

@@ -21,7 +21,9 @@
  * do not, its own replies wait for every reply due.  Then only the
  * server's replies may end it, and a plain reader of what the server
  * got (which takes nothing but CR LF line ends) must count the same
- * replies due and the same message ends.
+ * replies due and the same message ends.  Its 0x20 bit adds limits that
+ * refuse some MAILs and RCPTs, answered here with their transactions:
+ * the same must hold.
  */
 #include "sg_core.h"
 #include "sg_proxy_track.h"
@@ -40,6 +42,18 @@ typedef struct {
     u_char            sheld[SG_FUZZ_HELD_MAX];
     size_t            nsheld;
 } sg_fuzz_play_t;
+
+/* Strict with limits (the first byte's 0x20 bit): every third MAIL and
+ * every other RCPT is refused.  Both plays read the same commands in
+ * the same order, so they are refused alike. */
+static int
+sg_fuzz_step(void *data, unsigned what)
+{
+    unsigned  *asked = data;
+
+    asked[what]++;
+    return asked[what] % (what == 0 ? 3 : 2) == 0 ? SG_BUSY : SG_OK;
+}
 
 /* Strict: bytes the server gets, read by the shadow. */
 static void
@@ -78,7 +92,7 @@ sg_fuzz_owed(sg_fuzz_play_t *pl)
         t->drop -= k;
     }
     if (t->reply && t->drop == 0 && t->pending == 0) {
-        SG_FUZZ_ASSERT(t->reply <= SG_TRACK_R_BDAT);
+        SG_FUZZ_ASSERT(t->reply <= SG_TRACK_R_NO_MAIL);
         t->reply = SG_TRACK_R_NONE;
     }
 }
@@ -179,6 +193,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sg_fuzz_play_t  a, b;
+    static unsigned        asked_a[2], asked_b[2];
     size_t                 i = 0, n, j;
     bool                   client, chunking;
 
@@ -189,6 +204,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sg_proxy_track_init(&b.t, false, chunking);
     /* Its next bit: strict (proxy_strict). */
     a.t.strict = b.t.strict = size && (data[0] & 0x40);
+    if (size && (data[0] & 0x20)) {
+        memset(asked_a, 0, sizeof(asked_a));
+        memset(asked_b, 0, sizeof(asked_b));
+        a.t.step = b.t.step = sg_fuzz_step;
+        a.t.step_data = asked_a;
+        b.t.step_data = asked_b;
+    }
     sg_proxy_track_init(&a.shadow, false, chunking);
     sg_proxy_track_init(&b.shadow, false, chunking);
     a.nheld = b.nheld = a.nsheld = b.nsheld = 0;

@@ -1542,6 +1542,17 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
                                        + ctx->up->received));
 }
 
+/* The relay's reader met a MAIL (0) or RCPT (1): the session's limits
+ * say whether it passes. */
+static int
+sg_proxy_step(void *data, unsigned what)
+{
+    sg_proxy_ctx_t  *ctx = data;
+
+    return sg_smtp_step(ctx->s, what == 0 ? SG_SMTP_STEP_MAIL
+                                          : SG_SMTP_STEP_RCPT);
+}
+
 static void
 sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
 {
@@ -1601,7 +1612,13 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
      * connection may be kept. */
     sg_proxy_track_init(&ctx->track, ctx->replay_rcpt,
                         (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
-    ctx->track.strict = ctx->conf->strict != 0;
+    /* Limits on MAIL and RCPT hold only while every command is read:
+     * they make the relay strict. */
+    ctx->track.strict = ctx->conf->strict || s->conf->nstep_checks;
+    if (s->conf->nstep_checks) {
+        ctx->track.step = sg_proxy_step;
+        ctx->track.step_data = ctx;
+    }
     ctx->track.erred = mail->len && mail->data[0] != '2';
     ctx->keepable = ctx->conf->keepalive && !cl->auth
         && cl->proxy_protocol == 0
@@ -1760,8 +1777,17 @@ sg_proxy_strict_reply(sg_proxy_ctx_t *ctx, unsigned reply,
                "chunk ends";
         return "521 5.5.4 Error: invalid BDAT command, closing the "
                "connection";
+    case SG_TRACK_R_MAIL_LIMIT:
+        *why = "a MAIL over a limit";
+        return sg_smtp_step_refusal(SG_SMTP_STEP_MAIL);
+    case SG_TRACK_R_RCPT_LIMIT:
+        *why = "a RCPT over a limit";
+        return sg_smtp_step_refusal(SG_SMTP_STEP_RCPT);
+    case SG_TRACK_R_NO_MAIL:
+        *why = "a command of a transaction whose MAIL was refused";
+        return "503 5.5.1 Error: need MAIL command";
     default:
-        *why = "a command that is not relayed";
+        *why = "a command it does not relay";
         return "502 5.5.2 Error: command not recognized";
     }
 }
@@ -1817,8 +1843,8 @@ sg_proxy_owed(sg_proxy_ctx_t *ctx, sg_connection_t *dst, sg_buf_t *b)
     }
     (void) sg_buf_append(&ctx->ubuf, (const u_char *) text, len);
     (void) sg_buf_append(&ctx->ubuf, (const u_char *) "\r\n", 2);
-    sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "answered \"%.3s\" to %s "
-                 "(proxy_strict)", text, why);
+    sg_log_error(SG_LOG_INFO, ctx->s->log, 0, "answered \"%.3s\" to %s; it "
+                 "did not reach the backend", text, why);
     ctx->answered = 1;
     if (t->reply == SG_TRACK_R_BDAT) {
         ctx->bail = 1;

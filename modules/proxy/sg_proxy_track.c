@@ -90,6 +90,29 @@ sg_proxy_track_bdat(const u_char *p, size_t n, uint64_t *size)
     return SG_OK;
 }
 
+/* MAIL (0) or RCPT (1), strict: whether it passes, or is answered
+ * here (t->reply set). */
+static int
+sg_proxy_track_step(sg_proxy_track_t *t, unsigned what)
+{
+    if (what == 1 && t->mail_refused) {
+        t->reply = SG_TRACK_R_NO_MAIL;
+        return SG_DECLINED;
+    }
+    if (t->step == NULL || !t->strict
+        || t->step(t->step_data, what) == SG_OK)
+    {
+        return SG_OK;
+    }
+    if (what == 0) {
+        t->mail_refused = 1;
+        t->reply = SG_TRACK_R_MAIL_LIMIT;
+    } else {
+        t->reply = SG_TRACK_R_RCPT_LIMIT;
+    }
+    return SG_DECLINED;
+}
+
 /* One complete command line (without its CRLF). */
 static void
 sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
@@ -115,6 +138,10 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
         return;
     }
     if (sg_proxy_track_verb(p, n, "DATA")) {
+        if (t->mail_refused) {
+            t->reply = SG_TRACK_R_NO_MAIL;
+            return;
+        }
         sg_proxy_track_sent(t);
         t->data_due = 1;
         t->state = SG_TRACK_WAIT_DATA;
@@ -139,6 +166,12 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
             sg_proxy_track_off(t, "a BDAT command it cannot read");
             return;
         }
+        if (t->mail_refused) {
+            t->reply = SG_TRACK_R_NO_MAIL;       /* its chunk goes too */
+            t->drop_chunk = t->skip;
+            t->skip = 0;
+            return;
+        }
         sg_proxy_track_sent(t);
         if (n > 5 && (p[n - 1] == 'T' || p[n - 1] == 't')) {
             t->end_at = t->sent;            /* BDAT n LAST */
@@ -148,6 +181,12 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
     }
     for (i = 0; i < sg_nelems(one_reply); i++) {
         if (sg_proxy_track_verb(p, n, one_reply[i])) {
+            if (i <= 1 && sg_proxy_track_step(t, i) != SG_OK) {
+                return;                     /* answered here */
+            }
+            if (i == 0 || i == 2 || i == 4 || i == 5) {
+                t->mail_refused = 0;        /* MAIL, RSET, EHLO, HELO */
+            }
             sg_proxy_track_sent(t);
             if (i == 0) {
                 t->mail_at = t->sent;
@@ -477,7 +516,8 @@ sg_proxy_track_client(sg_proxy_track_t *t, const u_char *p, size_t n,
             }
             sg_proxy_track_command(t, p, len);
             if (t->reply) {
-                t->drop = (size_t) (lf + 1 - p);
+                t->drop = (size_t) (lf + 1 - p) + (size_t) t->drop_chunk;
+                t->drop_chunk = 0;
                 return (size_t) (p - s);
             }
             if (t->state == SG_TRACK_QUIT) {

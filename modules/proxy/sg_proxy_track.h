@@ -62,9 +62,13 @@ typedef enum {
     SG_TRACK_R_STARTTLS,     /* STARTTLS: TLS is smtpgate's */
     SG_TRACK_R_LONG,         /* a line too long */
     SG_TRACK_R_BARE_CR,      /* a bare CR in a command line */
-    SG_TRACK_R_BDAT          /* a BDAT it cannot read: the session ends,
+    SG_TRACK_R_BDAT,         /* a BDAT it cannot read: the session ends,
                                 there is no telling where its chunk
                                 ends */
+    SG_TRACK_R_MAIL_LIMIT,   /* a MAIL the step check refused */
+    SG_TRACK_R_RCPT_LIMIT,   /* a RCPT the step check refused */
+    SG_TRACK_R_NO_MAIL       /* RCPT, DATA or BDAT (its chunk dropped too)
+                                after a MAIL refused here */
 } sg_proxy_track_reply_e;
 
 typedef struct {
@@ -104,6 +108,13 @@ typedef struct {
     unsigned     reply;      /* sg_proxy_track_reply_e */
     unsigned     strict:1;
     unsigned     passlf:1;   /* the next byte is the LF of a line read */
+    unsigned     mail_refused:1;  /* the last MAIL was answered here */
+
+    /* Strict, when set: asked before a MAIL (0) or a RCPT (1) passes;
+     * not SG_OK refuses it here (SG_TRACK_R_MAIL_LIMIT, _RCPT_LIMIT). */
+    int        (*step)(void *data, unsigned what);
+    void        *step_data;
+    uint64_t     drop_chunk; /* a refused BDAT's chunk, dropped with it */
 } sg_proxy_track_t;
 
 /* mail: a MAIL was sent (and answered) before the relay began.

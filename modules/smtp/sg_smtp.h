@@ -205,6 +205,23 @@ typedef struct {
     void             *conf;
 } sg_smtp_check_t;
 
+/* The steps of a mail transaction that limits count (limit_message,
+ * limit_recipient). */
+#define SG_SMTP_STEP_MAIL  0
+#define SG_SMTP_STEP_RCPT  1
+
+/* Whether the session may take one more step: SG_OK (counted), or
+ * SG_BUSY, not now: the MAIL or RCPT is refused with
+ * sg_smtp_step_refusal() and never reaches a backend.  The check logs
+ * why. */
+typedef int (*sg_smtp_step_pt)(sg_smtp_session_t *s, unsigned step,
+    void *conf);
+
+typedef struct {
+    sg_smtp_step_pt   check;
+    void             *conf;
+} sg_smtp_step_t;
+
 typedef struct {
     sg_mail_conf_ctx_t            *ctx;
     sg_str_t                       file;      /* where the block is */
@@ -278,12 +295,24 @@ typedef struct {
      * into a temporary failure. */
     sg_smtp_check_t                login_checks[SG_SMTP_HOOKS_MAX];
     unsigned                       nlogin_checks;
+    /* Step checks (sg_smtp_add_step_check): asked by whoever takes a
+     * MAIL or a RCPT of the server's sessions (smtpgate itself, the
+     * spool, the relay, which then reads the session strictly). */
+    sg_smtp_step_t                 step_checks[SG_SMTP_HOOKS_MAX];
+    unsigned                       nstep_checks;
 } sg_smtp_srv_conf_t;
 
 int sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
     void *conf);
 int sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf,
     sg_smtp_check_pt check, void *conf);
+int sg_smtp_add_step_check(sg_smtp_srv_conf_t *sscf, sg_smtp_step_pt check,
+    void *conf);
+/* Ask the step checks of the session's server before a MAIL or RCPT is
+ * taken: SG_OK, or SG_BUSY (refuse it with sg_smtp_step_refusal()). */
+int sg_smtp_step(sg_smtp_session_t *s, unsigned step);
+/* The reply to a step refused (no CRLF). */
+const char *sg_smtp_step_refusal(unsigned step);
 
 /* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
  * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already
@@ -390,6 +419,8 @@ struct sg_smtp_session_s {
                                             that took the session to its
                                             backend being ready */
     uint64_t               messages;     /* accepted by the backend */
+    uint32_t               limited[2];   /* MAIL, RCPT refused by step
+                                            checks (SG_SMTP_STEP_*) */
     const sg_str_t        *upstream;     /* the relay's backend, the last
                                             tried ("192.0.2.9:25") */
 

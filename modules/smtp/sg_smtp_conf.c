@@ -238,6 +238,47 @@ sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
                           conf);
 }
 
+int
+sg_smtp_add_step_check(sg_smtp_srv_conf_t *sscf, sg_smtp_step_pt check,
+    void *conf)
+{
+    if (sscf->nstep_checks == SG_SMTP_HOOKS_MAX) {
+        return SG_ERROR;
+    }
+    sscf->step_checks[sscf->nstep_checks].check = check;
+    sscf->step_checks[sscf->nstep_checks].conf = conf;
+    sscf->nstep_checks++;
+    return SG_OK;
+}
+
+int
+sg_smtp_step(sg_smtp_session_t *s, unsigned step)
+{
+    sg_smtp_srv_conf_t  *sscf = s->conf;
+    unsigned             i;
+
+    for (i = 0; i < sscf->nstep_checks; i++) {
+        if (sscf->step_checks[i].check(s, step, sscf->step_checks[i].conf)
+            != SG_OK)
+        {
+            if (s->limited[step] < UINT32_MAX) {
+                s->limited[step]++;
+            }
+            return SG_BUSY;
+        }
+    }
+    return SG_OK;
+}
+
+const char *
+sg_smtp_step_refusal(unsigned step)
+{
+    return step == SG_SMTP_STEP_MAIL
+           ? "450 4.7.1 Error: message rate limit exceeded, try again later"
+           : "450 4.7.1 Error: recipient rate limit exceeded, try again "
+             "later";
+}
+
 /* Contexts. */
 
 static int

@@ -614,6 +614,10 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         if (sg_smtp_sasl(s) == NULL) {
             return SG_ERROR;
         }
+        if (sg_smtp_step(s, SG_SMTP_STEP_MAIL) != SG_OK) {
+            return sg_smtp_error(s, "%s",
+                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL));
+        }
         if (sg_smtp_keep_line(s, &s->sasl->mail_line, "MAIL", &cmd->args)
             != SG_OK)
         {

@@ -53,6 +53,7 @@ typedef struct {
 
     /* The transaction. */
     unsigned            has_mail:1;
+    unsigned            replaying:1;   /* a MAIL taken before, again */
     unsigned            bdat:1;        /* BDAT began it: no DATA now */
     unsigned            smtputf8:1;
     unsigned            eightbit:1;    /* BODY=8BITMIME */
@@ -596,6 +597,11 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
         return sg_smtp_error(s, "553 5.6.7 Non-ASCII address requires "
                              "SMTPUTF8");
     }
+    /* (A MAIL taken before the spool, and replayed, was counted then.) */
+    if (!ctx->replaying && sg_smtp_step(s, SG_SMTP_STEP_MAIL) != SG_OK) {
+        return sg_smtp_error(s, "%s",
+                             sg_smtp_step_refusal(SG_SMTP_STEP_MAIL));
+    }
     memcpy(ctx->from.data, path.addr.data, path.addr.len);
     ctx->from.len = path.addr.len;
     ctx->has_mail = 1;
@@ -662,6 +668,10 @@ sg_spool_rcpt(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     if (ctx->nrcpt >= (unsigned) ctx->conf->max_recipients) {
         /* Not an error of the client's: it sends the rest later. */
         return sg_smtp_reply(s, "452 4.5.3 Too many recipients");
+    }
+    if (sg_smtp_step(s, SG_SMTP_STEP_RCPT) != SG_OK) {
+        return sg_smtp_error(s, "%s",
+                             sg_smtp_step_refusal(SG_SMTP_STEP_RCPT));
     }
     if (sg_spool_add_rcpt(ctx, &path.addr) != SG_OK) {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");
@@ -1096,7 +1106,9 @@ sg_spool_replay(sg_spool_ctx_t *ctx)
     {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");
     }
+    ctx->replaying = 1;
     rc = sg_spool_mail(ctx, &cmd);
+    ctx->replaying = 0;
     if (rc == SG_ERROR || !ctx->has_mail) {
         return rc;
     }

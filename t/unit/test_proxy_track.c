@@ -847,6 +847,86 @@ test_strict_off(void)
     CHECK_UINT(r.nout, 0);
 }
 
+/* Strict with limits: the step check says no to MAILs and RCPTs past
+ * the first `allow` of each. */
+static unsigned  steps_allowed[2], steps_asked[2];
+
+static int
+step_check(void *data, unsigned what)
+{
+    (void) data;
+    return steps_asked[what]++ < steps_allowed[what] ? SG_OK : SG_BUSY;
+}
+
+static void
+test_strict_steps(void)
+{
+    sg_proxy_track_t  t;
+    relay_t           r;
+    size_t            step;
+    static const char  in[] =
+        "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\n"
+        "DATA\r\n";
+    static const char  in2[] =
+        "RSET\r\nMAIL FROM:<g@h>\r\nRCPT TO:<i@j>\r\nDATA\r\n"
+        "BDAT 6 LAST\r\nRCPT\r\nNOOP\r\nMAIL FROM:<k@l>\r\n";
+
+    for (step = 0; step < 2; step++) {
+        strict_init(&t, &r, true);
+        t.step = step_check;
+        steps_allowed[0] = 1;
+        steps_allowed[1] = 1;
+        steps_asked[0] = steps_asked[1] = 0;
+        /* the second RCPT is refused; DATA passes */
+        relay(&t, &r, LIT(in), step);
+        CHECK_UINT(r.nout, 32);
+        CHECK(memcmp(r.out, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", 32)
+              == 0);
+        CHECK_UINT(t.pending, 2);
+        server(&t, LIT("250 ok\r\n250 ok\r\n"), step);
+        relay_run(&t, &r);
+        CHECK_UINT(r.nreplies, 1);
+        CHECK_UINT(r.replies[0], SG_TRACK_R_RCPT_LIMIT);
+        CHECK_UINT(r.nout, 32 + 6);
+        CHECK_INT(t.state, SG_TRACK_WAIT_DATA);
+        server(&t, LIT("354 go\r\n"), step);
+        relay(&t, &r, LIT("x\r\n.\r\n"), step);
+        server(&t, LIT("250 queued\r\n"), step);
+        /* the next MAIL is refused, and its transaction with it: the
+         * BDAT's chunk ("RCPT\r") is dropped, not read as a command;
+         * a new MAIL is asked again */
+        r.nout = 0;
+        relay(&t, &r, LIT(in2), step);
+        relay_run(&t, &r);
+        CHECK_UINT(r.nout, 6);
+        CHECK_UINT(r.nreplies, 1);
+        server(&t, LIT("250 ok\r\n"), step);
+        relay_run(&t, &r);
+        CHECK_UINT(r.nout, 12);
+        CHECK(memcmp(r.out, "RSET\r\nNOOP\r\n", 12) == 0);
+        CHECK_UINT(r.nreplies, 5);
+        CHECK_UINT(r.replies[1], SG_TRACK_R_MAIL_LIMIT);
+        CHECK_UINT(r.replies[2], SG_TRACK_R_NO_MAIL);
+        CHECK_UINT(r.replies[3], SG_TRACK_R_NO_MAIL);
+        CHECK_UINT(r.replies[4], SG_TRACK_R_NO_MAIL);
+        server(&t, LIT("250 ok\r\n"), step);
+        relay_run(&t, &r);
+        CHECK_UINT(r.nreplies, 6);
+        CHECK_UINT(r.replies[5], SG_TRACK_R_MAIL_LIMIT);
+        CHECK_UINT(steps_asked[0], 3);
+        CHECK_UINT(steps_asked[1], 2);
+        CHECK_INT(t.state, SG_TRACK_CMD);
+        CHECK_UINT(t.pending, 0);
+    }
+    /* not strict: never asked */
+    sg_proxy_track_init(&t, false, true);
+    t.step = step_check;
+    steps_allowed[0] = 0;
+    steps_asked[0] = 0;
+    CHECK_UINT(client(&t, LIT("MAIL FROM:<a@b>\r\n"), 0), 17);
+    CHECK_UINT(steps_asked[0], 0);
+}
+
 int
 main(void)
 {
@@ -872,6 +952,7 @@ main(void)
     RUN(test_strict_commands);
     RUN(test_strict_long_lines);
     RUN(test_strict_off);
+    RUN(test_strict_steps);
 
     return sg_test_finish();
 }
