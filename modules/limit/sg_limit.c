@@ -36,7 +36,7 @@
  * turns the login into a temporary failure (454).
  */
 #include <signal.h>
-#include "sg_smtp.h"
+#include "sg_limit.h"
 
 #define SG_LIMIT_WINDOW  16
 /* Workers with a slot in a zone: those of a generation and those of
@@ -65,11 +65,9 @@ typedef struct {
 typedef struct sg_limit_held_s  sg_limit_held_t;
 
 typedef struct {
-    sg_str_t                  name;
+    sg_limit_zone_head_t      head;      /* name, where it is defined */
     sg_shm_zone_t            *zone;
     sg_smtp_complex_value_t  *key;
-    sg_str_t                  file;
-    size_t                    line;
     unsigned                  at;        /* 0: by its key, or at= */
     bool                      at_login;  /* counted as a login succeeds:
                                             a key of the login (set at
@@ -92,9 +90,7 @@ typedef struct {
     size_t            line;
 } sg_limit_rule_t;
 
-typedef struct {
-    sg_array_t   zones;              /* sg_limit_zone_t * */
-} sg_limit_main_conf_t;
+typedef sg_limit_zones_t  sg_limit_main_conf_t;   /* sg_limit_zone_t * */
 
 typedef struct {
     sg_array_t  *rules;              /* sg_limit_rule_t; NULL: not set */
@@ -116,7 +112,6 @@ static char *sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_limit_conn_directive(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
-static void *sg_limit_create_main_conf(sg_conf_t *cf);
 static void *sg_limit_create_srv_conf(sg_conf_t *cf);
 static char *sg_limit_merge_srv_conf(sg_conf_t *cf, void *prev,
     void *conf);
@@ -147,7 +142,7 @@ static const sg_command_t  sg_limit_commands[] = {
 };
 
 static const sg_mail_module_ctx_t  sg_limit_module_ctx = {
-    sg_limit_create_main_conf, NULL, sg_limit_create_srv_conf,
+    sg_limit_create_zones, NULL, sg_limit_create_srv_conf,
     sg_limit_merge_srv_conf, sg_limit_postconfiguration
 };
 
@@ -163,17 +158,108 @@ sg_module_t  sg_limit_module = {
 
 /* ---- configuration -------------------------------------------------- */
 
+void *
+sg_limit_find_zone(sg_limit_zones_t *lz, const sg_str_t *name)
+{
+    sg_limit_zone_head_t  **all = lz->zones.elts;
+    size_t                  i;
+
+    for (i = 0; i < lz->zones.nelts; i++) {
+        if (all[i]->name.len == name->len
+            && memcmp(all[i]->name.data, name->data, name->len) == 0)
+        {
+            return all[i];
+        }
+    }
+    return NULL;
+}
+
+void *
+sg_limit_add_zone(sg_conf_t *cf, sg_limit_zones_t *lz, const char *directive,
+    const sg_str_t *name, size_t size)
+{
+    sg_limit_zone_head_t  *z, **slot;
+
+    z = sg_limit_find_zone(lz, name);
+    if (z) {
+        (void) sg_conf_error(cf, 0, "%s \"%.*s\" is already defined at "
+                             "%.*s:%zu", directive, SG_STR_ARG(name),
+                             SG_STR_ARG(&z->file), z->line);
+        return NULL;
+    }
+    z = sg_pcalloc(cf->pool, size);
+    slot = sg_array_push(&lz->zones);
+    if (z == NULL || slot == NULL) {
+        return NULL;
+    }
+    z->name = *name;
+    z->file = cf->file->name;
+    z->line = sg_conf_line(cf);
+    *slot = z;
+    return z;
+}
+
+void
+sg_limit_table_init(sg_shm_zone_t *zone, void *old_data, size_t head,
+    size_t entry)
+{
+    uint32_t  n;
+
+    zone->data = zone->addr;
+    if (old_data == NULL) {
+        memset(zone->addr, 0, zone->size);
+        n = (uint32_t) ((zone->size - head) / entry);
+        memcpy(zone->addr, &n, sizeof(n));
+    }
+}
+
+char *
+sg_limit_parse_zone(sg_conf_t *cf, const sg_str_t *value, sg_str_t *name,
+    int64_t *size)
+{
+    sg_str_t  v = *value;
+    u_char   *colon;
+
+    if (v.len < 6 || memcmp(v.data, "zone=", 5) != 0
+        || (colon = memchr(v.data, ':', v.len)) == NULL
+        || colon == v.data + 5)
+    {
+        return sg_conf_invalid_value(cf, value, "zone=NAME:SIZE");
+    }
+    name->data = v.data + 5;
+    name->len = (size_t) (colon - name->data);
+    v.data = colon + 1;
+    v.len = (size_t) (value->data + value->len - v.data);
+    if (sg_parse_size(&v, size) != SG_OK || *size < 16384
+        || *size > 1024LL * 1024 * 1024)
+    {
+        return sg_conf_invalid_value(cf, value, "SIZE from 16k to 1g");
+    }
+    return SG_CONF_OK;
+}
+
+sg_smtp_complex_value_t *
+sg_limit_compile_key(sg_conf_t *cf, const char *directive,
+    const sg_str_t *zone, const sg_str_t *key, const char *use)
+{
+    sg_smtp_complex_value_t  *cv;
+
+    cv = sg_smtp_compile_complex_value(cf, key);
+    if (cv && sg_smtp_complex_value_is_static(cv)) {
+        (void) sg_conf_error(cf, 0, "%s \"%.*s\": the key \"%.*s\" has no "
+                             "variable, so every session would share one "
+                             "count: use %s", directive, SG_STR_ARG(zone),
+                             SG_STR_ARG(key), use);
+        return NULL;
+    }
+    return cv;
+}
+
 static int
 sg_limit_zone_init(sg_shm_zone_t *zone, void *old_data)
 {
-    sg_limit_table_t  *t = zone->addr;
-
-    zone->data = t;
-    if (old_data == NULL) {
-        memset(t, 0, zone->size);
-        t->nentries = (uint32_t) ((zone->size - sizeof(sg_limit_table_t))
-                                  / sizeof(sg_limit_entry_t));
-    }
+    sg_limit_table_init(zone, old_data, sizeof(sg_limit_table_t),
+                        sizeof(sg_limit_entry_t));
     return SG_OK;
 }
 
@@ -182,58 +268,26 @@ static char *
 sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_limit_main_conf_t  *lmcf = conf;
-    sg_limit_zone_t       *z, **slot, **all;
-    sg_str_t              *value = cf->args->elts, v, name;
-    u_char                *colon;
+    sg_limit_zone_t       *z;
+    sg_str_t              *value = cf->args->elts, name;
     int64_t                size;
-    size_t                 i;
+    char                  *rv;
 
     (void) cmd;
-    v = value[2];
-    if (v.len < 6 || memcmp(v.data, "zone=", 5) != 0
-        || (colon = memchr(v.data, ':', v.len)) == NULL
-        || colon == v.data + 5)
-    {
-        return sg_conf_invalid_value(cf, &value[2], "zone=NAME:SIZE");
+    rv = sg_limit_parse_zone(cf, &value[2], &name, &size);
+    if (rv != SG_CONF_OK) {
+        return rv;
     }
-    name.data = v.data + 5;
-    name.len = (size_t) (colon - name.data);
-    v.data = colon + 1;
-    v.len = (size_t) (value[2].data + value[2].len - v.data);
-    if (sg_parse_size(&v, &size) != SG_OK || size < 16384
-        || size > 1024LL * 1024 * 1024)
-    {
-        return sg_conf_invalid_value(cf, &value[2], "SIZE from 16k to 1g");
-    }
-    all = lmcf->zones.elts;
-    for (i = 0; i < lmcf->zones.nelts; i++) {
-        if (all[i]->name.len == name.len
-            && memcmp(all[i]->name.data, name.data, name.len) == 0)
-        {
-            return sg_conf_error(cf, 0, "limit_conn_zone \"%.*s\" is "
-                                 "already defined at %.*s:%zu",
-                                 SG_STR_ARG(&name), SG_STR_ARG(&all[i]->file),
-                                 all[i]->line);
-        }
-    }
-    z = sg_pcalloc(cf->pool, sizeof(sg_limit_zone_t));
-    slot = sg_array_push(&lmcf->zones);
-    if (z == NULL || slot == NULL) {
+    z = sg_limit_add_zone(cf, lmcf, "limit_conn_zone", &name,
+                          sizeof(sg_limit_zone_t));
+    if (z == NULL) {
         return SG_CONF_ERROR;
     }
-    z->name = name;
     z->slot = -1;
-    z->file = cf->file->name;
-    z->line = sg_conf_line(cf);
-    z->key = sg_smtp_compile_complex_value(cf, &value[1]);
+    z->key = sg_limit_compile_key(cf, "limit_conn_zone", &name, &value[1],
+                                  "$remote_addr");
     if (z->key == NULL) {
         return SG_CONF_ERROR;
-    }
-    if (sg_smtp_complex_value_is_static(z->key)) {
-        return sg_conf_error(cf, 0, "limit_conn_zone \"%.*s\": the key "
-                             "\"%.*s\" has no variable, so every session "
-                             "would share one count: use $remote_addr",
-                             SG_STR_ARG(&name), SG_STR_ARG(&value[1]));
     }
     if (cf->args->nelts == 4) {
         if (sg_str_eq(&value[3], "at=login")) {
@@ -250,7 +304,6 @@ sg_limit_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return SG_CONF_ERROR;
     }
     z->zone->init = sg_limit_zone_init;
-    *slot = z;
     return SG_CONF_OK;
 }
 
@@ -297,19 +350,18 @@ sg_limit_conn_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
     return SG_CONF_OK;
 }
 
-static void *
-sg_limit_create_main_conf(sg_conf_t *cf)
+void *
+sg_limit_create_zones(sg_conf_t *cf)
 {
-    sg_limit_main_conf_t  *lmcf;
+    sg_limit_zones_t  *lz;
 
-    lmcf = sg_pcalloc(cf->pool, sizeof(sg_limit_main_conf_t));
-    if (lmcf == NULL
-        || sg_array_init(&lmcf->zones, cf->pool, 2,
-                         sizeof(sg_limit_zone_t *)) != SG_OK)
+    lz = sg_pcalloc(cf->pool, sizeof(sg_limit_zones_t));
+    if (lz == NULL
+        || sg_array_init(&lz->zones, cf->pool, 2, sizeof(void *)) != SG_OK)
     {
         return NULL;
     }
-    return lmcf;
+    return lz;
 }
 
 static void *
@@ -331,9 +383,8 @@ sg_limit_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
 {
     sg_limit_srv_conf_t   *prev = parent, *conf = child;
     sg_limit_main_conf_t  *lmcf;
-    sg_limit_zone_t      **z;
     sg_limit_rule_t       *r;
-    size_t                 i, j;
+    size_t                 i;
 
     sg_conf_merge_value(conf->log_level, prev->log_level, SG_LOG_ERR);
     if (conf->rules == NULL) {
@@ -344,21 +395,12 @@ sg_limit_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     lmcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
                              sg_limit_module);
-    z = lmcf->zones.elts;
     r = conf->rules->elts;
     for (i = 0; i < conf->rules->nelts; i++) {
         if (r[i].zone) {
             continue;
         }
-        for (j = 0; j < lmcf->zones.nelts; j++) {
-            if (z[j]->name.len == r[i].zone_name.len
-                && memcmp(z[j]->name.data, r[i].zone_name.data,
-                          z[j]->name.len) == 0)
-            {
-                r[i].zone = z[j];
-                break;
-            }
-        }
+        r[i].zone = sg_limit_find_zone(lmcf, &r[i].zone_name);
         if (r[i].zone == NULL) {
             return sg_conf_error_at(cf, &r[i].file, r[i].line, "limit_conn: "
                                     "no limit_conn_zone \"%.*s\"",
@@ -409,8 +451,7 @@ sg_limit_postconfiguration(sg_conf_t *cf, void *conf)
 
 /* ---- counting ------------------------------------------------------- */
 
-/* Keyed: a client cannot choose a key that lands on another's entry. */
-static uint64_t
+uint64_t
 sg_limit_hash(const sg_str_t *key)
 {
     uint64_t  h = sg_keyed_hash(key->data, key->len);
@@ -484,7 +525,7 @@ sg_limit_reap_slot(sg_limit_zone_t *z, size_t i, sg_log_t *log)
     sg_log_error(SG_LOG_NOTICE, log, 0, "limit_conn_zone \"%.*s\": %u "
                  "session%s of worker %d, which exited without ending "
                  "them, no longer counted; the live workers count theirs "
-                 "again", SG_STR_ARG(&z->name), held, held == 1 ? "" : "s",
+                 "again", SG_STR_ARG(&z->head.name), held, held == 1 ? "" : "s",
                  (int) dead);
 }
 
@@ -619,7 +660,7 @@ sg_limit_count(sg_smtp_session_t *s, sg_limit_srv_conf_t *lscf,
             sg_log_error(lscf->log_level, s->log, 0, "limiting %s by "
                          "zone \"%.*s\", key \"%.*s\": %s (limit_conn "
                          "%u at %.*s:%zu)", at_login ? "logins" : "sessions",
-                         SG_STR_ARG(&z->name), SG_STR_ARG(&key), why,
+                         SG_STR_ARG(&z->head.name), SG_STR_ARG(&key), why,
                          r[i].max, SG_STR_ARG(&r[i].file), r[i].line);
             return SG_BUSY;
         }

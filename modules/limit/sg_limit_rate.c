@@ -22,7 +22,7 @@
  * smtpd_client_message_rate_limit counts.  One the limits refuse is not
  * counted.
  */
-#include "sg_smtp.h"
+#include "sg_limit.h"
 
 #define SG_RATE_PROBE   8
 #define SG_RATE_KINDS   2               /* messages, recipients */
@@ -43,7 +43,7 @@ typedef struct {
 } sg_rate_table_t;
 
 typedef struct {
-    sg_str_t                  name;
+    sg_limit_zone_head_t      head;      /* name, where it is defined */
     unsigned                  kind;      /* SG_SMTP_STEP_MAIL or _RCPT */
     sg_shm_zone_t            *zone;
     sg_smtp_complex_value_t  *key;
@@ -51,8 +51,6 @@ typedef struct {
     int64_t                   unit;      /* µs */
     int64_t                   interval;  /* µs between two at the rate */
     sg_str_t                  rate;      /* as written, for the log */
-    sg_str_t                  file;
-    size_t                    line;
     sg_msec_t                 full_logged;
 } sg_rate_zone_t;
 
@@ -64,9 +62,7 @@ typedef struct {
     size_t           line;
 } sg_rate_rule_t;
 
-typedef struct {
-    sg_array_t   zones;                  /* sg_rate_zone_t * */
-} sg_rate_main_conf_t;
+typedef sg_limit_zones_t  sg_rate_main_conf_t;    /* sg_rate_zone_t * */
 
 typedef struct {
     sg_array_t  *rules[SG_RATE_KINDS];   /* sg_rate_rule_t; NULL: none */
@@ -76,7 +72,6 @@ static char *sg_rate_zone_directive(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
 static char *sg_rate_rule_directive(sg_conf_t *cf, const sg_command_t *cmd,
     void *conf);
-static void *sg_rate_create_main_conf(sg_conf_t *cf);
 static void *sg_rate_create_srv_conf(sg_conf_t *cf);
 static char *sg_rate_merge_srv_conf(sg_conf_t *cf, void *prev, void *conf);
 static char *sg_rate_postconfiguration(sg_conf_t *cf, void *conf);
@@ -104,7 +99,7 @@ static const sg_command_t  sg_rate_commands[] = {
 };
 
 static const sg_mail_module_ctx_t  sg_rate_module_ctx = {
-    sg_rate_create_main_conf, NULL, sg_rate_create_srv_conf,
+    sg_limit_create_zones, NULL, sg_rate_create_srv_conf,
     sg_rate_merge_srv_conf, sg_rate_postconfiguration
 };
 
@@ -121,14 +116,8 @@ sg_module_t  sg_limit_rate_module = {
 static int
 sg_rate_zone_init(sg_shm_zone_t *zone, void *old_data)
 {
-    sg_rate_table_t  *t = zone->addr;
-
-    zone->data = t;
-    if (old_data == NULL) {
-        memset(t, 0, zone->size);
-        t->nentries = (uint32_t) ((zone->size - sizeof(sg_rate_table_t))
-                                  / sizeof(sg_rate_entry_t));
-    }
+    sg_limit_table_init(zone, old_data, sizeof(sg_rate_table_t),
+                        sizeof(sg_rate_entry_t));
     return SG_OK;
 }
 
@@ -182,62 +171,29 @@ static char *
 sg_rate_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 {
     sg_rate_main_conf_t  *rmcf = conf;
-    sg_rate_zone_t       *z, **slot, **all;
-    sg_str_t             *value = cf->args->elts, v, name;
-    u_char               *colon;
+    sg_rate_zone_t       *z;
+    sg_str_t             *value = cf->args->elts, name;
     int64_t               size;
-    size_t                i;
     char                 *rv;
 
-    v = value[2];
-    if (v.len < 6 || memcmp(v.data, "zone=", 5) != 0
-        || (colon = memchr(v.data, ':', v.len)) == NULL
-        || colon == v.data + 5)
-    {
-        return sg_conf_invalid_value(cf, &value[2], "zone=NAME:SIZE");
+    rv = sg_limit_parse_zone(cf, &value[2], &name, &size);
+    if (rv != SG_CONF_OK) {
+        return rv;
     }
-    name.data = v.data + 5;
-    name.len = (size_t) (colon - name.data);
-    v.data = colon + 1;
-    v.len = (size_t) (value[2].data + value[2].len - v.data);
-    if (sg_parse_size(&v, &size) != SG_OK || size < 16384
-        || size > 1024LL * 1024 * 1024)
-    {
-        return sg_conf_invalid_value(cf, &value[2], "SIZE from 16k to 1g");
-    }
-    all = rmcf->zones.elts;
-    for (i = 0; i < rmcf->zones.nelts; i++) {
-        if (all[i]->name.len == name.len
-            && memcmp(all[i]->name.data, name.data, name.len) == 0)
-        {
-            return sg_conf_error(cf, 0, "%s_zone \"%.*s\" is already "
-                                 "defined at %.*s:%zu", cmd->name,
-                                 SG_STR_ARG(&name), SG_STR_ARG(&all[i]->file),
-                                 all[i]->line);
-        }
-    }
-    z = sg_pcalloc(cf->pool, sizeof(sg_rate_zone_t));
-    slot = sg_array_push(&rmcf->zones);
-    if (z == NULL || slot == NULL) {
+    z = sg_limit_add_zone(cf, rmcf, cmd->name, &name,
+                          sizeof(sg_rate_zone_t));
+    if (z == NULL) {
         return SG_CONF_ERROR;
     }
-    z->name = name;
     z->kind = (unsigned) cmd->offset;
-    z->file = cf->file->name;
-    z->line = sg_conf_line(cf);
     rv = sg_rate_parse_rate(cf, &value[3], z);
     if (rv != SG_CONF_OK) {
         return rv;
     }
-    z->key = sg_smtp_compile_complex_value(cf, &value[1]);
+    z->key = sg_limit_compile_key(cf, cmd->name, &name, &value[1],
+                                  "$auth_user");
     if (z->key == NULL) {
         return SG_CONF_ERROR;
-    }
-    if (sg_smtp_complex_value_is_static(z->key)) {
-        return sg_conf_error(cf, 0, "%s \"%.*s\": the key \"%.*s\" has no "
-                             "variable, so every session would share one "
-                             "count: use $auth_user", cmd->name,
-                             SG_STR_ARG(&name), SG_STR_ARG(&value[1]));
     }
     /* The shared memory zone is known by its name alone: another kind of
      * zone of the same name is refused there. */
@@ -247,7 +203,6 @@ sg_rate_zone_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
         return SG_CONF_ERROR;
     }
     z->zone->init = sg_rate_zone_init;
-    *slot = z;
     return SG_CONF_OK;
 }
 
@@ -312,21 +267,6 @@ sg_rate_rule_directive(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
 }
 
 static void *
-sg_rate_create_main_conf(sg_conf_t *cf)
-{
-    sg_rate_main_conf_t  *rmcf;
-
-    rmcf = sg_pcalloc(cf->pool, sizeof(sg_rate_main_conf_t));
-    if (rmcf == NULL
-        || sg_array_init(&rmcf->zones, cf->pool, 2,
-                         sizeof(sg_rate_zone_t *)) != SG_OK)
-    {
-        return NULL;
-    }
-    return rmcf;
-}
-
-static void *
 sg_rate_create_srv_conf(sg_conf_t *cf)
 {
     return sg_pcalloc(cf->pool, sizeof(sg_rate_srv_conf_t));
@@ -341,14 +281,12 @@ sg_rate_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
 {
     sg_rate_srv_conf_t   *prev = parent, *conf = child;
     sg_rate_main_conf_t  *rmcf;
-    sg_rate_zone_t      **z;
     sg_rate_rule_t       *r;
-    size_t                i, j;
+    size_t                i;
     unsigned              k;
 
     rmcf = sg_mail_conf_main((sg_mail_conf_ctx_t *) cf->ctx,
                              sg_limit_rate_module);
-    z = rmcf->zones.elts;
     for (k = 0; k < SG_RATE_KINDS; k++) {
         if (conf->rules[k] == NULL) {
             conf->rules[k] = prev->rules[k];
@@ -361,15 +299,7 @@ sg_rate_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
             if (r[i].zone) {
                 continue;
             }
-            for (j = 0; j < rmcf->zones.nelts; j++) {
-                if (z[j]->name.len == r[i].zone_name.len
-                    && memcmp(z[j]->name.data, r[i].zone_name.data,
-                              z[j]->name.len) == 0)
-                {
-                    r[i].zone = z[j];
-                    break;
-                }
-            }
+            r[i].zone = sg_limit_find_zone(rmcf, &r[i].zone_name);
             if (r[i].zone == NULL) {
                 return sg_conf_error_at(cf, &r[i].file, r[i].line,
                                         "limit_%s: no limit_%s_zone "
@@ -385,8 +315,8 @@ sg_rate_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
                                         sg_rate_kind_names[k],
                                         SG_STR_ARG(&r[i].zone_name),
                                         sg_rate_kind_names[r[i].zone->kind],
-                                        SG_STR_ARG(&r[i].zone->file),
-                                        r[i].zone->line,
+                                        SG_STR_ARG(&r[i].zone->head.file),
+                                        r[i].zone->head.line,
                                         sg_rate_kind_names[r[i].zone->kind]);
             }
         }
@@ -414,14 +344,6 @@ sg_rate_postconfiguration(sg_conf_t *cf, void *conf)
 
 
 /* ---- counting ------------------------------------------------------- */
-
-static uint64_t
-sg_rate_hash(const sg_str_t *key)
-{
-    uint64_t  h = sg_keyed_hash(key->data, key->len);
-
-    return h ? h : 1;
-}
 
 /* The entry of key in its window; with take, a free one for it (or the
  * one nearest to free, *evicted set).  NULL: none.  Under the lock. */
@@ -502,8 +424,8 @@ sg_rate_take(sg_smtp_session_t *s, sg_rate_rule_t *r, uint64_t key,
                      "full: a key's count was forgotten to make room, so "
                      "it may send more than rate=%.*s; raise the zone's "
                      "size (%.*s:%zu)", sg_rate_kind_names[z->kind],
-                     SG_STR_ARG(&z->name), SG_STR_ARG(&z->rate),
-                     SG_STR_ARG(&z->file), z->line);
+                     SG_STR_ARG(&z->head.name), SG_STR_ARG(&z->rate),
+                     SG_STR_ARG(&z->head.file), z->head.line);
     }
 }
 
@@ -534,14 +456,14 @@ sg_rate_step(sg_smtp_session_t *s, unsigned step, void *conf)
         {
             continue;                   /* no key: not counted (nginx) */
         }
-        keys[i] = sg_rate_hash(&key);
+        keys[i] = sg_limit_hash(&key);
         wait = sg_rate_wait(&r[i], keys[i], now);
         if (wait) {
             sg_log_error(SG_LOG_WARN, s->log, 0, "limiting %ss by zone "
                          "\"%.*s\", key \"%.*s\": over rate=%.*s, "
                          "burst=%lld; the next in %lld s (limit_%s at "
                          "%.*s:%zu)", sg_rate_kind_names[step],
-                         SG_STR_ARG(&r[i].zone->name), SG_STR_ARG(&key),
+                         SG_STR_ARG(&r[i].zone->head.name), SG_STR_ARG(&key),
                          SG_STR_ARG(&r[i].zone->rate),
                          (long long) (r[i].burst ? r[i].burst
                                                  : r[i].zone->count),
