@@ -249,3 +249,38 @@ def test_refusals_are_counted(smtpgate, backend):
     (srv,) = [s for s in st["servers"] if s["name"] == "mx.test"]
     assert srv["rate_limited_messages"] == 2
     assert srv["rate_limited_recipients"] == 1
+
+
+def test_refusals_in_the_access_log(smtpgate, backend):
+    """$rate_limited_messages and $rate_limited_recipients give each
+    session's refusals to its access log line."""
+    import json
+    g = smtpgate(gatelib.conf(
+        backend=backend,
+        mail="    log_format lim escape=json '{\"user\":\"$auth_user\","
+             "\"m\":$rate_limited_messages,"
+             "\"r\":$rate_limited_recipients}';\n"
+             "    access_log logs/access.log lim flush=100ms;\n"
+             "    limit_message_zone $auth_user zone=m:1m rate=1/h;\n"
+             "    limit_recipient_zone $auth_user zone=r:1m rate=1/h;\n"
+             "    limit_message zone=m;\n    limit_recipient zone=r;\n"))
+    with _login(g) as c:
+        got = _send(c, 0, ["a@example.org", "b@example.org"])
+        assert [r.code for r in got] == [250, 250, 450, 354, 250]
+        assert c.cmd("MAIL FROM:<x@example.org>").code == 450
+        assert c.cmd("QUIT").code == 221
+    path = os.path.join(g.prefix, "logs", "access.log")
+
+    def line():
+        try:
+            with open(path) as f:
+                done = [l for l in f.read().splitlines(True)
+                        if l.endswith("\n")]
+        except FileNotFoundError:
+            return None
+        mine = [json.loads(l) for l in done
+                if json.loads(l)["user"] == "alice"]
+        return mine[0] if mine else None
+    from lib import net
+    assert net.wait_until(line, 10, what="the session's line") == \
+        {"user": "alice", "m": 1, "r": 1}

@@ -1048,6 +1048,13 @@ sg_smtp_var_messages(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
     return sg_smtp_var_number(s, value, s->messages);
 }
 
+/* $rate_limited_messages, $rate_limited_recipients: data is the step. */
+static int
+sg_smtp_var_limited(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
+{
+    return sg_smtp_var_number(s, value, s->limited[data]);
+}
+
 static int
 sg_smtp_var_upstream_addr(sg_smtp_session_t *s, sg_str_t *value,
     uintptr_t data)
@@ -1180,6 +1187,10 @@ static const struct {
     { "bytes_received", sg_smtp_var_bytes, 0, SG_SMTP_VAR_NOCACHE },
     { "bytes_sent", sg_smtp_var_bytes, 1, SG_SMTP_VAR_NOCACHE },
     { "messages", sg_smtp_var_messages, 0, SG_SMTP_VAR_NOCACHE },
+    { "rate_limited_messages", sg_smtp_var_limited, SG_SMTP_STEP_MAIL,
+      SG_SMTP_VAR_NOCACHE },
+    { "rate_limited_recipients", sg_smtp_var_limited, SG_SMTP_STEP_RCPT,
+      SG_SMTP_VAR_NOCACHE },
     { "upstream_addr", sg_smtp_var_upstream_addr, 0, SG_SMTP_VAR_NOCACHE },
     { "status", sg_smtp_var_status, 0, SG_SMTP_VAR_NOCACHE },
     { "session_time", sg_smtp_var_session_time, 0, SG_SMTP_VAR_NOCACHE },
