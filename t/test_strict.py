@@ -75,6 +75,30 @@ def test_bare_line_ends_reach_the_backend_as_crlf(smtpgate, backend):
     assert m.mail_from == "a@example.org"
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r", b"\r\n"],
+                         ids=["lf", "cr", "crlf"])
+def test_a_large_message_of_bare_line_ends(smtpgate, backend, ending):
+    """Four megabytes of lines of every length ending in a bare LF (or
+    CR): what the backend stores is the same text with CR LF, byte for
+    byte, whatever the buffers held at each moment."""
+    g = smtpgate(gatelib.conf(backend=backend, server=STRICT))
+    lines = [b"x" * (i % 997) + (b"." if i % 7 == 0 else b"")
+             for i in range(8000)]
+    body = b"".join(b"." + l if l.startswith(b".") else l
+                    for l in (l + ending for l in lines))
+    want = b"".join(l + b"\r\n" for l in lines)
+    with _relayed(g) as c:
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<b@example.org>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(body + b".\r\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    (m,) = backend.wait_messages(1)
+    assert len(m.content) == len(want)
+    assert m.content == want
+
+
 def test_commands_not_relayed_are_answered_here(smtpgate, backend):
     """Pipelined with commands the backend answers, each gets its reply
     in its turn; the backend never sees them, and the log names each

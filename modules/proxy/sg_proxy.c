@@ -87,6 +87,10 @@ typedef struct {
     sg_msec_t           started;
     sg_msec_t           attempt_started;    /* the try going on */
     sg_buf_t            ubuf;       /* backend -> client */
+    sg_buf_t            nbuf;       /* client -> backend, proxy_strict:
+                                       bytes passed with the line ends
+                                       the reader completed, ahead of
+                                       those still in s->in */
     sg_proxy_pipe_t     pipes[2];   /* 0: client -> backend, 1: back */
     sg_str_t            refusal;    /* the last attempt's, if a reply */
     sg_proxy_track_t    track;      /* the session as it passes */
@@ -1027,6 +1031,7 @@ sg_proxy_cleanup(void *data)
     }
     sg_smtp_client_close(&ctx->cl);
     sg_buf_give(&ctx->ubuf);
+    sg_buf_give(&ctx->nbuf);
 #if (SG_HAVE_UPSTREAM_MODULE)
     sg_proxy_unlist(ctx);
     if (ctx->picking) {
@@ -1793,31 +1798,17 @@ sg_proxy_strict_reply(sg_proxy_ctx_t *ctx, unsigned reply,
 }
 
 /* proxy_strict: what the reader asks of the relay once the bytes it let
- * pass are out -- a line end completed, bytes dropped, a reply of its
- * own once every reply due has come.  SG_OK: done one; SG_DECLINED:
- * none can be done now. */
+ * pass are on their way -- bytes dropped, a reply of its own once every
+ * reply due has come (a line end it completed is staged by
+ * sg_proxy_stage()).  SG_OK: done one; SG_DECLINED: none can be done
+ * now. */
 static ssize_t
-sg_proxy_owed(sg_proxy_ctx_t *ctx, sg_connection_t *dst, sg_buf_t *b)
+sg_proxy_owed(sg_proxy_ctx_t *ctx, sg_buf_t *b)
 {
     sg_proxy_track_t  *t = &ctx->track;
     const char        *text, *why;
     size_t             k, len;
-    ssize_t            n;
 
-    if (t->ins) {
-        if (!dst->write->ready) {
-            return SG_DECLINED;
-        }
-        n = dst->send(dst, &t->ins, 1);
-        if (n == SG_ERROR) {
-            return SG_ERROR;
-        }
-        if (n <= 0) {
-            return SG_DECLINED;
-        }
-        t->ins = 0;
-        return SG_OK;
-    }
     if (t->drop) {
         k = sg_min(t->drop, sg_buf_size(b));
         if (k == 0) {
@@ -1859,14 +1850,47 @@ sg_proxy_owed(sg_proxy_ctx_t *ctx, sg_connection_t *dst, sg_buf_t *b)
     return SG_OK;
 }
 
+/* proxy_strict: the bytes the reader let pass, and the line end it
+ * completed after them, copied into nbuf (behind what is there), so
+ * that a message of bare LFs goes out in the usual writes rather than
+ * in two per line.  Once nbuf holds bytes every byte passed goes
+ * through it, to keep the order.  true: some moved. */
+static bool
+sg_proxy_stage(sg_proxy_ctx_t *ctx, sg_buf_t *b, size_t size)
+{
+    sg_proxy_track_t  *t = &ctx->track;
+    sg_buf_t          *nb = &ctx->nbuf;
+    size_t             k;
+
+    if (sg_buf_take(nb, size) != SG_OK) {
+        return false;
+    }
+    if (sg_buf_free(nb) < ctx->fwd + (t->ins != 0)) {
+        sg_buf_compact(nb);
+    }
+    k = sg_min(ctx->fwd, sg_buf_free(nb));
+    memcpy(nb->last, b->pos, k);
+    nb->last += k;
+    b->pos += k;
+    ctx->fwd -= k;
+    if (ctx->fwd == 0 && t->ins && sg_buf_free(nb)) {
+        *nb->last++ = t->ins;
+        t->ins = 0;
+        return true;
+    }
+    return k != 0;
+}
+
 /* Client to backend while the session is followed: only the bytes the
- * reader let pass go out; nothing is read after QUIT. */
+ * reader let pass go out (strict: through nbuf where a line end was
+ * completed); nothing is read after QUIT. */
 static int
 sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
     sg_connection_t *dst, sg_buf_t *b, size_t size, unsigned *eof,
     bool *moved, uint64_t until)
 {
     sg_proxy_track_t  *t = &ctx->track;
+    sg_buf_t          *nb = &ctx->nbuf;
     ssize_t            n;
     bool               full;
 
@@ -1891,7 +1915,28 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
                                               sg_buf_size(b) - ctx->fwd,
                                               full);
         }
-        if (ctx->fwd && dst->write->ready) {
+        /* The reader read on until it needs a line end completed: the
+         * writes wait until it has read all it can. */
+        if ((t->ins || (ctx->fwd && sg_buf_size(nb)))
+            && sg_proxy_stage(ctx, b, size))
+        {
+            *moved = true;
+            continue;
+        }
+        if (sg_buf_size(nb) && dst->write->ready) {
+            n = dst->send(dst, nb->pos, sg_buf_size(nb));
+            if (n == SG_ERROR) {
+                return SG_ERROR;
+            }
+            if (n > 0) {
+                nb->pos += n;
+                if (nb->pos == nb->last) {
+                    sg_buf_give(nb);
+                }
+                *moved = true;
+                continue;
+            }
+        } else if (ctx->fwd && dst->write->ready && !sg_buf_size(nb)) {
             n = dst->send(dst, b->pos, ctx->fwd);
             if (n == SG_ERROR) {
                 return SG_ERROR;
@@ -1903,8 +1948,8 @@ sg_proxy_pump_tracked(sg_proxy_ctx_t *ctx, sg_connection_t *src,
                 continue;
             }
         }
-        if (ctx->fwd == 0 && sg_proxy_track_owed(t)) {
-            n = sg_proxy_owed(ctx, dst, b);
+        if (ctx->fwd == 0 && !t->ins && sg_proxy_track_owed(t)) {
+            n = sg_proxy_owed(ctx, b);
             if (n == SG_ERROR) {
                 return SG_ERROR;
             }
@@ -2173,7 +2218,7 @@ again:
         ctx->track.why = NULL;
     }
     up_empty = sg_buf_size(&ctx->ubuf) == 0;
-    down_empty = sg_buf_size(&s->in) == 0;
+    down_empty = sg_buf_size(&s->in) == 0 && sg_buf_size(&ctx->nbuf) == 0;
     /* A session of commands and small messages is cheaper through the
      * buffers than through two pipes; a large transfer switches to
      * splice(2) at once, and is no longer read.  What the buffers still
