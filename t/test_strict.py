@@ -207,3 +207,25 @@ def test_proxy_strict_takes_on_or_off(smtpgate, backend):
             if "proxy_strict" in l][0]
     assert f"{g.conf_path}:{line}:" in r.stderr, r.stderr
     assert '"proxy_strict"' in r.stderr, r.stderr
+
+
+def test_bare_line_ends_to_a_tls_backend(smtpgate, make_backend):
+    """The same normalising over TLS to the backend (proxy_ssl on): the
+    staged line ends go out through the TLS connection whole."""
+    from lib import pki as pkilib
+    if not pkilib.tls_built():
+        pytest.skip("built without the ssl module")
+    b = make_backend(tls="implicit")
+    g = smtpgate(gatelib.conf(proxy_pass=b.address,
+                              mail="    proxy_ssl on;\n", server=STRICT))
+    lines = [b"line %d " % i + b"y" * (i % 300) for i in range(3000)]
+    with _relayed(g) as c:
+        c.send(b"MAIL FROM:<a@example.org>\nRCPT TO:<b@example.org>\n"
+               b"DATA\n")
+        assert [r.code for r in c.replies(3)] == [250, 250, 354]
+        c.send(b"".join(l + b"\n" for l in lines) + b".\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    (m,) = b.wait_messages(1)
+    assert m.content == b"".join(l + b"\r\n" for l in lines)
+    g.wait_log(r"backend \S+ ready over TLS")
