@@ -47,9 +47,11 @@ typedef struct {
  * every other RCPT is refused.  Both plays read the same commands in
  * the same order, so they are refused alike. */
 static int
-sg_fuzz_step(void *data, unsigned what)
+sg_fuzz_step(void *data, unsigned what, const u_char *args, size_t n)
 {
     unsigned  *asked = data;
+
+    SG_FUZZ_ASSERT(n <= SG_PROXY_TRACK_STRICT_LINE_MAX && (n == 0 || args));
 
     asked[what]++;
     return asked[what] % (what == 0 ? 3 : 2) == 0 ? SG_BUSY : SG_OK;

@@ -6,6 +6,7 @@ sessions strictly, so that no bare LF or unknown command lets a client
 slip past the count.  Real clients (raw sockets) against aiosmtpd, and
 the spool."""
 
+import json
 import os
 import re
 import time
@@ -13,7 +14,9 @@ import time
 import pytest
 
 from lib import gate as gatelib
+from lib import net
 from lib.users import password
+from test_access_log import read_lines
 
 MAIL_LIMIT = "450 4.7.1 Error: message rate limit exceeded, try again later"
 RCPT_LIMIT = ("450 4.7.1 Error: recipient rate limit exceeded, try again "
@@ -220,9 +223,7 @@ def test_config_errors(smtpgate, backend, zones, rules, message):
 def test_refusals_are_counted(smtpgate, backend):
     """/metrics and /status count the MAILs and RCPTs the limits
     refused, per server."""
-    from lib import net
-    from test_status import curl, metrics, value
-    import json
+    from test_status import value, wait_counter
 
     g = smtpgate(gatelib.conf(
         backend=backend,
@@ -237,16 +238,9 @@ def test_refusals_are_counted(smtpgate, backend):
         assert c.cmd("MAIL FROM:<x@example.org>").code == 450
         assert c.cmd("MAIL FROM:<y@example.org>").code == 450
         assert c.cmd("QUIT").code == 221
-
-    def counted():
-        m = metrics(g)
-        return m if value(m, "smtpgate_rate_limited_messages_total",
-                          server="mx.test") == 2 else None
-    m = net.wait_until(counted, 10, what="the session counted")
+    m, srv = wait_counter(g, "smtpgate_rate_limited_messages_total", 2)
     assert value(m, "smtpgate_rate_limited_recipients_total",
                  server="mx.test") == 1
-    st = json.loads(curl(g, "/status"))
-    (srv,) = [s for s in st["servers"] if s["name"] == "mx.test"]
     assert srv["rate_limited_messages"] == 2
     assert srv["rate_limited_recipients"] == 1
 
@@ -254,7 +248,6 @@ def test_refusals_are_counted(smtpgate, backend):
 def test_refusals_in_the_access_log(smtpgate, backend):
     """$rate_limited_messages and $rate_limited_recipients give each
     session's refusals to its access log line."""
-    import json
     g = smtpgate(gatelib.conf(
         backend=backend,
         mail="    log_format lim escape=json '{\"user\":\"$auth_user\","
@@ -269,18 +262,10 @@ def test_refusals_in_the_access_log(smtpgate, backend):
         assert [r.code for r in got] == [250, 250, 450, 354, 250]
         assert c.cmd("MAIL FROM:<x@example.org>").code == 450
         assert c.cmd("QUIT").code == 221
-    path = os.path.join(g.prefix, "logs", "access.log")
 
     def line():
-        try:
-            with open(path) as f:
-                done = [l for l in f.read().splitlines(True)
-                        if l.endswith("\n")]
-        except FileNotFoundError:
-            return None
-        mine = [json.loads(l) for l in done
-                if json.loads(l)["user"] == "alice"]
+        mine = [json.loads(l) for l in read_lines(g, partial=True)
+                if '"user":"alice"' in l]
         return mine[0] if mine else None
-    from lib import net
     assert net.wait_until(line, 10, what="the session's line") == \
         {"user": "alice", "m": 1, "r": 1}

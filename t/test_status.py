@@ -63,6 +63,18 @@ def delta(before, after, name, **labels):
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+def wait_counter(g, name, n, server="mx.test"):
+    """Once the server's counter `name` in /metrics reads n: the scrape,
+    and the server's entry in /status."""
+    def counted():
+        m = metrics(g)
+        return m if value(m, name, server=server) == n else None
+    m = net.wait_until(counted, 10, what=f"{name} at {n}")
+    (srv,) = [s for s in json.loads(curl(g, "/status"))["servers"]
+              if s["name"] == server]
+    return m, srv
+
+
 def listen(g):
     return f"127.0.0.1:{g.port}"
 

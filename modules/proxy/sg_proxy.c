@@ -1547,15 +1547,18 @@ sg_proxy_splice_init(sg_proxy_ctx_t *ctx)
                                        + ctx->up->received));
 }
 
-/* The relay's reader met a MAIL (0) or RCPT (1): the session's limits
- * say whether it passes. */
+/* The relay's reader met a MAIL (0) or RCPT (1) with args: the
+ * session's checks say whether it passes. */
 static int
-sg_proxy_step(void *data, unsigned what)
+sg_proxy_step(void *data, unsigned what, const u_char *args, size_t n)
 {
     sg_proxy_ctx_t  *ctx = data;
+    sg_str_t         a;
 
+    a.data = (u_char *) args;
+    a.len = n;
     return sg_smtp_step(ctx->s, what == 0 ? SG_SMTP_STEP_MAIL
-                                          : SG_SMTP_STEP_RCPT);
+                                          : SG_SMTP_STEP_RCPT, &a);
 }
 
 static void
@@ -1619,8 +1622,8 @@ sg_proxy_relay_start(sg_proxy_ctx_t *ctx)
                         (cl->ehlo.caps & SG_SMTP_EXT_CHUNKING) != 0);
     /* Limits on MAIL and RCPT hold only while every command is read:
      * they make the relay strict. */
-    ctx->track.strict = ctx->conf->strict || s->conf->nstep_checks;
-    if (s->conf->nstep_checks) {
+    ctx->track.strict = ctx->conf->strict || sg_smtp_steps_checked(s->conf);
+    if (sg_smtp_steps_checked(s->conf)) {
         ctx->track.step = sg_proxy_step;
         ctx->track.step_data = ctx;
     }
@@ -1782,12 +1785,15 @@ sg_proxy_strict_reply(sg_proxy_ctx_t *ctx, unsigned reply,
                "chunk ends";
         return "521 5.5.4 Error: invalid BDAT command, closing the "
                "connection";
-    case SG_TRACK_R_MAIL_LIMIT:
-        *why = "a MAIL over a limit";
-        return sg_smtp_step_refusal(SG_SMTP_STEP_MAIL);
-    case SG_TRACK_R_RCPT_LIMIT:
+    case SG_TRACK_R_MAIL_REFUSED:
+        *why = ctx->track.step_rc == SG_BUSY ? "a MAIL over a limit"
+               : ctx->track.step_rc == SG_DECLINED
+                 ? "a MAIL whose sender is not allowed"
+                 : "a MAIL whose sender cannot be read";
+        return sg_smtp_step_refusal(SG_SMTP_STEP_MAIL, ctx->track.step_rc);
+    case SG_TRACK_R_RCPT_REFUSED:
         *why = "a RCPT over a limit";
-        return sg_smtp_step_refusal(SG_SMTP_STEP_RCPT);
+        return sg_smtp_step_refusal(SG_SMTP_STEP_RCPT, ctx->track.step_rc);
     case SG_TRACK_R_NO_MAIL:
         *why = "a command of a transaction whose MAIL was refused";
         return "503 5.5.1 Error: need MAIL command";

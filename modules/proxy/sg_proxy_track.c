@@ -90,25 +90,29 @@ sg_proxy_track_bdat(const u_char *p, size_t n, uint64_t *size)
     return SG_OK;
 }
 
-/* MAIL (0) or RCPT (1), strict: whether it passes, or is answered
- * here (t->reply set). */
+/* MAIL (0) or RCPT (1), the line [p, p + n), strict: whether it
+ * passes, or is answered here (t->reply set). */
 static int
-sg_proxy_track_step(sg_proxy_track_t *t, unsigned what)
+sg_proxy_track_step(sg_proxy_track_t *t, unsigned what, const u_char *p,
+    size_t n)
 {
     if (what == 1 && t->mail_refused) {
         t->reply = SG_TRACK_R_NO_MAIL;
         return SG_DECLINED;
     }
-    if (t->step == NULL || !t->strict
-        || t->step(t->step_data, what) == SG_OK)
-    {
+    if (t->step == NULL || !t->strict) {
+        return SG_OK;
+    }
+    t->step_rc = t->step(t->step_data, what, p + sg_min(n, 5),
+                         n - sg_min(n, 5));
+    if (t->step_rc == SG_OK) {
         return SG_OK;
     }
     if (what == 0) {
         t->mail_refused = 1;
-        t->reply = SG_TRACK_R_MAIL_LIMIT;
+        t->reply = SG_TRACK_R_MAIL_REFUSED;
     } else {
-        t->reply = SG_TRACK_R_RCPT_LIMIT;
+        t->reply = SG_TRACK_R_RCPT_REFUSED;
     }
     return SG_DECLINED;
 }
@@ -181,7 +185,7 @@ sg_proxy_track_command(sg_proxy_track_t *t, const u_char *p, size_t n)
     }
     for (i = 0; i < sg_nelems(one_reply); i++) {
         if (sg_proxy_track_verb(p, n, one_reply[i])) {
-            if (i <= 1 && sg_proxy_track_step(t, i) != SG_OK) {
+            if (i <= 1 && sg_proxy_track_step(t, i, p, n) != SG_OK) {
                 return;                     /* answered here */
             }
             if (i == 0 || i == 2 || i == 4 || i == 5) {

@@ -65,8 +65,8 @@ typedef enum {
     SG_TRACK_R_BDAT,         /* a BDAT it cannot read: the session ends,
                                 there is no telling where its chunk
                                 ends */
-    SG_TRACK_R_MAIL_LIMIT,   /* a MAIL the step check refused */
-    SG_TRACK_R_RCPT_LIMIT,   /* a RCPT the step check refused */
+    SG_TRACK_R_MAIL_REFUSED, /* a MAIL the step check refused */
+    SG_TRACK_R_RCPT_REFUSED, /* a RCPT the step check refused */
     SG_TRACK_R_NO_MAIL       /* RCPT, DATA or BDAT (its chunk dropped too)
                                 after a MAIL refused here */
 } sg_proxy_track_reply_e;
@@ -110,10 +110,14 @@ typedef struct {
     unsigned     passlf:1;   /* the next byte is the LF of a line read */
     unsigned     mail_refused:1;  /* the last MAIL was answered here */
 
-    /* Strict, when set: asked before a MAIL (0) or a RCPT (1) passes;
-     * not SG_OK refuses it here (SG_TRACK_R_MAIL_LIMIT, _RCPT_LIMIT). */
-    int        (*step)(void *data, unsigned what);
+    /* Strict, when set: asked before a MAIL (0) or a RCPT (1) passes,
+     * with what follows the verb and its space; not SG_OK refuses it
+     * here (SG_TRACK_R_MAIL_REFUSED, _RCPT_REFUSED), step_rc saying
+     * what it said. */
+    int        (*step)(void *data, unsigned what, const u_char *args,
+                       size_t n);
     void        *step_data;
+    int          step_rc;
     uint64_t     drop_chunk; /* a refused BDAT's chunk, dropped with it */
 } sg_proxy_track_t;
 

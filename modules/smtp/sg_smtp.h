@@ -213,7 +213,7 @@ typedef struct {
 /* Whether the session may take one more step: SG_OK (counted), or
  * SG_BUSY, not now: the MAIL or RCPT is refused with
  * sg_smtp_step_refusal() and never reaches a backend.  The check logs
- * why. */
+ * why.  At a MAIL, s->mail_from holds its sender. */
 typedef int (*sg_smtp_step_pt)(sg_smtp_session_t *s, unsigned step,
     void *conf);
 
@@ -300,6 +300,11 @@ typedef struct {
      * spool, the relay, which then reads the session strictly). */
     sg_smtp_step_t                 step_checks[SG_SMTP_HOOKS_MAX];
     unsigned                       nstep_checks;
+    /* smtp_sender_allow: a MAIL is taken only when this is neither
+     * empty nor "0"; NULL: any sender. */
+    struct sg_smtp_complex_value_s  *sender_allow;
+    sg_str_t                       sender_allow_file;
+    size_t                         sender_allow_line;
 } sg_smtp_srv_conf_t;
 
 int sg_smtp_add_check(sg_smtp_srv_conf_t *sscf, sg_smtp_check_pt check,
@@ -308,11 +313,18 @@ int sg_smtp_add_login_check(sg_smtp_srv_conf_t *sscf,
     sg_smtp_check_pt check, void *conf);
 int sg_smtp_add_step_check(sg_smtp_srv_conf_t *sscf, sg_smtp_step_pt check,
     void *conf);
-/* Ask the step checks of the session's server before a MAIL or RCPT is
- * taken: SG_OK, or SG_BUSY (refuse it with sg_smtp_step_refusal()). */
-int sg_smtp_step(sg_smtp_session_t *s, unsigned step);
+/* Whether a MAIL or RCPT of the server's sessions is checked (a step
+ * check or smtp_sender_allow): the relay then reads them strictly. */
+#define sg_smtp_steps_checked(sscf)                                         \
+    ((sscf)->nstep_checks != 0 || (sscf)->sender_allow != NULL)
+/* Ask the server's checks before a MAIL or RCPT (args: what follows the
+ * verb and its space) is taken: SG_OK; or refuse it with
+ * sg_smtp_step_refusal() for SG_ERROR (a MAIL whose sender cannot be
+ * read, when checks need it), SG_DECLINED (smtp_sender_allow says no)
+ * or SG_BUSY (over a limit). */
+int sg_smtp_step(sg_smtp_session_t *s, unsigned step, const sg_str_t *args);
 /* The reply to a step refused (no CRLF). */
-const char *sg_smtp_step_refusal(unsigned step);
+const char *sg_smtp_step_refusal(unsigned step, int rc);
 
 /* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
  * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already
@@ -421,6 +433,9 @@ struct sg_smtp_session_s {
     uint64_t               messages;     /* accepted by the backend */
     uint32_t               limited[2];   /* MAIL, RCPT refused by step
                                             checks (SG_SMTP_STEP_*) */
+    uint32_t               senders_refused;  /* by smtp_sender_allow */
+    sg_str_t               mail_from;    /* the last MAIL's sender, as
+                                            checked ($mail_from) */
     const sg_str_t        *upstream;     /* the relay's backend, the last
                                             tried ("192.0.2.9:25") */
 

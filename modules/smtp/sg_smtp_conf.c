@@ -60,6 +60,8 @@ static char *sg_smtp_server_name(sg_conf_t *cf, const sg_command_t *cmd,
 static void *sg_smtp_create_main_conf(sg_conf_t *cf);
 static void *sg_smtp_create_srv_conf(sg_conf_t *cf);
 static char *sg_smtp_merge_srv_conf(sg_conf_t *cf, void *prev, void *conf);
+static char *sg_smtp_sender_allow(sg_conf_t *cf, const sg_command_t *cmd,
+    void *conf);
 static char *sg_smtp_postconfiguration(sg_conf_t *cf, void *conf);
 
 static const sg_command_t  sg_mail_commands[] = {
@@ -134,6 +136,8 @@ static const sg_command_t  sg_smtp_commands[] = {
       SG_MAIL_SRV_CONF_OFFSET,
       offsetof(sg_smtp_srv_conf_t, auth_require_tls), NULL },
     { "smtp_capabilities", SG_SRV | SG_CONF_1MORE, sg_smtp_capabilities,
+      SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
+    { "smtp_sender_allow", SG_SRV | SG_CONF_TAKE1, sg_smtp_sender_allow,
       SG_MAIL_SRV_CONF_OFFSET, 0, NULL },
     /* nginx mail directives for what smtpgate does not do: read, so
      * that an nginx mail block carries over, and without effect
@@ -251,12 +255,88 @@ sg_smtp_add_step_check(sg_smtp_srv_conf_t *sscf, sg_smtp_step_pt check,
     return SG_OK;
 }
 
+/* smtp_sender_allow VALUE; */
+static char *
+sg_smtp_sender_allow(sg_conf_t *cf, const sg_command_t *cmd, void *conf)
+{
+    sg_smtp_srv_conf_t  *sscf = conf;
+    sg_str_t            *value = cf->args->elts;
+
+    (void) cmd;
+    if (sscf->sender_allow) {
+        return sg_conf_duplicate(cf);
+    }
+    sscf->sender_allow = sg_smtp_compile_complex_value(cf, &value[1]);
+    if (sscf->sender_allow == NULL) {
+        return SG_CONF_ERROR;
+    }
+    if (sg_smtp_complex_value_is_static(sscf->sender_allow)) {
+        return sg_conf_error(cf, 0, "smtp_sender_allow \"%.*s\" has no "
+                             "variable, so it would say the same of every "
+                             "sender: use a map of $auth_user and "
+                             "$mail_from", SG_STR_ARG(&value[1]));
+    }
+    sscf->sender_allow_file = cf->file->name;
+    sscf->sender_allow_line = sg_conf_line(cf);
+    return SG_CONF_OK;
+}
+
+/* A MAIL's sender into s->mail_from (its buffer made once per
+ * session): SG_OK, or SG_ERROR when it cannot be read. */
+static int
+sg_smtp_step_sender(sg_smtp_session_t *s, const sg_str_t *args)
+{
+    sg_smtp_path_t  path;
+
+    s->mail_from.len = 0;
+    if (args == NULL
+        || sg_smtp_parse_path(args, "FROM:", true, &path) != SG_OK)
+    {
+        return SG_ERROR;
+    }
+    if (s->mail_from.data == NULL) {
+        s->mail_from.data = sg_pnalloc(s->pool, SG_SMTP_PATH_MAX);
+        if (s->mail_from.data == NULL) {
+            return SG_ERROR;
+        }
+    }
+    memcpy(s->mail_from.data, path.addr.data, path.addr.len);
+    s->mail_from.len = path.addr.len;
+    return SG_OK;
+}
+
 int
-sg_smtp_step(sg_smtp_session_t *s, unsigned step)
+sg_smtp_step(sg_smtp_session_t *s, unsigned step, const sg_str_t *args)
 {
     sg_smtp_srv_conf_t  *sscf = s->conf;
+    sg_str_t             v;
     unsigned             i;
 
+    if (step == SG_SMTP_STEP_MAIL && sg_smtp_steps_checked(sscf)) {
+        /* What is checked is what the backend gets: a sender that
+         * cannot be read here is not passed on for the backend to read
+         * its own way. */
+        if (sg_smtp_step_sender(s, args) != SG_OK) {
+            sg_log_error(SG_LOG_INFO, s->log, 0, "MAIL refused: its "
+                         "sender cannot be read, and the server's checks "
+                         "need it");
+            return SG_ERROR;
+        }
+        if (sscf->sender_allow
+            && (sg_smtp_complex_value(s, sscf->sender_allow, &v) != SG_OK
+                || v.len == 0 || (v.len == 1 && v.data[0] == '0')))
+        {
+            if (s->senders_refused < UINT32_MAX) {
+                s->senders_refused++;
+            }
+            sg_log_error(SG_LOG_WARN, s->log, 0, "sender \"%s\" refused "
+                         "for this login (smtp_sender_allow at %.*s:%zu)",
+                         sg_smtp_log_login(&s->mail_from),
+                         SG_STR_ARG(&sscf->sender_allow_file),
+                         sscf->sender_allow_line);
+            return SG_DECLINED;
+        }
+    }
     for (i = 0; i < sscf->nstep_checks; i++) {
         if (sscf->step_checks[i].check(s, step, sscf->step_checks[i].conf)
             != SG_OK)
@@ -271,8 +351,14 @@ sg_smtp_step(sg_smtp_session_t *s, unsigned step)
 }
 
 const char *
-sg_smtp_step_refusal(unsigned step)
+sg_smtp_step_refusal(unsigned step, int rc)
 {
+    if (rc == SG_ERROR) {
+        return "501 5.5.4 Syntax: MAIL FROM:<address>";
+    }
+    if (rc == SG_DECLINED) {
+        return "553 5.7.1 Sender address rejected: not owned by the login";
+    }
     return step == SG_SMTP_STEP_MAIL
            ? "450 4.7.1 Error: message rate limit exceeded, try again later"
            : "450 4.7.1 Error: recipient rate limit exceeded, try again "
@@ -1372,6 +1458,11 @@ sg_smtp_merge_srv_conf(sg_conf_t *cf, void *parent, void *child)
     }
     sg_conf_merge_size(conf->client_buffer, prev->client_buffer, 16384);
     sg_conf_merge_value(conf->auth_require_tls, prev->auth_require_tls, 1);
+    if (conf->sender_allow == NULL) {
+        conf->sender_allow = prev->sender_allow;
+        conf->sender_allow_file = prev->sender_allow_file;
+        conf->sender_allow_line = prev->sender_allow_line;
+    }
     if (conf->logs == NULL) {
         conf->logs = prev->logs;
         conf->log_level = prev->log_level;

@@ -593,6 +593,8 @@ sg_smtp_size_ok(sg_smtp_session_t *s, const sg_str_t *args)
 static int
 sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
 {
+    int  rc;
+
     if (!(s->conf->auth_methods & SG_SMTP_AUTH_NONE)) {
         return sg_smtp_error(s, "530 5.7.0 Authentication required");
     }
@@ -614,9 +616,11 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         if (sg_smtp_sasl(s) == NULL) {
             return SG_ERROR;
         }
-        if (sg_smtp_step(s, SG_SMTP_STEP_MAIL) != SG_OK) {
+        rc = sg_smtp_step(s, SG_SMTP_STEP_MAIL, &cmd->args);
+        if (rc != SG_OK) {
             return sg_smtp_error(s, "%s",
-                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL));
+                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL,
+                                                      rc));
         }
         if (sg_smtp_keep_line(s, &s->sasl->mail_line, "MAIL", &cmd->args)
             != SG_OK)

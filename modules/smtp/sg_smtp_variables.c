@@ -1048,6 +1048,17 @@ sg_smtp_var_messages(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
     return sg_smtp_var_number(s, value, s->messages);
 }
 
+/* $mail_from: the sender of the last MAIL the server's checks read
+ * (sg_smtp_step()), as the client wrote it; empty for "<>". */
+static int
+sg_smtp_var_mail_from(sg_smtp_session_t *s, sg_str_t *value,
+    uintptr_t data)
+{
+    (void) data;
+    *value = s->mail_from;
+    return SG_OK;
+}
+
 /* $rate_limited_messages, $rate_limited_recipients: data is the step. */
 static int
 sg_smtp_var_limited(sg_smtp_session_t *s, sg_str_t *value, uintptr_t data)
@@ -1187,6 +1198,7 @@ static const struct {
     { "bytes_received", sg_smtp_var_bytes, 0, SG_SMTP_VAR_NOCACHE },
     { "bytes_sent", sg_smtp_var_bytes, 1, SG_SMTP_VAR_NOCACHE },
     { "messages", sg_smtp_var_messages, 0, SG_SMTP_VAR_NOCACHE },
+    { "mail_from", sg_smtp_var_mail_from, 0, SG_SMTP_VAR_NOCACHE },
     { "rate_limited_messages", sg_smtp_var_limited, SG_SMTP_STEP_MAIL,
       SG_SMTP_VAR_NOCACHE },
     { "rate_limited_recipients", sg_smtp_var_limited, SG_SMTP_STEP_RCPT,

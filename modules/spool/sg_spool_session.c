@@ -598,9 +598,13 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
                              "SMTPUTF8");
     }
     /* (A MAIL taken before the spool, and replayed, was counted then.) */
-    if (!ctx->replaying && sg_smtp_step(s, SG_SMTP_STEP_MAIL) != SG_OK) {
-        return sg_smtp_error(s, "%s",
-                             sg_smtp_step_refusal(SG_SMTP_STEP_MAIL));
+    if (!ctx->replaying) {
+        rc = sg_smtp_step(s, SG_SMTP_STEP_MAIL, &cmd->args);
+        if (rc != SG_OK) {
+            return sg_smtp_error(s, "%s",
+                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL,
+                                                      rc));
+        }
     }
     memcpy(ctx->from.data, path.addr.data, path.addr.len);
     ctx->from.len = path.addr.len;
@@ -669,9 +673,10 @@ sg_spool_rcpt(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
         /* Not an error of the client's: it sends the rest later. */
         return sg_smtp_reply(s, "452 4.5.3 Too many recipients");
     }
-    if (sg_smtp_step(s, SG_SMTP_STEP_RCPT) != SG_OK) {
+    rc = sg_smtp_step(s, SG_SMTP_STEP_RCPT, &cmd->args);
+    if (rc != SG_OK) {
         return sg_smtp_error(s, "%s",
-                             sg_smtp_step_refusal(SG_SMTP_STEP_RCPT));
+                             sg_smtp_step_refusal(SG_SMTP_STEP_RCPT, rc));
     }
     if (sg_spool_add_rcpt(ctx, &path.addr) != SG_OK) {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");

@@ -80,6 +80,7 @@ enum {
     SG_ST_TLS,
     SG_ST_LIMITED_MAIL,             /* MAIL and RCPT refused by limits */
     SG_ST_LIMITED_RCPT,
+    SG_ST_SENDERS_REFUSED,          /* by smtp_sender_allow */
     SG_ST_AUTH_HIST,                /* SG_STATUS_NBUCKETS, then the sum
                                        (ms) and the count */
     SG_ST_UPC_HIST = SG_ST_AUTH_HIST + SG_STATUS_NBUCKETS + 2,
@@ -577,6 +578,7 @@ sg_status_close(sg_smtp_session_t *s, void *conf)
     sg_status_add(c, SG_ST_MESSAGES, s->messages);
     sg_status_add(c, SG_ST_LIMITED_MAIL, s->limited[SG_SMTP_STEP_MAIL]);
     sg_status_add(c, SG_ST_LIMITED_RCPT, s->limited[SG_SMTP_STEP_RCPT]);
+    sg_status_add(c, SG_ST_SENDERS_REFUSED, s->senders_refused);
     sg_status_add(c, SG_ST_RECEIVED, conn->received);
     sg_status_add(c, SG_ST_SENT, conn->sent);
     if (sg_connection_tls(conn)) {
@@ -1022,6 +1024,8 @@ sg_status_metrics(sg_status_main_conf_t *smcf, sg_status_out_t *o)
           "MAIL commands refused by limit_message (450 4.7.1)." },
         { SG_ST_LIMITED_RCPT, "rate_limited_recipients_total",
           "RCPT commands refused by limit_recipient (450 4.7.1)." },
+        { SG_ST_SENDERS_REFUSED, "senders_refused_total",
+          "MAIL commands refused by smtp_sender_allow (553 5.7.1)." },
         { SG_ST_RECEIVED, "received_bytes_total",
           "Bytes read from clients." },
         { SG_ST_SENT, "sent_bytes_total", "Bytes written to clients." },
@@ -1253,6 +1257,7 @@ sg_status_json(sg_status_main_conf_t *smcf, sg_status_out_t *o)
         SG_STATUS_J("messages", SG_ST_MESSAGES);
         SG_STATUS_J("rate_limited_messages", SG_ST_LIMITED_MAIL);
         SG_STATUS_J("rate_limited_recipients", SG_ST_LIMITED_RCPT);
+        SG_STATUS_J("senders_refused", SG_ST_SENDERS_REFUSED);
         SG_STATUS_J("received_bytes", SG_ST_RECEIVED);
         SG_STATUS_J("sent_bytes", SG_ST_SENT);
         SG_STATUS_J("tls_sessions", SG_ST_TLS);

@@ -851,10 +851,15 @@ test_strict_off(void)
  * the first `allow` of each. */
 static unsigned  steps_allowed[2], steps_asked[2];
 
+static char  step_args[64];
+
 static int
-step_check(void *data, unsigned what)
+step_check(void *data, unsigned what, const u_char *args, size_t n)
 {
     (void) data;
+    n = sg_min(n, sizeof(step_args) - 1);
+    memcpy(step_args, args, n);
+    step_args[n] = '\0';
     return steps_asked[what]++ < steps_allowed[what] ? SG_OK : SG_BUSY;
 }
 
@@ -886,7 +891,7 @@ test_strict_steps(void)
         server(&t, LIT("250 ok\r\n250 ok\r\n"), step);
         relay_run(&t, &r);
         CHECK_UINT(r.nreplies, 1);
-        CHECK_UINT(r.replies[0], SG_TRACK_R_RCPT_LIMIT);
+        CHECK_UINT(r.replies[0], SG_TRACK_R_RCPT_REFUSED);
         CHECK_UINT(r.nout, 32 + 6);
         CHECK_INT(t.state, SG_TRACK_WAIT_DATA);
         server(&t, LIT("354 go\r\n"), step);
@@ -905,16 +910,19 @@ test_strict_steps(void)
         CHECK_UINT(r.nout, 12);
         CHECK(memcmp(r.out, "RSET\r\nNOOP\r\n", 12) == 0);
         CHECK_UINT(r.nreplies, 5);
-        CHECK_UINT(r.replies[1], SG_TRACK_R_MAIL_LIMIT);
+        CHECK_UINT(r.replies[1], SG_TRACK_R_MAIL_REFUSED);
         CHECK_UINT(r.replies[2], SG_TRACK_R_NO_MAIL);
         CHECK_UINT(r.replies[3], SG_TRACK_R_NO_MAIL);
         CHECK_UINT(r.replies[4], SG_TRACK_R_NO_MAIL);
         server(&t, LIT("250 ok\r\n"), step);
         relay_run(&t, &r);
         CHECK_UINT(r.nreplies, 6);
-        CHECK_UINT(r.replies[5], SG_TRACK_R_MAIL_LIMIT);
+        CHECK_UINT(r.replies[5], SG_TRACK_R_MAIL_REFUSED);
         CHECK_UINT(steps_asked[0], 3);
         CHECK_UINT(steps_asked[1], 2);
+        /* each is asked with what follows its verb */
+        CHECK(strcmp(step_args, "FROM:<k@l>") == 0);
+        CHECK_INT(t.step_rc, SG_BUSY);
         CHECK_INT(t.state, SG_TRACK_CMD);
         CHECK_UINT(t.pending, 0);
     }
