@@ -167,3 +167,37 @@ def test_config(smtpgate, backend):
     assert r.returncode == 1
     assert 'smtp_sender_allow "1" has no variable' in r.stderr, r.stderr
     assert f"{g.conf_path}:" in r.stderr
+
+
+def test_swaks_and_msmtp(smtpgate, backend, tmp_path):
+    """Real clients: swaks sending as alice's alias gets through, as
+    someone else it is told 553 and gives up; msmtp the same."""
+    import subprocess
+    g = smtpgate(sender_conf(backend))
+
+    def swaks(sender):
+        return subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{g.port}", "--auth", "PLAIN",
+             "--auth-user", "alice", "--auth-password", password("alice"),
+             "--from", sender, "--to", "x@example.org", "--timeout", "60"],
+            capture_output=True, text=True, timeout=90)
+    p = swaks("alias@example.org")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = swaks("ceo@example.org")
+    assert p.returncode != 0
+    assert "553 5.7.1 Sender address rejected: not owned by the login" \
+        in p.stdout + p.stderr
+    conf = tmp_path / "msmtprc"
+    conf.write_text(f"account default\nhost 127.0.0.1\nport {g.port}\n"
+                    "auth plain\nuser alice\n"
+                    f"password {password('alice')}\ntls off\n"
+                    "from ceo@example.org\n")
+    conf.chmod(0o600)
+    p = subprocess.run(["msmtp", "-C", str(conf), "x@example.org"],
+                       input="Subject: m\n\nmsmtp\n", capture_output=True,
+                       text=True, timeout=90)
+    assert p.returncode != 0
+    assert "553" in p.stderr and "not owned by the login" in p.stderr, \
+        p.stderr
+    (m,) = backend.wait_messages(1)
+    assert m.mail_from == "alias@example.org"
