@@ -269,3 +269,20 @@ def test_refusals_in_the_access_log(smtpgate, backend):
         return mine[0] if mine else None
     assert net.wait_until(line, 10, what="the session's line") == \
         {"user": "alice", "m": 1, "r": 1}
+
+
+def test_refusals_are_not_errors(smtpgate):
+    """A limit's 450 is no error of the client's: a client with more
+    recipients than its limit allows is not cut off by max_errors for
+    it, through the spool as through the relay."""
+    g = smtpgate(gatelib.conf(
+        spool="spool",
+        mail="    max_errors 3;\n"
+             "    limit_recipient_zone $auth_user zone=r:1m rate=2/h;\n"
+             "    limit_recipient zone=r;\n"))
+    rcpts = [f"r{i}@example.org" for i in range(10)]
+    with _login(g) as c:
+        got = _send(c, 0, rcpts)
+        assert [r.code for r in got[1:11]] == [250, 250] + [450] * 8
+        assert [r.code for r in got[11:]] == [354, 250]
+        assert c.cmd("QUIT").code == 221

@@ -1769,7 +1769,7 @@ sg_proxy_strict_reply(sg_proxy_ctx_t *ctx, unsigned reply,
     case SG_TRACK_R_AUTH:
         *why = "AUTH after the login";
         return s->login.len ? "503 5.5.1 Error: already authenticated"
-                            : "503 5.5.1 Error: authentication not enabled";
+                            : "503 5.5.1 Error: AUTH not allowed now";
     case SG_TRACK_R_STARTTLS:
         *why = "STARTTLS after the login";
         return s->tls ? "554 5.5.1 Error: TLS already active"

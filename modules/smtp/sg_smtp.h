@@ -325,6 +325,11 @@ int sg_smtp_add_step_check(sg_smtp_srv_conf_t *sscf, sg_smtp_step_pt check,
 int sg_smtp_step(sg_smtp_session_t *s, unsigned step, const sg_str_t *args);
 /* The reply to a step refused (no CRLF). */
 const char *sg_smtp_step_refusal(unsigned step, int rc);
+/* Answer a step refused with it, as smtpgate answers the command itself
+ * (the spool, smtp_auth none): a limit's 450 is no error of the
+ * client's (it does not count towards max_errors, as a relayed
+ * session's would not), a sender refused or unreadable is. */
+int sg_smtp_step_refuse(sg_smtp_session_t *s, unsigned step, int rc);
 
 /* Add a hook to a server, from a module's postconfiguration.  SG_OK, or
  * SG_ERROR when the server has SG_SMTP_HOOKS_MAX of that kind already

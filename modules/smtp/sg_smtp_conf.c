@@ -365,6 +365,15 @@ sg_smtp_step_refusal(unsigned step, int rc)
              "later";
 }
 
+int
+sg_smtp_step_refuse(sg_smtp_session_t *s, unsigned step, int rc)
+{
+    const char  *text = sg_smtp_step_refusal(step, rc);
+
+    return rc == SG_BUSY ? sg_smtp_reply(s, "%s", text)
+                         : sg_smtp_error(s, "%s", text);
+}
+
 /* Contexts. */
 
 static int

@@ -618,9 +618,7 @@ sg_smtp_need_auth(sg_smtp_session_t *s, const sg_smtp_cmd_t *cmd)
         }
         rc = sg_smtp_step(s, SG_SMTP_STEP_MAIL, &cmd->args);
         if (rc != SG_OK) {
-            return sg_smtp_error(s, "%s",
-                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL,
-                                                      rc));
+            return sg_smtp_step_refuse(s, SG_SMTP_STEP_MAIL, rc);
         }
         if (sg_smtp_keep_line(s, &s->sasl->mail_line, "MAIL", &cmd->args)
             != SG_OK)

@@ -601,9 +601,7 @@ sg_spool_mail(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     if (!ctx->replaying) {
         rc = sg_smtp_step(s, SG_SMTP_STEP_MAIL, &cmd->args);
         if (rc != SG_OK) {
-            return sg_smtp_error(s, "%s",
-                                 sg_smtp_step_refusal(SG_SMTP_STEP_MAIL,
-                                                      rc));
+            return sg_smtp_step_refuse(s, SG_SMTP_STEP_MAIL, rc);
         }
     }
     memcpy(ctx->from.data, path.addr.data, path.addr.len);
@@ -675,8 +673,7 @@ sg_spool_rcpt(sg_spool_ctx_t *ctx, const sg_smtp_cmd_t *cmd)
     }
     rc = sg_smtp_step(s, SG_SMTP_STEP_RCPT, &cmd->args);
     if (rc != SG_OK) {
-        return sg_smtp_error(s, "%s",
-                             sg_smtp_step_refusal(SG_SMTP_STEP_RCPT, rc));
+        return sg_smtp_step_refuse(s, SG_SMTP_STEP_RCPT, rc);
     }
     if (sg_spool_add_rcpt(ctx, &path.addr) != SG_OK) {
         return sg_smtp_reply(s, "451 4.3.0 Local error in processing");
