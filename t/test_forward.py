@@ -1545,7 +1545,7 @@ def test_queue_show_one_message(smtpgate, down_backend):
             b"\r\n"
             b"Body: not a header\r\n")
     qid, _ = submit(g, "s@example.org", ["r1@example.org", "r2@example.org"],
-                    text)
+                    text, helo="odd+name=x.test")
     code, body = get(f"/queue/{qid}")
     assert code == 200, body
     m = json.loads(body)
@@ -1555,6 +1555,9 @@ def test_queue_show_one_message(smtpgate, down_backend):
     assert m["attributes"]["LOGIN"] == "alice"
     assert m["attributes"]["ADDR"] == "127.0.0.1"
     assert m["attributes"]["SERVER"] == "mx.test"
+    # kept as xtext in the file, shown as the client wrote it
+    assert m["attributes"]["HELO"] == "odd+name=x.test"
+    assert b"HELO=odd+2Bname+3Dx.test" in only_file(g)[1]
     assert m["headers_cut"] is False
     headers = [tuple(h) for h in m["headers"]]
     assert headers[0][0] == "Received", headers

@@ -818,3 +818,40 @@ sg_smtp_xtext_encode(u_char *dst, const sg_str_t *src)
 
     return sg_escape_hex(dst, src, '+', xtext);
 }
+
+static int
+sg_smtp_hex_digit(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int
+sg_smtp_xtext_decode(u_char *dst, const sg_str_t *src, size_t *len)
+{
+    const u_char  *p = src->data, *end = src->data + src->len;
+    u_char        *d = dst;
+    int            hi, lo;
+
+    while (p < end) {
+        if (*p == '+') {
+            if (end - p < 3 || (hi = sg_smtp_hex_digit(p[1])) < 0
+                || (lo = sg_smtp_hex_digit(p[2])) < 0)
+            {
+                return SG_ERROR;
+            }
+            *d++ = (u_char) (hi << 4 | lo);
+            p += 3;
+            continue;
+        }
+        if (*p < '!' || *p > '~' || *p == '=') {
+            return SG_ERROR;
+        }
+        *d++ = *p++;
+    }
+    *len = (size_t) (d - dst);
+    return SG_OK;
+}

@@ -221,5 +221,10 @@ int sg_sasl_oauthbearer_split(const sg_str_t *msg, sg_str_t *user,
  * computes it.  dst must hold the computed length.
  */
 size_t sg_smtp_xtext_encode(u_char *dst, const sg_str_t *src);
+/* And back: dst (room for src->len bytes) gets the octets, *len their
+ * count.  SG_ERROR, dst undefined, for anything not xtext: a '+' not
+ * followed by two hex digits (either case, as RFC 3461 asks of readers),
+ * an '=' or an octet outside '!'..'~'. */
+int sg_smtp_xtext_decode(u_char *dst, const sg_str_t *src, size_t *len);
 
 #endif /* SG_SMTP_PARSE_H */

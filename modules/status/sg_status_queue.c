@@ -22,6 +22,7 @@
 #define SG_STATUS_QUEUE_RCPTS  1000
 #define SG_STATUS_QUEUE_SHOW   65536     /* bytes read of one shown */
 #define SG_STATUS_QUEUE_FIELDS 500       /* header fields shown */
+#define SG_STATUS_ATTR_MAX     1024      /* an attribute decoded */
 
 typedef struct {
     char     name[256];
@@ -486,13 +487,21 @@ found:
     if (r == SG_OK) {
         attrs = json_object();
         for (pos = 0; sg_spool_attr_next(&env.attrs, &pos, &name, &value); ) {
-            char  key[64];
+            char    key[64];
+            u_char  plain[SG_STATUS_ATTR_MAX];
 
             if (name.len == 0 || name.len >= sizeof(key)) {
                 continue;
             }
             memcpy(key, name.data, name.len);
             key[name.len] = '\0';
+            /* Shown as the session gave it, the xtext undone (as it
+             * is, should it not be xtext) */
+            if (value.len && value.len <= sizeof(plain)
+                && sg_smtp_xtext_decode(plain, &value, &value.len) == SG_OK)
+            {
+                value.data = plain;
+            }
             json_object_set_new(attrs, key, value.len
                                 ? sg_status_qstr(&value)
                                 : json_true());

@@ -840,6 +840,26 @@ xtext(const char *s, size_t n, const char *want)
     dst = sg_test_bytes(NULL, len);
     CHECK_UINT(sg_smtp_xtext_encode(dst, &src), len);
     CHECK_MEM(dst, len, want, strlen(want));
+    /* and back */
+    src.data = dst;
+    src.len = len;
+    dst = sg_test_bytes(NULL, len + 1);
+    CHECK_INT(sg_smtp_xtext_decode(dst, &src, &len), SG_OK);
+    CHECK_MEM(dst, len, s, n);
+}
+
+static void
+xtext_bad(const char *s)
+{
+    sg_str_t  src;
+    u_char   *dst;
+    size_t    len = 12345;
+
+    src.data = sg_test_bytes(s, strlen(s));
+    src.len = strlen(s);
+    dst = sg_test_bytes(NULL, src.len + 1);
+    CHECK_INT(sg_smtp_xtext_decode(dst, &src, &len), SG_ERROR);
+    CHECK_UINT(len, 12345);
 }
 
 /* ---- sg_smtp_parse_path, sg_smtp_next_param ------------------------- */
@@ -1019,6 +1039,26 @@ test_xtext(void)
     xtext(LIT("\xc3\xa9t\xc3\xa9"), "+C3+A9t+C3+A9");
     xtext(LIT("\r\n"), "+0D+0A");
     xtext(LIT("++"), "+2B+2B");
+
+    /* Readers take lower-case hex too; anything else is not xtext. */
+    {
+        sg_str_t  lc = { 9, (u_char *) "a+2bb+3dc" };
+        u_char    out[9];
+        size_t    n;
+
+        CHECK_INT(sg_smtp_xtext_decode(out, &lc, &n), SG_OK);
+        CHECK_MEM(out, n, "a+b=c", 5);
+    }
+    xtext_bad("+");
+    xtext_bad("+2");
+    xtext_bad("a+2");
+    xtext_bad("+2G");
+    xtext_bad("+G2");
+    xtext_bad("a=b");
+    xtext_bad("a b");
+    xtext_bad("\x7f");
+    xtext_bad("\xc3\xa9");
+    xtext_bad("tab\there");
 
     /* Of all 256 octets, 92 stand for themselves. */
     for (i = 0; i < 256; i++) {
