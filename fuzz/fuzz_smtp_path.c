@@ -12,6 +12,12 @@
  * parameter walk makes progress, ends, and yields only well-formed
  * keywords and values.  The argument is an exact-size heap copy, so one
  * byte too far crashes.
+ *
+ * The same bytes go through xtext (the spool's attributes): encoded and
+ * decoded they come back as they were, and decoded as they are they
+ * either are refused or give at most as many octets, which encode back
+ * to the same text when that text was in the canonical (upper-case)
+ * form.
  */
 #include "sg_core.h"
 #include "sg_smtp_parse.h"
@@ -29,6 +35,49 @@ sg_fuzz_alnum(u_char c)
 {
     return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z')
            || (c >= 'a' && c <= 'z');
+}
+
+static void
+sg_fuzz_xtext(const u_char *p, size_t n)
+{
+    sg_str_t  src = { n, (u_char *) p }, enc;
+    u_char   *a, *b;
+    size_t    len, back;
+
+    /* round trip */
+    len = sg_smtp_xtext_encode(NULL, &src);
+    a = malloc(len + 1);
+    b = malloc(len + 1);
+    SG_FUZZ_ASSERT(a && b);
+    SG_FUZZ_ASSERT(sg_smtp_xtext_encode(a, &src) == len);
+    enc.data = a;
+    enc.len = len;
+    SG_FUZZ_ASSERT(sg_smtp_xtext_decode(b, &enc, &back) == SG_OK);
+    SG_FUZZ_ASSERT(back == n && memcmp(b, p, n) == 0);
+    free(a);
+    free(b);
+
+    /* the bytes as they are */
+    b = malloc(n + 1);
+    SG_FUZZ_ASSERT(b);
+    if (sg_smtp_xtext_decode(b, &src, &back) == SG_OK) {
+        SG_FUZZ_ASSERT(back <= n);
+        enc.data = b;
+        enc.len = back;
+        len = sg_smtp_xtext_encode(NULL, &enc);
+        a = malloc(len + 1);
+        SG_FUZZ_ASSERT(a);
+        (void) sg_smtp_xtext_encode(a, &enc);
+        if (len == n && memcmp(a, p, n) != 0) {
+            /* only the case of hex digits may differ */
+            for (len = 0; len < n; len++) {
+                SG_FUZZ_ASSERT(a[len] == p[len]
+                               || (a[len] | 0x20) == (p[len] | 0x20));
+            }
+        }
+        free(a);
+    }
+    free(b);
 }
 
 static void
@@ -128,6 +177,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     p = sg_fuzz_copy(data, size);
     sg_fuzz_path(p, size, "FROM:", true);
     sg_fuzz_path(p, size, "TO:", false);
+    sg_fuzz_xtext(p, size);
     free(p);
     return 0;
 }
